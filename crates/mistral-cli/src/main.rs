@@ -1,0 +1,3 @@
+//! `mistral-cli`: generate text with, and benchmark, Mistral models on MLX.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Loads Mistral model directories (config, safetensors shards, tokenizer).

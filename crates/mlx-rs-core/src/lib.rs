@@ -1,0 +1,1 @@
+//! MLX building blocks for LLM inference.

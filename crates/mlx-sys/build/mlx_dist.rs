@@ -1,0 +1,112 @@
+//! Where MLX (headers and `libmlx`) comes from.
+
+use crate::fail::fail;
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The MLX release mlx-c 0.7.0 is written against. 0.32.4 changed
+/// `gather_qmm` and mlx-c no longer compiles against it.
+const MLX_VERSION: &str = "0.32.2";
+
+/// An MLX install: `include/mlx/mlx.h` and `lib/libmlx.{so,dylib}`.
+pub struct MlxDist {
+    pub include_dir: PathBuf,
+    pub lib_dir: PathBuf,
+    /// The CUDA wheel's `libmlx.so` needs NVIDIA libraries that are only
+    /// present on the machine that runs it, not on the one that links it.
+    pub needs_shlib_undefined: bool,
+    /// Extra preprocessor definitions MLX's own CMake config would add.
+    pub defines: Vec<&'static str>,
+}
+
+pub fn locate(out_dir: &Path) -> MlxDist {
+    println!("cargo:rerun-if-env-changed=MLX_DIR");
+    let cuda = env::var_os("CARGO_FEATURE_CUDA").is_some();
+    let apple = env::var("CARGO_CFG_TARGET_VENDOR").as_deref() == Ok("apple");
+    let prefix = match env::var_os("MLX_DIR") {
+        Some(dir) => user_prefix(Path::new(&dir)),
+        None => {
+            let package = if apple {
+                "mlx-metal"
+            } else if cuda {
+                "mlx-cuda-13"
+            } else {
+                "mlx-cpu"
+            };
+            install_wheel(package, &out_dir.join("mlx-dist").join(package))
+        }
+    };
+    let mut defines = Vec::new();
+    if apple && env::var_os("CARGO_FEATURE_METAL").is_some() {
+        defines.push("_METAL_");
+    }
+    MlxDist {
+        include_dir: prefix.join("include"),
+        lib_dir: prefix.join("lib"),
+        needs_shlib_undefined: cuda && !apple,
+        defines,
+    }
+}
+
+/// Accepts an install prefix, or its `share/cmake/MLX` folder (what CMake's
+/// `MLX_DIR` names), or a Python environment's `site-packages/mlx`.
+fn user_prefix(dir: &Path) -> PathBuf {
+    let candidates = [
+        dir.to_path_buf(),
+        dir.join("../../.."),
+        dir.join("mlx"),
+    ];
+    match candidates
+        .iter()
+        .find(|prefix| prefix.join("include/mlx/mlx.h").is_file())
+    {
+        Some(prefix) => prefix.canonicalize().unwrap_or_else(|_| prefix.clone()),
+        None => fail(&format!(
+            "MLX_DIR={} holds no MLX install: expected include/mlx/mlx.h and lib/libmlx under it",
+            dir.display()
+        )),
+    }
+}
+
+/// Installs MLX's official wheel into `target` (not into any Python
+/// environment of the user's) and returns the MLX prefix inside it.
+fn install_wheel(package: &str, target: &Path) -> PathBuf {
+    let prefix = target.join("mlx");
+    let stamp = target.join(format!(".installed-{package}-{MLX_VERSION}"));
+    if stamp.is_file() && prefix.join("include/mlx/mlx.h").is_file() {
+        return prefix;
+    }
+    let python = env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    println!("cargo:rerun-if-env-changed=PYTHON");
+    let _ = std::fs::remove_dir_all(target);
+    let status = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args(["--no-deps", "--only-binary=:all:", "--no-warn-script-location"])
+        .arg("--target")
+        .arg(target)
+        .arg(format!("{package}=={MLX_VERSION}"))
+        .env("PIP_REQUIRE_VIRTUALENV", "0")
+        .status();
+    match status {
+        Ok(status) if status.success() => {}
+        Ok(status) => fail(&format!(
+            "`{python} -m pip install {package}=={MLX_VERSION}` failed ({status}).\n\
+             It downloads MLX's official binary package from PyPI. Without network access, \
+             install MLX yourself and set MLX_DIR to its prefix (the folder with include/ and lib/)."
+        )),
+        Err(err) => fail(&format!(
+            "could not run `{python}` ({err}). MLX is installed from its official Python \
+             wheel: install python3 and pip (Debian/Ubuntu: `apt-get install python3-pip`), \
+             or set MLX_DIR to an MLX install prefix."
+        )),
+    }
+    if !prefix.join("include/mlx/mlx.h").is_file() {
+        fail(&format!(
+            "the {package} wheel installed into {} has no mlx/include/mlx/mlx.h",
+            target.display()
+        ));
+    }
+    let _ = std::fs::write(&stamp, "");
+    prefix
+}
