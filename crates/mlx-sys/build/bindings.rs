@@ -17,7 +17,8 @@ pub fn generate(mlx_c: &Path, out_dir: &Path) {
         |builder, header| builder.header(header.to_string_lossy()),
     );
     // bindgen panics when it cannot load libclang; turn that into a clear message.
-    let generated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || builder.generate()));
+    let generated =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || builder.generate()));
     let bindings = match generated {
         Ok(Ok(bindings)) => bindings,
         Ok(Err(err)) => fail(&format!("bindgen failed on mlx-c's headers: {err}")),

@@ -33,6 +33,10 @@ fn main() {
     compile::mlx_c(&mlx_c, &mlx, &out_dir);
     bindings::generate(&mlx_c, &out_dir);
 
+    println!(
+        "cargo:rustc-env=MLX_SYS_HEADER_VERSION={}",
+        mlx.header_version()
+    );
     let lib = mlx.lib_dir.display();
     println!("cargo:rustc-link-search=native={lib}");
     println!("cargo:rustc-link-lib=dylib=mlx");

@@ -118,11 +118,14 @@ fn cargo_metadata(manifest: &Path, offline: bool) -> Result<PathBuf, String> {
     let child = command
         .spawn()
         .map_err(|err| format!("cannot run `{cargo} metadata`: {err}"))?;
-    let output = wait_with_timeout(child)
-        .map_err(|err| format!("`cargo metadata` ({mode}): {err}"))?;
+    let output =
+        wait_with_timeout(child).map_err(|err| format!("`cargo metadata` ({mode}): {err}"))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(format!("`cargo metadata` ({mode}) failed: {}", stderr.trim()));
+        return Err(format!(
+            "`cargo metadata` ({mode}) failed: {}",
+            stderr.trim()
+        ));
     }
     let json: serde_json::Value = serde_json::from_slice(&output.stdout)
         .map_err(|err| format!("`cargo metadata` printed invalid JSON: {err}"))?;
@@ -168,7 +171,9 @@ fn wait_with_timeout(mut child: std::process::Child) -> Result<std::process::Out
     })
 }
 
-fn read_on_thread<R: std::io::Read + Send + 'static>(mut pipe: R) -> std::thread::JoinHandle<Vec<u8>> {
+fn read_on_thread<R: std::io::Read + Send + 'static>(
+    mut pipe: R,
+) -> std::thread::JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut buffer = Vec::new();
         let _ = pipe.read_to_end(&mut buffer);

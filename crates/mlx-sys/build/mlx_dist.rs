@@ -20,6 +20,28 @@ pub struct MlxDist {
     pub defines: Vec<&'static str>,
 }
 
+impl MlxDist {
+    /// `major.minor.patch` from `include/mlx/version.h`.
+    pub fn header_version(&self) -> String {
+        let path = self.include_dir.join("mlx/version.h");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|err| fail(&format!("cannot read {}: {err}", path.display())));
+        let number = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("#define ")?.strip_prefix(name))
+                .map(|value| value.trim().to_owned())
+                .unwrap_or_else(|| fail(&format!("{} has no {name}", path.display())))
+        };
+        let [major, minor, patch] = [
+            "MLX_VERSION_MAJOR",
+            "MLX_VERSION_MINOR",
+            "MLX_VERSION_PATCH",
+        ]
+        .map(number);
+        format!("{major}.{minor}.{patch}")
+    }
+}
+
 pub fn locate(out_dir: &Path) -> MlxDist {
     println!("cargo:rerun-if-env-changed=MLX_DIR");
     let cuda = env::var_os("CARGO_FEATURE_CUDA").is_some();
@@ -52,11 +74,7 @@ pub fn locate(out_dir: &Path) -> MlxDist {
 /// Accepts an install prefix, or its `share/cmake/MLX` folder (what CMake's
 /// `MLX_DIR` names), or a Python environment's `site-packages/mlx`.
 fn user_prefix(dir: &Path) -> PathBuf {
-    let candidates = [
-        dir.to_path_buf(),
-        dir.join("../../.."),
-        dir.join("mlx"),
-    ];
+    let candidates = [dir.to_path_buf(), dir.join("../../.."), dir.join("mlx")];
     match candidates
         .iter()
         .find(|prefix| prefix.join("include/mlx/mlx.h").is_file())
@@ -81,8 +99,18 @@ fn install_wheel(package: &str, target: &Path) -> PathBuf {
     println!("cargo:rerun-if-env-changed=PYTHON");
     let _ = std::fs::remove_dir_all(target);
     let status = Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-        .args(["--no-deps", "--only-binary=:all:", "--no-warn-script-location"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args([
+            "--no-deps",
+            "--only-binary=:all:",
+            "--no-warn-script-location",
+        ])
         .arg("--target")
         .arg(target)
         .arg(format!("{package}=={MLX_VERSION}"))

@@ -20,6 +20,10 @@
 
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
 
+/// The MLX version (`major.minor.patch`) of the headers mlx-c was compiled
+/// against; the `libmlx` loaded at run time should report the same.
+pub const MLX_HEADER_VERSION: &str = env!("MLX_SYS_HEADER_VERSION");
+
 #[cfg(not(target_arch = "aarch64"))]
 mod half_precision;
 #[cfg(not(target_arch = "aarch64"))]

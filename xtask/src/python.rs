@@ -1,0 +1,129 @@
+//! The Python side of the tests: a private venv holding the independent
+//! references (mlx-lm, sentencepiece, ...), and the test models it generates.
+//!
+//! Both are rebuilt only when their inputs change (a stamp file records a
+//! hash of the requirements or of the generator scripts).
+
+use crate::paths::{workspace_root, xtask_dir};
+use anyhow::{bail, Context, Result};
+use std::collections::hash_map::DefaultHasher;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Tests read the reference interpreter from this variable.
+pub const PYTHON_ENV_VAR: &str = "MISTRAL_MLX_PYTHON";
+/// Tests read the test-model directory from this variable.
+pub const MODELS_ENV_VAR: &str = "MISTRAL_MLX_TEST_MODELS";
+
+fn python_dir() -> PathBuf {
+    workspace_root().join("xtask/python")
+}
+
+/// Creates the venv if needed and returns its interpreter.
+pub fn ensure_env() -> Result<PathBuf> {
+    let venv = xtask_dir().join("venv");
+    let python = venv.join("bin/python");
+    let requirements = python_dir().join("requirements.txt");
+    let stamp = venv.join(".requirements-hash");
+    let hash = hash_files(std::slice::from_ref(&requirements))?;
+    if python.is_file() && fs::read_to_string(&stamp).ok().as_deref() == Some(hash.as_str()) {
+        return Ok(python);
+    }
+    eprintln!(
+        "xtask: creating the Python reference environment in {}",
+        venv.display()
+    );
+    let system_python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    run(Command::new(&system_python).args(["-m", "venv", "--clear"]).arg(&venv))
+        .with_context(|| {
+            format!("`{system_python} -m venv` failed: install python3 and venv (Debian/Ubuntu: `apt-get install python3-venv`)")
+        })?;
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(&requirements))
+    .context("installing the Python references with pip")?;
+    fs::write(&stamp, hash)?;
+    Ok(python)
+}
+
+/// Generates the test models if needed and returns their directory.
+pub fn ensure_test_models() -> Result<PathBuf> {
+    let python = ensure_env()?;
+    let out = xtask_dir().join("test-models");
+    let script = python_dir().join("make_models.py");
+    let stamp = out.join(".generator-hash");
+    let inputs: Vec<PathBuf> = fs::read_dir(python_dir())?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|ext| ext == "py" || ext == "txt")
+        })
+        .collect();
+    let hash = hash_files(&inputs)?;
+    if fs::read_to_string(&stamp).ok().as_deref() == Some(hash.as_str()) {
+        return Ok(out);
+    }
+    eprintln!("xtask: generating test models in {}", out.display());
+    if out.exists() {
+        fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
+    }
+    run(Command::new(&python).arg(&script).arg(&out)).context("generating the test models")?;
+    fs::write(&stamp, hash)?;
+    Ok(out)
+}
+
+fn hash_files(files: &[PathBuf]) -> Result<String> {
+    let mut files = files.to_vec();
+    files.sort();
+    let mut hasher = DefaultHasher::new();
+    for file in &files {
+        let bytes = fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        file.file_name().hash(&mut hasher);
+        bytes.hash(&mut hasher);
+    }
+    Ok(format!("{:016x}", hasher.finish()))
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let shown = format!("{command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_changes_with_content() {
+        let dir = std::env::temp_dir().join(format!("xtask-hash-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("a.txt");
+        fs::write(&file, "one").unwrap();
+        let first = hash_files(std::slice::from_ref(&file)).unwrap();
+        assert_eq!(first, hash_files(std::slice::from_ref(&file)).unwrap());
+        fs::write(&file, "two").unwrap();
+        assert_ne!(first, hash_files(std::slice::from_ref(&file)).unwrap());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn workspace_root_holds_the_workspace_manifest() {
+        let manifest = fs::read_to_string(workspace_root().join("Cargo.toml")).unwrap();
+        assert!(manifest.contains("[workspace]"));
+    }
+}
