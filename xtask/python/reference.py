@@ -75,10 +75,14 @@ def apply_window_to_every_layer(model, window: int) -> None:
 
 
 def load_model(model_dir: str):
-    """mlx_lm.load plus the window fix. Returns (model, notes)."""
-    from mlx_lm import load
+    """mlx-lm's model loader (`mlx_lm.utils.load_model`, what `mlx_lm.load`
+    calls before loading the tokenizer, which is not needed here) plus the
+    window fix. Returns (model, notes)."""
+    from pathlib import Path
 
-    model, _tokenizer = load(model_dir)
+    from mlx_lm.utils import load_model as mlx_lm_load_model
+
+    model, _config = mlx_lm_load_model(Path(model_dir))
     with open(os.path.join(model_dir, "config.json")) as f:
         config = json.load(f)
     notes = {"window": None}

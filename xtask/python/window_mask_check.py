@@ -93,9 +93,11 @@ def check_cache_path(model_dir: str, length: int = 48) -> int:
 
     # The patch must matter: mlx-lm as loaded (full attention) agrees before
     # position `window` and differs after it.
-    from mlx_lm import load
+    from pathlib import Path
 
-    plain, _ = load(model_dir)
+    from mlx_lm.utils import load_model
+
+    plain, _ = load_model(Path(model_dir))
     unwindowed = reference.prompt_logits(plain, ids)
     before = float(mx.max(mx.abs(unwindowed[:window] - full[:window])))
     after = float(mx.max(mx.abs(unwindowed[window:] - full[window:])))
