@@ -55,7 +55,8 @@ pub fn ensure_env() -> Result<PathBuf> {
     Ok(python)
 }
 
-/// Generates the test models if needed and returns their directory.
+/// Generates the test models and mlx-lm's outputs on them (in `refs/`) if
+/// needed, and returns their directory.
 pub fn ensure_test_models() -> Result<PathBuf> {
     let python = ensure_env()?;
     let out = xtask_dir().join("test-models");
@@ -77,6 +78,15 @@ pub fn ensure_test_models() -> Result<PathBuf> {
         fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
     }
     run(Command::new(&python).arg(&script).arg(&out)).context("generating the test models")?;
+    // Reference outputs from live mlx-lm on the same files (logits, greedy ids).
+    run(Command::new(&python)
+        .arg(python_dir().join("reference.py"))
+        .arg("--all")
+        .arg(&out)
+        .arg("--out-dir")
+        .arg(out.join("refs"))
+        .args(["--greedy", "64"]))
+    .context("computing the mlx-lm reference outputs")?;
     fs::write(&stamp, hash)?;
     Ok(out)
 }
