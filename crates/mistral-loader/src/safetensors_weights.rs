@@ -109,6 +109,9 @@ pub fn mlx_dtype(dtype: StDtype) -> Option<Dtype> {
 pub struct SafetensorsWeights {
     files: Vec<MappedFile>,
     tensors: BTreeMap<String, Entry>,
+    /// Every tensor of the checkpoint (taken or not) -> position in `files`,
+    /// so model errors about an already taken tensor can name its file.
+    locations: BTreeMap<String, usize>,
     release_pages: bool,
     failures: Vec<LoadError>,
 }
@@ -176,9 +179,11 @@ impl SafetensorsWeights {
                 }
             }
         }
+        let locations = tensors.iter().map(|(n, e)| (n.clone(), e.file)).collect();
         Ok(Self {
             files,
             tensors,
+            locations,
             release_pages: true,
             failures: Vec::new(),
         })
@@ -235,10 +240,12 @@ impl SafetensorsWeights {
         self.files.iter().map(|f| f.path.as_path()).collect()
     }
 
-    /// The file holding `tensor`, while it has not been taken.
+    /// The file holding `tensor`, whether or not it has been taken (so a
+    /// model's shape error about a taken tensor can name the file); None if
+    /// the checkpoint has no such tensor.
     pub fn file_of(&self, tensor: &str) -> Option<&Path> {
-        let entry = self.tensors.get(tensor)?;
-        Some(self.files[entry.file].path.as_path())
+        let &pos = self.locations.get(tensor)?;
+        Some(self.files[pos].path.as_path())
     }
 
     /// Header information about `tensor`, while it has not been taken.

@@ -58,9 +58,12 @@ fn single_file_all_dtypes_round_trip() {
         let a = w.take(name).unwrap_or_else(|| panic!("{name} missing"));
         check_array(name, &a, t);
         assert!(w.take(name).is_none(), "{name} taken twice");
-        assert!(w.file_of(name).is_none());
+        assert!(!w.contains(name));
+        // Still known, for error messages about taken tensors.
+        assert_eq!(w.file_of(name), Some(file.as_path()));
     }
     assert!(w.is_empty());
+    assert!(w.file_of("no.such.tensor").is_none());
     assert!(w.failures().is_empty());
     assert!(w.finish().unwrap().is_empty());
 }
