@@ -32,7 +32,10 @@
 //! - `WeightSource::take` can only say "absent". A tensor that is present but
 //!   cannot be converted (an F8 dtype, a dimension over `i32::MAX`, an MLX
 //!   allocation failure) is recorded; [`SafetensorsWeights::finish`] reports
-//!   it. [`SafetensorsWeights::try_take`] returns it directly.
+//!   it. [`SafetensorsWeights::try_take`] returns it directly. MLX failures
+//!   show as a null array; before the first call, mlx-rs's error handler
+//!   (which records) is installed in place of mlx-c's default one (which
+//!   exits the process).
 
 use std::collections::BTreeMap;
 use std::ffi::c_void;
@@ -413,6 +416,7 @@ fn to_array(file: &MappedFile, name: &str, e: &Entry) -> Result<Array> {
     } else {
         bytes.as_ptr().cast()
     };
+    install_mlx_error_handler();
     // SAFETY: `ptr` points to `bytes.len()` readable bytes, aligned for
     // `dtype`, and `read_metadata` checked that `bytes.len()` equals the
     // element count of `shape` times the dtype's size, so mlx-c reads exactly
@@ -423,6 +427,18 @@ fn to_array(file: &MappedFile, name: &str, e: &Entry) -> Result<Array> {
         return Err(mlx_error("mlx_array_new_data failed (out of memory?)"));
     }
     Ok(array)
+}
+
+/// Makes sure mlx-rs's error handler is installed before calling mlx-c
+/// directly: mlx-c's own default handler calls `exit(-1)` on any error (e.g.
+/// an allocation failure in `mlx_array_new_data`). mlx-rs installs its
+/// handler, which only records the message, on its first fallible
+/// operation; evaluating a scalar is one.
+fn install_mlx_error_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = Array::from_int(0).eval();
+    });
 }
 
 /// Drops the resident pages of a tensor that has been copied out.

@@ -356,3 +356,27 @@ fn misaligned_data_is_read_correctly() {
     let mut w = SafetensorsWeights::open(dir.path()).unwrap();
     check_array("x", &w.try_take("x").unwrap().unwrap(), &t);
 }
+
+#[test]
+fn dimension_over_i32_is_an_error_naming_file_and_tensor() {
+    // [2^31, 0] holds no bytes, so the file is valid, but MLX dims are i32.
+    let dir = TempDir::new("bigdim");
+    let header = r#"{"huge":{"dtype":"F32","shape":[2147483648,0],"data_offsets":[0,0]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    let path = dir.path().join("model.safetensors");
+    std::fs::write(&path, bytes).unwrap();
+    let mut w = SafetensorsWeights::open(dir.path()).unwrap();
+    let meta = w.meta("huge").unwrap();
+    assert_eq!(meta.shape, vec![1usize << 31, 0]);
+    let err = w.try_take("huge").unwrap_err();
+    match &err {
+        LoadError::ShapeTooLarge {
+            path: p, tensor, ..
+        } => {
+            assert_eq!(p, &path);
+            assert_eq!(tensor, "huge");
+        }
+        other => panic!("unexpected error {other}"),
+    }
+}
