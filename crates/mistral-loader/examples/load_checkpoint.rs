@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     if dir.join("tokenizer.json").is_file() {
         let tok = load_tokenizer(dir)?;
-        println!("special tokens {:?}", load_special_tokens(dir, &tok)?);
+        println!("special tokens {:?}", load_special_tokens(dir, Some(&tok))?);
     }
 
     let _ = std::fs::write("/proc/self/clear_refs", "5");

@@ -65,8 +65,11 @@ impl SpecialTokens {
 
 /// Reads the BOS/EOS ids of the model in `dir` (see the module docs for the
 /// files and their precedence). `tokenizer` resolves token strings from
-/// `tokenizer_config.json`.
-pub fn load_special_tokens(dir: impl AsRef<Path>, tokenizer: &Tokenizer) -> Result<SpecialTokens> {
+/// `tokenizer_config.json`; without one, that file is not read.
+pub fn load_special_tokens(
+    dir: impl AsRef<Path>,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<SpecialTokens> {
     let dir = dir.as_ref();
     check_model_dir(dir)?;
     let mut bos = None;
@@ -86,6 +89,9 @@ pub fn load_special_tokens(dir: impl AsRef<Path>, tokenizer: &Tokenizer) -> Resu
     }
 
     let path = dir.join(TOKENIZER_CONFIG_FILE);
+    let Some(tokenizer) = tokenizer else {
+        return Ok(SpecialTokens { bos, eos });
+    };
     if let Some(json) = read_optional_json(&path)? {
         if bos.is_none() {
             bos = token_field(&path, &json, "bos_token", tokenizer)?;

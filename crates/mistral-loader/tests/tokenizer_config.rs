@@ -112,7 +112,7 @@ fn special_tokens_from_config_only() {
         format!(r#"{{"bos_token_id": {bos}, "eos_token_id": {eos}}}"#),
     )
     .unwrap();
-    let st = load_special_tokens(dir.path(), &tok).unwrap();
+    let st = load_special_tokens(dir.path(), Some(&tok)).unwrap();
     assert_eq!(st.bos, Some(bos));
     assert_eq!(st.eos, vec![eos]);
     assert!(st.is_eos(eos) && !st.is_eos(bos));
@@ -144,7 +144,7 @@ fn special_tokens_union_of_all_files() {
         r#"{"bos_token": {"content": "<s>", "lstrip": false}, "eos_token": "[INST]"}"#,
     )
     .unwrap();
-    let st = load_special_tokens(dir.path(), &tok).unwrap();
+    let st = load_special_tokens(dir.path(), Some(&tok)).unwrap();
     // generation_config wins for BOS; EOS is the ordered union.
     assert_eq!(st.bos, Some(bos));
     assert_eq!(st.eos, vec![eos, im_end, inst]);
@@ -165,13 +165,13 @@ fn special_tokens_from_tokenizer_config_strings() {
         r#"{"bos_token": "<s>", "eos_token": {"content": "<|im_end|>"}}"#,
     )
     .unwrap();
-    let st = load_special_tokens(dir.path(), &tok).unwrap();
+    let st = load_special_tokens(dir.path(), Some(&tok)).unwrap();
     assert_eq!(st.bos, Some(vocab["<s>"]));
     assert_eq!(st.eos, vec![vocab["<|im_end|>"]]);
 
     // No files at all: nothing declared, not an error.
     let empty = TempDir::new("st-none");
-    let st = load_special_tokens(empty.path(), &tok).unwrap();
+    let st = load_special_tokens(empty.path(), Some(&tok)).unwrap();
     assert_eq!(st, mistral_loader::SpecialTokens::default());
 }
 
@@ -183,7 +183,7 @@ fn special_token_errors_name_file_and_field() {
 
     let gen = dir.path().join("generation_config.json");
     std::fs::write(&gen, r#"{"eos_token_id": "two"}"#).unwrap();
-    let err = load_special_tokens(dir.path(), &tok).unwrap_err();
+    let err = load_special_tokens(dir.path(), Some(&tok)).unwrap_err();
     match &err {
         LoadError::InvalidField { path, field, .. } => {
             assert_eq!(path, &gen);
@@ -193,16 +193,16 @@ fn special_token_errors_name_file_and_field() {
     }
     std::fs::write(&gen, r#"{"eos_token_id": [2, -1]}"#).unwrap();
     assert!(matches!(
-        load_special_tokens(dir.path(), &tok).unwrap_err(),
+        load_special_tokens(dir.path(), Some(&tok)).unwrap_err(),
         LoadError::InvalidField { .. }
     ));
     std::fs::write(&gen, r#"{"eos_token_id": 4294967296}"#).unwrap();
     assert!(matches!(
-        load_special_tokens(dir.path(), &tok).unwrap_err(),
+        load_special_tokens(dir.path(), Some(&tok)).unwrap_err(),
         LoadError::InvalidField { .. }
     ));
     std::fs::write(&gen, "not json").unwrap();
-    let err = load_special_tokens(dir.path(), &tok).unwrap_err();
+    let err = load_special_tokens(dir.path(), Some(&tok)).unwrap_err();
     assert!(
         matches!(&err, LoadError::Json { path, .. } if path == &gen),
         "{err}"
@@ -211,7 +211,7 @@ fn special_token_errors_name_file_and_field() {
 
     let tc = dir.path().join("tokenizer_config.json");
     std::fs::write(&tc, r#"{"eos_token": "<nope>"}"#).unwrap();
-    let err = load_special_tokens(dir.path(), &tok).unwrap_err();
+    let err = load_special_tokens(dir.path(), Some(&tok)).unwrap_err();
     match &err {
         LoadError::UnknownToken { path, field, token } => {
             assert_eq!(path, &tc);
@@ -222,7 +222,7 @@ fn special_token_errors_name_file_and_field() {
     }
     std::fs::write(&tc, r#"{"bos_token": 5}"#).unwrap();
     assert!(matches!(
-        load_special_tokens(dir.path(), &tok).unwrap_err(),
+        load_special_tokens(dir.path(), Some(&tok)).unwrap_err(),
         LoadError::InvalidField { .. }
     ));
 }

@@ -380,3 +380,34 @@ fn dimension_over_i32_is_an_error_naming_file_and_tensor() {
         other => panic!("unexpected error {other}"),
     }
 }
+
+#[test]
+fn index_is_authoritative_over_shard_contents() {
+    // A shard holding a tensor the index does not list: not loaded.
+    let dir = TempDir::new("authoritative");
+    let mut shards = vec![BTreeMap::new(), BTreeMap::new()];
+    shards[0].insert("a".to_string(), f32_tensor(&[2], 1));
+    shards[1].insert("b".to_string(), f32_tensor(&[2], 2));
+    shards[1].insert("stray".to_string(), f32_tensor(&[2], 3));
+    let mut weight_map = write_sharded(dir.path(), &shards);
+    weight_map.remove("stray");
+    write_index(dir.path(), &weight_map);
+    let w = SafetensorsWeights::open(dir.path()).unwrap();
+    assert_eq!(w.names(), vec!["a".to_string(), "b".to_string()]);
+    assert!(w.file_of("stray").is_none());
+}
+
+#[test]
+fn duplicate_tensor_across_unindexed_shards() {
+    let dir = TempDir::new("dup");
+    let mut shards = vec![BTreeMap::new(), BTreeMap::new()];
+    shards[0].insert("a".to_string(), f32_tensor(&[2], 1));
+    shards[1].insert("a".to_string(), f32_tensor(&[2], 2));
+    write_sharded(dir.path(), &shards);
+    std::fs::remove_file(dir.path().join("model.safetensors.index.json")).unwrap();
+    let err = SafetensorsWeights::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(&err, LoadError::DuplicateTensor { tensor, .. } if tensor == "a"),
+        "{err}"
+    );
+}
