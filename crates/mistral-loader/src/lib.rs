@@ -1,1 +1,42 @@
 //! Loads Mistral model directories (config, safetensors shards, tokenizer).
+//!
+//! Design notes:
+//! - [`safetensors_files`] finds the weight files of a directory (single
+//!   file, indexed shards, or unindexed shards) and validates the index.
+//! - [`SafetensorsWeights`] memory-maps them, parses the headers, and hands
+//!   tensors to the model one at a time as MLX arrays through
+//!   [`WeightSource`], releasing each tensor's mapped pages after the copy so
+//!   loading needs about 1x the checkpoint's size in memory, not 2x.
+//! - [`config`] reads `config.json`; parsing it into `MistralConfig` is
+//!   `mistral-model`'s job.
+//! - [`tokenizer`] loads `tokenizer.json` and the BOS/EOS ids.
+//! - [`ModelDir::open`] does all of the above for one directory.
+//! - Every error is a [`LoadError`] naming the file and tensor/field.
+//!
+//! Integration (once `mistral-model` lands):
+//! ```text
+//! let mut md = mistral_loader::ModelDir::open(dir)?;
+//! let cfg = MistralConfig::from_json_str(&md.config_json)?; // + cfg.validate()
+//! let model = Mistral::new(&cfg, &mut md.weights, None)
+//!     .map_err(|e| /* Missing/Shape { tensor }: md.weights.file_of(tensor) names the file;
+//!                     check md.weights.failures() first: a failed conversion looks Missing */)?;
+//! let unexpected = md.weights.finish()?; // conversion failures, then unused tensors
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod model_dir;
+pub mod safetensors_files;
+pub mod safetensors_weights;
+pub mod tokenizer;
+pub mod weights_trait_stub;
+
+pub use config::{load_config, read_config_str};
+pub use error::{LoadError, Result};
+pub use model_dir::ModelDir;
+pub use safetensors_files::{discover_checkpoint, CheckpointFiles, CheckpointLayout};
+pub use safetensors_weights::{SafetensorsWeights, TensorMeta};
+pub use tokenizer::{load_special_tokens, load_tokenizer, SpecialTokens};
+pub use weights_trait_stub::WeightSource;

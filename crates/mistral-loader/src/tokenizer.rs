@@ -1,0 +1,211 @@
+//! The tokenizer and the BOS/EOS token ids.
+//!
+//! Design notes:
+//! - `tokenizer.json` is loaded by the `tokenizers` crate (built with
+//!   `fancy-regex`, no Oniguruma).
+//! - BOS/EOS ids come from up to three files, all optional:
+//!   `generation_config.json` and `config.json` (`bos_token_id`,
+//!   `eos_token_id`: an integer, a list of integers, or null), and
+//!   `tokenizer_config.json` (`bos_token`, `eos_token`: a string or an
+//!   `{"content": ...}` object, resolved through the tokenizer's vocabulary,
+//!   added tokens included).
+//! - BOS: the first one found, in that order of files. EOS: the union of all
+//!   three, in that order, without repeats; generation should stop on any of
+//!   them (what mlx-lm and `transformers` generation do).
+//! - A file that exists but is invalid JSON, or a field of the wrong type, is
+//!   an error naming the file and field, not silently ignored.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tokenizers::Tokenizer;
+
+use crate::error::{LoadError, Result};
+use crate::safetensors_files::{check_model_dir, CONFIG_FILE};
+
+/// File name of the tokenizer.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// File name of the generation defaults.
+pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
+/// File name of the tokenizer's settings.
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+
+/// Loads `dir/tokenizer.json`.
+pub fn load_tokenizer(dir: impl AsRef<Path>) -> Result<Tokenizer> {
+    let dir = dir.as_ref();
+    check_model_dir(dir)?;
+    let path = dir.join(TOKENIZER_FILE);
+    if !path.is_file() {
+        return Err(LoadError::MissingFile {
+            path,
+            what: "tokenizer",
+        });
+    }
+    Tokenizer::from_file(&path).map_err(|e| LoadError::Tokenizer {
+        path,
+        message: e.to_string(),
+    })
+}
+
+/// The model's beginning- and end-of-sequence token ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpecialTokens {
+    /// Beginning of sequence, if the model declares one.
+    pub bos: Option<u32>,
+    /// Every id that ends generation, in file order, without repeats.
+    pub eos: Vec<u32>,
+}
+
+impl SpecialTokens {
+    /// Whether `id` ends generation.
+    pub fn is_eos(&self, id: u32) -> bool {
+        self.eos.contains(&id)
+    }
+}
+
+/// Reads the BOS/EOS ids of the model in `dir` (see the module docs for the
+/// files and their precedence). `tokenizer` resolves token strings from
+/// `tokenizer_config.json`; without one, that file is not read.
+pub fn load_special_tokens(
+    dir: impl AsRef<Path>,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<SpecialTokens> {
+    let dir = dir.as_ref();
+    check_model_dir(dir)?;
+    let mut bos = None;
+    let mut eos = Vec::new();
+
+    for name in [GENERATION_CONFIG_FILE, CONFIG_FILE] {
+        let path = dir.join(name);
+        let Some(json) = read_optional_json(&path)? else {
+            continue;
+        };
+        if bos.is_none() {
+            bos = ids_field(&path, &json, "bos_token_id")?.and_then(|v| v.first().copied());
+        }
+        if let Some(ids) = ids_field(&path, &json, "eos_token_id")? {
+            push_unique(&mut eos, ids);
+        }
+    }
+
+    let path = dir.join(TOKENIZER_CONFIG_FILE);
+    let Some(tokenizer) = tokenizer else {
+        return Ok(SpecialTokens { bos, eos });
+    };
+    if let Some(json) = read_optional_json(&path)? {
+        if bos.is_none() {
+            bos = token_field(&path, &json, "bos_token", tokenizer)?;
+        }
+        if let Some(id) = token_field(&path, &json, "eos_token", tokenizer)? {
+            push_unique(&mut eos, vec![id]);
+        }
+    }
+    Ok(SpecialTokens { bos, eos })
+}
+
+/// Appends the ids not yet in `into`.
+fn push_unique(into: &mut Vec<u32>, ids: Vec<u32>) {
+    for id in ids {
+        if !into.contains(&id) {
+            into.push(id);
+        }
+    }
+}
+
+/// Reads a JSON object file; `Ok(None)` when it does not exist.
+fn read_optional_json(path: &Path) -> Result<Option<Value>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(LoadError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let value: Value = serde_json::from_str(&text).map_err(|source| LoadError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !value.is_object() {
+        return Err(LoadError::InvalidField {
+            path: path.to_path_buf(),
+            field: "(top level)".to_string(),
+            reason: "expected a JSON object".to_string(),
+        });
+    }
+    Ok(Some(value))
+}
+
+fn invalid(path: &Path, field: &str, reason: String) -> LoadError {
+    LoadError::InvalidField {
+        path: PathBuf::from(path),
+        field: field.to_string(),
+        reason,
+    }
+}
+
+/// One token id from a JSON number.
+fn id_from(path: &Path, field: &str, v: &Value) -> Result<u32> {
+    v.as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| {
+            invalid(
+                path,
+                field,
+                format!("expected a token id (0..2^32), found {v}"),
+            )
+        })
+}
+
+/// An id field that may be an integer, a list of integers, or null/absent.
+fn ids_field(path: &Path, json: &Value, field: &str) -> Result<Option<Vec<u32>>> {
+    match json.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| id_from(path, field, v))
+            .collect::<Result<Vec<_>>>()
+            .map(Some),
+        Some(v) => Ok(Some(vec![id_from(path, field, v)?])),
+    }
+}
+
+/// A token string field (`"<s>"` or `{"content": "<s>", ...}`), resolved to its id.
+fn token_field(
+    path: &Path,
+    json: &Value,
+    field: &str,
+    tokenizer: &Tokenizer,
+) -> Result<Option<u32>> {
+    let content = match json.get(field) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => s.as_str(),
+        Some(Value::Object(o)) => match o.get("content") {
+            Some(Value::String(s)) => s.as_str(),
+            _ => {
+                return Err(invalid(
+                    path,
+                    field,
+                    "object without a string `content`".to_string(),
+                ))
+            }
+        },
+        Some(v) => {
+            return Err(invalid(
+                path,
+                field,
+                format!("expected a token string or {{\"content\": ...}}, found {v}"),
+            ))
+        }
+    };
+    tokenizer
+        .token_to_id(content)
+        .map(Some)
+        .ok_or_else(|| LoadError::UnknownToken {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            token: content.to_string(),
+        })
+}
