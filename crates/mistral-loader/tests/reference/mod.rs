@@ -1,0 +1,124 @@
+//! The generated test models and mlx-lm's outputs on them.
+//!
+//! `cargo xtask test` (the README's test command) generates both with live
+//! mlx-lm 0.32.2 (`xtask/python/make_models.py` and `reference.py`) and
+//! points `MISTRAL_MLX_TEST_MODELS` at them; without the variable the
+//! default location under `target/xtask` is used. Missing files fail the
+//! test with the command to run: a parity check is never skipped.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use safetensors::SafeTensors;
+
+/// The directory holding the test models, `manifest.json` and `refs/`.
+pub fn models_dir() -> PathBuf {
+    let dir = std::env::var_os("MISTRAL_MLX_TEST_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/xtask/test-models")
+        });
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "no test models in {}: run `cargo xtask test` (or `cargo xtask test-models`)",
+        dir.display()
+    );
+    dir
+}
+
+/// One generated model, as `manifest.json` describes it.
+#[derive(Debug, Clone)]
+pub struct TestModel {
+    pub dir: PathBuf,
+    pub name: String,
+    /// "float32", "bfloat16" or "float16": the dtype of its float tensors.
+    pub dtype: String,
+    pub quantized: Option<(i64, i64)>,
+    pub sliding_window: Option<i64>,
+}
+
+pub fn test_models() -> Vec<TestModel> {
+    let root = models_dir();
+    let text = std::fs::read_to_string(root.join("manifest.json")).expect("read manifest.json");
+    let manifest: serde_json::Value = serde_json::from_str(&text).expect("parse manifest.json");
+    manifest["models"]
+        .as_array()
+        .expect("manifest.models")
+        .iter()
+        .map(|entry| {
+            let name = entry["dir"].as_str().expect("model dir").to_owned();
+            let quantized = entry["quantized"]
+                .as_object()
+                .map(|q| (q["bits"].as_i64().expect("bits"), q["group_size"].as_i64().expect("group_size")));
+            TestModel {
+                dir: root.join(&name),
+                dtype: entry["dtype"].as_str().expect("dtype").to_owned(),
+                quantized,
+                sliding_window: entry["sliding_window"].as_i64(),
+                name,
+            }
+        })
+        .collect()
+}
+
+/// What mlx-lm computed for one prompt.
+#[derive(Debug)]
+pub struct Reference {
+    pub prompt: String,
+    pub prompt_ids: Vec<i32>,
+    /// `[prompt_len, vocab]`, row-major, float32.
+    pub logits: Vec<f32>,
+    pub vocab: usize,
+    /// 64 greedy ids after the prompt.
+    pub greedy_ids: Vec<i32>,
+    /// Top-1 minus top-2 log-probability at each greedy step.
+    pub greedy_margin: Vec<f32>,
+}
+
+/// mlx-lm's outputs for every prompt of `model`.
+pub fn references(model: &TestModel) -> Vec<Reference> {
+    let path = models_dir().join("refs").join(format!("{}.safetensors", model.name));
+    let bytes = std::fs::read(&path).unwrap_or_else(|err| panic!("read {}: {err}", path.display()));
+    let file = SafeTensors::deserialize(&bytes).expect("parse reference safetensors");
+    let mut prompts: Vec<String> = file
+        .names()
+        .iter()
+        .filter_map(|name| name.strip_suffix(".logits").map(str::to_owned))
+        .collect();
+    prompts.sort();
+    prompts
+        .into_iter()
+        .map(|prompt| {
+            let tensor = |what: &str| file.tensor(&format!("{prompt}.{what}")).expect("reference tensor");
+            let logits = tensor("logits");
+            Reference {
+                prompt_ids: le_values(tensor("prompt_ids").data(), i32::from_le_bytes),
+                logits: le_values(logits.data(), f32::from_le_bytes),
+                vocab: logits.shape()[1],
+                greedy_ids: le_values(tensor("greedy_ids").data(), i32::from_le_bytes),
+                greedy_margin: le_values(tensor("greedy_margin").data(), f32::from_le_bytes),
+                prompt,
+            }
+        })
+        .collect()
+}
+
+fn le_values<T>(bytes: &[u8], from: fn([u8; 4]) -> T) -> Vec<T> {
+    bytes
+        .chunks_exact(4)
+        .map(|chunk| from([chunk[0], chunk[1], chunk[2], chunk[3]]))
+        .collect()
+}
+
+/// max |ours - theirs| / max |theirs|.
+pub fn relative_error(ours: &[f32], theirs: &[f32]) -> f64 {
+    assert_eq!(ours.len(), theirs.len(), "logit counts differ");
+    let diff = ours
+        .iter()
+        .zip(theirs)
+        .map(|(a, b)| f64::from((a - b).abs()))
+        .fold(0.0, f64::max);
+    let scale = theirs.iter().map(|v| f64::from(v.abs())).fold(0.0, f64::max);
+    diff / scale.max(f64::MIN_POSITIVE)
+}
