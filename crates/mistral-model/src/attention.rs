@@ -59,7 +59,7 @@ impl Attention {
             n_kv_heads,
             head_dim,
             scale: (head_dim as f32).powf(-0.5),
-            rope_theta: cfg.rope_theta as f32,
+            rope_theta: cfg.rope_theta() as f32,
             rope_scale: cfg.rope_scale(),
             rope_traditional: cfg.rope_traditional,
         })

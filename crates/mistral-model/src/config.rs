@@ -55,9 +55,8 @@ fn default_model_type() -> String {
 fn default_rms_norm_eps() -> f64 {
     1e-6
 }
-fn default_rope_theta() -> f64 {
-    10_000.0
-}
+/// RoPE base used when the config gives none (transformers' default).
+pub const DEFAULT_ROPE_THETA: f64 = 10_000.0;
 
 /// The model configuration (`config.json`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -87,9 +86,9 @@ pub struct MistralConfig {
     /// RMSNorm epsilon (default 1e-6).
     #[serde(default = "default_rms_norm_eps")]
     pub rms_norm_eps: f64,
-    /// RoPE base (default 10000).
-    #[serde(default = "default_rope_theta")]
-    pub rope_theta: f64,
+    /// RoPE base; see [`rope_theta`](Self::rope_theta) for the value used.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
     /// Whether RoPE rotates adjacent pairs (mlx-lm's `rope_traditional`,
     /// default false: rotate halves, as Hugging Face checkpoints expect).
     #[serde(default)]
@@ -98,6 +97,11 @@ pub struct MistralConfig {
     /// are supported.
     #[serde(default)]
     pub rope_scaling: Option<Value>,
+    /// transformers v5's `rope_parameters` (`{"rope_theta": .., "rope_type": ..}`),
+    /// used where `rope_theta` / `rope_scaling` are absent; the same RoPE
+    /// types as `rope_scaling` are supported.
+    #[serde(default)]
+    pub rope_parameters: Option<Value>,
     /// Sliding-window size, `null` for full attention.
     #[serde(default)]
     pub sliding_window: Option<i32>,
@@ -197,17 +201,42 @@ impl MistralConfig {
         self.quantization().and_then(|q| q.for_module(path))
     }
 
-    /// The RoPE position scale (1 / linear scaling factor).
-    pub fn rope_scale(&self) -> f32 {
-        self.linear_rope_factor()
-            .map_or(1.0, |factor| (1.0 / factor) as f32)
+    /// The RoPE base: `rope_theta`, else `rope_parameters.rope_theta`, else
+    /// [`DEFAULT_ROPE_THETA`].
+    pub fn rope_theta(&self) -> f64 {
+        self.rope_theta
+            .or_else(|| {
+                self.rope_parameters
+                    .as_ref()
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(Value::as_f64)
+            })
+            .unwrap_or(DEFAULT_ROPE_THETA)
     }
 
-    fn linear_rope_factor(&self) -> Option<f64> {
-        self.rope_scaling
-            .as_ref()
-            .and_then(|s| s.get("factor"))
-            .and_then(Value::as_f64)
+    /// The RoPE position scale (1 / linear scaling factor).
+    pub fn rope_scale(&self) -> f32 {
+        match self.rope_type() {
+            Some((_, "linear", Some(factor))) => (1.0 / factor) as f32,
+            _ => 1.0,
+        }
+    }
+
+    /// The RoPE scaling block in use (field name, RoPE type, factor):
+    /// `rope_scaling` if set, else `rope_parameters`.
+    fn rope_type(&self) -> Option<(&'static str, &str, Option<f64>)> {
+        let (field, block) = match (&self.rope_scaling, &self.rope_parameters) {
+            (Some(s), _) if !s.is_null() => ("rope_scaling", s),
+            (_, Some(p)) if !p.is_null() => ("rope_parameters", p),
+            _ => return None,
+        };
+        let kind = block
+            .get("type")
+            .or_else(|| block.get("rope_type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let factor = block.get("factor").and_then(Value::as_f64);
+        Some((field, kind, factor))
     }
 
     /// The kind of attention of layer `layer`.
@@ -284,7 +313,7 @@ impl MistralConfig {
             ));
         }
         positive_finite("rms_norm_eps", self.rms_norm_eps)?;
-        positive_finite("rope_theta", self.rope_theta)?;
+        positive_finite("rope_theta", self.rope_theta())?;
         self.validate_rope_scaling()?;
         if let Some(w) = self.sliding_window {
             positive("sliding_window", w)?;
@@ -322,27 +351,27 @@ impl MistralConfig {
     }
 
     fn validate_rope_scaling(&self) -> Result<(), ConfigError> {
-        let Some(scaling) = &self.rope_scaling else {
-            return Ok(());
-        };
-        if scaling.is_null() {
-            return Ok(());
+        if let Some(theta) = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|p| p.get("rope_theta"))
+        {
+            if !theta.is_f64() && !theta.is_i64() && !theta.is_u64() {
+                return Err(ConfigError::invalid(
+                    "rope_parameters.rope_theta",
+                    format!("must be a number, got {theta}"),
+                ));
+            }
         }
-        let kind = scaling
-            .get("type")
-            .or_else(|| scaling.get("rope_type"))
-            .and_then(Value::as_str);
-        match kind {
-            Some("default") => Ok(()),
-            Some("linear") => match self.linear_rope_factor() {
-                Some(f) => positive_finite("rope_scaling.factor", f),
-                None => Err(ConfigError::invalid(
-                    "rope_scaling.factor",
-                    "linear scaling needs a numeric factor",
-                )),
-            },
-            other => Err(ConfigError::unsupported(
-                "rope_scaling",
+        match self.rope_type() {
+            None | Some((_, "default", _)) => Ok(()),
+            Some((field, "linear", Some(f))) => positive_finite(&format!("{field}.factor"), f),
+            Some((field, "linear", None)) => Err(ConfigError::invalid(
+                format!("{field}.factor"),
+                "linear scaling needs a numeric factor",
+            )),
+            Some((field, other, _)) => Err(ConfigError::unsupported(
+                field,
                 format!("RoPE scaling type {other:?} (only \"linear\" is supported)"),
             )),
         }

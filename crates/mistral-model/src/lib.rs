@@ -17,6 +17,8 @@
 //!   `rope_theta`) and scaled-dot-product attention (grouped-query attention
 //!   handled natively), SwiGLU MLP, optional sliding-window masks per layer.
 
+#![deny(missing_docs)]
+
 pub mod attention;
 pub mod block;
 pub mod config;

@@ -137,7 +137,7 @@ fn mistral_7b_v01() {
 fn mistral_7b_v03_quantized() {
     let cfg = parse(MISTRAL_7B_V03_MLX_4BIT);
     assert_eq!(cfg.vocab_size, 32768);
-    assert_eq!(cfg.rope_theta, 1e6);
+    assert_eq!(cfg.rope_theta(), 1e6);
     assert_eq!(cfg.sliding_window, None);
     assert_eq!(cfg.attention_mask(0), AttentionMask::Causal);
     let q = QuantParams {
@@ -227,7 +227,7 @@ fn defaults_and_eos_list() {
     let cfg = parse(&text);
     assert_eq!(cfg.num_key_value_heads(), 32);
     assert_eq!(cfg.rms_norm_eps, 1e-6);
-    assert_eq!(cfg.rope_theta, 10000.0);
+    assert_eq!(cfg.rope_theta(), 10000.0);
     assert_eq!(cfg.model_type, "mistral");
     assert!(cfg.tie_word_embeddings);
     assert_eq!(cfg.eos_token_id, Some(EosTokenId::Many(vec![2, 32000])));
@@ -264,6 +264,34 @@ fn linear_rope_scaling() {
         json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}),
     );
     assert_eq!(invalid_field(&text), "rope_scaling");
+}
+
+#[test]
+fn transformers_v5_rope_parameters() {
+    let text = patched(
+        MISTRAL_NEMO,
+        json!({"rope_theta": null,
+               "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"}}),
+    );
+    let cfg = parse(&text);
+    assert_eq!(cfg.rope_theta(), 1e6);
+    assert_eq!(cfg.rope_scale(), 1.0);
+    let text = patched(
+        MISTRAL_NEMO,
+        json!({"rope_theta": null,
+               "rope_parameters": {"rope_theta": 1e6, "rope_type": "linear", "factor": 8.0}}),
+    );
+    assert_eq!(parse(&text).rope_scale(), 0.125);
+    let text = patched(
+        MISTRAL_NEMO,
+        json!({"rope_parameters": {"rope_theta": 1e6, "rope_type": "yarn", "factor": 8.0}}),
+    );
+    assert_eq!(invalid_field(&text), "rope_parameters");
+    let text = patched(
+        MISTRAL_NEMO,
+        json!({"rope_theta": null, "rope_parameters": {"rope_theta": "big"}}),
+    );
+    assert_eq!(invalid_field(&text), "rope_parameters.rope_theta");
 }
 
 #[test]

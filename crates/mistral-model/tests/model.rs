@@ -60,7 +60,7 @@ impl<'a> Reference<'a> {
     fn rope(&self, v: &mut [f32], pos: usize) {
         let hd = v.len();
         let half = hd / 2;
-        let theta = self.cfg.rope_theta;
+        let theta = self.cfg.rope_theta();
         let p = pos as f64 * self.cfg.rope_scale() as f64;
         for i in 0..half {
             let freq = theta.powf(-(2.0 * i as f64) / hd as f64);

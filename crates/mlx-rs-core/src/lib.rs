@@ -9,6 +9,8 @@
 //!   over that kernel taking them;
 //! - [`error`]: the crate's error type.
 
+#![deny(missing_docs)]
+
 pub mod cache;
 pub mod error;
 pub mod mask;
