@@ -86,6 +86,12 @@ impl Attention {
         mask: &SdpaMask,
         cache: Option<&mut C>,
     ) -> Result<Array, ModelError> {
+        if x.ndim() != 3 {
+            return Err(ModelError::Input(format!(
+                "attention input must be [batch, length, hidden], got shape {:?}",
+                x.shape()
+            )));
+        }
         let (b, l) = (x.dim(0), x.dim(1));
         let split = |a: Array, heads: i32| -> Result<Array, ModelError> {
             Ok(a.reshape(&[b, l, heads, self.head_dim])?

@@ -78,6 +78,9 @@ impl MistralModel {
     /// normalized hidden states `[B, L, hidden_size]`. `cache` holds one slot
     /// per layer; an empty list is filled with new caches first, a `None`
     /// slot runs that layer without cache (positions from 0).
+    ///
+    /// Ids must be below `vocab_size`; this is not checked here, since that
+    /// would force evaluating `tokens` (the caller knows its tokenizer).
     pub fn forward<C: KeyValueCache>(
         &self,
         tokens: &Array,
