@@ -1,3 +1,44 @@
 //! The Mistral model family on MLX: configuration and layers.
 //!
-//! Depends only on `mlx-rs-core`. Loading files is `mistral-loader`'s job.
+//! Depends only on `mlx-rs-core`. Loading files is `mistral-loader`'s job:
+//! it parses `config.json` with [`MistralConfig::from_json_str`] and hands the
+//! tensors to [`Mistral::new`] through the [`WeightSource`] trait.
+//!
+//! Design (after mlx-lm's `models/llama.py` and candle's `models/mistral.rs`):
+//! - the model holds no state; KV caches are created and owned by the caller
+//!   and passed to every [`Mistral::forward`] call;
+//! - constructors take the config and a [`Weights`] view whose nesting
+//!   (`weights.pp("self_attn")`) mirrors the Hugging Face tensor names, so
+//!   every error names the exact tensor;
+//! - quantization is a kind of [`Linear`] / [`Embedding`] (MLX affine format
+//!   as written by `mlx_lm.convert`), chosen per module from the config and
+//!   checked against the tensors present, never a second copy of the model;
+//! - the math follows mlx-lm's llama.py: fused RMSNorm, RoPE (base
+//!   `rope_theta`) and scaled-dot-product attention (grouped-query attention
+//!   handled natively), SwiGLU MLP, optional sliding-window masks per layer.
+
+#![deny(missing_docs)]
+
+pub mod attention;
+pub mod block;
+pub mod config;
+pub mod embedding;
+pub mod error;
+pub mod linear;
+pub mod mlp;
+pub mod model;
+pub mod norm;
+pub mod quantization;
+pub mod weights;
+
+pub use attention::Attention;
+pub use block::DecoderLayer;
+pub use config::{EosTokenId, LayerType, MistralConfig};
+pub use embedding::Embedding;
+pub use error::{ConfigError, ModelError};
+pub use linear::{Linear, LinearWeight, QuantizedWeight};
+pub use mlp::Mlp;
+pub use model::{Mistral, MistralModel};
+pub use norm::RmsNorm;
+pub use quantization::{LayerQuantization, QuantParams, QuantizationConfig};
+pub use weights::{WeightSource, Weights};

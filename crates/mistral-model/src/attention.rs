@@ -1,0 +1,119 @@
+//! [`Attention`]: multi-head self-attention with grouped-query key/value
+//! heads, RoPE and an optional KV cache (mlx-lm llama.py's `Attention`).
+//!
+//! Queries/keys/values are laid out `[B, heads, L, head_dim]`; RoPE (not
+//! traditional, base `rope_theta`) is applied at the cache's offset before the
+//! keys are stored; MLX's fused attention handles `n_kv_heads < n_heads`
+//! natively, so keys and values are never repeated.
+
+use mlx_rs::{fast, Array};
+use mlx_rs_core::{scaled_dot_product_attention, KeyValueCache, SdpaMask};
+
+use crate::config::MistralConfig;
+use crate::error::ModelError;
+use crate::linear::Linear;
+use crate::weights::Weights;
+
+/// The self-attention block of a decoder layer.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    n_heads: i32,
+    n_kv_heads: i32,
+    head_dim: i32,
+    scale: f32,
+    rope_theta: f32,
+    rope_scale: f32,
+    rope_traditional: bool,
+}
+
+impl Attention {
+    /// Takes `q_proj`, `k_proj`, `v_proj` and `o_proj` from the module
+    /// `weights` points at (`model.layers.N.self_attn`).
+    pub fn new(cfg: &MistralConfig, weights: &mut Weights) -> Result<Self, ModelError> {
+        let dim = cfg.hidden_size;
+        let (n_heads, n_kv_heads, head_dim) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads(),
+            cfg.head_dim(),
+        );
+        let bias = cfg.attention_bias;
+        let q_out = n_heads * head_dim;
+        let kv_out = n_kv_heads * head_dim;
+        let q_proj = Linear::new(cfg, &mut weights.pp("q_proj"), dim, q_out, bias)?;
+        let k_proj = Linear::new(cfg, &mut weights.pp("k_proj"), dim, kv_out, bias)?;
+        let v_proj = Linear::new(cfg, &mut weights.pp("v_proj"), dim, kv_out, bias)?;
+        let o_proj = Linear::new(cfg, &mut weights.pp("o_proj"), q_out, dim, bias)?;
+        // Precomputed RoPE frequencies some checkpoints carry; RoPE is
+        // recomputed from `rope_theta`, so they are dropped (as mlx-lm does).
+        let _ = weights.take("rotary_emb.inv_freq");
+        Ok(Attention {
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            scale: (head_dim as f32).powf(-0.5),
+            rope_theta: cfg.rope_theta() as f32,
+            rope_scale: cfg.rope_scale(),
+            rope_traditional: cfg.rope_traditional,
+        })
+    }
+
+    fn rope(&self, x: &Array, offset: i32) -> Result<Array, ModelError> {
+        Ok(fast::rope(
+            x,
+            self.head_dim,
+            self.rope_traditional,
+            self.rope_theta,
+            self.rope_scale,
+            offset,
+            None,
+        )?)
+    }
+
+    /// Attends over `x` `[B, L, hidden_size]` whose first position is at the
+    /// cache's offset (0 without a cache), storing the new keys and values in
+    /// `cache`, and returns `[B, L, hidden_size]`.
+    pub fn forward<C: KeyValueCache>(
+        &self,
+        x: &Array,
+        mask: &SdpaMask,
+        cache: Option<&mut C>,
+    ) -> Result<Array, ModelError> {
+        if x.ndim() != 3 {
+            return Err(ModelError::Input(format!(
+                "attention input must be [batch, length, hidden], got shape {:?}",
+                x.shape()
+            )));
+        }
+        let (b, l) = (x.dim(0), x.dim(1));
+        let split = |a: Array, heads: i32| -> Result<Array, ModelError> {
+            Ok(a.reshape(&[b, l, heads, self.head_dim])?
+                .transpose_axes(&[0, 2, 1, 3])?)
+        };
+        let queries = split(self.q_proj.forward(x)?, self.n_heads)?;
+        let keys = split(self.k_proj.forward(x)?, self.n_kv_heads)?;
+        let values = split(self.v_proj.forward(x)?, self.n_kv_heads)?;
+        let (queries, keys, values) = match cache {
+            Some(cache) => {
+                let offset = cache.offset();
+                let queries = self.rope(&queries, offset)?;
+                let keys = self.rope(&keys, offset)?;
+                let (keys, values) = cache.update_and_fetch(&keys, &values)?;
+                (queries, keys, values)
+            }
+            None => (self.rope(&queries, 0)?, self.rope(&keys, 0)?, values),
+        };
+        let out = scaled_dot_product_attention(&queries, &keys, &values, self.scale, mask)?;
+        let out =
+            out.transpose_axes(&[0, 2, 1, 3])?
+                .reshape(&[b, l, self.n_heads * self.head_dim])?;
+        self.o_proj.forward(&out)
+    }
+}

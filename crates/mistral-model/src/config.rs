@@ -1,0 +1,414 @@
+//! [`MistralConfig`]: the Hugging Face / mlx-community `config.json` of the
+//! Mistral family.
+//!
+//! Covers Mistral-7B v0.1 (`sliding_window: 4096`), v0.2/v0.3
+//! (`sliding_window: null`, `rope_theta: 1e6`), Nemo/Small (explicit
+//! `head_dim`), Llama-style configs, optional `layer_types`, and MLX
+//! quantization blocks. Parsing ([`MistralConfig::from_json_str`]) only reads;
+//! [`MistralConfig::validate`] checks ranges and consistency and names the
+//! offending field. Defaults follow transformers' `MistralConfig` and mlx-lm.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use mlx_rs_core::AttentionMask;
+
+use crate::error::ConfigError;
+use crate::quantization::{QuantParams, QuantizationConfig};
+
+/// Model types this crate implements (all use the Llama/Mistral decoder).
+pub const SUPPORTED_MODEL_TYPES: [&str; 3] = ["mistral", "llama", "ministral"];
+
+/// `eos_token_id`: a single id or a list of ids.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum EosTokenId {
+    /// One end-of-sequence id.
+    Single(i32),
+    /// Several end-of-sequence ids.
+    Many(Vec<i32>),
+}
+
+impl EosTokenId {
+    /// All ids as a list.
+    pub fn ids(&self) -> Vec<i32> {
+        match self {
+            EosTokenId::Single(id) => vec![*id],
+            EosTokenId::Many(ids) => ids.clone(),
+        }
+    }
+}
+
+/// One entry of `layer_types`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerType {
+    /// Causal attention over the whole history (`"full_attention"`).
+    FullAttention,
+    /// Causal attention over the last `sliding_window` positions
+    /// (`"sliding_attention"`).
+    SlidingAttention,
+}
+
+fn default_model_type() -> String {
+    "mistral".to_owned()
+}
+fn default_rms_norm_eps() -> f64 {
+    1e-6
+}
+/// RoPE base used when the config gives none (transformers' default).
+pub const DEFAULT_ROPE_THETA: f64 = 10_000.0;
+
+/// The model configuration (`config.json`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct MistralConfig {
+    /// `model_type`; one of [`SUPPORTED_MODEL_TYPES`] (default `"mistral"`).
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    /// Width of the residual stream.
+    pub hidden_size: i32,
+    /// Width of the MLP's hidden layer.
+    pub intermediate_size: i32,
+    /// Number of decoder layers.
+    pub num_hidden_layers: i32,
+    /// Number of query heads.
+    pub num_attention_heads: i32,
+    /// Number of key/value heads (default: `num_attention_heads`).
+    #[serde(default)]
+    pub num_key_value_heads: Option<i32>,
+    /// Per-head width (default: `hidden_size / num_attention_heads`).
+    #[serde(default)]
+    pub head_dim: Option<i32>,
+    /// Vocabulary size.
+    pub vocab_size: i32,
+    /// Longest supported context (informational).
+    #[serde(default)]
+    pub max_position_embeddings: Option<i32>,
+    /// RMSNorm epsilon (default 1e-6).
+    #[serde(default = "default_rms_norm_eps")]
+    pub rms_norm_eps: f64,
+    /// RoPE base; see [`rope_theta`](Self::rope_theta) for the value used.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// Whether RoPE rotates adjacent pairs (mlx-lm's `rope_traditional`,
+    /// default false: rotate halves, as Hugging Face checkpoints expect).
+    #[serde(default)]
+    pub rope_traditional: bool,
+    /// `rope_scaling`; only absent/null or `{"type": "linear", "factor": f}`
+    /// are supported.
+    #[serde(default)]
+    pub rope_scaling: Option<Value>,
+    /// transformers v5's `rope_parameters` (`{"rope_theta": .., "rope_type": ..}`),
+    /// used where `rope_theta` / `rope_scaling` are absent; the same RoPE
+    /// types as `rope_scaling` are supported.
+    #[serde(default)]
+    pub rope_parameters: Option<Value>,
+    /// Sliding-window size, `null` for full attention.
+    #[serde(default)]
+    pub sliding_window: Option<i32>,
+    /// Per-layer attention kinds (`"full_attention"` / `"sliding_attention"`).
+    /// When absent, every layer uses `sliding_window` if set.
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
+    /// Whether the LM head reuses the token embedding (default false).
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Whether q/k/v/o projections have biases (default false).
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// Whether the MLP projections have biases (default false).
+    #[serde(default)]
+    pub mlp_bias: bool,
+    /// Beginning-of-sequence token id.
+    #[serde(default)]
+    pub bos_token_id: Option<i32>,
+    /// End-of-sequence token id(s).
+    #[serde(default)]
+    pub eos_token_id: Option<EosTokenId>,
+    /// The mlx-community `"quantization"` block.
+    #[serde(default)]
+    pub quantization: Option<QuantizationConfig>,
+    /// The same block under the name `"quantization_config"`.
+    #[serde(default)]
+    pub quantization_config: Option<QuantizationConfig>,
+}
+
+fn positive(field: &str, value: i32) -> Result<(), ConfigError> {
+    if value <= 0 {
+        return Err(ConfigError::invalid(
+            field,
+            format!("must be positive, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+fn positive_finite(field: &str, value: f64) -> Result<(), ConfigError> {
+    if !(value.is_finite() && value > 0.0) {
+        return Err(ConfigError::invalid(
+            field,
+            format!("must be a positive finite number, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+impl MistralConfig {
+    /// Parses `config.json` text. Call [`validate`](Self::validate) before use
+    /// ([`crate::Mistral::new`] does).
+    pub fn from_json_str(text: &str) -> Result<Self, ConfigError> {
+        Ok(serde_json::from_str(text)?)
+    }
+
+    /// Parses and validates `config.json` text.
+    pub fn from_json_str_validated(text: &str) -> Result<Self, ConfigError> {
+        let cfg = Self::from_json_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Number of key/value heads.
+    pub fn num_key_value_heads(&self) -> i32 {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Per-head width.
+    pub fn head_dim(&self) -> i32 {
+        self.head_dim.unwrap_or_else(|| {
+            self.hidden_size
+                .checked_div(self.num_attention_heads)
+                .unwrap_or(0)
+        })
+    }
+
+    /// End-of-sequence ids (empty when not given).
+    pub fn eos_token_ids(&self) -> Vec<i32> {
+        self.eos_token_id
+            .as_ref()
+            .map(EosTokenId::ids)
+            .unwrap_or_default()
+    }
+
+    /// The quantization block, under either name.
+    pub fn quantization(&self) -> Option<&QuantizationConfig> {
+        self.quantization
+            .as_ref()
+            .or(self.quantization_config.as_ref())
+    }
+
+    /// How the module at `path` (e.g. `model.layers.0.mlp.down_proj`) is
+    /// stored: `None` means unquantized.
+    pub fn quantization_for(&self, path: &str) -> Option<QuantParams> {
+        self.quantization().and_then(|q| q.for_module(path))
+    }
+
+    /// The RoPE base: `rope_theta`, else `rope_parameters.rope_theta`, else
+    /// [`DEFAULT_ROPE_THETA`].
+    pub fn rope_theta(&self) -> f64 {
+        self.rope_theta
+            .or_else(|| {
+                self.rope_parameters
+                    .as_ref()
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(Value::as_f64)
+            })
+            .unwrap_or(DEFAULT_ROPE_THETA)
+    }
+
+    /// The RoPE position scale (1 / linear scaling factor).
+    pub fn rope_scale(&self) -> f32 {
+        match self.rope_type() {
+            Some((_, "linear", Some(factor))) => (1.0 / factor) as f32,
+            _ => 1.0,
+        }
+    }
+
+    /// The RoPE scaling block in use (field name, RoPE type, factor):
+    /// `rope_scaling` if set, else `rope_parameters`.
+    fn rope_type(&self) -> Option<(&'static str, &str, Option<f64>)> {
+        let (field, block) = match (&self.rope_scaling, &self.rope_parameters) {
+            (Some(s), _) if !s.is_null() => ("rope_scaling", s),
+            (_, Some(p)) if !p.is_null() => ("rope_parameters", p),
+            _ => return None,
+        };
+        let kind = block
+            .get("type")
+            .or_else(|| block.get("rope_type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let factor = block.get("factor").and_then(Value::as_f64);
+        Some((field, kind, factor))
+    }
+
+    /// The kind of attention of layer `layer`.
+    pub fn layer_type(&self, layer: usize) -> LayerType {
+        let named = self
+            .layer_types
+            .as_ref()
+            .and_then(|types| types.get(layer))
+            .map(String::as_str);
+        match (named, self.sliding_window) {
+            (Some("sliding_attention"), _) => LayerType::SlidingAttention,
+            (Some(_), _) => LayerType::FullAttention,
+            (None, Some(_)) => LayerType::SlidingAttention,
+            (None, None) => LayerType::FullAttention,
+        }
+    }
+
+    /// The attention mask kind of layer `layer`.
+    pub fn attention_mask(&self, layer: usize) -> AttentionMask {
+        match (self.layer_type(layer), self.sliding_window) {
+            (LayerType::SlidingAttention, Some(w)) => AttentionMask::SlidingWindow(w),
+            _ => AttentionMask::Causal,
+        }
+    }
+
+    /// Checks ranges and consistency; the error names the offending field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !SUPPORTED_MODEL_TYPES.contains(&self.model_type.as_str()) {
+            return Err(ConfigError::unsupported(
+                "model_type",
+                format!(
+                    "{:?} (supported: {SUPPORTED_MODEL_TYPES:?})",
+                    self.model_type
+                ),
+            ));
+        }
+        positive("hidden_size", self.hidden_size)?;
+        positive("intermediate_size", self.intermediate_size)?;
+        positive("num_hidden_layers", self.num_hidden_layers)?;
+        positive("num_attention_heads", self.num_attention_heads)?;
+        positive("num_key_value_heads", self.num_key_value_heads())?;
+        positive("vocab_size", self.vocab_size)?;
+        if let Some(n) = self.max_position_embeddings {
+            positive("max_position_embeddings", n)?;
+        }
+        match self.head_dim {
+            Some(d) => positive("head_dim", d)?,
+            None => {
+                if self.hidden_size % self.num_attention_heads != 0 {
+                    return Err(ConfigError::invalid(
+                        "hidden_size",
+                        format!(
+                            "{} is not divisible by num_attention_heads {} (and head_dim is not given)",
+                            self.hidden_size, self.num_attention_heads
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(ConfigError::invalid(
+                "head_dim",
+                format!("{} must be even for RoPE", self.head_dim()),
+            ));
+        }
+        if self.num_attention_heads % self.num_key_value_heads() != 0 {
+            return Err(ConfigError::invalid(
+                "num_key_value_heads",
+                format!(
+                    "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                    self.num_attention_heads,
+                    self.num_key_value_heads()
+                ),
+            ));
+        }
+        positive_finite("rms_norm_eps", self.rms_norm_eps)?;
+        positive_finite("rope_theta", self.rope_theta())?;
+        self.validate_rope_scaling()?;
+        if let Some(w) = self.sliding_window {
+            positive("sliding_window", w)?;
+        }
+        self.validate_layer_types()?;
+        if let Some(bos) = self.bos_token_id {
+            if bos < 0 {
+                return Err(ConfigError::invalid(
+                    "bos_token_id",
+                    format!("must not be negative, got {bos}"),
+                ));
+            }
+        }
+        if let Some(bad) = self.eos_token_ids().into_iter().find(|id| *id < 0) {
+            return Err(ConfigError::invalid(
+                "eos_token_id",
+                format!("must not be negative, got {bad}"),
+            ));
+        }
+        if let Some(q) = &self.quantization {
+            q.validate("quantization")?;
+        }
+        if let Some(q) = &self.quantization_config {
+            q.validate("quantization_config")?;
+        }
+        if let (Some(a), Some(b)) = (&self.quantization, &self.quantization_config) {
+            if a != b {
+                return Err(ConfigError::invalid(
+                    "quantization_config",
+                    "differs from `quantization`",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_rope_scaling(&self) -> Result<(), ConfigError> {
+        if let Some(theta) = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|p| p.get("rope_theta"))
+        {
+            if !theta.is_f64() && !theta.is_i64() && !theta.is_u64() {
+                return Err(ConfigError::invalid(
+                    "rope_parameters.rope_theta",
+                    format!("must be a number, got {theta}"),
+                ));
+            }
+        }
+        match self.rope_type() {
+            None | Some((_, "default", _)) => Ok(()),
+            Some((field, "linear", Some(f))) => positive_finite(&format!("{field}.factor"), f),
+            Some((field, "linear", None)) => Err(ConfigError::invalid(
+                format!("{field}.factor"),
+                "linear scaling needs a numeric factor",
+            )),
+            Some((field, other, _)) => Err(ConfigError::unsupported(
+                field,
+                format!("RoPE scaling type {other:?} (only \"linear\" is supported)"),
+            )),
+        }
+    }
+
+    fn validate_layer_types(&self) -> Result<(), ConfigError> {
+        let Some(types) = &self.layer_types else {
+            return Ok(());
+        };
+        if types.len() != self.num_hidden_layers as usize {
+            return Err(ConfigError::invalid(
+                "layer_types",
+                format!(
+                    "has {} entries, num_hidden_layers is {}",
+                    types.len(),
+                    self.num_hidden_layers
+                ),
+            ));
+        }
+        for (i, t) in types.iter().enumerate() {
+            match t.as_str() {
+                "full_attention" => {}
+                "sliding_attention" if self.sliding_window.is_some() => {}
+                "sliding_attention" => {
+                    return Err(ConfigError::invalid(
+                        format!("layer_types[{i}]"),
+                        "\"sliding_attention\" needs `sliding_window` to be set",
+                    ))
+                }
+                other => {
+                    return Err(ConfigError::invalid(
+                        format!("layer_types[{i}]"),
+                        format!("{other:?} is not \"full_attention\" or \"sliding_attention\""),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,66 @@
+//! [`Embedding`]: the token embedding table, dense or MLX-quantized, which can
+//! also serve as a tied LM head ([`Embedding::as_linear`]).
+//!
+//! A quantized table is gathered row-wise (packed weight, scales, biases)
+//! and only the gathered rows are dequantized, as in mlx-lm's
+//! `QuantizedEmbedding`.
+
+use mlx_rs::{ops::dequantize, Array};
+
+use crate::config::MistralConfig;
+use crate::error::ModelError;
+use crate::linear::LinearWeight;
+use crate::weights::Weights;
+
+/// A `[vocab, dim]` embedding table.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    weight: LinearWeight,
+    dim: i32,
+}
+
+impl Embedding {
+    /// Takes the table (`weight`, and `scales`/`biases` if quantized) from
+    /// the module `weights` points at.
+    pub fn new(
+        cfg: &MistralConfig,
+        weights: &mut Weights,
+        vocab: i32,
+        dim: i32,
+    ) -> Result<Self, ModelError> {
+        Ok(Embedding {
+            weight: LinearWeight::load(cfg, weights, vocab, dim)?,
+            dim,
+        })
+    }
+
+    /// The table.
+    pub fn weight(&self) -> &LinearWeight {
+        &self.weight
+    }
+
+    /// The embedding width.
+    pub fn dim(&self) -> i32 {
+        self.dim
+    }
+
+    /// Looks up `ids` (any integer shape `S`), giving `[S..., dim]`.
+    pub fn forward(&self, ids: &Array) -> Result<Array, ModelError> {
+        match &self.weight {
+            LinearWeight::Dense(w) => Ok(w.take_axis(ids, 0)?),
+            LinearWeight::Quantized(q) => Ok(dequantize(
+                q.weight.take_axis(ids, 0)?,
+                q.scales.take_axis(ids, 0)?,
+                &q.biases.take_axis(ids, 0)?,
+                q.params.group_size,
+                q.params.bits,
+            )?),
+        }
+    }
+
+    /// Uses the table as a linear map `x Eᵀ` (`[..., dim]` to `[..., vocab]`),
+    /// for tied LM heads.
+    pub fn as_linear(&self, x: &Array) -> Result<Array, ModelError> {
+        self.weight.matmul_t(x)
+    }
+}

@@ -1,0 +1,216 @@
+//! [`Linear`]: `y = x Wᵀ (+ b)` with a dense or an MLX-quantized weight.
+//!
+//! The quantized form is MLX's affine format as written by `mlx_lm.convert`:
+//! `weight` is uint32 `[out, in * bits / 32]` (elements packed from the low
+//! bits up), `scales` and `biases` are `[out, in / group_size]`, and an
+//! element is `scale * q + bias` of its group. Which form a module has is
+//! decided by the config's quantization block (per-module entries first) and
+//! checked against the tensors present.
+
+use mlx_rs::{
+    ops::{addmm, dequantize, quantized_matmul},
+    Array, Dtype,
+};
+
+use crate::config::MistralConfig;
+use crate::error::ModelError;
+use crate::quantization::QuantParams;
+use crate::weights::Weights;
+
+/// An MLX affine-quantized matrix `[rows, cols]`.
+#[derive(Debug, Clone)]
+pub struct QuantizedWeight {
+    /// Packed elements, uint32 `[rows, cols * bits / 32]`.
+    pub weight: Array,
+    /// Per-group scales, `[rows, cols / group_size]`.
+    pub scales: Array,
+    /// Per-group biases, `[rows, cols / group_size]`.
+    pub biases: Array,
+    /// Group size and bit width.
+    pub params: QuantParams,
+}
+
+impl QuantizedWeight {
+    /// Takes `weight`, `scales` and `biases` of the module `weights` points
+    /// at, checking them against a logical `[rows, cols]` matrix.
+    pub fn load(
+        weights: &mut Weights,
+        rows: i32,
+        cols: i32,
+        params: QuantParams,
+    ) -> Result<Self, ModelError> {
+        let QuantParams { group_size, bits } = params;
+        let describe = format!(
+            "the config quantizes `{}` ({bits}-bit, group size {group_size})",
+            weights.module_path()
+        );
+        if cols % group_size != 0 || (cols * bits) % 32 != 0 {
+            return Err(ModelError::Quantization {
+                tensor: weights.path("weight"),
+                message: format!(
+                    "{describe}, but its input size {cols} is not a multiple of the group size \
+                     and of 32 / gcd(32, bits)"
+                ),
+            });
+        }
+        let Some(scales) = weights.take("scales") else {
+            return Err(ModelError::Quantization {
+                tensor: weights.path("scales"),
+                message: format!("is missing, but {describe}"),
+            });
+        };
+        let groups = [rows, cols / group_size];
+        let packed = weights.exact("weight", &[rows, cols * bits / 32], Dtype::Uint32)?;
+        let scales = check_scales(weights, "scales", scales, &groups)?;
+        let biases = weights.float("biases", &groups)?;
+        Ok(QuantizedWeight {
+            weight: packed,
+            scales,
+            biases,
+            params,
+        })
+    }
+
+    /// `x Wᵀ` with the fused quantized kernel.
+    pub fn matmul_t(&self, x: &Array) -> Result<Array, ModelError> {
+        Ok(quantized_matmul(
+            x,
+            &self.weight,
+            &self.scales,
+            &self.biases,
+            true,
+            self.params.group_size,
+            self.params.bits,
+        )?)
+    }
+
+    /// The dequantized matrix `[rows, cols]` (dtype of the scales).
+    pub fn dequantize(&self) -> Result<Array, ModelError> {
+        Ok(dequantize(
+            &self.weight,
+            &self.scales,
+            &self.biases,
+            self.params.group_size,
+            self.params.bits,
+        )?)
+    }
+}
+
+fn check_scales(
+    weights: &Weights,
+    name: &str,
+    scales: Array,
+    shape: &[i32],
+) -> Result<Array, ModelError> {
+    if !scales.dtype().is_float() {
+        return Err(ModelError::Dtype {
+            tensor: weights.path(name),
+            expected: "a floating-point type".to_owned(),
+            found: scales.dtype(),
+        });
+    }
+    weights.check_shape(name, &scales, shape)?;
+    match weights.dtype() {
+        Some(d) if d != scales.dtype() => Ok(scales.as_dtype(d)?),
+        _ => Ok(scales),
+    }
+}
+
+/// The weight of a linear map or embedding table: dense or quantized.
+#[derive(Debug, Clone)]
+pub enum LinearWeight {
+    /// A floating-point matrix `[rows, cols]`.
+    Dense(Array),
+    /// An MLX affine-quantized matrix.
+    Quantized(QuantizedWeight),
+}
+
+impl LinearWeight {
+    /// Takes the weight of the module `weights` points at, a logical
+    /// `[rows, cols]` matrix, in the form the config gives for that module.
+    /// A `scales` tensor for a module the config leaves unquantized is an
+    /// error naming it.
+    pub fn load(
+        cfg: &MistralConfig,
+        weights: &mut Weights,
+        rows: i32,
+        cols: i32,
+    ) -> Result<Self, ModelError> {
+        match cfg.quantization_for(weights.module_path()) {
+            Some(params) => Ok(LinearWeight::Quantized(QuantizedWeight::load(
+                weights, rows, cols, params,
+            )?)),
+            None => {
+                if weights.take("scales").is_some() {
+                    return Err(ModelError::Quantization {
+                        tensor: weights.path("scales"),
+                        message: format!(
+                            "is present, but the config leaves `{}` unquantized",
+                            weights.module_path()
+                        ),
+                    });
+                }
+                Ok(LinearWeight::Dense(weights.float("weight", &[rows, cols])?))
+            }
+        }
+    }
+
+    /// `x Wᵀ`.
+    pub fn matmul_t(&self, x: &Array) -> Result<Array, ModelError> {
+        match self {
+            LinearWeight::Dense(w) => Ok(x.matmul(w.transpose()?)?),
+            LinearWeight::Quantized(q) => q.matmul_t(x),
+        }
+    }
+}
+
+/// A linear layer `y = x Wᵀ + b` (bias optional), `W` being `[out, in]`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: LinearWeight,
+    bias: Option<Array>,
+}
+
+impl Linear {
+    /// Takes the layer's tensors (`weight`, and `scales`/`biases` if
+    /// quantized, `bias` if `bias`) from the module `weights` points at.
+    pub fn new(
+        cfg: &MistralConfig,
+        weights: &mut Weights,
+        in_dim: i32,
+        out_dim: i32,
+        bias: bool,
+    ) -> Result<Self, ModelError> {
+        let weight = LinearWeight::load(cfg, weights, out_dim, in_dim)?;
+        let bias = if bias {
+            Some(weights.float("bias", &[out_dim])?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    /// A layer from already-checked parts.
+    pub fn from_parts(weight: LinearWeight, bias: Option<Array>) -> Self {
+        Linear { weight, bias }
+    }
+
+    /// The weight.
+    pub fn weight(&self) -> &LinearWeight {
+        &self.weight
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Array> {
+        self.bias.as_ref()
+    }
+
+    /// Applies the layer to `x` `[..., in]`, giving `[..., out]`.
+    pub fn forward(&self, x: &Array) -> Result<Array, ModelError> {
+        match (&self.weight, &self.bias) {
+            (LinearWeight::Dense(w), Some(b)) => Ok(addmm(b, x, w.transpose()?, 1.0, 1.0)?),
+            (weight, None) => weight.matmul_t(x),
+            (weight, Some(b)) => Ok(weight.matmul_t(x)?.add(b)?),
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! [`Mlp`]: the SwiGLU feed-forward block,
+//! `down_proj(silu(gate_proj(x)) * up_proj(x))`.
+
+use mlx_rs::{nn::silu, Array};
+
+use crate::config::MistralConfig;
+use crate::error::ModelError;
+use crate::linear::Linear;
+use crate::weights::Weights;
+
+/// The feed-forward block of a decoder layer.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    /// Takes `gate_proj`, `up_proj` and `down_proj` from the module `weights`
+    /// points at (`model.layers.N.mlp`).
+    pub fn new(cfg: &MistralConfig, weights: &mut Weights) -> Result<Self, ModelError> {
+        let (dim, hidden, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        Ok(Mlp {
+            gate_proj: Linear::new(cfg, &mut weights.pp("gate_proj"), dim, hidden, bias)?,
+            up_proj: Linear::new(cfg, &mut weights.pp("up_proj"), dim, hidden, bias)?,
+            down_proj: Linear::new(cfg, &mut weights.pp("down_proj"), hidden, dim, bias)?,
+        })
+    }
+
+    /// Applies the block to `x` `[B, L, hidden_size]`.
+    pub fn forward(&self, x: &Array) -> Result<Array, ModelError> {
+        let gate = silu(self.gate_proj.forward(x)?)?;
+        let up = self.up_proj.forward(x)?;
+        self.down_proj.forward(&gate.multiply(&up)?)
+    }
+}

@@ -1,0 +1,212 @@
+//! [`MistralModel`] (embedding, decoder layers, final norm: the `model.*`
+//! tensors) and [`Mistral`] (that plus the LM head), after mlx-lm llama.py's
+//! `LlamaModel` and `Model`.
+//!
+//! The model holds no KV state: [`Mistral::forward`] takes one cache slot per
+//! layer and fills an empty list itself. Masks are built once per distinct
+//! (cache offset, mask kind) in a call and shared by the layers using them.
+
+use mlx_rs::{Array, Dtype};
+use mlx_rs_core::{AttentionMask, KeyValueCache, SdpaMask};
+
+use crate::block::DecoderLayer;
+use crate::config::MistralConfig;
+use crate::embedding::Embedding;
+use crate::error::ModelError;
+use crate::linear::Linear;
+use crate::norm::RmsNorm;
+use crate::weights::{WeightSource, Weights};
+
+/// The decoder body: `embed_tokens`, `layers`, `norm`.
+#[derive(Debug, Clone)]
+pub struct MistralModel {
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+}
+
+fn is_integer(dtype: Dtype) -> bool {
+    matches!(
+        dtype,
+        Dtype::Uint8
+            | Dtype::Uint16
+            | Dtype::Uint32
+            | Dtype::Uint64
+            | Dtype::Int8
+            | Dtype::Int16
+            | Dtype::Int32
+            | Dtype::Int64
+    )
+}
+
+impl MistralModel {
+    /// Builds the body from the module `weights` points at (`model`).
+    pub fn new(cfg: &MistralConfig, weights: &mut Weights) -> Result<Self, ModelError> {
+        let embed_tokens = Embedding::new(
+            cfg,
+            &mut weights.pp("embed_tokens"),
+            cfg.vocab_size,
+            cfg.hidden_size,
+        )?;
+        let mut layer_weights = weights.pp("layers");
+        let layers = (0..cfg.num_hidden_layers as usize)
+            .map(|i| DecoderLayer::new(cfg, &mut layer_weights.pp(i), i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let norm = RmsNorm::new(
+            &mut weights.pp("norm"),
+            cfg.hidden_size,
+            cfg.rms_norm_eps as f32,
+        )?;
+        Ok(MistralModel {
+            embed_tokens,
+            layers,
+            norm,
+        })
+    }
+
+    /// The token embedding.
+    pub fn embed_tokens(&self) -> &Embedding {
+        &self.embed_tokens
+    }
+
+    /// The decoder layers.
+    pub fn layers(&self) -> &[DecoderLayer] {
+        &self.layers
+    }
+
+    /// Runs `tokens` `[B, L]` (integer ids) through the body, giving the
+    /// normalized hidden states `[B, L, hidden_size]`. `cache` holds one slot
+    /// per layer; an empty list is filled with new caches first, a `None`
+    /// slot runs that layer without cache (positions from 0).
+    ///
+    /// Ids must be below `vocab_size`; this is not checked here, since that
+    /// would force evaluating `tokens` (the caller knows its tokenizer).
+    pub fn forward<C: KeyValueCache>(
+        &self,
+        tokens: &Array,
+        cache: &mut Vec<Option<C>>,
+    ) -> Result<Array, ModelError> {
+        if tokens.ndim() != 2 || !is_integer(tokens.dtype()) {
+            return Err(ModelError::Input(format!(
+                "tokens must be an integer array [batch, length], got {:?} of shape {:?}",
+                tokens.dtype(),
+                tokens.shape()
+            )));
+        }
+        let len = tokens.dim(1);
+        if len == 0 || tokens.dim(0) == 0 {
+            return Err(ModelError::Input(format!(
+                "tokens must not be empty, got shape {:?}",
+                tokens.shape()
+            )));
+        }
+        if cache.is_empty() {
+            cache.extend((0..self.layers.len()).map(|_| Some(C::new())));
+        }
+        if cache.len() != self.layers.len() {
+            return Err(ModelError::Input(format!(
+                "{} cache slots for {} layers",
+                cache.len(),
+                self.layers.len()
+            )));
+        }
+        let mut h = self.embed_tokens.forward(tokens)?;
+        let mut masks: Vec<((i32, AttentionMask), SdpaMask)> = Vec::new();
+        for (layer, slot) in self.layers.iter().zip(cache.iter_mut()) {
+            let key = (
+                slot.as_ref().map_or(0, |c| c.offset()),
+                layer.attention_mask(),
+            );
+            let mask = match masks.iter().find(|(k, _)| *k == key) {
+                Some((_, m)) => m.clone(),
+                None => {
+                    let m = key.1.create(len, key.0)?;
+                    masks.push((key, m.clone()));
+                    m
+                }
+            };
+            h = layer.forward(&h, &mask, slot.as_mut())?;
+        }
+        self.norm.forward(&h)
+    }
+}
+
+/// A Mistral-family causal language model.
+#[derive(Debug, Clone)]
+pub struct Mistral {
+    config: MistralConfig,
+    model: MistralModel,
+    lm_head: Option<Linear>,
+}
+
+impl Mistral {
+    /// Validates `cfg` and builds the model, taking its tensors (Hugging Face
+    /// names) from `weights`. Floating-point tensors (dense weights, norms,
+    /// quantization scales and biases) are cast to `dtype` when given and
+    /// keep their stored dtype otherwise; packed quantized weights are never
+    /// cast. With tied embeddings a stray `lm_head.*` is taken and dropped;
+    /// `rotary_emb.inv_freq` tensors are dropped as well (mlx-lm's sanitize).
+    pub fn new(
+        cfg: &MistralConfig,
+        weights: &mut impl WeightSource,
+        dtype: Option<Dtype>,
+    ) -> Result<Self, ModelError> {
+        cfg.validate()?;
+        let mut root = Weights::new(weights, dtype);
+        let model = MistralModel::new(cfg, &mut root.pp("model"))?;
+        let mut head = root.pp("lm_head");
+        let lm_head = if cfg.tie_word_embeddings {
+            for name in ["weight", "scales", "biases"] {
+                let _ = head.take(name);
+            }
+            None
+        } else {
+            Some(Linear::new(
+                cfg,
+                &mut head,
+                cfg.hidden_size,
+                cfg.vocab_size,
+                false,
+            )?)
+        };
+        Ok(Mistral {
+            config: cfg.clone(),
+            model,
+            lm_head,
+        })
+    }
+
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &MistralConfig {
+        &self.config
+    }
+
+    /// The decoder body.
+    pub fn model(&self) -> &MistralModel {
+        &self.model
+    }
+
+    /// Number of decoder layers (= cache slots).
+    pub fn num_layers(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    /// One new cache per layer.
+    pub fn new_cache<C: KeyValueCache>(&self) -> Vec<Option<C>> {
+        (0..self.num_layers()).map(|_| Some(C::new())).collect()
+    }
+
+    /// Logits `[B, L, vocab_size]` for `tokens` `[B, L]` (integer ids)
+    /// following what `cache` holds; see [`MistralModel::forward`].
+    pub fn forward<C: KeyValueCache>(
+        &self,
+        tokens: &Array,
+        cache: &mut Vec<Option<C>>,
+    ) -> Result<Array, ModelError> {
+        let h = self.model.forward(tokens, cache)?;
+        match &self.lm_head {
+            Some(head) => head.forward(&h),
+            None => self.model.embed_tokens.as_linear(&h),
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! [`RmsNorm`]: root-mean-square normalization with a learned weight, via
+//! MLX's fused `rms_norm` (as mlx-lm's `nn.RMSNorm`).
+
+use mlx_rs::{fast, Array};
+
+use crate::error::ModelError;
+use crate::weights::Weights;
+
+/// RMS normalization over the last axis, scaled by `weight`.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Array,
+    eps: f32,
+}
+
+impl RmsNorm {
+    /// Takes `weight` `[dim]` from the module `weights` points at.
+    pub fn new(weights: &mut Weights, dim: i32, eps: f32) -> Result<Self, ModelError> {
+        Ok(RmsNorm {
+            weight: weights.float("weight", &[dim])?,
+            eps,
+        })
+    }
+
+    /// Normalizes `x` `[..., dim]`.
+    pub fn forward(&self, x: &Array) -> Result<Array, ModelError> {
+        Ok(fast::rms_norm(x, Some(&self.weight), self.eps)?)
+    }
+}

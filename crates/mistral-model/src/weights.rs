@@ -1,0 +1,146 @@
+//! How the model receives its tensors: the [`WeightSource`] trait the loader
+//! implements, and [`Weights`], a prefixed view over a source (like candle's
+//! `VarBuilder::pp`) so constructor nesting mirrors Hugging Face names.
+//!
+//! Tensors are *taken* (removed) from the source, so after construction the
+//! loader can report any tensor the model did not use. [`Weights`] also
+//! checks shapes and dtypes and casts floating-point tensors to the compute
+//! dtype, naming the full tensor in every error.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+
+use mlx_rs::{Array, Dtype};
+
+use crate::error::ModelError;
+
+/// A store of named tensors the model takes its weights from.
+pub trait WeightSource {
+    /// Removes and returns the tensor called `name` (Hugging Face naming), or
+    /// None if absent.
+    fn take(&mut self, name: &str) -> Option<Array>;
+}
+
+/// In-memory source, mainly for tests.
+impl WeightSource for HashMap<String, Array> {
+    fn take(&mut self, name: &str) -> Option<Array> {
+        self.remove(name)
+    }
+}
+
+/// A view of a [`WeightSource`] under a module path, with the compute dtype.
+pub struct Weights<'a> {
+    source: &'a mut dyn WeightSource,
+    prefix: String,
+    dtype: Option<Dtype>,
+}
+
+impl<'a> Weights<'a> {
+    /// A root view over `source`. When `dtype` is given, floating-point
+    /// tensors are cast to it; otherwise they keep their stored dtype.
+    pub fn new(source: &'a mut dyn WeightSource, dtype: Option<Dtype>) -> Self {
+        Weights {
+            source,
+            prefix: String::new(),
+            dtype,
+        }
+    }
+
+    /// The view of the sub-module `name` (`weights.pp("self_attn")`).
+    pub fn pp(&mut self, name: impl Display) -> Weights<'_> {
+        Weights {
+            prefix: self.path(&name.to_string()),
+            source: &mut *self.source,
+            dtype: self.dtype,
+        }
+    }
+
+    /// The module path of this view (e.g. `model.layers.0.self_attn.q_proj`),
+    /// the key used by the config's per-module quantization entries.
+    pub fn module_path(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The compute dtype, if one was requested.
+    pub fn dtype(&self) -> Option<Dtype> {
+        self.dtype
+    }
+
+    /// The full name of tensor `name` of this module.
+    pub fn path(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// Takes tensor `name` if present, without any check.
+    pub fn take(&mut self, name: &str) -> Option<Array> {
+        let path = self.path(name);
+        self.source.take(&path)
+    }
+
+    /// Takes the required tensor `name`.
+    pub fn require(&mut self, name: &str) -> Result<Array, ModelError> {
+        self.take(name).ok_or_else(|| ModelError::Missing {
+            tensor: self.path(name),
+        })
+    }
+
+    /// Checks that tensor `name` has shape `expected`.
+    pub fn check_shape(&self, name: &str, a: &Array, expected: &[i32]) -> Result<(), ModelError> {
+        if a.shape() != expected {
+            return Err(ModelError::Shape {
+                tensor: self.path(name),
+                expected: expected.to_vec(),
+                found: a.shape().to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes the required floating-point tensor `name` of shape `shape`,
+    /// cast to the compute dtype if one was requested.
+    pub fn float(&mut self, name: &str, shape: &[i32]) -> Result<Array, ModelError> {
+        let a = self.require(name)?;
+        self.check_float(name, a, shape)
+    }
+
+    /// Like [`float`](Self::float) but `None` when the tensor is absent.
+    pub fn float_opt(&mut self, name: &str, shape: &[i32]) -> Result<Option<Array>, ModelError> {
+        self.take(name)
+            .map(|a| self.check_float(name, a, shape))
+            .transpose()
+    }
+
+    fn check_float(&self, name: &str, a: Array, shape: &[i32]) -> Result<Array, ModelError> {
+        if !a.dtype().is_float() {
+            return Err(ModelError::Dtype {
+                tensor: self.path(name),
+                expected: "a floating-point type".to_owned(),
+                found: a.dtype(),
+            });
+        }
+        self.check_shape(name, &a, shape)?;
+        match self.dtype {
+            Some(d) if d != a.dtype() => Ok(a.as_dtype(d)?),
+            _ => Ok(a),
+        }
+    }
+
+    /// Takes the required tensor `name` of shape `shape` and dtype `dtype`
+    /// exactly (no cast), e.g. packed quantized weights.
+    pub fn exact(&mut self, name: &str, shape: &[i32], dtype: Dtype) -> Result<Array, ModelError> {
+        let a = self.require(name)?;
+        if a.dtype() != dtype {
+            return Err(ModelError::Dtype {
+                tensor: self.path(name),
+                expected: format!("{dtype:?}"),
+                found: a.dtype(),
+            });
+        }
+        self.check_shape(name, &a, shape)?;
+        Ok(a)
+    }
+}

@@ -1,0 +1,101 @@
+//! [`KVCache`]: preallocated key/value buffers written in place.
+//!
+//! Buffers grow in steps of [`KVCache::STEP`] positions; new entries are
+//! written with slice updates and the filled prefix is returned. When a
+//! buffer must grow while its filled length is not a multiple of the step,
+//! the unused tail is dropped first, as in mlx-lm's `KVCache`.
+
+use mlx_rs::{
+    ops::{
+        concatenate,
+        indexing::{Ellipsis, TryIndexMutOp, TryIndexOp},
+        zeros_dtype,
+    },
+    Array,
+};
+
+use super::{check_update, KeyValueCache};
+use crate::error::Result;
+
+/// A key/value cache over preallocated buffers growing in steps of
+/// [`KVCache::STEP`] positions.
+#[derive(Debug, Clone, Default)]
+pub struct KVCache {
+    keys: Option<Array>,
+    values: Option<Array>,
+    offset: i32,
+}
+
+impl KVCache {
+    /// Number of positions the buffers grow by.
+    pub const STEP: i32 = 256;
+
+    /// Creates an empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of positions the buffers can hold before growing again
+    /// (0 while empty).
+    pub fn capacity(&self) -> i32 {
+        self.keys.as_ref().map_or(0, |k| k.dim(2))
+    }
+
+    /// Grows the buffers so that `extra` more positions fit after `offset`.
+    fn grow(&mut self, keys: &Array, values: &Array, extra: i32) -> Result<(Array, Array)> {
+        let (b, h, dk, dv) = (keys.dim(0), keys.dim(1), keys.dim(3), values.dim(3));
+        let len = (extra + Self::STEP - 1) / Self::STEP * Self::STEP;
+        let new_k = zeros_dtype(&[b, h, len, dk], keys.dtype())?;
+        let new_v = zeros_dtype(&[b, h, len, dv], values.dtype())?;
+        let prev = self.offset;
+        Ok(match (self.keys.take(), self.values.take()) {
+            (Some(k), Some(v)) => {
+                let (k, v) = if prev % Self::STEP != 0 {
+                    (
+                        k.try_index((Ellipsis, ..prev, ..))?,
+                        v.try_index((Ellipsis, ..prev, ..))?,
+                    )
+                } else {
+                    (k, v)
+                };
+                (concatenate(&[k, new_k], 2)?, concatenate(&[v, new_v], 2)?)
+            }
+            _ => (new_k, new_v),
+        })
+    }
+}
+
+impl KeyValueCache for KVCache {
+    fn new() -> Self {
+        Self::default()
+    }
+
+    fn offset(&self) -> i32 {
+        self.offset
+    }
+
+    fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
+        check_update(keys, values, self.keys.as_ref().zip(self.values.as_ref()))?;
+        let prev = self.offset;
+        let len = keys.dim(2);
+        let (mut buf_k, mut buf_v) = match (self.keys.take(), self.values.take()) {
+            (Some(k), Some(v)) if prev + len <= k.dim(2) => (k, v),
+            (k, v) => {
+                self.keys = k;
+                self.values = v;
+                self.grow(keys, values, len)?
+            }
+        };
+        let end = prev + len;
+        buf_k.try_index_mut((Ellipsis, prev..end, ..), keys)?;
+        buf_v.try_index_mut((Ellipsis, prev..end, ..), values)?;
+        let out = (
+            buf_k.try_index((Ellipsis, ..end, ..))?,
+            buf_v.try_index((Ellipsis, ..end, ..))?,
+        );
+        self.keys = Some(buf_k);
+        self.values = Some(buf_v);
+        self.offset = end;
+        Ok(out)
+    }
+}

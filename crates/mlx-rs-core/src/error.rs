@@ -1,0 +1,33 @@
+//! The error type of `mlx-rs-core`.
+//!
+//! MLX failures are carried as [`mlx_rs::error::Exception`]; the other
+//! variants describe inputs this crate rejects before handing them to MLX,
+//! so that messages say what was wrong in the caller's terms.
+
+use mlx_rs::error::Exception;
+
+/// Errors from caches, masks and attention helpers.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An MLX operation failed.
+    #[error("MLX error: {0}")]
+    Mlx(#[from] Exception),
+
+    /// Keys or values given to a cache do not have the expected shape.
+    #[error("KV cache: {what} (keys shape {keys:?}, values shape {values:?})")]
+    CacheShape {
+        /// What is wrong.
+        what: String,
+        /// Shape of the keys passed in.
+        keys: Vec<i32>,
+        /// Shape of the values passed in.
+        values: Vec<i32>,
+    },
+
+    /// A mask parameter is out of range.
+    #[error("attention mask: {0}")]
+    InvalidMask(String),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
