@@ -189,6 +189,34 @@ pub enum LoadError {
         /// The token string.
         token: String,
     },
+
+    /// `config.json` is not a valid Mistral configuration.
+    #[error("{}: {source}", path.display())]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong, naming the field.
+        source: mistral_model::ConfigError,
+    },
+
+    /// A tensor does not fit the model the config describes.
+    #[error("{}: {source}", path.display())]
+    Model {
+        /// The safetensors file holding the tensor; the model directory
+        /// when the tensor is in no file (a missing tensor).
+        path: PathBuf,
+        /// What is wrong, naming the tensor.
+        source: mistral_model::ModelError,
+    },
+
+    /// The checkpoint holds tensors the model does not use.
+    #[error("{} holds {} tensor(s) the model does not use, e.g. `{}`", first.1.display(), count, first.0)]
+    UnexpectedTensors {
+        /// The first unused tensor and its file.
+        first: (String, PathBuf),
+        /// How many tensors were left unused.
+        count: usize,
+    },
 }
 
 /// Short for `Result<T, LoadError>`.

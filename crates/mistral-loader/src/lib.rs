@@ -13,30 +13,25 @@
 //! - [`ModelDir::open`] does all of the above for one directory.
 //! - Every error is a [`LoadError`] naming the file and tensor/field.
 //!
-//! Integration (once `mistral-model` lands):
-//! ```text
-//! let mut md = mistral_loader::ModelDir::open(dir)?;
-//! let cfg = MistralConfig::from_json_str(&md.config_json)?; // + cfg.validate()
-//! let model = Mistral::new(&cfg, &mut md.weights, None)
-//!     .map_err(|e| /* Missing/Shape { tensor }: md.weights.file_of(tensor) names the file;
-//!                     check md.weights.failures() first: a failed conversion looks Missing */)?;
-//! let unexpected = md.weights.finish()?; // conversion failures, then unused tensors
-//! ```
+//! - [`load_model`] puts it together: `config.json` into `MistralConfig`,
+//!   the tensors into `Mistral`, and every model error mapped to the file
+//!   that holds the tensor; tensors the model did not use are an error.
 
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod error;
+pub mod load;
 pub mod model_dir;
 pub mod safetensors_files;
 pub mod safetensors_weights;
 pub mod tokenizer;
-pub mod weights_trait_stub;
 
 pub use config::{load_config, read_config_str};
 pub use error::{LoadError, Result};
+pub use load::{load_model, load_model_with, LoadOptions};
+pub use mistral_model::WeightSource;
 pub use model_dir::ModelDir;
 pub use safetensors_files::{discover_checkpoint, CheckpointFiles, CheckpointLayout};
 pub use safetensors_weights::{SafetensorsWeights, TensorMeta};
 pub use tokenizer::{load_special_tokens, load_tokenizer, SpecialTokens};
-pub use weights_trait_stub::WeightSource;

@@ -49,7 +49,7 @@ use safetensors::SafeTensors;
 
 use crate::error::{LoadError, Result};
 use crate::safetensors_files::{discover_checkpoint, CheckpointFiles};
-use crate::weights_trait_stub::WeightSource;
+use mistral_model::WeightSource;
 
 /// One memory-mapped safetensors file.
 struct MappedFile {
@@ -281,6 +281,11 @@ impl SafetensorsWeights {
     /// but could not be turned into arrays.
     pub fn failures(&self) -> &[LoadError] {
         &self.failures
+    }
+
+    /// Removes and returns the first recorded [`failures`](Self::failures).
+    pub fn take_first_failure(&mut self) -> Option<LoadError> {
+        (!self.failures.is_empty()).then(|| self.failures.remove(0))
     }
 
     /// Ends loading: the first recorded [`failures`](Self::failures) if any,

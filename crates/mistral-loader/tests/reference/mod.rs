@@ -48,9 +48,12 @@ pub fn test_models() -> Vec<TestModel> {
         .iter()
         .map(|entry| {
             let name = entry["dir"].as_str().expect("model dir").to_owned();
-            let quantized = entry["quantized"]
-                .as_object()
-                .map(|q| (q["bits"].as_i64().expect("bits"), q["group_size"].as_i64().expect("group_size")));
+            let quantized = entry["quantized"].as_object().map(|q| {
+                (
+                    q["bits"].as_i64().expect("bits"),
+                    q["group_size"].as_i64().expect("group_size"),
+                )
+            });
             TestModel {
                 dir: root.join(&name),
                 dtype: entry["dtype"].as_str().expect("dtype").to_owned(),
@@ -78,7 +81,9 @@ pub struct Reference {
 
 /// mlx-lm's outputs for every prompt of `model`.
 pub fn references(model: &TestModel) -> Vec<Reference> {
-    let path = models_dir().join("refs").join(format!("{}.safetensors", model.name));
+    let path = models_dir()
+        .join("refs")
+        .join(format!("{}.safetensors", model.name));
     let bytes = std::fs::read(&path).unwrap_or_else(|err| panic!("read {}: {err}", path.display()));
     let file = SafeTensors::deserialize(&bytes).expect("parse reference safetensors");
     let mut prompts: Vec<String> = file
@@ -90,7 +95,10 @@ pub fn references(model: &TestModel) -> Vec<Reference> {
     prompts
         .into_iter()
         .map(|prompt| {
-            let tensor = |what: &str| file.tensor(&format!("{prompt}.{what}")).expect("reference tensor");
+            let tensor = |what: &str| {
+                file.tensor(&format!("{prompt}.{what}"))
+                    .expect("reference tensor")
+            };
             let logits = tensor("logits");
             Reference {
                 prompt_ids: le_values(tensor("prompt_ids").data(), i32::from_le_bytes),
@@ -119,6 +127,9 @@ pub fn relative_error(ours: &[f32], theirs: &[f32]) -> f64 {
         .zip(theirs)
         .map(|(a, b)| f64::from((a - b).abs()))
         .fold(0.0, f64::max);
-    let scale = theirs.iter().map(|v| f64::from(v.abs())).fold(0.0, f64::max);
+    let scale = theirs
+        .iter()
+        .map(|v| f64::from(v.abs()))
+        .fold(0.0, f64::max);
     diff / scale.max(f64::MIN_POSITIVE)
 }
