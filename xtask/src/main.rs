@@ -4,6 +4,7 @@
 //!   reference environment (mlx-lm, sentencepiece, ...), the generated test
 //!   models, then `cargo test --workspace` against them.
 //! - `python-env`, `test-models`: those steps alone.
+//! - `demo-model`: the small model the README's main command generates with.
 
 mod paths;
 mod python;
@@ -31,6 +32,13 @@ enum Task {
     PythonEnv,
     /// Generate the small random-weight test models with the references.
     TestModels,
+    /// Write the demo model: Mistral v0.3 architecture and real tokenizer,
+    /// random weights (its output text is meaningless).
+    DemoModel {
+        /// Where to write it.
+        #[arg(long, default_value = "models/mistral-demo")]
+        out: std::path::PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
@@ -38,6 +46,7 @@ fn main() -> Result<()> {
         Task::Test { cargo_args } => test(&cargo_args),
         Task::PythonEnv => python::ensure_env().map(drop),
         Task::TestModels => python::ensure_test_models().map(drop),
+        Task::DemoModel { out } => python::make_demo_model(&out),
     }
 }
 

@@ -21,25 +21,58 @@ fn python_dir() -> PathBuf {
     workspace_root().join("xtask/python")
 }
 
-/// Creates the venv if needed and returns its interpreter.
+/// A private Python environment, created from one requirements file.
+#[derive(Clone, Copy)]
+pub enum Venv {
+    /// Everything the tests compare against (mlx-lm, sentencepiece, ...).
+    References,
+    /// Only what the demo model needs (tokenizer conversion, numpy).
+    Demo,
+}
+
+impl Venv {
+    fn dir_name(self) -> &'static str {
+        match self {
+            Venv::References => "venv",
+            Venv::Demo => "venv-demo",
+        }
+    }
+
+    fn requirements(self) -> &'static str {
+        match self {
+            Venv::References => "requirements.txt",
+            Venv::Demo => "requirements-demo.txt",
+        }
+    }
+}
+
+/// Creates the reference venv if needed and returns its interpreter.
 pub fn ensure_env() -> Result<PathBuf> {
-    let venv = xtask_dir().join("venv");
-    let python = venv.join("bin/python");
-    let requirements = python_dir().join("requirements.txt");
-    let stamp = venv.join(".requirements-hash");
+    ensure_venv(Venv::References)
+}
+
+/// Creates `venv` if needed (or when its requirements changed) and returns
+/// its interpreter.
+pub fn ensure_venv(venv: Venv) -> Result<PathBuf> {
+    let dir = xtask_dir().join(venv.dir_name());
+    let python = dir.join("bin/python");
+    let requirements = python_dir().join(venv.requirements());
+    let stamp = dir.join(".requirements-hash");
     let hash = hash_files(std::slice::from_ref(&requirements))?;
     if python.is_file() && fs::read_to_string(&stamp).ok().as_deref() == Some(hash.as_str()) {
         return Ok(python);
     }
-    eprintln!(
-        "xtask: creating the Python reference environment in {}",
-        venv.display()
-    );
+    eprintln!("xtask: creating a Python environment in {}", dir.display());
     let system_python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    run(Command::new(&system_python).args(["-m", "venv", "--clear"]).arg(&venv))
-        .with_context(|| {
-            format!("`{system_python} -m venv` failed: install python3 and venv (Debian/Ubuntu: `apt-get install python3-venv`)")
-        })?;
+    run(Command::new(&system_python)
+        .args(["-m", "venv", "--clear"])
+        .arg(&dir))
+    .with_context(|| {
+        format!(
+            "`{system_python} -m venv` failed: install python3 and venv \
+             (Debian/Ubuntu: `apt-get install python3-venv`)"
+        )
+    })?;
     run(Command::new(&python)
         .args([
             "-m",
@@ -50,9 +83,19 @@ pub fn ensure_env() -> Result<PathBuf> {
             "-r",
         ])
         .arg(&requirements))
-    .context("installing the Python references with pip")?;
+    .context("installing Python packages with pip")?;
     fs::write(&stamp, hash)?;
     Ok(python)
+}
+
+/// Writes the demo model (Mistral v0.3 architecture and tokenizer, random
+/// weights) into `out`.
+pub fn make_demo_model(out: &std::path::Path) -> Result<()> {
+    let python = ensure_venv(Venv::Demo)?;
+    run(Command::new(&python)
+        .arg(python_dir().join("make_demo_model.py"))
+        .arg(out))
+    .context("writing the demo model")
 }
 
 /// Generates the test models and mlx-lm's outputs on them (in `refs/`) if
