@@ -5,6 +5,8 @@
 //!   models, then `cargo test --workspace` against them.
 //! - `python-env`, `test-models`: those steps alone.
 //! - `demo-model`: the small model the README's main command generates with.
+//! - `bench`: the criterion benchmarks (`benches/`), on the demo model unless
+//!   `MISTRAL_MLX_BENCH_MODEL` names another.
 
 mod paths;
 mod python;
@@ -39,6 +41,13 @@ enum Task {
         #[arg(long, default_value = "models/mistral-demo")]
         out: std::path::PathBuf,
     },
+    /// Run the benchmarks (criterion) on the demo model or on
+    /// MISTRAL_MLX_BENCH_MODEL.
+    Bench {
+        /// Extra arguments for `cargo bench` (after `--`).
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -47,23 +56,49 @@ fn main() -> Result<()> {
         Task::PythonEnv => python::ensure_env().map(drop),
         Task::TestModels => python::ensure_test_models().map(drop),
         Task::DemoModel { out } => python::make_demo_model(&out),
+        Task::Bench { cargo_args } => bench(&cargo_args),
     }
+}
+
+fn bench(cargo_args: &[String]) -> Result<()> {
+    if std::env::var_os("MISTRAL_MLX_BENCH_MODEL").is_none() {
+        let demo = paths::workspace_root().join("models/mistral-demo");
+        if !demo.join("config.json").is_file() {
+            python::make_demo_model(&demo)?;
+        }
+    }
+    cargo(&["bench", "-p", "mistral-benches"], cargo_args, &[])
+}
+
+/// Runs `cargo <args> <extra>` in the workspace root with `env` set.
+fn cargo(args: &[&str], extra: &[String], env: &[(&str, &std::path::Path)]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(paths::workspace_root())
+        .args(args)
+        .args(extra);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let status = command
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
 }
 
 fn test(cargo_args: &[String]) -> Result<()> {
     let python = python::ensure_env()?;
     let models = python::ensure_test_models()?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(cargo)
-        .current_dir(paths::workspace_root())
-        .args(["test", "--workspace"])
-        .args(cargo_args)
-        .env(python::PYTHON_ENV_VAR, &python)
-        .env(python::MODELS_ENV_VAR, &models)
-        .status()
-        .context("running cargo test")?;
-    if !status.success() {
-        bail!("cargo test failed ({status})");
-    }
-    Ok(())
+    cargo(
+        &["test", "--workspace"],
+        cargo_args,
+        &[
+            (python::PYTHON_ENV_VAR, &python),
+            (python::MODELS_ENV_VAR, &models),
+        ],
+    )
 }

@@ -1,0 +1,163 @@
+//! Command-line arguments of `generate` and `bench`, with their checks.
+//!
+//! Every bad value is rejected by clap's value parsers, so the user gets one
+//! `error:` line and exit status 2 before any model is loaded.
+
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+
+/// Sampling options shared by `generate` (and usable by `bench`).
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Sampling temperature; 0 picks the most likely token (greedy).
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative_f32)]
+    pub temp: f32,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability
+    /// adds up to P, in (0, 1]; 1 disables it.
+    #[arg(long, default_value_t = 1.0, value_parser = probability_open_closed)]
+    pub top_p: f32,
+    /// Keep only the K most likely tokens; 0 disables it.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: u32,
+    /// Drop tokens less likely than P times the most likely one, in [0, 1);
+    /// 0 disables it.
+    #[arg(long, default_value_t = 0.0, value_parser = probability_closed_open)]
+    pub min_p: f32,
+    /// Penalize tokens seen in the last `--repetition-context-size` tokens
+    /// (> 0; 1 disables it).
+    #[arg(long, value_parser = positive_f32)]
+    pub repetition_penalty: Option<f32>,
+    /// How many recent tokens the repetition penalty looks at.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repetition_context_size: u32,
+    /// Random seed, for reproducible sampling.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// The dtype to compute in.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtypeArg {
+    /// The checkpoint's own dtype.
+    Auto,
+    /// bfloat16.
+    Bf16,
+    /// float16.
+    F16,
+    /// float32.
+    F32,
+}
+
+impl DtypeArg {
+    /// The MLX dtype, or `None` for the checkpoint's own.
+    pub fn to_mlx(self) -> Option<mlx_rs::Dtype> {
+        match self {
+            DtypeArg::Auto => None,
+            DtypeArg::Bf16 => Some(mlx_rs::Dtype::Bfloat16),
+            DtypeArg::F16 => Some(mlx_rs::Dtype::Float16),
+            DtypeArg::F32 => Some(mlx_rs::Dtype::Float32),
+        }
+    }
+}
+
+/// Where the model comes from: a directory, or a Hugging Face repo id found
+/// in the local Hugging Face cache.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model directory, or a Hugging Face repo id (e.g.
+    /// mlx-community/Mistral-7B-Instruct-v0.3-4bit) already in the local
+    /// Hugging Face cache (HF_HUB_CACHE, HF_HOME).
+    #[arg(long, short)]
+    pub model: String,
+    /// The dtype to compute in.
+    #[arg(long, value_enum, default_value_t = DtypeArg::Auto)]
+    pub dtype: DtypeArg,
+}
+
+fn parse_f32(text: &str) -> Result<f32, String> {
+    let value: f32 = text.trim().parse().map_err(|_| format!("`{text}` is not a number"))?;
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(format!("`{text}` is not a finite number"))
+    }
+}
+
+fn non_negative_f32(text: &str) -> Result<f32, String> {
+    let value = parse_f32(text)?;
+    if value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(format!("must be 0 or more, got {value}"))
+    }
+}
+
+fn positive_f32(text: &str) -> Result<f32, String> {
+    let value = parse_f32(text)?;
+    if value > 0.0 {
+        Ok(value)
+    } else {
+        Err(format!("must be more than 0, got {value}"))
+    }
+}
+
+fn probability_open_closed(text: &str) -> Result<f32, String> {
+    let value = parse_f32(text)?;
+    if value > 0.0 && value <= 1.0 {
+        Ok(value)
+    } else {
+        Err(format!("must be in (0, 1], got {value}"))
+    }
+}
+
+fn probability_closed_open(text: &str) -> Result<f32, String> {
+    let value = parse_f32(text)?;
+    if (0.0..1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("must be in [0, 1), got {value}"))
+    }
+}
+
+/// A comma-separated list of positive counts, e.g. `128,512`.
+pub fn count_list(text: &str) -> Result<Vec<usize>, String> {
+    text.split(',')
+        .map(|part| {
+            let part = part.trim();
+            part.parse::<usize>()
+                .map_err(|_| format!("`{part}` is not a whole number"))
+        })
+        .collect()
+}
+
+/// Prompt sources of `generate`: at most one of text and file; stdin when
+/// neither is given.
+#[derive(Args, Debug, Clone)]
+#[group(multiple = false)]
+pub struct PromptArgs {
+    /// The prompt text.
+    #[arg(long, short)]
+    pub prompt: Option<String>,
+    /// Read the prompt from this file.
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_enforced() {
+        assert!(probability_open_closed("0").is_err());
+        assert!(probability_open_closed("1").is_ok());
+        assert!(probability_open_closed("1.5").is_err());
+        assert!(probability_closed_open("0").is_ok());
+        assert!(probability_closed_open("1").is_err());
+        assert!(non_negative_f32("-0.1").is_err());
+        assert!(non_negative_f32("nan").is_err());
+        assert!(positive_f32("0").is_err());
+        assert_eq!(count_list("1, 20,300"), Ok(vec![1, 20, 300]));
+        assert!(count_list("1,x").is_err());
+    }
+}
