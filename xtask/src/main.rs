@@ -4,12 +4,17 @@
 //!   reference environment (mlx-lm, sentencepiece, ...), the generated test
 //!   models, then `cargo test --workspace` against them.
 //! - `python-env`, `test-models`: those steps alone.
+//! - `download`: a model from the Hugging Face hub into its cache (or a
+//!   folder), see `download/mod.rs`.
 
+mod download;
+mod hf_cache;
 mod paths;
 mod python;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::Command;
 
 #[derive(Parser)]
@@ -31,6 +36,19 @@ enum Task {
     PythonEnv,
     /// Generate the small random-weight test models with the references.
     TestModels,
+    /// Download a model (config, tokenizer, safetensors) from the Hugging
+    /// Face hub into its cache (`HF_HUB_CACHE`, `HF_HOME`) and print its
+    /// folder. Honours `HF_ENDPOINT` and `HF_TOKEN`.
+    Download {
+        /// The repository, e.g. `mistralai/Mistral-7B-Instruct-v0.3`.
+        repo_id: String,
+        /// Branch, tag or commit.
+        #[arg(long, default_value = hf_cache::DEFAULT_REVISION)]
+        revision: String,
+        /// Write plain files into this folder instead of the hub cache.
+        #[arg(long)]
+        local_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -38,6 +56,16 @@ fn main() -> Result<()> {
         Task::Test { cargo_args } => test(&cargo_args),
         Task::PythonEnv => python::ensure_env().map(drop),
         Task::TestModels => python::ensure_test_models().map(drop),
+        Task::Download {
+            repo_id,
+            revision,
+            local_dir,
+        } => {
+            let req = download::Request::from_env(&repo_id, Some(&revision), local_dir);
+            let dir = download::download(&req)?;
+            println!("{}", dir.display());
+            Ok(())
+        }
     }
 }
 
