@@ -152,9 +152,15 @@ impl Hub {
         bail!("{file}: too many redirects from {url}")
     }
 
+    /// Whether `url` is on the hub itself (and not, say, its CDN).
+    fn is_hub_url(&self, url: &str) -> bool {
+        url.strip_prefix(&self.endpoint)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
     fn send(&self, method: &str, url: &str, range: Option<&str>) -> Result<Response<Body>> {
         let mut req = ureq::http::Request::builder().method(method).uri(url);
-        if let (Some(token), true) = (&self.token, url.starts_with(&self.endpoint)) {
+        if let (Some(token), true) = (&self.token, self.is_hub_url(url)) {
             req = req.header("authorization", format!("Bearer {token}"));
         }
         if let Some(range) = range {
