@@ -62,9 +62,18 @@ fn main() -> Result<()> {
             local_dir,
         } => {
             let req = download::Request::from_env(&repo_id, Some(&revision), local_dir);
-            let dir = download::download(&req)?;
-            println!("{}", dir.display());
-            Ok(())
+            match download::download(&req) {
+                Ok(dir) => {
+                    println!("{}", dir.display());
+                    Ok(())
+                }
+                // One line, whole cause chain, no backtrace even when
+                // RUST_BACKTRACE is set: these are user-facing errors.
+                Err(e) => {
+                    eprintln!("Error: {e:#}");
+                    std::process::exit(1)
+                }
+            }
         }
     }
 }

@@ -15,10 +15,15 @@ const REPO: &str = "org/tiny";
 
 /// Runs `xtask download` with the environment pointed at `hub` and `home`.
 fn run(hub: &FakeHub, home: &Path, token: Option<&str>, args: &[&str]) -> Output {
+    run_at(&hub.endpoint, home, token, args)
+}
+
+/// Runs `xtask download` against the hub at `endpoint`.
+fn run_at(endpoint: &str, home: &Path, token: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
     cmd.arg("download")
         .args(args)
-        .env("HF_ENDPOINT", &hub.endpoint)
+        .env("HF_ENDPOINT", endpoint)
         .env("HF_HOME", home.join("hf"))
         .env_remove("HF_HUB_CACHE")
         .env_remove("HF_TOKEN");
@@ -200,4 +205,21 @@ fn corrupted_body_is_a_hash_mismatch_and_is_deleted() {
     let etag = repo.files[SHARDS[0]].etag();
     assert!(!blobs.join(&etag).exists());
     assert!(!blobs.join(format!("{etag}.incomplete")).exists());
+}
+
+#[test]
+fn unreachable_hub_is_one_clear_line() {
+    // A port that was just free: nothing listens there any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let home = tempfile::tempdir().unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let err = error_line(&run_at(&endpoint, home.path(), None, &[REPO]));
+    assert!(
+        err.contains("network error") && err.contains(&endpoint),
+        "{err}"
+    );
 }

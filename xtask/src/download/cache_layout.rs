@@ -45,6 +45,12 @@ impl Target {
         }
     }
 
+    /// Whether a stored file must be re-hashed to be trusted (plain files
+    /// in a local dir may have been edited; cache blobs are named by hash).
+    pub fn rehash_existing(&self) -> bool {
+        matches!(self, Target::LocalDir(_))
+    }
+
     /// Makes `file` visible in the model folder once its bytes are stored:
     /// a relative symlink `snapshots/{commit}/{file} -> ../../blobs/{etag}`
     /// in the cache; nothing to do for a local dir.

@@ -112,8 +112,12 @@ impl Hub {
             let resp = self.send("HEAD", &url, None)?;
             self.check_status(&resp, repo_id, commit, Some(file))?;
             let h = resp.headers();
-            let etag = header(h, "x-linked-etag").or_else(|| header(h, "etag"));
-            let size = header(h, "x-linked-size").or_else(|| header(h, "content-length"));
+            // A redirect's own ETag and length describe the redirect, not
+            // the file: trust only the hub's X-Linked-* headers on it.
+            let direct = resp.status().is_success();
+            let etag = header(h, "x-linked-etag").or_else(|| header(h, "etag").filter(|_| direct));
+            let size = header(h, "x-linked-size")
+                .or_else(|| header(h, "content-length").filter(|_| direct));
             if let (Some(etag), Some(size)) = (etag, size) {
                 let size = size
                     .parse()
@@ -163,6 +167,8 @@ impl Hub {
         if let (Some(token), true) = (&self.token, self.is_hub_url(url)) {
             req = req.header("authorization", format!("Bearer {token}"));
         }
+        // Sizes must be the file's own, never those of a compressed body.
+        req = req.header("accept-encoding", "identity");
         if let Some(range) = range {
             req = req.header("range", range);
         }

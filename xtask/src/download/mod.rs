@@ -123,7 +123,7 @@ fn fetch_one(
         bail!("{file}: the hub sent an unusable ETag {:?}", meta.etag);
     }
     let stored = target.storage_path(file, &meta.etag);
-    if transfer::matches(&stored, &meta) {
+    if transfer::matches(&stored, &meta, target.rehash_existing()) {
         eprintln!("{file}: up to date");
     } else {
         let url = hub.file_url(&req.repo_id, commit, file);
