@@ -223,3 +223,25 @@ fn unreachable_hub_is_one_clear_line() {
         "{err}"
     );
 }
+
+#[test]
+fn resumes_from_a_partial_file_left_by_an_earlier_run() {
+    let (hub, repo) = hub_with_model();
+    let home = tempfile::tempdir().unwrap();
+    let shard = &repo.files[SHARDS[0]];
+    let blobs = home.path().join("hf/hub/models--org--tiny/blobs");
+    fs::create_dir_all(&blobs).unwrap();
+    let have = 12_345;
+    let partial = blobs.join(format!("{}.incomplete", shard.etag()));
+    fs::write(&partial, &shard.bytes[..have]).unwrap();
+
+    let snapshot = stdout_path(&run(&hub, home.path(), None, &[REPO]));
+    assert_model_files(&snapshot, &repo);
+    assert!(!partial.exists());
+    let range = hub
+        .seen()
+        .into_iter()
+        .find(|s| s.path == format!("/cdn/{}", shard.etag()))
+        .and_then(|s| s.headers.get("range").cloned());
+    assert_eq!(range, Some(format!("bytes={have}-")));
+}

@@ -70,3 +70,51 @@ pub fn shards(index_json: &str, available: &BTreeSet<String>) -> Result<Vec<Stri
     }
     Ok(shards.into_iter().collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(files: &[&str]) -> BTreeSet<String> {
+        files.iter().map(|f| f.to_string()).collect()
+    }
+
+    #[test]
+    fn picks_present_files_and_the_weights() {
+        let repo = set(&[
+            "config.json",
+            "tokenizer.model",
+            "model.safetensors",
+            "README.md",
+        ]);
+        let single = plan("o/m", &repo).unwrap();
+        assert_eq!(
+            single.files,
+            ["config.json", "tokenizer.model", "model.safetensors"]
+        );
+        assert!(!single.sharded);
+        let repo = set(&["config.json", WEIGHTS_INDEX, "model.safetensors"]);
+        assert!(plan("o/m", &repo).unwrap().sharded, "the index wins");
+    }
+
+    #[test]
+    fn refuses_repos_without_config_or_weights() {
+        let err = plan("o/m", &set(&["model.safetensors"])).err().unwrap();
+        assert!(err.to_string().contains("config.json"));
+        let err = plan("o/m", &set(&["config.json"])).err().unwrap();
+        assert!(err.to_string().contains(SINGLE_WEIGHTS));
+    }
+
+    #[test]
+    fn shards_come_from_the_index() {
+        let index = r#"{"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors", "c": "s1.safetensors"}}"#;
+        let repo = set(&["s1.safetensors", "s2.safetensors"]);
+        assert_eq!(
+            shards(index, &repo).unwrap(),
+            ["s1.safetensors", "s2.safetensors"]
+        );
+        let err = shards(index, &set(&["s1.safetensors"])).err().unwrap();
+        assert!(err.to_string().contains("s2.safetensors"));
+        assert!(shards("not json", &repo).is_err());
+    }
+}

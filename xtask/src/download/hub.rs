@@ -136,7 +136,8 @@ impl Hub {
     }
 
     /// GETs `url` from byte `offset` on (a `Range` request when non-zero),
-    /// following redirects; returns the final, successful response.
+    /// following redirects; returns the final response, whatever its status
+    /// (see [`Hub::file_status_error`]).
     pub fn get_from(&self, url: &str, offset: u64, file: &str) -> Result<Response<Body>> {
         let mut url = url.to_owned();
         for _ in 0..=MAX_REDIRECTS {
@@ -144,13 +145,7 @@ impl Hub {
             let resp = self.send("GET", &url, range.as_deref())?;
             match redirect_target(&url, &resp) {
                 Some(next) => url = next,
-                None => {
-                    let status = resp.status().as_u16();
-                    if status != 416 {
-                        self.check_status(&resp, "", "", Some(file))?;
-                    }
-                    return Ok(resp);
-                }
+                None => return Ok(resp),
             }
         }
         bail!("{file}: too many redirects from {url}")
@@ -180,6 +175,11 @@ impl Hub {
             .map_err(|e| anyhow!("network error reaching {url}: {e}"))
     }
 
+    /// The one-line error for a failed GET of `file` with HTTP `status`.
+    pub fn file_status_error(&self, status: u16, file: &str) -> anyhow::Error {
+        self.status_error(status, "", "", Some(file))
+    }
+
     fn check_status(
         &self,
         resp: &Response<Body>,
@@ -187,10 +187,19 @@ impl Hub {
         revision: &str,
         file: Option<&str>,
     ) -> Result<()> {
-        let status = resp.status().as_u16();
         if resp.status().is_success() || resp.status().is_redirection() {
             return Ok(());
         }
+        Err(self.status_error(resp.status().as_u16(), repo_id, revision, file))
+    }
+
+    fn status_error(
+        &self,
+        status: u16,
+        repo_id: &str,
+        revision: &str,
+        file: Option<&str>,
+    ) -> anyhow::Error {
         let what = match file {
             Some(f) if repo_id.is_empty() => f.to_owned(),
             Some(f) => format!("{f} in {repo_id}"),
@@ -202,13 +211,13 @@ impl Hub {
             "if it is private or gated, set HF_TOKEN to a token with access"
         };
         match status {
-            401 | 403 => bail!("access to {what} denied (HTTP {status}): {token_hint}"),
-            404 if file.is_some() => bail!("{what} not found (HTTP 404)"),
-            404 => bail!(
+            401 | 403 => anyhow!("access to {what} denied (HTTP {status}): {token_hint}"),
+            404 if file.is_some() => anyhow!("{what} not found (HTTP 404)"),
+            404 => anyhow!(
                 "repository {repo_id} or revision {revision} not found at {} (HTTP 404); {token_hint}",
                 self.endpoint
             ),
-            _ => bail!("{what}: the hub answered HTTP {status}"),
+            _ => anyhow!("{what}: the hub answered HTTP {status}"),
         }
     }
 }

@@ -103,7 +103,9 @@ fn attempt(
             fs::remove_file(partial).map_err(|e| fatal(e.into()))?;
             return Err(Attempt::Interrupted(anyhow!("range not satisfiable")));
         }
-        _ => return Err(fatal(anyhow!("{name}: unexpected HTTP {status}"))),
+        // Server trouble may pass; anything else (401, 404, ...) will not.
+        500..=599 => return Err(Attempt::Interrupted(anyhow!("HTTP {status}"))),
+        _ => return Err(fatal(hub.file_status_error(status, name))),
     };
     let start = if append { have } else { 0 };
     let mut out = OpenOptions::new()
