@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Result};
 use serde::Deserialize;
 use std::time::Duration;
 use ureq::http::{HeaderMap, Response};
+use ureq::tls::{RootCerts, TlsConfig};
 use ureq::{Agent, Body};
 
 /// How many redirects one request may follow.
@@ -69,6 +70,13 @@ impl Hub {
             .timeout_recv_response(Some(Duration::from_secs(60)))
             .timeout_per_read(Some(Duration::from_secs(60)))
             .user_agent(concat!("mistral-mlx-xtask/", env!("CARGO_PKG_VERSION")))
+            // The system's trust store, so company proxies and mirrors with
+            // their own CA work as they do for curl and pip.
+            .tls_config(
+                TlsConfig::builder()
+                    .root_certs(RootCerts::PlatformVerifier)
+                    .build(),
+            )
             .build()
             .into();
         Hub {
