@@ -7,12 +7,17 @@
 //! - `demo-model`: the small model the README's main command generates with.
 //! - `bench`: the criterion benchmarks (`benches/`), on the demo model unless
 //!   `MISTRAL_MLX_BENCH_MODEL` names another.
+//! - `download`: a model from the Hugging Face hub into its cache (or a
+//!   folder), see `download/mod.rs`.
 
+mod download;
+mod hf_cache;
 mod paths;
 mod python;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::Command;
 
 #[derive(Parser)]
@@ -39,35 +44,70 @@ enum Task {
     DemoModel {
         /// Where to write it.
         #[arg(long, default_value = "models/mistral-demo")]
-        out: std::path::PathBuf,
+        out: PathBuf,
     },
     /// Run the benchmarks (criterion) on the demo model or on
     /// MISTRAL_MLX_BENCH_MODEL.
     Bench {
-        /// Extra arguments for `cargo bench` (after `--`).
+        /// Arguments for the benchmarks themselves (criterion's, e.g.
+        /// `-- --quick`).
         #[arg(last = true)]
-        cargo_args: Vec<String>,
+        bench_args: Vec<String>,
+    },
+    /// Download a model (config, tokenizer, safetensors) from the Hugging
+    /// Face hub into its cache (`HF_HUB_CACHE`, `HF_HOME`) and print its
+    /// folder. Honours `HF_ENDPOINT` and `HF_TOKEN`.
+    Download {
+        /// The repository, e.g. `mistralai/Mistral-7B-Instruct-v0.3`.
+        repo_id: String,
+        /// Branch, tag or commit.
+        #[arg(long, default_value = hf_cache::DEFAULT_REVISION)]
+        revision: String,
+        /// Write plain files into this folder instead of the hub cache.
+        #[arg(long)]
+        local_dir: Option<PathBuf>,
     },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() {
+    // One line with the whole cause chain, no backtrace even when
+    // RUST_BACKTRACE is set: these are user-facing errors.
+    if let Err(err) = run(Cli::parse().command) {
+        eprintln!("Error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    match task {
         Task::Test { cargo_args } => test(&cargo_args),
         Task::PythonEnv => python::ensure_env().map(drop),
         Task::TestModels => python::ensure_test_models().map(drop),
         Task::DemoModel { out } => python::make_demo_model(&out),
-        Task::Bench { cargo_args } => bench(&cargo_args),
+        Task::Bench { bench_args } => bench(&bench_args),
+        Task::Download {
+            repo_id,
+            revision,
+            local_dir,
+        } => {
+            let request = download::Request::from_env(&repo_id, Some(&revision), local_dir);
+            let dir = download::download(&request)?;
+            println!("{}", dir.display());
+            Ok(())
+        }
     }
 }
 
-fn bench(cargo_args: &[String]) -> Result<()> {
+fn bench(bench_args: &[String]) -> Result<()> {
     if std::env::var_os("MISTRAL_MLX_BENCH_MODEL").is_none() {
         let demo = paths::workspace_root().join("models/mistral-demo");
         if !demo.join("config.json").is_file() {
             python::make_demo_model(&demo)?;
         }
     }
-    cargo(&["bench", "-p", "mistral-benches"], cargo_args, &[])
+    let mut extra = vec!["--".to_owned()];
+    extra.extend_from_slice(bench_args);
+    cargo(&["bench", "-p", "mistral-benches"], &extra, &[])
 }
 
 /// Runs `cargo <args> <extra>` in the workspace root with `env` set.

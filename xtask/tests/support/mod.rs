@@ -1,0 +1,4 @@
+//! Shared pieces of the xtask integration tests.
+
+pub mod fake_hub;
+pub mod fake_model;
