@@ -11,6 +11,9 @@
 //!   folder), see `download/mod.rs`.
 
 mod download;
+// Shared with mistral-loader (which resolves `--model <repo id>` with it)
+// without making xtask build MLX.
+#[path = "../../crates/mistral-loader/src/hf_cache.rs"]
 mod hf_cache;
 mod paths;
 mod python;

@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod hf_cache;
 pub mod error;
 pub mod load;
 pub mod model_dir;

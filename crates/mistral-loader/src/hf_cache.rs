@@ -9,9 +9,10 @@
 //! ```
 //!
 //! This file is deliberately self-contained (std only, its own small error
-//! type) so it can move to `mistral-loader` unchanged: the CLI will use
-//! [`snapshot_dir`] to accept `--model <hub repo id>` without depending on
-//! xtask.
+//! type): `mistral-cli` resolves `--model <hub repo id>` with
+//! [`snapshot_dir`] through mistral-loader, and xtask's downloader includes
+//! the same file (`#[path]`) so that both agree on the layout without xtask
+//! building MLX.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
