@@ -254,6 +254,37 @@ fn parity(model: &str, version: &str) {
         "{model}: too few exact sentencepiece matches"
     );
 
+    // Cost: the decoded window stays short on a long text (all of the corpus
+    // 40 times, several thousand tokens).
+    let long: Vec<u32> = corpus_ids.concat().repeat(40);
+    let mut detok = StreamingDetokenizer::new(&tokenizer, true);
+    let (mut streamed, mut max_window, mut sum_window) = (String::new(), 0, 0);
+    let start = std::time::Instant::now();
+    for &id in &long {
+        streamed += &detok.step(id).unwrap();
+        max_window = max_window.max(detok.window_len());
+        sum_window += detok.window_len();
+    }
+    streamed += &detok.finish().unwrap();
+    let per_token = start.elapsed().as_secs_f64() * 1e6 / long.len() as f64;
+    assert_eq!(streamed, tokenizer.decode(&long, true).unwrap());
+    eprintln!(
+        "{model}: {} tokens streamed, {per_token:.1} us/token, window at most {max_window} ids, \
+         mean {:.2}",
+        long.len(),
+        sum_window as f64 / long.len() as f64
+    );
+    // A byte-fallback run is decoded as a whole (a later byte can turn the
+    // earlier ones into U+FFFD), so the window spans a whole run (the ZWJ
+    // family emoji: 18 bytes) and keeps growing over a token whose text the
+    // decoder's Strip empties ("▁" between two runs of bytes); it shrinks back
+    // to one or two ids right after.
+    assert!(
+        max_window <= 32 && sum_window as f64 / (long.len() as f64) < 3.0,
+        "{model}: window at most {max_window}, mean {}",
+        sum_window as f64 / long.len() as f64
+    );
+
     // Chat prompts: the model's template.
     chat_parity(&dir, &tokenizer, &answer, model);
 }

@@ -160,6 +160,12 @@ impl<'a> StreamingDetokenizer<'a> {
         Ok(rest)
     }
 
+    /// How many ids the next step decodes besides the new one (the anchor and
+    /// held tokens): the per-token cost, independent of the sequence length.
+    pub fn window_len(&self) -> usize {
+        self.window.len()
+    }
+
     /// Whether a byte-fallback run is pending (its text is not final yet).
     pub fn has_pending_bytes(&self) -> bool {
         self.in_byte_run
