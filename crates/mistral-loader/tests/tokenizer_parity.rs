@@ -351,6 +351,41 @@ fn without_template(model: &str, tag: &str, edit: impl Fn(&mut Value)) -> std::p
     dir
 }
 
+/// Other decoder spellings of the same SentencePiece decoding (Hugging Face
+/// files use several): streaming must equal their one-shot decode too.
+#[test]
+fn streaming_with_other_sentencepiece_decoders() {
+    let metaspace = json!({"type": "Sequence", "decoders": [
+        {"type": "ByteFallback"}, {"type": "Fuse"},
+        {"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "always", "split": true}]});
+    let unfused = json!({"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+        {"type": "ByteFallback"},
+        {"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false}]});
+    for (tag, decoder) in [("metaspace", metaspace), ("unfused", unfused)] {
+        let dir = without_template("gqa4_f32", &format!("decoder-{tag}"), |j| {
+            j["decoder"] = decoder.clone();
+        });
+        let tokenizer = load_tokenizer(&dir).unwrap();
+        let mut sequences = random_sequences(&tokenizer, 400);
+        sequences.extend(
+            CORPUS
+                .iter()
+                .map(|t| tokenizer.encode(*t, false).unwrap().get_ids().to_vec()),
+        );
+        for ids in &sequences {
+            for skip in [true, false] {
+                assert_eq!(
+                    stream(&tokenizer, ids, skip),
+                    tokenizer.decode(ids, skip).unwrap(),
+                    "{tag}: ids {ids:?} skip={skip}"
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 #[test]
 fn chat_templates_match_mistral_common() {
     let chats = chat_json();
