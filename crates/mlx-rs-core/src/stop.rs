@@ -241,7 +241,12 @@ impl<'a> StopChecker<'a> {
     fn string_reason(&self, index: usize) -> StopReason {
         StopReason::StopString {
             index,
-            text: self.criteria.stop_strings[index].clone(),
+            text: self
+                .criteria
+                .stop_strings
+                .get(index)
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 
