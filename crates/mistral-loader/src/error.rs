@@ -190,6 +190,15 @@ pub enum LoadError {
         token: String,
     },
 
+    /// A chat template does not compile.
+    #[error("{}: {source}", path.display())]
+    ChatTemplate {
+        /// The file holding it (the model directory for the built-in one).
+        path: PathBuf,
+        /// minijinja's message.
+        source: mlx_rs_core::ChatError,
+    },
+
     /// `config.json` is not a valid Mistral configuration.
     #[error("{}: {source}", path.display())]
     Config {

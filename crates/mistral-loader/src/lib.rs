@@ -10,6 +10,7 @@
 //! - [`config`] reads `config.json`; parsing it into `MistralConfig` is
 //!   `mistral-model`'s job.
 //! - [`tokenizer`] loads `tokenizer.json` and the BOS/EOS ids.
+//! - [`chat_template`] finds the chat template (or uses Mistral's format).
 //! - [`ModelDir::open`] does all of the above for one directory.
 //! - Every error is a [`LoadError`] naming the file and tensor/field.
 //!
@@ -19,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+pub mod chat_template;
 pub mod config;
 pub mod hf_cache;
 pub mod error;
@@ -28,6 +30,7 @@ pub mod safetensors_files;
 pub mod safetensors_weights;
 pub mod tokenizer;
 
+pub use chat_template::{load_chat_template, ChatTemplateSource, ModelChatTemplate};
 pub use config::{load_config, read_config_str};
 pub use error::{LoadError, Result};
 pub use load::{load_model, load_model_with, LoadOptions};

@@ -8,21 +8,30 @@
 //!   `mlx_rs::fast::scaled_dot_product_attention` accepts, and a thin wrapper
 //!   over that kernel taking them;
 //! - [`runtime`]: which MLX this process runs on;
+//! - [`detokenizer`]: token ids to text, streamed, equal to one-shot decoding;
+//! - [`stop`]: end-of-sequence ids, stop strings and token limits;
+//! - [`chat`]: chat prompts from Jinja `chat_template`s;
 //! - [`error`]: the crate's error type.
 
 #![deny(missing_docs)]
 
 pub mod cache;
+pub mod chat;
+pub mod detokenizer;
 pub mod error;
 pub mod mask;
 pub mod runtime;
+pub mod stop;
 
 pub use cache::{ConcatKeyValueCache, KVCache, KeyValueCache};
+pub use chat::{ChatError, ChatMessage, ChatTemplate, ChatTemplateArgs};
+pub use detokenizer::{DetokenizeError, StreamingDetokenizer};
 pub use error::{Error, Result};
 pub use mask::{
     create_attention_mask, create_causal_mask, scaled_dot_product_attention, AttentionMask,
     SdpaMask,
 };
+pub use stop::{StopChecker, StopCriteria, StopError, StopReason, StopStep, StopStringMatcher};
 
 #[cfg(test)]
 mod tests;

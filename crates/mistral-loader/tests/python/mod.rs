@@ -1,0 +1,66 @@
+//! Runs the Python references (`xtask/python/*.py`) live.
+//!
+//! The interpreter is `MISTRAL_MLX_PYTHON`, by default the venv that
+//! `cargo xtask test` creates under `target/xtask/venv`. Without it the test
+//! fails, naming the command that sets it up: a parity check is never skipped.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+/// The reference interpreter.
+pub fn python() -> PathBuf {
+    let python = std::env::var_os("MISTRAL_MLX_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/xtask/venv/bin/python")
+        });
+    assert!(
+        python.is_file(),
+        "no reference Python at {}: run `cargo xtask test` (it creates the venv with \
+         sentencepiece and mistral-common), or set MISTRAL_MLX_PYTHON",
+        python.display()
+    );
+    python
+}
+
+/// Runs `xtask/python/<script>` with `request` as JSON on stdin; returns its
+/// JSON answer.
+pub fn run_json(script: &str, request: &Value) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../xtask/python")
+        .join(script);
+    let python = python();
+    let mut child = Command::new(&python)
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e}; run `cargo xtask test`",
+                python.display()
+            )
+        });
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(request.to_string().as_bytes())
+        .expect("write request");
+    let out = child.wait_with_output().expect("wait for python");
+    assert!(
+        out.status.success(),
+        "{} {} failed ({}); is the venv complete? run `cargo xtask test`\n{}",
+        python.display(),
+        path.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON answer")
+}
