@@ -7,6 +7,12 @@
 //! - [`mask`]: causal (optionally sliding-window) attention masks in the forms
 //!   `mlx_rs::fast::scaled_dot_product_attention` accepts, and a thin wrapper
 //!   over that kernel taking them;
+//! - [`language_model`]: the [`LanguageModel`] trait a model implements to
+//!   be driven by the generator;
+//! - [`sample`]: greedy, temperature, top-p/top-k/min-p sampling and the
+//!   repetition penalty, with mlx-lm's semantics and seeding;
+//! - [`generate`]: the [`Generate`] token iterator (chunked prefill,
+//!   pipelined steps, prompt-cache reuse);
 //! - [`runtime`]: which MLX this process runs on;
 //! - [`error`]: the crate's error type.
 
@@ -14,15 +20,23 @@
 
 pub mod cache;
 pub mod error;
+pub mod generate;
+pub mod language_model;
 pub mod mask;
 pub mod runtime;
+pub mod sample;
 
-pub use cache::{ConcatKeyValueCache, KVCache, KeyValueCache};
+pub use cache::{
+    cache_offset, trim_cache, ConcatKeyValueCache, KVCache, KeyValueCache, RotatingKVCache,
+};
 pub use error::{Error, Result};
+pub use generate::{Generate, GenerateOptions};
+pub use language_model::LanguageModel;
 pub use mask::{
     create_attention_mask, create_causal_mask, scaled_dot_product_attention, AttentionMask,
     SdpaMask,
 };
+pub use sample::{RepetitionPenalty, Sampler, SamplingOptions};
 
 #[cfg(test)]
 mod tests;
