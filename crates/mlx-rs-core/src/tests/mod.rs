@@ -1,8 +1,10 @@
-//! Unit tests of the caches and masks. Each result is compared with an
+//! Unit tests of the caches, masks and samplers. Each result is compared with an
 //! independent computation written here with plain loops over host data.
 
 mod cache;
 mod mask;
+mod rotating;
+mod sample;
 
 use mlx_rs::{Array, Dtype};
 
