@@ -201,3 +201,26 @@ fn seeded_sampling_matches_mlx_lm() {
         }
     }
 }
+
+/// mlx-rs's thread-local generator splits keys as MLX's global one does, so
+/// `mlx_rs::random::seed(s)` before an unseeded run reproduces mlx-lm's ids
+/// after `mx.random.seed(s)` as well.
+#[test]
+fn global_mlx_rs_seed_matches_python_seed() {
+    let spec = model_named("gqa4_f32");
+    let prompt = prompt_of(&spec, "medium");
+    let run = LiveRun {
+        temp: 1.0,
+        top_k: 50,
+        seed: Some(21),
+        ..LiveRun::default()
+    };
+    let (theirs, _) = mlx_lm_generate(&spec.dir, &prompt, 24, &run, false);
+    mlx_rs::random::seed(21).expect("seed");
+    let unseeded = LiveRun {
+        seed: None,
+        ..run.clone()
+    };
+    let ours = sampled_ids(&spec, &prompt, 24, &unseeded);
+    assert_eq!(ours, theirs);
+}
