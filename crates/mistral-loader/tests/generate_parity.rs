@@ -224,3 +224,63 @@ fn global_mlx_rs_seed_matches_python_seed() {
     let ours = sampled_ids(&spec, &prompt, 24, &unseeded);
     assert_eq!(ours, theirs);
 }
+
+/// Sets generator options for one bad-input case.
+type Configure = Box<dyn Fn(Generate<'_, KVCache>) -> Generate<'_, KVCache>>;
+
+/// Bad prompts and options come back as errors from the first `next()`,
+/// after which the iterator ends.
+#[test]
+fn generate_reports_bad_input_as_errors() {
+    let spec = model_named("gqa4_f32");
+    let mut model = load_model(&spec.dir).expect("load_model");
+    let cases: Vec<(&str, Array, Configure)> = vec![
+        (
+            "2-D prompt of 2 rows",
+            Array::from_slice(&[1i32, 2, 3, 4], &[2, 2]),
+            Box::new(|g| g),
+        ),
+        (
+            "float prompt",
+            Array::from_slice(&[1.0f32, 2.0], &[1, 2]),
+            Box::new(|g| g),
+        ),
+        (
+            "empty prompt",
+            Array::from_slice::<i32>(&[], &[1, 0]),
+            Box::new(|g| g),
+        ),
+        (
+            "top_k = vocab",
+            Array::from_slice(&[1i32, 2], &[1, 2]),
+            Box::new(|g| g.top_k(32768)),
+        ),
+        (
+            "min_p > 1",
+            Array::from_slice(&[1i32, 2], &[1, 2]),
+            Box::new(|g| g.min_p(1.5)),
+        ),
+        (
+            "prefill step 0",
+            Array::from_slice(&[1i32, 2, 3], &[1, 3]),
+            Box::new(|g| g.prefill_step_size(0)),
+        ),
+        (
+            "negative penalty",
+            Array::from_slice(&[1i32, 2], &[1, 2]),
+            Box::new(|g| g.repetition_penalty(-1.0, 20)),
+        ),
+    ];
+    for (what, prompt, configure) in cases {
+        let mut cache: Vec<Option<KVCache>> = Vec::new();
+        let mut gen = configure(Generate::new(&mut model, &mut cache, 0.5, &prompt));
+        assert!(
+            matches!(gen.next(), Some(Err(_))),
+            "{what}: expected an error"
+        );
+        assert!(
+            gen.next().is_none(),
+            "{what}: iterator continued after an error"
+        );
+    }
+}
