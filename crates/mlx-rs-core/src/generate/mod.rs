@@ -116,7 +116,8 @@ impl<'a, C: KeyValueCache> Generate<'a, C> {
     }
 
     /// Repetition penalty over the last `context_size` tokens (mlx-lm's
-    /// default context is 20).
+    /// default context is 20; 0 means all tokens, and a penalty of 0 none,
+    /// as in mlx-lm).
     pub fn repetition_penalty(mut self, penalty: f32, context_size: usize) -> Self {
         self.options.repetition_penalty = Some(RepetitionPenalty {
             penalty,
@@ -157,7 +158,7 @@ impl<'a, C: KeyValueCache> Generate<'a, C> {
     /// Appends `tokens` (1-D) to the penalty history, keeping only what the
     /// penalty looks at.
     fn remember(&mut self, tokens: &Array) -> Result<()> {
-        let Some(penalty) = self.options.repetition_penalty else {
+        let Some(penalty) = self.options.repetition_penalty.filter(|p| p.is_active()) else {
             return Ok(());
         };
         let tokens = tokens.as_dtype(Dtype::Uint32)?;
@@ -166,9 +167,7 @@ impl<'a, C: KeyValueCache> Generate<'a, C> {
             None => tokens,
         };
         let n = all.dim(0);
-        let keep = i32::try_from(penalty.context_size)
-            .unwrap_or(i32::MAX)
-            .min(n);
+        let keep = penalty.window(n);
         self.history = Some(all.try_index((n - keep)..n)?);
         Ok(())
     }

@@ -100,6 +100,29 @@ fn repetition_penalty_scales_recent_tokens_by_sign() {
         })
         .collect();
     assert_eq!(got, want);
+
+    // mlx-lm's edge cases: context 0 is every token, penalty 0 is none.
+    let all = RepetitionPenalty {
+        penalty: 2.0,
+        context_size: 0,
+    };
+    let got = host(&all.apply(&tokens, &logits).unwrap());
+    let everywhere = [4usize, 0, 1, 3];
+    let want: Vec<f32> = raw
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| match (everywhere.contains(&i), x < 0.0) {
+            (false, _) => x,
+            (true, true) => x * 2.0,
+            (true, false) => x / 2.0,
+        })
+        .collect();
+    assert_eq!(got, want);
+    let none = RepetitionPenalty {
+        penalty: 0.0,
+        context_size: 20,
+    };
+    assert_eq!(host(&none.apply(&tokens, &logits).unwrap()), raw.to_vec());
 }
 
 #[test]
