@@ -184,6 +184,13 @@ fn seeded_sampling_matches_mlx_lm() {
             seed: Some(42),
             prefill_step_size: Some(8),
         },
+        // mlx-lm's quirk: a repetition context of 0 penalizes every token.
+        LiveRun {
+            temp: 0.75,
+            repetition: Some((2.0, 0)),
+            seed: Some(8),
+            ..LiveRun::default()
+        },
     ];
     let n = 32;
     for name in ["window_v01_f32", "gqa4_f32", "gqa4_bf16"] {

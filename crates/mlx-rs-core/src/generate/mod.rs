@@ -13,8 +13,9 @@
 //!   `mlx_rs::transforms::async_eval`, so the model computes the next token
 //!   while the caller consumes this one (mlx-lm's overlap);
 //! - prompt-cache reuse: the cache is never reset. Every token returned is
-//!   already fed to the cache, so after a run the cache holds the prompt and
-//!   every token returned; a next chat turn passes only the new tokens
+//!   already fed to the cache (as in mlx-lm's `generate_step`, whose last
+//!   step also feeds its last token), so after a run the cache holds the
+//!   prompt and every token returned; a next chat turn passes only the new tokens
 //!   (those after [`cache_offset`](crate::cache_offset)) with the same cache.
 //!   The rotating cache makes this exact for sliding-window models also after
 //!   it has wrapped.
