@@ -24,6 +24,7 @@ pub mod block;
 pub mod config;
 pub mod embedding;
 pub mod error;
+pub mod language_model;
 pub mod linear;
 pub mod mlp;
 pub mod model;

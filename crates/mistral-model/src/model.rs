@@ -1,10 +1,12 @@
 //! [`MistralModel`] (embedding, decoder layers, final norm: the `model.*`
 //! tensors) and [`Mistral`] (that plus the LM head), after mlx-lm llama.py's
-//! `LlamaModel` and `Model`.
+//! `LlamaModel` and `Model`. [`Mistral`] implements `mlx_rs_core`'s
+//! [`LanguageModel`](mlx_rs_core::LanguageModel), so `Generate` can drive it.
 //!
 //! The model holds no KV state: [`Mistral::forward`] takes one cache slot per
-//! layer and fills an empty list itself. Masks are built once per distinct
-//! (cache offset, mask kind) in a call and shared by the layers using them.
+//! layer and fills an empty list itself (each cache told its layer's window).
+//! Masks come from the caches (which know their key layout), built once per
+//! distinct (cache offset, mask kind) in a call and shared by the layers.
 
 use mlx_rs::{Array, Dtype};
 use mlx_rs_core::{AttentionMask, KeyValueCache, SdpaMask};
@@ -101,7 +103,11 @@ impl MistralModel {
             )));
         }
         if cache.is_empty() {
-            cache.extend((0..self.layers.len()).map(|_| Some(C::new())));
+            cache.extend(
+                self.layers
+                    .iter()
+                    .map(|layer| Some(C::with_window(layer.attention_mask().window()))),
+            );
         }
         if cache.len() != self.layers.len() {
             return Err(ModelError::Input(format!(
@@ -120,7 +126,12 @@ impl MistralModel {
             let mask = match masks.iter().find(|(k, _)| *k == key) {
                 Some((_, m)) => m.clone(),
                 None => {
-                    let m = key.1.create(len, key.0)?;
+                    // The cache knows where each stored key sits (a rotating
+                    // cache does not keep them in positional order).
+                    let m = match slot.as_ref() {
+                        Some(c) => c.mask(len, key.1.window())?,
+                        None => key.1.create(len, 0)?,
+                    };
                     masks.push((key, m.clone()));
                     m
                 }
@@ -191,9 +202,13 @@ impl Mistral {
         self.model.layers.len()
     }
 
-    /// One new cache per layer.
+    /// One new cache per layer, each told its layer's sliding window.
     pub fn new_cache<C: KeyValueCache>(&self) -> Vec<Option<C>> {
-        (0..self.num_layers()).map(|_| Some(C::new())).collect()
+        self.model
+            .layers
+            .iter()
+            .map(|layer| Some(C::with_window(layer.attention_mask().window())))
+            .collect()
     }
 
     /// Logits `[B, L, vocab_size]` for `tokens` `[B, L]` (integer ids)

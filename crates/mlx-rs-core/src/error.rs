@@ -27,6 +27,15 @@ pub enum Error {
     /// A mask parameter is out of range.
     #[error("attention mask: {0}")]
     InvalidMask(String),
+
+    /// A sampling or generation option is out of range, or the prompt has
+    /// the wrong shape or type.
+    #[error("generation: {0}")]
+    InvalidArgument(String),
+
+    /// The model failed (its own error type, boxed).
+    #[error("model: {0}")]
+    Model(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// `Result` with this crate's [`Error`].

@@ -7,6 +7,12 @@
 //! - [`mask`]: causal (optionally sliding-window) attention masks in the forms
 //!   `mlx_rs::fast::scaled_dot_product_attention` accepts, and a thin wrapper
 //!   over that kernel taking them;
+//! - [`language_model`]: the [`LanguageModel`] trait a model implements to
+//!   be driven by the generator;
+//! - [`sample`]: greedy, temperature, top-p/top-k/min-p sampling and the
+//!   repetition penalty, with mlx-lm's semantics and seeding;
+//! - [`generate`]: the [`Generate`] token iterator (chunked prefill,
+//!   pipelined steps, prompt-cache reuse);
 //! - [`runtime`]: which MLX this process runs on;
 //! - [`detokenizer`]: token ids to text, streamed, equal to one-shot decoding;
 //! - [`stop`]: end-of-sequence ids, stop strings and token limits;
@@ -19,18 +25,27 @@ pub mod cache;
 pub mod chat;
 pub mod detokenizer;
 pub mod error;
+pub mod generate;
+pub mod language_model;
 pub mod mask;
 pub mod runtime;
+pub mod sample;
 pub mod stop;
 
-pub use cache::{ConcatKeyValueCache, KVCache, KeyValueCache};
 pub use chat::{ChatError, ChatMessage, ChatTemplate, ChatTemplateArgs};
 pub use detokenizer::{DetokenizeError, StreamingDetokenizer};
+
+pub use cache::{
+    cache_offset, trim_cache, ConcatKeyValueCache, KVCache, KeyValueCache, RotatingKVCache,
+};
 pub use error::{Error, Result};
+pub use generate::{Generate, GenerateOptions};
+pub use language_model::LanguageModel;
 pub use mask::{
     create_attention_mask, create_causal_mask, scaled_dot_product_attention, AttentionMask,
     SdpaMask,
 };
+pub use sample::{RepetitionPenalty, Sampler, SamplingOptions};
 pub use stop::{StopChecker, StopCriteria, StopError, StopReason, StopStep, StopStringMatcher};
 
 #[cfg(test)]

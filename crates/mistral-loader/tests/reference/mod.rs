@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use safetensors::SafeTensors;
 
+pub mod live;
+
 /// The directory holding the test models, `manifest.json` and `refs/`.
 pub fn models_dir() -> PathBuf {
     let dir = std::env::var_os("MISTRAL_MLX_TEST_MODELS")

@@ -4,7 +4,13 @@
 //! with the sequence; it is the reference the preallocated cache is tested
 //! against and is fine for short generations.
 
-use mlx_rs::{ops::concatenate, Array};
+use mlx_rs::{
+    ops::{
+        concatenate,
+        indexing::{Ellipsis, TryIndexOp},
+    },
+    Array,
+};
 
 use super::{check_update, KeyValueCache};
 use crate::error::Result;
@@ -44,5 +50,28 @@ impl KeyValueCache for ConcatKeyValueCache {
         self.keys = Some(all_keys.clone());
         self.values = Some(all_values.clone());
         Ok((all_keys, all_values))
+    }
+
+    fn trim(&mut self, n: i32) -> Result<i32> {
+        let n = n.clamp(0, self.offset);
+        if n > 0 {
+            let end = self.offset - n;
+            self.keys = self
+                .keys
+                .take()
+                .map(|k| k.try_index((Ellipsis, ..end, ..)))
+                .transpose()?;
+            self.values = self
+                .values
+                .take()
+                .map(|v| v.try_index((Ellipsis, ..end, ..)))
+                .transpose()?;
+            self.offset = end;
+        }
+        Ok(n)
+    }
+
+    fn state(&self) -> Vec<Array> {
+        self.keys.iter().chain(&self.values).cloned().collect()
     }
 }

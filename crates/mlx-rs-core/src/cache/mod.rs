@@ -4,23 +4,36 @@
 //! passes them to every forward call (as in mlx-lm). A cache receives the new
 //! keys and values of one layer, laid out `[B, n_kv_heads, L, head_dim]`,
 //! and returns everything seen so far along the sequence axis (axis 2).
-//! [`KeyValueCache::new`] lets a model create the per-layer caches itself.
+//! [`KeyValueCache::with_window`] lets a model create the per-layer caches
+//! itself, telling each the sliding window of its layer (if any).
 //!
-//! Two implementations:
+//! The attention mask is the cache's business ([`KeyValueCache::mask`]): a
+//! cache that stores keys out of positional order (the rotating one) knows
+//! which stored key sits at which position; the others use the positional
+//! mask of [`create_attention_mask`].
+//!
+//! Three implementations:
 //! - [`ConcatKeyValueCache`]: the simplest one, concatenates on every call;
 //! - [`KVCache`]: preallocates buffers in steps of [`KVCache::STEP`]
 //!   positions and writes new entries in place with slice updates, like
-//!   mlx-lm's `KVCache`.
+//!   mlx-lm's `KVCache`;
+//! - [`RotatingKVCache`]: for sliding-window layers, keeps only the last
+//!   `W` positions in a ring buffer, so memory stays bounded by the window.
 
 mod concat;
+mod list;
 mod preallocated;
+mod rotating;
 
 pub use concat::ConcatKeyValueCache;
+pub use list::{cache_offset, trim_cache};
 pub use preallocated::KVCache;
+pub use rotating::RotatingKVCache;
 
 use mlx_rs::Array;
 
 use crate::error::{Error, Result};
+use crate::mask::{create_attention_mask, SdpaMask};
 
 /// A per-layer store of attention keys and values.
 pub trait KeyValueCache {
@@ -42,6 +55,43 @@ pub trait KeyValueCache {
     fn is_empty(&self) -> bool {
         self.offset() == 0
     }
+
+    /// Creates an empty cache for a layer attending over a sliding window of
+    /// `window` positions (`None`: the whole history). Caches that store every
+    /// position ignore the window (the mask applies it); the default calls
+    /// [`new`](KeyValueCache::new).
+    fn with_window(window: Option<i32>) -> Self
+    where
+        Self: Sized,
+    {
+        let _ = window;
+        Self::new()
+    }
+
+    /// The mask for `query_len` new queries attending over the keys the next
+    /// [`update_and_fetch`](KeyValueCache::update_and_fetch) of `query_len`
+    /// positions will return, for a layer with the given sliding `window`.
+    /// Must be called before that update. The default is the positional mask
+    /// of [`create_attention_mask`] at [`offset`](KeyValueCache::offset), right
+    /// for caches that return every position in order.
+    fn mask(&self, query_len: i32, window: Option<i32>) -> Result<SdpaMask> {
+        create_attention_mask(query_len, self.offset(), window)
+    }
+
+    /// How many of the newest positions [`trim`](KeyValueCache::trim) can
+    /// remove while keeping the cache exact for what follows.
+    fn max_trim(&self) -> i32 {
+        self.offset()
+    }
+
+    /// Removes the newest `min(n, max_trim())` positions (none for `n <= 0`)
+    /// and returns how many were removed; the next update continues at the
+    /// reduced [`offset`](KeyValueCache::offset).
+    fn trim(&mut self, n: i32) -> Result<i32>;
+
+    /// The arrays the cache stores (handles, cheap to clone), for evaluating
+    /// them, e.g. after a prefill chunk whose logits are not needed.
+    fn state(&self) -> Vec<Array>;
 }
 
 /// Checks that `keys` and `values` are `[B, H, L, D]` with equal `B`, `H`

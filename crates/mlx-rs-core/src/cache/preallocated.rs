@@ -98,4 +98,15 @@ impl KeyValueCache for KVCache {
         self.offset = end;
         Ok(out)
     }
+
+    fn trim(&mut self, n: i32) -> Result<i32> {
+        // The buffers keep their contents; the next update overwrites them.
+        let n = n.clamp(0, self.offset);
+        self.offset -= n;
+        Ok(n)
+    }
+
+    fn state(&self) -> Vec<Array> {
+        self.keys.iter().chain(&self.values).cloned().collect()
+    }
 }

@@ -120,3 +120,31 @@ fn caches_reject_mismatched_shapes() {
         assert_eq!(cache.offset(), 3);
     }
 }
+
+fn trim_then_continue<C: KeyValueCache>() {
+    use mlx_rs::ops::{
+        concatenate,
+        indexing::{Ellipsis, TryIndexOp},
+    };
+    let mut cache = C::new();
+    let keys = random::split(random::key(11).unwrap(), 2).unwrap();
+    let a = random::normal::<f32>(&[1, H, 10, DK], None, None, &keys.0).unwrap();
+    let b = random::normal::<f32>(&[1, H, 2, DK], None, None, &keys.1).unwrap();
+    cache.update_and_fetch(&a, &a).unwrap();
+    assert_eq!(cache.max_trim(), 10);
+    assert_eq!(cache.trim(3).unwrap(), 3);
+    assert_eq!(cache.offset(), 7);
+    let (k, v) = cache.update_and_fetch(&b, &b).unwrap();
+    let want = concatenate(&[a.try_index((Ellipsis, ..7, ..)).unwrap(), b], 2).unwrap();
+    assert_eq!(host(&k), host(&want));
+    assert_eq!(host(&v), host(&want));
+    assert_eq!(cache.trim(100).unwrap(), 9);
+    assert_eq!(cache.offset(), 0);
+    assert_eq!(cache.trim(-1).unwrap(), 0);
+}
+
+#[test]
+fn caches_trim_the_newest_positions() {
+    trim_then_continue::<ConcatKeyValueCache>();
+    trim_then_continue::<KVCache>();
+}

@@ -82,7 +82,7 @@ fn mask_form_is_cheapest_exact_one() {
 }
 
 /// Attention with plain loops: q `[1, H, L, D]`, k/v `[1, KVH, S, D]`.
-fn reference_attention(
+pub(super) fn reference_attention(
     q: &Array,
     k: &Array,
     v: &Array,

@@ -7,6 +7,8 @@ mod chat;
 mod detokenizer;
 mod mask;
 mod stop;
+mod rotating;
+mod sample;
 
 use mlx_rs::{Array, Dtype};
 

@@ -1,0 +1,25 @@
+//! [`Mistral`] as an `mlx_rs_core` [`LanguageModel`], so the core's
+//! `Generate` can drive it; [`ModelError`]s convert into the core's
+//! [`Error::Model`](mlx_rs_core::Error::Model).
+
+use mlx_rs::Array;
+use mlx_rs_core::{KeyValueCache, LanguageModel};
+
+use crate::error::ModelError;
+use crate::model::Mistral;
+
+impl From<ModelError> for mlx_rs_core::Error {
+    fn from(err: ModelError) -> Self {
+        mlx_rs_core::Error::Model(Box::new(err))
+    }
+}
+
+impl<C: KeyValueCache> LanguageModel<C> for Mistral {
+    fn forward(
+        &mut self,
+        tokens: &Array,
+        cache: &mut Vec<Option<C>>,
+    ) -> mlx_rs_core::Result<Array> {
+        Ok(Mistral::forward(self, tokens, cache)?)
+    }
+}

@@ -1,0 +1,223 @@
+//! [`RotatingKVCache`]: a ring buffer of the last `W` positions for layers
+//! with a sliding window of `W`, so memory stays bounded by the window
+//! however long generation runs (after mlx-lm's `RotatingKVCache`).
+//!
+//! Invariant: once anything is stored, the buffers hold exactly `W` slots
+//! and absolute position `p` lives in slot `(p - phase) mod W`; the valid
+//! slots are the last `min(offset, W)` positions. `phase` is 0 until a
+//! multi-token chunk crosses the window, which stores the last `W` positions
+//! in temporal order (so `phase = end mod W`). This is the slot layout
+//! mlx-lm's `RotatingKVCache` ends up with, so attention sums the keys in the
+//! same order and logits stay bit-identical to mlx-lm's. An update of `L` positions at `offset`:
+//! - `offset + L <= W`: written in place, the filled prefix returned (in
+//!   positional order, the window cuts nothing);
+//! - `L == 1` past the window: written in place over the oldest slot; the
+//!   whole ring is returned, and it is exactly the query's window, so no mask
+//!   is needed although the order is not positional;
+//! - otherwise (a multi-token chunk past or across the window): the last
+//!   `W - 1` stored positions are put back in temporal order and the new ones
+//!   appended, so every query of the chunk sees its full window; that longer
+//!   array is returned and only its last `W` positions are kept.
+//!
+//! [`KeyValueCache::mask`] gives the mask matching each case; it depends only
+//! on `(offset, L, W)`. Without a window (`with_window(None)`, `new()`) the
+//! cache behaves as [`KVCache`].
+
+use mlx_rs::{
+    ops::{
+        concatenate,
+        indexing::{Ellipsis, TryIndexMutOp, TryIndexOp},
+        zeros_dtype,
+    },
+    Array,
+};
+
+use super::{check_update, KVCache, KeyValueCache};
+use crate::error::{Error, Result};
+use crate::mask::{create_attention_mask, SdpaMask};
+
+/// A key/value cache holding only the last `window` positions.
+#[derive(Debug, Clone, Default)]
+pub struct RotatingKVCache {
+    window: Option<i32>,
+    unbounded: KVCache,
+    keys: Option<Array>,
+    values: Option<Array>,
+    offset: i32,
+    phase: i32,
+}
+
+impl RotatingKVCache {
+    /// The window this cache was made for (`None`: it keeps everything).
+    pub fn window(&self) -> Option<i32> {
+        self.window
+    }
+
+    /// Number of positions the buffers hold (their length on the sequence
+    /// axis; `W` once anything is stored with a window).
+    pub fn buffer_len(&self) -> i32 {
+        match self.window {
+            None => self.unbounded.capacity(),
+            Some(_) => self.keys.as_ref().map_or(0, |k| k.dim(2)),
+        }
+    }
+
+    /// The last `min(offset, W - 1)` stored positions in temporal order.
+    fn recent(&self, w: i32) -> Result<Option<(Array, Array)>> {
+        let (Some(k), Some(v)) = (&self.keys, &self.values) else {
+            return Ok(None);
+        };
+        let prev = self.offset;
+        if prev == 0 {
+            return Ok(None);
+        }
+        let pick = |a: &Array| -> Result<Array> {
+            if prev < w {
+                return Ok(a.try_index((Ellipsis, ..prev, ..))?);
+            }
+            // Positions prev-W+1 .. prev-1 sit in slots s+1..W, then 0..s,
+            // where s is the slot of the oldest position, prev - W.
+            let s = (prev - self.phase).rem_euclid(w);
+            Ok(if s + 1 == w {
+                a.try_index((Ellipsis, ..s, ..))?
+            } else if s == 0 {
+                a.try_index((Ellipsis, 1.., ..))?
+            } else {
+                concatenate(
+                    &[
+                        a.try_index((Ellipsis, (s + 1).., ..))?,
+                        a.try_index((Ellipsis, ..s, ..))?,
+                    ],
+                    2,
+                )?
+            })
+        };
+        Ok(Some((pick(k)?, pick(v)?)))
+    }
+
+    /// Stores the last `W` positions of `all` (temporal order, its last
+    /// position at `end - 1`) as they are: slot 0 holds position `end - W`.
+    fn store_last(&mut self, all_k: &Array, all_v: &Array, end: i32, w: i32) -> Result<()> {
+        let total = all_k.dim(2);
+        self.keys = Some(all_k.try_index((Ellipsis, (total - w).., ..))?);
+        self.values = Some(all_v.try_index((Ellipsis, (total - w).., ..))?);
+        self.phase = end.rem_euclid(w);
+        Ok(())
+    }
+
+    fn update_windowed(&mut self, keys: &Array, values: &Array, w: i32) -> Result<(Array, Array)> {
+        check_update(keys, values, self.keys.as_ref().zip(self.values.as_ref()))?;
+        let prev = self.offset;
+        let len = keys.dim(2);
+        let end = prev + len;
+        if end <= w || len == 1 {
+            let (mut k, mut v) = match (self.keys.take(), self.values.take()) {
+                (Some(k), Some(v)) => (k, v),
+                _ => {
+                    let (b, h) = (keys.dim(0), keys.dim(1));
+                    (
+                        zeros_dtype(&[b, h, w, keys.dim(3)], keys.dtype())?,
+                        zeros_dtype(&[b, h, w, values.dim(3)], values.dtype())?,
+                    )
+                }
+            };
+            let start = (prev - self.phase).rem_euclid(w);
+            k.try_index_mut((Ellipsis, start..start + len, ..), keys)?;
+            v.try_index_mut((Ellipsis, start..start + len, ..), values)?;
+            let out = if end <= w {
+                (
+                    k.try_index((Ellipsis, ..end, ..))?,
+                    v.try_index((Ellipsis, ..end, ..))?,
+                )
+            } else {
+                (k.clone(), v.clone())
+            };
+            self.keys = Some(k);
+            self.values = Some(v);
+            self.offset = end;
+            return Ok(out);
+        }
+        let (all_k, all_v) = match self.recent(w)? {
+            Some((k, v)) => (
+                concatenate(&[k, keys.clone()], 2)?,
+                concatenate(&[v, values.clone()], 2)?,
+            ),
+            None => (keys.clone(), values.clone()),
+        };
+        self.store_last(&all_k, &all_v, end, w)?;
+        self.offset = end;
+        Ok((all_k, all_v))
+    }
+}
+
+impl KeyValueCache for RotatingKVCache {
+    fn new() -> Self {
+        Self::default()
+    }
+
+    fn with_window(window: Option<i32>) -> Self {
+        RotatingKVCache {
+            window,
+            ..Self::default()
+        }
+    }
+
+    fn offset(&self) -> i32 {
+        match self.window {
+            None => self.unbounded.offset(),
+            Some(_) => self.offset,
+        }
+    }
+
+    fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
+        match self.window {
+            None => self.unbounded.update_and_fetch(keys, values),
+            Some(w) if w < 1 => Err(Error::InvalidMask(format!(
+                "sliding window must be at least 1, got {w}"
+            ))),
+            Some(w) => self.update_windowed(keys, values, w),
+        }
+    }
+
+    fn mask(&self, query_len: i32, window: Option<i32>) -> Result<SdpaMask> {
+        let Some(w) = self.window else {
+            return self.unbounded.mask(query_len, window);
+        };
+        let prev = self.offset;
+        if prev + query_len <= w {
+            create_attention_mask(query_len, prev, Some(w))
+        } else if query_len == 1 {
+            Ok(SdpaMask::None)
+        } else {
+            // Keys: the last min(prev, W - 1) positions, then the chunk; the
+            // mask is shift-invariant, so the kept count acts as the offset.
+            create_attention_mask(query_len, prev.min(w - 1), Some(w))
+        }
+    }
+
+    fn max_trim(&self) -> i32 {
+        match self.window {
+            None => self.unbounded.max_trim(),
+            // Past the window the ring has overwritten older positions; only
+            // the newest one can go while the rest of its window survives.
+            Some(w) if self.offset > w => 1,
+            Some(_) => self.offset,
+        }
+    }
+
+    fn trim(&mut self, n: i32) -> Result<i32> {
+        if self.window.is_none() {
+            return self.unbounded.trim(n);
+        }
+        let n = n.clamp(0, self.max_trim());
+        self.offset -= n;
+        Ok(n)
+    }
+
+    fn state(&self) -> Vec<Array> {
+        match self.window {
+            None => self.unbounded.state(),
+            Some(_) => self.keys.iter().chain(&self.values).cloned().collect(),
+        }
+    }
+}

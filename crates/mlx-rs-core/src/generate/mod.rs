@@ -1,0 +1,294 @@
+//! [`Generate`]: an iterator of sampled tokens over a [`LanguageModel`] and
+//! a caller-owned cache, after mlx-lm 0.32.2's `generate_step`.
+//!
+//! Design:
+//! - the first `next()` prefills: all prompt tokens but the last go through
+//!   the model in chunks of `prefill_step_size`, evaluating only the caches;
+//!   the last token's logits give the first sample;
+//! - each step computes `logprobs = logits - logsumexp(logits)` in the
+//!   model's dtype (after the repetition penalty, if any, on the logits) and
+//!   hands them to the [`Sampler`];
+//! - pipelining: before a token is returned, the graph of the step that
+//!   feeds it to the model is built and started with
+//!   `mlx_rs::transforms::async_eval`, so the model computes the next token
+//!   while the caller consumes this one (mlx-lm's overlap);
+//! - prompt-cache reuse: the cache is never reset. Every token returned is
+//!   already fed to the cache (as in mlx-lm's `generate_step`, whose last
+//!   step also feeds its last token), so after a run the cache holds the
+//!   prompt and every token returned; a next chat turn passes only the new tokens
+//!   (those after [`cache_offset`](crate::cache_offset)) with the same cache.
+//!   The rotating cache makes this exact for sliding-window models also after
+//!   it has wrapped.
+
+mod options;
+
+pub use options::GenerateOptions;
+
+use mlx_rs::{
+    ops::{concatenate, indexing::TryIndexOp},
+    transforms::{async_eval, eval},
+    Array, Dtype,
+};
+
+use crate::cache::KeyValueCache;
+use crate::error::{Error, Result};
+use crate::language_model::LanguageModel;
+use crate::sample::{RepetitionPenalty, Sampler, SamplingOptions};
+
+enum Stage {
+    /// Not started: the prompt (1-D, ids) is still to be prefilled.
+    Prompt(Array),
+    /// The next token to return, whose step is not yet built.
+    Next(Array),
+    /// Finished or failed.
+    Done,
+}
+
+/// Generates tokens one by one; each item is a `[1]` `uint32` array
+/// (`.item::<u32>()` gives the id).
+pub struct Generate<'a, C: KeyValueCache> {
+    model: &'a mut dyn LanguageModel<C>,
+    cache: &'a mut Vec<Option<C>>,
+    options: GenerateOptions,
+    sampler: Option<Sampler>,
+    /// Recent tokens for the repetition penalty (1-D `uint32`).
+    history: Option<Array>,
+    stage: Stage,
+    produced: usize,
+}
+
+impl<'a, C: KeyValueCache> Generate<'a, C> {
+    /// Generation at temperature `temp` (0: greedy) continuing `prompt`
+    /// (`[1, L]` or `[L]` integer ids) after whatever `cache` holds (start
+    /// with an empty `Vec`). Other options: the builder methods, before the
+    /// first `next()`.
+    pub fn new(
+        model: &'a mut dyn LanguageModel<C>,
+        cache: &'a mut Vec<Option<C>>,
+        temp: f32,
+        prompt: &Array,
+    ) -> Self {
+        let mut options = GenerateOptions::default();
+        options.sampling.temperature = temp;
+        Self::with_options(model, cache, prompt, options)
+    }
+
+    /// Generation with all options given at once.
+    pub fn with_options(
+        model: &'a mut dyn LanguageModel<C>,
+        cache: &'a mut Vec<Option<C>>,
+        prompt: &Array,
+        options: GenerateOptions,
+    ) -> Self {
+        Generate {
+            model,
+            cache,
+            options,
+            sampler: None,
+            history: None,
+            stage: Stage::Prompt(prompt.clone()),
+            produced: 0,
+        }
+    }
+
+    /// Replaces the sampling options (temperature and filters).
+    pub fn sampling(mut self, sampling: SamplingOptions) -> Self {
+        self.options.sampling = sampling;
+        self
+    }
+
+    /// Nucleus sampling: keep the most likely tokens up to mass `top_p`
+    /// (applied when `0 < top_p < 1`).
+    pub fn top_p(mut self, top_p: f32) -> Self {
+        self.options.sampling.top_p = top_p;
+        self
+    }
+
+    /// Keep only the `top_k` most likely tokens (0: off).
+    pub fn top_k(mut self, top_k: i32) -> Self {
+        self.options.sampling.top_k = top_k;
+        self
+    }
+
+    /// Drop tokens less likely than `min_p` times the most likely (0: off).
+    pub fn min_p(mut self, min_p: f32) -> Self {
+        self.options.sampling.min_p = min_p;
+        self
+    }
+
+    /// Repetition penalty over the last `context_size` tokens (mlx-lm's
+    /// default context is 20; 0 means all tokens, and a penalty of 0 none,
+    /// as in mlx-lm).
+    pub fn repetition_penalty(mut self, penalty: f32, context_size: usize) -> Self {
+        self.options.repetition_penalty = Some(RepetitionPenalty {
+            penalty,
+            context_size,
+        });
+        self
+    }
+
+    /// Seed for reproducible sampling (same ids as mlx-lm after
+    /// `mx.random.seed(seed)`).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.options.seed = Some(seed);
+        self
+    }
+
+    /// Prompt positions per forward call while prefilling (default 2048).
+    pub fn prefill_step_size(mut self, size: i32) -> Self {
+        self.options.prefill_step_size = size;
+        self
+    }
+
+    /// Stop after `max_tokens` tokens.
+    pub fn max_tokens(mut self, max_tokens: usize) -> Self {
+        self.options.max_tokens = Some(max_tokens);
+        self
+    }
+
+    /// The options in effect.
+    pub fn options(&self) -> &GenerateOptions {
+        &self.options
+    }
+
+    /// Tokens returned so far.
+    pub fn produced(&self) -> usize {
+        self.produced
+    }
+
+    /// Appends `tokens` (1-D) to the penalty history, keeping only what the
+    /// penalty looks at.
+    fn remember(&mut self, tokens: &Array) -> Result<()> {
+        let Some(penalty) = self.options.repetition_penalty.filter(|p| p.is_active()) else {
+            return Ok(());
+        };
+        let tokens = tokens.as_dtype(Dtype::Uint32)?;
+        let all = match self.history.take() {
+            Some(h) => concatenate(&[h, tokens], 0)?,
+            None => tokens,
+        };
+        let n = all.dim(0);
+        let keep = penalty.window(n);
+        self.history = Some(all.try_index((n - keep)..n)?);
+        Ok(())
+    }
+
+    /// Feeds `tokens` (1-D) and samples the next token from the last
+    /// position's logits.
+    fn step(&mut self, tokens: &Array) -> Result<Array> {
+        let input = tokens.reshape(&[1, -1])?;
+        let logits = self.model.forward(&input, self.cache)?;
+        let mut logits = logits.try_index((.., -1, ..))?;
+        self.remember(tokens)?;
+        if let (Some(penalty), Some(history)) = (self.options.repetition_penalty, &self.history) {
+            logits = penalty.apply(history, &logits)?;
+        }
+        let logprobs = logits.subtract(logits.logsumexp(true)?)?;
+        let sampler = match self.sampler.as_mut() {
+            Some(s) => s,
+            None => return Err(Error::InvalidArgument("sampler not set up".into())),
+        };
+        sampler.sample(&logprobs)
+    }
+
+    /// Checks the options and prompt, prefills and samples the first token.
+    fn start(&mut self, prompt: Array) -> Result<Array> {
+        if self.options.prefill_step_size < 1 {
+            return Err(Error::InvalidArgument(format!(
+                "prefill_step_size must be at least 1, got {}",
+                self.options.prefill_step_size
+            )));
+        }
+        if let Some(p) = &self.options.repetition_penalty {
+            p.validate()?;
+        }
+        self.sampler = Some(Sampler::new(self.options.sampling, self.options.seed)?);
+        let mut prompt = match prompt.shape() {
+            [_] => prompt,
+            [1, _] => prompt.reshape(&[-1])?,
+            shape => {
+                return Err(Error::InvalidArgument(format!(
+                    "prompt must be [1, L] or [L] token ids, got shape {shape:?}"
+                )))
+            }
+        };
+        if !is_integer(prompt.dtype()) {
+            return Err(Error::InvalidArgument(format!(
+                "prompt must hold integer token ids, got {:?}",
+                prompt.dtype()
+            )));
+        }
+        if prompt.dim(0) == 0 {
+            return Err(Error::InvalidArgument("prompt is empty".into()));
+        }
+        // As mlx-lm: prefill all but the last token in chunks.
+        while prompt.dim(0) > 1 {
+            let n = self.options.prefill_step_size.min(prompt.dim(0) - 1);
+            let chunk = prompt.try_index(..n)?;
+            self.model.forward(&chunk.reshape(&[1, -1])?, self.cache)?;
+            let state: Vec<Array> = self
+                .cache
+                .iter()
+                .flatten()
+                .flat_map(|c| c.state())
+                .collect();
+            eval(&state)?;
+            self.remember(&chunk)?;
+            prompt = prompt.try_index(n..)?;
+        }
+        let y = self.step(&prompt)?;
+        async_eval([&y])?;
+        Ok(y)
+    }
+
+    fn advance(&mut self) -> Result<Option<Array>> {
+        if self
+            .options
+            .max_tokens
+            .is_some_and(|max| self.produced >= max)
+        {
+            return Ok(None);
+        }
+        let y = match std::mem::replace(&mut self.stage, Stage::Done) {
+            Stage::Done => return Ok(None),
+            Stage::Prompt(prompt) => self.start(prompt)?,
+            Stage::Next(y) => y,
+        };
+        // Feed `y` now, so the model works on the next token while the
+        // caller uses this one, and the cache holds every returned token.
+        let next = self.step(&y)?;
+        async_eval([&next])?;
+        eval([&y])?;
+        self.stage = Stage::Next(next);
+        self.produced += 1;
+        Ok(Some(y))
+    }
+}
+
+impl<C: KeyValueCache> Iterator for Generate<'_, C> {
+    type Item = Result<Array>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.advance() {
+            Ok(token) => token.map(Ok),
+            Err(e) => {
+                self.stage = Stage::Done;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+fn is_integer(dtype: Dtype) -> bool {
+    matches!(
+        dtype,
+        Dtype::Uint8
+            | Dtype::Uint16
+            | Dtype::Uint32
+            | Dtype::Uint64
+            | Dtype::Int8
+            | Dtype::Int16
+            | Dtype::Int32
+            | Dtype::Int64
+    )
+}

@@ -1,0 +1,112 @@
+//! [`RotatingKVCache`] with its own masks against attention computed with
+//! plain loops over the whole history (window applied per position): chunks
+//! of every kind (inside the window, single tokens after the wrap, chunks
+//! longer than the window, chunks crossing it), trims, bounded buffers.
+
+use mlx_rs::{ops::concatenate, random, Array};
+
+use super::host;
+use super::mask::reference_attention;
+use crate::cache::{KeyValueCache, RotatingKVCache};
+use crate::mask::scaled_dot_product_attention;
+
+const W: i32 = 8;
+const H: i32 = 4;
+const KVH: i32 = 2;
+const D: i32 = 8;
+
+/// Feeds `steps` (chunk length > 0, or `-n` to trim `n`) and checks every
+/// chunk's attention output.
+fn run(steps: &[i32], seed: u64) {
+    let scale = (D as f32).powf(-0.5);
+    let mut cache = RotatingKVCache::with_window(Some(W));
+    let mut history: Option<(Array, Array)> = None;
+    let mut key = random::key(seed).unwrap();
+    for (n, &len) in steps.iter().enumerate() {
+        if len < 0 {
+            let trimmed = cache.trim(-len).unwrap();
+            assert_eq!(trimmed, cache_trim_expect(&history, -len));
+            if let Some((k, v)) = history.take() {
+                let end = k.dim(2) - trimmed;
+                use mlx_rs::ops::indexing::{Ellipsis, TryIndexOp};
+                history = Some((
+                    k.try_index((Ellipsis, ..end, ..)).unwrap(),
+                    v.try_index((Ellipsis, ..end, ..)).unwrap(),
+                ));
+            }
+            continue;
+        }
+        let keys = random::split(&key, 2).unwrap();
+        key = keys.0.clone();
+        let parts = random::split(&keys.1, 3).unwrap();
+        let more = random::split(&parts.1, 2).unwrap();
+        let q = random::normal::<f32>(&[1, H, len, D], None, None, &parts.0).unwrap();
+        let k = random::normal::<f32>(&[1, KVH, len, D], None, None, &more.0).unwrap();
+        let v = random::normal::<f32>(&[1, KVH, len, D], None, None, &more.1).unwrap();
+        let offset = cache.offset();
+        let mask = cache.mask(len, Some(W)).unwrap();
+        let (ck, cv) = cache.update_and_fetch(&k, &v).unwrap();
+        let out = scaled_dot_product_attention(&q, &ck, &cv, scale, &mask).unwrap();
+        let (hk, hv) = match history.take() {
+            Some((hk, hv)) => (
+                concatenate(&[hk, k], 2).unwrap(),
+                concatenate(&[hv, v], 2).unwrap(),
+            ),
+            None => (k, v),
+        };
+        let expected = reference_attention(&q, &hk, &hv, offset, Some(W), scale);
+        history = Some((hk, hv));
+        let got = host(&out);
+        let worst = got
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 1e-5,
+            "step {n} (len {len} at {offset}): off by {worst}"
+        );
+        assert_eq!(cache.offset(), offset + len);
+        assert_eq!(cache.buffer_len(), W, "step {n}: buffer not bounded");
+    }
+}
+
+/// What an exact trim of `n` may remove: anything before the ring wrapped,
+/// one position after.
+fn cache_trim_expect(history: &Option<(Array, Array)>, n: i32) -> i32 {
+    let held = history.as_ref().map_or(0, |(k, _)| k.dim(2));
+    if held > W {
+        n.min(1)
+    } else {
+        n.min(held)
+    }
+}
+
+#[test]
+fn single_tokens_around_the_wrap() {
+    run(
+        &[3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        1,
+    );
+}
+
+#[test]
+fn chunks_longer_than_and_crossing_the_window() {
+    run(&[20, 1, 1, 1, 5, 1, 12, 1, 1, 3, 1, 9, 2, 1], 2);
+    run(&[5, 6, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1], 3);
+}
+
+#[test]
+fn trims_stay_exact() {
+    run(&[5, -2, 4, 1, -3, 9, 1, -1, 1, 1, -2, 3, -1, 1, 2], 4);
+}
+
+#[test]
+fn without_a_window_it_keeps_everything() {
+    let mut cache = RotatingKVCache::with_window(None);
+    let k = mlx_rs::ops::ones::<f32>(&[1, KVH, 40, D]).unwrap();
+    let (ck, _) = cache.update_and_fetch(&k, &k).unwrap();
+    assert_eq!(ck.dim(2), 40);
+    assert_eq!(cache.offset(), 40);
+    assert_eq!(cache.max_trim(), 40);
+}
