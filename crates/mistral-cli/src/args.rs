@@ -75,7 +75,10 @@ pub struct ModelArgs {
 }
 
 fn parse_f32(text: &str) -> Result<f32, String> {
-    let value: f32 = text.trim().parse().map_err(|_| format!("`{text}` is not a number"))?;
+    let value: f32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
     if value.is_finite() {
         Ok(value)
     } else {
@@ -119,17 +122,6 @@ fn probability_closed_open(text: &str) -> Result<f32, String> {
     }
 }
 
-/// A comma-separated list of positive counts, e.g. `128,512`.
-pub fn count_list(text: &str) -> Result<Vec<usize>, String> {
-    text.split(',')
-        .map(|part| {
-            let part = part.trim();
-            part.parse::<usize>()
-                .map_err(|_| format!("`{part}` is not a whole number"))
-        })
-        .collect()
-}
-
 /// Prompt sources of `generate`: at most one of text and file; stdin when
 /// neither is given.
 #[derive(Args, Debug, Clone)]
@@ -157,7 +149,5 @@ mod tests {
         assert!(non_negative_f32("-0.1").is_err());
         assert!(non_negative_f32("nan").is_err());
         assert!(positive_f32("0").is_err());
-        assert_eq!(count_list("1, 20,300"), Ok(vec![1, 20, 300]));
-        assert!(count_list("1,x").is_err());
     }
 }

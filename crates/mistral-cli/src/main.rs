@@ -3,13 +3,19 @@
 //! Each subcommand lives in its own module; `main` only parses arguments and
 //! turns errors into one line on stderr and a non-zero exit.
 
+mod args;
+mod bench;
+mod generate;
 mod info;
+mod model_source;
+mod report;
+mod stats;
 
 use clap::{Parser, Subcommand};
 
 /// Mistral-family LLM inference on MLX.
 #[derive(Parser)]
-#[command(name = "mistral-cli", version, about, long_about = None)]
+#[command(name = "mistral-cli", version, about, long_about = None, allow_negative_numbers = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,13 +23,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate text from a prompt (streamed to stdout; statistics to stderr).
+    Generate(generate::GenerateArgs),
+    /// Measure load time, prefill and decode speed, time to first token and
+    /// peak memory.
+    Bench(bench::BenchArgs),
     /// Show the MLX build in use and check that it computes correctly.
     Info,
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print in full; argument errors as one line.
+        Err(err) if !err.use_stderr() => err.exit(),
+        Err(err) => {
+            let rendered = err.render().to_string();
+            eprintln!(
+                "{}",
+                rendered.lines().next().unwrap_or("error: bad arguments")
+            );
+            std::process::exit(2);
+        }
+    };
     let result = match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Info => info::run(),
     };
     if let Err(err) = result {

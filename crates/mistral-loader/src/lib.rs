@@ -22,12 +22,13 @@
 
 pub mod chat_template;
 pub mod config;
-pub mod hf_cache;
 pub mod error;
+pub mod hf_cache;
 pub mod load;
 pub mod model_dir;
 pub mod safetensors_files;
 pub mod safetensors_weights;
+pub mod text_tokenizer;
 pub mod tokenizer;
 
 pub use chat_template::{load_chat_template, ChatTemplateSource, ModelChatTemplate};
@@ -38,4 +39,5 @@ pub use mistral_model::WeightSource;
 pub use model_dir::ModelDir;
 pub use safetensors_files::{discover_checkpoint, CheckpointFiles, CheckpointLayout};
 pub use safetensors_weights::{SafetensorsWeights, TensorMeta};
+pub use text_tokenizer::{Tokenizer, TokenizerError};
 pub use tokenizer::{load_special_tokens, load_tokenizer, SpecialTokens};

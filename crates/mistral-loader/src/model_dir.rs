@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tokenizers::Tokenizer;
+use crate::text_tokenizer::Tokenizer;
 
 use crate::config::read_config_str;
 use crate::error::Result;
@@ -47,7 +47,7 @@ impl ModelDir {
         } else {
             None
         };
-        let special_tokens = load_special_tokens(dir, tokenizer.as_ref())?;
+        let special_tokens = load_special_tokens(dir, tokenizer.as_deref())?;
         Ok(Self {
             dir: dir.to_path_buf(),
             config_json,

@@ -31,7 +31,7 @@ pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 
 /// Loads `dir/tokenizer.json`.
-pub fn load_tokenizer(dir: impl AsRef<Path>) -> Result<Tokenizer> {
+pub fn load_tokenizer(dir: impl AsRef<Path>) -> Result<crate::text_tokenizer::Tokenizer> {
     let dir = dir.as_ref();
     check_model_dir(dir)?;
     let path = dir.join(TOKENIZER_FILE);
@@ -41,10 +41,12 @@ pub fn load_tokenizer(dir: impl AsRef<Path>) -> Result<Tokenizer> {
             what: "tokenizer",
         });
     }
-    Tokenizer::from_file(&path).map_err(|e| LoadError::Tokenizer {
-        path,
-        message: e.to_string(),
-    })
+    Tokenizer::from_file(&path)
+        .map(crate::text_tokenizer::Tokenizer::new)
+        .map_err(|e| LoadError::Tokenizer {
+            path,
+            message: e.to_string(),
+        })
 }
 
 /// The model's beginning- and end-of-sequence token ids.

@@ -6,9 +6,9 @@ mod cache;
 mod chat;
 mod detokenizer;
 mod mask;
-mod stop;
 mod rotating;
 mod sample;
+mod stop;
 
 use mlx_rs::{Array, Dtype};
 

@@ -1,0 +1,209 @@
+//! `mistral-cli generate`: stream a completion (or a chat reply) to stdout.
+//!
+//! Flow: resolve and load the model and tokenizer, build the prompt (raw
+//! text, or the model's chat template), run [`Generate`] and feed every id
+//! to a [`StopChecker`] (EOS ids from the model's files, `--stop` strings,
+//! `--max-tokens`), which holds the streaming detokenizer: what reaches
+//! stdout is exactly the one-shot decode of the ids, up to the stop. Ctrl-C
+//! ends the loop at the next token; the statistics are printed either way.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use mistral_loader::chat_template::ChatTemplateSource;
+use mistral_loader::{
+    load_chat_template, load_model_with, load_special_tokens, load_tokenizer, LoadOptions,
+};
+use mlx_rs::Array;
+use mlx_rs_core::{
+    ChatMessage, Generate, RotatingKVCache, StopChecker, StopCriteria, StreamingDetokenizer,
+};
+
+use crate::args::{ModelArgs, PromptArgs, SamplingArgs};
+use crate::model_source;
+use crate::report::GenerationStats;
+
+/// Arguments of `generate`.
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    prompt: PromptArgs,
+    /// Generate at most this many tokens.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    max_tokens: u32,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// A system message (chat mode).
+    #[arg(long)]
+    system: Option<String>,
+    /// Format the prompt with the model's chat template (Mistral's
+    /// [INST] format when it has none). Default: when the model has one.
+    #[arg(long, overrides_with = "no_chat")]
+    chat: bool,
+    /// Use the prompt as plain text, without a chat template.
+    #[arg(long)]
+    no_chat: bool,
+    /// Stop when this text appears (repeatable); it is not printed.
+    #[arg(long = "stop", value_name = "STR")]
+    stop: Vec<String>,
+    /// Print one JSON object (ids, text, statistics) instead of streaming.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `generate`.
+pub fn run(args: GenerateArgs) -> Result<()> {
+    if args.no_chat && args.system.is_some() {
+        bail!("--system needs chat mode; drop --no-chat");
+    }
+    let prompt_text = read_prompt(&args.prompt)?;
+    let dir = model_source::resolve(&args.model.model)?;
+
+    let load_start = Instant::now();
+    let tokenizer = load_tokenizer(&dir)?;
+    let special = load_special_tokens(&dir, Some(&tokenizer))?;
+    let options = LoadOptions {
+        dtype: args.model.dtype.to_mlx(),
+    };
+    let mut model = load_model_with(&dir, &options)?;
+    let load_seconds = load_start.elapsed().as_secs_f64();
+
+    let template = load_chat_template(&dir, &tokenizer)?;
+    let chat = if args.no_chat {
+        false
+    } else {
+        args.chat || args.system.is_some() || template.source != ChatTemplateSource::MistralFallback
+    };
+    let ids: Vec<u32> = if chat {
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(ChatMessage::system(system.clone()));
+        }
+        messages.push(ChatMessage::user(prompt_text));
+        let rendered = template.render(&messages, true)?;
+        encode(&tokenizer, &rendered, false)?
+    } else {
+        encode(&tokenizer, &prompt_text, true)?
+    };
+    if ids.is_empty() {
+        bail!("the prompt is empty");
+    }
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&interrupted);
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    })
+    .context("installing the Ctrl-C handler")?;
+
+    let criteria = StopCriteria {
+        eos_token_ids: special.eos.clone(),
+        stop_strings: args.stop.clone(),
+        max_tokens: Some(args.max_tokens as usize),
+    };
+    let mut checker = StopChecker::new(criteria, StreamingDetokenizer::new(&tokenizer, true))?;
+    let _ = mlx_rs::memory::reset_peak_memory();
+    let prompt = Array::from_slice(&ids, &[1, ids.len() as i32]);
+    // Bounded by the window for sliding-window models, a plain cache otherwise.
+    let mut cache: Vec<Option<RotatingKVCache>> = Vec::new();
+    let mut generator = Generate::new(&mut model, &mut cache, args.sampling.temp, &prompt)
+        .top_p(args.sampling.top_p)
+        .top_k(args.sampling.top_k as i32)
+        .min_p(args.sampling.min_p)
+        .max_tokens(args.max_tokens as usize);
+    if let Some(penalty) = args.sampling.repetition_penalty {
+        generator =
+            generator.repetition_penalty(penalty, args.sampling.repetition_context_size as usize);
+    }
+    if let Some(seed) = args.sampling.seed {
+        generator = generator.seed(seed);
+    }
+
+    let start = Instant::now();
+    let mut first_token_at = None;
+    let mut generated = Vec::new();
+    let mut text = String::new();
+    let mut stdout = std::io::stdout().lock();
+    for token in generator {
+        let id = token?.item_exact::<u32>();
+        first_token_at.get_or_insert_with(Instant::now);
+        generated.push(id);
+        let step = checker.push(id)?;
+        emit(&mut stdout, &mut text, &step.text, args.json)?;
+        if step.stop.is_some() || interrupted.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    let tail = checker.finish()?;
+    emit(&mut stdout, &mut text, &tail, args.json)?;
+    let end = Instant::now();
+
+    let stats = GenerationStats::measure(
+        ids.len(),
+        generated.len(),
+        load_seconds,
+        start,
+        first_token_at,
+        end,
+        mlx_rs::memory::peak_memory().unwrap_or(0),
+    );
+    let stop_reason = match checker.stopped() {
+        Some(reason) => format!("{reason:?}"),
+        None if interrupted.load(Ordering::SeqCst) => "Interrupted".to_owned(),
+        None => "MaxTokens".to_owned(),
+    };
+    if args.json {
+        let object = serde_json::json!({
+            "prompt_ids": ids,
+            "ids": generated,
+            "text": text,
+            "stop_reason": stop_reason,
+            "chat": chat,
+            "stats": stats.to_json(),
+        });
+        writeln!(stdout, "{object}")?;
+    } else {
+        writeln!(stdout)?;
+        eprintln!("{}", stats.summary());
+    }
+    Ok(())
+}
+
+fn emit(stdout: &mut impl Write, text: &mut String, segment: &str, json: bool) -> Result<()> {
+    text.push_str(segment);
+    if !json && !segment.is_empty() {
+        stdout.write_all(segment.as_bytes())?;
+        stdout.flush()?;
+    }
+    Ok(())
+}
+
+fn read_prompt(args: &PromptArgs) -> Result<String> {
+    if let Some(text) = &args.prompt {
+        return Ok(text.clone());
+    }
+    if let Some(path) = &args.prompt_file {
+        return std::fs::read_to_string(path)
+            .with_context(|| format!("--prompt-file {}: cannot read it", path.display()));
+    }
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("reading the prompt from standard input")?;
+    Ok(text)
+}
+
+fn encode(tokenizer: &mistral_loader::Tokenizer, text: &str, special: bool) -> Result<Vec<u32>> {
+    let encoding = tokenizer
+        .encode(text, special)
+        .map_err(|err| anyhow::anyhow!("tokenizing the prompt: {err}"))?;
+    Ok(encoding.get_ids().to_vec())
+}

@@ -1,0 +1,406 @@
+//! End-to-end: the built `mistral-cli` on the generated test models (see
+//! `cargo xtask test`): every `generate` flag, `bench --json`, chat mode, and
+//! one-line errors for bad arguments.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn models() -> PathBuf {
+    let root = std::env::var_os("MISTRAL_MLX_TEST_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/xtask/test-models")
+        });
+    assert!(
+        root.join("manifest.json").is_file(),
+        "no test models in {}: run `cargo xtask test`",
+        root.display()
+    );
+    root
+}
+
+fn model(name: &str) -> String {
+    models().join(name).display().to_string()
+}
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mistral-cli"))
+        .args(args)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .expect("run mistral-cli")
+}
+
+fn json_of(output: &Output) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|err| panic!("not JSON ({err}): {stdout}"))
+}
+
+fn ids(value: &serde_json::Value) -> Vec<u32> {
+    value["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn one_shot_decode(model_dir: &str, ids: &[u32]) -> String {
+    let tokenizer =
+        tokenizers::Tokenizer::from_file(Path::new(model_dir).join("tokenizer.json")).unwrap();
+    tokenizer.decode(ids, true).unwrap()
+}
+
+#[test]
+fn greedy_generation_streams_the_one_shot_decode() {
+    let dir = model("gqa4_f32");
+    let streamed = cli(&[
+        "generate",
+        "--model",
+        &dir,
+        "--prompt",
+        "Hello there",
+        "--max-tokens",
+        "12",
+        "--no-chat",
+    ]);
+    assert!(
+        streamed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&streamed.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&streamed.stderr);
+    for field in [
+        "Prompt:",
+        "tokens-per-sec",
+        "Generation:",
+        "Peak memory:",
+        "time to first token",
+    ] {
+        assert!(stderr.contains(field), "missing {field} in {stderr}");
+    }
+    let json = json_of(&cli(&[
+        "generate",
+        "--model",
+        &dir,
+        "--prompt",
+        "Hello there",
+        "--max-tokens",
+        "12",
+        "--no-chat",
+        "--json",
+    ]));
+    let ids = ids(&json);
+    assert!(!ids.is_empty() && ids.len() <= 12);
+    let text = json["text"].as_str().unwrap();
+    // Greedy runs agree, and the streamed text is the one-shot decode.
+    assert_eq!(
+        String::from_utf8_lossy(&streamed.stdout).trim_end_matches('\n'),
+        text
+    );
+    if json["stop_reason"] == "MaxTokens" {
+        assert_eq!(text, one_shot_decode(&dir, &ids));
+    }
+    for key in [
+        "prompt_tokens",
+        "generated_tokens",
+        "time_to_first_token_seconds",
+        "prompt_tokens_per_second",
+        "generation_tokens_per_second",
+        "peak_memory_bytes",
+    ] {
+        assert!(json["stats"][key].is_number(), "stats.{key}");
+    }
+}
+
+#[test]
+fn seeded_sampling_with_every_flag_is_reproducible() {
+    let dir = model("gqa4_f32");
+    let run = |seed: &str| {
+        json_of(&cli(&[
+            "generate",
+            "--model",
+            &dir,
+            "--prompt",
+            "Once upon a time",
+            "--max-tokens",
+            "16",
+            "--temp",
+            "0.9",
+            "--top-p",
+            "0.95",
+            "--top-k",
+            "50",
+            "--min-p",
+            "0.01",
+            "--repetition-penalty",
+            "1.1",
+            "--repetition-context-size",
+            "8",
+            "--seed",
+            seed,
+            "--dtype",
+            "f32",
+            "--no-chat",
+            "--json",
+        ]))
+    };
+    let first = run("11");
+    assert_eq!(ids(&first), ids(&run("11")), "same seed, same tokens");
+    let others: Vec<Vec<u32>> = ["12", "13", "14"].iter().map(|s| ids(&run(s))).collect();
+    assert!(
+        others.iter().any(|o| *o != ids(&first)),
+        "other seeds never change the sample"
+    );
+}
+
+#[test]
+fn prompt_from_file_and_stdin_equal_the_flag() {
+    let dir = model("mha_tied_f32");
+    let by_flag = json_of(&cli(&[
+        "generate",
+        "--model",
+        &dir,
+        "--prompt",
+        "Bonjour à tous",
+        "--max-tokens",
+        "6",
+        "--no-chat",
+        "--json",
+    ]));
+    let file = std::env::temp_dir().join(format!("mistral-cli-prompt-{}.txt", std::process::id()));
+    std::fs::write(&file, "Bonjour à tous").unwrap();
+    let by_file = json_of(&cli(&[
+        "generate",
+        "--model",
+        &dir,
+        "--prompt-file",
+        file.to_str().unwrap(),
+        "--max-tokens",
+        "6",
+        "--no-chat",
+        "--json",
+    ]));
+    std::fs::remove_file(&file).ok();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mistral-cli"))
+        .args([
+            "generate",
+            "--model",
+            &dir,
+            "--max-tokens",
+            "6",
+            "--no-chat",
+            "--json",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all("Bonjour à tous".as_bytes())
+        .unwrap();
+    let by_stdin = json_of(&child.wait_with_output().unwrap());
+    assert_eq!(by_flag["prompt_ids"], by_file["prompt_ids"]);
+    assert_eq!(by_flag["prompt_ids"], by_stdin["prompt_ids"]);
+    assert_eq!(ids(&by_flag), ids(&by_file));
+    assert_eq!(ids(&by_flag), ids(&by_stdin));
+}
+
+#[test]
+fn stop_string_ends_the_text_before_it() {
+    let dir = model("gqa4_f32");
+    let free = json_of(&cli(&[
+        "generate",
+        "--model",
+        &dir,
+        "--prompt",
+        "Hi",
+        "--max-tokens",
+        "24",
+        "--no-chat",
+        "--json",
+    ]));
+    let text = free["text"].as_str().unwrap().to_owned();
+    let chars: Vec<char> = text.chars().collect();
+    assert!(
+        chars.len() >= 6,
+        "too little text to pick a stop string from: {text:?}"
+    );
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+    let stopped = json_of(&cli(&[
+        "generate",
+        "--model",
+        &dir,
+        "--prompt",
+        "Hi",
+        "--max-tokens",
+        "24",
+        "--no-chat",
+        "--json",
+        "--stop",
+        &stop,
+    ]));
+    let expected = &text[..text.find(&stop).unwrap()];
+    assert_eq!(stopped["text"].as_str().unwrap(), expected);
+    assert!(
+        stopped["stop_reason"]
+            .as_str()
+            .unwrap()
+            .contains("StopString"),
+        "{}",
+        stopped["stop_reason"]
+    );
+}
+
+#[test]
+fn chat_mode_uses_the_model_template() {
+    let dir = model("gqa4_f32");
+    let chat = json_of(&cli(&[
+        "generate",
+        "--model",
+        &dir,
+        "--prompt",
+        "Hello",
+        "--system",
+        "Be brief.",
+        "--max-tokens",
+        "4",
+        "--json",
+    ]));
+    assert_eq!(chat["chat"], true);
+    let plain = json_of(&cli(&[
+        "generate",
+        "--model",
+        &dir,
+        "--prompt",
+        "Hello",
+        "--max-tokens",
+        "4",
+        "--no-chat",
+        "--json",
+    ]));
+    assert_eq!(plain["chat"], false);
+    // The rendered prompt holds the [INST] control token; the plain one not.
+    let tokenizer =
+        tokenizers::Tokenizer::from_file(Path::new(&dir).join("tokenizer.json")).unwrap();
+    let inst = tokenizer
+        .token_to_id("[INST]")
+        .expect("[INST] in the v0.3 vocabulary");
+    let has_inst = |v: &serde_json::Value| {
+        v["prompt_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|id| id.as_u64() == Some(inst as u64))
+    };
+    assert!(has_inst(&chat));
+    assert!(!has_inst(&plain));
+}
+
+#[test]
+fn bench_json_reports_every_metric() {
+    let dir = model("gqa4_f32");
+    let json = json_of(&cli(&[
+        "bench",
+        "--model",
+        &dir,
+        "--prompt-tokens",
+        "16,32",
+        "--gen-tokens",
+        "4",
+        "--depth",
+        "0,8",
+        "--iterations",
+        "2",
+        "--warmup",
+        "0",
+        "--json",
+    ]));
+    assert!(json["load_s"]["median"].is_number());
+    let results = json["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4, "2 prompt lengths x 2 depths");
+    for row in results {
+        for key in ["prefill_tps", "decode_tps", "ttft_s", "peak_mem_GB"] {
+            for stat in ["median", "min", "max"] {
+                assert!(row[key][stat].is_number(), "{key}.{stat} in {row}");
+            }
+            assert!(row[key]["min"].as_f64() <= row[key]["max"].as_f64());
+        }
+    }
+    for format in ["table", "csv", "md"] {
+        let output = cli(&[
+            "bench",
+            "--model",
+            &dir,
+            "--prompt-tokens",
+            "8",
+            "--gen-tokens",
+            "2",
+            "--iterations",
+            "1",
+            "--warmup",
+            "0",
+            "--format",
+            format,
+        ]);
+        assert!(
+            output.status.success(),
+            "{format}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("decode"),
+            "{format}"
+        );
+    }
+}
+
+#[test]
+fn bad_arguments_give_one_line_and_a_non_zero_exit() {
+    let dir = model("gqa4_f32");
+    let cases: [&[&str]; 8] = [
+        &["generate", "--model", &dir, "--prompt", "x", "--frobnicate"],
+        &["generate", "--model", &dir, "--prompt", "x", "--temp", "-1"],
+        &["generate", "--model", &dir, "--prompt", "x", "--top-p", "0"],
+        &[
+            "generate", "--model", &dir, "--prompt", "x", "--top-p", "1.5",
+        ],
+        &["generate", "--model", "/no/such/model", "--prompt", "x"],
+        &[
+            "generate",
+            "--model",
+            &dir,
+            "--prompt",
+            "x",
+            "--max-tokens",
+            "0",
+        ],
+        &[
+            "generate",
+            "--model",
+            &dir,
+            "--prompt",
+            "x",
+            "--prompt-file",
+            "/no/such/file",
+        ],
+        &["bench", "--model", &dir, "--prompt-tokens", "12,abc"],
+    ];
+    for args in cases {
+        let output = cli(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error"), "{args:?}: {stderr}");
+    }
+}

@@ -1,0 +1,76 @@
+//! [`Tokenizer`]: the `tokenizers` crate's tokenizer with errors that `?`
+//! can turn into `Box<dyn std::error::Error>`.
+//!
+//! `tokenizers` returns `Box<dyn Error + Send + Sync>`, which `?` cannot
+//! convert into the `Box<dyn Error>` a plain `main` returns, so the README's
+//! Quick Start would not compile with it. This newtype's `encode` and
+//! `decode` return [`TokenizerError`] instead; everything else is the inner
+//! tokenizer's, through `Deref` (so `&Tokenizer` works wherever a
+//! `&tokenizers::Tokenizer` is expected).
+
+use std::ops::{Deref, DerefMut};
+
+use tokenizers::{EncodeInput, Encoding};
+
+/// Encoding or decoding failed.
+#[derive(Debug, thiserror::Error)]
+#[error("tokenizer: {message}")]
+pub struct TokenizerError {
+    /// What the `tokenizers` crate reported.
+    pub message: String,
+}
+
+/// A loaded `tokenizer.json` (see the module notes).
+#[derive(Debug, Clone)]
+pub struct Tokenizer(tokenizers::Tokenizer);
+
+impl Tokenizer {
+    /// Wraps a `tokenizers` tokenizer.
+    pub fn new(inner: tokenizers::Tokenizer) -> Self {
+        Tokenizer(inner)
+    }
+
+    /// The wrapped tokenizer.
+    pub fn into_inner(self) -> tokenizers::Tokenizer {
+        self.0
+    }
+
+    /// Encodes `input`, adding BOS and the like when `add_special_tokens`.
+    pub fn encode<'s, E>(
+        &self,
+        input: E,
+        add_special_tokens: bool,
+    ) -> Result<Encoding, TokenizerError>
+    where
+        E: Into<EncodeInput<'s>>,
+    {
+        self.0
+            .encode(input, add_special_tokens)
+            .map_err(|err| TokenizerError {
+                message: err.to_string(),
+            })
+    }
+
+    /// Decodes `ids` to text, leaving out special tokens when asked.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TokenizerError> {
+        self.0
+            .decode(ids, skip_special_tokens)
+            .map_err(|err| TokenizerError {
+                message: err.to_string(),
+            })
+    }
+}
+
+impl Deref for Tokenizer {
+    type Target = tokenizers::Tokenizer;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl DerefMut for Tokenizer {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
