@@ -404,3 +404,48 @@ fn bad_arguments_give_one_line_and_a_non_zero_exit() {
         assert!(stderr.starts_with("error"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn ctrl_c_stops_and_still_prints_statistics() {
+    use std::io::Read;
+    let dir = model("gqa4_f32");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mistral-cli"))
+        .args([
+            "generate",
+            "--model",
+            &dir,
+            "--prompt",
+            "Hello",
+            "--max-tokens",
+            "100000",
+            "--no-chat",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mistral-cli");
+    // Wait until text streams, then interrupt as a terminal's Ctrl-C would.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    stdout
+        .read_exact(&mut first)
+        .expect("some output before the interrupt");
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "interrupted run failed: {stderr}");
+    assert!(stderr.contains("Generation:"), "{stderr}");
+    let generated: usize = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("Generation: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("generated token count");
+    assert!(generated < 100000, "the interrupt did not stop the run");
+}
