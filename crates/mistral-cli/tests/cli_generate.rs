@@ -449,3 +449,54 @@ fn ctrl_c_stops_and_still_prints_statistics() {
         .expect("generated token count");
     assert!(generated < 100000, "the interrupt did not stop the run");
 }
+
+#[test]
+fn a_hub_repo_id_resolves_from_the_hugging_face_cache() {
+    // A cache in the layout huggingface_hub writes: refs/main names the
+    // commit, snapshots/<commit>/ holds the files (symlinks into blobs/).
+    let source = models().join("mha_tied_f32");
+    let cache = std::env::temp_dir().join(format!("mistral-cli-hf-cache-{}", std::process::id()));
+    let repo = cache.join("models--test-org--tiny-mistral");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        let blob = repo.join("blobs").join(name);
+        std::fs::copy(&path, &blob).unwrap();
+        std::os::unix::fs::symlink(Path::new("../../blobs").join(name), snapshot.join(name))
+            .unwrap();
+    }
+    let run = |model: &str| {
+        Command::new(env!("CARGO_BIN_EXE_mistral-cli"))
+            .args([
+                "generate",
+                "--model",
+                model,
+                "--prompt",
+                "Hi",
+                "--max-tokens",
+                "4",
+                "--no-chat",
+                "--json",
+            ])
+            .env("HF_HUB_CACHE", &cache)
+            .output()
+            .unwrap()
+    };
+    let by_id = json_of(&run("test-org/tiny-mistral"));
+    let by_path = json_of(&run(source.to_str().unwrap()));
+    assert_eq!(ids(&by_id), ids(&by_path));
+    let missing = run("test-org/not-downloaded");
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("cargo xtask download test-org/not-downloaded"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&cache).ok();
+}

@@ -211,8 +211,8 @@ pub enum LoadError {
     /// A tensor does not fit the model the config describes.
     #[error("{}: {source}", path.display())]
     Model {
-        /// The safetensors file holding the tensor; the model directory
-        /// when the tensor is in no file (a missing tensor).
+        /// The safetensors file holding the tensor; for a missing tensor,
+        /// the checkpoint's single file or its shard index.
         path: PathBuf,
         /// What is wrong, naming the tensor.
         source: mistral_model::ModelError,

@@ -15,7 +15,7 @@ use mlx_rs::Dtype;
 
 use crate::error::{LoadError, Result};
 use crate::model_dir::ModelDir;
-use crate::safetensors_files::CONFIG_FILE;
+use crate::safetensors_files::{CONFIG_FILE, INDEX_FILE};
 
 pub use mistral_model::Mistral;
 
@@ -59,7 +59,7 @@ pub fn load_model_with(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<M
                 .unwrap_or_else(|| LoadError::Model {
                     path: tensor_of(&source)
                         .and_then(|tensor| weights.file_of(tensor))
-                        .map_or_else(|| dir.clone(), PathBuf::from),
+                        .map_or_else(|| checkpoint_file(&dir, &weights.files()), PathBuf::from),
                     source,
                 }),
         })?;
@@ -71,6 +71,16 @@ pub fn load_model_with(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<M
         });
     }
     Ok(model)
+}
+
+/// The file to name for a tensor no file holds: the single safetensors
+/// file, else the shard index, else the directory.
+fn checkpoint_file(dir: &Path, files: &[&Path]) -> PathBuf {
+    match files {
+        [single] => single.to_path_buf(),
+        _ if dir.join(INDEX_FILE).is_file() => dir.join(INDEX_FILE),
+        _ => dir.to_path_buf(),
+    }
 }
 
 /// The tensor a model error is about, if any.

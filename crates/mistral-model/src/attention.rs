@@ -6,8 +6,8 @@
 //! keys are stored; MLX's fused attention handles `n_kv_heads < n_heads`
 //! natively, so keys and values are never repeated.
 
-use mlx_rs::{fast, Array};
-use mlx_rs_core::{scaled_dot_product_attention, KeyValueCache, SdpaMask};
+use mlx_rs::Array;
+use mlx_rs_core::{initialize_rope, scaled_dot_product_attention, KeyValueCache, Rope, SdpaMask};
 
 use crate::config::MistralConfig;
 use crate::error::ModelError;
@@ -25,9 +25,7 @@ pub struct Attention {
     n_kv_heads: i32,
     head_dim: i32,
     scale: f32,
-    rope_theta: f32,
-    rope_scale: f32,
-    rope_traditional: bool,
+    rope: Rope,
 }
 
 impl Attention {
@@ -59,22 +57,17 @@ impl Attention {
             n_kv_heads,
             head_dim,
             scale: (head_dim as f32).powf(-0.5),
-            rope_theta: cfg.rope_theta() as f32,
-            rope_scale: cfg.rope_scale(),
-            rope_traditional: cfg.rope_traditional,
+            rope: initialize_rope(
+                head_dim,
+                cfg.rope_theta() as f32,
+                cfg.rope_traditional,
+                cfg.rope_scaling(),
+            )?,
         })
     }
 
     fn rope(&self, x: &Array, offset: i32) -> Result<Array, ModelError> {
-        Ok(fast::rope(
-            x,
-            self.head_dim,
-            self.rope_traditional,
-            self.rope_theta,
-            self.rope_scale,
-            offset,
-            None,
-        )?)
+        Ok(self.rope.forward(x, offset)?)
     }
 
     /// Attends over `x` `[B, L, hidden_size]` whose first position is at the

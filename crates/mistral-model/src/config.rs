@@ -8,6 +8,7 @@
 //! [`MistralConfig::validate`] checks ranges and consistency and names the
 //! offending field. Defaults follow transformers' `MistralConfig` and mlx-lm.
 
+use mlx_rs_core::RopeScaling;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -212,6 +213,16 @@ impl MistralConfig {
                     .and_then(Value::as_f64)
             })
             .unwrap_or(DEFAULT_ROPE_THETA)
+    }
+
+    /// The RoPE scaling to build the rotary embedding with.
+    pub fn rope_scaling(&self) -> RopeScaling {
+        match self.rope_type() {
+            Some((_, "linear", Some(factor))) => RopeScaling::Linear {
+                factor: factor as f32,
+            },
+            _ => RopeScaling::None,
+        }
     }
 
     /// The RoPE position scale (1 / linear scaling factor).

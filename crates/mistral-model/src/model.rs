@@ -27,20 +27,6 @@ pub struct MistralModel {
     norm: RmsNorm,
 }
 
-fn is_integer(dtype: Dtype) -> bool {
-    matches!(
-        dtype,
-        Dtype::Uint8
-            | Dtype::Uint16
-            | Dtype::Uint32
-            | Dtype::Uint64
-            | Dtype::Int8
-            | Dtype::Int16
-            | Dtype::Int32
-            | Dtype::Int64
-    )
-}
-
 impl MistralModel {
     /// Builds the body from the module `weights` points at (`model`).
     pub fn new(cfg: &MistralConfig, weights: &mut Weights) -> Result<Self, ModelError> {
@@ -88,7 +74,7 @@ impl MistralModel {
         tokens: &Array,
         cache: &mut Vec<Option<C>>,
     ) -> Result<Array, ModelError> {
-        if tokens.ndim() != 2 || !is_integer(tokens.dtype()) {
+        if tokens.ndim() != 2 || !mlx_rs_core::is_integer(tokens.dtype()) {
             return Err(ModelError::Input(format!(
                 "tokens must be an integer array [batch, length], got {:?} of shape {:?}",
                 tokens.dtype(),

@@ -13,6 +13,7 @@
 //!   repetition penalty, with mlx-lm's semantics and seeding;
 //! - [`generate`]: the [`Generate`] token iterator (chunked prefill,
 //!   pipelined steps, prompt-cache reuse);
+//! - [`rope`]: rotary position embeddings ([`initialize_rope`]);
 //! - [`runtime`]: which MLX this process runs on;
 //! - [`detokenizer`]: token ids to text, streamed, equal to one-shot decoding;
 //! - [`stop`]: end-of-sequence ids, stop strings and token limits;
@@ -28,6 +29,7 @@ pub mod error;
 pub mod generate;
 pub mod language_model;
 pub mod mask;
+pub mod rope;
 pub mod runtime;
 pub mod sample;
 pub mod stop;
@@ -45,8 +47,15 @@ pub use mask::{
     create_attention_mask, create_causal_mask, scaled_dot_product_attention, AttentionMask,
     SdpaMask,
 };
+pub use rope::{initialize_rope, Rope, RopeScaling};
 pub use sample::{RepetitionPenalty, Sampler, SamplingOptions};
 pub use stop::{StopChecker, StopCriteria, StopError, StopReason, StopStep, StopStringMatcher};
+
+/// Whether `dtype` holds integers (token ids): not floating point, complex
+/// or boolean.
+pub fn is_integer(dtype: mlx_rs::Dtype) -> bool {
+    !dtype.is_inexact() && dtype != mlx_rs::Dtype::Bool
+}
 
 #[cfg(test)]
 mod tests;

@@ -212,7 +212,7 @@ impl<'a, C: KeyValueCache> Generate<'a, C> {
                 )))
             }
         };
-        if !is_integer(prompt.dtype()) {
+        if !crate::is_integer(prompt.dtype()) {
             return Err(Error::InvalidArgument(format!(
                 "prompt must hold integer token ids, got {:?}",
                 prompt.dtype()
@@ -277,18 +277,4 @@ impl<C: KeyValueCache> Iterator for Generate<'_, C> {
             }
         }
     }
-}
-
-fn is_integer(dtype: Dtype) -> bool {
-    matches!(
-        dtype,
-        Dtype::Uint8
-            | Dtype::Uint16
-            | Dtype::Uint32
-            | Dtype::Uint64
-            | Dtype::Int8
-            | Dtype::Int16
-            | Dtype::Int32
-            | Dtype::Int64
-    )
 }

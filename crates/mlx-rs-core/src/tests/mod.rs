@@ -6,6 +6,7 @@ mod cache;
 mod chat;
 mod detokenizer;
 mod mask;
+mod rope;
 mod rotating;
 mod sample;
 mod stop;
