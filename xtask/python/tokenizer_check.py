@@ -19,6 +19,8 @@ decode. Prints every difference; exits 1 on any mismatch.
 from __future__ import annotations
 
 import argparse
+import os
+import json
 import random
 import sys
 
@@ -28,26 +30,9 @@ from tokenizers.decoders import DecodeStream
 
 import spconvert
 
-CORPUS = [
-    "Hello, world!",
-    "The quick brown fox jumps over the lazy dog.",
-    " leading space",
-    "trailing space ",
-    "   ",
-    " ",
-    "",
-    "multiple   spaces\tand\ttabs  between   words",
-    "Café, naïve, résumé, Ångström, façade, Straße",
-    "日本語のテキストと中文文本，还有한국어.",
-    "emoji: 😀🎉👍🏽 and flags 🇫🇷 family 👨‍👩‍👧",
-    "digits 1234567890 and 3.14159, 2026-11-25, 1e-5",
-    "def f(x):\n\treturn x ** 2  # square\n\n\nprint(f(3))\r\n",
-    "zero\u200bwidth\u200bspace and\u00a0nbsp",
-    "line1\nline2\n\n  indented\n",
-    "Привет, мир! Γειά σου κόσμε. مرحبا بالعالم",
-    "rare: \u0d9e\u16a0\U0001d11e \U0001f9ec",  # Sinhala, runic, musical symbol, DNA
-    "a" * 40 + " " + "ab" * 20,
-]
+# The shared corpus (also read by crates/mistral-loader/tests/tokenizer_parity.rs).
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus.json"), encoding="utf-8") as _f:
+    CORPUS = json.load(_f)["texts"]
 
 # Strings whose encodings differ by design (printed, not counted as failures):
 # - the JSON matches special tokens written literally in the text ("<s>", and on

@@ -29,26 +29,17 @@ use mlx_rs_core::{ChatMessage, StreamingDetokenizer};
 use serde_json::{json, Value};
 use tokenizers::Tokenizer;
 
-const CORPUS: &[&str] = &[
-    "Hello, world!",
-    "The quick brown fox jumps over the lazy dog.",
-    " leading space",
-    "trailing space ",
-    "   ",
-    " ",
-    "",
-    "multiple   spaces\tand\ttabs  between   words",
-    "Café, naïve, résumé, Ångström, façade, Straße",
-    "日本語のテキストと中文文本，还有한국어.",
-    "emoji: 😀🎉👍🏽 and flags 🇫🇷 family 👨‍👩‍👧",
-    "digits 1234567890 and 3.14159, 2026-11-25, 1e-5",
-    "def f(x):\n\treturn x ** 2  # square\n\n\nprint(f(3))\r\n",
-    "zero\u{200b}width\u{200b}space and\u{a0}nbsp",
-    "line1\nline2\n\n  indented\n",
-    "Привет, мир! Γειά σου κόσμε. مرحبا بالعالم",
-    "rare: \u{0d9e}\u{16a0}\u{1d11e} \u{1f9ec}",
-    "    four leading spaces and 😀 at the end 😀",
-];
+/// The shared corpus (also used by xtask/python/tokenizer_check.py).
+fn corpus() -> Vec<String> {
+    let file: Value = serde_json::from_str(include_str!("../../../xtask/python/corpus.json"))
+        .expect("xtask/python/corpus.json is JSON");
+    file["texts"]
+        .as_array()
+        .expect("corpus.json: texts")
+        .iter()
+        .map(|text| text.as_str().expect("corpus.json: a string").to_owned())
+        .collect()
+}
 
 fn conversations() -> Vec<Vec<ChatMessage>> {
     vec![
@@ -167,11 +158,12 @@ fn parity(model: &str, version: &str) {
     let tokenizer = load_tokenizer(&dir).expect("tokenizer");
     let special = load_special_tokens(&dir, Some(&tokenizer)).expect("special tokens");
     let randoms = random_sequences(&tokenizer, 600);
-    let corpus_ids: Vec<Vec<u32>> = CORPUS
+    let corpus = corpus();
+    let corpus_ids: Vec<Vec<u32>> = corpus
         .iter()
         .map(|t| {
             tokenizer
-                .encode(*t, false)
+                .encode(t.as_str(), false)
                 .expect("encode")
                 .get_ids()
                 .to_vec()
@@ -182,7 +174,7 @@ fn parity(model: &str, version: &str) {
     let chats = chat_json();
     let answer = python::run_json(
         "sp_corpus.py",
-        &json!({"version": version, "texts": CORPUS, "decode": decode_requests, "chats": chats}),
+        &json!({"version": version, "texts": corpus, "decode": decode_requests, "chats": chats}),
     );
     let sp_bos = answer["bos"].as_u64().unwrap() as u32;
     assert_eq!(special.bos, Some(sp_bos), "{model}: BOS id");
@@ -198,10 +190,14 @@ fn parity(model: &str, version: &str) {
 
     // (a) ids.
     let sp_encode = answer["encode"].as_array().unwrap();
-    for ((text, ours), sp) in CORPUS.iter().zip(&corpus_ids).zip(sp_encode) {
+    for ((text, ours), sp) in corpus.iter().zip(&corpus_ids).zip(sp_encode) {
         let sp = ids_of(sp);
         assert_eq!(ours, &sp, "{model}: ids of {text:?}");
-        let with_bos = tokenizer.encode(*text, true).unwrap().get_ids().to_vec();
+        let with_bos = tokenizer
+            .encode(text.as_str(), true)
+            .unwrap()
+            .get_ids()
+            .to_vec();
         let mut want = vec![sp_bos];
         want.extend_from_slice(&sp);
         assert_eq!(with_bos, want, "{model}: ids with BOS of {text:?}");
@@ -245,7 +241,7 @@ fn parity(model: &str, version: &str) {
         "{model} ({version}): {} corpus strings, {} random sequences ({byte_runs} of all with \
          byte-fallback tokens); streamed == ours everywhere, == sentencepiece on {} of {total} \
          ({invalid_utf8} differ only in U+FFFD count on invalid UTF-8)",
-        CORPUS.len(),
+        corpus.len(),
         randoms.len(),
         total - invalid_utf8
     );
@@ -368,11 +364,13 @@ fn streaming_with_other_sentencepiece_decoders() {
         });
         let tokenizer = load_tokenizer(&dir).unwrap();
         let mut sequences = random_sequences(&tokenizer, 400);
-        sequences.extend(
-            CORPUS
-                .iter()
-                .map(|t| tokenizer.encode(*t, false).unwrap().get_ids().to_vec()),
-        );
+        sequences.extend(corpus().iter().map(|t| {
+            tokenizer
+                .encode(t.as_str(), false)
+                .unwrap()
+                .get_ids()
+                .to_vec()
+        }));
         for ids in &sequences {
             for skip in [true, false] {
                 assert_eq!(
