@@ -17,6 +17,7 @@ use mlx_rs_core::{Generate, RotatingKVCache};
 
 use crate::args::ModelArgs;
 use crate::model_source;
+use crate::report::GenerationStats;
 use crate::stats::Summary;
 
 /// Output formats of `bench`.
@@ -61,19 +62,11 @@ pub struct BenchArgs {
     json: bool,
 }
 
-/// One run of one setting.
-struct Sample {
-    ttft: f64,
-    prefill_tps: f64,
-    decode_tps: f64,
-    peak_memory: f64,
-}
-
 /// All runs of one (prompt, depth) setting.
 struct Row {
     prompt_tokens: usize,
     depth: usize,
-    samples: Vec<Sample>,
+    samples: Vec<GenerationStats>,
 }
 
 /// Runs `bench`.
@@ -152,7 +145,7 @@ fn measure(
     prompt_tokens: usize,
     depth: usize,
     gen_tokens: u32,
-) -> Result<Sample> {
+) -> Result<GenerationStats> {
     // Bounded by the window for sliding-window models, a plain cache otherwise.
     let mut cache: Vec<Option<RotatingKVCache>> = Vec::new();
     if depth > 0 {
@@ -176,27 +169,26 @@ fn measure(
         first.get_or_insert_with(Instant::now);
         count += 1;
     }
-    let end = Instant::now();
-    let first = first.unwrap_or(end);
-    let ttft = first.duration_since(start).as_secs_f64();
-    let decode = end.duration_since(first).as_secs_f64();
-    Ok(Sample {
-        ttft,
-        prefill_tps: prompt_tokens as f64 / ttft.max(f64::MIN_POSITIVE),
-        decode_tps: count.saturating_sub(1) as f64 / decode.max(f64::MIN_POSITIVE),
-        peak_memory: mlx_rs::memory::peak_memory().unwrap_or(0) as f64 / 1e9,
-    })
+    Ok(GenerationStats::measure(
+        prompt_tokens,
+        count,
+        0.0, // load time is measured once per iteration, in `run`
+        start,
+        first,
+        Instant::now(),
+        mlx_rs::memory::peak_memory().unwrap_or(0),
+    ))
 }
 
 /// A metric column: name, unit, and how to read it from a sample.
-type Metric = (&'static str, &'static str, fn(&Sample) -> f64);
+type Metric = (&'static str, &'static str, fn(&GenerationStats) -> f64);
 
 /// The metric columns.
 const METRICS: [Metric; 4] = [
-    ("prefill", "tok/s", |s| s.prefill_tps),
-    ("decode", "tok/s", |s| s.decode_tps),
-    ("ttft", "s", |s| s.ttft),
-    ("peak_mem", "GB", |s| s.peak_memory),
+    ("prefill", "tok/s", |s| s.prompt_tps),
+    ("decode", "tok/s", |s| s.generation_tps),
+    ("ttft", "s", |s| s.time_to_first_token),
+    ("peak_mem", "GB", |s| s.peak_memory_bytes as f64 / 1e9),
 ];
 
 fn summaries(row: &Row) -> Vec<(&'static str, &'static str, Option<Summary>)> {
