@@ -42,6 +42,21 @@ fn json_of(output: &Output) -> serde_json::Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|err| panic!("not JSON ({err}): {stdout}"))
 }
 
+/// `mistral-cli generate --model DIR --max-tokens N --json` plus `extra`,
+/// parsed.
+fn generate_json(dir: &str, max_tokens: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "generate",
+        "--model",
+        dir,
+        "--max-tokens",
+        max_tokens,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    json_of(&cli(&args))
+}
+
 fn ids(value: &serde_json::Value) -> Vec<u32> {
     value["ids"]
         .as_array()
@@ -85,17 +100,7 @@ fn greedy_generation_streams_the_one_shot_decode() {
     ] {
         assert!(stderr.contains(field), "missing {field} in {stderr}");
     }
-    let json = json_of(&cli(&[
-        "generate",
-        "--model",
-        &dir,
-        "--prompt",
-        "Hello there",
-        "--max-tokens",
-        "12",
-        "--no-chat",
-        "--json",
-    ]));
+    let json = generate_json(&dir, "12", &["--prompt", "Hello there", "--no-chat"]);
     let ids = ids(&json);
     assert!(!ids.is_empty() && ids.len() <= 12);
     let text = json["text"].as_str().unwrap();
@@ -123,33 +128,31 @@ fn greedy_generation_streams_the_one_shot_decode() {
 fn seeded_sampling_with_every_flag_is_reproducible() {
     let dir = model("gqa4_f32");
     let run = |seed: &str| {
-        json_of(&cli(&[
-            "generate",
-            "--model",
+        generate_json(
             &dir,
-            "--prompt",
-            "Once upon a time",
-            "--max-tokens",
             "16",
-            "--temp",
-            "0.9",
-            "--top-p",
-            "0.95",
-            "--top-k",
-            "50",
-            "--min-p",
-            "0.01",
-            "--repetition-penalty",
-            "1.1",
-            "--repetition-context-size",
-            "8",
-            "--seed",
-            seed,
-            "--dtype",
-            "f32",
-            "--no-chat",
-            "--json",
-        ]))
+            &[
+                "--prompt",
+                "Once upon a time",
+                "--temp",
+                "0.9",
+                "--top-p",
+                "0.95",
+                "--top-k",
+                "50",
+                "--min-p",
+                "0.01",
+                "--repetition-penalty",
+                "1.1",
+                "--repetition-context-size",
+                "8",
+                "--seed",
+                seed,
+                "--dtype",
+                "f32",
+                "--no-chat",
+            ],
+        )
     };
     let first = run("11");
     assert_eq!(ids(&first), ids(&run("11")), "same seed, same tokens");
@@ -163,30 +166,14 @@ fn seeded_sampling_with_every_flag_is_reproducible() {
 #[test]
 fn prompt_from_file_and_stdin_equal_the_flag() {
     let dir = model("mha_tied_f32");
-    let by_flag = json_of(&cli(&[
-        "generate",
-        "--model",
-        &dir,
-        "--prompt",
-        "Bonjour à tous",
-        "--max-tokens",
-        "6",
-        "--no-chat",
-        "--json",
-    ]));
+    let by_flag = generate_json(&dir, "6", &["--prompt", "Bonjour à tous", "--no-chat"]);
     let file = std::env::temp_dir().join(format!("mistral-cli-prompt-{}.txt", std::process::id()));
     std::fs::write(&file, "Bonjour à tous").unwrap();
-    let by_file = json_of(&cli(&[
-        "generate",
-        "--model",
+    let by_file = generate_json(
         &dir,
-        "--prompt-file",
-        file.to_str().unwrap(),
-        "--max-tokens",
         "6",
-        "--no-chat",
-        "--json",
-    ]));
+        &["--prompt-file", file.to_str().unwrap(), "--no-chat"],
+    );
     std::fs::remove_file(&file).ok();
     let mut child = Command::new(env!("CARGO_BIN_EXE_mistral-cli"))
         .args([
@@ -219,17 +206,7 @@ fn prompt_from_file_and_stdin_equal_the_flag() {
 #[test]
 fn stop_string_ends_the_text_before_it() {
     let dir = model("gqa4_f32");
-    let free = json_of(&cli(&[
-        "generate",
-        "--model",
-        &dir,
-        "--prompt",
-        "Hi",
-        "--max-tokens",
-        "24",
-        "--no-chat",
-        "--json",
-    ]));
+    let free = generate_json(&dir, "24", &["--prompt", "Hi", "--no-chat"]);
     let text = free["text"].as_str().unwrap().to_owned();
     let chars: Vec<char> = text.chars().collect();
     assert!(
@@ -237,19 +214,11 @@ fn stop_string_ends_the_text_before_it() {
         "too little text to pick a stop string from: {text:?}"
     );
     let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
-    let stopped = json_of(&cli(&[
-        "generate",
-        "--model",
+    let stopped = generate_json(
         &dir,
-        "--prompt",
-        "Hi",
-        "--max-tokens",
         "24",
-        "--no-chat",
-        "--json",
-        "--stop",
-        &stop,
-    ]));
+        &["--prompt", "Hi", "--no-chat", "--stop", &stop],
+    );
     let expected = &text[..text.find(&stop).unwrap()];
     assert_eq!(stopped["text"].as_str().unwrap(), expected);
     assert!(
@@ -265,30 +234,9 @@ fn stop_string_ends_the_text_before_it() {
 #[test]
 fn chat_mode_uses_the_model_template() {
     let dir = model("gqa4_f32");
-    let chat = json_of(&cli(&[
-        "generate",
-        "--model",
-        &dir,
-        "--prompt",
-        "Hello",
-        "--system",
-        "Be brief.",
-        "--max-tokens",
-        "4",
-        "--json",
-    ]));
+    let chat = generate_json(&dir, "4", &["--prompt", "Hello", "--system", "Be brief."]);
     assert_eq!(chat["chat"], true);
-    let plain = json_of(&cli(&[
-        "generate",
-        "--model",
-        &dir,
-        "--prompt",
-        "Hello",
-        "--max-tokens",
-        "4",
-        "--no-chat",
-        "--json",
-    ]));
+    let plain = generate_json(&dir, "4", &["--prompt", "Hello", "--no-chat"]);
     assert_eq!(plain["chat"], false);
     // The rendered prompt holds the [INST] control token; the plain one not.
     let tokenizer =
