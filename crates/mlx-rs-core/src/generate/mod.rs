@@ -265,6 +265,21 @@ impl<'a, C: KeyValueCache> Generate<'a, C> {
     }
 }
 
+/// Waits for the step still in flight (the one `async_eval` started for the
+/// token after the last one returned). MLX 0.32 can corrupt its heap when a
+/// thread, or the process, ends while a stream still runs work: a program
+/// that stops after `take(n)` and returns (as the Quick Start does) aborted
+/// in up to one exit in seven without this wait
+/// (`mistral-loader/tests/exit_after_generation.rs`).
+impl<C: KeyValueCache> Drop for Generate<'_, C> {
+    fn drop(&mut self) {
+        if let Stage::Next(next) = &self.stage {
+            // An error here already reached the caller or cannot be acted on.
+            let _ = eval([next]);
+        }
+    }
+}
+
 impl<C: KeyValueCache> Iterator for Generate<'_, C> {
     type Item = Result<Array>;
 
