@@ -74,20 +74,6 @@ fn chat_json() -> Value {
         .collect()
 }
 
-/// Seeded xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        let mut x = self.0 ^ 0x9E37_79B9_7F4A_7C15;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
-}
-
 fn ids_of(v: &Value) -> Vec<u32> {
     v.as_array()
         .expect("id list")
@@ -126,23 +112,23 @@ fn random_sequences(tokenizer: &Tokenizer, n: usize) -> Vec<Vec<u32>> {
     let unk = tokenizer.token_to_id("<unk>");
     let specials: Vec<u32> = specials.into_iter().filter(|&id| Some(id) != unk).collect();
     let chars = ['é', '日', '😀', '€', 'ж', '\u{200b}', '🇫', 'a', '\n'];
-    let mut rng = Rng(2026);
+    let mut rng = fastrand::Rng::with_seed(2026);
     (0..n)
         .map(|_| {
-            let len = 1 + rng.below(14) as usize;
+            let len = rng.usize(1..=14);
             let mut ids = Vec::new();
             while ids.len() < len {
-                match rng.below(10) {
+                match rng.u32(0..10) {
                     0..=4 => {
-                        let id = rng.below(vocab) as u32;
+                        let id = rng.u32(0..vocab as u32);
                         if Some(id) != unk {
                             ids.push(id);
                         }
                     }
-                    5..=6 => ids.push(byte_id(rng.below(256) as u8)),
-                    7 => ids.push(specials[rng.below(specials.len() as u64) as usize]),
+                    5..=6 => ids.push(byte_id(rng.u8(..))),
+                    7 => ids.push(specials[rng.usize(..specials.len())]),
                     _ => {
-                        let c = chars[rng.below(chars.len() as u64) as usize];
+                        let c = chars[rng.usize(..chars.len())];
                         let mut buf = [0u8; 4];
                         ids.extend(c.encode_utf8(&mut buf).bytes().map(byte_id));
                     }

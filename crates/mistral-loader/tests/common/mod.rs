@@ -44,17 +44,11 @@ pub struct RawTensor {
     pub bytes: Vec<u8>,
 }
 
-/// Deterministic pseudo-random bytes (xorshift), `n` of them.
+/// Deterministic pseudo-random bytes, `n` of them.
 pub fn pseudo_bytes(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    let mut bytes = vec![0; n];
+    fastrand::Rng::with_seed(seed).fill(&mut bytes);
+    bytes
 }
 
 pub fn f32_tensor(shape: &[usize], seed: u64) -> RawTensor {

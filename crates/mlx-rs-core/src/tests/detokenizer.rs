@@ -12,7 +12,6 @@ use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
-use super::Rng;
 use crate::detokenizer::{is_byte_token, StreamingDetokenizer};
 
 const CORPUS: &[&str] = &[
@@ -77,12 +76,12 @@ fn byte_level_corpus_streams_like_one_shot_decode() {
 fn byte_level_random_ids_stream_like_one_shot_decode() {
     let tokenizer = byte_level_bpe();
     let vocab = tokenizer.get_vocab_size(true) as u32;
-    let mut rng = Rng(7);
+    let mut rng = fastrand::Rng::with_seed(7);
     for _ in 0..2000 {
-        let n = 1 + rng.below(16) as usize;
+        let n = rng.usize(1..=16);
         // Random ids split characters between tokens, make invalid UTF-8,
         // and put special tokens anywhere.
-        let ids: Vec<u32> = (0..n).map(|_| rng.below(vocab as u64) as u32).collect();
+        let ids: Vec<u32> = (0..n).map(|_| rng.u32(0..vocab)).collect();
         for skip in [true, false] {
             let one_shot = tokenizer.decode(&ids, skip).unwrap();
             assert_eq!(

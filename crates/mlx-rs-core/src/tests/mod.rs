@@ -24,18 +24,3 @@ fn host_bool(a: &Array) -> Vec<bool> {
     let a = a.contiguous().unwrap();
     a.try_as_slice::<bool>().unwrap().to_vec()
 }
-
-/// A small seeded generator (xorshift64*), for reproducible random inputs.
-struct Rng(u64);
-
-impl Rng {
-    /// A value in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
-        let mut x = self.0 ^ 0x9E37_79B9_7F4A_7C15;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
-}

@@ -4,7 +4,6 @@
 //! was split into tokens.
 
 use super::detokenizer::byte_level_bpe;
-use super::Rng;
 use crate::detokenizer::StreamingDetokenizer;
 use crate::stop::{StopChecker, StopCriteria, StopReason, StopStringMatcher};
 
@@ -26,12 +25,12 @@ fn cut(text: &str, stops: &[&str]) -> (String, Option<usize>) {
 }
 
 /// Splits `text` at random char boundaries.
-fn random_split(text: &str, rng: &mut Rng) -> Vec<String> {
+fn random_split(text: &str, rng: &mut fastrand::Rng) -> Vec<String> {
     let mut pieces = Vec::new();
     let mut cur = String::new();
     for c in text.chars() {
         cur.push(c);
-        if rng.below(3) == 0 {
+        if rng.u32(0..3) == 0 {
             pieces.push(std::mem::take(&mut cur));
         }
     }
@@ -59,7 +58,7 @@ fn matcher_equals_cutting_the_whole_text() {
         &["</s>", "s>"],
         &["zzz"],
     ];
-    let mut rng = Rng(3);
+    let mut rng = fastrand::Rng::with_seed(3);
     for text in texts {
         for stops in stop_sets {
             for _ in 0..20 {
