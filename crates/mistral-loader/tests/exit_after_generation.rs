@@ -57,10 +57,7 @@ fn child_generates_and_returns() {
 
 #[test]
 fn processes_exit_cleanly_right_after_generating() {
-    let spec = reference::test_models()
-        .into_iter()
-        .find(|m| m.name == "gqa4_f32")
-        .expect("test model gqa4_f32");
+    let spec = reference::test_model("gqa4_f32");
     let exe = std::env::current_exe().expect("test binary path");
     for run in 0..CHILDREN {
         let out = Command::new(&exe)

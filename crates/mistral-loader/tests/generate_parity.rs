@@ -8,7 +8,7 @@ use mistral_loader::load_model;
 use mlx_rs::Array;
 use mlx_rs_core::{Generate, KVCache, KeyValueCache, RotatingKVCache};
 use reference::live::{mlx_lm_generate, LiveRun};
-use reference::{references, test_models, Reference, TestModel};
+use reference::{prompt_ids, references, test_model, test_models, Reference, TestModel};
 
 /// Our ids from `Generate` (greedy) over `reference`'s prompt.
 fn greedy_ids<C: KeyValueCache>(spec: &TestModel, reference: &Reference) -> Vec<i32> {
@@ -91,21 +91,6 @@ fn greedy_generation_matches_mlx_lm_on_every_model() {
             }
         }
     }
-}
-
-fn model_named(name: &str) -> TestModel {
-    test_models()
-        .into_iter()
-        .find(|m| m.name == name)
-        .unwrap_or_else(|| panic!("no test model {name}"))
-}
-
-fn prompt_of(spec: &TestModel, name: &str) -> Vec<i32> {
-    references(spec)
-        .into_iter()
-        .find(|r| r.prompt == name)
-        .expect("reference prompt")
-        .prompt_ids
 }
 
 /// Our seeded ids for `run`, with the cache type mlx-lm uses for the model
@@ -194,8 +179,8 @@ fn seeded_sampling_matches_mlx_lm() {
     ];
     let n = 32;
     for name in ["window_v01_f32", "gqa4_f32", "gqa4_bf16"] {
-        let spec = model_named(name);
-        let prompt = prompt_of(&spec, "long");
+        let spec = test_model(name);
+        let prompt = prompt_ids(&spec, "long");
         for run in &runs {
             let (theirs, _) = mlx_lm_generate(&spec.dir, &prompt, n, run, false);
             let ours = sampled_ids(&spec, &prompt, n, run);
@@ -214,8 +199,8 @@ fn seeded_sampling_matches_mlx_lm() {
 /// after `mx.random.seed(s)` as well.
 #[test]
 fn global_mlx_rs_seed_matches_python_seed() {
-    let spec = model_named("gqa4_f32");
-    let prompt = prompt_of(&spec, "medium");
+    let spec = test_model("gqa4_f32");
+    let prompt = prompt_ids(&spec, "medium");
     let run = LiveRun {
         temp: 1.0,
         top_k: 50,
@@ -239,7 +224,7 @@ type Configure = Box<dyn Fn(Generate<'_, KVCache>) -> Generate<'_, KVCache>>;
 /// after which the iterator ends.
 #[test]
 fn generate_reports_bad_input_as_errors() {
-    let spec = model_named("gqa4_f32");
+    let spec = test_model("gqa4_f32");
     let mut model = load_model(&spec.dir).expect("load_model");
     let cases: Vec<(&str, Array, Configure)> = vec![
         (

@@ -8,7 +8,7 @@ use mistral_loader::{load_model, load_tokenizer};
 use mlx_rs::ops::indexing::{IndexOp, NewAxis};
 use mlx_rs_core::{Generate, KVCache};
 use reference::live::{mlx_lm_generate, LiveRun};
-use reference::test_models;
+use reference::test_model;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -35,10 +35,7 @@ fn quick_start(dir: &std::path::Path, temp: f32) -> Result<(Vec<u32>, String), B
 
 #[test]
 fn quick_start_runs_and_is_greedy_at_temperature_zero() {
-    let spec = test_models()
-        .into_iter()
-        .find(|m| m.name == "gqa4_f32")
-        .expect("gqa4_f32 test model");
+    let spec = test_model("gqa4_f32");
     let (ids, _text) = quick_start(&spec.dir, 0.7).expect("quick start at 0.7");
     assert_eq!(ids.len(), 50);
 

@@ -14,7 +14,7 @@ use mlx_rs_core::{
     cache_offset, trim_cache, ConcatKeyValueCache, Generate, KeyValueCache, RotatingKVCache,
 };
 use reference::live::{mlx_lm_generate, python, LiveRun};
-use reference::{references, relative_error, test_models, TestModel};
+use reference::{prompt_ids, relative_error, test_model, TestModel};
 
 const WINDOW: i32 = 16;
 
@@ -29,20 +29,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn window_model() -> TestModel {
-    let spec = test_models()
-        .into_iter()
-        .find(|m| m.name == "window_v01_f32")
-        .expect("window_v01_f32 test model");
+    let spec = test_model("window_v01_f32");
     assert_eq!(spec.sliding_window, Some(i64::from(WINDOW)));
     spec
-}
-
-fn prompt_ids(spec: &TestModel, name: &str) -> Vec<i32> {
-    references(spec)
-        .into_iter()
-        .find(|r| r.prompt == name)
-        .expect("reference prompt")
-        .prompt_ids
 }
 
 fn row(ids: &[i32]) -> Array {

@@ -67,6 +67,23 @@ pub fn test_models() -> Vec<TestModel> {
         .collect()
 }
 
+/// The test model called `name`.
+pub fn test_model(name: &str) -> TestModel {
+    test_models()
+        .into_iter()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("no test model {name}"))
+}
+
+/// The ids of the reference prompt called `name` (as mlx-lm tokenized it).
+pub fn prompt_ids(model: &TestModel, name: &str) -> Vec<i32> {
+    references(model)
+        .into_iter()
+        .find(|r| r.prompt == name)
+        .unwrap_or_else(|| panic!("no reference prompt {name} for {}", model.name))
+        .prompt_ids
+}
+
 /// What mlx-lm computed for one prompt.
 #[derive(Debug)]
 pub struct Reference {
