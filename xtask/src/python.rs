@@ -14,49 +14,22 @@ use std::process::Command;
 
 /// Tests read the reference interpreter from this variable.
 pub const PYTHON_ENV_VAR: &str = "MISTRAL_MLX_PYTHON";
-/// Tests read the test-model directory from this variable.
+/// Tests read the test-model directory from this variable (the GGUF files
+/// are in its `gguf/`, the real SmolLM2 file's path in `SMOLLM2_ENV_VAR`).
 pub const MODELS_ENV_VAR: &str = "MISTRAL_MLX_TEST_MODELS";
+/// Tests read the path of the real SmolLM2 GGUF file from this variable.
+pub const SMOLLM2_ENV_VAR: &str = "MISTRAL_MLX_SMOLLM2";
 
 fn python_dir() -> PathBuf {
     workspace_root().join("xtask/python")
 }
 
-/// A private Python environment, created from one requirements file.
-#[derive(Clone, Copy)]
-pub enum Venv {
-    /// Everything the tests compare against (mlx-lm, sentencepiece, ...).
-    References,
-    /// Only what the demo model needs (tokenizer conversion, numpy).
-    Demo,
-}
-
-impl Venv {
-    fn dir_name(self) -> &'static str {
-        match self {
-            Venv::References => "venv",
-            Venv::Demo => "venv-demo",
-        }
-    }
-
-    fn requirements(self) -> &'static str {
-        match self {
-            Venv::References => "requirements.txt",
-            Venv::Demo => "requirements-demo.txt",
-        }
-    }
-}
-
 /// Creates the reference venv if needed and returns its interpreter.
+/// It is rebuilt when `requirements.txt` changes.
 pub fn ensure_env() -> Result<PathBuf> {
-    ensure_venv(Venv::References)
-}
-
-/// Creates `venv` if needed (or when its requirements changed) and returns
-/// its interpreter.
-pub fn ensure_venv(venv: Venv) -> Result<PathBuf> {
-    let dir = xtask_dir().join(venv.dir_name());
+    let dir = xtask_dir().join("venv");
     let python = dir.join("bin/python");
-    let requirements = python_dir().join(venv.requirements());
+    let requirements = python_dir().join("requirements.txt");
     let stamp = dir.join(".requirements-hash");
     let hash = hash_files(std::slice::from_ref(&requirements))?;
     if python.is_file() && fs::read_to_string(&stamp).ok().as_deref() == Some(hash.as_str()) {
@@ -86,16 +59,6 @@ pub fn ensure_venv(venv: Venv) -> Result<PathBuf> {
     .context("installing Python packages with pip")?;
     fs::write(&stamp, hash)?;
     Ok(python)
-}
-
-/// Writes the demo model (Mistral v0.3 architecture and tokenizer, random
-/// weights) into `out`.
-pub fn make_demo_model(out: &std::path::Path) -> Result<()> {
-    let python = ensure_venv(Venv::Demo)?;
-    run(Command::new(&python)
-        .arg(python_dir().join("make_demo_model.py"))
-        .arg(out))
-    .context("writing the demo model")
 }
 
 /// Generates the test models and mlx-lm's outputs on them (in `refs/`) if
@@ -130,6 +93,17 @@ pub fn ensure_test_models() -> Result<PathBuf> {
         .arg(out.join("refs"))
         .args(["--greedy", "64"]))
     .context("computing the mlx-lm reference outputs")?;
+    // GGUF files (synthetic, and the real SmolLM2 one) and mlx-lm's outputs
+    // on independent conversions of them.
+    let smollm2 = crate::smollm2::for_tests()?;
+    run(Command::new(&python)
+        .arg(python_dir().join("gguf_refs.py"))
+        .arg("--models")
+        .arg(&out)
+        .arg("--smollm2")
+        .arg(&smollm2)
+        .args(["--greedy", "64"]))
+    .context("computing the GGUF reference outputs")?;
     fs::write(&stamp, hash)?;
     Ok(out)
 }

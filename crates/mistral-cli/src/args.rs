@@ -60,11 +60,11 @@ impl DtypeArg {
     }
 }
 
-/// Where the model comes from: a directory, or a Hugging Face repo id found
-/// in the local Hugging Face cache.
+/// Where the model comes from: a directory, a GGUF file, or a Hugging Face
+/// repo id found in the local Hugging Face cache.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model directory, or a Hugging Face repo id (e.g.
+    /// Model directory, GGUF file, or a Hugging Face repo id (e.g.
     /// mlx-community/Mistral-7B-Instruct-v0.3-4bit) already in the local
     /// Hugging Face cache (HF_HUB_CACHE, HF_HOME).
     #[arg(long, short)]

@@ -5,6 +5,7 @@
 
 mod args;
 mod bench;
+mod convert;
 mod generate;
 mod info;
 mod model_source;
@@ -28,6 +29,9 @@ enum Command {
     /// Measure load time, prefill and decode speed, time to first token and
     /// peak memory.
     Bench(bench::BenchArgs),
+    /// Write a model (directory or GGUF file) as an MLX safetensors folder
+    /// that mlx-lm also loads, optionally cast or quantized.
+    Convert(convert::ConvertArgs),
     /// Show the MLX build in use and check that it computes correctly.
     Info,
 }
@@ -49,6 +53,7 @@ fn main() {
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Convert(args) => convert::run(args),
         Command::Info => info::run(),
     };
     if let Err(err) = result {

@@ -108,6 +108,8 @@ pub enum ChatTemplateSource {
     JinjaFile(PathBuf),
     /// `tokenizer_config.json`'s `chat_template`.
     TokenizerConfig(PathBuf),
+    /// A GGUF file's `tokenizer.chat_template`.
+    Gguf(PathBuf),
     /// None in the directory: Mistral's format (see the module notes).
     MistralFallback,
 }
@@ -153,6 +155,9 @@ pub fn load_chat_template(
     tokenizer: &Tokenizer,
 ) -> Result<ModelChatTemplate> {
     let dir = dir.as_ref();
+    if let Some(file) = crate::gguf::find_gguf(dir)? {
+        return gguf_chat_template(&file, tokenizer);
+    }
     check_model_dir(dir)?;
     let config_path = dir.join(TOKENIZER_CONFIG_FILE);
     let config = read_config(&config_path)?;
@@ -183,7 +188,9 @@ pub fn load_chat_template(
 
     let template = ChatTemplate::new(text.clone()).map_err(|e| LoadError::ChatTemplate {
         path: match &source {
-            ChatTemplateSource::JinjaFile(p) | ChatTemplateSource::TokenizerConfig(p) => p.clone(),
+            ChatTemplateSource::JinjaFile(p)
+            | ChatTemplateSource::TokenizerConfig(p)
+            | ChatTemplateSource::Gguf(p) => p.clone(),
             ChatTemplateSource::MistralFallback => dir.to_path_buf(),
         },
         source: e,
@@ -200,6 +207,37 @@ pub fn load_chat_template(
         text,
         bos_token: token("bos_token", DEFAULT_BOS_TOKEN)?,
         eos_token: token("eos_token", DEFAULT_EOS_TOKEN)?,
+    })
+}
+
+/// The chat template of the GGUF file `path` (`tokenizer.chat_template`,
+/// else Mistral's format), with its BOS/EOS texts from the token list.
+fn gguf_chat_template(path: &Path, tokenizer: &Tokenizer) -> Result<ModelChatTemplate> {
+    let gguf = crate::gguf::GgufFile::open(path)?;
+    let meta = gguf.metadata();
+    let (text, source) = match meta.str(crate::gguf::CHAT_TEMPLATE_KEY)? {
+        Some(text) => (
+            text.to_owned(),
+            ChatTemplateSource::Gguf(path.to_path_buf()),
+        ),
+        None => (
+            fallback_template(tokenizer),
+            ChatTemplateSource::MistralFallback,
+        ),
+    };
+    let template = ChatTemplate::new(text.clone()).map_err(|e| LoadError::ChatTemplate {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let token = |key: &str, default: &str| -> Result<String> {
+        Ok(crate::gguf::token_text(meta, key)?.unwrap_or_else(|| default.to_owned()))
+    };
+    Ok(ModelChatTemplate {
+        template,
+        source,
+        text,
+        bos_token: token("tokenizer.ggml.bos_token_id", DEFAULT_BOS_TOKEN)?,
+        eos_token: token("tokenizer.ggml.eos_token_id", DEFAULT_EOS_TOKEN)?,
     })
 }
 

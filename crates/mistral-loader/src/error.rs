@@ -135,6 +135,27 @@ pub enum LoadError {
         source: safetensors::SafeTensorError,
     },
 
+    /// A GGUF file's header, metadata or tensor directory is corrupt, or the
+    /// file is truncated or of an unsupported version.
+    #[error("{path} {message}")]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong ("is truncated: ...").
+        message: String,
+    },
+
+    /// A GGUF tensor cannot be loaded (unsupported ggml type, bad data).
+    #[error("{path}: tensor `{tensor}` {message}")]
+    GgufTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's GGUF name.
+        tensor: String,
+        /// What is wrong.
+        message: String,
+    },
+
     /// A tensor's dtype has no MLX equivalent (e.g. F8 variants).
     #[error("{path}: tensor `{tensor}` has dtype {dtype}, which MLX does not support")]
     UnsupportedDtype {

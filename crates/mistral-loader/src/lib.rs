@@ -12,6 +12,10 @@
 //! - [`tokenizer`] loads `tokenizer.json` and the BOS/EOS ids.
 //! - [`chat_template`] finds the chat template (or uses Mistral's format).
 //! - [`ModelDir::open`] does all of the above for one directory.
+//! - [`gguf`] loads llama.cpp's GGUF files directly (config from the
+//!   metadata, quantized tensors kept exact, the tokenizer rebuilt from the
+//!   metadata); the `load_*` functions accept a GGUF path wherever they
+//!   accept a directory.
 //! - Every error is a [`LoadError`] naming the file and tensor/field.
 //!
 //! - [`load_model`] puts it together: `config.json` into `MistralConfig`,
@@ -22,7 +26,9 @@
 
 pub mod chat_template;
 pub mod config;
+pub mod convert;
 pub mod error;
+pub mod gguf;
 pub mod hf_cache;
 pub mod load;
 pub mod model_dir;
@@ -33,6 +39,7 @@ pub mod tokenizer;
 
 pub use chat_template::{load_chat_template, ChatTemplateSource, ModelChatTemplate};
 pub use config::{load_config, read_config_str};
+pub use convert::{convert_model, ConvertOptions, ConvertReport};
 pub use error::{LoadError, Result};
 pub use load::{load_model, load_model_with, LoadOptions};
 pub use mistral_model::WeightSource;

@@ -10,10 +10,11 @@
 
 use std::path::{Path, PathBuf};
 
-use mistral_model::{MistralConfig, ModelError};
-use mlx_rs::Dtype;
+use mistral_model::{MistralConfig, ModelError, WeightSource};
+use mlx_rs::{Array, Dtype};
 
 use crate::error::{LoadError, Result};
+use crate::gguf::{self, GgufFile, GgufWeights};
 use crate::model_dir::ModelDir;
 use crate::safetensors_files::{CONFIG_FILE, INDEX_FILE};
 
@@ -27,20 +28,60 @@ pub struct LoadOptions {
     pub dtype: Option<Dtype>,
 }
 
-/// Loads the model in `dir` (`config.json` and safetensors weights) in the
-/// checkpoint's own dtype.
+/// Loads the model at `path` in the checkpoint's own dtype: a directory of
+/// `config.json` and safetensors weights, or a GGUF file (or a directory
+/// holding one, see [`gguf::find_gguf`]).
 pub fn load_model(dir: impl AsRef<Path>) -> Result<Mistral> {
     load_model_with(dir, &LoadOptions::default())
 }
 
-/// Loads the model in `dir` with `options`.
-pub fn load_model_with(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Mistral> {
+/// Loads the model at `path` (see [`load_model`]) with `options`.
+pub fn load_model_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Mistral> {
+    load_tapped(path.as_ref(), options, None)
+}
+
+/// Loads the model at `path` like [`load_model_with`], and also returns
+/// every tensor the model took, as the source held it (Hugging Face names,
+/// before any dtype cast): what `convert` writes out.
+pub(crate) fn load_with_tensors(
+    path: &Path,
+    options: &LoadOptions,
+) -> Result<(Mistral, Vec<(String, Array)>)> {
+    let mut seen = Vec::new();
+    let model = load_tapped(path, options, Some(&mut seen))?;
+    Ok((model, seen))
+}
+
+/// A weight source that also records what it hands out.
+struct Tap<'a> {
+    source: &'a mut dyn WeightSource,
+    seen: Option<&'a mut Vec<(String, Array)>>,
+}
+
+impl WeightSource for Tap<'_> {
+    fn take(&mut self, name: &str) -> Option<Array> {
+        let array = self.source.take(name)?;
+        if let Some(seen) = self.seen.as_mut() {
+            seen.push((name.to_owned(), array.clone()));
+        }
+        Some(array)
+    }
+}
+
+fn load_tapped(
+    path: &Path,
+    options: &LoadOptions,
+    seen: Option<&mut Vec<(String, Array)>>,
+) -> Result<Mistral> {
+    if let Some(file) = gguf::find_gguf(path)? {
+        return load_gguf(&file, options, seen);
+    }
     let ModelDir {
         dir,
         config_json,
         mut weights,
         ..
-    } = ModelDir::open(dir)?;
+    } = ModelDir::open(path)?;
     let config_path = dir.join(CONFIG_FILE);
     let config = MistralConfig::from_json_str(&config_json)
         .and_then(|config| config.validate().map(|()| config))
@@ -48,29 +89,95 @@ pub fn load_model_with(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<M
             path: config_path.clone(),
             source,
         })?;
-    let model =
-        Mistral::new(&config, &mut weights, options.dtype).map_err(|source| match source {
-            ModelError::Config(source) => LoadError::Config {
-                path: config_path.clone(),
+    let built = Mistral::new(
+        &config,
+        &mut Tap {
+            source: &mut weights,
+            seen,
+        },
+        options.dtype,
+    );
+    let model = built.map_err(|source| match source {
+        ModelError::Config(source) => LoadError::Config {
+            path: config_path.clone(),
+            source,
+        },
+        source => weights
+            .take_first_failure()
+            .unwrap_or_else(|| LoadError::Model {
+                path: tensor_of(&source)
+                    .and_then(|tensor| weights.file_of(tensor))
+                    .map_or_else(|| checkpoint_file(&dir, &weights.files()), PathBuf::from),
                 source,
-            },
-            source => weights
-                .take_first_failure()
-                .unwrap_or_else(|| LoadError::Model {
-                    path: tensor_of(&source)
-                        .and_then(|tensor| weights.file_of(tensor))
-                        .map_or_else(|| checkpoint_file(&dir, &weights.files()), PathBuf::from),
-                    source,
-                }),
-        })?;
-    let unused = weights.finish()?;
-    if let Some(first) = unused.first() {
-        return Err(LoadError::UnexpectedTensors {
+            }),
+    })?;
+    all_used(weights.finish()?)?;
+    Ok(model)
+}
+
+/// Loads the GGUF file `path` with `options`. Model errors name the GGUF
+/// tensor next to its Hugging Face name.
+fn load_gguf(
+    path: &Path,
+    options: &LoadOptions,
+    seen: Option<&mut Vec<(String, Array)>>,
+) -> Result<Mistral> {
+    let file = GgufFile::open(path)?;
+    let config_error = |source| LoadError::Config {
+        path: path.to_path_buf(),
+        source,
+    };
+    let config = gguf::gguf_config(&file)?;
+    config.validate().map_err(config_error)?;
+    let mut weights = GgufWeights::new(
+        file,
+        config.num_attention_heads,
+        config.num_key_value_heads(),
+    );
+    let built = Mistral::new(
+        &config,
+        &mut Tap {
+            source: &mut weights,
+            seen,
+        },
+        options.dtype,
+    );
+    let model = built.map_err(|source| match source {
+        ModelError::Config(source) => config_error(source),
+        mut source => weights.take_first_failure().unwrap_or_else(|| {
+            if let Some(tensor) = tensor_of_mut(&mut source) {
+                if let Some(name) = gguf_tensor_of(tensor) {
+                    *tensor = format!("{name}` (`{tensor}");
+                }
+            }
+            LoadError::Model {
+                path: path.to_path_buf(),
+                source,
+            }
+        }),
+    })?;
+    all_used(weights.finish()?)?;
+    Ok(model)
+}
+
+/// The GGUF name of the Hugging Face tensor `tensor` (for `scales` and
+/// `biases`, the matrix they belong to).
+fn gguf_tensor_of(tensor: &str) -> Option<String> {
+    let (module, kind) = tensor.rsplit_once('.')?;
+    let kind = if kind == "bias" { "bias" } else { "weight" };
+    gguf::names::gguf_name(module, kind)
+}
+
+/// Tensors the model never took are an error: the config and the
+/// checkpoint disagree.
+fn all_used(unused: Vec<(String, PathBuf)>) -> Result<()> {
+    match unused.first() {
+        Some(first) => Err(LoadError::UnexpectedTensors {
             first: first.clone(),
             count: unused.len(),
-        });
+        }),
+        None => Ok(()),
     }
-    Ok(model)
 }
 
 /// The file to name for a tensor no file holds: the single safetensors
@@ -80,6 +187,17 @@ fn checkpoint_file(dir: &Path, files: &[&Path]) -> PathBuf {
         [single] => single.to_path_buf(),
         _ if dir.join(INDEX_FILE).is_file() => dir.join(INDEX_FILE),
         _ => dir.to_path_buf(),
+    }
+}
+
+/// The tensor a model error is about, if any, for renaming.
+fn tensor_of_mut(error: &mut ModelError) -> Option<&mut String> {
+    match error {
+        ModelError::Missing { tensor }
+        | ModelError::Shape { tensor, .. }
+        | ModelError::Dtype { tensor, .. }
+        | ModelError::Quantization { tensor, .. } => Some(tensor),
+        _ => None,
     }
 }
 

@@ -439,7 +439,7 @@ fn to_array(file: &MappedFile, name: &str, e: &Entry) -> Result<Array> {
 /// an allocation failure in `mlx_array_new_data`). mlx-rs installs its
 /// handler, which only records the message, on its first fallible
 /// operation; evaluating a scalar is one.
-fn install_mlx_error_handler() {
+pub(crate) fn install_mlx_error_handler() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let _ = Array::from_int(0).eval();
@@ -447,27 +447,28 @@ fn install_mlx_error_handler() {
 }
 
 /// Drops the resident pages of a tensor that has been copied out.
-#[cfg(unix)]
 fn release(file: &MappedFile, e: &Entry) {
-    if e.end <= e.start {
+    release_pages(&file.mmap, e.start, e.end.saturating_sub(e.start));
+}
+
+/// Drops the resident pages of `len` bytes at `start` of a read-only map
+/// whose contents were copied out (no-op off Unix).
+#[cfg(unix)]
+pub(crate) fn release_pages(mmap: &Mmap, start: usize, len: usize) {
+    if len == 0 {
         return;
     }
     // SAFETY: `UncheckedAdvice::DontNeed` is unsafe because, on a mapping
-    // that was written to, it discards the writes. This map is read-only and
-    // never written, so the next access of these pages (e.g. another tensor
-    // sharing a boundary page) reads the same bytes back from the file: no
-    // live reference can observe a change. No borrow of the bytes is held
-    // here; the array owns its own copy. The call is purely advisory; its
-    // failure only means the pages stay resident, so the result is ignored.
-    let _ = unsafe {
-        file.mmap.unchecked_advise_range(
-            memmap2::UncheckedAdvice::DontNeed,
-            e.start,
-            e.end - e.start,
-        )
-    };
+    // that was written to, it discards the writes. Our maps are read-only
+    // and never written, so the next access of these pages (e.g. another
+    // tensor sharing a boundary page) reads the same bytes back from the
+    // file: no live reference can observe a change. No borrow of the bytes
+    // is held here; the array owns its own copy. The call is purely
+    // advisory; its failure only means the pages stay resident, so the
+    // result is ignored.
+    let _ = unsafe { mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
 }
 
 /// Page release needs `madvise`; elsewhere it is skipped.
 #[cfg(not(unix))]
-fn release(_file: &MappedFile, _e: &Entry) {}
+pub(crate) fn release_pages(_mmap: &Mmap, _start: usize, _len: usize) {}

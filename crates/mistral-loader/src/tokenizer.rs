@@ -30,9 +30,15 @@ pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
 /// File name of the tokenizer's settings.
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 
-/// Loads `dir/tokenizer.json`.
+/// Loads `dir/tokenizer.json`, or the tokenizer in a GGUF file's metadata
+/// when `dir` is a GGUF model (see [`crate::gguf::find_gguf`]).
 pub fn load_tokenizer(dir: impl AsRef<Path>) -> Result<crate::text_tokenizer::Tokenizer> {
     let dir = dir.as_ref();
+    if let Some(file) = crate::gguf::find_gguf(dir)? {
+        let gguf = crate::gguf::GgufFile::open(file)?;
+        return crate::gguf::gguf_tokenizer(gguf.metadata())
+            .map(crate::text_tokenizer::Tokenizer::new);
+    }
     check_model_dir(dir)?;
     let path = dir.join(TOKENIZER_FILE);
     if !path.is_file() {
@@ -66,13 +72,17 @@ impl SpecialTokens {
 }
 
 /// Reads the BOS/EOS ids of the model in `dir` (see the module docs for the
-/// files and their precedence). `tokenizer` resolves token strings from
+/// files and their precedence; for a GGUF model, its metadata: see
+/// [`crate::gguf::special_tokens`]). `tokenizer` resolves token strings from
 /// `tokenizer_config.json`; without one, that file is not read.
 pub fn load_special_tokens(
     dir: impl AsRef<Path>,
     tokenizer: Option<&Tokenizer>,
 ) -> Result<SpecialTokens> {
     let dir = dir.as_ref();
+    if let Some(file) = crate::gguf::find_gguf(dir)? {
+        return crate::gguf::special_tokens(crate::gguf::GgufFile::open(file)?.metadata());
+    }
     check_model_dir(dir)?;
     let mut bos = None;
     let mut eos = Vec::new();

@@ -1,0 +1,335 @@
+//! The tokenizer stored in GGUF metadata, rebuilt with the `tokenizers`
+//! crate.
+//!
+//! Design notes: the metadata is turned into a `tokenizer.json` document
+//! (the format the `tokenizers` crate reads and writes), so the result is a
+//! plain `tokenizers::Tokenizer` that `mistral-cli convert` can also save.
+//! - `tokenizer.ggml.model = "gpt2"`: byte-level BPE over `tokens` and
+//!   `merges`; the pre-tokenizer is the one `tokenizer.ggml.pre` names, as
+//!   llama.cpp defines them: `smollm` (single digits, then GPT-2's
+//!   byte-level split), `gpt2`/`default` (GPT-2's split), `llama-bpe`/
+//!   `llama3` (Llama 3's regex; whole-word vocabulary hits skip the merges,
+//!   as llama.cpp and Hugging Face do for it) and `tekken` (Mistral Nemo's
+//!   regex). Other names are refused, naming the key.
+//! - `tokenizer.ggml.model = "llama"`: SentencePiece BPE over `tokens` and
+//!   `scores`, built as `xtask/python/spconvert.py` builds Mistral's
+//!   tokenizer.json (proven equal to sentencepiece): every split of a normal
+//!   piece into two normal pieces is a merge, ranked by the merged piece's
+//!   score; byte fallback on `<0xNN>` pieces; the dummy-prefix `▁` added to
+//!   each text segment when `tokenizer.ggml.add_space_prefix` (default true).
+//! - `token_type`: control (3) and unknown (2) tokens become special added
+//!   tokens, user-defined ones (4) non-special added tokens.
+//! - BOS/EOS come from `tokenizer.ggml.add_bos_token`/`add_eos_token`
+//!   (defaults: BOS for SentencePiece, none for byte-level BPE, as
+//!   llama.cpp does) through a template post-processor.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::metadata::Metadata;
+use crate::error::{LoadError, Result};
+
+/// llama.cpp token types.
+const TYPE_UNKNOWN: i32 = 2;
+const TYPE_CONTROL: i32 = 3;
+const TYPE_USER_DEFINED: i32 = 4;
+const TYPE_NORMAL: i32 = 1;
+
+/// SentencePiece's escaped space.
+const SPIECE_UNDERLINE: &str = "\u{2581}";
+
+/// GPT-2's pre-tokenizer regex (what `ByteLevel(use_regex=true)` applies).
+const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Mistral Nemo's (tekken) pre-tokenizer regex.
+const TEKKEN_REGEX: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The tokenizer of a GGUF file.
+pub fn gguf_tokenizer(meta: &Metadata) -> Result<tokenizers::Tokenizer> {
+    let document = tokenizer_json(meta)?;
+    let text = document.to_string();
+    text.parse::<tokenizers::Tokenizer>()
+        .map_err(|e| LoadError::Tokenizer {
+            path: meta.path().to_path_buf(),
+            message: format!("the GGUF tokenizer metadata does not make a tokenizer: {e}"),
+        })
+}
+
+/// The `tokenizer.json` document for the GGUF metadata.
+pub fn tokenizer_json(meta: &Metadata) -> Result<Value> {
+    let model_key = "tokenizer.ggml.model";
+    let kind = meta
+        .str(model_key)?
+        .ok_or_else(|| meta.invalid(model_key, "is missing: the GGUF file has no tokenizer"))?;
+    let tokens_key = "tokenizer.ggml.tokens";
+    let tokens = meta
+        .str_array(tokens_key)?
+        .ok_or_else(|| meta.invalid(tokens_key, "is missing"))?;
+    let types = match meta.i32_array("tokenizer.ggml.token_type")? {
+        Some(t) if t.len() != tokens.len() => {
+            return Err(meta.invalid(
+                "tokenizer.ggml.token_type",
+                format!("has {} entries for {} tokens", t.len(), tokens.len()),
+            ))
+        }
+        Some(t) => t,
+        None => vec![TYPE_NORMAL; tokens.len()],
+    };
+    let (model, normalizer, pre_tokenizer, decoder, default_bos) = match kind {
+        "gpt2" => {
+            let (model, pre) = byte_level_bpe(meta, &tokens)?;
+            (
+                model,
+                Value::Null,
+                pre,
+                json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
+                false,
+            )
+        }
+        "llama" => {
+            let (model, normalizer, decoder) = sentencepiece_bpe(meta, &tokens, &types)?;
+            (model, normalizer, Value::Null, decoder, true)
+        }
+        other => {
+            return Err(meta.invalid(
+                model_key,
+                format!(
+                    "tokenizer model {other:?} is not supported (supported: \"gpt2\", \"llama\")"
+                ),
+            ))
+        }
+    };
+    let mut added = Vec::new();
+    for (id, (token, ty)) in tokens.iter().zip(&types).enumerate() {
+        let special = match *ty {
+            TYPE_CONTROL | TYPE_UNKNOWN => true,
+            TYPE_USER_DEFINED => false,
+            _ => continue,
+        };
+        added.push(json!({
+            "id": id, "content": token, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": special,
+        }));
+    }
+    let post_processor = post_processor(meta, &tokens, default_bos)?;
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": normalizer,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": post_processor,
+        "decoder": decoder,
+        "model": model,
+    }))
+}
+
+fn vocab(tokens: &[&str]) -> serde_json::Map<String, Value> {
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(id, t)| ((*t).to_owned(), json!(id)))
+        .collect()
+}
+
+/// The BPE model and pre-tokenizer of a `gpt2` tokenizer.
+fn byte_level_bpe(meta: &Metadata, tokens: &[&str]) -> Result<(Value, Value)> {
+    let merges_key = "tokenizer.ggml.merges";
+    let merges = meta
+        .str_array(merges_key)?
+        .ok_or_else(|| meta.invalid(merges_key, "is missing (a gpt2 tokenizer needs merges)"))?;
+    let merges = merges
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            // As llama.cpp: the separator is the first space after the first
+            // character.
+            let cut = m
+                .char_indices()
+                .skip(1)
+                .find(|&(_, c)| c == ' ')
+                .map(|(i, _)| i)
+                .ok_or_else(|| {
+                    meta.invalid(
+                        &format!("{merges_key}[{i}]"),
+                        format!("{m:?} is not two tokens separated by a space"),
+                    )
+                })?;
+            Ok(json!([&m[..cut], &m[cut + 1..]]))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let pre_key = "tokenizer.ggml.pre";
+    let pre = meta.str(pre_key)?.unwrap_or("default");
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+    let split = |regex: &str| json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false});
+    let (pre_tokenizer, ignore_merges) = match pre {
+        "default" | "gpt2" => (byte_level(true), false),
+        "smollm" => (
+            json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true},
+                byte_level(true),
+            ]}),
+            false,
+        ),
+        "llama-bpe" | "llama3" => (
+            json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_REGEX), byte_level(false)]}),
+            true,
+        ),
+        "tekken" => (
+            json!({"type": "Sequence", "pretokenizers": [split(TEKKEN_REGEX), byte_level(false)]}),
+            false,
+        ),
+        other => {
+            return Err(meta.invalid(
+                pre_key,
+                format!(
+                    "pre-tokenizer {other:?} is not supported (supported: default, gpt2, smollm, \
+                     llama-bpe, llama3, tekken)"
+                ),
+            ))
+        }
+    };
+    let model = json!({
+        "type": "BPE", "dropout": null, "unk_token": null,
+        "continuing_subword_prefix": null, "end_of_word_suffix": null,
+        "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
+        "vocab": vocab(tokens), "merges": merges,
+    });
+    Ok((model, pre_tokenizer))
+}
+
+/// The BPE model, normalizer and decoder of a `llama` (SentencePiece)
+/// tokenizer.
+fn sentencepiece_bpe(
+    meta: &Metadata,
+    tokens: &[&str],
+    types: &[i32],
+) -> Result<(Value, Value, Value)> {
+    let scores_key = "tokenizer.ggml.scores";
+    let scores = meta
+        .f32_array(scores_key)?
+        .ok_or_else(|| meta.invalid(scores_key, "is missing (a llama tokenizer needs scores)"))?;
+    if scores.len() != tokens.len() {
+        return Err(meta.invalid(
+            scores_key,
+            format!("has {} entries for {} tokens", scores.len(), tokens.len()),
+        ));
+    }
+    let normal: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(id, _)| types[*id] == TYPE_NORMAL)
+        .map(|(id, t)| (*t, id))
+        .collect();
+    let mut ranked = Vec::new();
+    for (&merged, &merged_id) in &normal {
+        for (cut, _) in merged.char_indices().skip(1) {
+            let (left, right) = merged.split_at(cut);
+            if let (Some(&l), Some(&r)) = (normal.get(left), normal.get(right)) {
+                ranked.push(((-scores[merged_id], merged_id, l, r), left, right));
+            }
+        }
+    }
+    ranked.sort_by(|a, b| {
+        a.0 .0
+            .total_cmp(&b.0 .0)
+            .then((a.0 .1, a.0 .2, a.0 .3).cmp(&(b.0 .1, b.0 .2, b.0 .3)))
+    });
+    let merges: Vec<Value> = ranked.iter().map(|(_, l, r)| json!([l, r])).collect();
+    let unk = meta
+        .int::<usize>("tokenizer.ggml.unknown_token_id")?
+        .or_else(|| types.iter().position(|&t| t == TYPE_UNKNOWN))
+        .and_then(|id| tokens.get(id).copied());
+    let byte_fallback = tokens
+        .iter()
+        .any(|t| t.len() == 6 && t.starts_with("<0x") && t.ends_with('>'));
+    let model = json!({
+        "type": "BPE", "dropout": null, "unk_token": unk,
+        "continuing_subword_prefix": null, "end_of_word_suffix": null,
+        "fuse_unk": true, "byte_fallback": byte_fallback, "ignore_merges": false,
+        "vocab": vocab(tokens), "merges": merges,
+    });
+    let add_prefix = meta
+        .bool("tokenizer.ggml.add_space_prefix")?
+        .unwrap_or(true);
+    let replace =
+        json!({"type": "Replace", "pattern": {"String": " "}, "content": SPIECE_UNDERLINE});
+    let normalizer = if add_prefix {
+        json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": SPIECE_UNDERLINE}, replace]})
+    } else {
+        replace
+    };
+    let mut steps = vec![
+        json!({"type": "Replace", "pattern": {"String": SPIECE_UNDERLINE}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if add_prefix {
+        steps.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    Ok((
+        model,
+        normalizer,
+        json!({"type": "Sequence", "decoders": steps}),
+    ))
+}
+
+/// BOS/EOS insertion as the metadata asks.
+fn post_processor(meta: &Metadata, tokens: &[&str], default_bos: bool) -> Result<Value> {
+    let special = |flag: &str, id_key: &str, default: bool| -> Result<Option<(String, usize)>> {
+        if !meta.bool(flag)?.unwrap_or(default) {
+            return Ok(None);
+        }
+        let Some(id) = meta.int::<usize>(id_key)? else {
+            return Ok(None);
+        };
+        let token = tokens.get(id).ok_or_else(|| {
+            meta.invalid(
+                id_key,
+                format!("{id} is not a token id (vocabulary of {})", tokens.len()),
+            )
+        })?;
+        Ok(Some(((*token).to_owned(), id)))
+    };
+    let bos = special(
+        "tokenizer.ggml.add_bos_token",
+        "tokenizer.ggml.bos_token_id",
+        default_bos,
+    )?;
+    let eos = special(
+        "tokenizer.ggml.add_eos_token",
+        "tokenizer.ggml.eos_token_id",
+        false,
+    )?;
+    if bos.is_none() && eos.is_none() {
+        return Ok(Value::Null);
+    }
+    let piece = |t: &(String, usize), type_id: u32| json!({"SpecialToken": {"id": t.0, "type_id": type_id}});
+    let sequence = |name: &str, type_id: u32| json!({"Sequence": {"id": name, "type_id": type_id}});
+    let mut single = Vec::new();
+    let mut pair = Vec::new();
+    if let Some(b) = &bos {
+        single.push(piece(b, 0));
+    }
+    single.push(sequence("A", 0));
+    if let Some(e) = &eos {
+        single.push(piece(e, 0));
+    }
+    pair.extend(single.iter().cloned());
+    if let Some(b) = &bos {
+        pair.push(piece(b, 1));
+    }
+    pair.push(sequence("B", 1));
+    if let Some(e) = &eos {
+        pair.push(piece(e, 1));
+    }
+    let specials: serde_json::Map<String, Value> = bos
+        .iter()
+        .chain(eos.iter())
+        .map(|(t, id)| (t.clone(), json!({"id": t, "ids": [id], "tokens": [t]})))
+        .collect();
+    Ok(
+        json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials}),
+    )
+}
