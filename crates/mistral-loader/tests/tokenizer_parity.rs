@@ -22,24 +22,14 @@
 mod python;
 mod reference;
 
+use python::corpus;
+
 use std::path::Path;
 
 use mistral_loader::{load_chat_template, load_special_tokens, load_tokenizer, ChatTemplateSource};
 use mlx_rs_core::{ChatMessage, StreamingDetokenizer};
 use serde_json::{json, Value};
 use tokenizers::Tokenizer;
-
-/// The shared corpus (also used by xtask/python/tokenizer_check.py).
-fn corpus() -> Vec<String> {
-    let file: Value = serde_json::from_str(include_str!("../../../xtask/python/corpus.json"))
-        .expect("xtask/python/corpus.json is JSON");
-    file["texts"]
-        .as_array()
-        .expect("corpus.json: texts")
-        .iter()
-        .map(|text| text.as_str().expect("corpus.json: a string").to_owned())
-        .collect()
-}
 
 fn conversations() -> Vec<Vec<ChatMessage>> {
     vec![

@@ -64,3 +64,16 @@ pub fn run_json(script: &str, request: &Value) -> Value {
     );
     serde_json::from_slice(&out.stdout).expect("JSON answer")
 }
+
+/// The shared tokenizer corpus (`xtask/python/corpus.json`, also used by
+/// tokenizer_check.py).
+pub fn corpus() -> Vec<String> {
+    let file: Value = serde_json::from_str(include_str!("../../../../xtask/python/corpus.json"))
+        .expect("xtask/python/corpus.json is JSON");
+    file["texts"]
+        .as_array()
+        .expect("corpus.json: texts")
+        .iter()
+        .map(|text| text.as_str().expect("corpus.json: a string").to_owned())
+        .collect()
+}

@@ -152,3 +152,77 @@ pub fn relative_error(ours: &[f32], theirs: &[f32]) -> f64 {
         .fold(0.0, f64::max);
     diff / scale.max(f64::MIN_POSITIVE)
 }
+
+/// The real SmolLM2-135M-Instruct GGUF file (`MISTRAL_MLX_SMOLLM2`, set by
+/// `cargo xtask test`, else where xtask puts it).
+pub fn smollm2_path() -> PathBuf {
+    let path = std::env::var_os("MISTRAL_MLX_SMOLLM2")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/xtask/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        path.is_file(),
+        "no SmolLM2 GGUF file at {}: run `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// One GGUF test file: the synthetic ones of `gguf/manifest.json`
+/// (`make_gguf_models.py`) and the real SmolLM2 one, named `smollm2`.
+#[derive(Debug, Clone)]
+pub struct GgufModel {
+    /// The short name (`llama_q4_1`, `smollm2`).
+    pub name: String,
+    /// The GGUF file.
+    pub file: PathBuf,
+    /// Its manifest entry (`null` for SmolLM2).
+    pub manifest: serde_json::Value,
+}
+
+impl GgufModel {
+    /// As a test model: `dir` is the GGUF file, references are
+    /// `refs/gguf_<name>.safetensors` (mlx-lm on `gguf_to_hf.py`'s
+    /// independent float32 conversion), computed in float32.
+    pub fn as_test_model(&self) -> TestModel {
+        TestModel {
+            dir: self.file.clone(),
+            name: format!("gguf_{}", self.name),
+            dtype: "float32".to_owned(),
+            quantized: None,
+            sliding_window: self.manifest["sliding_window"].as_i64(),
+        }
+    }
+
+    /// `gguf_to_hf.py`'s conversion (gguf-py's dequantization, float32).
+    pub fn hf_dir(&self) -> PathBuf {
+        models_dir().join("gguf-hf").join(&self.name)
+    }
+}
+
+/// Every GGUF test file, SmolLM2 last.
+pub fn gguf_models() -> Vec<GgufModel> {
+    let dir = models_dir().join("gguf");
+    let path = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("read {}: {e} (run `cargo xtask test`)", path.display()));
+    let manifest: serde_json::Value = serde_json::from_str(&text).expect("parse gguf manifest");
+    let mut models: Vec<GgufModel> = manifest["models"]
+        .as_array()
+        .expect("gguf manifest models")
+        .iter()
+        .map(|entry| GgufModel {
+            name: entry["name"].as_str().expect("name").to_owned(),
+            file: dir.join(entry["file"].as_str().expect("file")),
+            manifest: entry.clone(),
+        })
+        .collect();
+    models.push(GgufModel {
+        name: "smollm2".to_owned(),
+        file: smollm2_path(),
+        manifest: serde_json::Value::Null,
+    });
+    models
+}
