@@ -60,7 +60,11 @@ fn gguf_tokenizers_match_independent_references() {
         let tokenizer = load_tokenizer(&gguf.file).expect("load_tokenizer(gguf)");
         let special = load_special_tokens(&gguf.file, None).expect("special tokens");
         let encode = |text: &str, add: bool| -> Vec<u32> {
-            tokenizer.encode(text, add).expect("encode").get_ids().to_vec()
+            tokenizer
+                .encode(text, add)
+                .expect("encode")
+                .get_ids()
+                .to_vec()
         };
         let corpus_ids: Vec<Vec<u32>> = texts.iter().map(|t| encode(t, false)).collect();
         // Seeded random ids over the pieces a text can decode to (not
@@ -97,7 +101,9 @@ fn gguf_tokenizers_match_independent_references() {
             gguf.name
         );
         assert!(
-            special.eos.contains(&(answer["eos"].as_u64().expect("eos") as u32)),
+            special
+                .eos
+                .contains(&(answer["eos"].as_u64().expect("eos") as u32)),
             "{}: EOS",
             gguf.name
         );

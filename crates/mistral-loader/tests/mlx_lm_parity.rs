@@ -156,7 +156,10 @@ fn every_test_model_matches_mlx_lm() {
 #[test]
 fn every_gguf_file_matches_mlx_lm() {
     let models = gguf_models();
-    assert!(models.len() >= 10, "expected the full set of GGUF test files");
+    assert!(
+        models.len() >= 10,
+        "expected the full set of GGUF test files"
+    );
     for gguf in &models {
         let spec = gguf.as_test_model();
         let model = load_model(&spec.dir).expect("load_model(gguf)");

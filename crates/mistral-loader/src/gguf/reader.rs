@@ -330,7 +330,7 @@ impl<'a> Cursor<'a> {
         let left = (self.bytes.len() - self.pos) as u64;
         if n > left / min_item as u64 {
             return Err(self.error(format!(
-                "is corrupt: {what} is {n}, more than the {left} bytes left can hold"
+                "is truncated or corrupt: {what} is {n}, more than the {left} bytes left can hold"
             )));
         }
         Ok(n as usize)
