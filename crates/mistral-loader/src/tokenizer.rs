@@ -31,7 +31,7 @@ pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 
 /// Loads `dir/tokenizer.json`.
-pub fn load_tokenizer(dir: impl AsRef<Path>) -> Result<crate::text_tokenizer::Tokenizer> {
+pub fn load_tokenizer(dir: impl AsRef<Path>) -> Result<mistral_text::Tokenizer> {
     let dir = dir.as_ref();
     check_model_dir(dir)?;
     let path = dir.join(TOKENIZER_FILE);
@@ -42,7 +42,7 @@ pub fn load_tokenizer(dir: impl AsRef<Path>) -> Result<crate::text_tokenizer::To
         });
     }
     Tokenizer::from_file(&path)
-        .map(crate::text_tokenizer::Tokenizer::new)
+        .map(mistral_text::Tokenizer::new)
         .map_err(|e| LoadError::Tokenizer {
             path,
             message: e.to_string(),
