@@ -16,12 +16,11 @@ use std::time::Instant;
 
 use mistral_loader::chat_template::ChatTemplateSource;
 use mistral_loader::{
-    load_chat_template, load_model_with, load_special_tokens, load_tokenizer, LoadOptions,
+    load_chat_template, load_model_with, load_special_tokens, load_tokenizer, ChatMessage,
+    LoadOptions, StopChecker, StopCriteria, StreamingDetokenizer,
 };
 use mlx_rs::Array;
-use mlx_rs_core::{
-    ChatMessage, Generate, RotatingKVCache, StopChecker, StopCriteria, StreamingDetokenizer,
-};
+use mlx_rs_core::{Generate, RotatingKVCache};
 
 use crate::args::{ModelArgs, PromptArgs, SamplingArgs};
 use crate::model_source;

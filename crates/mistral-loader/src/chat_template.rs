@@ -24,7 +24,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mlx_rs_core::{ChatMessage, ChatTemplate, ChatTemplateArgs};
+use mistral_text::{ChatMessage, ChatTemplate, ChatTemplateArgs};
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
@@ -136,7 +136,7 @@ impl ModelChatTemplate {
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
-    ) -> std::result::Result<String, mlx_rs_core::ChatError> {
+    ) -> std::result::Result<String, mistral_text::ChatError> {
         self.template.render(
             messages,
             &ChatTemplateArgs {

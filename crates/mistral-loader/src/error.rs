@@ -217,7 +217,7 @@ pub enum LoadError {
         /// The file holding it (the model directory for the built-in one).
         path: PathBuf,
         /// minijinja's message.
-        source: mlx_rs_core::ChatError,
+        source: mistral_text::ChatError,
     },
 
     /// `config.json` is not a valid Mistral configuration.

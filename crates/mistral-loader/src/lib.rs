@@ -11,6 +11,10 @@
 //!   `mistral-model`'s job.
 //! - [`tokenizer`] loads `tokenizer.json` and the BOS/EOS ids.
 //! - [`chat_template`] finds the chat template (or uses Mistral's format).
+//! - The text API itself ([`Tokenizer`], [`StreamingDetokenizer`],
+//!   [`StopChecker`], [`ChatTemplate`], ...) is `mistral-text`'s, which has
+//!   no MLX dependency; it is re-exported here, so one dependency on the
+//!   loader gives both.
 //! - [`ModelDir::open`] does all of the above for one directory.
 //! - [`gguf`] loads llama.cpp's GGUF files directly (config from the
 //!   metadata, quantized tensors kept exact, the tokenizer rebuilt from the
@@ -34,7 +38,6 @@ pub mod load;
 pub mod model_dir;
 pub mod safetensors_files;
 pub mod safetensors_weights;
-pub mod text_tokenizer;
 pub mod tokenizer;
 
 pub use chat_template::{load_chat_template, ChatTemplateSource, ModelChatTemplate};
@@ -43,8 +46,15 @@ pub use convert::{convert_model, ConvertOptions, ConvertReport};
 pub use error::{LoadError, Result};
 pub use load::{load_model, load_model_with, LoadOptions};
 pub use mistral_model::WeightSource;
+/// The [`Tokenizer`] newtype's module, now `mistral_text::tokenizer` (the
+/// old path keeps working).
+pub use mistral_text::tokenizer as text_tokenizer;
+pub use mistral_text::{
+    ChatError, ChatMessage, ChatTemplate, ChatTemplateArgs, DetokenizeError, StopChecker,
+    StopCriteria, StopError, StopReason, StopStep, StopStringMatcher, StreamingDetokenizer,
+    Tokenizer, TokenizerError,
+};
 pub use model_dir::ModelDir;
 pub use safetensors_files::{discover_checkpoint, CheckpointFiles, CheckpointLayout};
 pub use safetensors_weights::{SafetensorsWeights, TensorMeta};
-pub use text_tokenizer::{Tokenizer, TokenizerError};
 pub use tokenizer::{load_special_tokens, load_tokenizer, SpecialTokens};

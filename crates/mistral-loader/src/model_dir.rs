@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::text_tokenizer::Tokenizer;
+use mistral_text::Tokenizer;
 
 use crate::config::read_config_str;
 use crate::error::Result;

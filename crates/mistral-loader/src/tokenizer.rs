@@ -32,12 +32,11 @@ pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 
 /// Loads `dir/tokenizer.json`, or the tokenizer in a GGUF file's metadata
 /// when `dir` is a GGUF model (see [`crate::gguf::find_gguf`]).
-pub fn load_tokenizer(dir: impl AsRef<Path>) -> Result<crate::text_tokenizer::Tokenizer> {
+pub fn load_tokenizer(dir: impl AsRef<Path>) -> Result<mistral_text::Tokenizer> {
     let dir = dir.as_ref();
     if let Some(file) = crate::gguf::find_gguf(dir)? {
         let gguf = crate::gguf::GgufFile::open(file)?;
-        return crate::gguf::gguf_tokenizer(gguf.metadata())
-            .map(crate::text_tokenizer::Tokenizer::new);
+        return crate::gguf::gguf_tokenizer(gguf.metadata()).map(mistral_text::Tokenizer::new);
     }
     check_model_dir(dir)?;
     let path = dir.join(TOKENIZER_FILE);
@@ -48,7 +47,7 @@ pub fn load_tokenizer(dir: impl AsRef<Path>) -> Result<crate::text_tokenizer::To
         });
     }
     Tokenizer::from_file(&path)
-        .map(crate::text_tokenizer::Tokenizer::new)
+        .map(mistral_text::Tokenizer::new)
         .map_err(|e| LoadError::Tokenizer {
             path,
             message: e.to_string(),

@@ -7,7 +7,7 @@ mod reference;
 
 use common::TempDir;
 use mistral_loader::{load_chat_template, load_tokenizer, ChatTemplateSource, LoadError};
-use mlx_rs_core::ChatMessage;
+use mistral_text::ChatMessage;
 use serde_json::{json, Value};
 
 /// A directory with the v0.3 test tokenizer and `config` as tokenizer_config.json.

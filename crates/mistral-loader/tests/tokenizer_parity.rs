@@ -27,7 +27,7 @@ use python::corpus;
 use std::path::Path;
 
 use mistral_loader::{load_chat_template, load_special_tokens, load_tokenizer, ChatTemplateSource};
-use mlx_rs_core::{ChatMessage, StreamingDetokenizer};
+use mistral_text::{ChatMessage, StreamingDetokenizer};
 use serde_json::{json, Value};
 use tokenizers::Tokenizer;
 
@@ -200,7 +200,7 @@ fn parity(model: &str, version: &str) {
         if ids.iter().any(|&id| {
             tokenizer
                 .id_to_token(id)
-                .is_some_and(|t| mlx_rs_core::detokenizer::is_byte_token(&t))
+                .is_some_and(|t| mistral_text::detokenizer::is_byte_token(&t))
         }) {
             byte_runs += 1;
         }

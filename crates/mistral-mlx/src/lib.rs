@@ -1,9 +1,10 @@
 //! Mistral LLM inference in Rust on MLX: the crate to depend on.
 //!
 //! It re-exports what a program needs from the layered crates underneath
-//! (`mlx-rs-core` <- `mistral-model` <- `mistral-loader`): loading
-//! ([`load_model`], [`load_tokenizer`]), the model ([`Mistral`]), and
-//! generation ([`Generate`] over a [`KVCache`], or a [`RotatingKVCache`] for
+//! (`mlx-rs-core` <- `mistral-model` <- `mistral-loader`, with the text side
+//! from `mistral-text` <- `mistral-loader`): loading ([`load_model`],
+//! [`load_tokenizer`]), the model ([`Mistral`]), and generation
+//! ([`Generate`] over a [`KVCache`], or a [`RotatingKVCache`] for
 //! sliding-window models, with [`cache_offset`]/[`trim_cache`] for reusing a
 //! prompt cache across chat turns). The README's Quick Start:
 //!
@@ -36,12 +37,12 @@
 
 pub use mistral_loader::{
     load_chat_template, load_model, load_model_with, load_special_tokens, load_tokenizer,
-    LoadError, LoadOptions, SpecialTokens, Tokenizer, TokenizerError,
+    ChatMessage, LoadError, LoadOptions, SpecialTokens, StopChecker, StopCriteria,
+    StreamingDetokenizer, Tokenizer, TokenizerError,
 };
 pub use mistral_model::{Mistral, MistralConfig, ModelError};
 pub use mlx_rs_core::{
     cache_offset, create_attention_mask, scaled_dot_product_attention, trim_cache, AttentionMask,
-    ChatMessage, ConcatKeyValueCache, Error, Generate, GenerateOptions, KVCache, KeyValueCache,
-    LanguageModel, RotatingKVCache, SamplingOptions, SdpaMask, StopChecker, StopCriteria,
-    StreamingDetokenizer,
+    ConcatKeyValueCache, Error, Generate, GenerateOptions, KVCache, KeyValueCache, LanguageModel,
+    RotatingKVCache, SamplingOptions, SdpaMask,
 };

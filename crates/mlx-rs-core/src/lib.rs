@@ -15,16 +15,14 @@
 //!   pipelined steps, prompt-cache reuse);
 //! - [`rope`]: rotary position embeddings ([`initialize_rope`]);
 //! - [`runtime`]: which MLX this process runs on;
-//! - [`detokenizer`]: token ids to text, streamed, equal to one-shot decoding;
-//! - [`stop`]: end-of-sequence ids, stop strings and token limits;
-//! - [`chat`]: chat prompts from Jinja `chat_template`s;
 //! - [`error`]: the crate's error type.
+//!
+//! Text (tokenizer, streaming detokenizer, stop strings, chat templates) is
+//! not here: it needs no MLX and lives in `mistral-text`.
 
 #![deny(missing_docs)]
 
 pub mod cache;
-pub mod chat;
-pub mod detokenizer;
 pub mod error;
 pub mod generate;
 pub mod language_model;
@@ -32,10 +30,6 @@ pub mod mask;
 pub mod rope;
 pub mod runtime;
 pub mod sample;
-pub mod stop;
-
-pub use chat::{ChatError, ChatMessage, ChatTemplate, ChatTemplateArgs};
-pub use detokenizer::{DetokenizeError, StreamingDetokenizer};
 
 pub use cache::{
     cache_offset, trim_cache, ConcatKeyValueCache, KVCache, KeyValueCache, RotatingKVCache,
@@ -49,7 +43,6 @@ pub use mask::{
 };
 pub use rope::{initialize_rope, Rope, RopeScaling};
 pub use sample::{RepetitionPenalty, Sampler, SamplingOptions};
-pub use stop::{StopChecker, StopCriteria, StopError, StopReason, StopStep, StopStringMatcher};
 
 /// Whether `dtype` holds integers (token ids): not floating point, complex
 /// or boolean.

@@ -1,15 +1,11 @@
 //! Unit tests. Each result is compared with an independent computation
-//! written here (plain loops over host data, one-shot decoding, cutting the
-//! whole text at a stop string).
+//! written here (plain loops over host data).
 
 mod cache;
-mod chat;
-mod detokenizer;
 mod mask;
 mod rope;
 mod rotating;
 mod sample;
-mod stop;
 
 use mlx_rs::{Array, Dtype};
 

@@ -76,8 +76,8 @@ enum TokenKind {
 ///
 /// ```no_run
 /// # fn demo(tokenizer: &tokenizers::Tokenizer, ids: &[u32])
-/// #     -> Result<String, mlx_rs_core::DetokenizeError> {
-/// use mlx_rs_core::StreamingDetokenizer;
+/// #     -> Result<String, mistral_text::DetokenizeError> {
+/// use mistral_text::StreamingDetokenizer;
 /// let mut detok = StreamingDetokenizer::new(tokenizer, true);
 /// let mut text = String::new();
 /// for &id in ids {

@@ -1,0 +1,33 @@
+//! The text side of LLM inference: token ids to and from text, stop
+//! conditions, chat prompts.
+//!
+//! Design: these pieces work on strings and token ids only, never on
+//! tensors, so this crate has no MLX dependency (no `mlx-rs`, no `mlx-sys`,
+//! no link build script); it builds and tests anywhere `tokenizers` does.
+//! Each piece is its own module:
+//! - [`tokenizer`]: the [`Tokenizer`] newtype over `tokenizers::Tokenizer`,
+//!   whose errors `?` turns into `Box<dyn std::error::Error>`;
+//! - [`detokenizer`]: token ids to text, streamed, equal to one-shot decoding;
+//! - [`stop`]: end-of-sequence ids, stop strings and token limits;
+//! - [`chat`]: chat prompts from Jinja `chat_template`s.
+//!
+//! Nothing model-specific lives here: which files hold the tokenizer, the
+//! EOS ids and the chat template is mistral-loader's job. In the stack,
+//! `mistral-text` <- `mistral-loader`, beside `mlx-rs-core` <-
+//! `mistral-model` <- `mistral-loader`; the loader re-exports this crate's
+//! API.
+
+#![deny(missing_docs)]
+
+pub mod chat;
+pub mod detokenizer;
+pub mod stop;
+pub mod tokenizer;
+
+pub use chat::{ChatError, ChatMessage, ChatTemplate, ChatTemplateArgs};
+pub use detokenizer::{DetokenizeError, StreamingDetokenizer};
+pub use stop::{StopChecker, StopCriteria, StopError, StopReason, StopStep, StopStringMatcher};
+pub use tokenizer::{Tokenizer, TokenizerError};
+
+#[cfg(test)]
+mod tests;
