@@ -14,6 +14,12 @@ enum Meta {
     Strs(Vec<String>),
 }
 
+/// Metadata entries, in file order.
+type MetaList = Vec<(&'static str, Meta)>;
+
+/// A change to the tiny model's metadata.
+type MetaChange = Box<dyn FnOnce(&mut MetaList)>;
+
 /// A tiny GGUF v3 writer: `tensors` are (name, ggml dims, type id, bytes).
 fn write_gguf(path: &Path, meta: &[(&str, Meta)], tensors: &[(String, Vec<u64>, u32, Vec<u8>)]) {
     fn string(out: &mut Vec<u8>, s: &str) {
@@ -73,7 +79,7 @@ const IQ4_NL: u32 = 20;
 
 /// The metadata of a tiny valid llama model (hidden 32, 1 layer, 2 heads,
 /// vocab 8), with `change` applied.
-fn tiny_meta(change: impl FnOnce(&mut Vec<(&'static str, Meta)>)) -> Vec<(&'static str, Meta)> {
+fn tiny_meta(change: impl FnOnce(&mut MetaList)) -> MetaList {
     let tokens: Vec<String> = ["t", "0", "t0", "a", "b", "c", "d", "e"]
         .map(String::from)
         .to_vec();
@@ -188,7 +194,7 @@ fn corrupt_and_truncated_files_name_the_file() {
 fn bad_metadata_names_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = temp_file(&dir, "meta.gguf");
-    let cases: Vec<(Box<dyn FnOnce(&mut Vec<(&'static str, Meta)>)>, &str)> = vec![
+    let cases: Vec<(MetaChange, &str)> = vec![
         (
             Box::new(|m| m[0].1 = Meta::Str("gemma")),
             "general.architecture",
