@@ -2,6 +2,9 @@
 //! `cargo xtask test`): every `generate` flag, `bench --json`, chat mode, and
 //! one-line errors for bad arguments.
 
+mod common;
+
+use common::cli;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -22,14 +25,6 @@ fn models() -> PathBuf {
 
 fn model(name: &str) -> String {
     models().join(name).display().to_string()
-}
-
-fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mistral-cli"))
-        .args(args)
-        .env_remove("LD_LIBRARY_PATH")
-        .output()
-        .expect("run mistral-cli")
 }
 
 fn json_of(output: &Output) -> serde_json::Value {

@@ -2,8 +2,11 @@
 //! model answers its question), `--model` given a `.gguf` file, and
 //! `convert` with its argument errors.
 
+mod common;
+
+use common::cli;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 /// The real SmolLM2-135M-Instruct GGUF file (`MISTRAL_MLX_SMOLLM2`, set by
 /// `cargo xtask test`, else where xtask puts it).
@@ -20,14 +23,6 @@ fn smollm2() -> PathBuf {
         path.display()
     );
     path
-}
-
-fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mistral-cli"))
-        .args(args)
-        .env_remove("LD_LIBRARY_PATH")
-        .output()
-        .expect("run mistral-cli")
 }
 
 fn stdout_of(output: &Output) -> String {

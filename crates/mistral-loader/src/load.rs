@@ -68,6 +68,16 @@ impl WeightSource for Tap<'_> {
     }
 }
 
+/// Builds the model from `source`, recording what it takes into `seen`.
+fn build(
+    config: &MistralConfig,
+    source: &mut dyn WeightSource,
+    seen: Option<&mut Vec<(String, Array)>>,
+    options: &LoadOptions,
+) -> std::result::Result<Mistral, ModelError> {
+    Mistral::new(config, &mut Tap { source, seen }, options.dtype)
+}
+
 fn load_tapped(
     path: &Path,
     options: &LoadOptions,
@@ -89,14 +99,7 @@ fn load_tapped(
             path: config_path.clone(),
             source,
         })?;
-    let built = Mistral::new(
-        &config,
-        &mut Tap {
-            source: &mut weights,
-            seen,
-        },
-        options.dtype,
-    );
+    let built = build(&config, &mut weights, seen, options);
     let model = built.map_err(|source| match source {
         ModelError::Config(source) => LoadError::Config {
             path: config_path.clone(),
@@ -134,14 +137,7 @@ fn load_gguf(
         config.num_attention_heads,
         config.num_key_value_heads(),
     );
-    let built = Mistral::new(
-        &config,
-        &mut Tap {
-            source: &mut weights,
-            seen,
-        },
-        options.dtype,
-    );
+    let built = build(&config, &mut weights, seen, options);
     let model = built.map_err(|source| match source {
         ModelError::Config(source) => config_error(source),
         mut source => weights.take_first_failure().unwrap_or_else(|| {

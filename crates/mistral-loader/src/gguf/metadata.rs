@@ -192,53 +192,44 @@ impl Metadata {
         }
     }
 
-    /// An array of strings, or `None` when absent.
-    pub fn str_array(&self, key: &str) -> Result<Option<Vec<&str>>> {
+    /// An array whose every element `convert` accepts (`expected` names
+    /// the element type in errors), or `None` when absent.
+    fn array_of<'a, T>(
+        &'a self,
+        key: &str,
+        expected: &str,
+        convert: impl Fn(&'a MetaValue) -> Option<T>,
+    ) -> Result<Option<Vec<T>>> {
         let Some(items) = self.array(key)? else {
             return Ok(None);
         };
         items
             .iter()
             .enumerate()
-            .map(|(i, v)| match v {
-                MetaValue::String(s) => Ok(s.as_str()),
-                v => Err(self.wrong_type(&format!("{key}[{i}]"), "a string", v)),
+            .map(|(i, v)| {
+                convert(v).ok_or_else(|| self.wrong_type(&format!("{key}[{i}]"), expected, v))
             })
             .collect::<Result<Vec<_>>>()
             .map(Some)
+    }
+
+    /// An array of strings, or `None` when absent.
+    pub fn str_array(&self, key: &str) -> Result<Option<Vec<&str>>> {
+        self.array_of(key, "a string", |v| match v {
+            MetaValue::String(s) => Some(s.as_str()),
+            _ => None,
+        })
     }
 
     /// An array of numbers as `f32`, or `None` when absent.
     pub fn f32_array(&self, key: &str) -> Result<Option<Vec<f32>>> {
-        let Some(items) = self.array(key)? else {
-            return Ok(None);
-        };
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.as_f64()
-                    .map(|f| f as f32)
-                    .ok_or_else(|| self.wrong_type(&format!("{key}[{i}]"), "a number", v))
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        self.array_of(key, "a number", |v| v.as_f64().map(|f| f as f32))
     }
 
     /// An array of integers as `i32`, or `None` when absent.
     pub fn i32_array(&self, key: &str) -> Result<Option<Vec<i32>>> {
-        let Some(items) = self.array(key)? else {
-            return Ok(None);
-        };
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.as_i128()
-                    .and_then(|n| i32::try_from(n).ok())
-                    .ok_or_else(|| self.wrong_type(&format!("{key}[{i}]"), "an int32", v))
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        self.array_of(key, "an int32", |v| {
+            v.as_i128().and_then(|n| i32::try_from(n).ok())
+        })
     }
 }

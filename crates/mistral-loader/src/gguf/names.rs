@@ -5,6 +5,47 @@
 //! `convert_hf_to_gguf.py` writes). Unknown names map to nothing: the
 //! loader then reports them as tensors the model does not use.
 
+/// Top-level modules: (GGUF stem, Hugging Face module path).
+const TOP_LEVEL: [(&str, &str); 3] = [
+    ("token_embd", "model.embed_tokens"),
+    ("output_norm", "model.norm"),
+    ("output", "lm_head"),
+];
+
+/// Per-layer modules: (GGUF part of `blk.N.<part>`, Hugging Face part of
+/// `model.layers.N.<part>`).
+const LAYER_PARTS: [(&str, &str); 9] = [
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
+/// Maps a module path between the two namings: `from` names the position
+/// in the tables' pairs (0: GGUF, 1: Hugging Face) of `stem`'s naming.
+fn translate(stem: &str, from: usize) -> Option<String> {
+    let pick =
+        |pair: &(&'static str, &'static str), side: usize| if side == 0 { pair.0 } else { pair.1 };
+    if let Some(pair) = TOP_LEVEL.iter().find(|p| pick(p, from) == stem) {
+        return Some(pick(pair, 1 - from).to_owned());
+    }
+    let prefixes = ["blk.", "model.layers."];
+    let rest = stem.strip_prefix(prefixes[from])?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let pair = LAYER_PARTS.iter().find(|p| pick(p, from) == part)?;
+    Some(format!(
+        "{}{layer}.{}",
+        prefixes[1 - from],
+        pick(pair, 1 - from)
+    ))
+}
+
 /// The Hugging Face module path and tensor kind (`weight` or `bias`) of the
 /// GGUF tensor `name`, if it belongs to a Llama/Mistral decoder.
 pub fn hf_module(name: &str) -> Option<(String, &str)> {
@@ -12,59 +53,13 @@ pub fn hf_module(name: &str) -> Option<(String, &str)> {
     if kind != "weight" && kind != "bias" {
         return None;
     }
-    let module = match stem {
-        "token_embd" => "model.embed_tokens".to_owned(),
-        "output_norm" => "model.norm".to_owned(),
-        "output" => "lm_head".to_owned(),
-        _ => {
-            let rest = stem.strip_prefix("blk.")?;
-            let (layer, part) = rest.split_once('.')?;
-            let layer: usize = layer.parse().ok()?;
-            let part = match part {
-                "attn_norm" => "input_layernorm",
-                "ffn_norm" => "post_attention_layernorm",
-                "attn_q" => "self_attn.q_proj",
-                "attn_k" => "self_attn.k_proj",
-                "attn_v" => "self_attn.v_proj",
-                "attn_output" => "self_attn.o_proj",
-                "ffn_gate" => "mlp.gate_proj",
-                "ffn_up" => "mlp.up_proj",
-                "ffn_down" => "mlp.down_proj",
-                _ => return None,
-            };
-            format!("model.layers.{layer}.{part}")
-        }
-    };
-    Some((module, kind))
+    Some((translate(stem, 0)?, kind))
 }
 
 /// The GGUF tensor name of the Hugging Face module `module` and kind
 /// (`weight` or `bias`): the inverse of [`hf_module`].
 pub fn gguf_name(module: &str, kind: &str) -> Option<String> {
-    let stem = match module {
-        "model.embed_tokens" => "token_embd".to_owned(),
-        "model.norm" => "output_norm".to_owned(),
-        "lm_head" => "output".to_owned(),
-        _ => {
-            let rest = module.strip_prefix("model.layers.")?;
-            let (layer, part) = rest.split_once('.')?;
-            let layer: usize = layer.parse().ok()?;
-            let part = match part {
-                "input_layernorm" => "attn_norm",
-                "post_attention_layernorm" => "ffn_norm",
-                "self_attn.q_proj" => "attn_q",
-                "self_attn.k_proj" => "attn_k",
-                "self_attn.v_proj" => "attn_v",
-                "self_attn.o_proj" => "attn_output",
-                "mlp.gate_proj" => "ffn_gate",
-                "mlp.up_proj" => "ffn_up",
-                "mlp.down_proj" => "ffn_down",
-                _ => return None,
-            };
-            format!("blk.{layer}.{part}")
-        }
-    };
-    Some(format!("{stem}.{kind}"))
+    Some(format!("{}.{kind}", translate(module, 1)?))
 }
 
 /// How many heads llama.cpp permuted the rows of this module's tensors by
