@@ -8,9 +8,9 @@
 //!   `merges`; the pre-tokenizer is the one `tokenizer.ggml.pre` names, as
 //!   llama.cpp defines them: `smollm` (single digits, then GPT-2's
 //!   byte-level split), `gpt2`/`default` (GPT-2's split), `llama-bpe`/
-//!   `llama3` (Llama 3's regex; whole-word vocabulary hits skip the merges,
-//!   as llama.cpp and Hugging Face do for it) and `tekken` (Mistral Nemo's
-//!   regex). Other names are refused, naming the key.
+//!   `llama3` (Llama 3's regex) and `tekken` (Mistral Nemo's regex); for
+//!   these two, whole-word vocabulary hits skip the merges and BOS is added
+//!   by default, as llama.cpp does. Other names are refused, naming the key.
 //! - `tokenizer.ggml.model = "llama"`: SentencePiece BPE over `tokens` and
 //!   `scores`, built as `xtask/python/spconvert.py` builds Mistral's
 //!   tokenizer.json (proven equal to sentencepiece): every split of a normal
@@ -20,8 +20,9 @@
 //! - `token_type`: control (3) and unknown (2) tokens become special added
 //!   tokens, user-defined ones (4) non-special added tokens.
 //! - BOS/EOS come from `tokenizer.ggml.add_bos_token`/`add_eos_token`
-//!   (defaults: BOS for SentencePiece, none for byte-level BPE, as
-//!   llama.cpp does) through a template post-processor.
+//!   (defaults as llama.cpp's: BOS for SentencePiece, `llama-bpe` and
+//!   `tekken`, none for other byte-level BPE) through a template
+//!   post-processor.
 
 use std::collections::HashMap;
 
@@ -39,7 +40,7 @@ const TYPE_NORMAL: i32 = 1;
 /// SentencePiece's escaped space.
 const SPIECE_UNDERLINE: &str = "\u{2581}";
 
-/// GPT-2's pre-tokenizer regex (what `ByteLevel(use_regex=true)` applies).
+/// Llama 3's pre-tokenizer regex (llama.cpp's `llama-bpe`).
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Mistral Nemo's (tekken) pre-tokenizer regex.
 const TEKKEN_REGEX: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -75,7 +76,7 @@ pub fn tokenizer_json(meta: &Metadata) -> Result<Value> {
         Some(t) => t,
         None => vec![TYPE_NORMAL; tokens.len()],
     };
-    let (model, normalizer, pre_tokenizer, decoder, default_bos) = match kind {
+    let (model, normalizer, pre_tokenizer, decoder) = match kind {
         "gpt2" => {
             let (model, pre) = byte_level_bpe(meta, &tokens)?;
             (
@@ -83,12 +84,11 @@ pub fn tokenizer_json(meta: &Metadata) -> Result<Value> {
                 Value::Null,
                 pre,
                 json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
-                false,
             )
         }
         "llama" => {
             let (model, normalizer, decoder) = sentencepiece_bpe(meta, &tokens, &types)?;
-            (model, normalizer, Value::Null, decoder, true)
+            (model, normalizer, Value::Null, decoder)
         }
         other => {
             return Err(meta.invalid(
@@ -111,7 +111,7 @@ pub fn tokenizer_json(meta: &Metadata) -> Result<Value> {
             "rstrip": false, "normalized": false, "special": special,
         }));
     }
-    let post_processor = post_processor(meta, &tokens, default_bos)?;
+    let post_processor = post_processor(meta, &tokens)?;
     Ok(json!({
         "version": "1.0",
         "truncation": null,
@@ -178,7 +178,7 @@ fn byte_level_bpe(meta: &Metadata, tokens: &[&str]) -> Result<(Value, Value)> {
         ),
         "tekken" => (
             json!({"type": "Sequence", "pretokenizers": [split(TEKKEN_REGEX), byte_level(false)]}),
-            false,
+            true,
         ),
         other => {
             return Err(meta.invalid(
@@ -275,10 +275,27 @@ fn sentencepiece_bpe(
     ))
 }
 
+/// Whether encoding adds BOS: `tokenizer.ggml.add_bos_token`, else
+/// llama.cpp's default for the tokenizer (SentencePiece, and byte-level BPE
+/// with the `llama-bpe`/`llama3`/`tekken` pre-tokenizers).
+pub fn adds_bos(meta: &Metadata) -> Result<bool> {
+    if let Some(flag) = meta.bool("tokenizer.ggml.add_bos_token")? {
+        return Ok(flag);
+    }
+    Ok(match meta.str("tokenizer.ggml.model")? {
+        Some("llama") => true,
+        Some("gpt2") => matches!(
+            meta.str("tokenizer.ggml.pre")?,
+            Some("llama-bpe" | "llama3" | "tekken")
+        ),
+        _ => false,
+    })
+}
+
 /// BOS/EOS insertion as the metadata asks.
-fn post_processor(meta: &Metadata, tokens: &[&str], default_bos: bool) -> Result<Value> {
-    let special = |flag: &str, id_key: &str, default: bool| -> Result<Option<(String, usize)>> {
-        if !meta.bool(flag)?.unwrap_or(default) {
+fn post_processor(meta: &Metadata, tokens: &[&str]) -> Result<Value> {
+    let special = |add: bool, id_key: &str| -> Result<Option<(String, usize)>> {
+        if !add {
             return Ok(None);
         }
         let Some(id) = meta.int::<usize>(id_key)? else {
@@ -292,16 +309,9 @@ fn post_processor(meta: &Metadata, tokens: &[&str], default_bos: bool) -> Result
         })?;
         Ok(Some(((*token).to_owned(), id)))
     };
-    let bos = special(
-        "tokenizer.ggml.add_bos_token",
-        "tokenizer.ggml.bos_token_id",
-        default_bos,
-    )?;
-    let eos = special(
-        "tokenizer.ggml.add_eos_token",
-        "tokenizer.ggml.eos_token_id",
-        false,
-    )?;
+    let add_eos = meta.bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+    let bos = special(adds_bos(meta)?, "tokenizer.ggml.bos_token_id")?;
+    let eos = special(add_eos, "tokenizer.ggml.eos_token_id")?;
     if bos.is_none() && eos.is_none() {
         return Ok(Value::Null);
     }
