@@ -8,6 +8,7 @@
 mod reference;
 
 use mistral_loader::gguf::{gguf_config, GgufFile, GgufWeights};
+use mistral_model::LayerQuantization;
 use mlx_rs::ops::dequantize;
 use mlx_rs::{Array, Dtype};
 use reference::gguf_models;
@@ -42,11 +43,10 @@ fn every_gguf_tensor_equals_gguf_py_dequantization() {
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect();
             let module = name.trim_end_matches(".weight");
-            let ours = match config
-                .quantization_for(module)
-                .filter(|_| name.ends_with(".weight"))
-            {
-                Some(q) => {
+            // Matrices kept quantized have their own entry (norms have none).
+            let entry = config.quantization().and_then(|q| q.layers.get(module));
+            let ours = match entry.filter(|_| name.ends_with(".weight")) {
+                Some(LayerQuantization::Quantized(q)) => {
                     let scales = weights
                         .try_take(&format!("{module}.scales"))
                         .expect("convert");
@@ -58,7 +58,7 @@ fn every_gguf_tensor_equals_gguf_py_dequantization() {
                         .expect("biases");
                     dequantize(&packed, &scales, &biases, q.group_size, q.bits).expect("dequantize")
                 }
-                None => weights
+                _ => weights
                     .try_take(name)
                     .expect("convert")
                     .unwrap_or_else(|| panic!("{}: no tensor {name}", gguf.name)),
