@@ -69,6 +69,7 @@ import gguf
 from gguf import GGMLQuantizationType as QT
 from gguf import LlamaFileType as FT
 
+import make_models
 import spconvert
 
 # llama.cpp's SentencePieceTokenTypes (convert_hf_to_gguf.py) == gguf.TokenType.
@@ -248,32 +249,20 @@ def load_source_weights(models_dir: str, source: str) -> tuple[dict, dict]:
 
 
 def random_weights(spec: GSpec, vocab_size: int) -> dict:
-    """N(0, 0.02) matrices and 1 + 0.1 N(0, 1) norms, as make_models.py draws them."""
-    rng = np.random.default_rng(spec.seed)
-
-    def matrix(rows, cols):
-        return (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(np.float32)
-
-    def norm(n):
-        return (1.0 + 0.1 * rng.standard_normal(n, dtype=np.float32)).astype(np.float32)
-
-    h, hd = spec.hidden_size, spec.hidden_size // spec.num_attention_heads
-    w = {"model.embed_tokens.weight": matrix(vocab_size, h)}
-    for i in range(spec.num_hidden_layers):
-        p = f"model.layers.{i}."
-        w[p + "self_attn.q_proj.weight"] = matrix(spec.num_attention_heads * hd, h)
-        w[p + "self_attn.k_proj.weight"] = matrix(spec.num_key_value_heads * hd, h)
-        w[p + "self_attn.v_proj.weight"] = matrix(spec.num_key_value_heads * hd, h)
-        w[p + "self_attn.o_proj.weight"] = matrix(h, spec.num_attention_heads * hd)
-        w[p + "mlp.gate_proj.weight"] = matrix(spec.intermediate_size, h)
-        w[p + "mlp.up_proj.weight"] = matrix(spec.intermediate_size, h)
-        w[p + "mlp.down_proj.weight"] = matrix(h, spec.intermediate_size)
-        w[p + "input_layernorm.weight"] = norm(h)
-        w[p + "post_attention_layernorm.weight"] = norm(h)
-    w["model.norm.weight"] = norm(h)
-    if not spec.tied:
-        w["lm_head.weight"] = matrix(vocab_size, h)
-    return w
+    """N(0, 0.02) matrices and 1 + 0.1 N(0, 1) norms: make_models.py's draws."""
+    return make_models.make_weights(
+        make_models.Spec(
+            name=spec.name,
+            seed=spec.seed,
+            hidden_size=spec.hidden_size,
+            intermediate_size=spec.intermediate_size,
+            num_hidden_layers=spec.num_hidden_layers,
+            num_attention_heads=spec.num_attention_heads,
+            num_key_value_heads=spec.num_key_value_heads,
+            tie_word_embeddings=spec.tied,
+        ),
+        vocab_size,
+    )
 
 
 def gguf_tensors(spec: GSpec, weights: dict, n_head: int, n_kv: int) -> list[tuple[str, np.ndarray, QT]]:

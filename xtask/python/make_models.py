@@ -141,8 +141,10 @@ def make_config(spec: Spec) -> dict:
     return config
 
 
-def make_weights(spec: Spec) -> dict[str, np.ndarray]:
-    """Random float32 weights with Hugging Face names ([out, in] matrices)."""
+def make_weights(spec: Spec, vocab_size: int | None = None) -> dict[str, np.ndarray]:
+    """Random float32 weights with Hugging Face names ([out, in] matrices);
+    `vocab_size` overrides the spec's tokenizer's (make_gguf_models.py)."""
+    vocab_size = vocab_size or spec.vocab_size
     rng = np.random.default_rng(spec.seed)
 
     def matrix(rows: int, cols: int) -> np.ndarray:
@@ -153,7 +155,7 @@ def make_weights(spec: Spec) -> dict[str, np.ndarray]:
 
     h, hd = spec.hidden_size, spec.effective_head_dim
     q_out, kv_out = spec.num_attention_heads * hd, spec.num_key_value_heads * hd
-    w = {"model.embed_tokens.weight": matrix(spec.vocab_size, h)}
+    w = {"model.embed_tokens.weight": matrix(vocab_size, h)}
     for i in range(spec.num_hidden_layers):
         p = f"model.layers.{i}."
         w[p + "self_attn.q_proj.weight"] = matrix(q_out, h)
@@ -167,7 +169,7 @@ def make_weights(spec: Spec) -> dict[str, np.ndarray]:
         w[p + "post_attention_layernorm.weight"] = norm(h)
     w["model.norm.weight"] = norm(h)
     if not spec.tie_word_embeddings:
-        w["lm_head.weight"] = matrix(spec.vocab_size, h)
+        w["lm_head.weight"] = matrix(vocab_size, h)
     return w
 
 

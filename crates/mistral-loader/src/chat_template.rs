@@ -186,6 +186,28 @@ pub fn load_chat_template(
         )
     };
 
+    let token = |field: &str, default: &str| -> Result<String> {
+        match &config {
+            Some(c) => Ok(token_text(&config_path, c, field)?.unwrap_or_else(|| default.into())),
+            None => Ok(default.into()),
+        }
+    };
+    let (bos_token, eos_token) = (
+        token("bos_token", DEFAULT_BOS_TOKEN)?,
+        token("eos_token", DEFAULT_EOS_TOKEN)?,
+    );
+    compile(text, source, dir, bos_token, eos_token)
+}
+
+/// Compiles `text`; a template that does not compile is an error naming
+/// the file it came from (`dir` for the built-in fallback).
+fn compile(
+    text: String,
+    source: ChatTemplateSource,
+    dir: &Path,
+    bos_token: String,
+    eos_token: String,
+) -> Result<ModelChatTemplate> {
     let template = ChatTemplate::new(text.clone()).map_err(|e| LoadError::ChatTemplate {
         path: match &source {
             ChatTemplateSource::JinjaFile(p)
@@ -195,18 +217,12 @@ pub fn load_chat_template(
         },
         source: e,
     })?;
-    let token = |field: &str, default: &str| -> Result<String> {
-        match &config {
-            Some(c) => Ok(token_text(&config_path, c, field)?.unwrap_or_else(|| default.into())),
-            None => Ok(default.into()),
-        }
-    };
     Ok(ModelChatTemplate {
         template,
         source,
         text,
-        bos_token: token("bos_token", DEFAULT_BOS_TOKEN)?,
-        eos_token: token("eos_token", DEFAULT_EOS_TOKEN)?,
+        bos_token,
+        eos_token,
     })
 }
 
@@ -225,20 +241,14 @@ fn gguf_chat_template(path: &Path, tokenizer: &Tokenizer) -> Result<ModelChatTem
             ChatTemplateSource::MistralFallback,
         ),
     };
-    let template = ChatTemplate::new(text.clone()).map_err(|e| LoadError::ChatTemplate {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
     let token = |key: &str, default: &str| -> Result<String> {
         Ok(crate::gguf::token_text(meta, key)?.unwrap_or_else(|| default.to_owned()))
     };
-    Ok(ModelChatTemplate {
-        template,
-        source,
-        text,
-        bos_token: token("tokenizer.ggml.bos_token_id", DEFAULT_BOS_TOKEN)?,
-        eos_token: token("tokenizer.ggml.eos_token_id", DEFAULT_EOS_TOKEN)?,
-    })
+    let (bos_token, eos_token) = (
+        token("tokenizer.ggml.bos_token_id", DEFAULT_BOS_TOKEN)?,
+        token("tokenizer.ggml.eos_token_id", DEFAULT_EOS_TOKEN)?,
+    );
+    compile(text, source, path, bos_token, eos_token)
 }
 
 /// The Mistral format that fits `tokenizer` (see the module notes).

@@ -147,7 +147,7 @@ pub fn convert_model(source: &Path, out: &Path, options: &ConvertOptions) -> Res
     let mut files = write_weights(out, &tensors)?;
     let mut config_json = match &gguf_file {
         Some(_) => config_to_json(&config),
-        None => source_config(source)?,
+        None => crate::config::load_config(source)?,
     };
     set_quantization(&mut config_json, &layout, options.quantize);
     files.push(write_json(&out.join(CONFIG_FILE), &config_json)?);
@@ -172,7 +172,7 @@ fn io(path: &Path, source: std::io::Error) -> LoadError {
     }
 }
 
-fn mlx_error(path: &Path, tensor: &str, e: mlx_rs::error::Exception) -> LoadError {
+fn mlx_error(path: &Path, tensor: &str, e: impl std::fmt::Display) -> LoadError {
     LoadError::Mlx {
         path: path.to_path_buf(),
         tensor: tensor.to_owned(),
@@ -235,11 +235,7 @@ fn write_weights(out: &Path, tensors: &BTreeMap<String, Array>) -> Result<Vec<Pa
             &metadata,
             &path,
         )
-        .map_err(|e| LoadError::Mlx {
-            path: path.clone(),
-            tensor: String::new(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| mlx_error(&path, "", e))?;
         for (tensor, _) in shard {
             weight_map.insert((*tensor).clone(), json!(name));
         }
@@ -258,11 +254,6 @@ fn write_json(path: &Path, value: &Value) -> Result<PathBuf> {
     })?;
     std::fs::write(path, text + "\n").map_err(|e| io(path, e))?;
     Ok(path.to_path_buf())
-}
-
-/// The source directory's config.json as a JSON object.
-fn source_config(dir: &Path) -> Result<Value> {
-    crate::config::load_config(dir)
 }
 
 /// A Hugging Face config.json for a config built from GGUF metadata.

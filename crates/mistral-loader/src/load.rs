@@ -105,14 +105,12 @@ fn load_tapped(
             path: config_path.clone(),
             source,
         },
-        source => weights
-            .take_first_failure()
-            .unwrap_or_else(|| LoadError::Model {
-                path: tensor_of(&source)
-                    .and_then(|tensor| weights.file_of(tensor))
-                    .map_or_else(|| checkpoint_file(&dir, &weights.files()), PathBuf::from),
-                source,
-            }),
+        mut source => weights.take_first_failure().unwrap_or_else(|| {
+            let path = tensor_of(&mut source)
+                .and_then(|tensor| weights.file_of(tensor))
+                .map_or_else(|| checkpoint_file(&dir, &weights.files()), PathBuf::from);
+            LoadError::Model { path, source }
+        }),
     })?;
     all_used(weights.finish()?)?;
     Ok(model)
@@ -141,7 +139,7 @@ fn load_gguf(
     let model = built.map_err(|source| match source {
         ModelError::Config(source) => config_error(source),
         mut source => weights.take_first_failure().unwrap_or_else(|| {
-            if let Some(tensor) = tensor_of_mut(&mut source) {
+            if let Some(tensor) = tensor_of(&mut source) {
                 if let Some(name) = gguf_tensor_of(tensor) {
                     *tensor = format!("{name}` (`{tensor}");
                 }
@@ -186,19 +184,8 @@ fn checkpoint_file(dir: &Path, files: &[&Path]) -> PathBuf {
     }
 }
 
-/// The tensor a model error is about, if any, for renaming.
-fn tensor_of_mut(error: &mut ModelError) -> Option<&mut String> {
-    match error {
-        ModelError::Missing { tensor }
-        | ModelError::Shape { tensor, .. }
-        | ModelError::Dtype { tensor, .. }
-        | ModelError::Quantization { tensor, .. } => Some(tensor),
-        _ => None,
-    }
-}
-
-/// The tensor a model error is about, if any.
-fn tensor_of(error: &ModelError) -> Option<&str> {
+/// The tensor a model error is about, if any (mutable, for renaming).
+fn tensor_of(error: &mut ModelError) -> Option<&mut String> {
     match error {
         ModelError::Missing { tensor }
         | ModelError::Shape { tensor, .. }

@@ -20,6 +20,7 @@
 //!   to convert is recorded and reported by [`GgufWeights::take_first_failure`].
 //!   Each tensor's mapped pages are released once copied out.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -241,17 +242,18 @@ fn convert(file: &GgufFile, info: &TensorInfo, heads: Option<i32>) -> Result<Con
             biases: checked(file, info, Array::from_slice(&biases, &[r, g]))?,
         });
     }
-    let reorder = |flat: Vec<u8>| match &order {
+    // Row-permuted tensors need a reordered copy; the rest are read in place.
+    let raw: Cow<[u8]> = match &order {
         Some(o) => (0..rows)
             .flat_map(|r| {
-                flat[o[r] * row_bytes..(o[r] + 1) * row_bytes]
+                bytes[o[r] * row_bytes..(o[r] + 1) * row_bytes]
                     .iter()
                     .copied()
             })
-            .collect(),
-        None => flat,
+            .collect::<Vec<u8>>()
+            .into(),
+        None => Cow::Borrowed(bytes),
     };
-    let raw = reorder(bytes.to_vec());
     let dense = match ty {
         GgmlType::F32 => checked(
             file,
