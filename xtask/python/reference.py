@@ -152,9 +152,27 @@ def write(out: str, results: list[dict], meta: dict) -> None:
             json.dump(doc, f)
 
 
-def run_one(model_dir: str, prompts: list[dict], n_greedy: int, dtype: str, out: str) -> float:
+def to_dense_f32(model) -> None:
+    """What our `--dtype auto` computes on the CPU: every float parameter
+    (quantization scales and biases included) cast to float32, then every
+    quantized layer dequantized by mlx-lm itself
+    (`mlx_lm.utils.dequantize_model`), so the dense weights are the exact
+    `scale * q + bias` values (dequantizing with bf16 scales first would
+    round them to bf16)."""
+    from mlx_lm.utils import dequantize_model
+
+    model.set_dtype(mx.float32)
+    dequantize_model(model)
+    model.set_dtype(mx.float32)
+
+
+def run_one(model_dir: str, prompts: list[dict], n_greedy: int, dtype: str, out: str,
+            dense_f32: bool = False) -> float:
     t0 = time.time()
     model, notes = load_model(model_dir)
+    if dense_f32:
+        to_dense_f32(model)
+        notes["compute"] = "dequantized, float32"
     results = compute(model, prompts, n_greedy, dtype)
     meta = {
         "model": os.path.basename(os.path.normpath(model_dir)),
@@ -199,6 +217,9 @@ def main() -> int:
     ap.add_argument("--greedy", type=int, default=0, help="greedy tokens to generate")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                     help="dtype the logits are stored in (computed in the model's dtype)")
+    ap.add_argument("--dense-f32", action="store_true",
+                    help="compute with quantized layers dequantized and every parameter in "
+                         "float32 (what `--dtype auto` does on the CPU)")
     args = ap.parse_args()
 
     mx.set_default_device(mx.cpu)  # the CPU build; deterministic and portable
@@ -212,7 +233,8 @@ def main() -> int:
         for name in models:
             model_dir = os.path.join(args.all, name)
             out = os.path.join(args.out_dir, f"{name}.safetensors")
-            dt = run_one(model_dir, standard_prompts(model_dir), args.greedy, args.dtype, out)
+            dt = run_one(model_dir, standard_prompts(model_dir), args.greedy, args.dtype, out,
+                         args.dense_f32)
             print(f"{name}: {dt:.2f}s -> {out}")
         print(f"{len(models)} references in {time.time() - t0:.1f}s")
         return 0

@@ -8,9 +8,12 @@
 //!   (SmolLM2-135M-Instruct, a GGUF file from a PyPI wheel, see `smollm2.rs`).
 //! - `bench`: the criterion benchmarks (`benches/`), on the demo model unless
 //!   `MISTRAL_MLX_BENCH_MODEL` names another.
+//! - `compare`: our `mistral-cli bench` against mlx-lm on the same files,
+//!   interleaved, with the machine's memory bandwidth (see `compare.rs`).
 //! - `download`: a model from the Hugging Face hub into its cache (or a
 //!   folder), see `download/mod.rs`.
 
+mod compare;
 mod download;
 // Shared with mistral-loader (which resolves `--model <repo id>` with it)
 // without making xtask build MLX.
@@ -63,6 +66,9 @@ enum Task {
         #[arg(last = true)]
         bench_args: Vec<String>,
     },
+    /// Benchmark ours against mlx-lm 0.32.2 side by side (random-weight
+    /// Mistral shapes and SmolLM2; see BENCHMARKS.md).
+    Compare(compare::CompareArgs),
     /// Download a model (config, tokenizer, safetensors) from the Hugging
     /// Face hub into its cache (`HF_HUB_CACHE`, `HF_HOME`) and print its
     /// folder. Honours `HF_ENDPOINT` and `HF_TOKEN`.
@@ -98,6 +104,7 @@ fn run(task: Task) -> Result<()> {
             Ok(())
         }
         Task::Bench { bench_args } => bench(&bench_args),
+        Task::Compare(args) => compare::run(args),
         Task::Download {
             repo_id,
             revision,

@@ -20,7 +20,12 @@ pub const MODELS_ENV_VAR: &str = "MISTRAL_MLX_TEST_MODELS";
 /// Tests read the path of the real SmolLM2 GGUF file from this variable.
 pub const SMOLLM2_ENV_VAR: &str = "MISTRAL_MLX_SMOLLM2";
 
-fn python_dir() -> PathBuf {
+/// Scripts only `cargo xtask compare` runs: editing them does not
+/// regenerate the test models.
+const BENCH_ONLY: [&str; 2] = ["bench_models.py", "mlx_lm_bench.py"];
+
+/// The folder of the Python scripts.
+pub fn python_dir() -> PathBuf {
     workspace_root().join("xtask/python")
 }
 
@@ -74,6 +79,7 @@ pub fn ensure_test_models() -> Result<PathBuf> {
             path.extension()
                 .is_some_and(|ext| ext == "py" || ext == "txt")
         })
+        .filter(|path| !BENCH_ONLY.iter().any(|name| path.ends_with(name)))
         .collect();
     let hash = hash_files(&inputs)?;
     if fs::read_to_string(&stamp).ok().as_deref() == Some(hash.as_str()) {
@@ -93,6 +99,17 @@ pub fn ensure_test_models() -> Result<PathBuf> {
         .arg(out.join("refs"))
         .args(["--greedy", "64"]))
     .context("computing the mlx-lm reference outputs")?;
+    // The same with every model dequantized and cast to float32 in mlx-lm:
+    // what `--dtype auto` computes on the CPU.
+    run(Command::new(&python)
+        .arg(python_dir().join("reference.py"))
+        .arg("--all")
+        .arg(&out)
+        .arg("--out-dir")
+        .arg(out.join("refs").join("dense-f32"))
+        .arg("--dense-f32")
+        .args(["--greedy", "64"]))
+    .context("computing the mlx-lm dense float32 reference outputs")?;
     // GGUF files (synthetic, and the real SmolLM2 one) and mlx-lm's outputs
     // on independent conversions of them.
     let smollm2 = crate::smollm2::for_tests()?;
@@ -104,6 +121,41 @@ pub fn ensure_test_models() -> Result<PathBuf> {
         .arg(&smollm2)
         .args(["--greedy", "64"]))
     .context("computing the GGUF reference outputs")?;
+    fs::write(&stamp, hash)?;
+    Ok(out)
+}
+
+/// Generates the models `cargo xtask compare` runs (`bench_models.py`) if
+/// needed, and returns their directory.
+pub fn ensure_bench_models() -> Result<PathBuf> {
+    let python = ensure_env()?;
+    let out = xtask_dir().join("bench-models");
+    let inputs: Vec<PathBuf> = [
+        "bench_models.py",
+        "make_models.py",
+        "gguf_to_hf.py",
+        "spconvert.py",
+        "requirements.txt",
+    ]
+    .iter()
+    .map(|name| python_dir().join(name))
+    .collect();
+    let stamp = out.join(".generator-hash");
+    let hash = hash_files(&inputs)?;
+    if fs::read_to_string(&stamp).ok().as_deref() == Some(hash.as_str()) {
+        return Ok(out);
+    }
+    eprintln!(
+        "xtask: generating the benchmark models in {}",
+        out.display()
+    );
+    let smollm2 = crate::smollm2::for_tests()?;
+    run(Command::new(&python)
+        .arg(python_dir().join("bench_models.py"))
+        .arg(&out)
+        .arg("--smollm2")
+        .arg(&smollm2))
+    .context("generating the benchmark models")?;
     fs::write(&stamp, hash)?;
     Ok(out)
 }

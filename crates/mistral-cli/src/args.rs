@@ -38,8 +38,13 @@ pub struct SamplingArgs {
 /// The dtype to compute in.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DtypeArg {
-    /// The checkpoint's own dtype.
+    /// What is fastest on the device: the checkpoint's dtypes on a GPU;
+    /// float32 on the CPU, quantized weights dequantized when they fit in
+    /// half of the available memory (for `convert`: keep the dtypes).
     Auto,
+    /// The checkpoint's own dtypes, quantized weights kept quantized (what
+    /// mlx-lm runs).
+    Checkpoint,
     /// bfloat16.
     Bf16,
     /// float16.
@@ -49,13 +54,23 @@ pub enum DtypeArg {
 }
 
 impl DtypeArg {
-    /// The MLX dtype, or `None` for the checkpoint's own.
+    /// The MLX dtype, or `None` for the checkpoint's own (what `convert`
+    /// casts to).
     pub fn to_mlx(self) -> Option<mlx_rs::Dtype> {
         match self {
-            DtypeArg::Auto => None,
+            DtypeArg::Auto | DtypeArg::Checkpoint => None,
             DtypeArg::Bf16 => Some(mlx_rs::Dtype::Bfloat16),
             DtypeArg::F16 => Some(mlx_rs::Dtype::Float16),
             DtypeArg::F32 => Some(mlx_rs::Dtype::Float32),
+        }
+    }
+
+    /// What the loader is asked for.
+    pub fn to_compute(self) -> mistral_loader::ComputeDtype {
+        match (self, self.to_mlx()) {
+            (DtypeArg::Auto, _) => mistral_loader::ComputeDtype::Auto,
+            (_, Some(dtype)) => mistral_loader::ComputeDtype::Exact(dtype),
+            (_, None) => mistral_loader::ComputeDtype::Checkpoint,
         }
     }
 }

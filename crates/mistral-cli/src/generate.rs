@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use mistral_loader::chat_template::ChatTemplateSource;
 use mistral_loader::{
-    load_chat_template, load_model_with, load_special_tokens, load_tokenizer, ChatMessage,
+    load_chat_template, load_model_planned, load_special_tokens, load_tokenizer, ChatMessage,
     LoadOptions, StopChecker, StopCriteria, StreamingDetokenizer,
 };
 use mlx_rs::Array;
@@ -68,9 +68,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let tokenizer = load_tokenizer(&dir)?;
     let special = load_special_tokens(&dir, Some(&tokenizer))?;
     let options = LoadOptions {
-        dtype: args.model.dtype.to_mlx(),
+        dtype: args.model.dtype.to_compute(),
     };
-    let mut model = load_model_with(&dir, &options)?;
+    let (mut model, plan) = load_model_planned(&dir, &options)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
 
     let template = load_chat_template(&dir, &tokenizer)?;
@@ -166,12 +166,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             "text": text,
             "stop_reason": stop_reason,
             "chat": chat,
+            "dtype": plan.summary,
             "stats": stats.to_json(),
         });
         writeln!(stdout, "{object}")?;
     } else {
         writeln!(stdout)?;
         eprintln!("{}", stats.summary());
+        eprintln!("Weights: {}", plan.summary);
     }
     Ok(())
 }

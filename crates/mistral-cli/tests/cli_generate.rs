@@ -269,7 +269,10 @@ fn bench_json_reports_every_metric() {
         "0",
         "--json",
     ]));
-    assert!(json["load_s"]["median"].is_number());
+    assert!(json["load_s"].is_number());
+    assert!(json["dtype"].is_string() && json["blas"].is_string());
+    let (total, per_token) = (&json["weight_bytes"], &json["weight_bytes_per_token"]);
+    assert!(total.as_u64() >= per_token.as_u64() && per_token.as_u64() > Some(0));
     let results = json["results"].as_array().unwrap();
     assert_eq!(results.len(), 4, "2 prompt lengths x 2 depths");
     for row in results {

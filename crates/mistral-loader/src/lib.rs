@@ -22,6 +22,9 @@
 //!   accept a directory.
 //! - Every error is a [`LoadError`] naming the file and tensor/field.
 //!
+//! - [`plan`] decides the dtype: the checkpoint's, a forced one, or
+//!   [`ComputeDtype::Auto`] (float32 on the CPU, quantized matrices
+//!   dequantized when they fit).
 //! - [`load_model`] puts it together: `config.json` into `MistralConfig`,
 //!   the tensors into `Mistral`, and every model error mapped to the file
 //!   that holds the tensor; tensors the model did not use are an error.
@@ -36,6 +39,7 @@ pub mod gguf;
 pub mod hf_cache;
 pub mod load;
 pub mod model_dir;
+pub mod plan;
 pub mod safetensors_files;
 pub mod safetensors_weights;
 pub mod tokenizer;
@@ -44,7 +48,7 @@ pub use chat_template::{load_chat_template, ChatTemplateSource, ModelChatTemplat
 pub use config::{load_config, read_config_str};
 pub use convert::{convert_model, ConvertOptions, ConvertReport};
 pub use error::{LoadError, Result};
-pub use load::{load_model, load_model_with, LoadOptions};
+pub use load::{load_model, load_model_planned, load_model_with, LoadOptions};
 pub use mistral_model::WeightSource;
 /// The [`Tokenizer`] newtype's module, now `mistral_text::tokenizer` (the
 /// old path keeps working).
@@ -55,6 +59,7 @@ pub use mistral_text::{
     Tokenizer, TokenizerError,
 };
 pub use model_dir::ModelDir;
+pub use plan::{ComputeDtype, LoadPlan};
 pub use safetensors_files::{discover_checkpoint, CheckpointFiles, CheckpointLayout};
 pub use safetensors_weights::{SafetensorsWeights, TensorMeta};
 pub use tokenizer::{load_special_tokens, load_tokenizer, SpecialTokens};

@@ -11,21 +11,23 @@
 use std::path::{Path, PathBuf};
 
 use mistral_model::{MistralConfig, ModelError, WeightSource};
-use mlx_rs::{Array, Dtype};
+use mlx_rs::Array;
 
+use crate::config::read_config_str;
 use crate::error::{LoadError, Result};
 use crate::gguf::{self, GgufFile, GgufWeights};
-use crate::model_dir::ModelDir;
-use crate::safetensors_files::{CONFIG_FILE, INDEX_FILE};
+use crate::plan::{ComputeDtype, LoadPlan};
+use crate::safetensors_files::{discover_checkpoint, CONFIG_FILE, INDEX_FILE};
+use crate::safetensors_weights::SafetensorsWeights;
 
 pub use mistral_model::Mistral;
 
 /// How to load a model.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoadOptions {
-    /// The dtype to compute in: float weights (and quantization scales) are
-    /// cast to it. `None` keeps the checkpoint's own dtype.
-    pub dtype: Option<Dtype>,
+    /// The dtype to compute in (default: the checkpoint's own, as mlx-lm
+    /// loads; [`ComputeDtype::Auto`] picks what is fastest on the device).
+    pub dtype: ComputeDtype,
 }
 
 /// Loads the model at `path` in the checkpoint's own dtype: a directory of
@@ -37,6 +39,15 @@ pub fn load_model(dir: impl AsRef<Path>) -> Result<Mistral> {
 
 /// Loads the model at `path` (see [`load_model`]) with `options`.
 pub fn load_model_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Mistral> {
+    Ok(load_tapped(path.as_ref(), options, None)?.0)
+}
+
+/// Loads the model at `path` like [`load_model_with`], and also says what
+/// [`ComputeDtype::Auto`] chose (the [`LoadPlan`]), for reports.
+pub fn load_model_planned(
+    path: impl AsRef<Path>,
+    options: &LoadOptions,
+) -> Result<(Mistral, LoadPlan)> {
     load_tapped(path.as_ref(), options, None)
 }
 
@@ -48,7 +59,7 @@ pub(crate) fn load_with_tensors(
     options: &LoadOptions,
 ) -> Result<(Mistral, Vec<(String, Array)>)> {
     let mut seen = Vec::new();
-    let model = load_tapped(path, options, Some(&mut seen))?;
+    let (model, _) = load_tapped(path, options, Some(&mut seen))?;
     Ok((model, seen))
 }
 
@@ -73,25 +84,24 @@ fn build(
     config: &MistralConfig,
     source: &mut dyn WeightSource,
     seen: Option<&mut Vec<(String, Array)>>,
-    options: &LoadOptions,
+    plan: &LoadPlan,
 ) -> std::result::Result<Mistral, ModelError> {
-    Mistral::new(config, &mut Tap { source, seen }, options.dtype)
+    Mistral::with_options(config, &mut Tap { source, seen }, plan.weights)
 }
 
 fn load_tapped(
     path: &Path,
     options: &LoadOptions,
     seen: Option<&mut Vec<(String, Array)>>,
-) -> Result<Mistral> {
+) -> Result<(Mistral, LoadPlan)> {
     if let Some(file) = gguf::find_gguf(path)? {
         return load_gguf(&file, options, seen);
     }
-    let ModelDir {
-        dir,
-        config_json,
-        mut weights,
-        ..
-    } = ModelDir::open(path)?;
+    // Config and checkpoint only: the tokenizer is the caller's business
+    // (`ModelDir::open` would parse `tokenizer.json` too).
+    let dir = path;
+    let config_json = read_config_str(dir)?;
+    let mut weights = SafetensorsWeights::from_checkpoint(&discover_checkpoint(dir)?)?;
     let config_path = dir.join(CONFIG_FILE);
     let config = MistralConfig::from_json_str(&config_json)
         .and_then(|config| config.validate().map(|()| config))
@@ -99,7 +109,8 @@ fn load_tapped(
             path: config_path.clone(),
             source,
         })?;
-    let built = build(&config, &mut weights, seen, options);
+    let plan = LoadPlan::resolve(options.dtype, &config);
+    let built = build(&config, &mut weights, seen, &plan);
     let model = built.map_err(|source| match source {
         ModelError::Config(source) => LoadError::Config {
             path: config_path.clone(),
@@ -108,12 +119,12 @@ fn load_tapped(
         mut source => weights.take_first_failure().unwrap_or_else(|| {
             let path = tensor_of(&mut source)
                 .and_then(|tensor| weights.file_of(tensor))
-                .map_or_else(|| checkpoint_file(&dir, &weights.files()), PathBuf::from);
+                .map_or_else(|| checkpoint_file(dir, &weights.files()), PathBuf::from);
             LoadError::Model { path, source }
         }),
     })?;
     all_used(weights.finish()?)?;
-    Ok(model)
+    Ok((model, plan))
 }
 
 /// Loads the GGUF file `path` with `options`. Model errors name the GGUF
@@ -122,7 +133,7 @@ fn load_gguf(
     path: &Path,
     options: &LoadOptions,
     seen: Option<&mut Vec<(String, Array)>>,
-) -> Result<Mistral> {
+) -> Result<(Mistral, LoadPlan)> {
     let file = GgufFile::open(path)?;
     let config_error = |source| LoadError::Config {
         path: path.to_path_buf(),
@@ -135,7 +146,8 @@ fn load_gguf(
         config.num_attention_heads,
         config.num_key_value_heads(),
     );
-    let built = build(&config, &mut weights, seen, options);
+    let plan = LoadPlan::resolve(options.dtype, &config);
+    let built = build(&config, &mut weights, seen, &plan);
     let model = built.map_err(|source| match source {
         ModelError::Config(source) => config_error(source),
         mut source => weights.take_first_failure().unwrap_or_else(|| {
@@ -151,7 +163,7 @@ fn load_gguf(
         }),
     })?;
     all_used(weights.finish()?)?;
-    Ok(model)
+    Ok((model, plan))
 }
 
 /// The GGUF name of the Hugging Face tensor `tensor` (for `scales` and

@@ -17,12 +17,14 @@
 
 mod reference;
 
-use mistral_loader::load_model;
+use mistral_loader::{load_model, load_model_with, ComputeDtype, LoadOptions};
 use mistral_model::Mistral;
 use mlx_rs::ops::indexing::{argmax_axis, IndexOp};
 use mlx_rs::Array;
 use mlx_rs_core::KVCache;
-use reference::{gguf_models, references, relative_error, test_models, Reference, TestModel};
+use reference::{
+    gguf_models, references, references_in, relative_error, test_models, Reference, TestModel,
+};
 
 fn tolerance(model: &TestModel) -> f64 {
     match model.dtype.as_str() {
@@ -118,17 +120,20 @@ fn check_greedy(model: &Mistral, spec: &TestModel, reference: &Reference, tie: f
 /// allowed to end it).
 fn check_model(spec: &TestModel, full_greedy: bool) {
     let model = load_model(&spec.dir).expect("load_model");
-    let refs = references(spec);
+    check_against(&model, spec, &references(spec), full_greedy);
+}
+
+fn check_against(model: &Mistral, spec: &TestModel, refs: &[Reference], full_greedy: bool) {
     assert!(!refs.is_empty(), "{}: no reference prompts", spec.name);
-    for reference in &refs {
-        let error = check_prompt(&model, spec, reference);
+    for reference in refs {
+        let error = check_prompt(model, spec, reference);
         let scale = reference
             .logits
             .iter()
             .map(|v| f64::from(v.abs()))
             .fold(0.0, f64::max);
         let tie = (4.0 * error * scale).max(1e-6);
-        let steps = check_greedy(&model, spec, reference, tie);
+        let steps = check_greedy(model, spec, reference, tie);
         eprintln!(
             "{:<24} {:<7} logits rel err {error:.2e}, greedy equal for {steps}/{} steps",
             spec.name,
@@ -152,6 +157,36 @@ fn every_test_model_matches_mlx_lm() {
     assert!(models.len() >= 14, "expected the full set of test models");
     for spec in &models {
         check_model(spec, spec.dtype == "float32");
+    }
+}
+
+/// `--dtype auto` on the CPU: every test model (bf16, f16, quantized with
+/// f32 or bf16 scales) loaded with [`ComputeDtype::Auto`] computes in
+/// float32 with its quantized matrices dequantized; mlx-lm does the same
+/// with `dequantize_model` and `set_dtype(float32)`. float32 tolerance, and
+/// every greedy run must last all its steps.
+#[test]
+fn every_test_model_under_auto_dtype_matches_mlx_lm_dense_f32() {
+    let options = LoadOptions {
+        dtype: ComputeDtype::Auto,
+    };
+    let models = test_models();
+    assert!(models.len() >= 14, "expected the full set of test models");
+    for spec in &models {
+        let model = load_model_with(&spec.dir, &options).expect("load_model_with auto");
+        let dense = TestModel {
+            dtype: "float32".to_owned(),
+            ..spec.clone()
+        };
+        // On the CPU every matrix is dense float32: the model holds exactly
+        // the dense float32 size the plan estimated.
+        assert_eq!(
+            model.weight_bytes(),
+            mistral_loader::plan::dense_f32_bytes(model.config()),
+            "{}: weights under auto",
+            spec.name
+        );
+        check_against(&model, &dense, &references_in(spec, "dense-f32"), true);
     }
 }
 

@@ -29,6 +29,14 @@ pub struct Attention {
 }
 
 impl Attention {
+    /// Bytes held by the four projections.
+    pub fn weight_bytes(&self) -> u64 {
+        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
+            .iter()
+            .map(|l| l.weight_bytes())
+            .sum()
+    }
+
     /// Takes `q_proj`, `k_proj`, `v_proj` and `o_proj` from the module
     /// `weights` points at (`model.layers.N.self_attn`).
     pub fn new(cfg: &MistralConfig, weights: &mut Weights) -> Result<Self, ModelError> {

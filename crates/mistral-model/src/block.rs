@@ -22,6 +22,14 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
+    /// Bytes held by the layer's weights.
+    pub fn weight_bytes(&self) -> u64 {
+        self.input_layernorm.weight_bytes()
+            + self.self_attn.weight_bytes()
+            + self.post_attention_layernorm.weight_bytes()
+            + self.mlp.weight_bytes()
+    }
+
     /// Builds layer `index` from the module `weights` points at
     /// (`model.layers.{index}`).
     pub fn new(

@@ -44,6 +44,11 @@ impl Embedding {
         self.dim
     }
 
+    /// Bytes held by the table.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight.weight_bytes()
+    }
+
     /// Looks up `ids` (any integer shape `S`), giving `[S..., dim]`.
     pub fn forward(&self, ids: &Array) -> Result<Array, ModelError> {
         match &self.weight {

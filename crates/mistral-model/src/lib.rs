@@ -42,4 +42,4 @@ pub use mlp::Mlp;
 pub use model::{Mistral, MistralModel};
 pub use norm::RmsNorm;
 pub use quantization::{LayerQuantization, QuantParams, QuantizationConfig};
-pub use weights::{WeightSource, Weights};
+pub use weights::{WeightOptions, WeightSource, Weights};

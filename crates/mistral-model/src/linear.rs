@@ -110,10 +110,7 @@ fn check_scales(
         });
     }
     weights.check_shape(name, &scales, shape)?;
-    match weights.dtype() {
-        Some(d) if d != scales.dtype() => Ok(scales.as_dtype(d)?),
-        _ => Ok(scales),
-    }
+    weights.cast(scales)
 }
 
 /// The weight of a linear map or embedding table: dense or quantized.
@@ -127,9 +124,10 @@ pub enum LinearWeight {
 
 impl LinearWeight {
     /// Takes the weight of the module `weights` points at, a logical
-    /// `[rows, cols]` matrix, in the form the config gives for that module.
-    /// A `scales` tensor for a module the config leaves unquantized is an
-    /// error naming it.
+    /// `[rows, cols]` matrix, in the form the config gives for that module
+    /// (dense after all when `weights` asks for dequantization). A `scales`
+    /// tensor for a module the config leaves unquantized is an error naming
+    /// it.
     pub fn load(
         cfg: &MistralConfig,
         weights: &mut Weights,
@@ -137,9 +135,15 @@ impl LinearWeight {
         cols: i32,
     ) -> Result<Self, ModelError> {
         match cfg.quantization_for(weights.module_path()) {
-            Some(params) => Ok(LinearWeight::Quantized(QuantizedWeight::load(
-                weights, rows, cols, params,
-            )?)),
+            Some(params) => {
+                let quantized = QuantizedWeight::load(weights, rows, cols, params)?;
+                if !weights.dequantize() {
+                    return Ok(LinearWeight::Quantized(quantized));
+                }
+                let dense = quantized.dequantize()?;
+                dense.eval()?;
+                Ok(LinearWeight::Dense(dense))
+            }
             None => {
                 if weights.take("scales").is_some() {
                     return Err(ModelError::Quantization {
@@ -151,6 +155,16 @@ impl LinearWeight {
                     });
                 }
                 Ok(LinearWeight::Dense(weights.float("weight", &[rows, cols])?))
+            }
+        }
+    }
+
+    /// Bytes held (packed weight, scales and biases when quantized).
+    pub fn weight_bytes(&self) -> u64 {
+        match self {
+            LinearWeight::Dense(w) => w.nbytes() as u64,
+            LinearWeight::Quantized(q) => {
+                (q.weight.nbytes() + q.scales.nbytes() + q.biases.nbytes()) as u64
             }
         }
     }
@@ -203,6 +217,11 @@ impl Linear {
     /// The bias, if any.
     pub fn bias(&self) -> Option<&Array> {
         self.bias.as_ref()
+    }
+
+    /// Bytes held by the weight and bias.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight.weight_bytes() + self.bias.as_ref().map_or(0, |b| b.nbytes() as u64)
     }
 
     /// Applies the layer to `x` `[..., in]`, giving `[..., out]`.

@@ -17,6 +17,14 @@ pub struct Mlp {
 }
 
 impl Mlp {
+    /// Bytes held by the three projections.
+    pub fn weight_bytes(&self) -> u64 {
+        [&self.gate_proj, &self.up_proj, &self.down_proj]
+            .iter()
+            .map(|l| l.weight_bytes())
+            .sum()
+    }
+
     /// Takes `gate_proj`, `up_proj` and `down_proj` from the module `weights`
     /// points at (`model.layers.N.mlp`).
     pub fn new(cfg: &MistralConfig, weights: &mut Weights) -> Result<Self, ModelError> {

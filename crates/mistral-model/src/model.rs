@@ -17,7 +17,7 @@ use crate::embedding::Embedding;
 use crate::error::ModelError;
 use crate::linear::Linear;
 use crate::norm::RmsNorm;
-use crate::weights::{WeightSource, Weights};
+use crate::weights::{WeightOptions, WeightSource, Weights};
 
 /// The decoder body: `embed_tokens`, `layers`, `norm`.
 #[derive(Debug, Clone)]
@@ -50,6 +50,17 @@ impl MistralModel {
             layers,
             norm,
         })
+    }
+
+    /// Bytes held by the body's weights, in their dtypes.
+    pub fn weight_bytes(&self) -> u64 {
+        self.embed_tokens.weight_bytes()
+            + self.norm.weight_bytes()
+            + self
+                .layers
+                .iter()
+                .map(DecoderLayer::weight_bytes)
+                .sum::<u64>()
     }
 
     /// The token embedding.
@@ -148,8 +159,22 @@ impl Mistral {
         weights: &mut impl WeightSource,
         dtype: Option<Dtype>,
     ) -> Result<Self, ModelError> {
+        let options = WeightOptions {
+            dtype,
+            dequantize: false,
+        };
+        Self::with_options(cfg, weights, options)
+    }
+
+    /// Like [`new`](Self::new), with every [`WeightOptions`] (e.g.
+    /// quantized matrices dequantized at load).
+    pub fn with_options(
+        cfg: &MistralConfig,
+        weights: &mut impl WeightSource,
+        options: WeightOptions,
+    ) -> Result<Self, ModelError> {
         cfg.validate()?;
-        let mut root = Weights::new(weights, dtype);
+        let mut root = Weights::with_options(weights, options);
         let model = MistralModel::new(cfg, &mut root.pp("model"))?;
         let mut head = root.pp("lm_head");
         let lm_head = if cfg.tie_word_embeddings {
@@ -176,6 +201,29 @@ impl Mistral {
     /// The configuration the model was built from.
     pub fn config(&self) -> &MistralConfig {
         &self.config
+    }
+
+    /// Bytes held by the weights (every matrix, norm, scale and bias) as
+    /// loaded, in their dtypes.
+    pub fn weight_bytes(&self) -> u64 {
+        let mut total = self.model.weight_bytes();
+        if let Some(head) = &self.lm_head {
+            total += head.weight_bytes();
+        }
+        total
+    }
+
+    /// Bytes of weights read to compute one token: all of them except the
+    /// embedding table, of which one row is read, unless the table is also
+    /// the (tied) output head. Divided by a memory bandwidth, the least time a
+    /// decode step can take.
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        let table = self.model.embed_tokens.weight_bytes();
+        let row = table / (self.config.vocab_size.max(1) as u64);
+        match &self.lm_head {
+            Some(_) => self.weight_bytes() - table + row,
+            None => self.weight_bytes(),
+        }
     }
 
     /// The decoder body.

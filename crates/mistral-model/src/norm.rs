@@ -14,6 +14,11 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
+    /// Bytes held by the scale vector.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight.nbytes() as u64
+    }
+
     /// Takes `weight` `[dim]` from the module `weights` points at.
     pub fn new(weights: &mut Weights, dim: i32, eps: f32) -> Result<Self, ModelError> {
         Ok(RmsNorm {

@@ -28,21 +28,49 @@ impl WeightSource for HashMap<String, Array> {
     }
 }
 
+/// How the tensors of a checkpoint become the model's weights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WeightOptions {
+    /// Floating-point tensors (dense weights, norms, quantization scales and
+    /// biases) are cast to this dtype; `None` keeps their stored dtype.
+    pub dtype: Option<Dtype>,
+    /// Quantized matrices are dequantized at load into dense ones (in
+    /// `dtype`, else their scales' dtype), trading memory for speed where
+    /// the quantized kernel is slow (MLX's CPU backend).
+    pub dequantize: bool,
+}
+
 /// A view of a [`WeightSource`] under a module path, with the compute dtype.
+///
+/// Every tensor it converts (a cast, a dequantization) is evaluated at once,
+/// so loading pays for the conversion (as mlx-lm's `load` evaluates the
+/// parameters) and holds at most one source tensor and its conversion at a
+/// time.
 pub struct Weights<'a> {
     source: &'a mut dyn WeightSource,
     prefix: String,
-    dtype: Option<Dtype>,
+    options: WeightOptions,
 }
 
 impl<'a> Weights<'a> {
     /// A root view over `source`. When `dtype` is given, floating-point
     /// tensors are cast to it; otherwise they keep their stored dtype.
     pub fn new(source: &'a mut dyn WeightSource, dtype: Option<Dtype>) -> Self {
+        Self::with_options(
+            source,
+            WeightOptions {
+                dtype,
+                dequantize: false,
+            },
+        )
+    }
+
+    /// A root view over `source` with `options`.
+    pub fn with_options(source: &'a mut dyn WeightSource, options: WeightOptions) -> Self {
         Weights {
             source,
             prefix: String::new(),
-            dtype,
+            options,
         }
     }
 
@@ -51,7 +79,7 @@ impl<'a> Weights<'a> {
         Weights {
             prefix: self.path(&name.to_string()),
             source: &mut *self.source,
-            dtype: self.dtype,
+            options: self.options,
         }
     }
 
@@ -63,7 +91,12 @@ impl<'a> Weights<'a> {
 
     /// The compute dtype, if one was requested.
     pub fn dtype(&self) -> Option<Dtype> {
-        self.dtype
+        self.options.dtype
+    }
+
+    /// Whether quantized matrices are to be dequantized at load.
+    pub fn dequantize(&self) -> bool {
+        self.options.dequantize
     }
 
     /// The full name of tensor `name` of this module.
@@ -123,8 +156,17 @@ impl<'a> Weights<'a> {
             });
         }
         self.check_shape(name, &a, shape)?;
-        match self.dtype {
-            Some(d) if d != a.dtype() => Ok(a.as_dtype(d)?),
+        self.cast(a)
+    }
+
+    /// `a` cast to the compute dtype (evaluated), or as it is.
+    pub fn cast(&self, a: Array) -> Result<Array, ModelError> {
+        match self.options.dtype {
+            Some(d) if d != a.dtype() => {
+                let cast = a.as_dtype(d)?;
+                cast.eval()?;
+                Ok(cast)
+            }
             _ => Ok(a),
         }
     }

@@ -5,6 +5,8 @@
 //! 1. [`mlx_dist`]: find MLX: `MLX_DIR` if set, else MLX's official Python
 //!    wheel (`mlx-cpu`, `mlx-cuda-13` or `mlx-metal`, version 0.32.2)
 //!    installed with pip into a private folder under `OUT_DIR`.
+//!    On Linux, [`blas`] points the CPU wheel's bundled reference BLAS at the
+//!    system's OpenBLAS (opt out with `MLX_SYS_BLAS=bundled`).
 //! 2. [`mlx_c`]: find the mlx-c sources: `MLX_C_DIR` if set, else the copy in
 //!    the published `mlx-sys` 0.7.0 package, which Cargo itself downloads and
 //!    unpacks into its registry. No third-party source lives in this repository.
@@ -16,6 +18,7 @@
 //! rpath for every binary, test and example of the workspace.
 
 mod bindings;
+mod blas;
 mod compile;
 mod fail;
 mod mlx_c;
@@ -29,6 +32,8 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
 
     let mlx = mlx_dist::locate(&out_dir);
+    let blas = blas::select(mlx.wheel_root.as_deref());
+    println!("cargo:rustc-env=MLX_SYS_BLAS={blas}");
     let mlx_c = mlx_c::locate(&out_dir);
     compile::mlx_c(&mlx_c, &mlx, &out_dir);
     bindings::generate(&mlx_c, &out_dir);

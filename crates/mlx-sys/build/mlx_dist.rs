@@ -18,6 +18,8 @@ pub struct MlxDist {
     pub needs_shlib_undefined: bool,
     /// Extra preprocessor definitions MLX's own CMake config would add.
     pub defines: Vec<&'static str>,
+    /// The folder the wheel was installed into (None for `MLX_DIR`).
+    pub wheel_root: Option<PathBuf>,
 }
 
 impl MlxDist {
@@ -46,6 +48,7 @@ pub fn locate(out_dir: &Path) -> MlxDist {
     println!("cargo:rerun-if-env-changed=MLX_DIR");
     let cuda = env::var_os("CARGO_FEATURE_CUDA").is_some();
     let apple = env::var("CARGO_CFG_TARGET_VENDOR").as_deref() == Ok("apple");
+    let mut wheel_root = None;
     let prefix = match env::var_os("MLX_DIR") {
         Some(dir) => user_prefix(Path::new(&dir)),
         None => {
@@ -56,7 +59,10 @@ pub fn locate(out_dir: &Path) -> MlxDist {
             } else {
                 "mlx-cpu"
             };
-            install_wheel(package, &out_dir.join("mlx-dist").join(package))
+            let target = out_dir.join("mlx-dist").join(package);
+            let prefix = install_wheel(package, &target);
+            wheel_root = Some(target);
+            prefix
         }
     };
     let mut defines = Vec::new();
@@ -68,6 +74,7 @@ pub fn locate(out_dir: &Path) -> MlxDist {
         lib_dir: prefix.join("lib"),
         needs_shlib_undefined: cuda && !apple,
         defines,
+        wheel_root,
     }
 }
 

@@ -24,6 +24,12 @@ include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
 /// against; the `libmlx` loaded at run time should report the same.
 pub const MLX_HEADER_VERSION: &str = env!("MLX_SYS_HEADER_VERSION");
 
+/// The BLAS `libmlx` uses on the CPU, as the build set it up: OpenBLAS by
+/// default for the Linux CPU wheel (see `build/blas.rs`), the wheel's own
+/// reference BLAS with `MLX_SYS_BLAS=bundled`, or whatever an `MLX_DIR`
+/// install links.
+pub const BLAS: &str = env!("MLX_SYS_BLAS");
+
 #[cfg(not(target_arch = "aarch64"))]
 mod half_precision;
 #[cfg(not(target_arch = "aarch64"))]

@@ -100,8 +100,15 @@ pub struct Reference {
 
 /// mlx-lm's outputs for every prompt of `model`.
 pub fn references(model: &TestModel) -> Vec<Reference> {
+    references_in(model, "")
+}
+
+/// mlx-lm's outputs for every prompt of `model` from `refs/<subdir>`
+/// (`dense-f32`: computed with the model dequantized and cast to float32).
+pub fn references_in(model: &TestModel, subdir: &str) -> Vec<Reference> {
     let path = models_dir()
         .join("refs")
+        .join(subdir)
         .join(format!("{}.safetensors", model.name));
     let bytes = std::fs::read(&path).unwrap_or_else(|err| panic!("read {}: {err}", path.display()));
     let file = SafeTensors::deserialize(&bytes).expect("parse reference safetensors");

@@ -1,0 +1,192 @@
+//! [`ComputeDtype`]: which dtype a model is loaded in, and [`LoadPlan`], the
+//! decision once `Auto` has looked at the device and the checkpoint.
+//!
+//! Design notes (measured on MLX 0.32's CPU backend, see BENCHMARKS.md): the
+//! CPU computes bfloat16 and float16 without BLAS and its quantized matmul is
+//! many times slower with half-precision scales, while float32 goes through
+//! BLAS (OpenBLAS, see `mlx-sys`). So `Auto` computes in float32 on the CPU
+//! and, for quantized checkpoints, dequantizes the matrices at load when the
+//! dense float32 model fits in half of the available memory (otherwise it
+//! keeps them quantized, with float32 scales and biases). On a GPU `Auto`
+//! keeps the checkpoint as it is, as mlx-lm does.
+
+use mistral_model::{MistralConfig, WeightOptions};
+use mlx_rs::{Device, DeviceType, Dtype};
+
+/// The dtype to load and compute in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ComputeDtype {
+    /// The checkpoint's own dtypes, quantized matrices kept quantized (what
+    /// mlx-lm's `load` does).
+    #[default]
+    Checkpoint,
+    /// What is fastest on the device MLX runs on: the checkpoint's dtypes on
+    /// a GPU; float32 on the CPU, with quantized matrices dequantized when
+    /// the dense model fits in half of the available memory.
+    Auto,
+    /// Floating-point tensors and quantization scales cast to this dtype.
+    Exact(Dtype),
+}
+
+/// What a load does: the resolved [`ComputeDtype`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadPlan {
+    /// How tensors become weights.
+    pub weights: WeightOptions,
+    /// One line saying what was chosen and why, for reports.
+    pub summary: String,
+}
+
+impl LoadPlan {
+    /// The plan for `config` under `choice`, on MLX's default device.
+    pub fn resolve(choice: ComputeDtype, config: &MistralConfig) -> LoadPlan {
+        let on_gpu = Device::try_default()
+            .and_then(|d| d.get_type())
+            .is_ok_and(|t| matches!(t, DeviceType::Gpu));
+        Self::resolve_for(choice, config, on_gpu, available_memory())
+    }
+
+    /// The plan for `config` under `choice` on a GPU or the CPU with
+    /// `available` bytes of free memory (None: unknown).
+    pub fn resolve_for(
+        choice: ComputeDtype,
+        config: &MistralConfig,
+        on_gpu: bool,
+        available: Option<u64>,
+    ) -> LoadPlan {
+        let quantized = config.quantization().is_some();
+        let plan = |dtype, dequantize, summary: String| LoadPlan {
+            weights: WeightOptions { dtype, dequantize },
+            summary,
+        };
+        match choice {
+            ComputeDtype::Checkpoint => plan(None, false, "checkpoint dtype".to_owned()),
+            ComputeDtype::Exact(dtype) => plan(Some(dtype), false, dtype_name(dtype).to_owned()),
+            ComputeDtype::Auto if on_gpu => {
+                plan(None, false, "checkpoint dtype (auto: GPU)".to_owned())
+            }
+            ComputeDtype::Auto if !quantized => plan(
+                Some(Dtype::Float32),
+                false,
+                "float32 (auto: CPU)".to_owned(),
+            ),
+            ComputeDtype::Auto => {
+                let dense = dense_f32_bytes(config);
+                let budget = available.map(|a| a / 2);
+                let gb = |b: u64| b as f64 / 1e9;
+                match budget {
+                    Some(budget) if dense <= budget => plan(
+                        Some(Dtype::Float32),
+                        true,
+                        format!(
+                            "float32, quantized weights dequantized (auto: CPU; {:.2} GB dense \
+                             fits in half of the {:.2} GB available)",
+                            gb(dense),
+                            gb(2 * budget)
+                        ),
+                    ),
+                    _ => plan(
+                        Some(Dtype::Float32),
+                        false,
+                        format!(
+                            "float32 scales, weights kept quantized (auto: CPU; {:.2} GB dense \
+                             would not fit in half of the {} available)",
+                            gb(dense),
+                            available.map_or("(unknown) memory".to_owned(), |a| format!(
+                                "{:.2} GB",
+                                gb(a)
+                            ))
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// The size of `config`'s model with every matrix dense in float32.
+pub fn dense_f32_bytes(config: &MistralConfig) -> u64 {
+    let d = config.hidden_size.max(0) as u64;
+    let heads = config.num_attention_heads.max(0) as u64;
+    let kv = config.num_key_value_heads().max(0) as u64;
+    let head_dim = config.head_dim().max(0) as u64;
+    let inter = config.intermediate_size.max(0) as u64;
+    let vocab = config.vocab_size.max(0) as u64;
+    let attention = d * head_dim * (2 * heads + 2 * kv);
+    let mlp = 3 * d * inter;
+    let layer = attention + mlp + 2 * d;
+    let tables = if config.tie_word_embeddings { 1 } else { 2 };
+    let params = (config.num_hidden_layers.max(0) as u64)
+        .saturating_mul(layer)
+        .saturating_add(tables * vocab * d + d);
+    params.saturating_mul(4)
+}
+
+/// `MemAvailable` from `/proc/meminfo` (Linux); None elsewhere.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A short name for a float dtype.
+pub fn dtype_name(dtype: Dtype) -> &'static str {
+    match dtype {
+        Dtype::Float32 => "float32",
+        Dtype::Float16 => "float16",
+        Dtype::Bfloat16 => "bfloat16",
+        Dtype::Float64 => "float64",
+        _ => "non-float",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(quantized: bool) -> MistralConfig {
+        let quant = if quantized {
+            r#", "quantization": {"group_size": 64, "bits": 4}"#
+        } else {
+            ""
+        };
+        MistralConfig::from_json_str(&format!(
+            r#"{{"model_type": "mistral", "hidden_size": 64, "intermediate_size": 128,
+               "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+               "vocab_size": 1000, "rms_norm_eps": 1e-5{quant}}}"#
+        ))
+        .expect("config")
+    }
+
+    #[test]
+    fn dense_size_counts_every_matrix() {
+        let cfg = config(false);
+        // Per layer: q, o 64x64; k, v 64x32; three 64x128 MLP matrices; two norms.
+        let layer = 2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64;
+        let expected = 2 * layer + 2 * 1000 * 64 + 64;
+        assert_eq!(dense_f32_bytes(&cfg), 4 * expected as u64);
+    }
+
+    #[test]
+    fn auto_picks_by_device_and_memory() {
+        let q = config(true);
+        let dense = dense_f32_bytes(&q);
+        let gpu = LoadPlan::resolve_for(ComputeDtype::Auto, &q, true, Some(1 << 40));
+        assert_eq!(gpu.weights, WeightOptions::default());
+        let roomy = LoadPlan::resolve_for(ComputeDtype::Auto, &q, false, Some(2 * dense));
+        assert_eq!(roomy.weights.dtype, Some(Dtype::Float32));
+        assert!(roomy.weights.dequantize);
+        let tight = LoadPlan::resolve_for(ComputeDtype::Auto, &q, false, Some(2 * dense - 2));
+        assert!(!tight.weights.dequantize);
+        assert_eq!(tight.weights.dtype, Some(Dtype::Float32));
+        let unknown = LoadPlan::resolve_for(ComputeDtype::Auto, &q, false, None);
+        assert!(!unknown.weights.dequantize);
+        let dense_cfg = config(false);
+        let plain = LoadPlan::resolve_for(ComputeDtype::Auto, &dense_cfg, false, None);
+        assert_eq!(plain.weights.dtype, Some(Dtype::Float32));
+        let forced = LoadPlan::resolve_for(ComputeDtype::Exact(Dtype::Bfloat16), &q, false, None);
+        assert_eq!(forced.weights.dtype, Some(Dtype::Bfloat16));
+        assert!(!forced.weights.dequantize);
+    }
+}

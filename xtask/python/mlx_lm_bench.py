@@ -1,0 +1,155 @@
+"""mlx-lm's side of `cargo xtask compare`: one process, one measured run,
+mirroring `mistral-cli bench --iterations 1 --json`.
+
+Usage:
+    python mlx_lm_bench.py --model DIR --prompt-tokens P --gen-tokens G [--warmup N]
+    python mlx_lm_bench.py --bandwidth
+
+Run: mlx-lm 0.32.2's own loader (`mlx_lm.utils.load_model`, which evaluates
+the parameters; timed as the load) with reference.py's sliding-window patch,
+then `--warmup` short runs (a prompt of at most 32 tokens, 4 generated, as
+`mistral-cli bench` warms up), then one run of `mlx_lm.generate.generate_step`
+(greedy, `max_tokens` = G; no EOS check, as ours) on the same pseudo-random
+prompt ids as `mistral-cli bench` (its xorshift, salt 2). The clock stops at
+the last token, as in mlx-lm's `stream_generate`. Rates: prompt tokens / time
+to first token, (G - 1) / (last token - first token). Peak memory from
+`mx.get_peak_memory()` (reset before the run).
+
+`--bandwidth` measures the machine's memory read bandwidth through MLX
+(the median time of `mx.sum` over a 1 GiB float32 array; MLX's CPU backend
+is what both engines run on) and a copy bandwidth (`x + 1`, read + write).
+
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import mlx.core as mx
+
+WARMUP_PROMPT = 32
+WARMUP_GEN = 4
+MASK = (1 << 64) - 1
+
+
+def synthetic_ids(count: int, vocab: int, salt: int) -> list[int]:
+    """`mistral-cli bench`'s prompt: xorshift64 ids in [min(1000, vocab/2), vocab)."""
+    low = min(1000, vocab // 2)
+    span = max(vocab - low, 1)
+    state = 0x9E3779B97F4A7C15 ^ salt
+    out = []
+    for _ in range(count):
+        state ^= (state << 13) & MASK
+        state ^= state >> 7
+        state ^= (state << 17) & MASK
+        out.append(low + state % span)
+    return out
+
+
+def weight_bytes_per_token(model, config: dict) -> tuple[int, int]:
+    """(all weight bytes, bytes read per decoded token): everything but the
+    embedding table, of which one row, unless it is also the tied head."""
+    from mlx.utils import tree_flatten
+
+    params = dict(tree_flatten(model.parameters()))
+    total = sum(v.nbytes for v in params.values())
+    table = sum(v.nbytes for k, v in params.items() if k.startswith("model.embed_tokens."))
+    if config.get("tie_word_embeddings", False):
+        return total, total
+    return total, total - table + table // int(config["vocab_size"])
+
+
+def run(model, ids: list[int], gen: int) -> dict:
+    from mlx_lm.generate import generate_step
+
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    prompt = mx.array(ids, dtype=mx.uint32)
+    start = time.perf_counter()
+    first = last = None
+    count = 0
+    for _token, _ in generate_step(prompt, model, max_tokens=gen,
+                                   sampler=lambda logprobs: mx.argmax(logprobs, axis=-1)):
+        last = time.perf_counter()
+        if first is None:
+            first = last
+        count += 1
+    ttft = first - start
+    decode = last - first
+    return {
+        "prompt_tokens": len(ids),
+        "generated": count,
+        "prefill_tps": len(ids) / ttft if ttft > 0 else 0.0,
+        "decode_tps": (count - 1) / decode if decode > 0 else 0.0,
+        "ttft_s": ttft,
+        "peak_mem_GB": mx.get_peak_memory() / 1e9,
+    }
+
+
+def bandwidth() -> dict:
+    n = (1 << 30) // 4
+    x = mx.random.uniform(shape=(n,))
+    mx.eval(x)
+    reads, copies = [], []
+    for _ in range(7):
+        t = time.perf_counter()
+        mx.eval(mx.sum(x))
+        reads.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        y = x + 1
+        mx.eval(y)
+        copies.append(time.perf_counter() - t)
+        del y
+    return {
+        "read_GBps": x.nbytes / statistics.median(reads[1:]) / 1e9,
+        "copy_GBps": 2 * x.nbytes / statistics.median(copies[1:]) / 1e9,
+        "bytes": x.nbytes,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model")
+    ap.add_argument("--prompt-tokens", type=int)
+    ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--bandwidth", action="store_true")
+    args = ap.parse_args()
+    mx.set_default_device(mx.cpu)
+    if args.bandwidth:
+        print(json.dumps(bandwidth()))
+        return 0
+    if not (args.model and args.prompt_tokens):
+        ap.error("--model and --prompt-tokens are required")
+
+    import mlx_lm
+    from reference import load_model  # mlx-lm's loader + the sliding-window patch
+
+    start = time.perf_counter()
+    model, _notes = load_model(args.model)
+    load_s = time.perf_counter() - start
+    with open(f"{args.model}/config.json") as f:
+        config = json.load(f)
+    vocab = int(config["vocab_size"])
+    for _ in range(args.warmup):
+        run(model, synthetic_ids(min(args.prompt_tokens, WARMUP_PROMPT), vocab, 2), WARMUP_GEN)
+    result = run(model, synthetic_ids(args.prompt_tokens, vocab, 2), args.gen_tokens)
+    total, per_token = weight_bytes_per_token(model, config)
+    print(json.dumps({
+        "engine": f"mlx-lm {getattr(mlx_lm, '__version__', '?')}",
+        "model": args.model,
+        "load_s": load_s,
+        "weight_bytes": total,
+        "weight_bytes_per_token": per_token,
+        **result,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,470 @@
+//! `cargo xtask compare`: our `mistral-cli bench` and mlx-lm 0.32.2 side by
+//! side on the same files, interleaved, on this machine.
+//!
+//! Design notes:
+//! - Every measured run is its own process (ours: `mistral-cli bench
+//!   --iterations 1 --warmup 1 --json`; mlx-lm: `xtask/python/mlx_lm_bench.py`,
+//!   which mirrors it: same pseudo-random prompt ids, same short warm-up,
+//!   greedy, no EOS stop, clock stopped at the last token). So each run also
+//!   times a load, and no engine inherits the other's caches.
+//! - Runs are interleaved: repetition r runs every engine of a case (mlx-lm,
+//!   then ours with each `--dtype`) before repetition r + 1, so a drift of
+//!   the machine's speed hits every engine alike.
+//! - The machine's memory read bandwidth is measured in the same run (MLX
+//!   `sum` over 1 GiB, before and after); decode is reported as a fraction
+//!   of the bound `bandwidth / weight bytes read per token`.
+//! - The plan (`plan`) is what fits in about 40 minutes on a 2-core CPU;
+//!   `--full` runs every model at prompts 16, 512 and 2048 with 128 tokens.
+//!   Results: a Markdown table on stdout and in `<target>/xtask/compare/`,
+//!   with the raw numbers as JSON beside it.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::{json, Value};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::paths::{target_dir, workspace_root, xtask_dir};
+use crate::python;
+
+/// Arguments of `compare`.
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// Measured runs of each engine per case (at least 5 for a report).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    reps: u32,
+    /// Only the cases of these models (comma-separated, e.g. m150_bf16).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Every model at prompts 16, 512 and 2048, 128 generated tokens, every
+    /// engine (hours on a small CPU).
+    #[arg(long)]
+    full: bool,
+}
+
+/// Who runs a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    /// mlx-lm 0.32.2 with its defaults (the checkpoint's dtypes).
+    MlxLm,
+    /// `mistral-cli bench --dtype checkpoint`: the same dtypes as mlx-lm.
+    OursCheckpoint,
+    /// `mistral-cli bench --dtype auto`.
+    OursAuto,
+}
+
+impl Engine {
+    fn label(self) -> &'static str {
+        match self {
+            Engine::MlxLm => "mlx-lm",
+            Engine::OursCheckpoint => "ours (checkpoint dtype)",
+            Engine::OursAuto => "ours (--dtype auto)",
+        }
+    }
+}
+
+const ALL: &[Engine] = &[Engine::MlxLm, Engine::OursCheckpoint, Engine::OursAuto];
+const NO_CHECKPOINT: &[Engine] = &[Engine::MlxLm, Engine::OursAuto];
+
+/// One model at one prompt length.
+#[derive(Debug, Clone)]
+struct Case {
+    model: &'static str,
+    prompt: u32,
+    gen: u32,
+    engines: &'static [Engine],
+}
+
+const MODELS: [&str; 6] = [
+    "m150_bf16",
+    "m150_q4",
+    "m150_q8",
+    "m150_window",
+    "m7b_2l_bf16",
+    "smollm2_bf16",
+];
+
+/// The cases run by default: every model, and the settings that fit on a
+/// 2-core CPU (mlx-lm's CPU quantized matmul runs about 1 token/s, its
+/// bf16 prefill about 40 tokens/s).
+fn plan(full: bool) -> Vec<Case> {
+    let case = |model, prompt, gen, engines| Case {
+        model,
+        prompt,
+        gen,
+        engines,
+    };
+    if full {
+        return MODELS
+            .iter()
+            .flat_map(|&m| [16, 512, 2048].map(|p| case(m, p, 128, ALL)))
+            .collect();
+    }
+    vec![
+        case("m150_bf16", 16, 128, ALL),
+        case("m150_bf16", 512, 128, ALL),
+        case("m150_bf16", 2048, 32, NO_CHECKPOINT),
+        case("m150_q4", 16, 32, ALL),
+        case("m150_q8", 16, 32, NO_CHECKPOINT),
+        case("m150_window", 512, 128, ALL),
+        case("m7b_2l_bf16", 16, 32, ALL),
+        case("smollm2_bf16", 512, 128, ALL),
+    ]
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    load_s: f64,
+    ttft_s: f64,
+    prefill_tps: f64,
+    decode_tps: f64,
+    peak_mem_gb: f64,
+    bytes_per_token: f64,
+}
+
+/// Runs `compare`.
+pub fn run(args: CompareArgs) -> Result<()> {
+    let mut cases = plan(args.full);
+    if !args.only.is_empty() {
+        if let Some(unknown) = args.only.iter().find(|m| !MODELS.contains(&m.as_str())) {
+            bail!(
+                "--only: unknown model {unknown} (one of {})",
+                MODELS.join(", ")
+            );
+        }
+        cases.retain(|c| args.only.iter().any(|m| m == c.model));
+    }
+    let cli = build_cli()?;
+    let python = python::ensure_env()?;
+    let models = python::ensure_bench_models()?;
+
+    let bandwidth_before = bandwidth(&python)?;
+    eprintln!("memory read bandwidth: {bandwidth_before:.2} GB/s");
+    let mut samples: Vec<Vec<Vec<Sample>>> = cases
+        .iter()
+        .map(|c| vec![Vec::new(); c.engines.len()])
+        .collect();
+    let mut raw = Vec::new();
+    for rep in 0..args.reps {
+        for (case, per_engine) in cases.iter().zip(samples.iter_mut()) {
+            for (engine, runs) in case.engines.iter().zip(per_engine.iter_mut()) {
+                let dir = models.join(case.model);
+                let (sample, json) = match engine {
+                    Engine::MlxLm => run_mlx_lm(&python, &dir, case)?,
+                    Engine::OursCheckpoint => run_ours(&cli, &dir, case, "checkpoint")?,
+                    Engine::OursAuto => run_ours(&cli, &dir, case, "auto")?,
+                };
+                eprintln!(
+                    "rep {}/{} {} p{} g{} {:<24} prefill {:>8.2} tok/s  decode {:>7.2} tok/s",
+                    rep + 1,
+                    args.reps,
+                    case.model,
+                    case.prompt,
+                    case.gen,
+                    engine.label(),
+                    sample.prefill_tps,
+                    sample.decode_tps
+                );
+                raw.push(json!({
+                    "rep": rep, "model": case.model, "prompt": case.prompt,
+                    "gen": case.gen, "engine": engine.label(), "output": json,
+                }));
+                runs.push(sample);
+            }
+        }
+    }
+    let bandwidth_after = bandwidth(&python)?;
+    let bandwidth = (bandwidth_before + bandwidth_after) / 2.0;
+
+    let header = format!(
+        "{} on {}; memory read bandwidth {:.2} GB/s (MLX sum over 1 GiB: {:.2} before, \
+         {:.2} after); {} interleaved repetitions per engine; command: `cargo xtask compare{}`",
+        today(),
+        machine(),
+        bandwidth,
+        bandwidth_before,
+        bandwidth_after,
+        args.reps,
+        if args.full { " --full" } else { "" },
+    );
+    let table = render(&cases, &samples, bandwidth);
+    let report = format!("{header}\n\n{table}");
+    println!("{report}");
+
+    let out_dir = xtask_dir().join("compare");
+    fs::create_dir_all(&out_dir)?;
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let md = out_dir.join(format!("compare-{stamp}.md"));
+    fs::write(&md, &report).with_context(|| format!("writing {}", md.display()))?;
+    let raw_path = out_dir.join(format!("compare-{stamp}.json"));
+    let document = json!({
+        "date": today(), "machine": machine(), "reps": args.reps,
+        "bandwidth_GBps": { "before": bandwidth_before, "after": bandwidth_after },
+        "runs": raw,
+    });
+    fs::write(&raw_path, serde_json::to_string_pretty(&document)?)
+        .with_context(|| format!("writing {}", raw_path.display()))?;
+    eprintln!("written: {} and {}", md.display(), raw_path.display());
+    Ok(())
+}
+
+/// Builds `mistral-cli` in release mode and returns its path.
+fn build_cli() -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args(["build", "--release", "-p", "mistral-cli"])
+        .status()
+        .context("running cargo build --release -p mistral-cli")?;
+    if !status.success() {
+        bail!("cargo build --release -p mistral-cli failed ({status})");
+    }
+    Ok(target_dir().join("release/mistral-cli"))
+}
+
+/// Runs `command` and parses the last line of its stdout as JSON.
+fn json_output(command: &mut Command) -> Result<Value> {
+    let shown = format!("{command:?}");
+    let output = command
+        .output()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !output.status.success() {
+        bail!(
+            "{shown} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("{shown} printed no JSON: {stdout}"))
+}
+
+fn number(value: &Value, what: &str) -> Result<f64> {
+    value
+        .as_f64()
+        .with_context(|| format!("`{what}` is not a number in {value}"))
+}
+
+fn run_ours(cli: &Path, dir: &Path, case: &Case, dtype: &str) -> Result<(Sample, Value)> {
+    let json = json_output(
+        Command::new(cli)
+            .arg("bench")
+            .arg("--model")
+            .arg(dir)
+            .args([
+                "--dtype",
+                dtype,
+                "--iterations",
+                "1",
+                "--warmup",
+                "1",
+                "--json",
+            ])
+            .args(["--prompt-tokens", &case.prompt.to_string()])
+            .args(["--gen-tokens", &case.gen.to_string()]),
+    )?;
+    let row = &json["results"][0];
+    let median = |key: &str| number(&row[key]["median"], key);
+    let sample = Sample {
+        load_s: number(&json["load_s"], "load_s")?,
+        ttft_s: median("ttft_s")?,
+        prefill_tps: median("prefill_tps")?,
+        decode_tps: median("decode_tps")?,
+        peak_mem_gb: median("peak_mem_GB")?,
+        bytes_per_token: number(&json["weight_bytes_per_token"], "weight_bytes_per_token")?,
+    };
+    Ok((sample, json))
+}
+
+fn run_mlx_lm(python: &Path, dir: &Path, case: &Case) -> Result<(Sample, Value)> {
+    let json = json_output(
+        Command::new(python)
+            .current_dir(python::python_dir())
+            .arg("mlx_lm_bench.py")
+            .arg("--model")
+            .arg(dir)
+            .args(["--prompt-tokens", &case.prompt.to_string()])
+            .args(["--gen-tokens", &case.gen.to_string()]),
+    )?;
+    let field = |key: &str| number(&json[key], key);
+    let sample = Sample {
+        load_s: field("load_s")?,
+        ttft_s: field("ttft_s")?,
+        prefill_tps: field("prefill_tps")?,
+        decode_tps: field("decode_tps")?,
+        peak_mem_gb: field("peak_mem_GB")?,
+        bytes_per_token: field("weight_bytes_per_token")?,
+    };
+    Ok((sample, json))
+}
+
+/// Memory read bandwidth in GB/s, measured through MLX.
+fn bandwidth(python: &Path) -> Result<f64> {
+    let json = json_output(
+        Command::new(python)
+            .current_dir(python::python_dir())
+            .args(["mlx_lm_bench.py", "--bandwidth"]),
+    )?;
+    number(&json["read_GBps"], "read_GBps")
+}
+
+/// Median, min and max.
+fn summary(values: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let median = if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    };
+    (median, sorted[0], sorted[n - 1])
+}
+
+/// A metric row: name, how to read it, and its number format.
+type Metric = (&'static str, fn(&Sample) -> f64, usize);
+
+const METRICS: [Metric; 5] = [
+    ("prefill tok/s", |s| s.prefill_tps, 1),
+    ("decode tok/s", |s| s.decode_tps, 2),
+    ("time to first token s", |s| s.ttft_s, 3),
+    ("peak memory GB", |s| s.peak_mem_gb, 3),
+    ("load s", |s| s.load_s, 2),
+];
+
+/// One Markdown table per case: a row per metric, a column per engine
+/// (median [min, max]) and the ratio of each of ours to mlx-lm's median.
+fn render(cases: &[Case], samples: &[Vec<Vec<Sample>>], bandwidth: f64) -> String {
+    let mut out = String::new();
+    for (case, per_engine) in cases.iter().zip(samples) {
+        out.push_str(&format!(
+            "### {} — prompt {}, {} generated\n\n",
+            case.model, case.prompt, case.gen
+        ));
+        let mut header = vec!["metric".to_owned()];
+        let mlx = case.engines.iter().position(|&e| e == Engine::MlxLm);
+        for engine in case.engines {
+            header.push(engine.label().to_owned());
+        }
+        for engine in case.engines.iter().filter(|&&e| e != Engine::MlxLm) {
+            header.push(format!("{} / mlx-lm", engine.label()));
+        }
+        out.push_str(&format!("| {} |\n", header.join(" | ")));
+        out.push_str(&format!("|{}\n", " --- |".repeat(header.len())));
+        for (name, read, digits) in METRICS.iter().copied().chain(std::iter::once((
+            "decode / bandwidth bound",
+            (|s: &Sample| s.decode_tps * s.bytes_per_token) as fn(&Sample) -> f64,
+            3,
+        ))) {
+            let fraction = name.starts_with("decode /");
+            let mut cells = vec![name.to_owned()];
+            let mut medians = Vec::new();
+            for runs in per_engine {
+                let values: Vec<f64> = runs
+                    .iter()
+                    .map(|s| {
+                        if fraction {
+                            read(s) / (bandwidth * 1e9)
+                        } else {
+                            read(s)
+                        }
+                    })
+                    .collect();
+                let (median, min, max) = summary(&values);
+                medians.push(median);
+                cells.push(format!(
+                    "{median:.digits$} [{min:.digits$}, {max:.digits$}]"
+                ));
+            }
+            for (i, engine) in case.engines.iter().enumerate() {
+                if *engine == Engine::MlxLm {
+                    continue;
+                }
+                cells.push(match mlx {
+                    Some(m) if medians[m] > 0.0 => format!("{:.2}x", medians[i] / medians[m]),
+                    _ => "-".to_owned(),
+                });
+            }
+            out.push_str(&format!("| {} |\n", cells.join(" | ")));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `YYYY-MM-DD` (UTC) of today.
+fn today() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = (secs / 86_400) as i64;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// CPU model, core count and memory, from `/proc` (Linux).
+fn machine() -> String {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    format!("{cpu}, {cores} cores, {mem_gib:.0} GiB")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_takes_the_middle() {
+        assert_eq!(summary(&[3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
+        assert_eq!(summary(&[4.0, 1.0, 2.0, 3.0]), (2.5, 1.0, 4.0));
+    }
+
+    #[test]
+    fn every_planned_model_is_generated() {
+        for full in [false, true] {
+            for case in plan(full) {
+                assert!(MODELS.contains(&case.model), "{}", case.model);
+                assert!(case.engines.contains(&Engine::MlxLm));
+            }
+        }
+        // Every model appears in the default plan.
+        let default = plan(false);
+        assert!(MODELS.iter().all(|m| default.iter().any(|c| c.model == *m)));
+    }
+
+    #[test]
+    fn dates_are_civil() {
+        let date = today();
+        assert_eq!(date.len(), 10);
+        assert!(date.starts_with("20"));
+    }
+}
