@@ -55,8 +55,13 @@ impl LoadPlan {
         available: Option<u64>,
     ) -> LoadPlan {
         let quantized = config.quantization().is_some();
+        // Float32 on the CPU: linear layers store their matrices transposed.
         let plan = |dtype, dequantize, summary: String| LoadPlan {
-            weights: WeightOptions { dtype, dequantize },
+            weights: WeightOptions {
+                dtype,
+                dequantize,
+                transpose_f32: !on_gpu && dtype == Some(Dtype::Float32),
+            },
             summary,
         };
         match choice {

@@ -5,7 +5,10 @@
 //! and only the gathered rows are dequantized, as in mlx-lm's
 //! `QuantizedEmbedding`.
 
-use mlx_rs::{ops::dequantize, Array};
+use mlx_rs::{
+    ops::{dequantize, move_axis},
+    Array,
+};
 
 use crate::config::MistralConfig;
 use crate::error::ModelError;
@@ -53,6 +56,7 @@ impl Embedding {
     pub fn forward(&self, ids: &Array) -> Result<Array, ModelError> {
         match &self.weight {
             LinearWeight::Dense(w) => Ok(w.take_axis(ids, 0)?),
+            LinearWeight::Transposed(w) => Ok(move_axis(w.take_axis(ids, 1)?, 0, -1)?),
             LinearWeight::Quantized(q) => Ok(dequantize(
                 q.weight.take_axis(ids, 0)?,
                 q.scales.take_axis(ids, 0)?,

@@ -118,6 +118,9 @@ fn check_scales(
 pub enum LinearWeight {
     /// A floating-point matrix `[rows, cols]`.
     Dense(Array),
+    /// A floating-point matrix stored transposed, `[cols, rows]` contiguous
+    /// (see `WeightOptions::transpose_f32`); only for linear layers.
+    Transposed(Array),
     /// An MLX affine-quantized matrix.
     Quantized(QuantizedWeight),
 }
@@ -162,7 +165,7 @@ impl LinearWeight {
     /// Bytes held (packed weight, scales and biases when quantized).
     pub fn weight_bytes(&self) -> u64 {
         match self {
-            LinearWeight::Dense(w) => w.nbytes() as u64,
+            LinearWeight::Dense(w) | LinearWeight::Transposed(w) => w.nbytes() as u64,
             LinearWeight::Quantized(q) => {
                 (q.weight.nbytes() + q.scales.nbytes() + q.biases.nbytes()) as u64
             }
@@ -173,6 +176,7 @@ impl LinearWeight {
     pub fn matmul_t(&self, x: &Array) -> Result<Array, ModelError> {
         match self {
             LinearWeight::Dense(w) => Ok(x.matmul(w.transpose()?)?),
+            LinearWeight::Transposed(w) => Ok(x.matmul(w)?),
             LinearWeight::Quantized(q) => q.matmul_t(x),
         }
     }
@@ -195,7 +199,14 @@ impl Linear {
         out_dim: i32,
         bias: bool,
     ) -> Result<Self, ModelError> {
-        let weight = LinearWeight::load(cfg, weights, out_dim, in_dim)?;
+        let mut weight = LinearWeight::load(cfg, weights, out_dim, in_dim)?;
+        if let LinearWeight::Dense(w) = &weight {
+            if weights.transpose_f32() && w.dtype() == Dtype::Float32 {
+                let transposed = w.transpose()?.contiguous()?;
+                transposed.eval()?;
+                weight = LinearWeight::Transposed(transposed);
+            }
+        }
         let bias = if bias {
             Some(weights.float("bias", &[out_dim])?)
         } else {
@@ -228,6 +239,7 @@ impl Linear {
     pub fn forward(&self, x: &Array) -> Result<Array, ModelError> {
         match (&self.weight, &self.bias) {
             (LinearWeight::Dense(w), Some(b)) => Ok(addmm(b, x, w.transpose()?, 1.0, 1.0)?),
+            (LinearWeight::Transposed(w), Some(b)) => Ok(addmm(b, x, w, 1.0, 1.0)?),
             (weight, None) => weight.matmul_t(x),
             (weight, Some(b)) => Ok(weight.matmul_t(x)?.add(b)?),
         }

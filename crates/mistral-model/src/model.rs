@@ -15,7 +15,7 @@ use crate::block::DecoderLayer;
 use crate::config::MistralConfig;
 use crate::embedding::Embedding;
 use crate::error::ModelError;
-use crate::linear::Linear;
+use crate::linear::{Linear, LinearWeight};
 use crate::norm::RmsNorm;
 use crate::weights::{WeightOptions, WeightSource, Weights};
 
@@ -139,6 +139,26 @@ impl MistralModel {
     }
 }
 
+/// With `transpose_f32`, a tied float32 head gets its own transposed copy
+/// of the embedding table (more memory, a much faster head on the CPU; see
+/// `WeightOptions::transpose_f32`).
+fn tied_head_transposed(
+    model: &MistralModel,
+    options: WeightOptions,
+) -> Result<Option<Linear>, ModelError> {
+    match model.embed_tokens.weight() {
+        LinearWeight::Dense(table) if options.transpose_f32 && table.dtype() == Dtype::Float32 => {
+            let transposed = table.transpose()?.contiguous()?;
+            transposed.eval()?;
+            Ok(Some(Linear::from_parts(
+                LinearWeight::Transposed(transposed),
+                None,
+            )))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// A Mistral-family causal language model.
 #[derive(Debug, Clone)]
 pub struct Mistral {
@@ -161,7 +181,7 @@ impl Mistral {
     ) -> Result<Self, ModelError> {
         let options = WeightOptions {
             dtype,
-            dequantize: false,
+            ..WeightOptions::default()
         };
         Self::with_options(cfg, weights, options)
     }
@@ -181,7 +201,7 @@ impl Mistral {
             for name in ["weight", "scales", "biases"] {
                 let _ = head.take(name);
             }
-            None
+            tied_head_transposed(&model, options)?
         } else {
             Some(Linear::new(
                 cfg,
