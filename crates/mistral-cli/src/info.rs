@@ -9,6 +9,7 @@ pub fn run() -> Result<()> {
     let version = mlx_rs_core::runtime::mlx_version().unwrap_or_else(|| "unknown".to_owned());
     println!("mlx: {version}");
     println!("device: {}", mlx_rs_core::runtime::default_device());
+    println!("blas: {}", mlx_sys::BLAS);
 
     let n = 64usize;
     let a: Vec<f32> = (0..n * n).map(|i| ((i % 7) as f32) - 3.0).collect();
