@@ -109,7 +109,9 @@ impl LoadPlan {
     }
 }
 
-/// The size of `config`'s model with every matrix dense in float32.
+/// The size of `config`'s model as `Auto` holds it on the CPU: every matrix
+/// dense in float32, and two vocabulary tables even when they are tied (the
+/// tied head gets its own transposed copy, see `WeightOptions::transpose_f32`).
 pub fn dense_f32_bytes(config: &MistralConfig) -> u64 {
     let d = config.hidden_size.max(0) as u64;
     let heads = config.num_attention_heads.max(0) as u64;
@@ -120,7 +122,7 @@ pub fn dense_f32_bytes(config: &MistralConfig) -> u64 {
     let attention = d * head_dim * (2 * heads + 2 * kv);
     let mlp = 3 * d * inter;
     let layer = attention + mlp + 2 * d;
-    let tables = if config.tie_word_embeddings { 1 } else { 2 };
+    let tables = 2;
     let params = (config.num_hidden_layers.max(0) as u64)
         .saturating_mul(layer)
         .saturating_add(tables * vocab * d + d);

@@ -178,8 +178,8 @@ fn every_test_model_under_auto_dtype_matches_mlx_lm_dense_f32() {
             dtype: "float32".to_owned(),
             ..spec.clone()
         };
-        // On the CPU every matrix is dense float32: the model holds exactly
-        // the dense float32 size the plan estimated.
+        // On the CPU every matrix is dense float32 (a tied head with its own
+        // transposed table): the model holds exactly what the plan estimated.
         assert_eq!(
             model.weight_bytes(),
             mistral_loader::plan::dense_f32_bytes(model.config()),
