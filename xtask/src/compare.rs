@@ -15,8 +15,9 @@
 //!   of the bound `bandwidth / weight bytes read per token`.
 //! - The plan (`plan`) is what fits in about 40 minutes on a 2-core CPU;
 //!   `--full` runs every model at prompts 16, 512 and 2048 with 128 tokens.
-//!   Results: a Markdown table on stdout and in `<target>/xtask/compare/`,
-//!   with the raw numbers as JSON beside it.
+//!   Results: a Markdown table on stdout and in
+//!   `<target>/xtask/compare/compare.md`, with the raw numbers in
+//!   `compare.json` beside it; both are rewritten after every repetition.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -141,6 +142,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let python = python::ensure_env()?;
     let models = python::ensure_bench_models()?;
 
+    let out_dir = xtask_dir().join("compare");
     let bandwidth_before = bandwidth(&python)?;
     eprintln!("memory read bandwidth: {bandwidth_before:.2} GB/s");
     let mut samples: Vec<Vec<Vec<Sample>>> = cases
@@ -175,41 +177,79 @@ pub fn run(args: CompareArgs) -> Result<()> {
                 runs.push(sample);
             }
         }
+        write_report(&Report {
+            args: &args,
+            cases: &cases,
+            samples: &samples,
+            bandwidth: (bandwidth_before, None),
+            raw: &raw,
+            out_dir: &out_dir,
+            reps_done: rep + 1,
+        })?;
     }
     let bandwidth_after = bandwidth(&python)?;
-    let bandwidth = (bandwidth_before + bandwidth_after) / 2.0;
+    write_report(&Report {
+        args: &args,
+        cases: &cases,
+        samples: &samples,
+        bandwidth: (bandwidth_before, Some(bandwidth_after)),
+        raw: &raw,
+        out_dir: &out_dir,
+        reps_done: args.reps,
+    })
+}
 
+/// Everything a report is made of.
+struct Report<'a> {
+    args: &'a CompareArgs,
+    cases: &'a [Case],
+    samples: &'a [Vec<Vec<Sample>>],
+    /// Bandwidth before, and after (None while still running).
+    bandwidth: (f64, Option<f64>),
+    raw: &'a [Value],
+    out_dir: &'a Path,
+    reps_done: u32,
+}
+
+/// Prints the tables and writes them with the raw runs to
+/// `compare.md` / `compare.json` in `out_dir` (rewritten after every
+/// repetition, so an interrupted run keeps what it measured).
+fn write_report(report: &Report) -> Result<()> {
+    let (before, after) = report.bandwidth;
+    let bandwidth = after.map_or(before, |a| (before + a) / 2.0);
+    let after_text = after.map_or("not measured yet".to_owned(), |a| format!("{a:.2}"));
     let header = format!(
-        "{} on {}; memory read bandwidth {:.2} GB/s (MLX sum over 1 GiB: {:.2} before, \
-         {:.2} after); {} interleaved repetitions per engine; command: `cargo xtask compare{}`",
+        "{} on {}; memory read bandwidth {:.2} GB/s (before {:.2}, after {}); {} of {} \
+         interleaved repetitions per engine done; command: `cargo xtask compare{}`",
         today(),
         machine(),
         bandwidth,
-        bandwidth_before,
-        bandwidth_after,
-        args.reps,
-        if args.full { " --full" } else { "" },
+        before,
+        after_text,
+        report.reps_done,
+        report.args.reps,
+        if report.args.full { " --full" } else { "" },
     );
-    let table = render(&cases, &samples, bandwidth);
-    let report = format!("{header}\n\n{table}");
-    println!("{report}");
-
-    let out_dir = xtask_dir().join("compare");
-    fs::create_dir_all(&out_dir)?;
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let md = out_dir.join(format!("compare-{stamp}.md"));
-    fs::write(&md, &report).with_context(|| format!("writing {}", md.display()))?;
-    let raw_path = out_dir.join(format!("compare-{stamp}.json"));
+    let table = render(report.cases, report.samples, bandwidth);
+    let text = format!("{header}\n\n{table}");
+    if after.is_some() {
+        println!("{text}");
+    }
+    fs::create_dir_all(report.out_dir)?;
+    let md = report.out_dir.join("compare.md");
+    fs::write(&md, &text).with_context(|| format!("writing {}", md.display()))?;
+    let raw_path = report.out_dir.join("compare.json");
     let document = json!({
-        "date": today(), "machine": machine(), "reps": args.reps,
-        "bandwidth_GBps": { "before": bandwidth_before, "after": bandwidth_after },
-        "runs": raw,
+        "date": today(), "machine": machine(), "reps": report.args.reps,
+        "reps_done": report.reps_done,
+        "bandwidth_GBps": { "before": before, "after": after },
+        "runs": report.raw,
     });
     fs::write(&raw_path, serde_json::to_string_pretty(&document)?)
         .with_context(|| format!("writing {}", raw_path.display()))?;
-    eprintln!("written: {} and {}", md.display(), raw_path.display());
+    if after.is_some() {
+        eprintln!("written: {} and {}", md.display(), raw_path.display());
+    }
     Ok(())
 }
 
