@@ -13,7 +13,8 @@
 //! - The machine's memory read bandwidth is measured in the same run (MLX
 //!   `sum` over 1 GiB, before and after); decode is reported as a fraction
 //!   of the bound `bandwidth / weight bytes read per token`.
-//! - The plan (`plan`) is what fits in about 40 minutes on a 2-core CPU;
+//! - The plan (`plan`) keeps a repetition near 18 minutes on a 2-core CPU
+//!   (mlx-lm's CPU runs are the slow part; 5 repetitions take 1.5 hours);
 //!   `--full` runs every model at prompts 16, 512 and 2048 with 128 tokens.
 //!   Results: a Markdown table on stdout and in
 //!   `<target>/xtask/compare/compare.md`, with the raw numbers in
