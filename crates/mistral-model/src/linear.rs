@@ -172,6 +172,20 @@ impl LinearWeight {
         }
     }
 
+    /// The layout `WeightOptions::transpose_f32` asks for (when `transpose`
+    /// is set): a dense float32 matrix stored transposed (`[cols, rows]`,
+    /// contiguous, evaluated); `None` for any other weight.
+    pub fn transposed_f32(&self, transpose: bool) -> Result<Option<LinearWeight>, ModelError> {
+        match self {
+            LinearWeight::Dense(w) if transpose && w.dtype() == Dtype::Float32 => {
+                let transposed = w.transpose()?.contiguous()?;
+                transposed.eval()?;
+                Ok(Some(LinearWeight::Transposed(transposed)))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// `x Wᵀ`.
     pub fn matmul_t(&self, x: &Array) -> Result<Array, ModelError> {
         match self {
@@ -200,12 +214,8 @@ impl Linear {
         bias: bool,
     ) -> Result<Self, ModelError> {
         let mut weight = LinearWeight::load(cfg, weights, out_dim, in_dim)?;
-        if let LinearWeight::Dense(w) = &weight {
-            if weights.transpose_f32() && w.dtype() == Dtype::Float32 {
-                let transposed = w.transpose()?.contiguous()?;
-                transposed.eval()?;
-                weight = LinearWeight::Transposed(transposed);
-            }
+        if let Some(transposed) = weight.transposed_f32(weights.transpose_f32())? {
+            weight = transposed;
         }
         let bias = if bias {
             Some(weights.float("bias", &[out_dim])?)

@@ -15,7 +15,7 @@ use crate::block::DecoderLayer;
 use crate::config::MistralConfig;
 use crate::embedding::Embedding;
 use crate::error::ModelError;
-use crate::linear::{Linear, LinearWeight};
+use crate::linear::Linear;
 use crate::norm::RmsNorm;
 use crate::weights::{WeightOptions, WeightSource, Weights};
 
@@ -146,17 +146,11 @@ fn tied_head_transposed(
     model: &MistralModel,
     options: WeightOptions,
 ) -> Result<Option<Linear>, ModelError> {
-    match model.embed_tokens.weight() {
-        LinearWeight::Dense(table) if options.transpose_f32 && table.dtype() == Dtype::Float32 => {
-            let transposed = table.transpose()?.contiguous()?;
-            transposed.eval()?;
-            Ok(Some(Linear::from_parts(
-                LinearWeight::Transposed(transposed),
-                None,
-            )))
-        }
-        _ => Ok(None),
-    }
+    let head = model
+        .embed_tokens
+        .weight()
+        .transposed_f32(options.transpose_f32)?;
+    Ok(head.map(|weight| Linear::from_parts(weight, None)))
 }
 
 /// A Mistral-family causal language model.
