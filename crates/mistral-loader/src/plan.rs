@@ -12,6 +12,7 @@
 
 use mistral_model::{MistralConfig, WeightOptions};
 use mlx_rs::{Device, DeviceType, Dtype};
+use mlx_rs_core::streams::cpu_parallelism;
 
 /// The dtype to load and compute in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,6 +62,7 @@ impl LoadPlan {
                 dtype,
                 dequantize,
                 transpose_f32: !on_gpu && dtype == Some(Dtype::Float32),
+                row_split: if on_gpu { 1 } else { cpu_parallelism() },
             },
             summary,
         };
@@ -180,7 +182,13 @@ mod tests {
         let q = config(true);
         let dense = dense_f32_bytes(&q);
         let gpu = LoadPlan::resolve_for(ComputeDtype::Auto, &q, true, Some(1 << 40));
-        assert_eq!(gpu.weights, WeightOptions::default());
+        assert_eq!(
+            gpu.weights,
+            WeightOptions {
+                row_split: 1,
+                ..WeightOptions::default()
+            }
+        );
         let roomy = LoadPlan::resolve_for(ComputeDtype::Auto, &q, false, Some(2 * dense));
         assert_eq!(roomy.weights.dtype, Some(Dtype::Float32));
         assert!(roomy.weights.dequantize);

@@ -13,12 +13,16 @@ use mlx_rs::{
 use crate::config::MistralConfig;
 use crate::error::ModelError;
 use crate::linear::LinearWeight;
+use crate::row_split::RowSplit;
 use crate::weights::Weights;
 
 /// A `[vocab, dim]` embedding table.
 #[derive(Debug, Clone)]
 pub struct Embedding {
     weight: LinearWeight,
+    /// The table in row blocks (views) for [`Embedding::as_linear`], when
+    /// the options ask.
+    head_split: Option<RowSplit>,
     dim: i32,
 }
 
@@ -31,8 +35,14 @@ impl Embedding {
         vocab: i32,
         dim: i32,
     ) -> Result<Self, ModelError> {
+        let weight = LinearWeight::load(cfg, weights, vocab, dim)?;
+        let head_split = match cfg.tie_word_embeddings {
+            true => RowSplit::new(&weight, weights.row_split())?,
+            false => None,
+        };
         Ok(Embedding {
-            weight: LinearWeight::load(cfg, weights, vocab, dim)?,
+            weight,
+            head_split,
             dim,
         })
     }
@@ -70,6 +80,9 @@ impl Embedding {
     /// Uses the table as a linear map `x Eᵀ` (`[..., dim]` to `[..., vocab]`),
     /// for tied LM heads.
     pub fn as_linear(&self, x: &Array) -> Result<Array, ModelError> {
-        self.weight.matmul_t(x)
+        match &self.head_split {
+            Some(split) => split.matmul_t(x),
+            None => self.weight.matmul_t(x),
+        }
     }
 }

@@ -30,6 +30,7 @@ pub mod mlp;
 pub mod model;
 pub mod norm;
 pub mod quantization;
+pub mod row_split;
 pub mod weights;
 
 pub use attention::Attention;
@@ -42,4 +43,5 @@ pub use mlp::Mlp;
 pub use model::{Mistral, MistralModel};
 pub use norm::RmsNorm;
 pub use quantization::{LayerQuantization, QuantParams, QuantizationConfig};
+pub use row_split::RowSplit;
 pub use weights::{WeightOptions, WeightSource, Weights};

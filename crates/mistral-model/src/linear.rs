@@ -15,6 +15,7 @@ use mlx_rs::{
 use crate::config::MistralConfig;
 use crate::error::ModelError;
 use crate::quantization::QuantParams;
+use crate::row_split::RowSplit;
 use crate::weights::Weights;
 
 /// An MLX affine-quantized matrix `[rows, cols]`.
@@ -200,6 +201,8 @@ impl LinearWeight {
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: LinearWeight,
+    /// The weight in row blocks on separate streams, when the options ask.
+    split: Option<RowSplit>,
     bias: Option<Array>,
 }
 
@@ -217,17 +220,26 @@ impl Linear {
         if let Some(transposed) = weight.transposed_f32(weights.transpose_f32())? {
             weight = transposed;
         }
+        let split = RowSplit::new(&weight, weights.row_split())?;
         let bias = if bias {
             Some(weights.float("bias", &[out_dim])?)
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear {
+            weight,
+            split,
+            bias,
+        })
     }
 
     /// A layer from already-checked parts.
     pub fn from_parts(weight: LinearWeight, bias: Option<Array>) -> Self {
-        Linear { weight, bias }
+        Linear {
+            weight,
+            split: None,
+            bias,
+        }
     }
 
     /// The weight.
@@ -247,6 +259,13 @@ impl Linear {
 
     /// Applies the layer to `x` `[..., in]`, giving `[..., out]`.
     pub fn forward(&self, x: &Array) -> Result<Array, ModelError> {
+        if let Some(split) = &self.split {
+            let y = split.matmul_t(x)?;
+            return match &self.bias {
+                Some(b) => Ok(y.add(b)?),
+                None => Ok(y),
+            };
+        }
         match (&self.weight, &self.bias) {
             (LinearWeight::Dense(w), Some(b)) => Ok(addmm(b, x, w.transpose()?, 1.0, 1.0)?),
             (LinearWeight::Transposed(w), Some(b)) => Ok(addmm(b, x, w, 1.0, 1.0)?),

@@ -44,6 +44,11 @@ pub struct WeightOptions {
     /// 1.2x faster in prefill and up to 2x in decode (see BENCHMARKS.md).
     /// Embedding tables (also used as tied heads) keep their layout.
     pub transpose_f32: bool,
+    /// Linear layers (and a tied head) whose matrices MLX's CPU backend
+    /// multiplies on one thread (bfloat16, float16, quantized) are cut into
+    /// this many row blocks, each computed on its own stream (see
+    /// [`RowSplit`](crate::RowSplit)); 0 or 1 leaves them whole.
+    pub row_split: usize,
 }
 
 /// A view of a [`WeightSource`] under a module path, with the compute dtype.
@@ -109,6 +114,11 @@ impl<'a> Weights<'a> {
     /// transposed.
     pub fn transpose_f32(&self) -> bool {
         self.options.transpose_f32
+    }
+
+    /// Into how many row blocks matrices are cut (0 or 1: none).
+    pub fn row_split(&self) -> usize {
+        self.options.row_split
     }
 
     /// The full name of tensor `name` of this module.

@@ -15,6 +15,7 @@
 //!   pipelined steps, prompt-cache reuse);
 //! - [`rope`]: rotary position embeddings ([`initialize_rope`]);
 //! - [`runtime`]: which MLX this process runs on;
+//! - [`streams`]: side streams, to spread independent work over CPU cores;
 //! - [`error`]: the crate's error type.
 //!
 //! Text (tokenizer, streaming detokenizer, stop strings, chat templates) is
@@ -30,6 +31,7 @@ pub mod mask;
 pub mod rope;
 pub mod runtime;
 pub mod sample;
+pub mod streams;
 
 pub use cache::{
     cache_offset, trim_cache, ConcatKeyValueCache, KVCache, KeyValueCache, RotatingKVCache,
