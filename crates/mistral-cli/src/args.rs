@@ -16,9 +16,10 @@ pub struct SamplingArgs {
     /// adds up to P, in (0, 1]; 1 disables it.
     #[arg(long, default_value_t = 1.0, value_parser = probability_open_closed)]
     pub top_p: f32,
-    /// Keep only the K most likely tokens; 0 disables it.
-    #[arg(long, default_value_t = 0)]
-    pub top_k: u32,
+    /// Keep only the K most likely tokens; 0 disables it (must be below the
+    /// model's vocabulary size, checked before loading).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..))]
+    pub top_k: i32,
     /// Drop tokens less likely than P times the most likely one, in [0, 1);
     /// 0 disables it.
     #[arg(long, default_value_t = 0.0, value_parser = probability_closed_open)]

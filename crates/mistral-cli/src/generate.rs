@@ -16,8 +16,9 @@ use std::time::Instant;
 
 use mistral_loader::chat_template::ChatTemplateSource;
 use mistral_loader::{
-    load_chat_template, load_model_planned, load_special_tokens, load_tokenizer, ChatMessage,
-    LoadOptions, StopChecker, StopCriteria, StreamingDetokenizer,
+    check_tokenizer_fits, load_chat_template, load_model_config, load_model_planned,
+    load_special_tokens, load_tokenizer, ChatMessage, LoadOptions, StopChecker, StopCriteria,
+    StreamingDetokenizer,
 };
 use mlx_rs::Array;
 use mlx_rs_core::{Generate, RotatingKVCache};
@@ -65,7 +66,17 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let dir = model_source::resolve(&args.model.model)?;
 
     let load_start = Instant::now();
+    // Arguments and files checked against the config before the weights load.
+    let config = load_model_config(&dir)?;
+    if args.sampling.top_k >= config.vocab_size {
+        bail!(
+            "--top-k {} must be below the model's vocabulary size ({}); 0 disables it",
+            args.sampling.top_k,
+            config.vocab_size
+        );
+    }
     let tokenizer = load_tokenizer(&dir)?;
+    check_tokenizer_fits(&tokenizer, config.vocab_size, &dir)?;
     let special = load_special_tokens(&dir, Some(&tokenizer))?;
     let options = LoadOptions {
         dtype: args.model.dtype.to_compute(),
@@ -115,7 +126,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let mut cache: Vec<Option<RotatingKVCache>> = Vec::new();
     let mut generator = Generate::new(&mut model, &mut cache, args.sampling.temp, &prompt)
         .top_p(args.sampling.top_p)
-        .top_k(args.sampling.top_k as i32)
+        .top_k(args.sampling.top_k)
         .min_p(args.sampling.min_p)
         .max_tokens(args.max_tokens as usize);
     if let Some(penalty) = args.sampling.repetition_penalty {

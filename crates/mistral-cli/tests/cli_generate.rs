@@ -351,6 +351,79 @@ fn bad_arguments_give_one_line_and_a_non_zero_exit() {
     }
 }
 
+/// A copy of test model `name` without its weights: config, tokenizer and
+/// the rest, so only checks made before loading weights can pass.
+fn weightless_copy(
+    name: &str,
+    config_edit: impl FnOnce(&mut serde_json::Value),
+) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(model(name)).expect("model dir") {
+        let path = entry.expect("entry").path();
+        let file = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        if !file.ends_with(".safetensors") && !file.ends_with(".index.json") && path.is_file() {
+            std::fs::copy(&path, tmp.path().join(&file)).expect("copy");
+        }
+    }
+    let config_path = tmp.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).expect("config"))
+            .expect("json");
+    config_edit(&mut config);
+    std::fs::write(&config_path, config.to_string()).expect("write config");
+    tmp
+}
+
+#[test]
+fn top_k_is_checked_against_the_vocabulary_before_loading() {
+    // Before: `--top-k` was a u32 cast to i32 (4294967295 wrapped to -1) and
+    // `top_k >= vocab` failed only after loading and prefilling.
+    let dir = model("gqa4_f32");
+    let wrapped = cli(&[
+        "generate",
+        "--model",
+        &dir,
+        "--prompt",
+        "x",
+        "--top-k",
+        "4294967295",
+    ]);
+    let stderr = String::from_utf8_lossy(&wrapped.stderr);
+    assert!(!wrapped.status.success());
+    assert!(stderr.contains("--top-k"), "{stderr}");
+
+    let weightless = weightless_copy("gqa4_f32", |_| {});
+    let vocab = 32768.to_string();
+    let dir = weightless.path().display().to_string();
+    let output = cli(&[
+        "generate", "--model", &dir, "--prompt", "x", "--top-k", &vocab,
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--top-k 32768 must be below the model's vocabulary size (32768)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_tokenizer_larger_than_the_model_vocabulary_is_rejected_naming_it() {
+    let weightless = weightless_copy("gqa4_f32", |config| config["vocab_size"] = 1000.into());
+    let dir = weightless.path().display().to_string();
+    let output = cli(&["generate", "--model", &dir, "--prompt", "x"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("tokenizer.json") && stderr.contains("`vocab_size` (1000)"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn ctrl_c_stops_and_still_prints_statistics() {
     use std::io::Read;

@@ -198,6 +198,21 @@ pub enum LoadError {
         message: String,
     },
 
+    /// The tokenizer produces ids the model has no embedding row for.
+    #[error(
+        "{}: the tokenizer has {tokenizer_vocab} tokens, more than the model's `vocab_size` \
+         ({model_vocab}); ids past the model's vocabulary would have no embedding",
+        path.display()
+    )]
+    TokenizerVocab {
+        /// The tokenizer's file (or the GGUF file holding it).
+        path: PathBuf,
+        /// Tokens the tokenizer can produce (added tokens included).
+        tokenizer_vocab: usize,
+        /// The model's `vocab_size`.
+        model_vocab: i32,
+    },
+
     /// A special token string is not in the tokenizer's vocabulary.
     #[error(
         "{path}: field `{field}` names token {token:?}, which is not in the tokenizer's vocabulary"

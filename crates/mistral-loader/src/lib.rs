@@ -48,7 +48,7 @@ pub use chat_template::{load_chat_template, ChatTemplateSource, ModelChatTemplat
 pub use config::{load_config, read_config_str};
 pub use convert::{convert_model, ConvertOptions, ConvertReport};
 pub use error::{LoadError, Result};
-pub use load::{load_model, load_model_planned, load_model_with, LoadOptions};
+pub use load::{load_model, load_model_config, load_model_planned, load_model_with, LoadOptions};
 pub use mistral_model::WeightSource;
 /// The [`Tokenizer`] newtype's module, now `mistral_text::tokenizer` (the
 /// old path keeps working).
@@ -62,4 +62,4 @@ pub use model_dir::ModelDir;
 pub use plan::{ComputeDtype, LoadPlan};
 pub use safetensors_files::{discover_checkpoint, CheckpointFiles, CheckpointLayout};
 pub use safetensors_weights::{SafetensorsWeights, TensorMeta};
-pub use tokenizer::{load_special_tokens, load_tokenizer, SpecialTokens};
+pub use tokenizer::{check_tokenizer_fits, load_special_tokens, load_tokenizer, SpecialTokens};

@@ -89,6 +89,29 @@ fn build(
     Mistral::with_options(config, &mut Tap { source, seen }, plan.weights)
 }
 
+/// The validated configuration of the model at `path` (a model directory's
+/// `config.json`, or a GGUF file's metadata) without loading any weights, so
+/// callers can check their arguments against it first.
+pub fn load_model_config(path: impl AsRef<Path>) -> Result<MistralConfig> {
+    let path = path.as_ref();
+    if let Some(file) = gguf::find_gguf(path)? {
+        let gguf_file = GgufFile::open(&file)?;
+        let config = gguf::gguf_config(&gguf_file)?;
+        config.validate().map_err(|source| LoadError::Config {
+            path: file.clone(),
+            source,
+        })?;
+        return Ok(config);
+    }
+    let config_json = read_config_str(path)?;
+    MistralConfig::from_json_str(&config_json)
+        .and_then(|config| config.validate().map(|()| config))
+        .map_err(|source| LoadError::Config {
+            path: path.join(CONFIG_FILE),
+            source,
+        })
+}
+
 fn load_tapped(
     path: &Path,
     options: &LoadOptions,

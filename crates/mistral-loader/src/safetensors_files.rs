@@ -215,7 +215,19 @@ fn find_unindexed_shards(dir: &Path) -> Result<CheckpointFiles> {
         let Some((part, total)) = name.to_str().and_then(parse_shard_name) else {
             continue;
         };
-        shards.insert(part, (total, entry.path()));
+        let path = entry.path();
+        if let Some((_, first)) = shards.get(&part) {
+            // `model-1-of-2` and `model-00001-of-00002` are the same shard.
+            return Err(LoadError::ShardSet {
+                dir: dir.to_path_buf(),
+                reason: format!(
+                    "{} and {} both claim to be shard {part}",
+                    first.display(),
+                    path.display()
+                ),
+            });
+        }
+        shards.insert(part, (total, path));
     }
     let Some((_, (total, _))) = shards.iter().next() else {
         return Err(LoadError::NoWeights {
@@ -240,7 +252,14 @@ fn find_unindexed_shards(dir: &Path) -> Result<CheckpointFiles> {
             });
         }
     }
-    if let Some(missing) = (1..=total).find(|p| !shards.contains_key(p)) {
+    // Every part is in 1..=total and unique, so fewer parts than `total`
+    // means a gap: the first part not at its rank (never a loop up to a
+    // `total` that a file name can set to u32::MAX).
+    if (shards.len() as u64) < u64::from(total) {
+        let missing = (1u32..)
+            .zip(shards.keys())
+            .find(|(rank, part)| rank != *part)
+            .map_or(shards.len() as u32 + 1, |(rank, _)| rank);
         return Err(LoadError::ShardSet {
             dir: dir.to_path_buf(),
             reason: format!("shard {missing} of {total} is missing and there is no {INDEX_FILE}"),

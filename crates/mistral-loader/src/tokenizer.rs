@@ -54,6 +54,35 @@ pub fn load_tokenizer(dir: impl AsRef<Path>) -> Result<mistral_text::Tokenizer> 
         })
 }
 
+/// Checks that every id the tokenizer of model `dir` can produce (its
+/// vocabulary and added tokens) has a row in a model of `vocab_size`
+/// tokens; the error names the tokenizer's file. A model may have more rows
+/// than the tokenizer has tokens (padded vocabularies), not fewer.
+pub fn check_tokenizer_fits(
+    tokenizer: &mistral_text::Tokenizer,
+    vocab_size: i32,
+    dir: impl AsRef<Path>,
+) -> Result<()> {
+    let dir = dir.as_ref();
+    let needed = tokenizer
+        .get_vocab(true)
+        .values()
+        .max()
+        .map_or(0, |&id| id as usize + 1);
+    if needed <= vocab_size.max(0) as usize {
+        return Ok(());
+    }
+    let path = match crate::gguf::find_gguf(dir)? {
+        Some(file) => file,
+        None => dir.join(TOKENIZER_FILE),
+    };
+    Err(LoadError::TokenizerVocab {
+        path,
+        tokenizer_vocab: needed,
+        model_vocab: vocab_size,
+    })
+}
+
 /// The model's beginning- and end-of-sequence token ids.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SpecialTokens {

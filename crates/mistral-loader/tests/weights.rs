@@ -147,6 +147,54 @@ fn shards_without_index() {
 }
 
 #[test]
+fn a_huge_shard_count_in_a_file_name_is_a_quick_error() {
+    // Before: discovery looped 1..=total with total from the file name.
+    let dir = TempDir::new("hugecount");
+    let one: BTreeMap<String, RawTensor> = mixed_tensors().into_iter().take(1).collect();
+    write_sharded(dir.path(), &[one]);
+    std::fs::remove_file(dir.path().join("model.safetensors.index.json")).unwrap();
+    std::fs::rename(
+        dir.path().join("model-00001-of-00001.safetensors"),
+        dir.path().join("model-00001-of-4294967295.safetensors"),
+    )
+    .unwrap();
+    let err = SafetensorsWeights::open(dir.path()).unwrap_err();
+    match &err {
+        LoadError::ShardSet { reason, .. } => {
+            assert!(reason.contains("shard 2 of 4294967295 is missing"), "{err}")
+        }
+        other => panic!("expected a shard-set error, got {other}"),
+    }
+}
+
+#[test]
+fn differently_padded_names_of_one_shard_are_an_error() {
+    // Before: the second name silently replaced the first.
+    let dir = TempDir::new("padding");
+    let all = mixed_tensors();
+    let mut shards = vec![BTreeMap::new(), BTreeMap::new()];
+    for (i, (name, t)) in all.iter().enumerate() {
+        shards[i % 2].insert(name.clone(), t.clone());
+    }
+    write_sharded(dir.path(), &shards);
+    std::fs::remove_file(dir.path().join("model.safetensors.index.json")).unwrap();
+    std::fs::copy(
+        dir.path().join("model-00001-of-00002.safetensors"),
+        dir.path().join("model-1-of-2.safetensors"),
+    )
+    .unwrap();
+    let err = SafetensorsWeights::open(dir.path()).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, LoadError::ShardSet { .. }), "{text}");
+    assert!(
+        text.contains("model-1-of-2.safetensors")
+            && text.contains("model-00001-of-00002.safetensors")
+            && text.contains("shard 1"),
+        "{text}"
+    );
+}
+
+#[test]
 fn index_naming_missing_shard() {
     let dir = TempDir::new("missingshard");
     let mut shards = vec![BTreeMap::new(), BTreeMap::new(), BTreeMap::new()];

@@ -143,6 +143,20 @@ fn positive(field: &str, value: i32) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `value * other` (other given by `other_name`) must fit in an i32.
+fn product_fits(field: &str, other_name: &str, value: i32, other: i32) -> Result<(), ConfigError> {
+    if value.checked_mul(other).is_none() {
+        return Err(ConfigError::invalid(
+            field,
+            format!(
+                "{value} times {other_name} ({other}) overflows a 32-bit dimension; \
+                 no layer can have that size"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn positive_finite(field: &str, value: f64) -> Result<(), ConfigError> {
     if !(value.is_finite() && value > 0.0) {
         return Err(ConfigError::invalid(
@@ -312,6 +326,29 @@ impl MistralConfig {
                 "head_dim",
                 format!("{} must be even for RoPE", self.head_dim()),
             ));
+        }
+        // Layer shapes are products of these values in i32 (MLX's dimension
+        // type): the projections' widths, and input widths times 32 for
+        // quantized packing (`in * bits`, bits <= 8 < 32).
+        product_fits(
+            "head_dim",
+            "num_attention_heads",
+            self.num_attention_heads,
+            self.head_dim(),
+        )?;
+        product_fits(
+            "head_dim",
+            "num_key_value_heads",
+            self.num_key_value_heads(),
+            self.head_dim(),
+        )?;
+        let q_width = self.num_attention_heads.saturating_mul(self.head_dim());
+        for (field, width) in [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("head_dim", q_width),
+        ] {
+            product_fits(field, "32", width, 32)?;
         }
         if self.num_attention_heads % self.num_key_value_heads() != 0 {
             return Err(ConfigError::invalid(

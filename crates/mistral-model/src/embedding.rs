@@ -6,7 +6,7 @@
 //! `QuantizedEmbedding`.
 
 use mlx_rs::{
-    ops::{dequantize, move_axis},
+    ops::{clip, dequantize, move_axis},
     Array,
 };
 
@@ -62,8 +62,25 @@ impl Embedding {
         self.weight.weight_bytes()
     }
 
+    /// Number of rows (the vocabulary size).
+    pub fn rows(&self) -> i32 {
+        match &self.weight {
+            LinearWeight::Dense(w) => w.dim(0),
+            LinearWeight::Transposed(w) => w.dim(1),
+            LinearWeight::Quantized(q) => q.weight.dim(0),
+        }
+    }
+
     /// Looks up `ids` (any integer shape `S`), giving `[S..., dim]`.
+    ///
+    /// MLX's gather does not check bounds, so ids are first clamped into
+    /// `0..rows` on the device: an id outside the table reads a wrong row,
+    /// never memory outside it. Reporting bad ids is the callers' job
+    /// ([`Mistral::forward`](crate::Mistral::forward) and the generator
+    /// check them); this guard costs no host sync.
     pub fn forward(&self, ids: &Array) -> Result<Array, ModelError> {
+        let bound = |v: i32| Array::from_int(v).as_dtype(ids.dtype());
+        let ids = &clip(ids, (bound(0)?, bound(self.rows() - 1)?))?;
         match &self.weight {
             LinearWeight::Dense(w) => Ok(w.take_axis(ids, 0)?),
             LinearWeight::Transposed(w) => Ok(move_axis(w.take_axis(ids, 1)?, 0, -1)?),

@@ -20,6 +20,11 @@ impl<C: KeyValueCache> LanguageModel<C> for Mistral {
         tokens: &Array,
         cache: &mut Vec<Option<C>>,
     ) -> mlx_rs_core::Result<Array> {
-        Ok(Mistral::forward(self, tokens, cache)?)
+        // The generator checks its prompt; sampled ids are in range.
+        Ok(Mistral::forward_unchecked(self, tokens, cache)?)
+    }
+
+    fn vocab_size(&self) -> Option<i32> {
+        Some(self.config().vocab_size)
     }
 }

@@ -45,7 +45,15 @@ impl QuantizedWeight {
             "the config quantizes `{}` ({bits}-bit, group size {group_size})",
             weights.module_path()
         );
-        if cols % group_size != 0 || (cols * bits) % 32 != 0 {
+        let Some(packed_bits) = cols.checked_mul(bits) else {
+            return Err(ModelError::Quantization {
+                tensor: weights.path("weight"),
+                message: format!(
+                    "{describe}, but its input size {cols} times {bits} bits overflows"
+                ),
+            });
+        };
+        if cols % group_size != 0 || packed_bits % 32 != 0 {
             return Err(ModelError::Quantization {
                 tensor: weights.path("weight"),
                 message: format!(
@@ -61,7 +69,7 @@ impl QuantizedWeight {
             });
         };
         let groups = [rows, cols / group_size];
-        let packed = weights.exact("weight", &[rows, cols * bits / 32], Dtype::Uint32)?;
+        let packed = weights.exact("weight", &[rows, packed_bits / 32], Dtype::Uint32)?;
         let scales = check_scales(weights, "scales", scales, &groups)?;
         let biases = weights.float("biases", &groups)?;
         Ok(QuantizedWeight {

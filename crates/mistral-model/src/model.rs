@@ -78,8 +78,10 @@ impl MistralModel {
     /// per layer; an empty list is filled with new caches first, a `None`
     /// slot runs that layer without cache (positions from 0).
     ///
-    /// Ids must be below `vocab_size`; this is not checked here, since that
-    /// would force evaluating `tokens` (the caller knows its tokenizer).
+    /// Ids are not checked here, since that would force evaluating `tokens`
+    /// every step; an id outside the table is clamped into it (see
+    /// [`Embedding::forward`]), never read out of bounds.
+    /// [`Mistral::forward`] checks them.
     pub fn forward<C: KeyValueCache>(
         &self,
         tokens: &Array,
@@ -260,8 +262,24 @@ impl Mistral {
     }
 
     /// Logits `[B, L, vocab_size]` for `tokens` `[B, L]` (integer ids)
-    /// following what `cache` holds; see [`MistralModel::forward`].
+    /// following what `cache` holds; see [`MistralModel::forward`]. An id
+    /// outside `0..vocab_size` is an error naming it (this evaluates
+    /// `tokens`; the generator, which checks its prompt once, skips it).
     pub fn forward<C: KeyValueCache>(
+        &self,
+        tokens: &Array,
+        cache: &mut Vec<Option<C>>,
+    ) -> Result<Array, ModelError> {
+        if mlx_rs_core::is_integer(tokens.dtype()) {
+            mlx_rs_core::check_token_ids(tokens, self.config.vocab_size)
+                .map_err(|e| ModelError::Input(e.to_string()))?;
+        }
+        self.forward_unchecked(tokens, cache)
+    }
+
+    /// [`forward`](Self::forward) without the host-side check of the ids
+    /// (out-of-range ids are clamped, see [`Embedding::forward`]).
+    pub fn forward_unchecked<C: KeyValueCache>(
         &self,
         tokens: &Array,
         cache: &mut Vec<Option<C>>,

@@ -374,3 +374,92 @@ fn forward_rejects_bad_input() {
         Err(ModelError::Input(_))
     ));
 }
+
+#[test]
+fn ids_outside_the_vocabulary_are_errors_naming_them() {
+    let cfg = tiny_config(json!({}));
+    let model = Mistral::new(&cfg, &mut random_weights(&cfg), None).unwrap();
+    for bad in [cfg.vocab_size, -1, i32::MAX] {
+        let tokens = Array::from_slice(&[3, bad, 5], &[1, 3]);
+        let mut cache: Vec<Option<KVCache>> = Vec::new();
+        match model.forward(&tokens, &mut cache) {
+            Err(ModelError::Input(message)) => assert!(
+                message.contains(&format!("token id {bad} at position 1")),
+                "{message}"
+            ),
+            other => panic!("id {bad}: expected an input error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn unchecked_forward_clamps_bad_ids_into_the_table() {
+    // The generator's path skips the host check; MLX's gather does not
+    // bounds-check, so the embedding clamps: an id past the end reads the
+    // last row (same logits as that id), never memory outside the table.
+    let cfg = tiny_config(json!({}));
+    let model = Mistral::new(&cfg, &mut random_weights(&cfg), None).unwrap();
+    let last = cfg.vocab_size - 1;
+    let run = |id: i32| {
+        let mut cache: Vec<Option<KVCache>> = Vec::new();
+        let tokens = Array::from_slice(&[id], &[1, 1]);
+        host(&model.forward_unchecked(&tokens, &mut cache).unwrap())
+    };
+    assert_eq!(run(cfg.vocab_size + 1000), run(last));
+    assert_eq!(run(-5), run(0));
+}
+
+#[test]
+fn the_generator_rejects_bad_prompt_ids_and_top_k_before_any_forward() {
+    use mlx_rs_core::Generate;
+    let cfg = tiny_config(json!({}));
+    let mut model = Mistral::new(&cfg, &mut random_weights(&cfg), None).unwrap();
+    let mut cache: Vec<Option<KVCache>> = Vec::new();
+    let prompt = Array::from_slice(&[1u32, 2, cfg.vocab_size as u32], &[3]);
+    let err = Generate::<KVCache>::new(&mut model, &mut cache, 0.0, &prompt)
+        .next()
+        .expect("an item")
+        .expect_err("an out-of-vocabulary prompt id");
+    assert!(
+        err.to_string()
+            .contains(&format!("token id {} at position 2", cfg.vocab_size)),
+        "{err}"
+    );
+    assert!(cache.is_empty(), "nothing was prefilled");
+
+    let prompt = Array::from_slice(&[1u32, 2], &[2]);
+    let err = Generate::<KVCache>::new(&mut model, &mut cache, 0.7, &prompt)
+        .top_k(cfg.vocab_size)
+        .next()
+        .expect("an item")
+        .expect_err("top_k = vocab");
+    assert!(err.to_string().contains("top_k"), "{err}");
+    assert!(cache.is_empty(), "nothing was prefilled");
+}
+
+#[test]
+fn configs_whose_shapes_overflow_i32_are_rejected() {
+    for (field, overrides) in [
+        (
+            "head_dim",
+            json!({"num_attention_heads": 65536, "num_key_value_heads": 1, "head_dim": 65536}),
+        ),
+        ("intermediate_size", json!({"intermediate_size": 1 << 27})),
+        (
+            "hidden_size",
+            json!({"hidden_size": 1 << 27, "head_dim": 16}),
+        ),
+    ] {
+        let mut json = json!({"model_type": "mistral", "hidden_size": 64,
+            "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "vocab_size": 96, "rms_norm_eps": 1e-5});
+        for (k, v) in overrides.as_object().unwrap() {
+            json[k] = v.clone();
+        }
+        let cfg = MistralConfig::from_json_str(&json.to_string()).unwrap();
+        match cfg.validate() {
+            Err(e) => assert!(e.to_string().contains(field), "{overrides}: {e}"),
+            Ok(()) => panic!("{overrides}: accepted"),
+        }
+    }
+}

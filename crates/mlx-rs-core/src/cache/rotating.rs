@@ -45,6 +45,9 @@ pub struct RotatingKVCache {
     values: Option<Array>,
     offset: i32,
     phase: i32,
+    /// The oldest position the buffers still hold: `max(0, end - W)` over
+    /// every update (a trim does not bring overwritten positions back).
+    oldest: i32,
 }
 
 impl RotatingKVCache {
@@ -135,6 +138,7 @@ impl RotatingKVCache {
             self.keys = Some(k);
             self.values = Some(v);
             self.offset = end;
+            self.oldest = self.oldest.max(end - w);
             return Ok(out);
         }
         let (all_k, all_v) = match self.recent(w)? {
@@ -146,6 +150,7 @@ impl RotatingKVCache {
         };
         self.store_last(&all_k, &all_v, end, w)?;
         self.offset = end;
+        self.oldest = self.oldest.max(end - w);
         Ok((all_k, all_v))
     }
 }
@@ -198,10 +203,12 @@ impl KeyValueCache for RotatingKVCache {
     fn max_trim(&self) -> i32 {
         match self.window {
             None => self.unbounded.max_trim(),
-            // Past the window the ring has overwritten older positions; only
-            // the newest one can go while the rest of its window survives.
-            Some(w) if self.offset > w => 1,
-            Some(_) => self.offset,
+            // Trimming to offset `o` is exact only while the next query's
+            // window, positions `o - W + 1 .. o - 1`, is still held. Before
+            // the ring overwrote anything every position is; after, `o` must
+            // stay at or above `oldest + W - 1`, and earlier trims count.
+            Some(_) if self.oldest == 0 => self.offset,
+            Some(w) => (self.offset - (self.oldest + w - 1)).max(0),
         }
     }
 

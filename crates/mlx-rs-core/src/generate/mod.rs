@@ -221,6 +221,15 @@ impl<'a, C: KeyValueCache> Generate<'a, C> {
         if prompt.dim(0) == 0 {
             return Err(Error::InvalidArgument("prompt is empty".into()));
         }
+        if let Some(vocab) = self.model.vocab_size() {
+            let top_k = self.options.sampling.top_k;
+            if top_k >= vocab {
+                return Err(Error::InvalidArgument(format!(
+                    "top_k must be below the vocabulary size {vocab} (0 disables it), got {top_k}"
+                )));
+            }
+            crate::check_token_ids(&prompt, vocab)?;
+        }
         // As mlx-lm: prefill all but the last token in chunks.
         while prompt.dim(0) > 1 {
             let n = self.options.prefill_step_size.min(prompt.dim(0) - 1);

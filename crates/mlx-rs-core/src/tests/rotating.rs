@@ -21,11 +21,13 @@ fn run(steps: &[i32], seed: u64) {
     let scale = (D as f32).powf(-0.5);
     let mut cache = RotatingKVCache::with_window(Some(W));
     let mut history: Option<(Array, Array)> = None;
+    // Most positions ever held at once: the ring has kept the last W of them.
+    let mut high_water = 0;
     let mut key = random::key(seed).unwrap();
     for (n, &len) in steps.iter().enumerate() {
         if len < 0 {
             let trimmed = cache.trim(-len).unwrap();
-            assert_eq!(trimmed, cache_trim_expect(&history, -len));
+            assert_eq!(trimmed, cache_trim_expect(&history, high_water, -len));
             if let Some((k, v)) = history.take() {
                 let end = k.dim(2) - trimmed;
                 use mlx_rs::ops::indexing::{Ellipsis, TryIndexOp};
@@ -55,6 +57,7 @@ fn run(steps: &[i32], seed: u64) {
             None => (k, v),
         };
         let expected = reference_attention(&q, &hk, &hv, offset, Some(W), scale);
+        high_water = high_water.max(hk.dim(2));
         history = Some((hk, hv));
         let got = host(&out);
         let worst = got
@@ -71,15 +74,18 @@ fn run(steps: &[i32], seed: u64) {
     }
 }
 
-/// What an exact trim of `n` may remove: anything before the ring wrapped,
-/// one position after.
-fn cache_trim_expect(history: &Option<(Array, Array)>, n: i32) -> i32 {
+/// What an exact trim of `n` may remove, from the positions alone: the
+/// ring holds the last `W` of the `high_water` positions ever stored, and a
+/// trim to length `o` is exact only if the next query's window (positions
+/// `o - W + 1 .. o - 1`, clipped at 0) is among them.
+fn cache_trim_expect(history: &Option<(Array, Array)>, high_water: i32, n: i32) -> i32 {
     let held = history.as_ref().map_or(0, |(k, _)| k.dim(2));
-    if held > W {
-        n.min(1)
-    } else {
-        n.min(held)
-    }
+    let oldest_kept = (high_water - W).max(0);
+    let exact = |o: i32| (o - W + 1).max(0) >= oldest_kept;
+    (0..=n.min(held))
+        .rev()
+        .find(|&t| exact(held - t))
+        .unwrap_or(0)
 }
 
 #[test]
@@ -99,6 +105,16 @@ fn chunks_longer_than_and_crossing_the_window() {
 #[test]
 fn trims_stay_exact() {
     run(&[5, -2, 4, 1, -3, 9, 1, -1, 1, 1, -2, 3, -1, 1, 2], 4);
+}
+
+#[test]
+fn repeated_trims_after_the_wrap_stop_at_what_the_ring_still_holds() {
+    // Two trims in a row after the wrap: the second must not go through,
+    // or the next query misses the oldest key of its window.
+    run(&[12, -1, -1, 1], 5);
+    run(&[12, -1, -1, 1, 1, -1, -1, 1, 3, -2, -2, 1], 6);
+    run(&[8, -3, -3, 2, 1, -1, -1, 1], 7);
+    run(&[7, 1, 1, -1, -1, -1, 2, 1, -1, -1, 9, -1, -1, 1], 8);
 }
 
 #[test]
