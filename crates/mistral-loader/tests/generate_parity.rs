@@ -10,25 +10,30 @@ use mlx_rs_core::{Generate, KVCache, KeyValueCache, RotatingKVCache};
 use reference::live::{mlx_lm_generate, LiveRun};
 use reference::{prompt_ids, references, test_model, test_models, Reference, TestModel};
 
-/// Our ids from `Generate` (greedy) over `reference`'s prompt.
-fn greedy_ids<C: KeyValueCache>(spec: &TestModel, reference: &Reference) -> Vec<i32> {
-    let mut model = load_model(&spec.dir).expect("load_model");
-    let prompt = Array::from_slice(
-        &reference.prompt_ids,
-        &[1, reference.prompt_ids.len() as i32],
-    );
+/// Our greedy ids from `Generate` after `prompt`, `n` of them.
+fn greedy_ids<C: KeyValueCache>(
+    model: &mut mistral_model::Mistral,
+    prompt: &[i32],
+    n: usize,
+) -> Vec<i32> {
+    let prompt = Array::from_slice(prompt, &[1, prompt.len() as i32]);
     let mut cache: Vec<Option<C>> = Vec::new();
-    Generate::<C>::new(&mut model, &mut cache, 0.0, &prompt)
-        .take(reference.greedy_ids.len())
+    Generate::<C>::new(model, &mut cache, 0.0, &prompt)
+        .take(n)
         .map(|t| t.expect("generate").item_exact::<u32>() as i32)
         .collect()
 }
 
-/// Compares greedy ids step by step. In f32 they must be equal; in f16/bf16
-/// a run may part from mlx-lm only at a step whose reference top-2 margin is
-/// within the rounding the parity test allows for that dtype (then the rest
-/// is not compared). Returns the number of equal steps.
-fn compare_greedy(spec: &TestModel, reference: &Reference, ours: &[i32], what: &str) -> usize {
+/// Compares `Generate`'s greedy ids with mlx-lm's, step by step. In f32
+/// they must be equal; in f16/bf16 a step may differ only where the
+/// reference top-2 margin is within the rounding the parity test allows for
+/// that dtype; generation then restarts from the prompt and mlx-lm's ids up
+/// to that step, so every step is compared. Returns the number of equal
+/// steps; most must be.
+fn compare_greedy<C: KeyValueCache>(spec: &TestModel, reference: &Reference, what: &str) -> usize {
+    let total = reference.greedy_ids.len();
+    assert!(total >= 64, "{what}: only {total} reference steps");
+    assert_eq!(reference.greedy_margin.len(), total, "{what}: margins");
     let scale = reference
         .logits
         .iter()
@@ -39,27 +44,39 @@ fn compare_greedy(spec: &TestModel, reference: &Reference, ours: &[i32], what: &
         "float16" => 4e-4 * scale,
         _ => 4e-3 * scale,
     };
-    for (step, (&id, (&want, &margin))) in ours
-        .iter()
-        .zip(reference.greedy_ids.iter().zip(&reference.greedy_margin))
-        .enumerate()
-    {
-        if id != want {
+    let mut model = load_model(&spec.dir).expect("load_model");
+    let (mut start, mut agreed) = (0, 0);
+    while start < total {
+        let mut prompt = reference.prompt_ids.clone();
+        prompt.extend_from_slice(&reference.greedy_ids[..start]);
+        let ours = greedy_ids::<C>(&mut model, &prompt, total - start);
+        assert_eq!(ours.len(), total - start, "{what}: too few ids");
+        let mut next_start = total;
+        for (i, &id) in ours.iter().enumerate() {
+            let step = start + i;
+            let (want, margin) = (reference.greedy_ids[step], reference.greedy_margin[step]);
+            if id == want {
+                agreed += 1;
+                continue;
+            }
             assert!(
                 f64::from(margin) <= tie,
                 "{} / {} ({what}): step {step} gives {id}, mlx-lm {want} (margin {margin:e})",
                 spec.name,
                 reference.prompt
             );
-            return step;
+            next_start = step + 1;
+            break;
         }
+        start = next_start;
     }
-    assert_eq!(
-        ours.len(),
-        reference.greedy_ids.len(),
-        "{what}: too few ids"
+    assert!(
+        agreed * 8 >= total * 7,
+        "{} / {} ({what}): only {agreed} of {total} greedy ids equal mlx-lm's",
+        spec.name,
+        reference.prompt
     );
-    ours.len()
+    agreed
 }
 
 #[test]
@@ -68,9 +85,7 @@ fn greedy_generation_matches_mlx_lm_on_every_model() {
     assert!(models.len() >= 14, "expected the full set of test models");
     for spec in &models {
         for reference in &references(spec) {
-            assert!(reference.greedy_ids.len() >= 64);
-            let ours = greedy_ids::<KVCache>(spec, reference);
-            let steps = compare_greedy(spec, reference, &ours, "KVCache");
+            let steps = compare_greedy::<KVCache>(spec, reference, "KVCache");
             eprintln!(
                 "{:<20} {:<7} KVCache: {steps}/{} greedy ids equal",
                 spec.name,
@@ -79,9 +94,7 @@ fn greedy_generation_matches_mlx_lm_on_every_model() {
             );
             if spec.sliding_window.is_some() {
                 // mlx-lm's reference itself ran with its RotatingKVCache.
-                let ours = greedy_ids::<RotatingKVCache>(spec, reference);
-                let steps = compare_greedy(spec, reference, &ours, "RotatingKVCache");
-                assert_eq!(steps, reference.greedy_ids.len());
+                let steps = compare_greedy::<RotatingKVCache>(spec, reference, "RotatingKVCache");
                 eprintln!(
                     "{:<20} {:<7} RotatingKVCache: {steps}/{} greedy ids equal",
                     spec.name,

@@ -112,6 +112,13 @@ fn gguf_tokenizers_match_independent_references() {
             sp => (ids_of(&sp["ids"]), strings_of(&sp["decode"])),
         };
         let skip_special = answer["sentencepiece"].is_object();
+        assert_eq!(want_ids.len(), texts.len(), "{}: reference ids", gguf.name);
+        assert_eq!(
+            want_decode.len(),
+            all_ids.len(),
+            "{}: reference decodes",
+            gguf.name
+        );
         for (i, text) in texts.iter().enumerate() {
             assert_eq!(corpus_ids[i], want_ids[i], "{}: ids of {text:?}", gguf.name);
             let mut with_special = corpus_ids[i].clone();

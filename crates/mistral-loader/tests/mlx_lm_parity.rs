@@ -53,6 +53,15 @@ fn check_prompt(model: &Mistral, spec: &TestModel, reference: &Reference) -> f64
         error <= tolerance(spec),
         "{what}: one pass differs from mlx-lm by {error:e}"
     );
+    if spec.dtype != "float32" {
+        // In bf16/f16 both engines run MLX's own CPU kernels (no BLAS) on
+        // the same inputs in the same order: the one-pass logits are
+        // bit-identical, and that is what is asserted.
+        assert_eq!(
+            one_pass, reference.logits,
+            "{what}: half-precision logits are not bit-identical to mlx-lm's (relative error {error:e})"
+        );
+    }
 
     // The same prompt in two chunks through the cache (the second chunk's
     // queries see cached keys; for the windowed model the split is past
@@ -74,7 +83,8 @@ fn check_prompt(model: &Mistral, spec: &TestModel, reference: &Reference) -> f64
 /// Greedy decoding through the cache, compared with mlx-lm's ids, step by
 /// step. The two may part only at a step whose reference top-2 margin is
 /// within `tie` (a few times the logit difference measured on the prompt),
-/// where rounding may break the tie either way; the comparison ends there.
+/// where rounding may break the tie either way; there mlx-lm's id is fed
+/// instead of ours and the comparison goes on, so every step is compared.
 /// Returns how many steps agreed.
 fn check_greedy(model: &Mistral, spec: &TestModel, reference: &Reference, tie: f64) -> usize {
     let mut cache: Vec<Option<KVCache>> = Vec::new();
@@ -82,7 +92,14 @@ fn check_greedy(model: &Mistral, spec: &TestModel, reference: &Reference, tie: f
         &reference.prompt_ids,
         &[1, reference.prompt_ids.len() as i32],
     );
+    assert_eq!(
+        reference.greedy_ids.len(),
+        reference.greedy_margin.len(),
+        "{}: reference ids and margins",
+        spec.name
+    );
     let mut logits = model.forward(&tokens, &mut cache).expect("prefill");
+    let mut agreed = 0;
     for (step, (&want, &margin)) in reference
         .greedy_ids
         .iter()
@@ -100,19 +117,20 @@ fn check_greedy(model: &Mistral, spec: &TestModel, reference: &Reference, tie: f
             .as_dtype(mlx_rs::Dtype::Int32)
             .expect("cast")
             .item_exact::<i32>();
-        if id != want {
+        if id == want {
+            agreed += 1;
+        } else {
             assert!(
                 f64::from(margin) <= tie,
                 "{} / {}: greedy step {step} gives {id}, mlx-lm {want} (margin {margin:e})",
                 spec.name,
                 reference.prompt
             );
-            return step;
         }
-        let input = Array::from_slice(&[id], &[1, 1]);
+        let input = Array::from_slice(&[want], &[1, 1]);
         logits = model.forward(&input, &mut cache).expect("decode step");
     }
-    reference.greedy_ids.len()
+    agreed
 }
 
 /// Loads `spec`, checks every reference prompt's logits and greedy run;
@@ -135,17 +153,27 @@ fn check_against(model: &Mistral, spec: &TestModel, refs: &[Reference], full_gre
         let tie = (4.0 * error * scale).max(1e-6);
         let steps = check_greedy(model, spec, reference, tie);
         eprintln!(
-            "{:<24} {:<7} logits rel err {error:.2e}, greedy equal for {steps}/{} steps",
+            "{:<24} {:<7} logits rel err {error:.2e}, greedy equal at {steps}/{} steps",
             spec.name,
             reference.prompt,
             reference.greedy_ids.len()
         );
+        let total = reference.greedy_ids.len();
+        assert!(total >= 32, "{}: only {total} reference steps", spec.name);
         if full_greedy {
             assert_eq!(
-                steps,
-                reference.greedy_ids.len(),
-                "{}: a greedy run parted from mlx-lm at a near-tie",
+                steps, total,
+                "{}: a greedy step differed from mlx-lm at a near-tie",
                 spec.name
+            );
+        } else {
+            // Near-ties are rare: most steps must agree, not merely all
+            // differences be excusable.
+            assert!(
+                steps * 8 >= total * 7,
+                "{} / {}: only {steps} of {total} greedy steps equal mlx-lm's",
+                spec.name,
+                reference.prompt
             );
         }
     }

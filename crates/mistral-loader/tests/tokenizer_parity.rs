@@ -166,6 +166,12 @@ fn parity(model: &str, version: &str) {
 
     // (a) ids.
     let sp_encode = answer["encode"].as_array().unwrap();
+    assert_eq!(
+        sp_encode.len(),
+        corpus.len(),
+        "{model}: sentencepiece answers"
+    );
+    assert_eq!(corpus_ids.len(), corpus.len(), "{model}: our encodings");
     for ((text, ours), sp) in corpus.iter().zip(&corpus_ids).zip(sp_encode) {
         let sp = ids_of(sp);
         assert_eq!(ours, &sp, "{model}: ids of {text:?}");
@@ -181,6 +187,11 @@ fn parity(model: &str, version: &str) {
 
     // (b) streamed text.
     let sp_decode = answer["decode"].as_array().unwrap();
+    assert_eq!(
+        sp_decode.len(),
+        decode_requests.len(),
+        "{model}: sentencepiece decodes"
+    );
     let mut invalid_utf8 = 0;
     let mut byte_runs = 0;
     for (ids, sp) in decode_requests.iter().zip(sp_decode) {
@@ -269,10 +280,10 @@ fn chat_parity(
     label: &str,
 ) -> ChatTemplateSource {
     let template = load_chat_template(dir, tokenizer).expect("chat template");
-    for (conv, want) in conversations()
-        .iter()
-        .zip(answer["chat"].as_array().unwrap())
-    {
+    let conversations = conversations();
+    let answers = answer["chat"].as_array().unwrap();
+    assert_eq!(answers.len(), conversations.len(), "{label}: chat answers");
+    for (conv, want) in conversations.iter().zip(answers) {
         let text = template.render(conv, true).expect("render");
         let ids = tokenizer
             .encode(text.as_str(), false)

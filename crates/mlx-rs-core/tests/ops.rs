@@ -250,6 +250,7 @@ fn quantized_matmul_matches_unpacked_weights() {
             // Reconstruction error stays within one step of the group's scale (MLX
             // snaps the grid so that zero is exact, so it can exceed half a step).
             let scales64 = to_f64(&scales);
+            assert_eq!(deq.len(), w.len(), "dequantized element count");
             for (n, (d, orig)) in deq.iter().zip(&w).enumerate() {
                 let step = scales64[n / group].abs();
                 assert!(

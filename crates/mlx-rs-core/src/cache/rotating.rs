@@ -8,7 +8,7 @@
 //! multi-token chunk crosses the window, which stores the last `W` positions
 //! in temporal order (so `phase = end mod W`). This is the slot layout
 //! mlx-lm's `RotatingKVCache` ends up with, so attention sums the keys in the
-//! same order and logits stay bit-identical to mlx-lm's. An update of `L` positions at `offset`:
+//! same order as mlx-lm's. An update of `L` positions at `offset`:
 //! - `offset + L <= W`: written in place, the filled prefix returned (in
 //!   positional order, the window cuts nothing);
 //! - `L == 1` past the window: written in place over the oldest slot; the

@@ -33,6 +33,7 @@ fn rope_rotates_halves_at_scaled_positions() {
         let rope = initialize_rope(dim as i32, 1e6, false, scaling).unwrap();
         let got = host(&rope.forward(&input, offset).unwrap());
         let want = rotated(&x, seq, dim, offset, 1e6, scale);
+        assert_eq!(got.len(), want.len(), "{scaling:?}: element count");
         for (g, w) in got.iter().zip(&want) {
             assert!((f64::from(*g) - w).abs() < 1e-5, "{scaling:?}: {g} vs {w}");
         }

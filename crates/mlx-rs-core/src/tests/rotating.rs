@@ -60,6 +60,7 @@ fn run(steps: &[i32], seed: u64) {
         high_water = high_water.max(hk.dim(2));
         history = Some((hk, hv));
         let got = host(&out);
+        assert_eq!(got.len(), expected.len(), "step {n}: element count");
         let worst = got
             .iter()
             .zip(&expected)
