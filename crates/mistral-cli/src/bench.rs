@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use std::time::Instant;
 
-use mistral_loader::{load_model_planned, LoadOptions};
+use mistral_loader::load_model_planned;
 use mlx_rs::Array;
 use mlx_rs_core::{Generate, RotatingKVCache};
 
@@ -95,9 +95,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let prompt_lengths: Vec<usize> = args.prompt_tokens.iter().map(|&n| n as usize).collect();
     let depths: Vec<usize> = args.depth.iter().map(|&n| n as usize).collect();
     let dir = model_source::resolve(&args.model.model)?;
-    let options = LoadOptions {
-        dtype: args.model.dtype.to_compute(),
-    };
+    let options = args.model.load_options();
     let format = if args.json { Format::Json } else { args.format };
 
     let start = Instant::now();

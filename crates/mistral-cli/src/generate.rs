@@ -17,7 +17,7 @@ use std::time::Instant;
 use mistral_loader::chat_template::ChatTemplateSource;
 use mistral_loader::{
     check_tokenizer_fits, load_chat_template, load_model_config, load_model_planned,
-    load_special_tokens, load_tokenizer, ChatMessage, LoadOptions, StopChecker, StopCriteria,
+    load_special_tokens, load_tokenizer, ChatMessage, StopChecker, StopCriteria,
     StreamingDetokenizer,
 };
 use mlx_rs::Array;
@@ -35,7 +35,7 @@ pub struct GenerateArgs {
     #[command(flatten)]
     prompt: PromptArgs,
     /// Generate at most this many tokens.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..), allow_negative_numbers = true)]
     max_tokens: u32,
     #[command(flatten)]
     sampling: SamplingArgs,
@@ -78,9 +78,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let tokenizer = load_tokenizer(&dir)?;
     check_tokenizer_fits(&tokenizer, config.vocab_size, &dir)?;
     let special = load_special_tokens(&dir, Some(&tokenizer))?;
-    let options = LoadOptions {
-        dtype: args.model.dtype.to_compute(),
-    };
+    let options = args.model.load_options();
     let (mut model, plan) = load_model_planned(&dir, &options)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
 
@@ -103,6 +101,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     if ids.is_empty() {
         bail!("the prompt is empty");
+    }
+    if let Some(context) = config.max_position_embeddings {
+        if ids.len() > context as usize {
+            bail!(
+                "the prompt is {} tokens, longer than the model's context \
+                 (max_position_embeddings {context})",
+                ids.len()
+            );
+        }
     }
 
     let interrupted = Arc::new(AtomicBool::new(false));

@@ -41,6 +41,7 @@ pub mod load;
 pub mod model_dir;
 pub mod plan;
 pub mod safetensors_files;
+mod safetensors_read;
 pub mod safetensors_weights;
 pub mod tokenizer;
 
@@ -61,5 +62,5 @@ pub use mistral_text::{
 pub use model_dir::ModelDir;
 pub use plan::{ComputeDtype, LoadPlan};
 pub use safetensors_files::{discover_checkpoint, CheckpointFiles, CheckpointLayout};
-pub use safetensors_weights::{SafetensorsWeights, TensorMeta};
+pub use safetensors_weights::{FileAccess, SafetensorsWeights, TensorMeta};
 pub use tokenizer::{check_tokenizer_fits, load_special_tokens, load_tokenizer, SpecialTokens};

@@ -18,7 +18,7 @@ use crate::error::{LoadError, Result};
 use crate::gguf::{self, GgufFile, GgufWeights};
 use crate::plan::{ComputeDtype, LoadPlan};
 use crate::safetensors_files::{discover_checkpoint, CONFIG_FILE, INDEX_FILE};
-use crate::safetensors_weights::SafetensorsWeights;
+use crate::safetensors_weights::{FileAccess, SafetensorsWeights};
 
 pub use mistral_model::Mistral;
 
@@ -28,6 +28,9 @@ pub struct LoadOptions {
     /// The dtype to compute in (default: the checkpoint's own, as mlx-lm
     /// loads; [`ComputeDtype::Auto`] picks what is fastest on the device).
     pub dtype: ComputeDtype,
+    /// How safetensors files are read (default: memory-mapped; GGUF files
+    /// are always mapped).
+    pub file_access: FileAccess,
 }
 
 /// Loads the model at `path` in the checkpoint's own dtype: a directory of
@@ -124,7 +127,8 @@ fn load_tapped(
     // (`ModelDir::open` would parse `tokenizer.json` too).
     let dir = path;
     let config_json = read_config_str(dir)?;
-    let mut weights = SafetensorsWeights::from_checkpoint(&discover_checkpoint(dir)?)?;
+    let mut weights =
+        SafetensorsWeights::from_checkpoint_with(&discover_checkpoint(dir)?, options.file_access)?;
     let config_path = dir.join(CONFIG_FILE);
     let config = MistralConfig::from_json_str(&config_json)
         .and_then(|config| config.validate().map(|()| config))

@@ -15,7 +15,9 @@ use crate::config::read_config_str;
 use crate::error::Result;
 use crate::safetensors_files::{discover_checkpoint, CheckpointLayout};
 use crate::safetensors_weights::SafetensorsWeights;
-use crate::tokenizer::{load_special_tokens, load_tokenizer, SpecialTokens, TOKENIZER_FILE};
+use crate::tokenizer::{
+    check_tokenizer_fits, load_special_tokens, load_tokenizer, SpecialTokens, TOKENIZER_FILE,
+};
 
 /// An opened model directory.
 #[derive(Debug)]
@@ -47,6 +49,16 @@ impl ModelDir {
         } else {
             None
         };
+        if let Some(tokenizer) = &tokenizer {
+            // The config's vocabulary must hold every id the tokenizer makes.
+            let vocab = serde_json::from_str::<serde_json::Value>(&config_json)
+                .ok()
+                .and_then(|c| c.get("vocab_size").and_then(serde_json::Value::as_i64))
+                .and_then(|v| i32::try_from(v).ok());
+            if let Some(vocab) = vocab {
+                check_tokenizer_fits(tokenizer, vocab, dir)?;
+            }
+        }
         let special_tokens = load_special_tokens(dir, tokenizer.as_deref())?;
         Ok(Self {
             dir: dir.to_path_buf(),

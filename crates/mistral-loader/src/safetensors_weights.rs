@@ -49,12 +49,25 @@ use safetensors::SafeTensors;
 
 use crate::error::{LoadError, Result};
 use crate::safetensors_files::{discover_checkpoint, CheckpointFiles};
+use crate::safetensors_read::{check_length, check_unique_names, read_header, read_tensor};
 use mistral_model::WeightSource;
 
-/// One memory-mapped safetensors file.
+/// How tensor bytes are reached (see `safetensors_read` for the trade).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FileAccess {
+    /// Memory-map each file and copy tensors out of the map (default).
+    #[default]
+    Mmap,
+    /// Read the header and each tensor with positioned reads; nothing is
+    /// mapped, so a file truncated while loading is an error, never SIGBUS.
+    Read,
+}
+
+/// One open safetensors file, mapped unless read with [`FileAccess::Read`].
 struct MappedFile {
     path: PathBuf,
-    mmap: Mmap,
+    file: File,
+    mmap: Option<Mmap>,
 }
 
 /// Where one tensor lives and what it is.
@@ -136,18 +149,28 @@ impl SafetensorsWeights {
     /// Finds the checkpoint in the model directory `dir` (see
     /// [`discover_checkpoint`]) and opens it.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(dir, FileAccess::Mmap)
+    }
+
+    /// [`open`](Self::open) with the given file access.
+    pub fn open_with(dir: impl AsRef<Path>, access: FileAccess) -> Result<Self> {
         let checkpoint = discover_checkpoint(dir.as_ref())?;
-        Self::from_checkpoint(&checkpoint)
+        Self::from_checkpoint_with(&checkpoint, access)
     }
 
     /// Opens the files of an already discovered checkpoint, parsing every
     /// header and, for an indexed checkpoint, checking that each indexed
     /// tensor is in its shard.
     pub fn from_checkpoint(checkpoint: &CheckpointFiles) -> Result<Self> {
+        Self::from_checkpoint_with(checkpoint, FileAccess::Mmap)
+    }
+
+    /// [`from_checkpoint`](Self::from_checkpoint) with the given file access.
+    pub fn from_checkpoint_with(checkpoint: &CheckpointFiles, access: FileAccess) -> Result<Self> {
         let mut files = Vec::with_capacity(checkpoint.files.len());
         let mut per_file = Vec::with_capacity(checkpoint.files.len());
         for path in &checkpoint.files {
-            let (mapped, entries) = map_file(path, files.len())?;
+            let (mapped, entries) = map_file(path, files.len(), access)?;
             files.push(mapped);
             per_file.push(entries);
         }
@@ -325,8 +348,13 @@ impl WeightSource for SafetensorsWeights {
     }
 }
 
-/// Maps `path` and reads its header: tensor name -> entry.
-fn map_file(path: &Path, pos: usize) -> Result<(MappedFile, BTreeMap<String, Entry>)> {
+/// Opens `path` (mapping it unless `access` says read) and reads its
+/// header: tensor name -> entry.
+fn map_file(
+    path: &Path,
+    pos: usize,
+    access: FileAccess,
+) -> Result<(MappedFile, BTreeMap<String, Entry>)> {
     let io = |source| LoadError::Io {
         path: path.to_path_buf(),
         source,
@@ -340,17 +368,26 @@ fn map_file(path: &Path, pos: usize) -> Result<(MappedFile, BTreeMap<String, Ent
             source: safetensors::SafeTensorError::HeaderTooSmall,
         });
     }
-    // SAFETY: the map is read-only and private to this struct. As with every
-    // mmap-based loader, the file must not be truncated or rewritten by
-    // another process while it is mapped (that would be undefined behaviour
-    // or SIGBUS); model files are not expected to change under a running
-    // process. No `&mut` access to the mapped bytes is ever created.
-    let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
-    let (header_len, metadata) =
-        SafeTensors::read_metadata(&mmap).map_err(|source| LoadError::Safetensors {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let (mmap, (header_len, metadata)) = match access {
+        FileAccess::Read => (None, read_header(&file, path, len)?),
+        FileAccess::Mmap => {
+            // SAFETY: the map is read-only and private to this struct. As
+            // with every mmap-based loader, the file must not be truncated
+            // or rewritten by another process while it is mapped (that
+            // would be undefined behaviour or SIGBUS; `to_array` re-checks
+            // the length before each copy, see `safetensors_read`). No
+            // `&mut` access to the mapped bytes is ever created.
+            let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
+            let header =
+                SafeTensors::read_metadata(&mmap).map_err(|source| LoadError::Safetensors {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            let header_bytes = mmap.get(8..8 + header.0).unwrap_or_default();
+            check_unique_names(path, header_bytes)?;
+            (Some(mmap), header)
+        }
+    };
     // read_metadata checked 8 + header_len + data length == file length.
     let data_start = 8 + header_len;
     let mut entries = BTreeMap::new();
@@ -370,6 +407,7 @@ fn map_file(path: &Path, pos: usize) -> Result<(MappedFile, BTreeMap<String, Ent
     Ok((
         MappedFile {
             path: path.to_path_buf(),
+            file,
             mmap,
         },
         entries,
@@ -398,12 +436,16 @@ fn to_array(file: &MappedFile, name: &str, e: &Entry) -> Result<Array> {
         tensor: name.to_string(),
         message: message.to_string(),
     };
-    let bytes = file
-        .mmap
-        .get(e.start..e.end)
-        .ok_or_else(|| mlx_error("tensor data lies outside the file"))?;
     let item = e.st_dtype.bitsize() / 8;
     let aligned_copy: Vec<u64>;
+    let Some(mmap) = &file.mmap else {
+        aligned_copy = read_tensor(&file.file, &file.path, name, e.start, e.end)?;
+        return new_array(aligned_copy.as_ptr().cast(), &shape, dtype, mlx_error);
+    };
+    check_length(&file.file, &file.path, e.end)?;
+    let bytes = mmap
+        .get(e.start..e.end)
+        .ok_or_else(|| mlx_error("tensor data lies outside the file"))?;
     let ptr: *const c_void = if item > 1 && (bytes.as_ptr() as usize) % item != 0 {
         // Rare: a header not padded to the dtype's alignment.
         let mut buf = vec![0u64; bytes.len().div_ceil(8)];
@@ -421,13 +463,24 @@ fn to_array(file: &MappedFile, name: &str, e: &Entry) -> Result<Array> {
     } else {
         bytes.as_ptr().cast()
     };
+    new_array(ptr, &shape, dtype, mlx_error)
+}
+
+/// An MLX array copied from `ptr`: the tensor's bytes, aligned for `dtype`,
+/// whose length the header check matched to `shape` and `dtype`.
+fn new_array(
+    ptr: *const c_void,
+    shape: &[i32],
+    dtype: Dtype,
+    mlx_error: impl Fn(&str) -> LoadError,
+) -> Result<Array> {
     install_mlx_error_handler();
-    // SAFETY: `ptr` points to `bytes.len()` readable bytes, aligned for
-    // `dtype`, and `read_metadata` checked that `bytes.len()` equals the
-    // element count of `shape` times the dtype's size, so mlx-c reads exactly
-    // the tensor. mlx-c copies the data before returning; the array does not
-    // keep the pointer.
-    let array = unsafe { Array::from_raw_data(ptr, &shape, dtype) };
+    // SAFETY: `ptr` points to the tensor's readable bytes (a map slice or
+    // an owned buffer the caller keeps alive), aligned for `dtype`, and the
+    // header check made their length the element count of `shape` times the
+    // dtype's size, so mlx-c reads exactly the tensor. mlx-c copies the data
+    // before returning; the array does not keep the pointer.
+    let array = unsafe { Array::from_raw_data(ptr, shape, dtype) };
     if array.as_ptr().ctx.is_null() {
         return Err(mlx_error("mlx_array_new_data failed (out of memory?)"));
     }
@@ -448,7 +501,9 @@ pub(crate) fn install_mlx_error_handler() {
 
 /// Drops the resident pages of a tensor that has been copied out.
 fn release(file: &MappedFile, e: &Entry) {
-    release_pages(&file.mmap, e.start, e.end.saturating_sub(e.start));
+    if let Some(mmap) = &file.mmap {
+        release_pages(mmap, e.start, e.end.saturating_sub(e.start));
+    }
 }
 
 /// Drops the resident pages of `len` bytes at `start` of a read-only map

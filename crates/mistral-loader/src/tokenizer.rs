@@ -46,12 +46,10 @@ pub fn load_tokenizer(dir: impl AsRef<Path>) -> Result<mistral_text::Tokenizer> 
             what: "tokenizer",
         });
     }
-    Tokenizer::from_file(&path)
-        .map(mistral_text::Tokenizer::new)
-        .map_err(|e| LoadError::Tokenizer {
-            path,
-            message: e.to_string(),
-        })
+    mistral_text::Tokenizer::from_file(&path).map_err(|e| LoadError::Tokenizer {
+        path,
+        message: e.message,
+    })
 }
 
 /// Checks that every id the tokenizer of model `dir` can produce (its
@@ -114,12 +112,29 @@ pub fn load_special_tokens(
     check_model_dir(dir)?;
     let mut bos = None;
     let mut eos = Vec::new();
+    // Ids past the model's vocabulary would index outside its embedding.
+    let vocab_size = read_optional_json(&dir.join(CONFIG_FILE))?
+        .and_then(|config| config.get("vocab_size").and_then(Value::as_u64));
 
     for name in [GENERATION_CONFIG_FILE, CONFIG_FILE] {
         let path = dir.join(name);
         let Some(json) = read_optional_json(&path)? else {
             continue;
         };
+        for field in ["bos_token_id", "eos_token_id"] {
+            if let (Some(ids), Some(vocab)) = (ids_field(&path, &json, field)?, vocab_size) {
+                if let Some(bad) = ids.iter().find(|&&id| u64::from(id) >= vocab) {
+                    return Err(invalid(
+                        &path,
+                        field,
+                        format!(
+                            "token id {bad} is outside the model's vocabulary \
+                             (vocab_size {vocab} in {CONFIG_FILE})"
+                        ),
+                    ));
+                }
+            }
+        }
         if bos.is_none() {
             bos = ids_field(&path, &json, "bos_token_id")?.and_then(|v| v.first().copied());
         }

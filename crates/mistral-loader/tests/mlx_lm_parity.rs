@@ -197,6 +197,7 @@ fn every_test_model_matches_mlx_lm() {
 fn every_test_model_under_auto_dtype_matches_mlx_lm_dense_f32() {
     let options = LoadOptions {
         dtype: ComputeDtype::Auto,
+        ..LoadOptions::default()
     };
     let models = test_models();
     assert!(models.len() >= 14, "expected the full set of test models");

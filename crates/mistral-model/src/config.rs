@@ -171,7 +171,21 @@ impl MistralConfig {
     /// Parses `config.json` text. Call [`validate`](Self::validate) before use
     /// ([`crate::Mistral::new`] does).
     pub fn from_json_str(text: &str) -> Result<Self, ConfigError> {
-        Ok(serde_json::from_str(text)?)
+        let mut json = serde_json::Deserializer::from_str(text);
+        let config = serde_path_to_error::deserialize(&mut json).map_err(|err| {
+            let field = err.path().to_string();
+            let data_error = err.inner().classify() == serde_json::error::Category::Data;
+            match field.as_str() {
+                "" | "." | "?" => ConfigError::Json(err.into_inner()),
+                _ if !data_error => ConfigError::Json(err.into_inner()),
+                _ => ConfigError::Field {
+                    field,
+                    source: err.into_inner(),
+                },
+            }
+        })?;
+        json.end()?;
+        Ok(config)
     }
 
     /// Parses and validates `config.json` text.
@@ -379,6 +393,24 @@ impl MistralConfig {
             return Err(ConfigError::invalid(
                 "eos_token_id",
                 format!("must not be negative, got {bad}"),
+            ));
+        }
+        let vocab = i64::from(self.vocab_size);
+        let outside = |id: i64| id >= vocab;
+        if let Some(bos) = self.bos_token_id.filter(|&id| outside(id.into())) {
+            return Err(ConfigError::invalid(
+                "bos_token_id",
+                format!("token id {bos} is outside the vocabulary (vocab_size {vocab})"),
+            ));
+        }
+        if let Some(bad) = self
+            .eos_token_ids()
+            .into_iter()
+            .find(|&id| outside(id.into()))
+        {
+            return Err(ConfigError::invalid(
+                "eos_token_id",
+                format!("token id {bad} is outside the vocabulary (vocab_size {vocab})"),
             ));
         }
         if let Some(q) = &self.quantization {

@@ -11,9 +11,18 @@ use mlx_rs::{error::Exception, Dtype};
 /// unsupported model.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The text is not valid JSON or a field has the wrong JSON type.
+    /// The text is not valid JSON.
     #[error("invalid config JSON: {0}")]
     Json(#[from] serde_json::Error),
+
+    /// A field is missing or has the wrong JSON type or range.
+    #[error("config field `{field}`: {source}")]
+    Field {
+        /// The offending field (dotted path for nested ones).
+        field: String,
+        /// What serde found.
+        source: serde_json::Error,
+    },
 
     /// A field holds a value that is out of range or contradicts another one.
     #[error("config field `{field}`: {message}")]

@@ -366,9 +366,29 @@ fn malformed_json_is_a_json_error() {
         MistralConfig::from_json_str("{"),
         Err(ConfigError::Json(_))
     ));
+    // A field with the wrong type or range is named (serde alone does not).
+    for (field, patch) in [
+        ("hidden_size", json!({"hidden_size": 1.5})),
+        (
+            "intermediate_size",
+            json!({"intermediate_size": 1_000_000_000_000u64}),
+        ),
+        ("num_attention_heads", json!({"num_attention_heads": "32"})),
+    ] {
+        let text = patched(MISTRAL_7B_V01, patch);
+        match MistralConfig::from_json_str(&text) {
+            Err(ConfigError::Field { field: named, .. }) => assert_eq!(named, field),
+            other => panic!("{field}: expected a field error, got {other:?}"),
+        }
+    }
+    // A missing field: serde's message names it.
     let missing = patched(MISTRAL_7B_V01, json!({"hidden_size": null}));
+    let err = MistralConfig::from_json_str(&missing)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("hidden_size"), "{err}");
     assert!(matches!(
-        MistralConfig::from_json_str(&missing),
+        MistralConfig::from_json_str(&format!("{MISTRAL_7B_V01} trailing")),
         Err(ConfigError::Json(_))
     ));
     // A non-MLX quantization block is rejected when parsing, naming the key.

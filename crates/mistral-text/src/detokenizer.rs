@@ -189,12 +189,13 @@ impl<'a> StreamingDetokenizer<'a> {
     }
 
     fn decode(&self, ids: &[u32]) -> Result<String, DetokenizeError> {
-        self.tokenizer
-            .decode(ids, self.skip_special_tokens)
-            .map_err(|e| DetokenizeError::Decode {
-                ids: ids.to_vec(),
-                message: e.to_string(),
-            })
+        let error = |message: String| DetokenizeError::Decode {
+            ids: ids.to_vec(),
+            message,
+        };
+        crate::contain::contain(|| self.tokenizer.decode(ids, self.skip_special_tokens))
+            .map_err(error)?
+            .map_err(|e| error(e.to_string()))
     }
 
     fn kind(&self, id: u32) -> TokenKind {

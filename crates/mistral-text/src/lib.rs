@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod chat;
+mod contain;
 pub mod detokenizer;
 pub mod stop;
 pub mod tokenizer;

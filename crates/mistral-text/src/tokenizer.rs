@@ -30,6 +30,18 @@ impl Tokenizer {
         Tokenizer(inner)
     }
 
+    /// Loads a `tokenizer.json`. A file that makes the `tokenizers` crate
+    /// panic is an error like any other broken file.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, TokenizerError> {
+        let path = path.as_ref();
+        crate::contain::contain(|| tokenizers::Tokenizer::from_file(path))
+            .map_err(|message| TokenizerError { message })?
+            .map(Tokenizer)
+            .map_err(|err| TokenizerError {
+                message: err.to_string(),
+            })
+    }
+
     /// The wrapped tokenizer.
     pub fn into_inner(self) -> tokenizers::Tokenizer {
         self.0
@@ -44,8 +56,8 @@ impl Tokenizer {
     where
         E: Into<EncodeInput<'s>>,
     {
-        self.0
-            .encode(input, add_special_tokens)
+        crate::contain::contain(|| self.0.encode(input, add_special_tokens))
+            .map_err(|message| TokenizerError { message })?
             .map_err(|err| TokenizerError {
                 message: err.to_string(),
             })
@@ -53,8 +65,8 @@ impl Tokenizer {
 
     /// Decodes `ids` to text, leaving out special tokens when asked.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TokenizerError> {
-        self.0
-            .decode(ids, skip_special_tokens)
+        crate::contain::contain(|| self.0.decode(ids, skip_special_tokens))
+            .map_err(|message| TokenizerError { message })?
             .map_err(|err| TokenizerError {
                 message: err.to_string(),
             })

@@ -90,6 +90,8 @@ impl TensorInfo {
 /// An opened GGUF file.
 pub struct GgufFile {
     path: PathBuf,
+    /// Kept open to re-check the length before each tensor is read.
+    file: File,
     mmap: Mmap,
     version: u32,
     metadata: Metadata,
@@ -117,14 +119,15 @@ impl GgufFile {
             source,
         };
         let file = File::open(path).map_err(io)?;
-        // SAFETY: the map is read-only and private to this struct. A file
-        // changed by another process while mapped is outside what any
-        // reader can defend against; every access is bounds-checked.
+        // SAFETY: the map is read-only and private to this struct. Every
+        // access is bounds-checked against the map, and `tensor_bytes`
+        // re-checks the file's length first; a truncation by another
+        // process in between still raises SIGBUS (see `safetensors_read`).
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
-        Self::parse(path, mmap)
+        Self::parse(path, file, mmap)
     }
 
-    fn parse(path: &Path, mmap: Mmap) -> Result<Self> {
+    fn parse(path: &Path, file: File, mmap: Mmap) -> Result<Self> {
         let mut c = Cursor {
             path,
             bytes: &mmap,
@@ -216,6 +219,7 @@ impl GgufFile {
         }
         Ok(GgufFile {
             path: path.to_path_buf(),
+            file,
             version,
             metadata,
             tensors,
@@ -268,6 +272,7 @@ impl GgufFile {
             .ok()
             .zip(usize::try_from(start + size).ok());
         let (start, end) = range.ok_or_else(fail)?;
+        crate::safetensors_read::check_length(&self.file, &self.path, end)?;
         Ok((start, self.mmap.get(start..end).ok_or_else(fail)?))
     }
 

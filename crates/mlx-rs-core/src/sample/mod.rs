@@ -71,8 +71,11 @@ impl SamplingOptions {
                 self.temperature
             ));
         }
-        if self.top_p.is_nan() {
-            return bad("top_p must be a number".into());
+        if self.top_p.is_nan() || !(0.0..=1.0).contains(&self.top_p) {
+            return bad(format!(
+                "top_p must be in [0, 1] (0 and 1 disable it), got {}",
+                self.top_p
+            ));
         }
         if self.min_p.is_nan() || !(0.0..=1.0).contains(&self.min_p) {
             return bad(format!("min_p must be in [0, 1], got {}", self.min_p));
