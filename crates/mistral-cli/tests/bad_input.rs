@@ -23,18 +23,7 @@ use serde_json::{json, Value};
 const HANG: Duration = Duration::from_secs(120);
 
 fn source() -> PathBuf {
-    let root = std::env::var_os("MISTRAL_MLX_TEST_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/xtask/test-models")
-        });
-    let dir = root.join("gqa4_f32");
-    assert!(
-        dir.join("config.json").is_file(),
-        "no test models in {}: run `cargo xtask test`",
-        root.display()
-    );
-    dir
+    common::test_models_root().join("gqa4_f32")
 }
 
 /// A copy of the test model (hard links), then `edit` applied to it.

@@ -10,17 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn models() -> PathBuf {
-    let root = std::env::var_os("MISTRAL_MLX_TEST_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/xtask/test-models")
-        });
-    assert!(
-        root.join("manifest.json").is_file(),
-        "no test models in {}: run `cargo xtask test`",
-        root.display()
-    );
-    root
+    common::test_models_root()
 }
 
 fn model(name: &str) -> String {

@@ -172,9 +172,9 @@ fn three_shards_with_index() {
     assert_eq!(left, want);
 }
 
-#[test]
-fn shards_without_index() {
-    let dir = TempDir::new("noindex");
+/// [`mixed_tensors`] in two shards without an index.
+fn two_unindexed_shards(tag: &str) -> (TempDir, BTreeMap<String, RawTensor>) {
+    let dir = TempDir::new(tag);
     let all = mixed_tensors();
     let mut shards = vec![BTreeMap::new(), BTreeMap::new()];
     for (i, (name, t)) in all.iter().enumerate() {
@@ -182,6 +182,12 @@ fn shards_without_index() {
     }
     write_sharded(dir.path(), &shards);
     std::fs::remove_file(dir.path().join("model.safetensors.index.json")).unwrap();
+    (dir, all)
+}
+
+#[test]
+fn shards_without_index() {
+    let (dir, all) = two_unindexed_shards("noindex");
     let cp = discover_checkpoint(dir.path()).unwrap();
     assert_eq!(cp.layout, CheckpointLayout::ShardsWithoutIndex);
     let mut w = SafetensorsWeights::open(dir.path()).unwrap();
@@ -219,14 +225,7 @@ fn a_huge_shard_count_in_a_file_name_is_a_quick_error() {
 #[test]
 fn differently_padded_names_of_one_shard_are_an_error() {
     // Before: the second name silently replaced the first.
-    let dir = TempDir::new("padding");
-    let all = mixed_tensors();
-    let mut shards = vec![BTreeMap::new(), BTreeMap::new()];
-    for (i, (name, t)) in all.iter().enumerate() {
-        shards[i % 2].insert(name.clone(), t.clone());
-    }
-    write_sharded(dir.path(), &shards);
-    std::fs::remove_file(dir.path().join("model.safetensors.index.json")).unwrap();
+    let (dir, _) = two_unindexed_shards("padding");
     std::fs::copy(
         dir.path().join("model-00001-of-00002.safetensors"),
         dir.path().join("model-1-of-2.safetensors"),
