@@ -10,29 +10,29 @@ use std::path::PathBuf;
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
     /// Sampling temperature; 0 picks the most likely token (greedy).
-    #[arg(long, default_value_t = 0.0, value_parser = non_negative_f32, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative_f32)]
     pub temp: f32,
     /// Nucleus sampling: keep the smallest set of tokens whose probability
     /// adds up to P, in (0, 1]; 1 disables it.
-    #[arg(long, default_value_t = 1.0, value_parser = probability_open_closed, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1.0, value_parser = probability_open_closed)]
     pub top_p: f32,
     /// Keep only the K most likely tokens; 0 disables it (must be below the
     /// model's vocabulary size, checked before loading).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..))]
     pub top_k: i32,
     /// Drop tokens less likely than P times the most likely one, in [0, 1);
     /// 0 disables it.
-    #[arg(long, default_value_t = 0.0, value_parser = probability_closed_open, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.0, value_parser = probability_closed_open)]
     pub min_p: f32,
     /// Penalize tokens seen in the last `--repetition-context-size` tokens
     /// (> 0; 1 disables it).
-    #[arg(long, value_parser = positive_f32, allow_negative_numbers = true)]
+    #[arg(long, value_parser = positive_f32)]
     pub repetition_penalty: Option<f32>,
     /// How many recent tokens the repetition penalty looks at.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub repetition_context_size: u32,
     /// Random seed, for reproducible sampling.
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long)]
     pub seed: Option<u64>,
 }
 

@@ -35,7 +35,7 @@ pub struct GenerateArgs {
     #[command(flatten)]
     prompt: PromptArgs,
     /// Generate at most this many tokens.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     max_tokens: u32,
     #[command(flatten)]
     sampling: SamplingArgs,

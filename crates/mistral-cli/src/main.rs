@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 
 /// Mistral-family LLM inference on MLX.
 #[derive(Parser)]
-#[command(name = "mistral-cli", version, about, long_about = None, allow_negative_numbers = true)]
+#[command(name = "mistral-cli", version, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,13 +24,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    // `allow_negative_numbers` is a per-command setting in clap (not
+    // propagated), so each subcommand with numeric options gets it: `--temp
+    // -1` is then a bad value of `--temp`, not an unknown argument.
     /// Generate text from a prompt (streamed to stdout; statistics to stderr).
+    #[command(allow_negative_numbers = true)]
     Generate(generate::GenerateArgs),
     /// Measure load time, prefill and decode speed, time to first token and
     /// peak memory.
+    #[command(allow_negative_numbers = true)]
     Bench(bench::BenchArgs),
     /// Write a model (directory or GGUF file) as an MLX safetensors folder
     /// that mlx-lm also loads, optionally cast or quantized.
+    #[command(allow_negative_numbers = true)]
     Convert(convert::ConvertArgs),
     /// Show the MLX build in use and check that it computes correctly.
     Info,

@@ -98,21 +98,31 @@ fn build(
 pub fn load_model_config(path: impl AsRef<Path>) -> Result<MistralConfig> {
     let path = path.as_ref();
     if let Some(file) = gguf::find_gguf(path)? {
-        let gguf_file = GgufFile::open(&file)?;
-        let config = gguf::gguf_config(&gguf_file)?;
-        config.validate().map_err(|source| LoadError::Config {
-            path: file.clone(),
-            source,
-        })?;
-        return Ok(config);
+        return gguf_model_config(&file, &GgufFile::open(&file)?);
     }
-    let config_json = read_config_str(path)?;
-    MistralConfig::from_json_str(&config_json)
+    dir_model_config(path, &read_config_str(path)?)
+}
+
+/// `config_json` (the text of `dir/config.json`) parsed and validated;
+/// errors name the file.
+fn dir_model_config(dir: &Path, config_json: &str) -> Result<MistralConfig> {
+    MistralConfig::from_json_str(config_json)
         .and_then(|config| config.validate().map(|()| config))
         .map_err(|source| LoadError::Config {
-            path: path.join(CONFIG_FILE),
+            path: dir.join(CONFIG_FILE),
             source,
         })
+}
+
+/// The configuration in the metadata of the GGUF file `file` (at `path`),
+/// validated; errors name the file.
+fn gguf_model_config(path: &Path, file: &GgufFile) -> Result<MistralConfig> {
+    let config = gguf::gguf_config(file)?;
+    config.validate().map_err(|source| LoadError::Config {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(config)
 }
 
 fn load_tapped(
@@ -130,12 +140,7 @@ fn load_tapped(
     let mut weights =
         SafetensorsWeights::from_checkpoint_with(&discover_checkpoint(dir)?, options.file_access)?;
     let config_path = dir.join(CONFIG_FILE);
-    let config = MistralConfig::from_json_str(&config_json)
-        .and_then(|config| config.validate().map(|()| config))
-        .map_err(|source| LoadError::Config {
-            path: config_path.clone(),
-            source,
-        })?;
+    let config = dir_model_config(dir, &config_json)?;
     let plan = LoadPlan::resolve(options.dtype, &config);
     let built = build(&config, &mut weights, seen, &plan);
     let model = built.map_err(|source| match source {
@@ -166,8 +171,7 @@ fn load_gguf(
         path: path.to_path_buf(),
         source,
     };
-    let config = gguf::gguf_config(&file)?;
-    config.validate().map_err(config_error)?;
+    let config = gguf_model_config(path, &file)?;
     let mut weights = GgufWeights::new(
         file,
         config.num_attention_heads,

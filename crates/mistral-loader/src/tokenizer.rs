@@ -112,33 +112,23 @@ pub fn load_special_tokens(
     check_model_dir(dir)?;
     let mut bos = None;
     let mut eos = Vec::new();
+    let config = read_optional_json(&dir.join(CONFIG_FILE))?;
     // Ids past the model's vocabulary would index outside its embedding.
-    let vocab_size = read_optional_json(&dir.join(CONFIG_FILE))?
+    let vocab_size = config
+        .as_ref()
         .and_then(|config| config.get("vocab_size").and_then(Value::as_u64));
+    let generation = read_optional_json(&dir.join(GENERATION_CONFIG_FILE))?;
 
-    for name in [GENERATION_CONFIG_FILE, CONFIG_FILE] {
+    for (name, json) in [(GENERATION_CONFIG_FILE, generation), (CONFIG_FILE, config)] {
         let path = dir.join(name);
-        let Some(json) = read_optional_json(&path)? else {
+        let Some(json) = json else {
             continue;
         };
-        for field in ["bos_token_id", "eos_token_id"] {
-            if let (Some(ids), Some(vocab)) = (ids_field(&path, &json, field)?, vocab_size) {
-                if let Some(bad) = ids.iter().find(|&&id| u64::from(id) >= vocab) {
-                    return Err(invalid(
-                        &path,
-                        field,
-                        format!(
-                            "token id {bad} is outside the model's vocabulary \
-                             (vocab_size {vocab} in {CONFIG_FILE})"
-                        ),
-                    ));
-                }
-            }
-        }
+        let bos_ids = ids_in_vocab(&path, &json, "bos_token_id", vocab_size)?;
         if bos.is_none() {
-            bos = ids_field(&path, &json, "bos_token_id")?.and_then(|v| v.first().copied());
+            bos = bos_ids.and_then(|v| v.first().copied());
         }
-        if let Some(ids) = ids_field(&path, &json, "eos_token_id")? {
+        if let Some(ids) = ids_in_vocab(&path, &json, "eos_token_id", vocab_size)? {
             push_unique(&mut eos, ids);
         }
     }
@@ -225,6 +215,29 @@ fn ids_field(path: &Path, json: &Value, field: &str) -> Result<Option<Vec<u32>>>
             .map(Some),
         Some(v) => Ok(Some(vec![id_from(path, field, v)?])),
     }
+}
+
+/// [`ids_field`], each id checked to be below `vocab_size` when known.
+fn ids_in_vocab(
+    path: &Path,
+    json: &Value,
+    field: &str,
+    vocab_size: Option<u64>,
+) -> Result<Option<Vec<u32>>> {
+    let ids = ids_field(path, json, field)?;
+    if let (Some(ids), Some(vocab)) = (&ids, vocab_size) {
+        if let Some(bad) = ids.iter().find(|&&id| u64::from(id) >= vocab) {
+            return Err(invalid(
+                path,
+                field,
+                format!(
+                    "token id {bad} is outside the model's vocabulary \
+                     (vocab_size {vocab} in {CONFIG_FILE})"
+                ),
+            ));
+        }
+    }
+    Ok(ids)
 }
 
 /// A token string field (`"<s>"` or `{"content": "<s>", ...}`), resolved to its id.
