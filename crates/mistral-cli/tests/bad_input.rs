@@ -11,16 +11,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 
-use mistral_loader::{load_model, load_model_config, load_special_tokens, load_tokenizer};
+use common::reject::{both_reject, cli_rejects};
+use mistral_loader::{load_model, load_tokenizer};
 use mlx_rs::Array;
 use mlx_rs_core::{Generate, KVCache, SamplingOptions};
 use serde_json::{json, Value};
-
-/// The longest a rejected run may take before it counts as a hang.
-const HANG: Duration = Duration::from_secs(120);
 
 fn source() -> PathBuf {
     common::test_models_root().join("gqa4_f32")
@@ -122,83 +118,6 @@ fn rewrite_tensors(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Value, Vec<u8
         out.insert(name, entry);
     }
     write_weights(dir, &Value::Object(out), &bytes);
-}
-
-/// Runs `mistral-cli` with `args`: it must fail within [`HANG`] with one
-/// `error:` line on stderr that contains every needle, and no panic.
-fn cli_rejects(args: &[&str], needles: &[&str]) {
-    let mut child = common::cli_command(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run mistral-cli");
-    let start = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if start.elapsed() > HANG {
-            let _ = child.kill();
-            panic!("{args:?}: still running after {HANG:?} (a hang)");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().expect("output");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{args:?} succeeded: {stderr}");
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
-    assert!(stderr.starts_with("error"), "{args:?}: {stderr}");
-    for needle in needles {
-        assert!(
-            stderr.contains(needle),
-            "{args:?}: no {needle:?} in {stderr}"
-        );
-    }
-}
-
-/// `generate` on `dir` with a short prompt and `extra` arguments.
-fn generate_rejects(dir: &Path, extra: &[&str], needles: &[&str]) {
-    let dir = dir.display().to_string();
-    let mut args = vec![
-        "generate",
-        "--model",
-        &dir,
-        "--prompt",
-        "Hello",
-        "--max-tokens",
-        "4",
-    ];
-    args.extend_from_slice(extra);
-    cli_rejects(&args, needles);
-}
-
-/// What the CLI does with a model directory, through the library: the
-/// first error, as text.
-fn library_error(dir: &Path) -> String {
-    let run = || -> Result<(), String> {
-        let config = load_model_config(dir).map_err(|e| e.to_string())?;
-        let tokenizer = load_tokenizer(dir).map_err(|e| e.to_string())?;
-        mistral_loader::check_tokenizer_fits(&tokenizer, config.vocab_size, dir)
-            .map_err(|e| e.to_string())?;
-        load_special_tokens(dir, Some(&tokenizer)).map_err(|e| e.to_string())?;
-        load_model(dir).map_err(|e| e.to_string())?;
-        Ok(())
-    };
-    match run() {
-        Ok(()) => panic!("{}: the library loaded a broken model", dir.display()),
-        Err(message) => message,
-    }
-}
-
-/// The library and the CLI both reject `dir`, naming every needle.
-fn both_reject(dir: &Path, needles: &[&str]) {
-    let message = library_error(dir);
-    for needle in needles {
-        assert!(
-            message.contains(needle),
-            "library: no {needle:?} in {message}"
-        );
-    }
-    generate_rejects(dir, &[], needles);
 }
 
 // --- the model directory and config.json ---

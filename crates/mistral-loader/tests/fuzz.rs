@@ -23,7 +23,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::Value;
 
-use common::{f32_tensor, half_tensor, u32_tensor, write_safetensors, TempDir};
+use common::{f32_tensor, gguf_writer, half_tensor, u32_tensor, write_safetensors, TempDir};
 use mistral_loader::gguf::{gguf_config, gguf_tokenizer, special_tokens, GgufFile};
 use mistral_loader::{
     discover_checkpoint, load_tokenizer, FileAccess, SafetensorsWeights, WeightSource,
@@ -235,13 +235,23 @@ fn fuzz_config_parsing() {
     });
 }
 
+/// The tokenizer.json the GGUF converter makes from the tiny GGUF model's
+/// metadata (byte-level BPE or SentencePiece BPE): small BPE seeds.
+fn converted_tokenizer(meta: &gguf_writer::MetaList, dir: &Path) -> Value {
+    let path = dir.join("seed.gguf");
+    gguf_writer::write_gguf(&path, meta, &gguf_writer::tiny_tensors());
+    let file = GgufFile::open(&path).expect("seed GGUF");
+    mistral_loader::gguf::tokenizer::tokenizer_json(file.metadata()).expect("seed tokenizer")
+}
+
 #[test]
 fn fuzz_tokenizer_loading() {
+    let dir = TempDir::new("fuzz-tokenizer");
     let seeds = vec![
         read_json(&corpus("tokenizer_wordlevel.json")),
-        read_json(&model_file("window_v01_f32", "tokenizer.json")),
+        converted_tokenizer(&gguf_writer::tiny_meta(), dir.path()),
+        converted_tokenizer(&gguf_writer::tiny_meta_sentencepiece(), dir.path()),
     ];
-    let dir = TempDir::new("fuzz-tokenizer");
     fuzz("tokenizer.json", json_inputs(seeds), |bytes| {
         std::fs::write(dir.path().join("tokenizer.json"), &bytes).expect("write");
         if let Ok(tokenizer) = load_tokenizer(dir.path()) {
@@ -314,15 +324,42 @@ fn fuzz_safetensors_index() {
     );
 }
 
+/// A GGUF seed and the length of its header, metadata and tensor
+/// directory (the tensors' data follows).
+fn gguf_seed(meta: &gguf_writer::MetaList, tensors: Vec<gguf_writer::Tensor>) -> (Vec<u8>, usize) {
+    let empty: Vec<_> = tensors
+        .iter()
+        .cloned()
+        .map(|t| gguf_writer::Tensor {
+            data: Vec::new(),
+            ..t
+        })
+        .collect();
+    let header = gguf_writer::gguf_bytes(meta, &empty).len();
+    (gguf_writer::gguf_bytes(meta, &tensors), header)
+}
+
 #[test]
 fn fuzz_gguf_header() {
-    let seed_path = reference::models_dir().join("gguf/llama_q4_0.gguf");
-    let seed = std::fs::read(&seed_path).expect("seed GGUF");
+    use gguf_writer::{tiny_meta, tiny_meta_sentencepiece, tiny_tensors, tiny_tensors_typed};
+    // Small seeds (the tiny model of the GGUF writer, with F32, Q4_0 and
+    // Q8_0 tensors and both tokenizer kinds), so that each input is cheap;
+    // mutations land in the header, metadata and tensor directory.
+    let seeds = [
+        gguf_seed(&tiny_meta(), tiny_tensors()),
+        gguf_seed(
+            &tiny_meta_sentencepiece(),
+            tiny_tensors_typed(&[
+                ("blk.0.attn_q.weight", gguf_writer::Q4_0),
+                ("blk.0.ffn_down.weight", gguf_writer::Q8_0),
+            ]),
+        ),
+    ];
+    let strategy = prop::sample::select(vec![0usize, 1])
+        .prop_flat_map(move |i| mutated_bytes(seeds[i].0.clone(), seeds[i].1));
     let dir = TempDir::new("fuzz-gguf");
     let path = dir.path().join("model.gguf");
-    // Mutations land in the header, metadata and tensor directory.
-    let focus = 1 << 20;
-    fuzz("GGUF", mutated_bytes(seed, focus), |bytes| {
+    fuzz("GGUF", strategy, |bytes| {
         std::fs::write(&path, &bytes).expect("write");
         if let Ok(file) = GgufFile::open(&path) {
             let _ = gguf_config(&file);
@@ -332,6 +369,7 @@ fn fuzz_gguf_header() {
                 let _ = file.tensor_bytes(info);
             }
         }
+        let _ = mistral_loader::load_model(&path);
         Ok(())
     });
 }

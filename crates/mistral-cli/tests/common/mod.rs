@@ -3,6 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[allow(dead_code)]
+pub mod reject;
+
 /// The built `mistral-cli` with `args` (no library path: it finds MLX
 /// through its rpath), not started yet.
 pub fn cli_command(args: &[&str]) -> Command {

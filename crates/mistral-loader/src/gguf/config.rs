@@ -99,9 +99,19 @@ pub fn gguf_config(gguf: &GgufFile) -> Result<MistralConfig> {
             "factor": meta.float(&key("rope.scaling.factor"))?,
         })),
     };
-    let eos_token_id = meta
-        .int::<i32>("tokenizer.ggml.eos_token_id")?
-        .map(EosTokenId::Single);
+    // Special-token ids must name a token of the vocabulary (named by their
+    // GGUF key here rather than by the config field they become).
+    let special_id = |key: &str| -> Result<Option<i32>> {
+        match meta.int::<i32>(key)? {
+            Some(id) if id < 0 || id >= vocab_size => Err(meta.invalid(
+                key,
+                format!("token id {id} is outside the vocabulary (vocab_size {vocab_size})"),
+            )),
+            id => Ok(id),
+        }
+    };
+    let bos_token_id = special_id("tokenizer.ggml.bos_token_id")?;
+    let eos_token_id = special_id("tokenizer.ggml.eos_token_id")?.map(EosTokenId::Single);
     Ok(MistralConfig {
         model_type: arch.clone(),
         hidden_size,
@@ -124,7 +134,7 @@ pub fn gguf_config(gguf: &GgufFile) -> Result<MistralConfig> {
         tie_word_embeddings: gguf.tensor("output.weight").is_none(),
         attention_bias: gguf.tensor("blk.0.attn_q.bias").is_some(),
         mlp_bias: gguf.tensor("blk.0.ffn_up.bias").is_some(),
-        bos_token_id: meta.int::<i32>("tokenizer.ggml.bos_token_id")?,
+        bos_token_id,
         eos_token_id,
         quantization: quantization(gguf),
         quantization_config: None,

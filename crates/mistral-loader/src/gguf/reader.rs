@@ -369,7 +369,9 @@ impl<'a> Cursor<'a> {
             9 if depth < MAX_ARRAY_DEPTH => {
                 let item_ty = self.u32(&what)?;
                 let n = self.count(&format!("the length of {what}"), 1)?;
-                let mut items = Vec::with_capacity(n);
+                // Each item takes at least one byte of the file but more in memory:
+                // grow as items are read rather than trusting the count.
+                let mut items = Vec::with_capacity(n.min(4096));
                 for _ in 0..n {
                     items.push(self.value(item_ty, key, depth + 1)?);
                 }

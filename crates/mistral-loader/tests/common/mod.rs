@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use safetensors::tensor::{Dtype, TensorView};
 
+pub mod gguf_writer;
+
 /// A directory under the system temp dir, removed on drop.
 pub struct TempDir(PathBuf);
 
