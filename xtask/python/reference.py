@@ -57,6 +57,11 @@ STANDARD_TEXTS = {
 }
 
 
+
+def reference_device():
+    """mx.cpu, or mx.gpu when MISTRAL_MLX_REFERENCE_DEVICE=gpu."""
+    return mx.gpu if os.environ.get("MISTRAL_MLX_REFERENCE_DEVICE") == "gpu" else mx.cpu
+
 def mlx_lm_version() -> str:
     import mlx_lm
 
@@ -222,7 +227,9 @@ def main() -> int:
                          "float32 (what `--dtype auto` does on the CPU)")
     args = ap.parse_args()
 
-    mx.set_default_device(mx.cpu)  # the CPU build; deterministic and portable
+    # The CPU build (deterministic and portable); MISTRAL_MLX_REFERENCE_DEVICE=gpu
+    # runs mlx-lm on MLX's CUDA build instead (xtask/gpu/run.sh parity).
+    mx.set_default_device(reference_device())
 
     if args.all:
         if not args.out_dir:

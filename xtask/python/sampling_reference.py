@@ -27,7 +27,7 @@ import mlx.core as mx
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reference import load_model  # noqa: E402
+from reference import load_model, reference_device  # noqa: E402
 
 
 def main() -> int:
@@ -49,7 +49,7 @@ def main() -> int:
     from mlx_lm.generate import generate_step
     from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
-    mx.set_default_device(mx.cpu)
+    mx.set_default_device(reference_device())
     model, _notes = load_model(args.model)
     sampler = make_sampler(args.temp, top_p=args.top_p, min_p=args.min_p, top_k=args.top_k)
     processors = make_logits_processors(

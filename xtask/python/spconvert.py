@@ -52,12 +52,17 @@ def mistral_common_model_path(version: str) -> str:
 
     version "v1" is Mistral 7B v0.1 (32000 ids), "v3" is v0.3 (32768 ids).
     """
-    import mistral_common
-
     names = {
         "v1": "tokenizer.model.v1",
         "v3": "mistral_instruct_tokenizer_240323.model.v3",
     }
+    # Where mistral-common is not installed (the GPU machine), a folder with
+    # copies of those two files.
+    override = os.environ.get("MISTRAL_MLX_SP_MODELS")
+    if override:
+        return os.path.join(override, names[version])
+    import mistral_common
+
     return os.path.join(os.path.dirname(mistral_common.__file__), "data", names[version])
 
 

@@ -12,15 +12,24 @@
 //!   interleaved, with the machine's memory bandwidth (see `compare.rs`).
 //! - `download`: a model from the Hugging Face hub into its cache (or a
 //!   folder), see `download/mod.rs`.
+//! - `dist`: a relocatable bundle of the binaries and MLX (`dist.rs`);
+//!   `relocation-check`: that bundle and a `cargo install`ed `mistral-cli`
+//!   run with an empty environment (`relocation.rs`, part of `test`).
+//! - `gpu-pack`: the CUDA bundle, parity tests and wheels in parts to carry
+//!   to the lent GPU machine, with the calls to make (`gpu_pack.rs`,
+//!   `xtask/gpu/run.sh`).
 
 mod compare;
+mod dist;
 mod download;
+mod gpu_pack;
 // Shared with mistral-loader (which resolves `--model <repo id>` with it)
 // without making xtask build MLX.
 #[path = "../../crates/mistral-loader/src/hf_cache.rs"]
 mod hf_cache;
 mod paths;
 mod python;
+mod relocation;
 mod smollm2;
 
 use anyhow::{bail, Context, Result};
@@ -69,6 +78,15 @@ enum Task {
     /// Benchmark ours against mlx-lm 0.32.2 side by side (random-weight
     /// Mistral shapes and SmolLM2; see BENCHMARKS.md).
     Compare(compare::CompareArgs),
+    /// Bundle the release binaries with MLX into a folder and a `.tar.zst`
+    /// that run without Rust or Python (`target/dist/`).
+    Dist(dist::DistArgs),
+    /// Check that the bundle and a `cargo install`ed `mistral-cli` run with
+    /// an empty environment from a fresh folder (run by `test`).
+    RelocationCheck,
+    /// Pack the CUDA build, the parity tests and the Python wheels into
+    /// parts for the GPU machine and print the `device` calls to make.
+    GpuPack(gpu_pack::GpuPackArgs),
     /// Download a model (config, tokenizer, safetensors) from the Hugging
     /// Face hub into its cache (`HF_HUB_CACHE`, `HF_HOME`) and print its
     /// folder. Honours `HF_ENDPOINT` and `HF_TOKEN`.
@@ -105,6 +123,9 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Bench { bench_args } => bench(&bench_args),
         Task::Compare(args) => compare::run(args),
+        Task::Dist(args) => dist::run(&args).map(drop),
+        Task::GpuPack(args) => gpu_pack::run(&args),
+        Task::RelocationCheck => relocation::check(&python::ensure_test_models()?),
         Task::Download {
             repo_id,
             revision,
@@ -159,5 +180,10 @@ fn test(cargo_args: &[String]) -> Result<()> {
             (python::MODELS_ENV_VAR, &models),
             (python::SMOLLM2_ENV_VAR, &smollm2),
         ],
-    )
+    )?;
+    // Only on a full run: extra arguments select some tests.
+    if cargo_args.is_empty() {
+        relocation::check(&models)?;
+    }
+    Ok(())
 }

@@ -10,6 +10,12 @@ pub fn run() -> Result<()> {
     println!("mlx: {version}");
     println!("device: {}", mlx_rs_core::runtime::default_device());
     println!("blas: {}", mlx_sys::BLAS);
+    // Where the libraries were loaded from (Linux): which install runs.
+    for needle in ["libmlx", "blas", "lapack", "gfortran"] {
+        for path in mlx_rs_core::runtime::loaded_libraries(needle) {
+            println!("loaded: {}", path.display());
+        }
+    }
 
     let n = 64usize;
     let a: Vec<f32> = (0..n * n).map(|i| ((i % 7) as f32) - 3.0).collect();

@@ -13,7 +13,7 @@ use mlx_rs::{Array, Dtype};
 use mlx_rs_core::{
     cache_offset, trim_cache, ConcatKeyValueCache, Generate, KeyValueCache, RotatingKVCache,
 };
-use reference::live::{mlx_lm_generate, python, LiveRun};
+use reference::live::{mlx_lm_generate, python, scripts_dir, LiveRun};
 use reference::{prompt_ids, relative_error, test_model, TestModel};
 
 const WINDOW: i32 = 16;
@@ -147,8 +147,7 @@ fn mlx_lm_logits(spec: &TestModel, ids: &[i32]) -> Vec<f32> {
         "mistral-mlx-turns-{}.safetensors",
         std::process::id()
     ));
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../xtask/python/reference.py");
+    let script = scripts_dir().join("reference.py");
     let list = ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
     let status = std::process::Command::new(python())
         .arg(script)

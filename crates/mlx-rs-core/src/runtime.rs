@@ -29,6 +29,26 @@ pub fn default_device() -> String {
     }
 }
 
+/// The files of the shared libraries this process has loaded whose file
+/// name contains `needle` (e.g. `libmlx`, `blas`), from `/proc/self/maps`
+/// (Linux); empty where that is not available.
+pub fn loaded_libraries(needle: &str) -> Vec<std::path::PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut found: Vec<std::path::PathBuf> = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .map(std::path::PathBuf::from)
+        .filter(|path| {
+            path.file_name()
+                .is_some_and(|name| name.to_string_lossy().contains(needle))
+        })
+        .collect();
+    found.dedup();
+    found.sort();
+    found.dedup();
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,5 +63,14 @@ mod tests {
             version.starts_with(header_version),
             "{version} vs {header_version}"
         );
+    }
+
+    #[test]
+    fn finds_the_loaded_libmlx() {
+        let libs = loaded_libraries("libmlx");
+        if cfg!(target_os = "linux") {
+            assert_eq!(libs.len(), 1, "{libs:?}");
+            assert!(libs[0].is_file(), "{libs:?}");
+        }
     }
 }

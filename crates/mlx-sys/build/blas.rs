@@ -117,6 +117,10 @@ fn saved(file: &Path) -> PathBuf {
 
 /// Moves the original aside (once) and puts a link to `target` in its place.
 fn link_to(file: &Path, target: &Path) {
+    if fs::read_link(file).is_ok_and(|current| current == target) {
+        // Already in place: binaries may be running on it, leave it be.
+        return;
+    }
     let original = saved(file);
     let is_link = fs::symlink_metadata(file).is_ok_and(|m| m.file_type().is_symlink());
     if !is_link && file.exists() && !original.exists() {

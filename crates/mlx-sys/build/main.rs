@@ -4,7 +4,8 @@
 //! Steps, each in its own module:
 //! 1. [`mlx_dist`]: find MLX: `MLX_DIR` if set, else MLX's official Python
 //!    wheel (`mlx-cpu`, `mlx-cuda-13` or `mlx-metal`, version 0.32.2)
-//!    installed with pip into a private folder under `OUT_DIR`.
+//!    installed with pip into a per-user cache folder (not any Python
+//!    environment; `MLX_SYS_CACHE_DIR` overrides where).
 //!    On Linux, [`blas`] points the CPU wheel's bundled reference BLAS at the
 //!    system's OpenBLAS (opt out with `MLX_SYS_BLAS=bundled`).
 //! 2. [`mlx_c`]: find the mlx-c sources: `MLX_C_DIR` if set, else the copy in
@@ -14,13 +15,15 @@
 //! 4. [`bindings`]: run bindgen over mlx-c's public headers.
 //!
 //! Dependents get `DEP_MLX_LIBDIR` (where `libmlx` lives) and, for the CUDA
-//! wheel, `DEP_MLX_ALLOW_SHLIB_UNDEFINED`; `link_mlx.rs` turns them into an
-//! rpath for every binary, test and example of the workspace.
+//! wheel, `DEP_MLX_ALLOW_SHLIB_UNDEFINED`; `link_mlx.rs` turns them into a
+//! library search path for every binary, test and example of the workspace.
 
 mod bindings;
 mod blas;
 mod compile;
 mod fail;
+#[path = "../link_mlx.rs"]
+mod link_mlx;
 mod mlx_c;
 mod mlx_dist;
 
@@ -54,7 +57,9 @@ fn main() {
     println!("cargo:LIBDIR={lib}");
     if mlx.needs_shlib_undefined {
         println!("cargo:ALLOW_SHLIB_UNDEFINED=1");
-        println!("cargo:rustc-link-arg=-Wl,--allow-shlib-undefined");
     }
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    let apple = env::var("CARGO_CFG_TARGET_VENDOR").as_deref() == Ok("apple");
+    for arg in link_mlx::link_args(&lib.to_string(), mlx.needs_shlib_undefined, apple) {
+        println!("cargo:rustc-link-arg={arg}");
+    }
 }

@@ -59,7 +59,7 @@ pub fn locate(out_dir: &Path) -> MlxDist {
             } else {
                 "mlx-cpu"
             };
-            let target = out_dir.join("mlx-dist").join(package);
+            let target = wheel_dir(out_dir, package);
             let prefix = install_wheel(package, &target);
             wheel_root = Some(target);
             prefix
@@ -75,6 +75,47 @@ pub fn locate(out_dir: &Path) -> MlxDist {
         needs_shlib_undefined: cuda && !apple,
         defines,
         wheel_root,
+    }
+}
+
+/// Where the wheel goes: a stable per-user folder, one per MLX version,
+/// package and BLAS choice (`$MLX_SYS_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/mistral-mlx`, else `~/.cache/mistral-mlx`), so that the
+/// binaries' rpath outlives `cargo clean`, `cargo install`'s temporary
+/// build folder and copies of the binary; `OUT_DIR` only where no such
+/// folder can be named.
+fn wheel_dir(out_dir: &Path, package: &str) -> PathBuf {
+    println!("cargo:rerun-if-env-changed=MLX_SYS_CACHE_DIR");
+    println!("cargo:rerun-if-env-changed=XDG_CACHE_HOME");
+    println!("cargo:rerun-if-env-changed=HOME");
+    let nonempty = |name: &str| {
+        env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let root = nonempty("MLX_SYS_CACHE_DIR")
+        .or_else(|| nonempty("XDG_CACHE_HOME").map(|d| d.join("mistral-mlx")))
+        .or_else(|| nonempty("HOME").map(|d| d.join(".cache/mistral-mlx")));
+    // The CPU wheel's BLAS files are replaced in place (see `blas`), so each
+    // choice gets its own copy of the wheel.
+    let variant = if package == "mlx-cpu" {
+        match env::var("MLX_SYS_BLAS").as_deref() {
+            Ok("bundled") => "-bundled-blas",
+            _ => "-openblas",
+        }
+    } else {
+        ""
+    };
+    let name = format!("{package}-{MLX_VERSION}{variant}");
+    match root {
+        Some(root) => root.join(name),
+        None => {
+            println!(
+                "cargo:warning=no HOME, XDG_CACHE_HOME or MLX_SYS_CACHE_DIR: MLX goes under OUT_DIR, \
+                 and binaries stop working after `cargo clean`"
+            );
+            out_dir.join("mlx-dist").join(name)
+        }
     }
 }
 
@@ -95,16 +136,30 @@ fn user_prefix(dir: &Path) -> PathBuf {
 }
 
 /// Installs MLX's official wheel into `target` (not into any Python
-/// environment of the user's) and returns the MLX prefix inside it.
+/// environment of the user's) and returns the MLX prefix inside it. The
+/// wheel is installed into a temporary sibling folder and renamed into
+/// place, so that concurrent builds never see half an install.
 fn install_wheel(package: &str, target: &Path) -> PathBuf {
     let prefix = target.join("mlx");
     let stamp = target.join(format!(".installed-{package}-{MLX_VERSION}"));
     if stamp.is_file() && prefix.join("include/mlx/mlx.h").is_file() {
         return prefix;
     }
+    let parent = target.parent().unwrap_or(target);
+    std::fs::create_dir_all(parent).unwrap_or_else(|err| {
+        fail(&format!(
+            "cannot create {} for MLX ({err}); set MLX_SYS_CACHE_DIR to a writable folder",
+            parent.display()
+        ))
+    });
+    let staging = parent.join(format!(
+        ".{}.partial-{}",
+        target.file_name().and_then(|n| n.to_str()).unwrap_or("mlx"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&staging);
     let python = env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
     println!("cargo:rerun-if-env-changed=PYTHON");
-    let _ = std::fs::remove_dir_all(target);
     let status = Command::new(&python)
         .args([
             "-m",
@@ -119,7 +174,7 @@ fn install_wheel(package: &str, target: &Path) -> PathBuf {
             "--no-warn-script-location",
         ])
         .arg("--target")
-        .arg(target)
+        .arg(&staging)
         .arg(format!("{package}=={MLX_VERSION}"))
         .env("PIP_REQUIRE_VIRTUALENV", "0")
         .status();
@@ -136,12 +191,29 @@ fn install_wheel(package: &str, target: &Path) -> PathBuf {
              or set MLX_DIR to an MLX install prefix."
         )),
     }
-    if !prefix.join("include/mlx/mlx.h").is_file() {
+    if !staging.join("mlx/include/mlx/mlx.h").is_file() {
         fail(&format!(
             "the {package} wheel installed into {} has no mlx/include/mlx/mlx.h",
-            target.display()
+            staging.display()
         ));
     }
-    let _ = std::fs::write(&stamp, "");
+    let _ = std::fs::write(
+        staging.join(format!(".installed-{package}-{MLX_VERSION}")),
+        "",
+    );
+    // An older partial install without its stamp is replaced; a complete
+    // one that a concurrent build put there first is kept.
+    if target.exists() && !stamp.is_file() {
+        let _ = std::fs::remove_dir_all(target);
+    }
+    if std::fs::rename(&staging, target).is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+        if !stamp.is_file() {
+            fail(&format!(
+                "cannot move the MLX wheel into {}",
+                target.display()
+            ));
+        }
+    }
     prefix
 }

@@ -10,6 +10,14 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// `xtask/python`, or `MISTRAL_MLX_SCRIPTS` where the test binary runs away
+/// from its source tree (the GPU machine, see `xtask/gpu/run.sh`).
+pub fn scripts_dir() -> PathBuf {
+    std::env::var_os("MISTRAL_MLX_SCRIPTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("xtask/python"))
+}
+
 /// The reference Python interpreter.
 pub fn python() -> PathBuf {
     let python = std::env::var_os("MISTRAL_MLX_PYTHON")
@@ -44,7 +52,7 @@ pub fn mlx_lm_generate(
     run: &LiveRun,
     logprobs: bool,
 ) -> (Vec<i32>, Option<Vec<f32>>) {
-    let script = workspace().join("xtask/python/sampling_reference.py");
+    let script = scripts_dir().join("sampling_reference.py");
     let ids = prompt
         .iter()
         .map(i32::to_string)

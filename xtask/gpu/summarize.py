@@ -1,0 +1,71 @@
+"""Summarize `run.sh bench` results: a Markdown table for BENCHMARKS.md.
+
+Usage:
+    python3 xtask/gpu/summarize.py OUT_DIR
+
+Reads OUT_DIR/bench.jsonl (one line per run: rep, model, engine, run),
+OUT_DIR/bandwidth.json and OUT_DIR/card.txt. For each model and engine:
+median [min, max] over the repetitions of prefill tok/s, decode tok/s, time
+to first token and peak memory; the ratio ours / mlx-lm of the medians; and
+decode as a fraction of the bandwidth bound (read bandwidth / weight bytes
+read per token).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+
+
+def ours_value(run: dict, key: str) -> float:
+    return float(run["results"][0][key]["median"])
+
+
+def value(engine: str, run: dict, key: str) -> float:
+    return ours_value(run, key) if engine == "ours" else float(run[key])
+
+
+def spread(values: list[float], fmt: str) -> str:
+    return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}, {max(values):{fmt}}]"
+
+
+def main() -> int:
+    out = sys.argv[1]
+    rows = [json.loads(line) for line in open(f"{out}/bench.jsonl") if line.strip()]
+    bandwidth = json.load(open(f"{out}/bandwidth.json"))["read_GBps"]
+    card = open(f"{out}/card.txt").read().strip()
+    print(f"Card: {card}; measured read bandwidth {bandwidth:.0f} GB/s (MLX sum over 4 GiB)\n")
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    print("| model | engine | weight GB | prefill tok/s | decode tok/s | TTFT s | peak GB | decode / bound |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    ratios = []
+    for model in models:
+        medians = {}
+        for engine in ("mlx-lm", "ours"):
+            runs = [r["run"] for r in rows if r["model"] == model and r["engine"] == engine]
+            failed = [r for r in runs if "error" in r]
+            runs = [r for r in runs if "error" not in r]
+            if not runs:
+                print(f"| {model} | {engine} | failed ({len(failed)} runs) | | | | | |")
+                continue
+            get = lambda key: [value(engine, r, key) for r in runs]  # noqa: E731
+            per_token = float(runs[0]["weight_bytes_per_token"])
+            prefill, decode = get("prefill_tps"), get("decode_tps")
+            bound = bandwidth * 1e9 / per_token
+            medians[engine] = (statistics.median(prefill), statistics.median(decode))
+            print(f"| {model} | {engine} | {float(runs[0]['weight_bytes']) / 1e9:.2f} | "
+                  f"{spread(prefill, '.0f')} | {spread(decode, '.1f')} | {spread(get('ttft_s'), '.3f')} | "
+                  f"{spread(get('peak_mem_GB'), '.2f')} | {statistics.median(decode) / bound:.0%} |")
+        if len(medians) == 2:
+            ratios.append((model, medians["ours"][0] / medians["mlx-lm"][0],
+                           medians["ours"][1] / medians["mlx-lm"][1]))
+    print("\n| model | prefill ours / mlx-lm | decode ours / mlx-lm |")
+    print("| --- | --- | --- |")
+    for model, prefill, decode in ratios:
+        print(f"| {model} | {prefill:.2f}x | {decode:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The models of the GPU harness (`xtask/gpu/run.sh bench`), written on the
+GPU machine itself (nothing that large can be carried there).
+
+Usage:
+    python gpu_bench_models.py OUT_DIR
+
+  m7b_bf16   Mistral 7B's shapes (hidden 4096, 32 layers, 32/8 heads, MLP
+             14336, vocab 32768): random bf16 weights, std 0.02 (norms 1)
+  m7b_q8     mlx_lm.convert of m7b_bf16: 8-bit, group 64
+  m7b_q4     the same, 4-bit, group 64
+  m150_bf16  bench_models.py's ~150M model (hidden 1024, 8 layers, 16/4
+             heads, MLP 2816), its weights from make_models' generator
+
+The 7B weights come from MLX's own generator on the default device (the
+GPU), seeded, written as sharded safetensors with an index, so that a
+14.5 GB model takes seconds rather than minutes of numpy. config.json and
+the tokenizer files are make_models.py's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+
+import mlx.core as mx
+
+import bench_models as bm
+import make_models as mm
+
+M7B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+           num_attention_heads=32, num_key_value_heads=8)
+
+
+def shapes(spec: mm.Spec) -> list[tuple[str, tuple[int, ...]]]:
+    """Hugging Face Mistral tensor names and shapes, layer by layer."""
+    h, f, v = spec.hidden_size, spec.intermediate_size, spec.vocab_size
+    d = spec.effective_head_dim
+    q, kv = spec.num_attention_heads * d, spec.num_key_value_heads * d
+    out = [("model.embed_tokens.weight", (v, h))]
+    for i in range(spec.num_hidden_layers):
+        p = f"model.layers.{i}."
+        out += [
+            (p + "input_layernorm.weight", (h,)),
+            (p + "post_attention_layernorm.weight", (h,)),
+            (p + "self_attn.q_proj.weight", (q, h)),
+            (p + "self_attn.k_proj.weight", (kv, h)),
+            (p + "self_attn.v_proj.weight", (kv, h)),
+            (p + "self_attn.o_proj.weight", (h, q)),
+            (p + "mlp.gate_proj.weight", (f, h)),
+            (p + "mlp.up_proj.weight", (f, h)),
+            (p + "mlp.down_proj.weight", (h, f)),
+        ]
+    out += [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
+    return out
+
+
+def random_bf16_model(root: str, name: str, seed: int, **shape) -> None:
+    spec = mm.Spec(name, seed=seed, dtype="bfloat16", **shape)
+    out_dir = os.path.join(root, name)
+    os.makedirs(out_dir)
+    mm.write_json(os.path.join(out_dir, "config.json"), mm.make_config(spec))
+    mm.write_json(os.path.join(out_dir, "generation_config.json"),
+                  {"bos_token_id": 1, "eos_token_id": 2})
+    mm.write_tokenizer_files(out_dir, spec.tokenizer)
+    mx.random.seed(seed)
+    tensors = shapes(spec)
+    # About 2 GB per shard.
+    shards, current, size = [], [], 0
+    for name_, shp in tensors:
+        current.append((name_, shp))
+        size += 2 * math.prod(shp)
+        if size > 2e9:
+            shards.append(current)
+            current, size = [], 0
+    if current:
+        shards.append(current)
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        arrays = {}
+        for tname, shp in shard:
+            if tname.endswith("norm.weight"):
+                arrays[tname] = mx.ones(shp, dtype=mx.bfloat16)
+            else:
+                arrays[tname] = (0.02 * mx.random.normal(shp)).astype(mx.bfloat16)
+            weight_map[tname] = fname
+        mx.save_safetensors(os.path.join(out_dir, fname), arrays, metadata={"format": "pt"})
+        del arrays
+    mm.write_json(os.path.join(out_dir, "model.safetensors.index.json"),
+                  {"metadata": {}, "weight_map": weight_map})
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out_dir")
+    args = ap.parse_args()
+    root = os.path.abspath(args.out_dir)
+    if os.path.exists(root):
+        shutil.rmtree(root)
+    os.makedirs(root)
+    random_bf16_model(root, "m7b_bf16", seed=107, **M7B)
+    bm.convert(root, "m7b_bf16", "m7b_q8", quantize=True, q_bits=8, q_group_size=64, dtype="bfloat16")
+    bm.convert(root, "m7b_bf16", "m7b_q4", quantize=True, q_bits=4, q_group_size=64, dtype="bfloat16")
+    bm.float_model(root, "m150_bf16", seed=101, **bm.M150)
+    names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    manifest = {"models": [{"dir": n, "file_bytes": bm.weight_bytes(os.path.join(root, n))} for n in names]}
+    mm.write_json(os.path.join(root, "manifest.json"), manifest)
+    print(json.dumps(manifest))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
