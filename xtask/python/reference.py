@@ -11,6 +11,9 @@ FILE ending in .safetensors stores, per prompt NAME:
     NAME.prompt_ids   int32 [L]
     NAME.logits       [L, vocab], float32 unless --dtype says otherwise:
                       the whole prompt in one forward pass, no cache
+    NAME.chunked_logits  the same, computed in two chunks through mlx-lm's
+                      cache (make_prompt_cache), split at L * 2 // 3 (as the
+                      parity tests split it; absent for a 1-token prompt)
     NAME.greedy_ids   int32 [N]   mlx-lm's generate_step with an argmax sampler
                       (never stops at EOS: always N ids)
     NAME.greedy_margin float32 [N] top-1 minus top-2 log-probability at each
@@ -104,6 +107,20 @@ def prompt_logits(model, ids: list[int]) -> mx.array:
     return logits.astype(mx.float32)
 
 
+def chunked_logits(model, ids: list[int]):
+    """[L, vocab] logits of the prompt in two chunks through mlx-lm's own
+    cache, split at L * 2 // 3; None when that split is empty."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    split = len(ids) * 2 // 3
+    if split == 0:
+        return None
+    cache = make_prompt_cache(model)
+    first = model(mx.array([ids[:split]], dtype=mx.int32), cache=cache)[0]
+    second = model(mx.array([ids[split:]], dtype=mx.int32), cache=cache)[0]
+    return mx.concatenate([first, second], axis=0).astype(mx.float32)
+
+
 def greedy(model, ids: list[int], n: int) -> tuple[list[int], list[float]]:
     """n greedy ids through mlx-lm's own generation loop (KV cache,
     model.make_cache(): RotatingKVCache on windowed layers)."""
@@ -126,11 +143,16 @@ def compute(model, prompts: list[dict], n_greedy: int, dtype: str) -> list[dict]
     results = []
     for p in prompts:
         logits = prompt_logits(model, p["ids"])
+        chunked = chunked_logits(model, p["ids"])
         if dtype != "float32":
             logits = logits.astype(getattr(mx, dtype))
+            chunked = None if chunked is None else chunked.astype(getattr(mx, dtype))
         mx.eval(logits)
+        if chunked is not None:
+            mx.eval(chunked)
         ids, margins = greedy(model, p["ids"], n_greedy) if n_greedy > 0 else ([], [])
         results.append({"name": p["name"], "prompt_ids": p["ids"], "logits": logits,
+                        "chunked_logits": chunked,
                         "greedy_ids": ids, "greedy_margin": margins})
     return results
 
@@ -143,6 +165,8 @@ def write(out: str, results: list[dict], meta: dict) -> None:
             n = r["name"]
             tensors[f"{n}.prompt_ids"] = mx.array(r["prompt_ids"], dtype=mx.int32)
             tensors[f"{n}.logits"] = r["logits"]
+            if r.get("chunked_logits") is not None:
+                tensors[f"{n}.chunked_logits"] = r["chunked_logits"]
             tensors[f"{n}.greedy_ids"] = mx.array(r["greedy_ids"], dtype=mx.int32)
             tensors[f"{n}.greedy_margin"] = mx.array(r["greedy_margin"], dtype=mx.float32)
         mx.save_safetensors(out, tensors, {"reference": json.dumps(meta)})
@@ -150,6 +174,8 @@ def write(out: str, results: list[dict], meta: dict) -> None:
         doc = dict(meta)
         doc["prompts"] = [
             {**r, "logits": np.array(r["logits"].astype(mx.float32)).tolist(),
+             "chunked_logits": None if r.get("chunked_logits") is None
+             else np.array(r["chunked_logits"].astype(mx.float32)).tolist(),
              "logits_dtype": str(r["logits"].dtype)}
             for r in results
         ]

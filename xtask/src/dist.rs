@@ -404,6 +404,15 @@ if [ -n "$missing" ]; then
   echo "  Install them, or set MISTRAL_MLX_NVIDIA_DIR to a site-packages/nvidia folder holding them." >&2
   exit 127
 fi
+# MLX compiles some CUDA kernels at run time (NVRTC) with CUDA's headers;
+# pip's nvidia/cu13/include lacks some of them (crt/mma.h, needed by the
+# 4-bit group-128 prefill kernel). Name a full CUDA toolkit when there is one
+# and neither CUDA_HOME nor CUDA_PATH is set.
+if [ -z "${{CUDA_HOME:-}}${{CUDA_PATH:-}}" ]; then
+  for d in /usr/local/cuda /usr/local/cuda-13*; do
+    if [ -f "$d/include/crt/mma.h" ]; then export CUDA_HOME="$d"; break; fi
+  done
+fi
 LD_LIBRARY_PATH=$path exec "$root/libexec/{name}" "$@"
 "#
     );

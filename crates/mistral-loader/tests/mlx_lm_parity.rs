@@ -23,7 +23,8 @@ use mlx_rs::ops::indexing::{argmax_axis, IndexOp};
 use mlx_rs::Array;
 use mlx_rs_core::KVCache;
 use reference::{
-    gguf_models, references, references_in, relative_error, test_models, Reference, TestModel,
+    gguf_models, gpu_noise, on_gpu, references, references_in, relative_error, test_models,
+    Reference, TestModel,
 };
 
 fn tolerance(model: &TestModel) -> f64 {
@@ -45,15 +46,23 @@ fn logits_of(model: &Mistral, ids: &[i32], cache: &mut Vec<Option<KVCache>>) -> 
     logits.as_slice::<f32>().to_vec()
 }
 
+/// The tolerance for `reference`: [`tolerance`], and on a GPU at least
+/// twice the GPU's measured noise there ([`gpu_noise`]).
+fn allowed(spec: &TestModel, reference: &Reference) -> f64 {
+    let cpu = tolerance(spec);
+    gpu_noise(spec, reference).map_or(cpu, |noise| cpu.max(2.0 * noise))
+}
+
 fn check_prompt(model: &Mistral, spec: &TestModel, reference: &Reference) -> f64 {
     let what = format!("{} / {}", spec.name, reference.prompt);
     let one_pass = logits_of(model, &reference.prompt_ids, &mut Vec::new());
     let error = relative_error(&one_pass, &reference.logits);
+    let allowed = allowed(spec, reference);
     assert!(
-        error <= tolerance(spec),
-        "{what}: one pass differs from mlx-lm by {error:e}"
+        error <= allowed,
+        "{what}: one pass differs from mlx-lm by {error:e} (allowed {allowed:e})"
     );
-    if spec.dtype != "float32" {
+    if spec.dtype != "float32" && !on_gpu() {
         // In bf16/f16 both engines run MLX's own CPU kernels (no BLAS) on
         // the same inputs in the same order: the one-pass logits are
         // bit-identical, and that is what is asserted.
@@ -65,16 +74,19 @@ fn check_prompt(model: &Mistral, spec: &TestModel, reference: &Reference) -> f64
 
     // The same prompt in two chunks through the cache (the second chunk's
     // queries see cached keys; for the windowed model the split is past
-    // the window).
+    // the window), against mlx-lm doing the same through its cache.
     let split = reference.prompt_ids.len() * 2 / 3;
     if split > 0 {
+        let theirs = reference.chunked_logits.as_ref().unwrap_or_else(|| {
+            panic!("{what}: the reference has no chunked logits: run `cargo xtask test-models`")
+        });
         let mut cache = Vec::new();
         let mut chunked = logits_of(model, &reference.prompt_ids[..split], &mut cache);
         chunked.extend(logits_of(model, &reference.prompt_ids[split..], &mut cache));
-        let chunk_error = relative_error(&chunked, &reference.logits);
+        let chunk_error = relative_error(&chunked, theirs);
         assert!(
-            chunk_error <= tolerance(spec),
-            "{what}: chunked prompt differs from mlx-lm by {chunk_error:e}"
+            chunk_error <= allowed,
+            "{what}: chunked prompt differs from mlx-lm by {chunk_error:e} (allowed {allowed:e})"
         );
     }
     error
@@ -138,7 +150,8 @@ fn check_greedy(model: &Mistral, spec: &TestModel, reference: &Reference, tie: f
 /// allowed to end it).
 fn check_model(spec: &TestModel, full_greedy: bool) {
     let model = load_model(&spec.dir).expect("load_model");
-    check_against(&model, spec, &references(spec), full_greedy);
+    // On a GPU a float32 greedy run may part at a near-tie too (its noise).
+    check_against(&model, spec, &references(spec), full_greedy && !on_gpu());
 }
 
 fn check_against(model: &Mistral, spec: &TestModel, refs: &[Reference], full_greedy: bool) {

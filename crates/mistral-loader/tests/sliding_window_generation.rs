@@ -14,7 +14,7 @@ use mlx_rs_core::{
     cache_offset, trim_cache, ConcatKeyValueCache, Generate, KeyValueCache, RotatingKVCache,
 };
 use reference::live::{mlx_lm_generate, python, scripts_dir, LiveRun};
-use reference::{prompt_ids, relative_error, test_model, TestModel};
+use reference::{on_gpu, prompt_ids, relative_error, test_model, TestModel};
 
 const WINDOW: i32 = 16;
 
@@ -122,7 +122,17 @@ fn rotating_cache_stays_bounded_and_matches_mlx_lm_over_4x_the_window() {
             settled.iter().min().copied().unwrap_or(0),
             settled.iter().max().copied().unwrap_or(0),
         );
-        assert_eq!(lo, hi, "{prompt_name}: active memory moved: {settled:?}");
+        if on_gpu() {
+            // MLX's CUDA allocator moves by a few kilobytes from step to
+            // step (seen: 13 KB); what must hold is that it stays bounded.
+            assert!(
+                hi - lo <= 64 * 1024,
+                "{prompt_name}: active memory moved by {} bytes: {settled:?}",
+                hi - lo
+            );
+        } else {
+            assert_eq!(lo, hi, "{prompt_name}: active memory moved: {settled:?}");
+        }
 
         // The same run with a cache that keeps everything does grow (MLX
         // rounds allocations, so growth comes in steps, not per token).
@@ -142,14 +152,20 @@ fn rotating_cache_stays_bounded_and_matches_mlx_lm_over_4x_the_window() {
 }
 
 /// mlx-lm's one-pass logits `[L, vocab]` over `ids` (reference.py, live).
-fn mlx_lm_logits(spec: &TestModel, ids: &[i32]) -> Vec<f32> {
+/// `cpu`: on MLX's CPU even where the default device is a GPU (for the
+/// GPU's noise, see `reference::gpu_noise`).
+fn mlx_lm_logits(spec: &TestModel, ids: &[i32], cpu: bool) -> Vec<f32> {
     let out = std::env::temp_dir().join(format!(
         "mistral-mlx-turns-{}.safetensors",
         std::process::id()
     ));
     let script = scripts_dir().join("reference.py");
     let list = ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
-    let status = std::process::Command::new(python())
+    let mut command = std::process::Command::new(python());
+    if cpu {
+        command.env("MISTRAL_MLX_REFERENCE_DEVICE", "cpu");
+    }
+    let status = command
         .arg(script)
         .arg("--model")
         .arg(&spec.dir)
@@ -204,12 +220,20 @@ fn second_chat_turn_reuses_the_wrapped_rotating_cache() {
         .expect("turn 2 forward");
     let logits = logits.as_dtype(Dtype::Float32).expect("cast");
     logits.eval().expect("eval");
-    let theirs = mlx_lm_logits(&spec, &conversation);
+    let theirs = mlx_lm_logits(&spec, &conversation, false);
     let tail = &theirs[(held as usize) * (theirs.len() / conversation.len())..];
     let error = relative_error(logits.as_slice::<f32>(), tail);
+    // On a GPU, at least twice its measured noise: mlx-lm's GPU logits
+    // against its CPU ones.
+    let allowed = if on_gpu() {
+        let cpu = mlx_lm_logits(&spec, &conversation, true);
+        1e-4f64.max(2.0 * relative_error(&theirs, &cpu))
+    } else {
+        1e-4
+    };
     assert!(
-        error <= 1e-4,
-        "reused cache: logits differ from mlx-lm by {error:e}"
+        error <= allowed,
+        "reused cache: logits differ from mlx-lm by {error:e} (allowed {allowed:e})"
     );
 
     // Greedy ids of the second turn (only the new tokens fed) equal those of

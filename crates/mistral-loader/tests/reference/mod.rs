@@ -91,6 +91,9 @@ pub struct Reference {
     pub prompt_ids: Vec<i32>,
     /// `[prompt_len, vocab]`, row-major, float32.
     pub logits: Vec<f32>,
+    /// The same through mlx-lm's cache in two chunks split at
+    /// `prompt_len * 2 / 3` (`None` for a 1-token prompt).
+    pub chunked_logits: Option<Vec<f32>>,
     pub vocab: usize,
     /// 64 greedy ids after the prompt.
     pub greedy_ids: Vec<i32>,
@@ -129,6 +132,10 @@ pub fn references_in(model: &TestModel, subdir: &str) -> Vec<Reference> {
             Reference {
                 prompt_ids: le_values(tensor("prompt_ids").data(), i32::from_le_bytes),
                 logits: le_values(logits.data(), f32::from_le_bytes),
+                chunked_logits: file
+                    .tensor(&format!("{prompt}.chunked_logits"))
+                    .ok()
+                    .map(|t| le_values(t.data(), f32::from_le_bytes)),
                 vocab: logits.shape()[1],
                 greedy_ids: le_values(tensor("greedy_ids").data(), i32::from_le_bytes),
                 greedy_margin: le_values(tensor("greedy_margin").data(), f32::from_le_bytes),
@@ -143,6 +150,40 @@ fn le_values<T>(bytes: &[u8], from: fn([u8; 4]) -> T) -> Vec<T> {
         .chunks_exact(4)
         .map(|chunk| from([chunk[0], chunk[1], chunk[2], chunk[3]]))
         .collect()
+}
+
+/// Whether MLX computes on a GPU in this process (MLX's CUDA build on an
+/// NVIDIA card; `xtask/gpu/run.sh parity` runs these tests there).
+pub fn on_gpu() -> bool {
+    matches!(
+        mlx_rs::Device::try_default().and_then(|device| device.get_type()),
+        Ok(mlx_rs::DeviceType::Gpu)
+    )
+}
+
+/// On a GPU, the GPU's own arithmetic noise for `reference`: how far
+/// mlx-lm's logits computed on the GPU (`refs/`) are from mlx-lm's logits
+/// computed on the CPU (`refs/cpu/`, which `xtask/gpu/run.sh` writes on the
+/// same machine), as a relative error. `None` on the CPU.
+///
+/// Ours and mlx-lm each carry that noise on the GPU (different kernels for
+/// different shapes, TF32-class float32 products), so there the parity
+/// tests allow twice it on top of the CPU tolerance; it is measured per
+/// model and prompt, not typed in.
+pub fn gpu_noise(model: &TestModel, reference: &Reference) -> Option<f64> {
+    if !on_gpu() {
+        return None;
+    }
+    let cpu = references_in(model, "cpu")
+        .into_iter()
+        .find(|r| r.prompt == reference.prompt)
+        .unwrap_or_else(|| panic!("{}: no CPU reference for {}", model.name, reference.prompt));
+    assert_eq!(
+        cpu.prompt_ids, reference.prompt_ids,
+        "{}: CPU and GPU prompts",
+        model.name
+    );
+    Some(relative_error(&reference.logits, &cpu.logits))
 }
 
 /// max |ours - theirs| / max |theirs|.
