@@ -495,8 +495,25 @@ fn strip(file: &Path, args: &[&str]) {
 fn archive(dir: &Path) -> Result<PathBuf> {
     let name = dir.file_name().context("bundle name")?;
     let path = dir.with_file_name(format!("{}.tar.zst", name.to_string_lossy()));
-    let file = fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    let mut encoder = zstd::Encoder::new(file, 10)?;
+    tar_zst(
+        &path,
+        &[(PathBuf::from(name), dir.to_path_buf())],
+        10,
+        false,
+    )?;
+    Ok(path)
+}
+
+/// Writes folders as one `.tar.zst` at `path`: each `(name, folder)` under
+/// `name` in the archive, symbolic links kept as links. `long`: a 128 MiB
+/// window with long-distance matching (unpack with `zstd -d --long=27`).
+pub fn tar_zst(path: &Path, folders: &[(PathBuf, PathBuf)], level: i32, long: bool) -> Result<()> {
+    let file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut encoder = zstd::Encoder::new(file, level)?;
+    if long {
+        encoder.window_log(27)?;
+        encoder.long_distance_matching(true)?;
+    }
     encoder.multithread(
         std::thread::available_parallelism()
             .map(|n| n.get() as u32)
@@ -505,9 +522,11 @@ fn archive(dir: &Path) -> Result<PathBuf> {
     {
         let mut tar = tar::Builder::new(&mut encoder);
         tar.follow_symlinks(false);
-        tar.append_dir_all(name, dir)?;
+        for (name, folder) in folders {
+            tar.append_dir_all(name, folder)?;
+        }
         tar.finish()?;
     }
     encoder.finish()?;
-    Ok(path)
+    Ok(())
 }

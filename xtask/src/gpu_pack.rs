@@ -187,26 +187,12 @@ fn sp_models(dest: &Path) -> Result<()> {
 /// (`zstd -d --long=27` unpacks it). Higher levels gain little: most of the
 /// bytes are CUDA machine code.
 fn compress(stage: &Path, archive: &Path) -> Result<()> {
-    let file = fs::File::create(archive)?;
-    let mut encoder = zstd::Encoder::new(file, 12)?;
-    encoder.window_log(27)?;
-    encoder.long_distance_matching(true)?;
-    encoder.multithread(
-        std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1),
-    )?;
-    {
-        let mut tar = tar::Builder::new(&mut encoder);
-        tar.follow_symlinks(false);
-        for entry in fs::read_dir(stage)? {
-            let entry = entry?;
-            tar.append_dir_all(entry.file_name(), entry.path())?;
-        }
-        tar.finish()?;
+    let mut folders = Vec::new();
+    for entry in fs::read_dir(stage)? {
+        let entry = entry?;
+        folders.push((PathBuf::from(entry.file_name()), entry.path()));
     }
-    encoder.finish()?;
-    Ok(())
+    dist::tar_zst(archive, &folders, 12, true)
 }
 
 /// Splits `archive` into `out/<n>/part-<n>` of at most `size` bytes.
