@@ -38,6 +38,7 @@ pub fn ensure_env() -> Result<PathBuf> {
     let stamp = dir.join(".requirements-hash");
     let hash = hash_files(std::slice::from_ref(&requirements))?;
     if python.is_file() && fs::read_to_string(&stamp).ok().as_deref() == Some(hash.as_str()) {
+        use_openblas(&dir)?;
         return Ok(python);
     }
     eprintln!("xtask: creating a Python environment in {}", dir.display());
@@ -62,8 +63,58 @@ pub fn ensure_env() -> Result<PathBuf> {
         ])
         .arg(&requirements))
     .context("installing Python packages with pip")?;
+    use_openblas(&dir)?;
     fs::write(&stamp, hash)?;
     Ok(python)
+}
+
+/// Points the venv's `mlx-cpu` BLAS and LAPACK at the system's OpenBLAS,
+/// as `mlx-sys` does for our build (see `crates/mlx-sys/build/blas.rs`), so
+/// that mlx-lm and our engine run their float32 products on the same
+/// library. With netlib's reference BLAS on one side and OpenBLAS on the
+/// other, float32 logits differ in the last bits, and seeded sampling from
+/// a nearly flat distribution can then pick a neighbouring id.
+fn use_openblas(venv: &std::path::Path) -> Result<()> {
+    const OPENBLAS: [&str; 3] = [
+        "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
+        "/usr/lib/aarch64-linux-gnu/libopenblas.so.0",
+        "/usr/lib64/libopenblas.so.0",
+    ];
+    let Some(openblas) = OPENBLAS.iter().map(PathBuf::from).find(|p| p.is_file()) else {
+        bail!("no system OpenBLAS (Debian/Ubuntu: apt-get install libopenblas0-pthread)");
+    };
+    let Some(libs) = glob_one(&venv.join("lib"), "mlx_cpu.libs")? else {
+        return Ok(()); // not the CPU wheel (macOS): nothing to align
+    };
+    for entry in fs::read_dir(&libs)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_owned();
+        if !(name.starts_with("libblas-") || name.starts_with("liblapack-")) {
+            continue;
+        }
+        if fs::read_link(&path).is_ok_and(|target| target == openblas) {
+            continue;
+        }
+        fs::remove_file(&path)?;
+        std::os::unix::fs::symlink(&openblas, &path)
+            .with_context(|| format!("linking {} to {}", path.display(), openblas.display()))?;
+    }
+    Ok(())
+}
+
+/// `<lib>/python3.*/site-packages/<name>` if it exists.
+fn glob_one(lib: &std::path::Path, name: &str) -> Result<Option<PathBuf>> {
+    for entry in fs::read_dir(lib)? {
+        let candidate = entry?.path().join("site-packages").join(name);
+        if candidate.is_dir() {
+            return Ok(Some(candidate));
+        }
+    }
+    Ok(None)
 }
 
 /// Generates the test models and mlx-lm's outputs on them (in `refs/`) if
