@@ -29,19 +29,31 @@ if [ ! -f "$work/.unpacked" ]; then
   touch "$work/.unpacked"
 fi
 site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-python3 -m pip install -q --no-index --no-deps --disable-pip-version-check "$work"/wheels/*.whl
-# MLX's Python package loads site-packages/mlx/lib/libmlx.so: the bundle's.
-ln -sfn "$work/bundle/lib/mlx/lib" "$site/mlx/lib"
-ln -sfn "$work/bundle/lib/mlx/include" "$site/mlx/include"
-ln -sfn "$work/bundle/lib/mlx_cuda_13.libs" "$site/mlx_cuda_13.libs"
 nvlibs=$(ls -d "$site"/nvidia/*/lib | paste -sd:)
+# mlx and mlx-lm go into their own folder, not python3's site-packages:
+# MLX 0.32.2 compiles some kernels at run time (NVRTC) with the CUDA headers
+# of `<libmlx's package>/../nvidia/cu13/include` when that folder exists,
+# else of CUDA_HOME. pip's cu13 headers lack crt/mma.h, which the 4-bit
+# group-128 prefill kernel needs, so with mlx beside pip's nvidia/ mlx-lm
+# cannot run that model. Here, as for our bundle, CUDA_HOME decides.
+py=$work/py
+if [ ! -d "$py/mlx_lm" ]; then
+  python3 -m pip install -q --no-index --no-deps --disable-pip-version-check --target "$py" "$work"/wheels/*.whl
+fi
+# MLX's Python package loads mlx/lib/libmlx.so: the bundle's.
+ln -sfn "$work/bundle/lib/mlx/lib" "$py/mlx/lib"
+ln -sfn "$work/bundle/lib/mlx/include" "$py/mlx/include"
+ln -sfn "$work/bundle/lib/mlx_cuda_13.libs" "$py/mlx_cuda_13.libs"
+export PYTHONPATH=$py${PYTHONPATH:+:$PYTHONPATH}
+export LD_LIBRARY_PATH=$nvlibs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 # The same rule as the bundle's launcher: a full CUDA toolkit's headers for
-# MLX's run-time kernel compilation (pip's lack crt/mma.h), for mlx-lm too.
+# MLX's run-time kernel compilation, for mlx-lm too; else pip's.
 if [ -z "${CUDA_HOME:-}${CUDA_PATH:-}" ]; then
   for d in /usr/local/cuda /usr/local/cuda-13*; do
     if [ -f "$d/include/crt/mma.h" ]; then export CUDA_HOME="$d"; break; fi
   done
 fi
+echo "CUDA_HOME=${CUDA_HOME:-unset}; python's mlx: $(python3 -c 'import mlx.core as mx, os; print(os.path.dirname(mx.__file__), mx.default_device())')"
 export MISTRAL_MLX_PYTHON=$(command -v python3)
 export MISTRAL_MLX_SCRIPTS=$PWD/xtask/python
 export MISTRAL_MLX_SP_MODELS=$work/sp
@@ -61,16 +73,18 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 } >"$out/info.txt"
 cat "$out/info.txt"
 
-# Probe MLX 0.32.2's CUDA-graph defect with 4-bit group-128 weights.
+# Probe 4-bit group-128 products, one row (decode) and many (prefill: the
+# kernel MLX compiles at run time).
 probe_g128() {
   python3 - <<'EOF'
 import mlx.core as mx
 w = mx.random.normal((512, 1024))
 wq, s, b = mx.quantize(w, group_size=128, bits=4)
-x = mx.random.normal((1, 1024))
-for _ in range(3):
-    y = mx.quantized_matmul(x, wq, s, b, transpose=True, group_size=128, bits=4)
-    mx.eval(y)
+for rows in (1, 64):
+    x = mx.random.normal((rows, 1024))
+    for _ in range(3):
+        y = mx.quantized_matmul(x, wq, s, b, transpose=True, group_size=128, bits=4)
+        mx.eval(y)
 print("ok")
 EOF
 }
@@ -79,26 +93,39 @@ case "$mode" in
 parity)
   models=$work/test-models
   {
-    if probe_g128; then echo "probe: 4-bit group-128 with CUDA graphs: ok"; fi
+    # MLX 0.32.2 on an H100 (2026-11-27): cuGraphAddKernelNode(...) failed:
+    # invalid argument. If the same product runs without CUDA graphs, both
+    # engines run the whole parity set that way (the kernels are the same).
+    if probe_g128; then
+      echo "probe: 4-bit group-128 (1 and 64 rows): ok"
+    elif MLX_USE_CUDA_GRAPHS=0 probe_g128; then
+      echo "probe: 4-bit group-128 fails with CUDA graphs, runs without: MLX_USE_CUDA_GRAPHS=0 from here on"
+      export MLX_USE_CUDA_GRAPHS=0
+      echo 0 >"$work/no-cuda-graphs"
+    else
+      echo "probe: 4-bit group-128 fails with and without CUDA graphs"
+    fi
     [ -f "$models/manifest.json" ] || python3 xtask/python/make_models.py "$models"
     export MISTRAL_MLX_TEST_MODELS=$models
     # mlx-lm on the GPU (refs/) and on the CPU (refs/cpu/: the GPU's noise).
     if [ ! -f "$models/refs/.gpu-done" ]; then
       MISTRAL_MLX_REFERENCE_DEVICE=gpu python3 xtask/python/reference.py --all "$models" \
-        --out-dir "$models/refs" --greedy 64
+        --out-dir "$models/refs" --greedy 64 --keep-going
       MISTRAL_MLX_REFERENCE_DEVICE=cpu python3 xtask/python/reference.py --all "$models" \
         --out-dir "$models/refs/cpu" --greedy 64
       touch "$models/refs/.gpu-done"
     fi
   } >"$out/setup.log" 2>&1 || { tail -c 3000 "$out/setup.log"; exit 1; }
   export MISTRAL_MLX_REFERENCE_DEVICE=gpu MISTRAL_MLX_TEST_MODELS=$models
+  if [ -f "$work/no-cuda-graphs" ]; then export MLX_USE_CUDA_GRAPHS=0; fi
+  grep -h "^probe\|FAILED" "$out/setup.log" || true
   # Not run there: `--dtype auto`'s CPU plan (float32, checked against the
   # CPU's weight bytes) and the GGUF files (their generator needs gguf-py).
   skip=(--skip every_test_model_under_auto_dtype --skip every_gguf_file)
   status=0
   for test in "$work"/tests/*; do
     name=$(basename "$test")
-    LD_LIBRARY_PATH="$work/bundle/lib/mlx/lib:$nvlibs" "$test" --test-threads 1 "${skip[@]}" \
+    LD_LIBRARY_PATH="$work/bundle/lib/mlx/lib:$LD_LIBRARY_PATH" "$test" --test-threads 1 "${skip[@]}" \
       >"$out/test-$name.log" 2>&1 || status=1
     grep -E "^test |^test result" "$out/test-$name.log" | head -20 || true
     grep -A2 "panicked" "$out/test-$name.log" | cut -c1-600 | head -12 || true

@@ -63,6 +63,14 @@ def weight_bytes(model_dir: str) -> int:
                for f in os.listdir(model_dir) if f.endswith(".safetensors"))
 
 
+def write_manifest(root: str) -> dict:
+    """Writes `root/manifest.json`: every model folder and its weight bytes."""
+    names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    manifest = {"models": [{"dir": n, "file_bytes": weight_bytes(os.path.join(root, n))} for n in names]}
+    mm.write_json(os.path.join(root, "manifest.json"), manifest)
+    return manifest
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out_dir")
@@ -81,9 +89,7 @@ def main() -> int:
                 num_hidden_layers=2, num_attention_heads=32, num_key_value_heads=8)
     smollm2(root, args.smollm2)
 
-    names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    manifest = {"models": [{"dir": n, "file_bytes": weight_bytes(os.path.join(root, n))} for n in names]}
-    mm.write_json(os.path.join(root, "manifest.json"), manifest)
+    manifest = write_manifest(root)
     for entry in manifest["models"]:
         print(f"{entry['dir']}: {entry['file_bytes'] / 1e9:.3f} GB")
     return 0

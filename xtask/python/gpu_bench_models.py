@@ -106,10 +106,7 @@ def main() -> int:
     bm.convert(root, "m7b_bf16", "m7b_q8", quantize=True, q_bits=8, q_group_size=64, dtype="bfloat16")
     bm.convert(root, "m7b_bf16", "m7b_q4", quantize=True, q_bits=4, q_group_size=64, dtype="bfloat16")
     bm.float_model(root, "m150_bf16", seed=101, **bm.M150)
-    names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    manifest = {"models": [{"dir": n, "file_bytes": bm.weight_bytes(os.path.join(root, n))} for n in names]}
-    mm.write_json(os.path.join(root, "manifest.json"), manifest)
-    print(json.dumps(manifest))
+    print(json.dumps(bm.write_manifest(root)))
     return 0
 
 

@@ -245,6 +245,10 @@ def main() -> int:
     ap.add_argument("--out", help="output file (.safetensors, else JSON)")
     ap.add_argument("--all", metavar="MODELS_DIR", help="every model in MODELS_DIR/manifest.json")
     ap.add_argument("--out-dir", help="with --all: writes OUT_DIR/<model>.safetensors")
+    ap.add_argument("--keep-going", action="store_true",
+                    help="with --all: record a model mlx-lm fails on in OUT_DIR/<model>.failed "
+                         "(its error) and go on (the GPU run: MLX 0.32.2's CUDA backend fails "
+                         "some shapes)")
     ap.add_argument("--greedy", type=int, default=0, help="greedy tokens to generate")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                     help="dtype the logits are stored in (computed in the model's dtype)")
@@ -263,13 +267,27 @@ def main() -> int:
         with open(os.path.join(args.all, "manifest.json")) as f:
             models = [m["dir"] for m in json.load(f)["models"]]
         t0 = time.time()
+        failed = []
         for name in models:
             model_dir = os.path.join(args.all, name)
             out = os.path.join(args.out_dir, f"{name}.safetensors")
-            dt = run_one(model_dir, standard_prompts(model_dir), args.greedy, args.dtype, out,
-                         args.dense_f32)
+            marker = os.path.join(args.out_dir, f"{name}.failed")
+            if os.path.exists(marker):
+                os.remove(marker)
+            try:
+                dt = run_one(model_dir, standard_prompts(model_dir), args.greedy, args.dtype, out,
+                             args.dense_f32)
+            except RuntimeError as err:  # MLX's errors
+                if not args.keep_going:
+                    raise
+                failed.append(name)
+                with open(marker, "w") as f:
+                    f.write(f"{err}\n")
+                print(f"{name}: FAILED: {err} -> {marker}")
+                continue
             print(f"{name}: {dt:.2f}s -> {out}")
-        print(f"{len(models)} references in {time.time() - t0:.1f}s")
+        print(f"{len(models) - len(failed)} references in {time.time() - t0:.1f}s"
+              + (f"; mlx-lm failed on {', '.join(failed)}" if failed else ""))
         return 0
 
     if not (args.model and args.out and (args.prompt_ids or args.prompts)):

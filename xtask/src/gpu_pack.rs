@@ -258,6 +258,14 @@ fn print_calls(parts: usize) {
     println!(
         "  run  carry=[\"target/gpu-pack/{parts}\"]  command=\"bash xtask/gpu/run.sh parity\"  timeout_s=600"
     );
-    println!("  run  command=\"bash xtask/gpu/run.sh bench 3\"  timeout_s=600");
-    println!("Results come back from $OUT: card.txt, info.txt, test-*.log, bench.jsonl.");
+    println!(
+        "  run  command=\"bash xtask/gpu/run.sh parity\"  timeout_s=600   (again if the first ran out of time:"
+    );
+    println!("       mlx-lm's references take most of a call; the second runs the tests)");
+    println!("  run  command=\"bash xtask/gpu/run.sh bench 2\"  timeout_s=600   (writes the models; 2 repetitions,");
+    println!("       the first fills MLX's kernel cache and is not counted)");
+    println!("  run  command=\"bash xtask/gpu/run.sh bench 1\"  timeout_s=300   (as often as the budget allows)");
+    println!(
+        "Results come back from $OUT: card.txt, info.txt, setup.log, test-*.log, bench.jsonl."
+    );
 }

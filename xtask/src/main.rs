@@ -19,6 +19,11 @@
 //!   to the lent GPU machine, with the calls to make (`gpu_pack.rs`,
 //!   `xtask/gpu/run.sh`).
 
+// Shared with mlx-sys's build script: the reference venv's mlx-lm must use
+// the OpenBLAS our build links.
+#[path = "../../crates/mlx-sys/build/blas_choice.rs"]
+#[allow(dead_code)]
+mod blas_choice;
 mod compare;
 mod dist;
 mod download;

@@ -75,14 +75,7 @@ pub fn ensure_env() -> Result<PathBuf> {
 /// other, float32 logits differ in the last bits, and seeded sampling from
 /// a nearly flat distribution can then pick a neighbouring id.
 fn use_openblas(venv: &std::path::Path) -> Result<()> {
-    const OPENBLAS: [&str; 3] = [
-        "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
-        "/usr/lib/aarch64-linux-gnu/libopenblas.so.0",
-        "/usr/lib64/libopenblas.so.0",
-    ];
-    let Some(openblas) = OPENBLAS.iter().map(PathBuf::from).find(|p| p.is_file()) else {
-        bail!("no system OpenBLAS (Debian/Ubuntu: apt-get install libopenblas0-pthread)");
-    };
+    let openblas = crate::blas_choice::find_openblas().map_err(anyhow::Error::msg)?;
     let Some(libs) = glob_one(&venv.join("lib"), "mlx_cpu.libs")? else {
         return Ok(()); // not the CPU wheel (macOS): nothing to align
     };

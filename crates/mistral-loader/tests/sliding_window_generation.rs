@@ -83,6 +83,16 @@ fn follow<C: KeyValueCache>(
     (rows, memory)
 }
 
+/// Bytes of keys and values `cache` stores, all layers.
+fn stored_bytes<C: KeyValueCache>(cache: &[Option<C>]) -> usize {
+    cache
+        .iter()
+        .flatten()
+        .flat_map(|c| c.state())
+        .map(|a| a.nbytes())
+        .sum()
+}
+
 #[test]
 fn rotating_cache_stays_bounded_and_matches_mlx_lm_over_4x_the_window() {
     let _serial = serial();
@@ -134,14 +144,27 @@ fn rotating_cache_stays_bounded_and_matches_mlx_lm_over_4x_the_window() {
             assert_eq!(lo, hi, "{prompt_name}: active memory moved: {settled:?}");
         }
 
-        // The same run with a cache that keeps everything does grow (MLX
-        // rounds allocations, so growth comes in steps, not per token).
+        // The same run with a cache that keeps everything does grow: it
+        // stores every position where the ring stores the window.
         let mut growing: Vec<Option<ConcatKeyValueCache>> = Vec::new();
         let (_, grown) = follow(&model, &prompt, &ids, &mut growing);
-        assert!(
-            grown[n - 1] > grown[WINDOW as usize],
-            "{prompt_name}: the growing cache did not grow: {grown:?}"
+        let positions = prompt.len() + n;
+        assert_eq!(
+            stored_bytes(&growing) * WINDOW as usize,
+            stored_bytes(&cache) * positions,
+            "{prompt_name}: the growing cache should hold {positions} positions per layer \
+             where the ring holds {WINDOW}"
         );
+        // On the CPU active memory shows that growth too (MLX rounds
+        // allocations, so it comes in steps, not per token). MLX's CUDA
+        // allocator serves small buffers from its pool, and its step-to-step
+        // jitter (tens of kilobytes) hides this model's growth (a few).
+        if !on_gpu() {
+            assert!(
+                grown[n - 1] > grown[WINDOW as usize],
+                "{prompt_name}: the growing cache did not grow: {grown:?}"
+            );
+        }
         eprintln!(
             "{prompt_name}: {n} steps, max rel. logprob error vs mlx-lm {worst:.1e}; active memory \
              after the window fills: rotating {lo} bytes (constant), concat {} -> {} bytes",

@@ -43,7 +43,6 @@ pub fn loaded_libraries(needle: &str) -> Vec<std::path::PathBuf> {
                 .is_some_and(|name| name.to_string_lossy().contains(needle))
         })
         .collect();
-    found.dedup();
     found.sort();
     found.dedup();
     found

@@ -12,21 +12,10 @@
 //! `MLX_SYS_OPENBLAS=/path/to/libopenblas.so.0` names the library to use.
 //! An `MLX_DIR` install is the user's and is never touched.
 
+use crate::blas_choice::{self, Blas};
 use crate::fail::fail;
-use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
-
-/// Where distributions put `libopenblas.so.0` (Debian's alternatives link,
-/// its pthread build, Fedora, Arch).
-const OPENBLAS_CANDIDATES: [&str; 6] = [
-    "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
-    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
-    "/usr/lib/aarch64-linux-gnu/libopenblas.so.0",
-    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
-    "/usr/lib64/libopenblas.so.0",
-    "/usr/lib/libopenblas.so.0",
-];
 
 /// The BLAS the build ended up with, for `mlx_sys::BLAS`.
 pub fn select(wheel_root: Option<&Path>) -> String {
@@ -39,24 +28,20 @@ pub fn select(wheel_root: Option<&Path>) -> String {
         return "as installed (MLX_DIR or a non-CPU wheel)".to_owned();
     };
     let bundled = bundled_files(&libs);
-    let choice = env::var("MLX_SYS_BLAS").unwrap_or_else(|_| "openblas".to_owned());
-    match choice.as_str() {
-        "bundled" => {
+    match blas_choice::choice().unwrap_or_else(|err| fail(&err)) {
+        Blas::Bundled => {
             for file in &bundled {
                 restore(file);
             }
             "bundled reference BLAS (MLX_SYS_BLAS=bundled)".to_owned()
         }
-        "openblas" => {
-            let openblas = find_openblas();
+        Blas::OpenBlas => {
+            let openblas = blas_choice::find_openblas().unwrap_or_else(|err| fail(&err));
             for file in &bundled {
                 link_to(file, &openblas);
             }
             format!("OpenBLAS ({})", openblas.display())
         }
-        other => fail(&format!(
-            "MLX_SYS_BLAS={other} is not one of `openblas` (the default) or `bundled`"
-        )),
     }
 }
 
@@ -82,31 +67,6 @@ fn bundled_files(libs: &Path) -> Vec<PathBuf> {
         ));
     }
     files
-}
-
-fn find_openblas() -> PathBuf {
-    if let Some(path) = env::var_os("MLX_SYS_OPENBLAS") {
-        let path = PathBuf::from(path);
-        if !path.is_file() {
-            fail(&format!(
-                "MLX_SYS_OPENBLAS={} is not a file",
-                path.display()
-            ));
-        }
-        return path;
-    }
-    match OPENBLAS_CANDIDATES.iter().map(Path::new).find(|p| p.is_file()) {
-        Some(path) => path.to_path_buf(),
-        None => fail(&format!(
-            "OpenBLAS was not found (looked for {}).\n\
-             MLX's CPU wheel ships netlib's reference BLAS, which makes float32 matrix \
-             products about 34x slower, so this build uses the system's OpenBLAS instead. \
-             Install it (Debian/Ubuntu: `apt-get install libopenblas0-pthread`; Fedora: \
-             `dnf install openblas-threads`), or name it with MLX_SYS_OPENBLAS=/path/to/libopenblas.so.0, \
-             or keep the wheel's own BLAS with MLX_SYS_BLAS=bundled.",
-            OPENBLAS_CANDIDATES.join(", ")
-        )),
-    }
 }
 
 fn saved(file: &Path) -> PathBuf {

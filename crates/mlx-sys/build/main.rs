@@ -20,6 +20,7 @@
 
 mod bindings;
 mod blas;
+mod blas_choice;
 mod compile;
 mod fail;
 #[path = "../link_mlx.rs"]

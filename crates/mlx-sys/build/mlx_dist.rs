@@ -1,5 +1,6 @@
 //! Where MLX (headers and `libmlx`) comes from.
 
+use crate::blas_choice::{self, Blas};
 use crate::fail::fail;
 use std::env;
 use std::path::{Path, PathBuf};
@@ -99,9 +100,9 @@ fn wheel_dir(out_dir: &Path, package: &str) -> PathBuf {
     // The CPU wheel's BLAS files are replaced in place (see `blas`), so each
     // choice gets its own copy of the wheel.
     let variant = if package == "mlx-cpu" {
-        match env::var("MLX_SYS_BLAS").as_deref() {
-            Ok("bundled") => "-bundled-blas",
-            _ => "-openblas",
+        match blas_choice::choice().unwrap_or_else(|err| fail(&err)) {
+            Blas::Bundled => "-bundled-blas",
+            Blas::OpenBlas => "-openblas",
         }
     } else {
         ""
