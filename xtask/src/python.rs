@@ -20,9 +20,14 @@ pub const MODELS_ENV_VAR: &str = "MISTRAL_MLX_TEST_MODELS";
 /// Tests read the path of the real SmolLM2 GGUF file from this variable.
 pub const SMOLLM2_ENV_VAR: &str = "MISTRAL_MLX_SMOLLM2";
 
-/// Scripts only `cargo xtask compare` runs: editing them does not
-/// regenerate the test models.
-const BENCH_ONLY: [&str; 2] = ["bench_models.py", "mlx_lm_bench.py"];
+/// Scripts that write no test model or reference (the harnesses and the
+/// server's client check): editing them does not regenerate the test models.
+const NOT_MODEL_INPUTS: [&str; 4] = [
+    "bench_models.py",
+    "mlx_lm_bench.py",
+    "gpu_bench_models.py",
+    "openai_client_check.py",
+];
 
 /// The folder of the Python scripts.
 pub fn python_dir() -> PathBuf {
@@ -123,7 +128,7 @@ pub fn ensure_test_models() -> Result<PathBuf> {
             path.extension()
                 .is_some_and(|ext| ext == "py" || ext == "txt")
         })
-        .filter(|path| !BENCH_ONLY.iter().any(|name| path.ends_with(name)))
+        .filter(|path| !NOT_MODEL_INPUTS.iter().any(|name| path.ends_with(name)))
         .collect();
     let hash = hash_files(&inputs)?;
     if fs::read_to_string(&stamp).ok().as_deref() == Some(hash.as_str()) {

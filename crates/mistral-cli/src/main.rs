@@ -10,6 +10,7 @@ mod generate;
 mod info;
 mod model_source;
 mod report;
+mod serve;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +39,9 @@ enum Command {
     /// that mlx-lm also loads, optionally cast or quantized.
     #[command(allow_negative_numbers = true)]
     Convert(convert::ConvertArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat and text
+    /// completions, streaming or not) until Ctrl-C.
+    Serve(serve::ServeArgs),
     /// Show the MLX build in use and check that it computes correctly.
     Info,
 }
@@ -60,6 +64,7 @@ fn main() {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Info => info::run(),
     };
     if let Err(err) = result {

@@ -1,0 +1,81 @@
+//! `mistral-cli serve`: the OpenAI-compatible server of `mistral-server`
+//! on a tokio runtime, until Ctrl-C.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use mistral_server::{serve, ModelSpec, ServerConfig};
+
+use crate::args::ModelArgs;
+use crate::model_source;
+
+/// Arguments of `serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// The port to listen on (0: any free port, printed at start).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// The model id `/v1/models` lists (default: the model's folder or file
+    /// name).
+    #[arg(long)]
+    model_id: Option<String>,
+    /// Require `Authorization: Bearer KEY` on every route but /health (or
+    /// set MISTRAL_MLX_API_KEY).
+    #[arg(long, env = "MISTRAL_MLX_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Requests that may wait while one runs; more get a 503.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    max_queue: u32,
+    /// The largest request body accepted (bytes; 413 beyond).
+    #[arg(long, default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    max_body_bytes: u64,
+    /// Origins allowed to call the API from a browser (CORS), comma
+    /// separated; `*` for any. Default: none.
+    #[arg(long, value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+}
+
+/// Runs `serve`.
+pub fn run(args: ServeArgs) -> Result<()> {
+    let path = model_source::resolve(&args.model.model)?;
+    let model_id = args.model_id.clone().unwrap_or_else(|| {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| args.model.model.clone())
+    });
+    let config = ServerConfig {
+        model: ModelSpec {
+            path,
+            options: args.model.load_options(),
+        },
+        model_id,
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        max_queue: args.max_queue as usize,
+        max_body_bytes: usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX),
+        allowed_origins: args.allowed_origins.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let address = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
+        let bound = listener.local_addr()?;
+        eprintln!(
+            "serving {} on http://{bound} (OpenAI API under /v1; /health is 200 once loaded)",
+            config.model_id
+        );
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        serve(listener, config, shutdown).await?;
+        Ok(())
+    })
+}

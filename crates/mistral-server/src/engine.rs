@@ -1,0 +1,459 @@
+//! The engine: one thread that owns the model, its tokenizer and chat
+//! template, and MLX's per-thread state (default stream, random state),
+//! and runs generation requests from a bounded queue.
+//!
+//! MLX arrays are `Send` but not `Sync`, and MLX's default stream and
+//! random state are thread-local, so the HTTP side never touches MLX: it
+//! sends a [`Job`] (plain Rust values) and receives [`Event`]s over a
+//! channel of its own. A job whose event channel is closed (the client went
+//! away) ends at its next token.
+//!
+//! This first version runs one request at a time, in arrival order.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use mistral_loader::{
+    load_chat_template, load_model_config, load_model_planned, load_special_tokens, load_tokenizer,
+    ChatMessage, LoadOptions, ModelChatTemplate, SpecialTokens, StopChecker, StopCriteria,
+    StopReason, StreamingDetokenizer, Tokenizer,
+};
+use mistral_model::Mistral;
+use mlx_rs::Array;
+use mlx_rs_core::{Generate, RotatingKVCache};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// What to generate from.
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    /// Messages, rendered with the model's chat template.
+    Chat(Vec<ChatMessage>),
+    /// Plain text, encoded with the tokenizer's special tokens (BOS).
+    Text(String),
+}
+
+/// Sampling options of one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    /// Temperature (0: greedy).
+    pub temperature: f32,
+    /// Nucleus mass (applied when below 1).
+    pub top_p: f32,
+    /// Keep the k most likely tokens (0: off).
+    pub top_k: i32,
+    /// Min-p filter (0: off).
+    pub min_p: f32,
+    /// Repetition penalty over the last 20 tokens, as mlx-lm's default.
+    pub repetition_penalty: Option<f32>,
+    /// Seed of the request's own random state.
+    pub seed: Option<u64>,
+}
+
+/// One generation, as the HTTP side hands it over.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    /// The prompt.
+    pub prompt: Prompt,
+    /// Token limit (`None`: up to the model's context).
+    pub max_tokens: Option<usize>,
+    /// Sampling.
+    pub sampling: Sampling,
+    /// Stop strings (not included in the text).
+    pub stop: Vec<String>,
+}
+
+/// Why a generation ended, in OpenAI's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// The token limit or the model's context.
+    Length,
+}
+
+impl FinishReason {
+    /// `"stop"` or `"length"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// What the engine reports about a job, in order: `Started`, any number of
+/// `Text`, then `Finished`; or `Failed` at any point.
+#[derive(Debug)]
+pub enum Event {
+    /// The prompt is tokenized and accepted.
+    Started {
+        /// Prompt tokens.
+        prompt_tokens: usize,
+    },
+    /// Text that became final.
+    Text(String),
+    /// The end.
+    Finished {
+        /// Why it ended.
+        reason: FinishReason,
+        /// Generated tokens.
+        completion_tokens: usize,
+    },
+    /// The request failed (a 4xx before `Started`, a 500 after).
+    Failed(ApiError),
+}
+
+/// A tokenized request and where its events go.
+#[derive(Debug)]
+pub struct Job {
+    /// The prompt's token ids (checked against the context).
+    pub prompt_ids: Vec<u32>,
+    /// Token limit (fits the context).
+    pub max_tokens: usize,
+    /// Sampling.
+    pub sampling: Sampling,
+    /// Stop strings.
+    pub stop: Vec<String>,
+    /// Where the events go (bounded; the engine waits when it is full).
+    pub events: mpsc::Sender<Event>,
+    /// When the request arrived (time to first token counts from here).
+    pub received: Instant,
+}
+
+/// The model's text side (tokenizer, chat template, end ids, context),
+/// shared with the HTTP side once loaded: requests are tokenized and
+/// checked there, before they queue.
+#[derive(Debug)]
+pub struct TextSide {
+    tokenizer: Tokenizer,
+    template: ModelChatTemplate,
+    special: SpecialTokens,
+    context: Option<usize>,
+}
+
+impl TextSide {
+    /// The model's context length (`max_position_embeddings`), if known.
+    pub fn context(&self) -> Option<usize> {
+        self.context
+    }
+
+    /// The prompt's token ids: chat messages through the chat template
+    /// (`add_generation_prompt`), plain text with the tokenizer's special
+    /// tokens.
+    pub fn encode(
+        &self,
+        prompt: &Prompt,
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, ApiError> {
+        let (text, special) = match prompt {
+            Prompt::Chat(messages) => {
+                let rendered = self
+                    .template
+                    .render(messages, add_generation_prompt)
+                    .map_err(|e| {
+                        ApiError::bad_request(
+                            format!("the chat template failed: {e}"),
+                            Some("messages"),
+                        )
+                    })?;
+                (rendered, false)
+            }
+            Prompt::Text(text) => (text.clone(), true),
+        };
+        let encoding = self
+            .tokenizer
+            .encode(text, special)
+            .map_err(|e| ApiError::internal(format!("tokenizing the prompt: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// `text`'s token ids, without special tokens.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, ApiError> {
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| ApiError::internal(format!("tokenizing: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The text of `ids` (special tokens skipped); a 400 for ids outside
+    /// the vocabulary.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, ApiError> {
+        let size = self.tokenizer.get_vocab_size(true);
+        if let Some(bad) = ids.iter().position(|&id| id as usize >= size) {
+            return Err(ApiError::bad_request(
+                format!(
+                    "token id {} is outside the vocabulary (0..{size})",
+                    ids[bad]
+                ),
+                Some(&format!("tokens[{bad}]")),
+            ));
+        }
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| ApiError::internal(format!("detokenizing: {e}")))
+    }
+
+    /// Tokenizes `request` and fits it to the context: the job for the
+    /// engine, less its event channel. A 400 `context_length_exceeded`
+    /// when the prompt (with `max_tokens`) does not fit.
+    pub fn prepare(&self, request: &GenerationRequest) -> Result<(Vec<u32>, usize), ApiError> {
+        let ids = self.encode(&request.prompt, true)?;
+        if ids.is_empty() {
+            return Err(ApiError::bad_request("The prompt is empty", None));
+        }
+        let param = match request.prompt {
+            Prompt::Chat(_) => "messages",
+            Prompt::Text(_) => "prompt",
+        };
+        let max_tokens = match (self.context, request.max_tokens) {
+            (Some(context), _) if ids.len() >= context => {
+                return Err(ApiError::context_length(
+                    format!(
+                        "This model's context is {context} tokens; the prompt is {} tokens",
+                        ids.len()
+                    ),
+                    param,
+                ))
+            }
+            (Some(context), Some(max)) if ids.len() + max > context => {
+                return Err(ApiError::context_length(
+                    format!(
+                        "This model's context is {context} tokens; the prompt ({} tokens) and \
+                         max_tokens ({max}) exceed it",
+                        ids.len()
+                    ),
+                    "max_tokens",
+                ))
+            }
+            (Some(context), None) => context - ids.len(),
+            (_, Some(max)) => max,
+            (None, None) => usize::MAX,
+        };
+        Ok((ids, max_tokens))
+    }
+}
+
+/// How the engine loads its model.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    /// A model directory or GGUF file.
+    pub path: PathBuf,
+    /// How to load it.
+    pub options: LoadOptions,
+}
+
+/// The HTTP side's handle on the engine.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    jobs: mpsc::Sender<Job>,
+    ready: Arc<AtomicBool>,
+    text: Arc<OnceLock<Arc<TextSide>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl EngineHandle {
+    /// Whether the model is loaded.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// The text side, or a 503 while the model loads.
+    pub fn text(&self) -> Result<Arc<TextSide>, ApiError> {
+        self.text
+            .get()
+            .cloned()
+            .ok_or_else(|| ApiError::unavailable("The model is still loading"))
+    }
+
+    /// Queues `job`; a 503 while loading or when the queue is full.
+    pub fn submit(&self, job: Job) -> Result<(), ApiError> {
+        if !self.is_ready() {
+            return Err(ApiError::unavailable("The model is still loading"));
+        }
+        // Counted before it can be picked up, so the gauge never dips below.
+        Metrics::bump(&self.metrics.queued);
+        self.jobs.try_send(job).map_err(|err| {
+            Metrics::drop_one(&self.metrics.queued);
+            match err {
+                mpsc::error::TrySendError::Full(_) => {
+                    ApiError::unavailable("The server is busy: its queue is full; retry later")
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    ApiError::internal("The engine has stopped")
+                }
+            }
+        })?;
+        Metrics::bump(&self.metrics.requests);
+        Ok(())
+    }
+}
+
+/// Starts the engine thread: it loads `spec`, then serves jobs from a
+/// queue of `queue` places. `loaded` receives the outcome of the load.
+pub fn start(
+    spec: ModelSpec,
+    queue: usize,
+    metrics: Arc<Metrics>,
+    loaded: oneshot::Sender<Result<(), String>>,
+) -> std::io::Result<EngineHandle> {
+    let (jobs_tx, jobs_rx) = mpsc::channel(queue.max(1));
+    let ready = Arc::new(AtomicBool::new(false));
+    let text = Arc::new(OnceLock::new());
+    let (flag, shared, counters) = (Arc::clone(&ready), Arc::clone(&text), Arc::clone(&metrics));
+    std::thread::Builder::new()
+        .name("mlx-engine".into())
+        .spawn(move || match Loaded::load(&spec) {
+            Ok(mut engine) => {
+                let _ = shared.set(Arc::clone(&engine.text));
+                flag.store(true, Ordering::SeqCst);
+                let _ = loaded.send(Ok(()));
+                engine.serve(jobs_rx, &counters);
+            }
+            Err(err) => {
+                let _ = loaded.send(Err(err));
+            }
+        })?;
+    Ok(EngineHandle {
+        jobs: jobs_tx,
+        ready,
+        text,
+        metrics,
+    })
+}
+
+/// Everything the engine thread owns.
+struct Loaded {
+    model: Mistral,
+    text: Arc<TextSide>,
+}
+
+impl Loaded {
+    fn load(spec: &ModelSpec) -> Result<Self, String> {
+        let path = &spec.path;
+        let config = load_model_config(path).map_err(|e| e.to_string())?;
+        let tokenizer = load_tokenizer(path).map_err(|e| e.to_string())?;
+        mistral_loader::check_tokenizer_fits(&tokenizer, config.vocab_size, path)
+            .map_err(|e| e.to_string())?;
+        let special = load_special_tokens(path, Some(&tokenizer)).map_err(|e| e.to_string())?;
+        let template = load_chat_template(path, &tokenizer).map_err(|e| e.to_string())?;
+        let (model, _plan) = load_model_planned(path, &spec.options).map_err(|e| e.to_string())?;
+        Ok(Loaded {
+            model,
+            text: Arc::new(TextSide {
+                tokenizer,
+                template,
+                special,
+                context: config
+                    .max_position_embeddings
+                    .and_then(|c| usize::try_from(c).ok()),
+            }),
+        })
+    }
+
+    fn serve(&mut self, mut jobs: mpsc::Receiver<Job>, metrics: &Metrics) {
+        while let Some(job) = jobs.blocking_recv() {
+            Metrics::drop_one(&metrics.queued);
+            if job.events.is_closed() {
+                Metrics::bump(&metrics.abandoned); // the client left while queued
+                continue;
+            }
+            Metrics::bump(&metrics.running);
+            if let Err(err) = self.run(&job, metrics) {
+                let _ = job.events.blocking_send(Event::Failed(err));
+            }
+            Metrics::drop_one(&metrics.running);
+        }
+    }
+
+    /// Runs one job; an `Err` is reported as `Failed`.
+    fn run(&mut self, job: &Job, metrics: &Metrics) -> Result<(), ApiError> {
+        let ids = &job.prompt_ids;
+        let max_tokens = job.max_tokens;
+        let left = || {
+            Metrics::bump(&metrics.abandoned);
+            Ok(())
+        };
+        if job
+            .events
+            .blocking_send(Event::Started {
+                prompt_tokens: ids.len(),
+            })
+            .is_err()
+        {
+            return left();
+        }
+        metrics
+            .prompt_tokens
+            .fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let text = Arc::clone(&self.text);
+        let sampling = &job.sampling;
+        let criteria = StopCriteria {
+            eos_token_ids: text.special.eos.clone(),
+            stop_strings: job.stop.clone(),
+            max_tokens: Some(max_tokens),
+        };
+        let mut checker =
+            StopChecker::new(criteria, StreamingDetokenizer::new(&text.tokenizer, true))
+                .map_err(|e| ApiError::bad_request(e.to_string(), Some("stop")))?;
+        let prompt = Array::from_slice(ids, &[1, ids.len() as i32]);
+        let mut cache: Vec<Option<RotatingKVCache>> = Vec::new();
+        let mut generator =
+            Generate::new(&mut self.model, &mut cache, sampling.temperature, &prompt)
+                .top_p(sampling.top_p)
+                .top_k(sampling.top_k)
+                .min_p(sampling.min_p)
+                .max_tokens(max_tokens);
+        if let Some(penalty) = sampling.repetition_penalty {
+            generator = generator.repetition_penalty(penalty, 20);
+        }
+        if let Some(seed) = sampling.seed {
+            generator = generator.seed(seed);
+        }
+        let fault =
+            |what: &str, err: &dyn std::fmt::Display| ApiError::internal(format!("{what}: {err}"));
+        let mut first_at: Option<Instant> = None;
+        for token in generator {
+            let id = token
+                .map_err(|e| fault("generation failed", &e))?
+                .item_exact::<u32>();
+            Metrics::bump(&metrics.generated_tokens);
+            match first_at {
+                None => {
+                    first_at = Some(Instant::now());
+                    Metrics::add_time(&metrics.ttft_micros, job.received.elapsed());
+                    Metrics::bump(&metrics.ttft_count);
+                }
+                Some(_) => Metrics::bump(&metrics.decode_tokens),
+            }
+            let step = checker.push(id).map_err(|e| fault("detokenizing", &e))?;
+            if !step.text.is_empty() && job.events.blocking_send(Event::Text(step.text)).is_err() {
+                return left(); // stop at this token
+            }
+            if step.stop.is_some() {
+                break;
+            }
+        }
+        if let Some(first) = first_at {
+            Metrics::add_time(&metrics.decode_micros, first.elapsed());
+        }
+        let tail = checker.finish().map_err(|e| fault("detokenizing", &e))?;
+        if !tail.is_empty() && job.events.blocking_send(Event::Text(tail)).is_err() {
+            return left();
+        }
+        let reason = match checker.stopped() {
+            Some(StopReason::Eos(_)) | Some(StopReason::StopString { .. }) => FinishReason::Stop,
+            Some(StopReason::MaxTokens) | None => FinishReason::Length,
+        };
+        let _ = job.events.blocking_send(Event::Finished {
+            reason,
+            completion_tokens: checker.token_count(),
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,127 @@
+//! [`Metrics`]: counters the engine and the routes update, served at
+//! `GET /metrics` in Prometheus' text format.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Server-wide counters (all monotonic except the two gauges).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Generation requests accepted into the queue.
+    pub requests: AtomicU64,
+    /// Requests answered with an error status (4xx, 5xx) before generating.
+    pub rejected: AtomicU64,
+    /// Prompt tokens of the requests run.
+    pub prompt_tokens: AtomicU64,
+    /// Tokens generated (including those of abandoned requests).
+    pub generated_tokens: AtomicU64,
+    /// Gauge: requests waiting in the queue.
+    pub queued: AtomicU64,
+    /// Gauge: requests running.
+    pub running: AtomicU64,
+    /// Requests whose client left before the end.
+    pub abandoned: AtomicU64,
+    /// Sum of times to first token (queue wait included), microseconds.
+    pub ttft_micros: AtomicU64,
+    /// Requests that produced a first token.
+    pub ttft_count: AtomicU64,
+    /// Time spent generating after the first token, microseconds.
+    pub decode_micros: AtomicU64,
+    /// Tokens generated after the first one of each request.
+    pub decode_tokens: AtomicU64,
+}
+
+impl Metrics {
+    /// Adds one to `counter`.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Subtracts one from a gauge (never below zero).
+    pub fn drop_one(gauge: &AtomicU64) {
+        let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+    }
+
+    /// Adds `duration` in microseconds to `sum`.
+    pub fn add_time(sum: &AtomicU64, duration: Duration) {
+        sum.fetch_add(
+            u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let seconds = |c: &AtomicU64| get(c) as f64 / 1e6;
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {value}");
+        };
+        metric(
+            "mistral_requests_total",
+            "counter",
+            "Generation requests accepted.",
+            get(&self.requests).to_string(),
+        );
+        metric(
+            "mistral_requests_rejected_total",
+            "counter",
+            "Generation requests refused with an error status.",
+            get(&self.rejected).to_string(),
+        );
+        metric(
+            "mistral_requests_abandoned_total",
+            "counter",
+            "Requests whose client left before the end.",
+            get(&self.abandoned).to_string(),
+        );
+        metric(
+            "mistral_prompt_tokens_total",
+            "counter",
+            "Prompt tokens processed.",
+            get(&self.prompt_tokens).to_string(),
+        );
+        metric(
+            "mistral_generated_tokens_total",
+            "counter",
+            "Tokens generated.",
+            get(&self.generated_tokens).to_string(),
+        );
+        metric(
+            "mistral_queue_depth",
+            "gauge",
+            "Requests waiting.",
+            get(&self.queued).to_string(),
+        );
+        metric(
+            "mistral_requests_running",
+            "gauge",
+            "Requests generating.",
+            get(&self.running).to_string(),
+        );
+        metric(
+            "mistral_time_to_first_token_seconds_sum",
+            "counter",
+            "Sum of times to first token, queue wait included.",
+            seconds(&self.ttft_micros).to_string(),
+        );
+        metric(
+            "mistral_time_to_first_token_seconds_count",
+            "counter",
+            "Requests that produced a first token.",
+            get(&self.ttft_count).to_string(),
+        );
+        metric(
+            "mistral_decode_seconds_sum",
+            "counter",
+            "Time generating after each first token.",
+            seconds(&self.decode_micros).to_string(),
+        );
+        metric("mistral_decode_tokens_total", "counter", "Tokens generated after each first token (decode tok/s = this / mistral_decode_seconds_sum).", get(&self.decode_tokens).to_string());
+        out
+    }
+}

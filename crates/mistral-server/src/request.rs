@@ -1,0 +1,375 @@
+//! The request bodies of `/v1/chat/completions` and `/v1/completions`,
+//! parsed and checked into a [`GenerationRequest`] for the engine.
+//!
+//! The body is parsed as JSON whatever its Content-Type. Unknown fields are
+//! ignored, as OpenAI's API does; fields this server cannot honour (`n > 1`,
+//! a `response_format` other than text, `tools`, `logprobs`) are a 400
+//! naming the field rather than silently dropped. Type errors name the
+//! field's path (`messages[0].role`).
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::engine::{GenerationRequest, Prompt, Sampling};
+use crate::error::ApiError;
+use mistral_loader::ChatMessage;
+
+/// Parses `body` as a JSON object.
+pub fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|err| {
+        ApiError::bad_request(format!("The request body is not valid JSON: {err}"), None)
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "The request body must be a JSON object",
+            None,
+        ));
+    }
+    Ok(value)
+}
+
+/// Reads the fields of `T` from `body` (others are ignored), naming the
+/// field at fault.
+pub fn fields<T: DeserializeOwned>(body: &Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(body.clone()).map_err(|err| {
+        let path = err.path().to_string();
+        let param = (path != ".").then_some(path);
+        ApiError::bad_request(
+            format!("Invalid request: {}", err.inner()),
+            param.as_deref(),
+        )
+    })
+}
+
+/// `stop`: one string or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    /// A single stop string.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+/// `stream_options`.
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage` and no choices.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// A message's `content`: a string, or a list of parts of which the text
+/// ones are used.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    /// Plain text.
+    Text(String),
+    /// Content parts (`{"type": "text", "text": ...}`).
+    Parts(Vec<ContentPart>),
+}
+
+/// One content part.
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    /// The part's type; only `text` is supported.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The text of a `text` part.
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// One chat message.
+#[derive(Debug, Deserialize)]
+pub struct Message {
+    /// `system`, `user`, `assistant`, ...
+    pub role: String,
+    /// The message text.
+    pub content: Content,
+}
+
+/// The fields both endpoints share.
+#[derive(Debug, Default, Deserialize)]
+pub struct Common {
+    /// The model asked for (must be the served one when given).
+    pub model: Option<String>,
+    /// Token limit (`max_completion_tokens` is the newer name).
+    pub max_tokens: Option<i64>,
+    /// The newer name of `max_tokens`.
+    pub max_completion_tokens: Option<i64>,
+    /// Sampling temperature, 0 to 2.
+    pub temperature: Option<f64>,
+    /// Nucleus mass, 0 to 1.
+    pub top_p: Option<f64>,
+    /// Extension: keep the k most likely tokens.
+    pub top_k: Option<i64>,
+    /// Extension: min-p filter, 0 to 1.
+    pub min_p: Option<f64>,
+    /// Extension: repetition penalty (> 0).
+    pub repetition_penalty: Option<f64>,
+    /// Stop strings.
+    pub stop: Option<Stop>,
+    /// Seed for reproducible sampling.
+    pub seed: Option<u64>,
+    /// Stream the answer as server-sent events.
+    #[serde(default)]
+    pub stream: bool,
+    /// Streaming options.
+    pub stream_options: Option<StreamOptions>,
+    /// Number of choices; only 1 is supported.
+    pub n: Option<i64>,
+    /// Only `{"type": "text"}` is supported.
+    pub response_format: Option<Value>,
+    /// Tool calling is not supported.
+    pub tools: Option<Value>,
+    /// Log-probabilities are not supported yet.
+    pub logprobs: Option<Value>,
+    /// Log-probabilities are not supported yet.
+    pub top_logprobs: Option<Value>,
+}
+
+/// The fields of `POST /v1/chat/completions` beyond [`Common`].
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    /// The conversation.
+    pub messages: Vec<Message>,
+}
+
+/// `POST /tokenize`.
+#[derive(Debug, Deserialize)]
+pub struct TokenizeRequest {
+    /// Text to encode.
+    pub prompt: Option<String>,
+    /// Or messages to render with the chat template and encode.
+    pub messages: Option<Vec<Message>>,
+    /// With `prompt`: add the tokenizer's special tokens (BOS).
+    #[serde(default = "yes")]
+    pub add_special_tokens: bool,
+    /// With `messages`: end with the assistant's turn opening.
+    #[serde(default = "yes")]
+    pub add_generation_prompt: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /detokenize`.
+#[derive(Debug, Deserialize)]
+pub struct DetokenizeRequest {
+    /// Token ids.
+    pub tokens: Vec<u32>,
+}
+
+/// The fields of `POST /v1/completions` beyond [`Common`].
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    /// The prompt: a string, or a list holding one string.
+    pub prompt: Value,
+}
+
+impl ChatRequest {
+    /// The messages as the chat template takes them, or a 400 naming the
+    /// field.
+    pub fn into_messages(self) -> Result<Vec<ChatMessage>, ApiError> {
+        if self.messages.is_empty() {
+            return Err(ApiError::bad_request(
+                "`messages` must hold at least one message",
+                Some("messages"),
+            ));
+        }
+        let mut messages = Vec::with_capacity(self.messages.len());
+        for (i, message) in self.messages.into_iter().enumerate() {
+            let text = match message.content {
+                Content::Text(text) => text,
+                Content::Parts(parts) => {
+                    let mut text = String::new();
+                    for (j, part) in parts.into_iter().enumerate() {
+                        match (part.kind.as_str(), part.text) {
+                            ("text", Some(t)) => text.push_str(&t),
+                            ("text", None) => {
+                                return Err(ApiError::bad_request(
+                                    "a text part needs `text`",
+                                    Some(&format!("messages[{i}].content[{j}].text")),
+                                ))
+                            }
+                            (other, _) => {
+                                return Err(ApiError::bad_request(
+                                    format!(
+                                        "content parts of type `{other}` are not supported; only `text`"
+                                    ),
+                                    Some(&format!("messages[{i}].content[{j}].type")),
+                                ))
+                            }
+                        }
+                    }
+                    text
+                }
+            };
+            messages.push(ChatMessage::new(message.role, text));
+        }
+        Ok(messages)
+    }
+
+    /// The engine's request, or a 400 naming the field.
+    pub fn into_generation(
+        self,
+        common: Common,
+        served: &str,
+    ) -> Result<GenerationRequest, ApiError> {
+        let messages = self.into_messages()?;
+        common.into_generation(Prompt::Chat(messages), served)
+    }
+}
+
+impl CompletionRequest {
+    /// The engine's request, or a 400 naming the field.
+    pub fn into_generation(
+        self,
+        common: Common,
+        served: &str,
+    ) -> Result<GenerationRequest, ApiError> {
+        let prompt = match self.prompt {
+            Value::String(text) => text,
+            Value::Array(items) if items.len() == 1 && items[0].is_string() => {
+                items[0].as_str().unwrap_or_default().to_owned()
+            }
+            Value::Array(_) => {
+                return Err(ApiError::bad_request(
+                    "`prompt` must be a string or a list of one string (batches of prompts are not supported)",
+                    Some("prompt"),
+                ))
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "`prompt` must be a string",
+                    Some("prompt"),
+                ))
+            }
+        };
+        common.into_generation(Prompt::Text(prompt), served)
+    }
+}
+
+impl Common {
+    fn into_generation(self, prompt: Prompt, served: &str) -> Result<GenerationRequest, ApiError> {
+        if let Some(model) = &self.model {
+            if model != served {
+                return Err(ApiError::unknown_model(model, served));
+            }
+        }
+        if let Some(n) = self.n {
+            if n != 1 {
+                return Err(ApiError::bad_request(
+                    format!("`n` = {n} is not supported: this server returns one choice (n = 1)"),
+                    Some("n"),
+                ));
+            }
+        }
+        if let Some(format) = &self.response_format {
+            if format.get("type").and_then(Value::as_str) != Some("text") {
+                return Err(ApiError::bad_request(
+                    "only `response_format: {\"type\": \"text\"}` is supported",
+                    Some("response_format"),
+                ));
+            }
+        }
+        if self.tools.as_ref().is_some_and(|t| !t.is_null()) {
+            return Err(ApiError::bad_request(
+                "tool calling is not supported by this server",
+                Some("tools"),
+            ));
+        }
+        if self
+            .logprobs
+            .as_ref()
+            .is_some_and(|v| !v.is_null() && *v != Value::Bool(false))
+        {
+            return Err(ApiError::bad_request(
+                "`logprobs` is not supported by this server yet",
+                Some("logprobs"),
+            ));
+        }
+        if self.top_logprobs.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::bad_request(
+                "`top_logprobs` is not supported by this server yet",
+                Some("top_logprobs"),
+            ));
+        }
+        let (max_tokens, max_param) = match (self.max_completion_tokens, self.max_tokens) {
+            (Some(m), _) => (Some(m), "max_completion_tokens"),
+            (None, m) => (m, "max_tokens"),
+        };
+        let max_tokens = match max_tokens {
+            None => None,
+            Some(m) if m >= 1 => Some(usize::try_from(m).unwrap_or(usize::MAX)),
+            Some(m) => {
+                return Err(ApiError::bad_request(
+                    format!("`{max_param}` must be at least 1, got {m}"),
+                    Some(max_param),
+                ))
+            }
+        };
+        let temperature = in_range(self.temperature, "temperature", 0.0, 2.0)?.unwrap_or(1.0);
+        let top_p = in_range(self.top_p, "top_p", 0.0, 1.0)?.unwrap_or(1.0);
+        let min_p = in_range(self.min_p, "min_p", 0.0, 1.0)?.unwrap_or(0.0);
+        let top_k = match self.top_k {
+            None => 0,
+            Some(k) if (0..=i64::from(i32::MAX)).contains(&k) => k as i32,
+            Some(k) => {
+                return Err(ApiError::bad_request(
+                    format!("`top_k` must be 0 (off) or positive, got {k}"),
+                    Some("top_k"),
+                ))
+            }
+        };
+        let repetition_penalty = match self.repetition_penalty {
+            None => None,
+            Some(p) if p.is_finite() && p > 0.0 => Some(p as f32),
+            Some(p) => {
+                return Err(ApiError::bad_request(
+                    format!("`repetition_penalty` must be positive, got {p}"),
+                    Some("repetition_penalty"),
+                ))
+            }
+        };
+        let stop = match self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s],
+            Some(Stop::Many(list)) => list,
+        };
+        if let Some(i) = stop.iter().position(String::is_empty) {
+            return Err(ApiError::bad_request(
+                "stop strings must not be empty",
+                Some(&format!("stop[{i}]")),
+            ));
+        }
+        Ok(GenerationRequest {
+            prompt,
+            max_tokens,
+            sampling: Sampling {
+                temperature: temperature as f32,
+                top_p: top_p as f32,
+                top_k,
+                min_p: min_p as f32,
+                repetition_penalty,
+                seed: self.seed,
+            },
+            stop,
+        })
+    }
+}
+
+/// `value` if it lies in `[lo, hi]`, else a 400 naming `param`.
+fn in_range(value: Option<f64>, param: &str, lo: f64, hi: f64) -> Result<Option<f64>, ApiError> {
+    match value {
+        Some(v) if !(lo..=hi).contains(&v) => Err(ApiError::bad_request(
+            format!("`{param}` must be between {lo} and {hi}, got {v}"),
+            Some(param),
+        )),
+        other => Ok(other),
+    }
+}

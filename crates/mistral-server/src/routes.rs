@@ -1,0 +1,380 @@
+//! The HTTP routes, the API-key check and CORS.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream};
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::engine::{EngineHandle, Event, GenerationRequest, Job, Prompt};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::request::{
+    fields, parse_body, ChatRequest, Common, CompletionRequest, DetokenizeRequest, TokenizeRequest,
+};
+use crate::response::{usage, Header, Kind};
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    /// The engine.
+    pub engine: EngineHandle,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// The served model id.
+    pub model_id: String,
+    /// The API key, if one is required.
+    pub api_key: Option<String>,
+    /// Largest body accepted.
+    pub max_body_bytes: usize,
+    /// When the server started (Unix seconds; `/v1/models`' `created`).
+    pub created: u64,
+}
+
+/// Events buffered between the engine and a slow client.
+const EVENT_BUFFER: usize = 64;
+
+/// The router: every route, the API-key check, CORS for `origins`.
+pub fn router(state: Arc<AppState>, origins: &[String]) -> Result<Router, String> {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/models", get(models))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            require_key,
+        ));
+    let mut app = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .fallback(|request: Request| async move { ApiError::no_route(request.uri().path()) })
+        .with_state(state);
+    if !origins.is_empty() {
+        let allow = if origins.iter().any(|o| o == "*") {
+            AllowOrigin::from(Any)
+        } else {
+            let values = origins
+                .iter()
+                .map(|o| {
+                    HeaderValue::from_str(o)
+                        .map_err(|_| format!("--allowed-origins: bad origin {o:?}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            AllowOrigin::list(values)
+        };
+        app = app.layer(
+            CorsLayer::new()
+                .allow_origin(allow)
+                .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+        );
+    }
+    Ok(app)
+}
+
+/// 401 unless the request carries the key (compared in constant time).
+async fn require_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    if state.engine.is_ready() {
+        (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "loading"})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": state.model_id,
+            "object": "model",
+            "created": state.created,
+            "owned_by": "mistral-mlx",
+        }],
+    }))
+}
+
+async fn chat(State(state): State<Arc<AppState>>, body: Body) -> Response {
+    let result = async {
+        let bytes = read_body(body, state.max_body_bytes).await?;
+        let body = parse_body(&bytes)?;
+        let common: Common = fields(&body)?;
+        let request: ChatRequest = fields(&body)?;
+        let stream = common.stream;
+        let usage_wanted = common
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage);
+        let generation = request.into_generation(common, &state.model_id)?;
+        respond(&state, Kind::Chat, generation, stream, usage_wanted).await
+    };
+    result.await.unwrap_or_else(|err| {
+        Metrics::bump(&state.metrics.rejected);
+        err.into_response()
+    })
+}
+
+async fn completions(State(state): State<Arc<AppState>>, body: Body) -> Response {
+    let result = async {
+        let bytes = read_body(body, state.max_body_bytes).await?;
+        let body = parse_body(&bytes)?;
+        let common: Common = fields(&body)?;
+        let request: CompletionRequest = fields(&body)?;
+        let stream = common.stream;
+        let usage_wanted = common
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage);
+        let generation = request.into_generation(common, &state.model_id)?;
+        respond(&state, Kind::Text, generation, stream, usage_wanted).await
+    };
+    result.await.unwrap_or_else(|err| {
+        Metrics::bump(&state.metrics.rejected);
+        err.into_response()
+    })
+}
+
+/// `POST /tokenize` (vLLM's shape): `{"prompt": text}` or `{"messages":
+/// [...], "add_generation_prompt": bool}` (default true) gives `{"tokens",
+/// "count", "max_model_len"}`; a prompt is encoded with the tokenizer's
+/// special tokens unless `"add_special_tokens": false`.
+async fn tokenize(State(state): State<Arc<AppState>>, body: Body) -> Result<Json<Value>, ApiError> {
+    let bytes = read_body(body, state.max_body_bytes).await?;
+    let body = parse_body(&bytes)?;
+    let request: TokenizeRequest = fields(&body)?;
+    let text = state.engine.text()?;
+    let tokens = match (request.prompt, request.messages) {
+        (Some(prompt), None) if request.add_special_tokens => {
+            text.encode(&Prompt::Text(prompt), false)?
+        }
+        (Some(prompt), None) => text.encode_plain(&prompt)?,
+        (None, Some(messages)) => {
+            let chat = ChatRequest { messages }.into_messages()?;
+            text.encode(&Prompt::Chat(chat), request.add_generation_prompt)?
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of `prompt` and `messages`",
+                Some("prompt"),
+            ))
+        }
+    };
+    Ok(Json(json!({
+        "tokens": tokens,
+        "count": tokens.len(),
+        "max_model_len": text.context(),
+    })))
+}
+
+/// `POST /detokenize`: `{"tokens": [...]}` gives `{"prompt": text}`.
+async fn detokenize(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let bytes = read_body(body, state.max_body_bytes).await?;
+    let body = parse_body(&bytes)?;
+    let request: DetokenizeRequest = fields(&body)?;
+    let text = state.engine.text()?.decode(&request.tokens)?;
+    Ok(Json(json!({"prompt": text})))
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::too_large(limit))
+}
+
+/// A fresh response id.
+fn response_id(kind: Kind) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let prefix = match kind {
+        Kind::Chat => "chatcmpl",
+        Kind::Text => "cmpl",
+    };
+    format!("{prefix}-{nanos:x}{n:04x}")
+}
+
+/// Queues the request and answers from the engine's events. Errors found
+/// before generation starts (context length, ...) are the response's
+/// status; later ones end the stream with an error event.
+async fn respond(
+    state: &AppState,
+    kind: Kind,
+    generation: GenerationRequest,
+    stream: bool,
+    usage_wanted: bool,
+) -> Result<Response, ApiError> {
+    let (prompt_ids, max_tokens) = state.engine.text()?.prepare(&generation)?;
+    let (events, mut rx) = mpsc::channel(EVENT_BUFFER);
+    state.engine.submit(Job {
+        prompt_ids,
+        max_tokens,
+        sampling: generation.sampling,
+        stop: generation.stop,
+        events,
+        received: Instant::now(),
+    })?;
+    let prompt_tokens = match rx.recv().await {
+        Some(Event::Started { prompt_tokens }) => prompt_tokens,
+        Some(Event::Failed(err)) => return Err(err),
+        Some(other) => {
+            return Err(ApiError::internal(format!(
+                "engine out of order: {other:?}"
+            )))
+        }
+        None => return Err(ApiError::internal("the engine dropped the request")),
+    };
+    let header = Header {
+        id: response_id(kind),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        model: state.model_id.clone(),
+        kind,
+    };
+    if stream {
+        let events = sse_events(rx, header, prompt_tokens, usage_wanted);
+        return Ok(Sse::new(events)
+            .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+            .into_response());
+    }
+    let mut text = String::new();
+    loop {
+        match rx.recv().await {
+            Some(Event::Text(t)) => text.push_str(&t),
+            Some(Event::Finished {
+                reason,
+                completion_tokens,
+            }) => {
+                let body = header.complete(&text, reason, usage(prompt_tokens, completion_tokens));
+                return Ok(Json(body).into_response());
+            }
+            Some(Event::Failed(err)) => return Err(err),
+            Some(Event::Started { .. }) => {}
+            None => return Err(ApiError::internal("the engine dropped the request")),
+        }
+    }
+}
+
+struct StreamState {
+    rx: mpsc::Receiver<Event>,
+    header: Header,
+    prompt_tokens: usize,
+    usage_wanted: bool,
+    pending: VecDeque<String>,
+    done: bool,
+}
+
+/// The SSE stream: a first chunk (with the role, for chat), one chunk per
+/// piece of text, a chunk with `finish_reason`, the usage chunk if asked,
+/// then `[DONE]`; an error ends the stream with an error event.
+fn sse_events(
+    rx: mpsc::Receiver<Event>,
+    header: Header,
+    prompt_tokens: usize,
+    usage_wanted: bool,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let mut pending = VecDeque::new();
+    if header.kind == Kind::Chat {
+        pending.push_back(header.chunk(true, "", None).to_string());
+    }
+    let state = StreamState {
+        rx,
+        header,
+        prompt_tokens,
+        usage_wanted,
+        pending,
+        done: false,
+    };
+    stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(data) = s.pending.pop_front() {
+                return Some((Ok(SseEvent::default().data(data)), s));
+            }
+            if s.done {
+                return None;
+            }
+            match s.rx.recv().await {
+                Some(Event::Text(text)) => {
+                    s.pending
+                        .push_back(s.header.chunk(false, &text, None).to_string());
+                }
+                Some(Event::Finished {
+                    reason,
+                    completion_tokens,
+                }) => {
+                    s.pending
+                        .push_back(s.header.chunk(false, "", Some(reason)).to_string());
+                    if s.usage_wanted {
+                        let u = usage(s.prompt_tokens, completion_tokens);
+                        s.pending.push_back(s.header.usage_chunk(u).to_string());
+                    }
+                    s.pending.push_back("[DONE]".to_owned());
+                    s.done = true;
+                }
+                Some(Event::Failed(err)) => {
+                    s.pending.push_back(err.body().to_string());
+                    s.done = true;
+                }
+                Some(Event::Started { .. }) => {}
+                None => {
+                    let err = ApiError::internal("the engine dropped the request");
+                    s.pending.push_back(err.body().to_string());
+                    s.done = true;
+                }
+            }
+        }
+    })
+}

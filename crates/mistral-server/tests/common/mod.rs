@@ -1,0 +1,182 @@
+//! A server on 127.0.0.1 with the real SmolLM2-135M-Instruct (the GGUF file
+//! `cargo xtask test` prepares), and a small HTTP client for it.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mistral_server::{serve, ModelSpec, ServerConfig};
+use serde_json::Value;
+
+/// The SmolLM2 GGUF file (`MISTRAL_MLX_SMOLLM2`, else where xtask puts it).
+pub fn smollm2_path() -> PathBuf {
+    let path = std::env::var_os("MISTRAL_MLX_SMOLLM2")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/xtask/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        path.is_file(),
+        "no SmolLM2 GGUF file at {}: run `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// A running server; dropped, it shuts down.
+pub struct Server {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The id the test servers serve.
+pub const MODEL_ID: &str = "smollm2-test";
+
+/// Starts a server with `api_key` and `max_body_bytes`, waiting until
+/// `/health` says the model is loaded.
+pub fn start(api_key: Option<&str>, max_body_bytes: usize) -> Server {
+    let config = ServerConfig {
+        model: ModelSpec {
+            path: smollm2_path(),
+            options: mistral_loader::LoadOptions::default(),
+        },
+        model_id: MODEL_ID.to_owned(),
+        api_key: api_key.map(str::to_owned),
+        max_queue: 16,
+        max_body_bytes,
+        allowed_origins: Vec::new(),
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            serve(listener, config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("serve");
+        });
+    });
+    let server = Server {
+        base,
+        stop: Some(stop),
+        thread: Some(thread),
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (status, _) = get(&server, "/health", None);
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "/health while loading");
+        assert!(Instant::now() < deadline, "the model did not load in 180 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(300)))
+        .build()
+        .into()
+}
+
+/// GET `path`: status and body text.
+pub fn get(server: &Server, path: &str, key: Option<&str>) -> (u16, String) {
+    let mut request = agent().get(format!("{}{path}", server.base));
+    if let Some(key) = key {
+        request = request.header("Authorization", format!("Bearer {key}"));
+    }
+    match request.call() {
+        Ok(mut response) => {
+            let status = response.status().as_u16();
+            (
+                status,
+                response.body_mut().read_to_string().unwrap_or_default(),
+            )
+        }
+        // Not yet listening.
+        Err(_) => (503, String::new()),
+    }
+}
+
+/// POST `body` (raw text) to `path` with `content_type`: status and body.
+pub fn post_raw(
+    server: &Server,
+    path: &str,
+    body: &str,
+    content_type: &str,
+    key: Option<&str>,
+) -> (u16, String) {
+    let mut request = agent()
+        .post(format!("{}{path}", server.base))
+        .header("Content-Type", content_type);
+    if let Some(key) = key {
+        request = request.header("Authorization", format!("Bearer {key}"));
+    }
+    let mut response = request.send(body).expect("POST");
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+        .expect("body");
+    (status, text)
+}
+
+/// POST JSON: status and parsed body.
+pub fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
+    let (status, text) = post_raw(server, path, &body.to_string(), "application/json", None);
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|err| panic!("{path}: not JSON ({err}): {text}"));
+    (status, value)
+}
+
+/// POST with `stream: true`: the `data:` payloads in order.
+pub fn post_stream(server: &Server, path: &str, body: &Value) -> Vec<String> {
+    let (status, text) = post_raw(server, path, &body.to_string(), "application/json", None);
+    assert_eq!(status, 200, "{path} stream: {text}");
+    text.lines()
+        .filter_map(|line| line.strip_prefix("data: ").or(line.strip_prefix("data:")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Checks `body` is OpenAI's error object and returns its `error`.
+pub fn error_object(body: &Value) -> &Value {
+    let error = &body["error"];
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "message: {body}"
+    );
+    assert!(error["type"].is_string(), "type: {body}");
+    assert!(error.get("param").is_some(), "param: {body}");
+    assert!(error.get("code").is_some(), "code: {body}");
+    error
+}
