@@ -3,27 +3,11 @@
 //! `convert` with its argument errors.
 
 mod common;
+#[path = "../../mistral-loader/tests/reference/smollm2_file.rs"]
+mod smollm2_file;
 
 use common::cli;
-use std::path::{Path, PathBuf};
 use std::process::Output;
-
-/// The real SmolLM2-135M-Instruct GGUF file (`MISTRAL_MLX_SMOLLM2`, set by
-/// `cargo xtask test`, else where xtask puts it).
-fn smollm2() -> PathBuf {
-    let path = std::env::var_os("MISTRAL_MLX_SMOLLM2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/xtask/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.is_file(),
-        "no SmolLM2 GGUF at {}: run `cargo xtask test`",
-        path.display()
-    );
-    path
-}
 
 fn stdout_of(output: &Output) -> String {
     assert!(
@@ -39,7 +23,7 @@ fn stdout_of(output: &Output) -> String {
 /// the model's end-of-turn token well before the limit.
 #[test]
 fn the_readme_question_is_answered() {
-    let file = smollm2();
+    let file = smollm2_file::smollm2_path();
     let folder = file
         .parent()
         .expect("the GGUF's folder")
@@ -75,7 +59,7 @@ fn the_readme_question_is_answered() {
 
 #[test]
 fn convert_writes_a_folder_and_rejects_bad_arguments() {
-    let file = smollm2().display().to_string();
+    let file = smollm2_file::smollm2_path().display().to_string();
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("smollm2-mlx");
     let out_str = out.display().to_string();

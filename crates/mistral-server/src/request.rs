@@ -213,25 +213,23 @@ impl ChatRequest {
         }
         Ok(messages)
     }
+}
 
-    /// The engine's request, or a 400 naming the field.
-    pub fn into_generation(
-        self,
-        common: Common,
-        served: &str,
-    ) -> Result<GenerationRequest, ApiError> {
+impl Endpoint for ChatRequest {
+    fn into_generation(self, common: Common, served: &str) -> Result<GenerationRequest, ApiError> {
         let messages = self.into_messages()?;
         common.into_generation(Prompt::Chat(messages), served)
     }
 }
 
-impl CompletionRequest {
+/// The fields of one completion endpoint beyond [`Common`].
+pub trait Endpoint: DeserializeOwned {
     /// The engine's request, or a 400 naming the field.
-    pub fn into_generation(
-        self,
-        common: Common,
-        served: &str,
-    ) -> Result<GenerationRequest, ApiError> {
+    fn into_generation(self, common: Common, served: &str) -> Result<GenerationRequest, ApiError>;
+}
+
+impl Endpoint for CompletionRequest {
+    fn into_generation(self, common: Common, served: &str) -> Result<GenerationRequest, ApiError> {
         let prompt = match self.prompt {
             Value::String(text) => text,
             Value::Array(items) if items.len() == 1 && items[0].is_string() => {

@@ -24,7 +24,8 @@ use crate::engine::{EngineHandle, Event, GenerationRequest, Job, Prompt};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::request::{
-    fields, parse_body, ChatRequest, Common, CompletionRequest, DetokenizeRequest, TokenizeRequest,
+    fields, parse_body, ChatRequest, Common, CompletionRequest, DetokenizeRequest, Endpoint,
+    TokenizeRequest,
 };
 use crate::response::{usage, Header, Kind};
 
@@ -141,38 +142,28 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
 }
 
 async fn chat(State(state): State<Arc<AppState>>, body: Body) -> Response {
-    let result = async {
-        let bytes = read_body(body, state.max_body_bytes).await?;
-        let body = parse_body(&bytes)?;
-        let common: Common = fields(&body)?;
-        let request: ChatRequest = fields(&body)?;
-        let stream = common.stream;
-        let usage_wanted = common
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage);
-        let generation = request.into_generation(common, &state.model_id)?;
-        respond(&state, Kind::Chat, generation, stream, usage_wanted).await
-    };
-    result.await.unwrap_or_else(|err| {
-        Metrics::bump(&state.metrics.rejected);
-        err.into_response()
-    })
+    generate::<ChatRequest>(&state, body, Kind::Chat).await
 }
 
 async fn completions(State(state): State<Arc<AppState>>, body: Body) -> Response {
+    generate::<CompletionRequest>(&state, body, Kind::Text).await
+}
+
+/// Both completion endpoints: read and check the body (`R` holds the
+/// endpoint's own fields), then answer from the engine.
+async fn generate<R: Endpoint>(state: &AppState, body: Body, kind: Kind) -> Response {
     let result = async {
         let bytes = read_body(body, state.max_body_bytes).await?;
         let body = parse_body(&bytes)?;
         let common: Common = fields(&body)?;
-        let request: CompletionRequest = fields(&body)?;
+        let request: R = fields(&body)?;
         let stream = common.stream;
         let usage_wanted = common
             .stream_options
             .as_ref()
             .is_some_and(|o| o.include_usage);
         let generation = request.into_generation(common, &state.model_id)?;
-        respond(&state, Kind::Text, generation, stream, usage_wanted).await
+        respond(state, kind, generation, stream, usage_wanted).await
     };
     result.await.unwrap_or_else(|err| {
         Metrics::bump(&state.metrics.rejected);

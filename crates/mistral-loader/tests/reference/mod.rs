@@ -11,6 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
+mod smollm2_file;
+pub use smollm2_file::smollm2_path;
+
 use safetensors::SafeTensors;
 
 pub mod live;
@@ -240,23 +243,6 @@ pub fn relative_error(ours: &[f32], theirs: &[f32]) -> f64 {
         .map(|v| f64::from(v.abs()))
         .fold(0.0, f64::max);
     diff / scale.max(f64::MIN_POSITIVE)
-}
-
-/// The real SmolLM2-135M-Instruct GGUF file (`MISTRAL_MLX_SMOLLM2`, set by
-/// `cargo xtask test`, else where xtask puts it).
-pub fn smollm2_path() -> PathBuf {
-    let path = std::env::var_os("MISTRAL_MLX_SMOLLM2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/xtask/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.is_file(),
-        "no SmolLM2 GGUF file at {}: run `cargo xtask test`",
-        path.display()
-    );
-    path
 }
 
 /// One GGUF test file: the synthetic ones of `gguf/manifest.json`

@@ -3,27 +3,14 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mistral_server::{serve, ModelSpec, ServerConfig};
-use serde_json::Value;
 
-/// The SmolLM2 GGUF file (`MISTRAL_MLX_SMOLLM2`, else where xtask puts it).
-pub fn smollm2_path() -> PathBuf {
-    let path = std::env::var_os("MISTRAL_MLX_SMOLLM2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/xtask/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.is_file(),
-        "no SmolLM2 GGUF file at {}: run `cargo xtask test`",
-        path.display()
-    );
-    path
-}
+#[path = "../../../mistral-loader/tests/reference/smollm2_file.rs"]
+mod smollm2_file;
+use serde_json::Value;
+pub use smollm2_file::smollm2_path;
 
 /// A running server; dropped, it shuts down.
 pub struct Server {
