@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use common::{error_object, get, post, post_raw, post_stream, start, Server, MODEL_ID};
+use common::{error_object, get, post, post_raw, post_stream, preflight, start, Server, MODEL_ID};
 use serde_json::{json, Value};
 
 const BODY_LIMIT: usize = 64 * 1024;
@@ -397,4 +397,68 @@ fn a_client_that_leaves_mid_stream_frees_the_engine() {
     assert_eq!(metric(&server, "mistral_queue_depth"), 0.0);
     assert_eq!(metric(&server, "mistral_requests_running"), 0.0);
     eprintln!("the abandoned request generated {abandoned_tokens} tokens");
+}
+
+#[test]
+fn sampling_fields_reach_the_sampler() {
+    let greedy = chat_text(&chat_body("Name a fruit and describe it.", 16));
+    let sampled = |extra: Value| {
+        let mut body = chat_body("Name a fruit and describe it.", 16);
+        body["temperature"] = json!(1.0);
+        for (key, value) in extra.as_object().expect("object") {
+            body[key] = value.clone();
+        }
+        chat_text(&body)
+    };
+    // Keeping only the most likely token is greedy decoding, at any
+    // temperature: top_k 1, or min_p 1 (only the top probability passes).
+    assert_eq!(sampled(json!({"top_k": 1, "seed": 1})), greedy, "top_k = 1");
+    assert_eq!(
+        sampled(json!({"min_p": 1.0, "seed": 2})),
+        greedy,
+        "min_p = 1"
+    );
+    // A seed makes sampling repeat.
+    let seeded = json!({"seed": 1234, "top_p": 0.9});
+    assert_eq!(sampled(seeded.clone()), sampled(seeded), "same seed");
+    // A repetition penalty of 1 changes nothing.
+    let mut body = chat_body("Name a fruit and describe it.", 16);
+    body["repetition_penalty"] = json!(1.0);
+    assert_eq!(chat_text(&body), greedy, "repetition_penalty = 1");
+}
+
+#[test]
+fn routes_without_v1_answer_the_same() {
+    let body = chat_body("What is the capital of France?", 8);
+    let (status, short) = post(server(), "/chat/completions", &body);
+    assert_eq!(status, 200, "{short}");
+    assert_eq!(
+        short["choices"][0]["message"]["content"],
+        json!(chat_text(&body))
+    );
+    let (status, text) = post(
+        server(),
+        "/completions",
+        &json!({"prompt": "Paris is", "max_tokens": 2}),
+    );
+    assert_eq!(status, 200, "{text}");
+    let (status, models) = get(server(), "/models", None);
+    assert_eq!(status, 200, "{models}");
+}
+
+#[test]
+fn cors_allows_only_the_origins_given() {
+    // Without --allowed-origins: no CORS headers.
+    assert_eq!(
+        preflight(server(), "/v1/chat/completions", "http://example.com").1,
+        None
+    );
+    let cors = common::start_with(Some("k"), BODY_LIMIT, vec!["http://app.example".into()]);
+    let (status, allowed) = preflight(&cors, "/v1/chat/completions", "http://app.example");
+    assert_eq!(status, 200);
+    assert_eq!(allowed.as_deref(), Some("http://app.example"));
+    assert_eq!(
+        preflight(&cors, "/v1/chat/completions", "http://evil.example").1,
+        None
+    );
 }

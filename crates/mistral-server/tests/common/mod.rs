@@ -37,6 +37,11 @@ pub const MODEL_ID: &str = "smollm2-test";
 /// Starts a server with `api_key` and `max_body_bytes`, waiting until
 /// `/health` says the model is loaded.
 pub fn start(api_key: Option<&str>, max_body_bytes: usize) -> Server {
+    start_with(api_key, max_body_bytes, Vec::new())
+}
+
+/// [`start`] with CORS for `origins`.
+pub fn start_with(api_key: Option<&str>, max_body_bytes: usize, origins: Vec<String>) -> Server {
     let config = ServerConfig {
         model: ModelSpec {
             path: smollm2_path(),
@@ -46,7 +51,7 @@ pub fn start(api_key: Option<&str>, max_body_bytes: usize) -> Server {
         api_key: api_key.map(str::to_owned),
         max_queue: 16,
         max_body_bytes,
-        allowed_origins: Vec::new(),
+        allowed_origins: origins,
     };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
@@ -166,4 +171,25 @@ pub fn error_object(body: &Value) -> &Value {
     assert!(error.get("param").is_some(), "param: {body}");
     assert!(error.get("code").is_some(), "code: {body}");
     error
+}
+
+/// An OPTIONS preflight from `origin`: the status and the
+/// `access-control-allow-origin` header, if any.
+pub fn preflight(server: &Server, path: &str, origin: &str) -> (u16, Option<String>) {
+    let response = agent()
+        .options(format!("{}{path}", server.base))
+        .header("Origin", origin)
+        .header("Access-Control-Request-Method", "POST")
+        .header(
+            "Access-Control-Request-Headers",
+            "content-type,authorization",
+        )
+        .call()
+        .expect("OPTIONS");
+    let allowed = response
+        .headers()
+        .get("access-control-allow-origin")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (response.status().as_u16(), allowed)
 }
