@@ -11,7 +11,6 @@
 //! This first version runs one request at a time, in arrival order.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -150,7 +149,7 @@ impl TextSide {
         prompt: &Prompt,
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>, ApiError> {
-        let (text, special) = match prompt {
+        match prompt {
             Prompt::Chat(messages) => {
                 let rendered = self
                     .template
@@ -161,22 +160,19 @@ impl TextSide {
                             Some("messages"),
                         )
                     })?;
-                (rendered, false)
+                // The template writes the special tokens itself.
+                self.encode_text(&rendered, false)
             }
-            Prompt::Text(text) => (text.clone(), true),
-        };
+            Prompt::Text(text) => self.encode_text(text, true),
+        }
+    }
+
+    /// `text`'s token ids, with the tokenizer's special tokens (BOS) or
+    /// without.
+    pub fn encode_text(&self, text: &str, special: bool) -> Result<Vec<u32>, ApiError> {
         let encoding = self
             .tokenizer
             .encode(text, special)
-            .map_err(|e| ApiError::internal(format!("tokenizing the prompt: {e}")))?;
-        Ok(encoding.get_ids().to_vec())
-    }
-
-    /// `text`'s token ids, without special tokens.
-    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, ApiError> {
-        let encoding = self
-            .tokenizer
-            .encode(text, false)
             .map_err(|e| ApiError::internal(format!("tokenizing: {e}")))?;
         Ok(encoding.get_ids().to_vec())
     }
@@ -252,7 +248,7 @@ pub struct ModelSpec {
 #[derive(Debug, Clone)]
 pub struct EngineHandle {
     jobs: mpsc::Sender<Job>,
-    ready: Arc<AtomicBool>,
+    /// Set once the model is loaded.
     text: Arc<OnceLock<Arc<TextSide>>>,
     metrics: Arc<Metrics>,
 }
@@ -260,7 +256,7 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Whether the model is loaded.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.text.get().is_some()
     }
 
     /// The text side, or a 503 while the model loads.
@@ -303,15 +299,13 @@ pub fn start(
     loaded: oneshot::Sender<Result<(), String>>,
 ) -> std::io::Result<EngineHandle> {
     let (jobs_tx, jobs_rx) = mpsc::channel(queue.max(1));
-    let ready = Arc::new(AtomicBool::new(false));
     let text = Arc::new(OnceLock::new());
-    let (flag, shared, counters) = (Arc::clone(&ready), Arc::clone(&text), Arc::clone(&metrics));
+    let (shared, counters) = (Arc::clone(&text), Arc::clone(&metrics));
     std::thread::Builder::new()
         .name("mlx-engine".into())
         .spawn(move || match Loaded::load(&spec) {
             Ok(mut engine) => {
                 let _ = shared.set(Arc::clone(&engine.text));
-                flag.store(true, Ordering::SeqCst);
                 let _ = loaded.send(Ok(()));
                 engine.serve(jobs_rx, &counters);
             }
@@ -321,7 +315,6 @@ pub fn start(
         })?;
     Ok(EngineHandle {
         jobs: jobs_tx,
-        ready,
         text,
         metrics,
     })
@@ -388,9 +381,7 @@ impl Loaded {
         {
             return left();
         }
-        metrics
-            .prompt_tokens
-            .fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Metrics::add(&metrics.prompt_tokens, ids.len());
         let text = Arc::clone(&self.text);
         let sampling = &job.sampling;
         let criteria = StopCriteria {

@@ -89,29 +89,21 @@ pub async fn serve(
             model_id: config.model_id.clone(),
             api_key: config.api_key.clone(),
             max_body_bytes: config.max_body_bytes,
-            created: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            created: response::unix_time().as_secs(),
         }),
         &config.allowed_origins,
     )
     .map_err(ServeError::Config)?;
-    // Stop serving if the load fails; report that failure.
-    let (failed_tx, failed_rx) = oneshot::channel::<String>();
-    tokio::spawn(async move {
-        if let Ok(Err(err)) = loaded_rx.await {
-            let _ = failed_tx.send(err);
-        }
-    });
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         let _ = stop_rx.await;
     });
     let server = tokio::spawn(async move { server.await });
+    // Serve until shutdown, or stop if the load fails (a successful load
+    // does not match and leaves only the shutdown branch).
     let outcome = tokio::select! {
         _ = shutdown => Ok(()),
-        Ok(err) = failed_rx => Err(ServeError::Load(err)),
+        Ok(Err(err)) = loaded_rx => Err(ServeError::Load(err)),
     };
     let _ = stop_tx.send(());
     server

@@ -5,6 +5,13 @@ use serde_json::{json, Value};
 
 use crate::engine::FinishReason;
 
+/// Time since the Unix epoch (`created` fields, response ids).
+pub fn unix_time() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
 /// Which endpoint a response is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

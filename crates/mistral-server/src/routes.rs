@@ -27,7 +27,7 @@ use crate::request::{
     fields, parse_body, ChatRequest, Common, CompletionRequest, DetokenizeRequest, Endpoint,
     TokenizeRequest,
 };
-use crate::response::{usage, Header, Kind};
+use crate::response::{unix_time, usage, Header, Kind};
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -153,8 +153,7 @@ async fn completions(State(state): State<Arc<AppState>>, body: Body) -> Response
 /// endpoint's own fields), then answer from the engine.
 async fn generate<R: Endpoint>(state: &AppState, body: Body, kind: Kind) -> Response {
     let result = async {
-        let bytes = read_body(body, state.max_body_bytes).await?;
-        let body = parse_body(&bytes)?;
+        let body = json_body(body, state.max_body_bytes).await?;
         let common: Common = fields(&body)?;
         let request: R = fields(&body)?;
         let stream = common.stream;
@@ -176,15 +175,11 @@ async fn generate<R: Endpoint>(state: &AppState, body: Body, kind: Kind) -> Resp
 /// "count", "max_model_len"}`; a prompt is encoded with the tokenizer's
 /// special tokens unless `"add_special_tokens": false`.
 async fn tokenize(State(state): State<Arc<AppState>>, body: Body) -> Result<Json<Value>, ApiError> {
-    let bytes = read_body(body, state.max_body_bytes).await?;
-    let body = parse_body(&bytes)?;
+    let body = json_body(body, state.max_body_bytes).await?;
     let request: TokenizeRequest = fields(&body)?;
     let text = state.engine.text()?;
     let tokens = match (request.prompt, request.messages) {
-        (Some(prompt), None) if request.add_special_tokens => {
-            text.encode(&Prompt::Text(prompt), false)?
-        }
-        (Some(prompt), None) => text.encode_plain(&prompt)?,
+        (Some(prompt), None) => text.encode_text(&prompt, request.add_special_tokens)?,
         (None, Some(messages)) => {
             let chat = ChatRequest { messages }.into_messages()?;
             text.encode(&Prompt::Chat(chat), request.add_generation_prompt)?
@@ -208,27 +203,26 @@ async fn detokenize(
     State(state): State<Arc<AppState>>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let bytes = read_body(body, state.max_body_bytes).await?;
-    let body = parse_body(&bytes)?;
+    let body = json_body(body, state.max_body_bytes).await?;
     let request: DetokenizeRequest = fields(&body)?;
     let text = state.engine.text()?.decode(&request.tokens)?;
     Ok(Json(json!({"prompt": text})))
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::to_bytes(body, limit)
+/// The body as a JSON object: a 413 beyond `limit` bytes, a 400 if it is
+/// not one.
+async fn json_body(body: Body, limit: usize) -> Result<Value, ApiError> {
+    let bytes = axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| ApiError::too_large(limit))
+        .map_err(|_| ApiError::too_large(limit))?;
+    parse_body(&bytes)
 }
 
 /// A fresh response id.
 fn response_id(kind: Kind) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+    let nanos = unix_time().as_nanos() as u64;
     let prefix = match kind {
         Kind::Chat => "chatcmpl",
         Kind::Text => "cmpl",
@@ -268,10 +262,7 @@ async fn respond(
     };
     let header = Header {
         id: response_id(kind),
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        created: unix_time().as_secs(),
         model: state.model_id.clone(),
         kind,
     };
