@@ -3,8 +3,8 @@
 //! `convert` with its argument errors.
 
 mod common;
-#[path = "../../mistral-loader/tests/reference/smollm2_file.rs"]
-mod smollm2_file;
+#[path = "../../mistral-loader/tests/reference/test_env.rs"]
+mod test_env;
 
 use common::cli;
 use std::process::Output;
@@ -23,7 +23,7 @@ fn stdout_of(output: &Output) -> String {
 /// the model's end-of-turn token well before the limit.
 #[test]
 fn the_readme_question_is_answered() {
-    let file = smollm2_file::smollm2_path();
+    let file = test_env::smollm2_path();
     let folder = file
         .parent()
         .expect("the GGUF's folder")
@@ -59,7 +59,7 @@ fn the_readme_question_is_answered() {
 
 #[test]
 fn convert_writes_a_folder_and_rejects_bad_arguments() {
-    let file = smollm2_file::smollm2_path().display().to_string();
+    let file = test_env::smollm2_path().display().to_string();
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("smollm2-mlx");
     let out_str = out.display().to_string();

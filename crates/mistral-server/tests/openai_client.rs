@@ -10,27 +10,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::test_env::{models_dir, python};
 use common::{start, MODEL_ID};
-
-/// The reference venv's Python (`MISTRAL_MLX_PYTHON`, set by `cargo xtask
-/// test`, else where xtask makes it).
-fn python() -> PathBuf {
-    std::env::var_os("MISTRAL_MLX_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/xtask/venv/bin/python")
-        })
-}
 
 /// SmolLM2 as a Hugging Face folder: the float32 conversion of its GGUF
 /// that `cargo xtask test` writes (`gguf-hf/smollm2` in the test models).
 fn smollm2_hf() -> PathBuf {
-    let models = std::env::var_os("MISTRAL_MLX_TEST_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/xtask/test-models")
-        });
-    let dir = models.join("gguf-hf/smollm2");
+    let dir = models_dir().join("gguf-hf/smollm2");
     assert!(
         dir.join("config.json").is_file(),
         "no {}: run `cargo xtask test`",

@@ -7,26 +7,14 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-/// The reference interpreter.
-pub fn python() -> PathBuf {
-    let python = std::env::var_os("MISTRAL_MLX_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/xtask/venv/bin/python")
-        });
-    assert!(
-        python.is_file(),
-        "no reference Python at {}: run `cargo xtask test` (it creates the venv with \
-         sentencepiece and mistral-common), or set MISTRAL_MLX_PYTHON",
-        python.display()
-    );
-    python
-}
+// The reference interpreter (every test crate with this module also has
+// `reference`).
+pub use crate::reference::python;
 
 /// Runs `xtask/python/<script>` with `request` as JSON on stdin; returns its
 /// JSON answer.

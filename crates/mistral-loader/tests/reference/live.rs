@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub use super::python;
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -16,19 +18,6 @@ pub fn scripts_dir() -> PathBuf {
     std::env::var_os("MISTRAL_MLX_SCRIPTS")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("xtask/python"))
-}
-
-/// The reference Python interpreter.
-pub fn python() -> PathBuf {
-    let python = std::env::var_os("MISTRAL_MLX_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/xtask/venv/bin/python"));
-    assert!(
-        python.exists(),
-        "no reference Python at {}: run `cargo xtask test` or set MISTRAL_MLX_PYTHON",
-        python.display()
-    );
-    python
 }
 
 /// Arguments of one mlx-lm generation (`sampling_reference.py`'s flags).

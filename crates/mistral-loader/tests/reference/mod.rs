@@ -8,30 +8,15 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
-mod smollm2_file;
-pub use smollm2_file::smollm2_path;
+mod test_env;
+pub use test_env::{models_dir, python, smollm2_path};
 
 use safetensors::SafeTensors;
 
 pub mod live;
-
-/// The directory holding the test models, `manifest.json` and `refs/`.
-pub fn models_dir() -> PathBuf {
-    let dir = std::env::var_os("MISTRAL_MLX_TEST_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/xtask/test-models")
-        });
-    assert!(
-        dir.join("manifest.json").is_file(),
-        "no test models in {}: run `cargo xtask test` (or `cargo xtask test-models`)",
-        dir.display()
-    );
-    dir
-}
 
 /// One generated model, as `manifest.json` describes it.
 #[derive(Debug, Clone)]

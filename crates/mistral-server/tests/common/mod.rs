@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use mistral_server::{serve, ModelSpec, ServerConfig};
 
-#[path = "../../../mistral-loader/tests/reference/smollm2_file.rs"]
-mod smollm2_file;
 use serde_json::Value;
-pub use smollm2_file::smollm2_path;
+
+#[path = "../../../mistral-loader/tests/reference/test_env.rs"]
+pub mod test_env;
 
 /// A running server; dropped, it shuts down.
 pub struct Server {
@@ -44,7 +44,7 @@ pub fn start(api_key: Option<&str>, max_body_bytes: usize) -> Server {
 pub fn start_with(api_key: Option<&str>, max_body_bytes: usize, origins: Vec<String>) -> Server {
     let config = ServerConfig {
         model: ModelSpec {
-            path: smollm2_path(),
+            path: test_env::smollm2_path(),
             options: mistral_loader::LoadOptions::default(),
         },
         model_id: MODEL_ID.to_owned(),
