@@ -249,6 +249,7 @@ def main() -> int:
                     help="with --all: record a model mlx-lm fails on in OUT_DIR/<model>.failed "
                          "(its error) and go on (the GPU run: MLX 0.32.2's CUDA backend fails "
                          "some shapes)")
+    ap.add_argument("--only", help="with --all: only these models (comma-separated)")
     ap.add_argument("--greedy", type=int, default=0, help="greedy tokens to generate")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                     help="dtype the logits are stored in (computed in the model's dtype)")
@@ -266,6 +267,12 @@ def main() -> int:
             ap.error("--all needs --out-dir")
         with open(os.path.join(args.all, "manifest.json")) as f:
             models = [m["dir"] for m in json.load(f)["models"]]
+        if args.only:
+            only = args.only.split(",")
+            unknown = sorted(set(only) - set(models))
+            if unknown:
+                ap.error(f"--only: no such model in the manifest: {', '.join(unknown)}")
+            models = [m for m in models if m in only]
         t0 = time.time()
         failed = []
         for name in models:

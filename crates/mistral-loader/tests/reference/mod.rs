@@ -95,10 +95,31 @@ pub struct Reference {
 /// `reference.py --keep-going` records a model mlx-lm fails on (MLX
 /// 0.32.2's CUDA backend fails some shapes) in `refs/<model>.failed` and
 /// goes on; on the CPU a recorded failure is itself a test failure.
+/// `MISTRAL_MLX_ONLY_MODELS` (comma-separated names, each named on stderr)
+/// narrows the set for a short GPU run (`xtask/gpu/run.sh parity NAMES`).
 pub fn comparable_models() -> Vec<TestModel> {
     let gpu = on_gpu();
-    test_models()
+    let only = std::env::var("MISTRAL_MLX_ONLY_MODELS").ok();
+    let only: Option<Vec<&str>> = only.as_deref().map(|s| s.split(',').collect());
+    let models = test_models();
+    if let Some(only) = &only {
+        for name in only {
+            assert!(
+                models.iter().any(|m| m.name == *name),
+                "MISTRAL_MLX_ONLY_MODELS names {name}, which is not a test model"
+            );
+        }
+        eprintln!(
+            "ONLY these models (MISTRAL_MLX_ONLY_MODELS): {}",
+            only.join(", ")
+        );
+    }
+    models
         .into_iter()
+        .filter(|model| {
+            only.as_ref()
+                .is_none_or(|o| o.contains(&model.name.as_str()))
+        })
         .filter(|model| {
             let marker = models_dir()
                 .join("refs")

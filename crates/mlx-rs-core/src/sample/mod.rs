@@ -18,21 +18,31 @@
 //! generator is used (seed it with `mlx_rs::random::seed` for the same
 //! effect).
 //!
+//! Compilation: mlx-lm runs each filter and the categorical draw as an
+//! `mx.compile`d function. On a GPU that fuses their element-wise ops with
+//! different rounding, so there the stages are compiled the same way (see
+//! `compiled.rs`). A compiled draw takes its key as an input, so only a
+//! seeded sampler's draw is compiled; an unseeded one draws op by op from
+//! mlx-rs's thread-local generator (so `mlx_rs::random::seed` still rules
+//! it), and on a GPU may part from mlx-lm at a near-tie.
+//!
 //! Scalars: mlx-lm computes `1 / temp` and `log(min_p)` in double precision
 //! from Python floats; here they are computed in `f64` from the `f32`
 //! options, so the two agree exactly for options representable in `f32`
 //! (e.g. 0.5, 0.75) and may differ in the last bit otherwise.
 
+mod compiled;
 mod filters;
 mod penalty;
 
 pub use filters::{apply_min_p, apply_top_k, apply_top_p};
 pub use penalty::RepetitionPenalty;
 
-use mlx_rs::{ops::indexing::argmax_axis, random, Array};
+use mlx_rs::{error::Exception, ops::indexing::argmax_axis, random, Array};
 
 use crate::error::{Error, Result};
-use filters::scalar;
+use compiled::{default_device_is_gpu, Stage};
+use filters::{check_top_k, min_p_ops, scalar_ops, top_k_ops, top_p_ops};
 
 /// Sampling options (mlx-lm's `make_sampler` arguments).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -88,19 +98,72 @@ impl SamplingOptions {
 }
 
 /// Draws token ids from log-probabilities.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Sampler {
     options: SamplingOptions,
     rng: Option<random::RandomState>,
+    compiled: bool,
+    /// The filters in mlx-lm's order, then the draw; empty when greedy.
+    stages: Vec<Stage>,
+}
+
+impl Clone for Sampler {
+    /// A sampler with the same options, compilation and random state.
+    fn clone(&self) -> Self {
+        Sampler::build(self.options, self.rng.clone(), self.compiled)
+    }
 }
 
 impl Sampler {
     /// A sampler with `options`; with `seed`, its draws are reproducible
-    /// (and equal to mlx-lm's after `mx.random.seed(seed)`).
+    /// (and equal to mlx-lm's after `mx.random.seed(seed)`). Its stages are
+    /// compiled when MLX's default device is a GPU (the draw only when
+    /// seeded, see the module note).
     pub fn new(options: SamplingOptions, seed: Option<u64>) -> Result<Self> {
+        Sampler::with_compile(options, seed, default_device_is_gpu())
+    }
+
+    /// As [`Sampler::new`], choosing whether the stages are compiled with
+    /// MLX (on the CPU, compiling needs a C++ compiler at run time).
+    pub fn with_compile(
+        options: SamplingOptions,
+        seed: Option<u64>,
+        compile: bool,
+    ) -> Result<Self> {
         options.validate()?;
         let rng = seed.map(random::RandomState::with_seed).transpose()?;
-        Ok(Sampler { options, rng })
+        Ok(Sampler::build(options, rng, compile))
+    }
+
+    fn build(options: SamplingOptions, rng: Option<random::RandomState>, compiled: bool) -> Self {
+        let o = options;
+        let mut stages = Vec::new();
+        if o.temperature != 0.0 {
+            let (top_p, min_p, top_k) = (o.top_p, o.min_p, o.top_k);
+            if 0.0 < top_p && top_p < 1.0 {
+                stages.push(filter(move |x| top_p_ops(x, top_p), compiled));
+            }
+            if min_p != 0.0 {
+                stages.push(filter(move |x| min_p_ops(x, min_p), compiled));
+            }
+            if top_k > 0 {
+                stages.push(filter(move |x| top_k_ops(x, top_k), compiled));
+            }
+            let inv_temp = 1.0 / f64::from(o.temperature);
+            stages.push(Stage::new(
+                move |a: &[Array]| {
+                    let scaled = a[0].multiply(scalar_ops(inv_temp, a[0].dtype())?)?;
+                    Ok(vec![random::categorical(&scaled, -1, None, a.get(1))?])
+                },
+                compiled && rng.is_some(),
+            ));
+        }
+        Sampler {
+            options,
+            rng,
+            compiled,
+            stages,
+        }
     }
 
     /// The options this sampler applies.
@@ -111,23 +174,30 @@ impl Sampler {
     /// Samples one id per row of `logprobs` `[B, vocab]`; returns `[B]`
     /// `uint32`.
     pub fn sample(&mut self, logprobs: &Array) -> Result<Array> {
-        let o = self.options;
-        if o.temperature == 0.0 {
+        if self.options.temperature == 0.0 {
             return Ok(argmax_axis(logprobs, -1, None)?);
         }
+        if self.options.top_k > 0 {
+            check_top_k(self.options.top_k, logprobs.dim(-1))?;
+        }
+        let Some((draw, filters)) = self.stages.split_last_mut() else {
+            return Err(Error::InvalidArgument("sampler has no draw stage".into()));
+        };
         let mut x = logprobs.clone();
-        if 0.0 < o.top_p && o.top_p < 1.0 {
-            x = apply_top_p(&x, o.top_p)?;
+        for filter in filters {
+            x = filter.call(&[x])?;
         }
-        if o.min_p != 0.0 {
-            x = apply_min_p(&x, o.min_p)?;
+        match self.rng.as_mut() {
+            Some(rng) => draw.call(&[x, rng.next_key()?]),
+            None => draw.call(&[x]),
         }
-        if o.top_k > 0 {
-            x = apply_top_k(&x, o.top_k)?;
-        }
-        let inv_temp = scalar(1.0 / f64::from(o.temperature), x.dtype())?;
-        let scaled = x.multiply(&inv_temp)?;
-        let key = self.rng.as_mut().map(|r| r.next_key()).transpose()?;
-        Ok(random::categorical(&scaled, -1, None, key.as_ref())?)
     }
+}
+
+/// A filter stage: `f` on the stage's one input.
+fn filter(
+    f: impl Fn(&Array) -> std::result::Result<Array, Exception> + 'static,
+    compiled: bool,
+) -> Stage {
+    Stage::new(move |a: &[Array]| Ok(vec![f(&a[0])?]), compiled)
 }

@@ -11,7 +11,7 @@ use mlx_rs::{
     Array,
 };
 
-use super::filters::scalar;
+use super::filters::scalar_ops;
 use crate::error::{Error, Result};
 
 /// A repetition penalty over the last `context_size` tokens.
@@ -59,8 +59,8 @@ impl RepetitionPenalty {
         let keep = self.window(n);
         let recent = tokens.try_index((n - keep)..n)?.reshape(&[1, keep])?;
         let selected = logits.take_along_axis(&recent, -1)?;
-        let penalty = scalar(f64::from(self.penalty), logits.dtype())?;
-        let zero = scalar(0.0, logits.dtype())?;
+        let penalty = scalar_ops(f64::from(self.penalty), logits.dtype())?;
+        let zero = scalar_ops(0.0, logits.dtype())?;
         let penalized = select(
             selected.lt(&zero)?,
             selected.multiply(&penalty)?,

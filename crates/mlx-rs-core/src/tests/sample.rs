@@ -156,3 +156,49 @@ fn greedy_is_the_argmax_and_seeds_reproduce() {
     )
     .is_err());
 }
+
+/// The compiled stages (run on a GPU, as mlx-lm's are) draw the same ids as
+/// the op-by-op ones on the CPU, for every filter and in bf16, and a clone
+/// goes on from the same random state.
+#[test]
+fn compiled_stages_draw_as_op_by_op_ones() {
+    let base = SamplingOptions {
+        temperature: 0.8,
+        ..SamplingOptions::default()
+    };
+    let cases = [
+        base,
+        SamplingOptions { top_p: 0.9, ..base },
+        SamplingOptions {
+            min_p: 0.05,
+            ..base
+        },
+        SamplingOptions { top_k: 20, ..base },
+        SamplingOptions {
+            temperature: 1.25,
+            top_p: 0.95,
+            min_p: 0.0625,
+            top_k: 50,
+        },
+    ];
+    let (lp, _) = logprobs(3);
+    let bf16 = lp.as_dtype(mlx_rs::Dtype::Bfloat16).unwrap();
+    for options in cases {
+        for x in [&lp, &bf16] {
+            let draw = |s: &mut Sampler| {
+                (0..12)
+                    .map(|_| s.sample(x).unwrap().item_exact::<u32>())
+                    .collect::<Vec<_>>()
+            };
+            let mut plain = Sampler::with_compile(options, Some(7), false).unwrap();
+            let mut compiled = Sampler::with_compile(options, Some(7), true).unwrap();
+            let want = draw(&mut plain);
+            assert_eq!(draw(&mut compiled), want, "{options:?} {:?}", x.dtype());
+            assert_eq!(draw(&mut compiled.clone()), draw(&mut plain));
+        }
+    }
+    let mut unseeded = Sampler::with_compile(base, None, true).unwrap();
+    assert!(unseeded.sample(&lp).unwrap().item_exact::<u32>() < V as u32);
+    let mut wide = Sampler::with_compile(SamplingOptions { top_k: V, ..base }, None, true).unwrap();
+    assert!(wide.sample(&lp).is_err());
+}

@@ -1,0 +1,62 @@
+//! The sampler's stages, run through MLX's `compile` on a GPU as mlx-lm runs
+//! them (each filter and `categorical_sampling` is an `mx.compile`d function
+//! in `sample_utils.py`).
+//!
+//! Why: on a GPU, a compiled function's element-wise ops are fused into one
+//! kernel whose rounding differs from op-by-op kernels (for example
+//! `logits * (1 / temp)` plus the Gumbel noise may become one fused
+//! multiply-add). A seeded draw at a near-tie then falls differently. The
+//! same ops compiled the same way give the same fused kernels, so seeded
+//! draws agree with mlx-lm there too.
+//!
+//! On the CPU the stages run op by op: MLX's compiled CPU kernels are C++
+//! built at run time by the system compiler (which a relocated binary's host
+//! may lack), and op-by-op results there already equal mlx-lm's compiled
+//! ones (the parity tests check both ways; see [`Stage::new`]).
+
+use mlx_rs::{error::Exception, transforms::compile::compile, Array};
+
+use crate::error::Result;
+
+type StageFn = dyn FnMut(&[Array]) -> std::result::Result<Vec<Array>, Exception>;
+
+/// One sampling stage: a function of arrays, compiled or run as is.
+pub(crate) struct Stage {
+    run: Box<StageFn>,
+}
+
+impl Stage {
+    /// `f` compiled with MLX (`compiled`) or run op by op.
+    pub(crate) fn new<F>(f: F, compiled: bool) -> Self
+    where
+        F: FnMut(&[Array]) -> std::result::Result<Vec<Array>, Exception> + 'static,
+    {
+        let run: Box<StageFn> = if compiled {
+            Box::new(compile(f, false))
+        } else {
+            Box::new(f)
+        };
+        Stage { run }
+    }
+
+    /// Runs the stage on `args` and returns its one output.
+    pub(crate) fn call(&mut self, args: &[Array]) -> Result<Array> {
+        let mut out = (self.run)(args)?;
+        Ok(out.remove(0))
+    }
+}
+
+impl std::fmt::Debug for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stage")
+    }
+}
+
+/// Whether MLX's default device is a GPU, where mlx-lm's compiled stages
+/// round differently from op-by-op ones.
+pub(crate) fn default_device_is_gpu() -> bool {
+    matches!(
+        mlx_rs::Device::default().get_type(),
+        Ok(mlx_rs::DeviceType::Gpu)
+    )
+}
