@@ -7,7 +7,9 @@
 //! natively, so keys and values are never repeated.
 
 use mlx_rs::Array;
-use mlx_rs_core::{initialize_rope, scaled_dot_product_attention, KeyValueCache, Rope, SdpaMask};
+use mlx_rs_core::{
+    initialize_rope, scaled_dot_product_attention, KeyValueCache, Positions, Rope, SdpaMask,
+};
 
 use crate::config::MistralConfig;
 use crate::error::ModelError;
@@ -74,8 +76,8 @@ impl Attention {
         })
     }
 
-    fn rope(&self, x: &Array, offset: i32) -> Result<Array, ModelError> {
-        Ok(self.rope.forward(x, offset)?)
+    fn rope(&self, x: &Array, positions: &Positions) -> Result<Array, ModelError> {
+        Ok(self.rope.forward_at(x, positions)?)
     }
 
     /// Attends over `x` `[B, L, hidden_size]` whose first position is at the
@@ -103,13 +105,20 @@ impl Attention {
         let values = split(self.v_proj.forward(x)?, self.n_kv_heads)?;
         let (queries, keys, values) = match cache {
             Some(cache) => {
-                let offset = cache.offset();
-                let queries = self.rope(&queries, offset)?;
-                let keys = self.rope(&keys, offset)?;
+                let positions = cache.positions()?;
+                let queries = self.rope(&queries, &positions)?;
+                let keys = self.rope(&keys, &positions)?;
                 let (keys, values) = cache.update_and_fetch(&keys, &values)?;
                 (queries, keys, values)
             }
-            None => (self.rope(&queries, 0)?, self.rope(&keys, 0)?, values),
+            None => {
+                let start = Positions::Shared(0);
+                (
+                    self.rope(&queries, &start)?,
+                    self.rope(&keys, &start)?,
+                    values,
+                )
+            }
         };
         let out = scaled_dot_product_attention(&queries, &keys, &values, self.scale, mask)?;
         let out =

@@ -34,7 +34,8 @@ pub mod sample;
 pub mod streams;
 
 pub use cache::{
-    cache_offset, trim_cache, ConcatKeyValueCache, KVCache, KeyValueCache, RotatingKVCache,
+    cache_offset, trim_cache, BatchKVCache, ConcatKeyValueCache, KVCache, KeyValueCache, Positions,
+    RotatingKVCache,
 };
 pub use error::{Error, Result};
 pub use generate::{Generate, GenerateOptions};

@@ -8,6 +8,7 @@
 
 use mlx_rs::{fast, Array};
 
+use crate::cache::Positions;
 use crate::error::{Error, Result};
 
 /// How positions are scaled before rotation.
@@ -82,5 +83,22 @@ impl Rope {
             offset,
             None,
         )?)
+    }
+
+    /// Rotates `x` `[B, H, L, D]` whose first position is given per row
+    /// or shared ([`Positions`], from the layer's cache).
+    pub fn forward_at(&self, x: &Array, positions: &Positions) -> Result<Array> {
+        match positions {
+            Positions::Shared(offset) => self.forward(x, *offset),
+            Positions::PerRow(offsets) => Ok(fast::rope_dynamic(
+                x,
+                self.dims,
+                self.traditional,
+                self.base,
+                self.scale,
+                offsets,
+                None,
+            )?),
+        }
     }
 }

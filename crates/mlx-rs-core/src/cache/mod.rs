@@ -12,19 +12,23 @@
 //! which stored key sits at which position; the others use the positional
 //! mask of [`create_attention_mask`].
 //!
-//! Three implementations:
+//! Four implementations:
 //! - [`ConcatKeyValueCache`]: the simplest one, concatenates on every call;
 //! - [`KVCache`]: preallocates buffers in steps of [`KVCache::STEP`]
 //!   positions and writes new entries in place with slice updates, like
 //!   mlx-lm's `KVCache`;
 //! - [`RotatingKVCache`]: for sliding-window layers, keeps only the last
-//!   `W` positions in a ring buffer, so memory stays bounded by the window.
+//!   `W` positions in a ring buffer, so memory stays bounded by the window;
+//! - [`BatchKVCache`]: a batch of sequences of different lengths, right-aligned
+//!   over left padding, for continuous batching (per-row positions and masks).
 
+mod batch;
 mod concat;
 mod list;
 mod preallocated;
 mod rotating;
 
+pub use batch::BatchKVCache;
 pub use concat::ConcatKeyValueCache;
 pub use list::{cache_offset, trim_cache};
 pub use preallocated::KVCache;
@@ -34,6 +38,15 @@ use mlx_rs::Array;
 
 use crate::error::{Error, Result};
 use crate::mask::{create_attention_mask, SdpaMask};
+
+/// Where the new tokens' positions start: what RoPE rotates them by.
+#[derive(Debug, Clone)]
+pub enum Positions {
+    /// The same position for every row.
+    Shared(i32),
+    /// One start per row, `[B]` int32 (a batch of different lengths).
+    PerRow(Array),
+}
 
 /// A per-layer store of attention keys and values.
 pub trait KeyValueCache {
@@ -50,6 +63,12 @@ pub trait KeyValueCache {
     /// returns all keys and values stored so far, `[B, n_kv_heads, offset, head_dim]`
     /// where `offset` is the new [`offset`](KeyValueCache::offset).
     fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)>;
+
+    /// The position of the next token written, per row if rows differ (the
+    /// default: [`offset`](KeyValueCache::offset) for every row).
+    fn positions(&self) -> Result<Positions> {
+        Ok(Positions::Shared(self.offset()))
+    }
 
     /// Whether nothing has been stored yet.
     fn is_empty(&self) -> bool {

@@ -41,6 +41,30 @@ impl KVCache {
         self.keys.as_ref().map_or(0, |k| k.dim(2))
     }
 
+    /// The stored keys and values, `[B, H, offset, D]` (`None` while
+    /// empty).
+    pub fn filled(&self) -> Result<Option<(Array, Array)>> {
+        match (&self.keys, &self.values) {
+            (Some(k), Some(v)) if self.offset > 0 => Ok(Some((
+                k.try_index((Ellipsis, ..self.offset, ..))?,
+                v.try_index((Ellipsis, ..self.offset, ..))?,
+            ))),
+            _ => Ok(None),
+        }
+    }
+
+    /// A cache holding `keys` and `values` (`[B, H, L, D]`, checked) as its
+    /// first `L` positions; the next update grows the buffers.
+    pub fn from_filled(keys: Array, values: Array) -> Result<Self> {
+        check_update(&keys, &values, None)?;
+        let offset = keys.dim(2);
+        Ok(KVCache {
+            keys: Some(keys),
+            values: Some(values),
+            offset,
+        })
+    }
+
     /// Grows the buffers so that `extra` more positions fit after `offset`.
     fn grow(&mut self, keys: &Array, values: &Array, extra: i32) -> Result<(Array, Array)> {
         let (b, h, dk, dv) = (keys.dim(0), keys.dim(1), keys.dim(3), values.dim(3));

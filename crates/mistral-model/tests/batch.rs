@@ -1,0 +1,144 @@
+//! Continuous batching: rows that join and leave a [`BatchKVCache`] get,
+//! step by step, the logits of their solo runs over a [`KVCache`], for
+//! models with full attention, a sliding window and mixed layer types.
+
+mod common;
+
+use common::{assert_close, host, random_weights, tiny_config};
+use mistral_model::{Mistral, MistralConfig};
+use mlx_rs::{ops::indexing::IndexOp, Array};
+use mlx_rs_core::{BatchKVCache, KVCache};
+use serde_json::json;
+
+const PROMPTS: [&[i32]; 3] = [&[5, 17, 3], &[1, 0, 95, 60, 2, 33, 11], &[9, 8, 7, 6, 50]];
+/// The tokens each row is fed after its prompt, one per step.
+const FED: [i32; 9] = [4, 44, 12, 80, 3, 3, 61, 20, 7];
+
+fn configs() -> Vec<(&'static str, MistralConfig)> {
+    vec![
+        ("gqa", tiny_config(json!({}))),
+        ("window 3", tiny_config(json!({"sliding_window": 3}))),
+        (
+            "layer types",
+            tiny_config(json!({"sliding_window": 4,
+                "layer_types": ["full_attention", "sliding_attention"]})),
+        ),
+    ]
+}
+
+/// Last-position logits of one row: after its prompt, then after each fed
+/// token.
+fn solo(model: &Mistral, prompt: &[i32], steps: usize) -> Vec<Vec<f32>> {
+    let mut cache: Vec<Option<KVCache>> = model.new_cache();
+    let mut out = Vec::new();
+    let inputs = std::iter::once(prompt.to_vec()).chain(FED[..steps].iter().map(|&t| vec![t]));
+    for input in inputs {
+        let logits = model
+            .forward(
+                &Array::from_slice(&input, &[1, input.len() as i32]),
+                &mut cache,
+            )
+            .unwrap();
+        out.push(last(&logits, 0));
+    }
+    out
+}
+
+fn last(logits: &Array, row: i32) -> Vec<f32> {
+    let l = logits.dim(1);
+    host(&logits.index((row, l - 1)))
+}
+
+/// One row's cache after its prompt, and its logits.
+fn prefill(model: &Mistral, prompt: &[i32]) -> (Vec<Option<BatchKVCache>>, Vec<f32>) {
+    let mut cache: Vec<Option<BatchKVCache>> = model.new_cache();
+    let logits = model
+        .forward(
+            &Array::from_slice(prompt, &[1, prompt.len() as i32]),
+            &mut cache,
+        )
+        .unwrap();
+    (cache, last(&logits, 0))
+}
+
+#[test]
+fn joining_and_leaving_rows_get_their_solo_logits() {
+    for (name, cfg) in configs() {
+        let model = Mistral::new(&cfg, &mut random_weights(&cfg), None).unwrap();
+        let want: Vec<Vec<Vec<f32>>> = PROMPTS.iter().map(|p| solo(&model, p, FED.len())).collect();
+        // Schedule: row 0 alone for 2 steps, row 1 joins, 2 steps, row 2
+        // joins, 2 steps, row 0 leaves, 3 steps.
+        let mut batch: Vec<Option<BatchKVCache>> = Vec::new();
+        let mut rows: Vec<(usize, usize)> = Vec::new(); // (prompt, steps fed)
+        let join =
+            |batch: &mut Vec<Option<BatchKVCache>>, rows: &mut Vec<(usize, usize)>, p: usize| {
+                let (cache, logits) = prefill(&model, PROMPTS[p]);
+                assert_close(
+                    &logits,
+                    &want[p][0],
+                    1e-5,
+                    1e-5,
+                    &format!("{name}: row {p} prefill"),
+                );
+                if batch.is_empty() {
+                    *batch = cache;
+                } else {
+                    for (mine, theirs) in batch.iter_mut().zip(&cache) {
+                        mine.as_mut()
+                            .unwrap()
+                            .extend(theirs.as_ref().unwrap())
+                            .unwrap();
+                    }
+                }
+                rows.push((p, 0));
+            };
+        let step = |batch: &mut Vec<Option<BatchKVCache>>, rows: &mut Vec<(usize, usize)>| {
+            let fed: Vec<i32> = rows.iter().map(|&(_, s)| FED[s]).collect();
+            let logits = model
+                .forward(&Array::from_slice(&fed, &[fed.len() as i32, 1]), batch)
+                .unwrap();
+            for (i, (p, s)) in rows.iter_mut().enumerate() {
+                *s += 1;
+                let what = format!("{name}: row {p} step {s} in a batch of {}", fed.len());
+                assert_close(&last(&logits, i as i32), &want[*p][*s], 1e-5, 1e-5, &what);
+            }
+        };
+        join(&mut batch, &mut rows, 0);
+        for _ in 0..2 {
+            step(&mut batch, &mut rows);
+        }
+        join(&mut batch, &mut rows, 1);
+        for _ in 0..2 {
+            step(&mut batch, &mut rows);
+        }
+        join(&mut batch, &mut rows, 2);
+        for _ in 0..2 {
+            step(&mut batch, &mut rows);
+        }
+        for cache in batch.iter_mut().flatten() {
+            cache.retain(&[1, 2]).unwrap();
+        }
+        rows.remove(0);
+        let padding = batch[0].as_ref().unwrap().left_padding();
+        assert_eq!(
+            padding.iter().min(),
+            Some(&0),
+            "{name}: shared padding is cut"
+        );
+        for _ in 0..3 {
+            step(&mut batch, &mut rows);
+        }
+    }
+}
+
+#[test]
+fn retain_and_extend_report_bad_rows() {
+    let cfg = tiny_config(json!({}));
+    let model = Mistral::new(&cfg, &mut random_weights(&cfg), None).unwrap();
+    let (mut cache, _) = prefill(&model, PROMPTS[0]);
+    let layer = cache[0].as_mut().unwrap();
+    assert!(layer.retain(&[1]).is_err());
+    let other = BatchKVCache::new();
+    layer.extend(&other).unwrap();
+    assert_eq!(layer.rows(), 1);
+}
