@@ -117,7 +117,7 @@ parity)
     # mlx-lm on the GPU (refs/) and on the CPU (refs/cpu/: the GPU's noise).
     if [ ! -f "$models/refs/.gpu-done" ]; then
       MISTRAL_MLX_REFERENCE_DEVICE=gpu python3 xtask/python/reference.py --all "$models" \
-        --out-dir "$models/refs" --greedy 64 --keep-going "${only[@]}"
+        --out-dir "$models/refs" --greedy 64 --keep-going --skip-existing "${only[@]}"
       MISTRAL_MLX_REFERENCE_DEVICE=cpu python3 xtask/python/reference.py --all "$models" \
         --out-dir "$models/refs/cpu" --greedy 64 "${only[@]}"
       touch "$models/refs/.gpu-done"
@@ -129,9 +129,10 @@ parity)
   # CPU's weight bytes) and the GGUF files (their generator needs gguf-py).
   skip=(--skip every_test_model_under_auto_dtype --skip every_gguf_file)
   status=0
-  for test in "$work"/tests/*; do
+  # The seeded-sampling runs (generate_parity) take longest: last.
+  for test in "$work"/tests/mlx_lm_parity "$work"/tests/sliding_window_generation "$work"/tests/generate_parity; do
     name=$(basename "$test")
-    LD_LIBRARY_PATH="$work/bundle/lib/mlx/lib:$LD_LIBRARY_PATH" "$test" --test-threads 1 "${skip[@]}" \
+    LD_LIBRARY_PATH="$work/bundle/lib/mlx/lib:$LD_LIBRARY_PATH" "$test" --test-threads 1 --nocapture "${skip[@]}" \
       >"$out/test-$name.log" 2>&1 || status=1
     grep -E "^test |^test result" "$out/test-$name.log" | head -20 || true
     grep -A2 "panicked" "$out/test-$name.log" | cut -c1-600 | head -12 || true

@@ -249,6 +249,8 @@ def main() -> int:
                     help="with --all: record a model mlx-lm fails on in OUT_DIR/<model>.failed "
                          "(its error) and go on (the GPU run: MLX 0.32.2's CUDA backend fails "
                          "some shapes)")
+    ap.add_argument("--skip-existing", action="store_true",
+                    help="with --all: keep references already written (a run cut off by a time limit)")
     ap.add_argument("--only", help="with --all: only these models (comma-separated)")
     ap.add_argument("--greedy", type=int, default=0, help="greedy tokens to generate")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
@@ -279,6 +281,9 @@ def main() -> int:
             model_dir = os.path.join(args.all, name)
             out = os.path.join(args.out_dir, f"{name}.safetensors")
             marker = os.path.join(args.out_dir, f"{name}.failed")
+            if args.skip_existing and (os.path.exists(out) or os.path.exists(marker)):
+                print(f"{name}: kept from an earlier run")
+                continue
             if os.path.exists(marker):
                 os.remove(marker)
             try:

@@ -1,0 +1,229 @@
+//! [`BatchGenerate`]: continuous batching over one model, after mlx-lm
+//! 0.32.2's `BatchGenerator`. Sequences join and leave a running batch
+//! between decode steps.
+//!
+//! Design:
+//! - a sequence is first prefilled alone ([`Prefill`], in chunks the caller
+//!   can interleave with decode steps of the batch), over a one-row
+//!   [`BatchKVCache`]; [`BatchGenerate::join`] feeds its last prompt token,
+//!   samples its first token and appends its cache rows to the batch's
+//!   (right-aligned over left padding);
+//! - [`BatchGenerate::step`] feeds every row's pending token in one forward
+//!   of `[B, 1]` and samples each row's next token from its own logits row
+//!   with its own sampler, penalty and random state (so greedy rows get the
+//!   ids of their solo runs, and a seeded row its solo draws);
+//! - pipelining as [`Generate`](super::Generate): the step that feeds a
+//!   token is built and started with `async_eval` before that token is
+//!   returned, so every token returned is already in the cache;
+//! - [`BatchGenerate::remove`] drops rows (finished, or their client left)
+//!   with their cache rows and pending tokens.
+
+use mlx_rs::{
+    ops::{concatenate, indexing::TryIndexOp},
+    transforms::{async_eval, eval},
+    Array,
+};
+
+use super::sequence::{checked_prompt, prefill_chunk, SequenceSampler};
+use super::GenerateOptions;
+use crate::cache::{BatchKVCache, KeyValueCache};
+use crate::error::{Error, Result};
+use crate::language_model::LanguageModel;
+
+/// The model type a batch runs on.
+pub type BatchModel = dyn LanguageModel<BatchKVCache>;
+
+/// A sequence being prefilled alone before it joins a batch.
+#[derive(Debug)]
+pub struct Prefill {
+    id: u64,
+    cache: Vec<Option<BatchKVCache>>,
+    /// The prompt tokens not fed yet (at least the last one).
+    prompt: Array,
+    sequence: SequenceSampler,
+    step_size: i32,
+}
+
+impl Prefill {
+    /// Checks `prompt` (`[L]` or `[1, L]` ids) and `options` against the
+    /// model; `id` names the sequence in the batch's output.
+    pub fn new(
+        model: &BatchModel,
+        id: u64,
+        prompt: &Array,
+        options: &GenerateOptions,
+    ) -> Result<Self> {
+        let prompt = checked_prompt(model, prompt, options)?;
+        Ok(Prefill {
+            id,
+            cache: Vec::new(),
+            prompt,
+            sequence: SequenceSampler::new(options)?,
+            step_size: options.prefill_step_size,
+        })
+    }
+
+    /// The sequence's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Prompt tokens still to prefill (the last one is fed when the
+    /// sequence joins).
+    pub fn remaining(&self) -> i32 {
+        self.prompt.dim(0) - 1
+    }
+
+    /// Prefills up to `budget` more prompt tokens, in chunks of the
+    /// options' `prefill_step_size`.
+    pub fn advance(&mut self, model: &mut BatchModel, budget: i32) -> Result<()> {
+        let mut left = budget;
+        while self.remaining() > 0 && left > 0 {
+            let n = self.step_size.min(self.remaining()).min(left);
+            prefill_chunk(
+                model,
+                &mut self.cache,
+                &mut self.sequence,
+                &mut self.prompt,
+                n,
+            )?;
+            left -= n;
+        }
+        Ok(())
+    }
+}
+
+/// One running sequence.
+#[derive(Debug)]
+struct Row {
+    id: u64,
+    sequence: SequenceSampler,
+}
+
+/// A running batch of sequences (see the module notes).
+#[derive(Debug, Default)]
+pub struct BatchGenerate {
+    cache: Vec<Option<BatchKVCache>>,
+    rows: Vec<Row>,
+    /// Each row's next token to feed, `[B]` uint32 (sampled, maybe still
+    /// being computed).
+    pending: Option<Array>,
+}
+
+impl BatchGenerate {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of running sequences.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether no sequence is running.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The running sequences' ids, in row order.
+    pub fn ids(&self) -> Vec<u64> {
+        self.rows.iter().map(|r| r.id).collect()
+    }
+
+    /// Finishes `prefill` (whatever is left of its prompt), feeds its last
+    /// prompt token, samples its first token and adds it to the batch; that
+    /// token comes out of the next [`step`](BatchGenerate::step).
+    pub fn join(&mut self, model: &mut BatchModel, mut prefill: Prefill) -> Result<()> {
+        if self.rows.iter().any(|r| r.id == prefill.id) {
+            return Err(Error::InvalidArgument(format!(
+                "sequence {} is already in the batch",
+                prefill.id
+            )));
+        }
+        prefill.advance(model, i32::MAX)?;
+        let Prefill {
+            id,
+            mut cache,
+            prompt: last,
+            mut sequence,
+            ..
+        } = prefill;
+        let logits = model.forward(&last.reshape(&[1, -1])?, &mut cache)?;
+        sequence.remember(&last)?;
+        let first = sequence.sample(logits.try_index((.., -1, ..))?)?;
+        async_eval([&first])?;
+        if self.rows.is_empty() {
+            self.cache = cache;
+        } else {
+            for (mine, theirs) in self.cache.iter_mut().zip(&cache) {
+                match (mine, theirs) {
+                    (Some(mine), Some(theirs)) => mine.extend(theirs)?,
+                    _ => return Err(Error::InvalidArgument("a layer has no cache".into())),
+                }
+            }
+        }
+        self.pending = Some(match self.pending.take() {
+            Some(pending) => concatenate(&[pending, first], 0)?,
+            None => first,
+        });
+        self.rows.push(Row { id, sequence });
+        Ok(())
+    }
+
+    /// Feeds every row's pending token and starts sampling the next ones;
+    /// returns the fed tokens, `(id, token)` in row order (empty when no
+    /// sequence runs).
+    pub fn step(&mut self, model: &mut BatchModel) -> Result<Vec<(u64, u32)>> {
+        let Some(fed) = self.pending.take() else {
+            return Ok(Vec::new());
+        };
+        let b = self.rows.len() as i32;
+        let logits = model.forward(&fed.reshape(&[b, 1])?, &mut self.cache)?;
+        let mut next = Vec::with_capacity(self.rows.len());
+        for (i, row) in (0..b).zip(self.rows.iter_mut()) {
+            row.sequence.remember(&fed.try_index(i..i + 1)?)?;
+            next.push(row.sequence.sample(logits.try_index((i..i + 1, -1, ..))?)?);
+        }
+        let next = concatenate(&next, 0)?;
+        async_eval([&next])?;
+        eval([&fed])?;
+        let tokens = fed
+            .try_as_slice::<u32>()
+            .map_err(|e| Error::InvalidArgument(format!("sampled tokens: {e}")))?;
+        let out = self.rows.iter().map(|r| r.id).zip(tokens.iter().copied()).collect();
+        self.pending = Some(next);
+        Ok(out)
+    }
+
+    /// Removes the sequences `ids` (unknown ids are ignored) with their
+    /// cache rows and pending tokens.
+    pub fn remove(&mut self, ids: &[u64]) -> Result<()> {
+        let keep: Vec<usize> = (0..self.rows.len())
+            .filter(|&i| !ids.contains(&self.rows[i].id))
+            .collect();
+        if keep.len() == self.rows.len() {
+            return Ok(());
+        }
+        if keep.is_empty() {
+            *self = BatchGenerate::new();
+            return Ok(());
+        }
+        for cache in self.cache.iter_mut().flatten() {
+            cache.retain(&keep)?;
+        }
+        if let Some(pending) = self.pending.take() {
+            let index = Array::from_slice(
+                &keep.iter().map(|&i| i as i32).collect::<Vec<_>>(),
+                &[keep.len() as i32],
+            );
+            self.pending = Some(pending.take_axis(&index, 0)?);
+        }
+        let mut i = 0;
+        self.rows.retain(|_| {
+            i += 1;
+            keep.contains(&(i - 1))
+        });
+        Ok(())
+    }
+}
