@@ -7,7 +7,10 @@ mod common;
 use common::{assert_close, host, random_weights, tiny_config};
 use mistral_model::{Mistral, MistralConfig};
 use mlx_rs::{ops::indexing::IndexOp, Array};
-use mlx_rs_core::{BatchKVCache, KVCache};
+use mlx_rs_core::{
+    BatchGenerate, BatchKVCache, Generate, GenerateOptions, KVCache, Prefill, RepetitionPenalty,
+    SamplingOptions,
+};
 use serde_json::json;
 
 const PROMPTS: [&[i32]; 3] = [&[5, 17, 3], &[1, 0, 95, 60, 2, 33, 11], &[9, 8, 7, 6, 50]];
@@ -141,4 +144,76 @@ fn retain_and_extend_report_bad_rows() {
     let other = BatchKVCache::new();
     layer.extend(&other).unwrap();
     assert_eq!(layer.rows(), 1);
+}
+
+/// [`BatchGenerate`]: each sequence's tokens equal its solo [`Generate`]
+/// run (greedy, seeded sampling with filters, a repetition penalty), while
+/// others join and leave the batch, with prompts prefilled in chunks.
+#[test]
+fn batch_generation_gives_each_sequence_its_solo_tokens() {
+    let n = 12;
+    let greedy = GenerateOptions::default();
+    let seeded = GenerateOptions {
+        sampling: SamplingOptions {
+            temperature: 0.9,
+            top_k: 40,
+            min_p: 0.05,
+            ..SamplingOptions::default()
+        },
+        seed: Some(3),
+        ..GenerateOptions::default()
+    };
+    let penalized = GenerateOptions {
+        repetition_penalty: Some(RepetitionPenalty {
+            penalty: 1.3,
+            context_size: 4,
+        }),
+        prefill_step_size: 2,
+        ..GenerateOptions::default()
+    };
+    let options = [greedy, seeded, penalized];
+    for (name, cfg) in configs() {
+        let mut model = Mistral::new(&cfg, &mut random_weights(&cfg), None).unwrap();
+        let solo: Vec<Vec<u32>> = PROMPTS
+            .iter()
+            .zip(&options)
+            .map(|(p, o)| {
+                let mut cache: Vec<Option<KVCache>> = Vec::new();
+                let prompt = Array::from_slice(p, &[p.len() as i32]);
+                Generate::with_options(&mut model, &mut cache, &prompt, o.clone())
+                    .take(n)
+                    .map(|t| t.unwrap().item_exact::<u32>())
+                    .collect()
+            })
+            .collect();
+        let mut batch = BatchGenerate::new();
+        let mut got: Vec<Vec<u32>> = vec![Vec::new(); 3];
+        let join = |model: &mut Mistral, batch: &mut BatchGenerate, i: usize| {
+            let prompt = Array::from_slice(PROMPTS[i], &[PROMPTS[i].len() as i32]);
+            let mut prefill = Prefill::new(model, i as u64, &prompt, &options[i]).unwrap();
+            prefill.advance(model, 1).unwrap(); // a chunk now, the rest when joining
+            batch.join(model, prefill).unwrap();
+        };
+        for step in 0..3 * n {
+            match step {
+                0 => join(&mut model, &mut batch, 0),
+                3 => join(&mut model, &mut batch, 1),
+                5 => join(&mut model, &mut batch, 2),
+                _ => {}
+            }
+            for (id, token) in batch.step(&mut model).unwrap() {
+                let row = &mut got[id as usize];
+                row.push(token);
+                if row.len() == n {
+                    batch.remove(&[id]).unwrap();
+                }
+            }
+            if batch.is_empty() && step > 5 {
+                break;
+            }
+        }
+        for i in 0..3 {
+            assert_eq!(got[i], solo[i], "{name}: sequence {i} ({:?})", options[i]);
+        }
+    }
 }

@@ -26,7 +26,7 @@ use mlx_rs::{
 
 use super::sequence::{checked_prompt, prefill_chunk, SequenceSampler};
 use super::GenerateOptions;
-use crate::cache::{BatchKVCache, KeyValueCache};
+use crate::cache::BatchKVCache;
 use crate::error::{Error, Result};
 use crate::language_model::LanguageModel;
 
@@ -191,7 +191,12 @@ impl BatchGenerate {
         let tokens = fed
             .try_as_slice::<u32>()
             .map_err(|e| Error::InvalidArgument(format!("sampled tokens: {e}")))?;
-        let out = self.rows.iter().map(|r| r.id).zip(tokens.iter().copied()).collect();
+        let out = self
+            .rows
+            .iter()
+            .map(|r| r.id)
+            .zip(tokens.iter().copied())
+            .collect();
         self.pending = Some(next);
         Ok(out)
     }

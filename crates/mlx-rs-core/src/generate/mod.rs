@@ -20,20 +20,24 @@
 //!   The rotating cache makes this exact for sliding-window models also after
 //!   it has wrapped.
 
+mod batch;
 mod options;
+mod sequence;
 
+pub use batch::{BatchGenerate, BatchModel, Prefill};
 pub use options::GenerateOptions;
 
 use mlx_rs::{
-    ops::{concatenate, indexing::TryIndexOp},
+    ops::indexing::TryIndexOp,
     transforms::{async_eval, eval},
-    Array, Dtype,
+    Array,
 };
 
 use crate::cache::KeyValueCache;
 use crate::error::{Error, Result};
 use crate::language_model::LanguageModel;
-use crate::sample::{RepetitionPenalty, Sampler, SamplingOptions};
+use crate::sample::{RepetitionPenalty, SamplingOptions};
+use sequence::{checked_prompt, prefill_chunk, SequenceSampler};
 
 enum Stage {
     /// Not started: the prompt (1-D, ids) is still to be prefilled.
@@ -50,9 +54,8 @@ pub struct Generate<'a, C: KeyValueCache> {
     model: &'a mut dyn LanguageModel<C>,
     cache: &'a mut Vec<Option<C>>,
     options: GenerateOptions,
-    sampler: Option<Sampler>,
-    /// Recent tokens for the repetition penalty (1-D `uint32`).
-    history: Option<Array>,
+    /// Sampler, penalty and recent tokens (set up by the first `next()`).
+    sequence: Option<SequenceSampler>,
     stage: Stage,
     produced: usize,
 }
@@ -84,8 +87,7 @@ impl<'a, C: KeyValueCache> Generate<'a, C> {
             model,
             cache,
             options,
-            sampler: None,
-            history: None,
+            sequence: None,
             stage: Stage::Prompt(prompt.clone()),
             produced: 0,
         }
@@ -156,95 +158,29 @@ impl<'a, C: KeyValueCache> Generate<'a, C> {
         self.produced
     }
 
-    /// Appends `tokens` (1-D) to the penalty history, keeping only what the
-    /// penalty looks at.
-    fn remember(&mut self, tokens: &Array) -> Result<()> {
-        let Some(penalty) = self.options.repetition_penalty.filter(|p| p.is_active()) else {
-            return Ok(());
-        };
-        let tokens = tokens.as_dtype(Dtype::Uint32)?;
-        let all = match self.history.take() {
-            Some(h) => concatenate(&[h, tokens], 0)?,
-            None => tokens,
-        };
-        let n = all.dim(0);
-        let keep = penalty.window(n);
-        self.history = Some(all.try_index((n - keep)..n)?);
-        Ok(())
-    }
-
     /// Feeds `tokens` (1-D) and samples the next token from the last
     /// position's logits.
     fn step(&mut self, tokens: &Array) -> Result<Array> {
         let input = tokens.reshape(&[1, -1])?;
         let logits = self.model.forward(&input, self.cache)?;
-        let mut logits = logits.try_index((.., -1, ..))?;
-        self.remember(tokens)?;
-        if let (Some(penalty), Some(history)) = (self.options.repetition_penalty, &self.history) {
-            logits = penalty.apply(history, &logits)?;
-        }
-        let logprobs = logits.subtract(logits.logsumexp(true)?)?;
-        let sampler = match self.sampler.as_mut() {
+        let sequence = match self.sequence.as_mut() {
             Some(s) => s,
             None => return Err(Error::InvalidArgument("sampler not set up".into())),
         };
-        sampler.sample(&logprobs)
+        sequence.remember(tokens)?;
+        sequence.sample(logits.try_index((.., -1, ..))?)
     }
 
     /// Checks the options and prompt, prefills and samples the first token.
     fn start(&mut self, prompt: Array) -> Result<Array> {
-        if self.options.prefill_step_size < 1 {
-            return Err(Error::InvalidArgument(format!(
-                "prefill_step_size must be at least 1, got {}",
-                self.options.prefill_step_size
-            )));
-        }
-        if let Some(p) = &self.options.repetition_penalty {
-            p.validate()?;
-        }
-        self.sampler = Some(Sampler::new(self.options.sampling, self.options.seed)?);
-        let mut prompt = match prompt.shape() {
-            [_] => prompt,
-            [1, _] => prompt.reshape(&[-1])?,
-            shape => {
-                return Err(Error::InvalidArgument(format!(
-                    "prompt must be [1, L] or [L] token ids, got shape {shape:?}"
-                )))
-            }
-        };
-        if !crate::is_integer(prompt.dtype()) {
-            return Err(Error::InvalidArgument(format!(
-                "prompt must hold integer token ids, got {:?}",
-                prompt.dtype()
-            )));
-        }
-        if prompt.dim(0) == 0 {
-            return Err(Error::InvalidArgument("prompt is empty".into()));
-        }
-        if let Some(vocab) = self.model.vocab_size() {
-            let top_k = self.options.sampling.top_k;
-            if top_k >= vocab {
-                return Err(Error::InvalidArgument(format!(
-                    "top_k must be below the vocabulary size {vocab} (0 disables it), got {top_k}"
-                )));
-            }
-            crate::check_token_ids(&prompt, vocab)?;
-        }
+        let mut prompt = checked_prompt(&*self.model, &prompt, &self.options)?;
+        let mut sequence = SequenceSampler::new(&self.options)?;
         // As mlx-lm: prefill all but the last token in chunks.
         while prompt.dim(0) > 1 {
             let n = self.options.prefill_step_size.min(prompt.dim(0) - 1);
-            let chunk = prompt.try_index(..n)?;
-            self.model.forward(&chunk.reshape(&[1, -1])?, self.cache)?;
-            let state: Vec<Array> = self
-                .cache
-                .iter()
-                .flatten()
-                .flat_map(|c| c.state())
-                .collect();
-            eval(&state)?;
-            self.remember(&chunk)?;
-            prompt = prompt.try_index(n..)?;
+            prefill_chunk(&mut *self.model, self.cache, &mut sequence, &mut prompt, n)?;
         }
+        self.sequence = Some(sequence);
         let y = self.step(&prompt)?;
         async_eval([&y])?;
         Ok(y)
