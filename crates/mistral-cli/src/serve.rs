@@ -27,9 +27,13 @@ pub struct ServeArgs {
     /// set MISTRAL_MLX_API_KEY).
     #[arg(long, env = "MISTRAL_MLX_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Requests that may wait while one runs; more get a 503.
+    /// Requests that may wait while the batch is full; more get a 503.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     max_queue: u32,
+    /// Requests generating at once, continuously batched (1: one at a
+    /// time).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    max_batch: u32,
     /// The largest request body accepted (bytes; 413 beyond).
     #[arg(long, default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     max_body_bytes: u64,
@@ -55,6 +59,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         model_id,
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         max_queue: args.max_queue as usize,
+        max_batch: args.max_batch as usize,
         max_body_bytes: usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX),
         allowed_origins: args.allowed_origins.clone(),
     };

@@ -6,9 +6,10 @@
 //! random state are thread-local, so the HTTP side never touches MLX: it
 //! sends a [`Job`] (plain Rust values) and receives [`Event`]s over a
 //! channel of its own. A job whose event channel is closed (the client went
-//! away) ends at its next token.
+//! away) ends at its next token, or between prefill chunks.
 //!
-//! This first version runs one request at a time, in arrival order.
+//! Up to `max_batch` requests run at once, continuously batched (see
+//! [`crate::scheduler`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -16,16 +17,14 @@ use std::time::Instant;
 
 use mistral_loader::{
     load_chat_template, load_model_config, load_model_planned, load_special_tokens, load_tokenizer,
-    ChatMessage, LoadOptions, ModelChatTemplate, SpecialTokens, StopChecker, StopCriteria,
-    StopReason, StreamingDetokenizer, Tokenizer,
+    ChatMessage, LoadOptions, ModelChatTemplate, SpecialTokens, Tokenizer,
 };
 use mistral_model::Mistral;
-use mlx_rs::Array;
-use mlx_rs_core::{Generate, RotatingKVCache};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::scheduler;
 
 /// What to generate from.
 #[derive(Debug, Clone)]
@@ -118,8 +117,9 @@ pub struct Job {
     pub sampling: Sampling,
     /// Stop strings.
     pub stop: Vec<String>,
-    /// Where the events go (bounded; the engine waits when it is full).
-    pub events: mpsc::Sender<Event>,
+    /// Where the events go (unbounded: the engine never waits on a
+    /// client; a request's events are bounded by its `max_tokens`).
+    pub events: mpsc::UnboundedSender<Event>,
     /// When the request arrived (time to first token counts from here).
     pub received: Instant,
 }
@@ -129,9 +129,9 @@ pub struct Job {
 /// checked there, before they queue.
 #[derive(Debug)]
 pub struct TextSide {
-    tokenizer: Tokenizer,
+    pub(crate) tokenizer: Tokenizer,
     template: ModelChatTemplate,
-    special: SpecialTokens,
+    pub(crate) special: SpecialTokens,
     context: Option<usize>,
 }
 
@@ -291,10 +291,12 @@ impl EngineHandle {
 }
 
 /// Starts the engine thread: it loads `spec`, then serves jobs from a
-/// queue of `queue` places. `loaded` receives the outcome of the load.
+/// queue of `queue` places, running up to `max_batch` at once. `loaded`
+/// receives the outcome of the load.
 pub fn start(
     spec: ModelSpec,
     queue: usize,
+    max_batch: usize,
     metrics: Arc<Metrics>,
     loaded: oneshot::Sender<Result<(), String>>,
 ) -> std::io::Result<EngineHandle> {
@@ -304,10 +306,11 @@ pub fn start(
     std::thread::Builder::new()
         .name("mlx-engine".into())
         .spawn(move || match Loaded::load(&spec) {
-            Ok(mut engine) => {
+            Ok(engine) => {
                 let _ = shared.set(Arc::clone(&engine.text));
                 let _ = loaded.send(Ok(()));
-                engine.serve(jobs_rx, &counters);
+                let Loaded { mut model, text } = engine;
+                scheduler::serve(&mut model, &text, jobs_rx, &counters, max_batch);
             }
             Err(err) => {
                 let _ = loaded.send(Err(err));
@@ -347,104 +350,5 @@ impl Loaded {
                     .and_then(|c| usize::try_from(c).ok()),
             }),
         })
-    }
-
-    fn serve(&mut self, mut jobs: mpsc::Receiver<Job>, metrics: &Metrics) {
-        while let Some(job) = jobs.blocking_recv() {
-            Metrics::drop_one(&metrics.queued);
-            if job.events.is_closed() {
-                Metrics::bump(&metrics.abandoned); // the client left while queued
-                continue;
-            }
-            Metrics::bump(&metrics.running);
-            if let Err(err) = self.run(&job, metrics) {
-                let _ = job.events.blocking_send(Event::Failed(err));
-            }
-            Metrics::drop_one(&metrics.running);
-        }
-    }
-
-    /// Runs one job; an `Err` is reported as `Failed`.
-    fn run(&mut self, job: &Job, metrics: &Metrics) -> Result<(), ApiError> {
-        let ids = &job.prompt_ids;
-        let max_tokens = job.max_tokens;
-        let left = || {
-            Metrics::bump(&metrics.abandoned);
-            Ok(())
-        };
-        if job
-            .events
-            .blocking_send(Event::Started {
-                prompt_tokens: ids.len(),
-            })
-            .is_err()
-        {
-            return left();
-        }
-        Metrics::add(&metrics.prompt_tokens, ids.len());
-        let text = Arc::clone(&self.text);
-        let sampling = &job.sampling;
-        let criteria = StopCriteria {
-            eos_token_ids: text.special.eos.clone(),
-            stop_strings: job.stop.clone(),
-            max_tokens: Some(max_tokens),
-        };
-        let mut checker =
-            StopChecker::new(criteria, StreamingDetokenizer::new(&text.tokenizer, true))
-                .map_err(|e| ApiError::bad_request(e.to_string(), Some("stop")))?;
-        let prompt = Array::from_slice(ids, &[1, ids.len() as i32]);
-        let mut cache: Vec<Option<RotatingKVCache>> = Vec::new();
-        let mut generator =
-            Generate::new(&mut self.model, &mut cache, sampling.temperature, &prompt)
-                .top_p(sampling.top_p)
-                .top_k(sampling.top_k)
-                .min_p(sampling.min_p)
-                .max_tokens(max_tokens);
-        if let Some(penalty) = sampling.repetition_penalty {
-            generator = generator.repetition_penalty(penalty, 20);
-        }
-        if let Some(seed) = sampling.seed {
-            generator = generator.seed(seed);
-        }
-        let fault =
-            |what: &str, err: &dyn std::fmt::Display| ApiError::internal(format!("{what}: {err}"));
-        let mut first_at: Option<Instant> = None;
-        for token in generator {
-            let id = token
-                .map_err(|e| fault("generation failed", &e))?
-                .item_exact::<u32>();
-            Metrics::bump(&metrics.generated_tokens);
-            match first_at {
-                None => {
-                    first_at = Some(Instant::now());
-                    Metrics::add_time(&metrics.ttft_micros, job.received.elapsed());
-                    Metrics::bump(&metrics.ttft_count);
-                }
-                Some(_) => Metrics::bump(&metrics.decode_tokens),
-            }
-            let step = checker.push(id).map_err(|e| fault("detokenizing", &e))?;
-            if !step.text.is_empty() && job.events.blocking_send(Event::Text(step.text)).is_err() {
-                return left(); // stop at this token
-            }
-            if step.stop.is_some() {
-                break;
-            }
-        }
-        if let Some(first) = first_at {
-            Metrics::add_time(&metrics.decode_micros, first.elapsed());
-        }
-        let tail = checker.finish().map_err(|e| fault("detokenizing", &e))?;
-        if !tail.is_empty() && job.events.blocking_send(Event::Text(tail)).is_err() {
-            return left();
-        }
-        let reason = match checker.stopped() {
-            Some(StopReason::Eos(_)) | Some(StopReason::StopString { .. }) => FinishReason::Stop,
-            Some(StopReason::MaxTokens) | None => FinishReason::Length,
-        };
-        let _ = job.events.blocking_send(Event::Finished {
-            reason,
-            completion_tokens: checker.token_count(),
-        });
-        Ok(())
     }
 }

@@ -16,8 +16,9 @@
 //! Built so far: chat and text completions (streaming and not), models,
 //! health, metrics, tokenize/detokenize, API key, CORS, body limit, a
 //! bounded queue (503 when full), and a client that disconnects ends its
-//! generation at the next token. One request runs at a time; continuous
-//! batching, the prompt cache and log-probabilities are still to come.
+//! generation at the next token (or prefill chunk). Up to `max_batch`
+//! requests generate at once, continuously batched ([`scheduler`]); the
+//! prompt cache and log-probabilities are still to come.
 
 #![deny(missing_docs)]
 
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod request;
 pub mod response;
 pub mod routes;
+pub mod scheduler;
 
 pub use engine::{EngineHandle, ModelSpec};
 pub use error::ApiError;
@@ -45,8 +47,10 @@ pub struct ServerConfig {
     pub model_id: String,
     /// Requests must send `Authorization: Bearer <key>` (not `/health`).
     pub api_key: Option<String>,
-    /// Requests waiting beyond the running one; more get a 503.
+    /// Requests waiting beyond the running ones; more get a 503.
     pub max_queue: usize,
+    /// Requests generating at once (continuous batching).
+    pub max_batch: usize,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
     /// Origins allowed by CORS (`*` for any); empty: no CORS headers.
@@ -79,6 +83,7 @@ pub async fn serve(
     let engine = engine::start(
         config.model.clone(),
         config.max_queue,
+        config.max_batch,
         Arc::clone(&metrics),
         loaded_tx,
     )?;

@@ -30,6 +30,10 @@ pub struct Metrics {
     pub decode_micros: AtomicU64,
     /// Tokens generated after the first one of each request.
     pub decode_tokens: AtomicU64,
+    /// Decode steps of the batch.
+    pub batch_steps: AtomicU64,
+    /// Rows over all decode steps (mean batch size = this / steps).
+    pub batch_rows: AtomicU64,
 }
 
 impl Metrics {
@@ -125,6 +129,18 @@ impl Metrics {
             "counter",
             "Time generating after each first token.",
             seconds(&self.decode_micros).to_string(),
+        );
+        metric(
+            "mistral_batch_steps_total",
+            "counter",
+            "Decode steps of the running batch.",
+            get(&self.batch_steps).to_string(),
+        );
+        metric(
+            "mistral_batch_rows_total",
+            "counter",
+            "Requests over all decode steps (mean batch size = this / mistral_batch_steps_total).",
+            get(&self.batch_rows).to_string(),
         );
         metric("mistral_decode_tokens_total", "counter", "Tokens generated after each first token (decode tok/s = this / mistral_decode_seconds_sum).", get(&self.decode_tokens).to_string());
         out

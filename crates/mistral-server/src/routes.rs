@@ -46,9 +46,6 @@ pub struct AppState {
     pub created: u64,
 }
 
-/// Events buffered between the engine and a slow client.
-const EVENT_BUFFER: usize = 64;
-
 /// The router: every route, the API-key check, CORS for `origins`.
 pub fn router(state: Arc<AppState>, origins: &[String]) -> Result<Router, String> {
     let api = Router::new()
@@ -241,7 +238,7 @@ async fn respond(
     usage_wanted: bool,
 ) -> Result<Response, ApiError> {
     let (prompt_ids, max_tokens) = state.engine.text()?.prepare(&generation)?;
-    let (events, mut rx) = mpsc::channel(EVENT_BUFFER);
+    let (events, mut rx) = mpsc::unbounded_channel();
     state.engine.submit(Job {
         prompt_ids,
         max_tokens,
@@ -291,7 +288,7 @@ async fn respond(
 }
 
 struct StreamState {
-    rx: mpsc::Receiver<Event>,
+    rx: mpsc::UnboundedReceiver<Event>,
     header: Header,
     prompt_tokens: usize,
     usage_wanted: bool,
@@ -303,7 +300,7 @@ struct StreamState {
 /// piece of text, a chunk with `finish_reason`, the usage chunk if asked,
 /// then `[DONE]`; an error ends the stream with an error event.
 fn sse_events(
-    rx: mpsc::Receiver<Event>,
+    rx: mpsc::UnboundedReceiver<Event>,
     header: Header,
     prompt_tokens: usize,
     usage_wanted: bool,

@@ -380,8 +380,8 @@ fn a_client_that_leaves_mid_stream_frees_the_engine() {
     let n = socket.read(&mut first).expect("first bytes");
     assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
     drop(socket);
-    // The engine runs one request at a time: this one is answered only
-    // after the abandoned one has stopped.
+    // The abandoned request stops at its next token; by the time this one
+    // is answered it has left the batch.
     let (status, answer) = post(&server, "/v1/chat/completions", &chat_body("Say hi.", 4));
     assert_eq!(status, 200, "{answer}");
     let completion = answer["usage"]["completion_tokens"]

@@ -50,6 +50,7 @@ pub fn start_with(api_key: Option<&str>, max_body_bytes: usize, origins: Vec<Str
         model_id: MODEL_ID.to_owned(),
         api_key: api_key.map(str::to_owned),
         max_queue: 16,
+        max_batch: 8,
         max_body_bytes,
         allowed_origins: origins,
     };

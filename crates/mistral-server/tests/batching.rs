@@ -1,0 +1,100 @@
+//! Continuous batching end to end: 8 streaming clients at once each get
+//! their solo temperature-0 answer, and the engine's decode steps really
+//! ran several requests together.
+
+mod common;
+
+use common::{get, post, post_stream, start, MODEL_ID};
+use serde_json::{json, Value};
+
+const PROMPTS: [&str; 8] = [
+    "Name three colours.",
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Count from one to ten in words.",
+    "Give me a short tip for learning to cook.",
+    "What is two plus two?",
+    "Describe a cat in one sentence.",
+    "List four fruits.",
+];
+
+fn body(prompt: &str, stream: bool) -> Value {
+    json!({
+        "model": MODEL_ID,
+        "messages": [{"role": "user", "content": prompt}],
+        "temperature": 0,
+        "max_tokens": 48,
+        "stream": stream,
+    })
+}
+
+fn metric(server: &common::Server, name: &str) -> f64 {
+    let (status, text) = get(server, "/metrics", None);
+    assert_eq!(status, 200);
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+#[test]
+fn eight_concurrent_streams_get_their_solo_answers() {
+    let server = start(None, 64 * 1024);
+    // Solo: one request at a time.
+    let solo: Vec<String> = PROMPTS
+        .iter()
+        .map(|p| {
+            let (status, answer) = post(&server, "/v1/chat/completions", &body(p, false));
+            assert_eq!(status, 200, "{answer}");
+            answer["choices"][0]["message"]["content"]
+                .as_str()
+                .expect("content")
+                .to_owned()
+        })
+        .collect();
+    let (steps, rows) = (
+        metric(&server, "mistral_batch_steps_total"),
+        metric(&server, "mistral_batch_rows_total"),
+    );
+    assert_eq!(steps, rows, "solo requests decode one row per step");
+
+    // Together: 8 streaming clients released at once.
+    let barrier = std::sync::Barrier::new(PROMPTS.len());
+    let together: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = PROMPTS
+            .iter()
+            .map(|p| {
+                let (server, barrier) = (&server, &barrier);
+                scope.spawn(move || {
+                    barrier.wait();
+                    let events = post_stream(server, "/v1/chat/completions", &body(p, true));
+                    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+                    events[..events.len() - 1]
+                        .iter()
+                        .map(|e| serde_json::from_str::<Value>(e).expect("chunk JSON"))
+                        .filter_map(|c| {
+                            c["choices"][0]["delta"]["content"]
+                                .as_str()
+                                .map(str::to_owned)
+                        })
+                        .collect::<String>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client"))
+            .collect()
+    });
+    for (i, (got, want)) in together.iter().zip(&solo).enumerate() {
+        assert_eq!(got, want, "client {i} ({:?})", PROMPTS[i]);
+    }
+    let steps = metric(&server, "mistral_batch_steps_total") - steps;
+    let rows = metric(&server, "mistral_batch_rows_total") - rows;
+    let mean = rows / steps;
+    eprintln!("8 concurrent clients: {rows} rows in {steps} decode steps (mean batch {mean:.2})");
+    assert!(
+        mean > 2.0,
+        "the requests hardly ran together: mean batch {mean:.2}"
+    );
+    assert_eq!(metric(&server, "mistral_requests_running"), 0.0);
+}
