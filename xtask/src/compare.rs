@@ -255,7 +255,7 @@ fn write_report(report: &Report) -> Result<()> {
 }
 
 /// Builds `mistral-cli` in release mode and returns its path.
-fn build_cli() -> Result<PathBuf> {
+pub(crate) fn build_cli() -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(cargo)
         .current_dir(workspace_root())
@@ -443,7 +443,7 @@ fn render(cases: &[Case], samples: &[Vec<Vec<Sample>>], bandwidth: f64) -> Strin
 }
 
 /// `YYYY-MM-DD` (UTC) of today.
-fn today() -> String {
+pub(crate) fn today() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -462,7 +462,7 @@ fn today() -> String {
 }
 
 /// CPU model, core count and memory, from `/proc` (Linux).
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()

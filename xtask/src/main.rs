@@ -10,6 +10,8 @@
 //!   `MISTRAL_MLX_BENCH_MODEL` names another.
 //! - `compare`: our `mistral-cli bench` against mlx-lm on the same files,
 //!   interleaved, with the machine's memory bandwidth (see `compare.rs`).
+//! - `serve-bench`: the server's throughput with 1 and 8 concurrent clients
+//!   (`serve_bench.rs`).
 //! - `download`: a model from the Hugging Face hub into its cache (or a
 //!   folder), see `download/mod.rs`.
 //! - `dist`: a relocatable bundle of the binaries and MLX (`dist.rs`);
@@ -28,6 +30,7 @@ mod compare;
 mod dist;
 mod download;
 mod gpu_pack;
+mod serve_bench;
 // Shared with mistral-loader (which resolves `--model <repo id>` with it)
 // without making xtask build MLX.
 #[path = "../../crates/mistral-loader/src/hf_cache.rs"]
@@ -83,6 +86,9 @@ enum Task {
     /// Benchmark ours against mlx-lm 0.32.2 side by side (random-weight
     /// Mistral shapes and SmolLM2; see BENCHMARKS.md).
     Compare(compare::CompareArgs),
+    /// The server's throughput with 1 and 8 concurrent streaming clients
+    /// on the demo model (`benches/results/<date>-serve-bench.json`).
+    ServeBench(serve_bench::ServeBenchArgs),
     /// Bundle the release binaries with MLX into a folder and a `.tar.zst`
     /// that run without Rust or Python (`target/dist/`).
     Dist(dist::DistArgs),
@@ -128,6 +134,7 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Bench { bench_args } => bench(&bench_args),
         Task::Compare(args) => compare::run(args),
+        Task::ServeBench(args) => serve_bench::run(&args),
         Task::Dist(args) => dist::run(&args).map(drop),
         Task::GpuPack(args) => gpu_pack::run(&args),
         Task::RelocationCheck => relocation::check(&python::ensure_test_models()?),
