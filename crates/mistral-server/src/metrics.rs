@@ -30,6 +30,9 @@ pub struct Metrics {
     pub decode_micros: AtomicU64,
     /// Tokens generated after the first one of each request.
     pub decode_tokens: AtomicU64,
+    /// Prompt tokens actually prefilled (less than `prompt_tokens` when a
+    /// client leaves during its prefill).
+    pub prefilled_tokens: AtomicU64,
     /// Decode steps of the batch.
     pub batch_steps: AtomicU64,
     /// Rows over all decode steps (mean batch size = this / steps).
@@ -129,6 +132,12 @@ impl Metrics {
             "counter",
             "Time generating after each first token.",
             seconds(&self.decode_micros).to_string(),
+        );
+        metric(
+            "mistral_prefilled_tokens_total",
+            "counter",
+            "Prompt tokens prefilled (a prefill stops when its client leaves).",
+            get(&self.prefilled_tokens).to_string(),
         );
         metric(
             "mistral_batch_steps_total",

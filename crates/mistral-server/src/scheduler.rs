@@ -196,25 +196,37 @@ pub fn serve(
         if !open && batch.is_empty() && prefilling.is_empty() {
             return;
         }
-        // 2. One prefill chunk.
+        // 2. One prefill chunk; the job joins the batch once its prompt is in.
         if let Some((prefill, active)) = prefilling.front_mut() {
-            if active.job.events.is_closed() {
-                let (_, active) = prefilling.pop_front().expect("front exists");
-                active.end(Progress::Left, metrics);
-            } else if let Err(err) = prefill.advance(model, PREFILL_CHUNK) {
-                let (_, active) = prefilling.pop_front().expect("front exists");
-                active.end(Progress::Failed(fault("prefill failed", &err)), metrics);
-            } else if prefill.remaining() == 0 {
-                let (prefill, active) = prefilling.pop_front().expect("front exists");
-                let id = prefill.id();
-                match batch.join(model, prefill) {
-                    Ok(()) => {
-                        running.insert(id, active);
-                    }
-                    Err(err) => {
-                        active.end(Progress::Failed(fault("prefill failed", &err)), metrics)
+            let outcome = if active.job.events.is_closed() {
+                Err(Progress::Left)
+            } else {
+                let before = prefill.remaining();
+                let advanced = prefill.advance(model, PREFILL_CHUNK);
+                Metrics::add(
+                    &metrics.prefilled_tokens,
+                    (before - prefill.remaining()) as usize,
+                );
+                advanced.map_err(|err| Progress::Failed(fault("prefill failed", &err)))
+            };
+            match outcome {
+                Err(progress) => {
+                    let (_, active) = prefilling.pop_front().expect("front exists");
+                    active.end(progress, metrics);
+                }
+                Ok(()) if prefill.remaining() == 0 => {
+                    let (prefill, active) = prefilling.pop_front().expect("front exists");
+                    let id = prefill.id();
+                    match batch.join(model, prefill) {
+                        Ok(()) => {
+                            running.insert(id, active);
+                        }
+                        Err(err) => {
+                            active.end(Progress::Failed(fault("prefill failed", &err)), metrics)
+                        }
                     }
                 }
+                Ok(()) => {}
             }
         }
         // 3. One decode step.

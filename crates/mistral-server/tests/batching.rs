@@ -1,6 +1,7 @@
 //! Continuous batching end to end: 8 streaming clients at once each get
 //! their solo temperature-0 answer, and the engine's decode steps really
-//! ran several requests together.
+//! ran several requests together; a client that leaves during its prefill
+//! stops it.
 
 mod common;
 
@@ -97,4 +98,56 @@ fn eight_concurrent_streams_get_their_solo_answers() {
         "the requests hardly ran together: mean batch {mean:.2}"
     );
     assert_eq!(metric(&server, "mistral_requests_running"), 0.0);
+}
+
+/// A client that leaves while its long prompt is being prefilled stops
+/// that prefill within a chunk or two (the prefilled-tokens counter shows
+/// it), and the next request is served.
+#[test]
+fn a_client_that_leaves_during_prefill_stops_it() {
+    use std::io::{Read, Write};
+    let server = start(None, 1 << 20);
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(300);
+    let request = json!({
+        "messages": [{"role": "user", "content": long}],
+        "temperature": 0,
+        "max_tokens": 8,
+        "stream": true,
+    })
+    .to_string();
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let mut socket = std::net::TcpStream::connect(&address).expect("connect");
+    write!(
+        socket,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{request}",
+        request.len()
+    )
+    .expect("send");
+    let mut first = [0u8; 256];
+    let n = socket.read(&mut first).expect("first bytes");
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    drop(socket); // the prefill has just begun
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while metric(&server, "mistral_requests_running") > 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned prefill never ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let prompt_tokens = metric(&server, "mistral_prompt_tokens_total");
+    let prefilled = metric(&server, "mistral_prefilled_tokens_total");
+    eprintln!("the abandoned request prefilled {prefilled} of its {prompt_tokens} prompt tokens");
+    assert!(
+        prompt_tokens > 2000.0,
+        "the prompt is {prompt_tokens} tokens"
+    );
+    assert!(
+        prefilled <= 2.0 * 512.0,
+        "the prefill went on after its client left: {prefilled} of {prompt_tokens} tokens"
+    );
+    assert_eq!(metric(&server, "mistral_requests_abandoned_total"), 1.0);
+    assert_eq!(metric(&server, "mistral_generated_tokens_total"), 0.0);
+    let (status, answer) = post(&server, "/v1/chat/completions", &body("Say hi.", false));
+    assert_eq!(status, 200, "{answer}");
 }
