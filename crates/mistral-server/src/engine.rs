@@ -299,11 +299,11 @@ pub fn start(
     max_batch: usize,
     metrics: Arc<Metrics>,
     loaded: oneshot::Sender<Result<(), String>>,
-) -> std::io::Result<EngineHandle> {
+) -> std::io::Result<(EngineHandle, EngineThread)> {
     let (jobs_tx, jobs_rx) = mpsc::channel(queue.max(1));
     let text = Arc::new(OnceLock::new());
     let (shared, counters) = (Arc::clone(&text), Arc::clone(&metrics));
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("mlx-engine".into())
         .spawn(move || match Loaded::load(&spec) {
             Ok(engine) => {
@@ -316,11 +316,35 @@ pub fn start(
                 let _ = loaded.send(Err(err));
             }
         })?;
-    Ok(EngineHandle {
+    let engine_thread = EngineThread {
+        thread,
+        text: Arc::clone(&text),
+    };
+    let handle = EngineHandle {
         jobs: jobs_tx,
         text,
         metrics,
-    })
+    };
+    Ok((handle, engine_thread))
+}
+
+/// The engine thread, to wait for at shutdown: MLX must not be freeing
+/// arrays on it while the process exits.
+#[derive(Debug)]
+pub struct EngineThread {
+    thread: std::thread::JoinHandle<()>,
+    text: Arc<OnceLock<Arc<TextSide>>>,
+}
+
+impl EngineThread {
+    /// Waits for the thread, which ends once every [`EngineHandle`] is
+    /// dropped and its running requests end (their clients are gone by
+    /// then). A model still loading is not waited for.
+    pub fn join(self) {
+        if self.text.get().is_some() {
+            let _ = self.thread.join();
+        }
+    }
 }
 
 /// Everything the engine thread owns.

@@ -80,7 +80,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let (loaded_tx, loaded_rx) = oneshot::channel();
     let metrics = Arc::new(metrics::Metrics::default());
-    let engine = engine::start(
+    let (engine, engine_thread) = engine::start(
         config.model.clone(),
         config.max_queue,
         config.max_batch,
@@ -114,5 +114,10 @@ pub async fn serve(
     server
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))??;
+    // The router (and with it every engine handle) is gone: the engine
+    // thread ends; wait for it so that MLX is idle when the process exits.
+    tokio::task::spawn_blocking(move || engine_thread.join())
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     outcome
 }

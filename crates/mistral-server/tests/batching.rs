@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{get, post, post_stream, start, MODEL_ID};
+use common::{metric, post, post_stream, start, stream_and_leave, MODEL_ID};
 use serde_json::{json, Value};
 
 const PROMPTS: [&str; 8] = [
@@ -27,14 +27,6 @@ fn body(prompt: &str, stream: bool) -> Value {
         "max_tokens": 48,
         "stream": stream,
     })
-}
-
-fn metric(server: &common::Server, name: &str) -> f64 {
-    let (status, text) = get(server, "/metrics", None);
-    assert_eq!(status, 200);
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }
 
 #[test]
@@ -105,7 +97,6 @@ fn eight_concurrent_streams_get_their_solo_answers() {
 /// it), and the next request is served.
 #[test]
 fn a_client_that_leaves_during_prefill_stops_it() {
-    use std::io::{Read, Write};
     let server = start(None, 1 << 20);
     let long = "The quick brown fox jumps over the lazy dog. ".repeat(300);
     let request = json!({
@@ -113,20 +104,8 @@ fn a_client_that_leaves_during_prefill_stops_it() {
         "temperature": 0,
         "max_tokens": 8,
         "stream": true,
-    })
-    .to_string();
-    let address = server.base.trim_start_matches("http://").to_owned();
-    let mut socket = std::net::TcpStream::connect(&address).expect("connect");
-    write!(
-        socket,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{request}",
-        request.len()
-    )
-    .expect("send");
-    let mut first = [0u8; 256];
-    let n = socket.read(&mut first).expect("first bytes");
-    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
-    drop(socket); // the prefill has just begun
+    });
+    stream_and_leave(&server, "/v1/chat/completions", &request); // the prefill has just begun
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     while metric(&server, "mistral_requests_running") > 0.0 {
         assert!(

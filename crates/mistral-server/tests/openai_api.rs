@@ -6,7 +6,10 @@ mod common;
 
 use std::sync::OnceLock;
 
-use common::{error_object, get, post, post_raw, post_stream, preflight, start, Server, MODEL_ID};
+use common::{
+    error_object, get, metric, post, post_raw, post_stream, preflight, start, stream_and_leave,
+    Server, MODEL_ID,
+};
 use serde_json::{json, Value};
 
 const BODY_LIMIT: usize = 64 * 1024;
@@ -347,39 +350,18 @@ fn tokenize_and_detokenize_round_trip() {
 }
 
 /// A counter from `/metrics`.
-fn metric(server: &Server, name: &str) -> f64 {
-    let (status, text) = get(server, "/metrics", None);
-    assert_eq!(status, 200);
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-}
-
 #[test]
 fn a_client_that_leaves_mid_stream_frees_the_engine() {
-    use std::io::{Read, Write};
     // Its own server, so that its counters see only this test.
     let server = start(None, BODY_LIMIT);
     // A long streamed generation, abandoned after its first bytes.
-    let address = server.base.trim_start_matches("http://").to_owned();
     let body = json!({
         "messages": [{"role": "user", "content": "Write a very long story about the sea."}],
         "temperature": 0,
         "max_tokens": 4000,
         "stream": true,
-    })
-    .to_string();
-    let mut socket = std::net::TcpStream::connect(&address).expect("connect");
-    write!(
-        socket,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send");
-    let mut first = [0u8; 256];
-    let n = socket.read(&mut first).expect("first bytes");
-    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
-    drop(socket);
+    });
+    stream_and_leave(&server, "/v1/chat/completions", &body);
     // The abandoned request stops at its next token; by the time this one
     // is answered it has left the batch.
     let (status, answer) = post(&server, "/v1/chat/completions", &chat_body("Say hi.", 4));

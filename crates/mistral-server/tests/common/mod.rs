@@ -194,3 +194,30 @@ pub fn preflight(server: &Server, path: &str, origin: &str) -> (u16, Option<Stri
         .map(str::to_owned);
     (response.status().as_u16(), allowed)
 }
+
+/// The value of the Prometheus metric `name` at `/metrics`.
+pub fn metric(server: &Server, name: &str) -> f64 {
+    let (status, text) = get(server, "/metrics", None);
+    assert_eq!(status, 200);
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+/// POSTs `body` (a streaming request) over a raw socket, reads the start
+/// of the `200` answer, and closes the connection: a client that leaves.
+pub fn stream_and_leave(server: &Server, path: &str, body: &Value) {
+    use std::io::{Read, Write};
+    let address = server.base.trim_start_matches("http://");
+    let body = body.to_string();
+    let mut socket = std::net::TcpStream::connect(address).expect("connect");
+    write!(
+        socket,
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut first = [0u8; 256];
+    let n = socket.read(&mut first).expect("first bytes");
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+}
