@@ -34,6 +34,11 @@ pub struct ServeArgs {
     /// time).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     max_batch: u32,
+    /// Bytes of finished requests' key/value caches kept for later prompts
+    /// that start the same way (a chat's next turn); least recently used
+    /// first out; 0 keeps none.
+    #[arg(long, default_value_t = 1 << 30)]
+    prompt_cache_bytes: u64,
     /// The largest request body accepted (bytes; 413 beyond).
     #[arg(long, default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     max_body_bytes: u64,
@@ -60,6 +65,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         max_queue: args.max_queue as usize,
         max_batch: args.max_batch as usize,
+        prompt_cache_bytes: args.prompt_cache_bytes,
         max_body_bytes: usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX),
         allowed_origins: args.allowed_origins.clone(),
     };

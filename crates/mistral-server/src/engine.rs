@@ -84,6 +84,15 @@ impl FinishReason {
     }
 }
 
+/// A prompt's token counts, for `usage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromptTokens {
+    /// All prompt tokens.
+    pub total: usize,
+    /// Those taken from the prompt cache instead of prefilled.
+    pub cached: usize,
+}
+
 /// What the engine reports about a job, in order: `Started`, any number of
 /// `Text`, then `Finished`; or `Failed` at any point.
 #[derive(Debug)]
@@ -91,7 +100,7 @@ pub enum Event {
     /// The prompt is tokenized and accepted.
     Started {
         /// Prompt tokens.
-        prompt_tokens: usize,
+        prompt_tokens: PromptTokens,
     },
     /// Text that became final.
     Text(String),
@@ -297,6 +306,7 @@ pub fn start(
     spec: ModelSpec,
     queue: usize,
     max_batch: usize,
+    prompt_cache_bytes: u64,
     metrics: Arc<Metrics>,
     loaded: oneshot::Sender<Result<(), String>>,
 ) -> std::io::Result<(EngineHandle, EngineThread)> {
@@ -310,7 +320,14 @@ pub fn start(
                 let _ = shared.set(Arc::clone(&engine.text));
                 let _ = loaded.send(Ok(()));
                 let Loaded { mut model, text } = engine;
-                scheduler::serve(&mut model, &text, jobs_rx, &counters, max_batch);
+                scheduler::serve(
+                    &mut model,
+                    &text,
+                    jobs_rx,
+                    &counters,
+                    max_batch,
+                    prompt_cache_bytes,
+                );
             }
             Err(err) => {
                 let _ = loaded.send(Err(err));

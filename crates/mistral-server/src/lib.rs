@@ -17,14 +17,16 @@
 //! health, metrics, tokenize/detokenize, API key, CORS, body limit, a
 //! bounded queue (503 when full), and a client that disconnects ends its
 //! generation at the next token (or prefill chunk). Up to `max_batch`
-//! requests generate at once, continuously batched ([`scheduler`]); the
-//! prompt cache and log-probabilities are still to come.
+//! requests generate at once, continuously batched ([`scheduler`]);
+//! finished requests' caches serve later prompts with the same start
+//! ([`prompt_cache`]). Log-probabilities are still to come.
 
 #![deny(missing_docs)]
 
 pub mod engine;
 pub mod error;
 pub mod metrics;
+pub mod prompt_cache;
 pub mod request;
 pub mod response;
 pub mod routes;
@@ -51,6 +53,9 @@ pub struct ServerConfig {
     pub max_queue: usize,
     /// Requests generating at once (continuous batching).
     pub max_batch: usize,
+    /// Bytes of finished requests' caches kept for later prompts with the
+    /// same start (0: none).
+    pub prompt_cache_bytes: u64,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
     /// Origins allowed by CORS (`*` for any); empty: no CORS headers.
@@ -84,6 +89,7 @@ pub async fn serve(
         config.model.clone(),
         config.max_queue,
         config.max_batch,
+        config.prompt_cache_bytes,
         Arc::clone(&metrics),
         loaded_tx,
     )?;

@@ -33,6 +33,12 @@ pub struct Metrics {
     /// Prompt tokens actually prefilled (less than `prompt_tokens` when a
     /// client leaves during its prefill).
     pub prefilled_tokens: AtomicU64,
+    /// Requests whose prompt started with a cached prefix.
+    pub prompt_cache_hits: AtomicU64,
+    /// Prompt tokens taken from the prompt cache.
+    pub cached_tokens: AtomicU64,
+    /// Gauge: bytes the prompt cache holds.
+    pub prompt_cache_bytes: AtomicU64,
     /// Decode steps of the batch.
     pub batch_steps: AtomicU64,
     /// Rows over all decode steps (mean batch size = this / steps).
@@ -138,6 +144,24 @@ impl Metrics {
             "counter",
             "Prompt tokens prefilled (a prefill stops when its client leaves).",
             get(&self.prefilled_tokens).to_string(),
+        );
+        metric(
+            "mistral_prompt_cache_hits_total",
+            "counter",
+            "Requests whose prompt started with a cached prefix.",
+            get(&self.prompt_cache_hits).to_string(),
+        );
+        metric(
+            "mistral_prompt_cache_tokens_total",
+            "counter",
+            "Prompt tokens taken from the prompt cache instead of prefilled.",
+            get(&self.cached_tokens).to_string(),
+        );
+        metric(
+            "mistral_prompt_cache_bytes",
+            "gauge",
+            "Bytes the prompt cache holds.",
+            get(&self.prompt_cache_bytes).to_string(),
         );
         metric(
             "mistral_batch_steps_total",

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::engine::FinishReason;
+use crate::engine::{FinishReason, PromptTokens};
 
 /// Time since the Unix epoch (`created` fields, response ids).
 pub fn unix_time() -> std::time::Duration {
@@ -34,14 +34,14 @@ pub struct Header {
     pub kind: Kind,
 }
 
-/// `usage`, with `prompt_tokens_details.cached_tokens` (0 until the prompt
-/// cache exists).
-pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
+/// `usage`, with `prompt_tokens_details.cached_tokens` (the prompt tokens
+/// the prompt cache held).
+pub fn usage(prompt: PromptTokens, completion_tokens: usize) -> Value {
     json!({
-        "prompt_tokens": prompt_tokens,
+        "prompt_tokens": prompt.total,
         "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0},
+        "total_tokens": prompt.total + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": prompt.cached},
     })
 }
 

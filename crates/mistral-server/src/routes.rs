@@ -20,7 +20,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use crate::engine::{EngineHandle, Event, GenerationRequest, Job, Prompt};
+use crate::engine::{EngineHandle, Event, GenerationRequest, Job, Prompt, PromptTokens};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::request::{
@@ -290,7 +290,7 @@ async fn respond(
 struct StreamState {
     rx: mpsc::UnboundedReceiver<Event>,
     header: Header,
-    prompt_tokens: usize,
+    prompt_tokens: PromptTokens,
     usage_wanted: bool,
     pending: VecDeque<String>,
     done: bool,
@@ -302,7 +302,7 @@ struct StreamState {
 fn sse_events(
     rx: mpsc::UnboundedReceiver<Event>,
     header: Header,
-    prompt_tokens: usize,
+    prompt_tokens: PromptTokens,
     usage_wanted: bool,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let mut pending = VecDeque::new();

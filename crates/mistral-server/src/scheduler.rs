@@ -3,15 +3,16 @@
 //!
 //! Each turn of the loop:
 //! 1. admits queued jobs while fewer than `max_batch` run (waiting for one
-//!    when nothing runs): `Started` goes out, the stop checker and the
-//!    job's [`Prefill`] are set up;
+//!    when nothing runs): the longest cached prefix of the prompt is taken
+//!    from the [`PromptCache`], `Started` goes out (with the cached count),
+//!    the stop checker and the job's [`Prefill`] are set up;
 //! 2. prefills one chunk (the options' `prefill_step_size`) of the oldest
 //!    admitted job, which joins the batch once its prompt is in; a job whose
 //!    client left is dropped between chunks;
 //! 3. runs one decode step of the batch and hands each row's token to its
 //!    job: text goes out as it becomes final; a job that stops (end of
 //!    sequence, stop string, token limit) or whose client left leaves the
-//!    batch.
+//!    batch, its cache kept in the prompt cache with the tokens it was fed.
 //!
 //! Prefill chunks and decode steps alternate, so a long prompt delays the
 //! running requests by one chunk per token, not by its whole prefill. A
@@ -31,9 +32,10 @@ use mlx_rs::Array;
 use mlx_rs_core::{BatchGenerate, GenerateOptions, Prefill, RepetitionPenalty, SamplingOptions};
 use tokio::sync::mpsc;
 
-use crate::engine::{Event, FinishReason, Job, Sampling, TextSide};
+use crate::engine::{Event, FinishReason, Job, PromptTokens, Sampling, TextSide};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::prompt_cache::PromptCache;
 
 /// Prompt tokens prefilled per chunk (one chunk between decode steps).
 pub const PREFILL_CHUNK: i32 = 512;
@@ -46,6 +48,8 @@ struct Active<'t> {
     job: Job,
     checker: StopChecker<'t>,
     first_at: Option<Instant>,
+    /// The tokens returned so far (each already fed to its cache).
+    generated: Vec<u32>,
 }
 
 /// What a token did to its job.
@@ -73,6 +77,10 @@ impl<'t> Active<'t> {
                 Metrics::bump(&metrics.ttft_count);
             }
             Some(_) => Metrics::bump(&metrics.decode_tokens),
+        }
+        self.generated.push(id);
+        if self.job.events.is_closed() {
+            return Progress::Left; // even while its detokenizer holds text back
         }
         let step = match self.checker.push(id) {
             Ok(step) => step,
@@ -163,8 +171,10 @@ pub fn serve(
     mut jobs: mpsc::Receiver<Job>,
     metrics: &Metrics,
     max_batch: usize,
+    prompt_cache_bytes: u64,
 ) {
     let max_batch = max_batch.max(1);
+    let mut kept = PromptCache::new(prompt_cache_bytes);
     let mut batch = BatchGenerate::new();
     let mut prefilling: VecDeque<(Prefill, Active<'_>)> = VecDeque::new();
     let mut running: HashMap<u64, Active<'_>> = HashMap::new();
@@ -189,7 +199,7 @@ pub fn serve(
             };
             Metrics::drop_one(&metrics.queued);
             next_id += 1;
-            if let Some(admitted) = admit(model, text, job, next_id, metrics) {
+            if let Some(admitted) = admit(model, text, job, next_id, &mut kept, metrics) {
                 prefilling.push_back(admitted);
             }
         }
@@ -248,6 +258,7 @@ pub fn serve(
                     }
                 }
                 let ids: Vec<u64> = done.iter().map(|(id, _)| *id).collect();
+                keep_caches(&batch, &running, &ids, &mut kept, metrics);
                 let removed = batch.remove(&ids);
                 for (id, progress) in done {
                     if let Some(active) = running.remove(&id) {
@@ -290,17 +301,49 @@ fn fail_all(
     }
 }
 
-/// Starts `job`: `Started`, its stop checker and its prefill. `None` when
-/// its client already left or it failed (its events say so).
+/// Keeps the caches of the sequences `ids` (leaving the batch) in the
+/// prompt cache, with the tokens they were fed.
+fn keep_caches(
+    batch: &BatchGenerate,
+    running: &HashMap<u64, Active<'_>>,
+    ids: &[u64],
+    kept: &mut PromptCache,
+    metrics: &Metrics,
+) {
+    if kept.limit() == 0 {
+        return;
+    }
+    for id in ids {
+        let (Some(active), Ok(Some(cache))) = (running.get(id), batch.sequence_cache(*id)) else {
+            continue; // a cache that cannot be copied is simply not kept
+        };
+        let mut tokens = active.job.prompt_ids.clone();
+        tokens.extend(&active.generated);
+        kept.insert(tokens, cache);
+    }
+    metrics
+        .prompt_cache_bytes
+        .store(kept.bytes(), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Starts `job`: the longest cached prefix of its prompt, `Started`, its
+/// stop checker and its prefill. `None` when its client already left or it
+/// failed (its events say so).
 fn admit<'t>(
     model: &Mistral,
     text: &'t TextSide,
     job: Job,
     id: u64,
+    kept: &mut PromptCache,
     metrics: &Metrics,
 ) -> Option<(Prefill, Active<'t>)> {
+    let cached = kept.take(&job.prompt_ids).ok().flatten();
+    let reused = cached.as_ref().map_or(0, |(n, _)| *n);
     let started = Event::Started {
-        prompt_tokens: job.prompt_ids.len(),
+        prompt_tokens: PromptTokens {
+            total: job.prompt_ids.len(),
+            cached: reused,
+        },
     };
     if job.events.send(started).is_err() {
         Metrics::bump(&metrics.abandoned); // the client left while queued
@@ -319,10 +362,20 @@ fn admit<'t>(
         job,
         checker,
         first_at: None,
+        generated: Vec::new(),
     };
+    if reused > 0 {
+        Metrics::bump(&metrics.prompt_cache_hits);
+        Metrics::add(&metrics.cached_tokens, reused);
+    }
     let ids = &active.job.prompt_ids;
     let prompt = Array::from_slice(ids, &[ids.len() as i32]);
-    match Prefill::new(model, id, &prompt, &options(&active.job.sampling)) {
+    let options = options(&active.job.sampling);
+    let prefill = match cached {
+        Some((n, cache)) => Prefill::with_cache(model, id, &prompt, &options, cache, n as i32),
+        None => Prefill::new(model, id, &prompt, &options),
+    };
+    match prefill {
         Ok(prefill) => Some((prefill, active)),
         Err(err) => {
             active.end(

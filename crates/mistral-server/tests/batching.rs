@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{metric, post, post_stream, start, stream_and_leave, MODEL_ID};
+use common::{metric, post, post_stream, start_configured, stream_and_leave, MODEL_ID};
 use serde_json::{json, Value};
 
 const PROMPTS: [&str; 8] = [
@@ -31,7 +31,8 @@ fn body(prompt: &str, stream: bool) -> Value {
 
 #[test]
 fn eight_concurrent_streams_get_their_solo_answers() {
-    let server = start(None, 64 * 1024);
+    // No prompt cache: each request prefills its own prompt, as alone.
+    let server = start_configured(|c| c.prompt_cache_bytes = 0);
     // Solo: one request at a time.
     let solo: Vec<String> = PROMPTS
         .iter()
@@ -97,7 +98,7 @@ fn eight_concurrent_streams_get_their_solo_answers() {
 /// it), and the next request is served.
 #[test]
 fn a_client_that_leaves_during_prefill_stops_it() {
-    let server = start(None, 1 << 20);
+    let server = start_configured(|c| c.prompt_cache_bytes = 0);
     let long = "The quick brown fox jumps over the lazy dog. ".repeat(300);
     let request = json!({
         "messages": [{"role": "user", "content": long}],

@@ -81,7 +81,11 @@ fn chat_completion_has_openai_shape_and_usage() {
         .expect("completion_tokens");
     assert!(prompt > 5 && (1..=24).contains(&completion), "{usage}");
     assert_eq!(usage["total_tokens"].as_u64(), Some(prompt + completion));
-    assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 0);
+    // Other tests on this server may have left this prompt in its cache.
+    let cached = usage["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .expect("cached_tokens");
+    assert!(cached < prompt, "{usage}");
 }
 
 #[test]

@@ -42,18 +42,29 @@ pub fn start(api_key: Option<&str>, max_body_bytes: usize) -> Server {
 
 /// [`start`] with CORS for `origins`.
 pub fn start_with(api_key: Option<&str>, max_body_bytes: usize, origins: Vec<String>) -> Server {
-    let config = ServerConfig {
+    start_configured(|config| {
+        config.api_key = api_key.map(str::to_owned);
+        config.max_body_bytes = max_body_bytes;
+        config.allowed_origins = origins;
+    })
+}
+
+/// A server with the test defaults as `change` leaves them.
+pub fn start_configured(change: impl FnOnce(&mut ServerConfig)) -> Server {
+    let mut config = ServerConfig {
         model: ModelSpec {
             path: test_env::smollm2_path(),
             options: mistral_loader::LoadOptions::default(),
         },
         model_id: MODEL_ID.to_owned(),
-        api_key: api_key.map(str::to_owned),
+        api_key: None,
         max_queue: 16,
         max_batch: 8,
-        max_body_bytes,
-        allowed_origins: origins,
+        prompt_cache_bytes: 1 << 30,
+        max_body_bytes: 1 << 20,
+        allowed_origins: Vec::new(),
     };
+    change(&mut config);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
     let base = format!("http://{}", listener.local_addr().expect("address"));

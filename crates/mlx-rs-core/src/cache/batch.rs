@@ -81,6 +81,44 @@ impl BatchKVCache {
         Ok(Some((pad(&k)?, pad(&v)?)))
     }
 
+    /// Row `index` alone: a one-row cache of its own positions (its padding
+    /// cut), in buffers of its own (multiplied by one: MLX's `copy` and
+    /// `contiguous` may share the batch's buffers, which would keep them
+    /// alive).
+    pub fn row(&self, index: usize) -> Result<BatchKVCache> {
+        let rows = self.rows();
+        if index >= rows {
+            return Err(Error::InvalidArgument(format!(
+                "row {index} is not in a batch of {rows}"
+            )));
+        }
+        let Some((k, v)) = self.inner.filled()? else {
+            return Ok(BatchKVCache::new());
+        };
+        let pad = self.left_padding()[index];
+        let at = index as i32;
+        let own = |a: &Array| -> Result<Array> {
+            let one = Array::from_f32(1.0).as_dtype(a.dtype())?;
+            Ok(a.try_index((at..at + 1, .., pad.., ..))?.multiply(&one)?)
+        };
+        Ok(BatchKVCache {
+            inner: KVCache::from_filled(own(&k)?, own(&v)?)?,
+            left_padding: Vec::new(),
+        })
+    }
+
+    /// The bytes of the keys and values stored (the filled positions).
+    pub fn nbytes(&self) -> usize {
+        self.inner
+            .state()
+            .iter()
+            .map(|a| {
+                let cap = a.dim(2).max(1) as usize;
+                a.nbytes() / cap * self.offset().max(0) as usize
+            })
+            .sum()
+    }
+
     /// Appends `other`'s rows after this cache's, padding the shorter side
     /// on the left so that both end at the same slot.
     pub fn extend(&mut self, other: &BatchKVCache) -> Result<()> {
@@ -187,13 +225,22 @@ impl KeyValueCache for BatchKVCache {
         Ok(SdpaMask::Array(order.logical_and(slots.ge(&padding)?)?))
     }
 
-    /// Rows cannot be trimmed one by one; a batch cache does not trim.
+    /// Unpadded rows trim together; padded rows cannot be trimmed one by
+    /// one, so a padded batch does not trim.
     fn max_trim(&self) -> i32 {
-        0
+        if self.padded() {
+            0
+        } else {
+            self.inner.max_trim()
+        }
     }
 
-    fn trim(&mut self, _n: i32) -> Result<i32> {
-        Ok(0)
+    fn trim(&mut self, n: i32) -> Result<i32> {
+        if self.padded() {
+            Ok(0)
+        } else {
+            self.inner.trim(n)
+        }
     }
 
     fn state(&self) -> Vec<Array> {

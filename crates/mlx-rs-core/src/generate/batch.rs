@@ -26,7 +26,7 @@ use mlx_rs::{
 
 use super::sequence::{checked_prompt, prefill_chunk, SequenceSampler};
 use super::GenerateOptions;
-use crate::cache::BatchKVCache;
+use crate::cache::{BatchKVCache, KeyValueCache};
 use crate::error::{Error, Result};
 use crate::language_model::LanguageModel;
 
@@ -61,6 +61,46 @@ impl Prefill {
             sequence: SequenceSampler::new(options)?,
             step_size: options.prefill_step_size,
         })
+    }
+
+    /// As [`Prefill::new`], continuing from `cache`, which holds the first
+    /// `reused` tokens of `prompt` (a cached prefix: a one-row cache of
+    /// exactly `reused` positions, e.g. from
+    /// [`BatchGenerate::sequence_cache`] trimmed to it). At least one
+    /// prompt token must be left to feed.
+    pub fn with_cache(
+        model: &BatchModel,
+        id: u64,
+        prompt: &Array,
+        options: &GenerateOptions,
+        cache: Vec<Option<BatchKVCache>>,
+        reused: i32,
+    ) -> Result<Self> {
+        let mut prefill = Prefill::new(model, id, prompt, options)?;
+        let len = prefill.prompt.dim(0);
+        if !(0..len).contains(&reused) {
+            return Err(Error::InvalidArgument(format!(
+                "a cached prefix of {reused} tokens for a prompt of {len} leaves none to feed"
+            )));
+        }
+        if let Some(bad) = cache
+            .iter()
+            .flatten()
+            .find(|c| c.offset() != reused || c.rows() > 1)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "a cached prefix of {reused} tokens comes with a cache of {} rows and {} positions",
+                bad.rows(),
+                bad.offset()
+            )));
+        }
+        let prefix = prefill.prompt.try_index(..reused)?;
+        prefill.sequence.remember(&prefix)?;
+        prefill.prompt = prefill.prompt.try_index(reused..)?;
+        if reused > 0 {
+            prefill.cache = cache;
+        }
+        Ok(prefill)
     }
 
     /// The sequence's id.
@@ -129,6 +169,21 @@ impl BatchGenerate {
     /// The running sequences' ids, in row order.
     pub fn ids(&self) -> Vec<u64> {
         self.rows.iter().map(|r| r.id).collect()
+    }
+
+    /// The cache of sequence `id` alone, in buffers of its own (see
+    /// [`BatchKVCache::row`]): every token it was fed, prompt and returned
+    /// tokens. `None` for an unknown id.
+    pub fn sequence_cache(&self, id: u64) -> Result<Option<Vec<Option<BatchKVCache>>>> {
+        let Some(index) = self.rows.iter().position(|r| r.id == id) else {
+            return Ok(None);
+        };
+        let cache = self
+            .cache
+            .iter()
+            .map(|c| c.as_ref().map(|c| c.row(index)).transpose())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(cache))
     }
 
     /// Finishes `prefill` (whatever is left of its prompt), feeds its last

@@ -1,0 +1,125 @@
+//! [`PromptCache`]: the caches of finished requests, kept for later
+//! prompts that start with the same tokens (a chat's next turn, a shared
+//! system prompt), bounded in bytes and evicted least recently used first,
+//! as mlx-lm's server does.
+//!
+//! An entry is the one-row cache of every token a request fed (its prompt
+//! and the tokens it returned) with those tokens. A new prompt takes the
+//! entry sharing its longest prefix: a view of that entry's cache trimmed
+//! to the prefix (the entry stays; the request's own cache grows into new
+//! buffers), capped so that at least one prompt token is left to feed.
+//! Inserting an entry drops those whose tokens it extends.
+
+use mlx_rs_core::{BatchKVCache, KeyValueCache};
+
+/// One kept cache.
+struct Entry {
+    tokens: Vec<u32>,
+    cache: Vec<Option<BatchKVCache>>,
+    bytes: u64,
+    used_at: u64,
+}
+
+/// Caches of finished requests, at most `limit` bytes.
+#[derive(Default)]
+pub struct PromptCache {
+    limit: u64,
+    used: u64,
+    clock: u64,
+    entries: Vec<Entry>,
+}
+
+impl std::fmt::Debug for PromptCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PromptCache")
+            .field("limit", &self.limit)
+            .field("used", &self.used)
+            .field("entries", &self.entries.len())
+            .finish()
+    }
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+impl PromptCache {
+    /// An empty cache of at most `limit` bytes (0: nothing is kept).
+    pub fn new(limit: u64) -> Self {
+        PromptCache {
+            limit,
+            ..PromptCache::default()
+        }
+    }
+
+    /// The byte limit.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.used
+    }
+
+    /// The cache for the longest kept prefix of `prompt` (at most all but
+    /// its last token) and that prefix's length; `None` when no entry
+    /// shares a token with it.
+    pub fn take(
+        &mut self,
+        prompt: &[u32],
+    ) -> mlx_rs_core::Result<Option<(usize, Vec<Option<BatchKVCache>>)>> {
+        let cap = prompt.len().saturating_sub(1);
+        let best = self
+            .entries
+            .iter_mut()
+            .map(|e| (common_prefix(&e.tokens, prompt).min(cap), e))
+            .filter(|(n, _)| *n > 0)
+            .max_by_key(|(n, e)| (*n, e.used_at));
+        let Some((n, entry)) = best else {
+            return Ok(None);
+        };
+        self.clock += 1;
+        entry.used_at = self.clock;
+        let mut cache = entry.cache.clone();
+        for layer in cache.iter_mut().flatten() {
+            let extra = layer.offset() - n as i32;
+            if layer.trim(extra)? != extra {
+                return Ok(None); // cannot happen for a one-row cache
+            }
+        }
+        Ok(Some((n, cache)))
+    }
+
+    /// Keeps `cache`, which holds `tokens`, evicting the least recently
+    /// used entries to stay within the limit (an entry larger than the
+    /// limit is not kept). Entries whose tokens `tokens` extends go.
+    pub fn insert(&mut self, tokens: Vec<u32>, cache: Vec<Option<BatchKVCache>>) {
+        let bytes: u64 = cache.iter().flatten().map(|c| c.nbytes() as u64).sum();
+        if tokens.is_empty() || bytes > self.limit {
+            return;
+        }
+        self.entries.retain(|e| {
+            let redundant = e.tokens.len() <= tokens.len() && tokens.starts_with(&e.tokens);
+            if redundant {
+                self.used -= e.bytes;
+            }
+            !redundant
+        });
+        while self.used + bytes > self.limit {
+            let Some(oldest) = (0..self.entries.len()).min_by_key(|&i| self.entries[i].used_at)
+            else {
+                break;
+            };
+            self.used -= self.entries.swap_remove(oldest).bytes;
+        }
+        self.clock += 1;
+        self.used += bytes;
+        self.entries.push(Entry {
+            tokens,
+            cache,
+            bytes,
+            used_at: self.clock,
+        });
+    }
+}
