@@ -8,8 +8,8 @@ use common::{assert_close, host, random_weights, tiny_config};
 use mistral_model::{Mistral, MistralConfig};
 use mlx_rs::{ops::indexing::IndexOp, Array};
 use mlx_rs_core::{
-    BatchGenerate, BatchKVCache, Generate, GenerateOptions, KVCache, Prefill, RepetitionPenalty,
-    SamplingOptions,
+    BatchGenerate, BatchKVCache, Generate, GenerateOptions, KVCache, KeyValueCache, Prefill,
+    RepetitionPenalty, SamplingOptions,
 };
 use serde_json::json;
 
@@ -130,6 +130,32 @@ fn joining_and_leaving_rows_get_their_solo_logits() {
         );
         for _ in 0..3 {
             step(&mut batch, &mut rows);
+        }
+        // Each row taken out alone (its own buffers, padding cut) goes on
+        // as its solo run; trimmed back one position, it redoes that step.
+        for (i, &(p, s)) in rows.iter().enumerate() {
+            let mut alone: Vec<Option<BatchKVCache>> = batch
+                .iter()
+                .map(|c| Some(c.as_ref().unwrap().row(i).unwrap()))
+                .collect();
+            let feed = |cache: &mut Vec<Option<BatchKVCache>>, token: i32| {
+                last(
+                    &model
+                        .forward(&Array::from_slice(&[token], &[1, 1]), cache)
+                        .unwrap(),
+                    0,
+                )
+            };
+            let what = format!("{name}: row {p} alone after step {s}");
+            for trimmed in [false, true] {
+                if trimmed {
+                    for cache in alone.iter_mut().flatten() {
+                        assert_eq!(cache.trim(1).unwrap(), 1, "{what}: trim");
+                    }
+                }
+                let got = feed(&mut alone, FED[s]);
+                assert_close(&got, &want[p][s + 1], 1e-5, 1e-5, &what);
+            }
         }
     }
 }
