@@ -17,6 +17,7 @@
 
 use mlx_rs::{
     ops::{arange, concatenate, indexing::TryIndexOp, zeros_dtype},
+    transforms::eval,
     Array,
 };
 
@@ -82,9 +83,9 @@ impl BatchKVCache {
     }
 
     /// Row `index` alone: a one-row cache of its own positions (its padding
-    /// cut), in buffers of its own (multiplied by one: MLX's `copy` and
-    /// `contiguous` may share the batch's buffers, which would keep them
-    /// alive).
+    /// cut), in buffers of its own, evaluated (multiplied by one: MLX's
+    /// `copy` and `contiguous` may share the batch's buffers, which would
+    /// keep them alive).
     pub fn row(&self, index: usize) -> Result<BatchKVCache> {
         let rows = self.rows();
         if index >= rows {
@@ -101,8 +102,11 @@ impl BatchKVCache {
             let one = Array::from_f32(1.0).as_dtype(a.dtype())?;
             Ok(a.try_index((at..at + 1, .., pad.., ..))?.multiply(&one)?)
         };
+        let (k, v) = (own(&k)?, own(&v)?);
+        // Evaluated now: a lazy copy would keep the batch's graph alive.
+        eval([&k, &v])?;
         Ok(BatchKVCache {
-            inner: KVCache::from_filled(own(&k)?, own(&v)?)?,
+            inner: KVCache::from_filled(k, v)?,
             left_padding: Vec::new(),
         })
     }
