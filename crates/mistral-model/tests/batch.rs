@@ -1,11 +1,12 @@
 //! Continuous batching: rows that join and leave a [`BatchKVCache`] get,
 //! step by step, the logits of their solo runs over a [`KVCache`], for
-//! models with full attention, a sliding window and mixed layer types.
+//! every model of the shared test configurations (full attention, sliding
+//! windows, mixed layer types, tied head, RoPE scaling).
 
 mod common;
 
-use common::{assert_close, host, random_weights, tiny_config};
-use mistral_model::{Mistral, MistralConfig};
+use common::{assert_close, configs, host, random_weights, tiny_config};
+use mistral_model::Mistral;
 use mlx_rs::{ops::indexing::IndexOp, Array};
 use mlx_rs_core::{
     BatchGenerate, BatchKVCache, Generate, GenerateOptions, KVCache, KeyValueCache, Prefill,
@@ -16,18 +17,6 @@ use serde_json::json;
 const PROMPTS: [&[i32]; 3] = [&[5, 17, 3], &[1, 0, 95, 60, 2, 33, 11], &[9, 8, 7, 6, 50]];
 /// The tokens each row is fed after its prompt, one per step.
 const FED: [i32; 9] = [4, 44, 12, 80, 3, 3, 61, 20, 7];
-
-fn configs() -> Vec<(&'static str, MistralConfig)> {
-    vec![
-        ("gqa", tiny_config(json!({}))),
-        ("window 3", tiny_config(json!({"sliding_window": 3}))),
-        (
-            "layer types",
-            tiny_config(json!({"sliding_window": 4,
-                "layer_types": ["full_attention", "sliding_attention"]})),
-        ),
-    ]
-}
 
 /// Last-position logits of one row: after its prompt, then after each fed
 /// token.

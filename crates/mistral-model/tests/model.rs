@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{assert_close, host, random_weights, tiny_config};
+use common::{assert_close, configs, host, random_weights, tiny_config};
 use mistral_model::{Mistral, MistralConfig, ModelError};
 use mlx_rs::{ops::quantize, Array, Dtype};
 use mlx_rs_core::{ConcatKeyValueCache, KVCache, KeyValueCache};
@@ -171,27 +171,6 @@ fn token_rows() -> Vec<Vec<i32>> {
 fn tokens_array(rows: &[Vec<i32>]) -> Array {
     let flat: Vec<i32> = rows.iter().flatten().copied().collect();
     Array::from_slice(&flat, &[rows.len() as i32, rows[0].len() as i32])
-}
-
-fn configs() -> Vec<(&'static str, MistralConfig)> {
-    vec![
-        ("gqa", tiny_config(json!({}))),
-        ("window 3", tiny_config(json!({"sliding_window": 3}))),
-        (
-            "layer types",
-            tiny_config(json!({"sliding_window": 2,
-                "layer_types": ["full_attention", "sliding_attention"]})),
-        ),
-        (
-            "explicit head_dim, tied, theta 1e6",
-            tiny_config(json!({"head_dim": 32, "tie_word_embeddings": true,
-                "rope_theta": 1e6, "num_key_value_heads": 1})),
-        ),
-        (
-            "linear rope scaling",
-            tiny_config(json!({"rope_scaling": {"type": "linear", "factor": 2.0}})),
-        ),
-    ]
 }
 
 #[test]

@@ -119,3 +119,27 @@ pub fn assert_close(a: &[f32], b: &[f32], atol: f32, rtol: f32, what: &str) {
         );
     }
 }
+
+/// The model configurations the whole-model tests run on: GQA, sliding
+/// windows (all layers, or mixed layer types), explicit head_dim with a
+/// tied head and another RoPE base, linear RoPE scaling.
+pub fn configs() -> Vec<(&'static str, MistralConfig)> {
+    vec![
+        ("gqa", tiny_config(json!({}))),
+        ("window 3", tiny_config(json!({"sliding_window": 3}))),
+        (
+            "layer types",
+            tiny_config(json!({"sliding_window": 2,
+                "layer_types": ["full_attention", "sliding_attention"]})),
+        ),
+        (
+            "explicit head_dim, tied, theta 1e6",
+            tiny_config(json!({"head_dim": 32, "tie_word_embeddings": true,
+                "rope_theta": 1e6, "num_key_value_heads": 1})),
+        ),
+        (
+            "linear rope scaling",
+            tiny_config(json!({"rope_scaling": {"type": "linear", "factor": 2.0}})),
+        ),
+    ]
+}

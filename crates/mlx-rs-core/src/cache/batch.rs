@@ -113,14 +113,10 @@ impl BatchKVCache {
 
     /// The bytes of the keys and values stored (the filled positions).
     pub fn nbytes(&self) -> usize {
-        self.inner
-            .state()
-            .iter()
-            .map(|a| {
-                let cap = a.dim(2).max(1) as usize;
-                a.nbytes() / cap * self.offset().max(0) as usize
-            })
-            .sum()
+        match self.inner.filled() {
+            Ok(Some((k, v))) => k.nbytes() + v.nbytes(),
+            _ => 0,
+        }
     }
 
     /// Appends `other`'s rows after this cache's, padding the shorter side
@@ -139,9 +135,14 @@ impl BatchKVCache {
         let shape = |a: &Array| (a.dim(1), a.dim(3));
         if shape(&mine.0) != shape(&theirs.0) || shape(&mine.1) != shape(&theirs.1) {
             return Err(Error::CacheShape {
-                what: "rows joining a batch differ in kv_heads or head_dim".into(),
+                what: format!(
+                    "rows joining a batch differ in kv_heads or head_dim from the batch's \
+                     (keys {:?}, values {:?})",
+                    mine.0.shape(),
+                    mine.1.shape()
+                ),
                 keys: theirs.0.shape().to_vec(),
-                values: mine.0.shape().to_vec(),
+                values: theirs.1.shape().to_vec(),
             });
         }
         let mut padding: Vec<i32> = self.left_padding().iter().map(|p| p + s - len).collect();
