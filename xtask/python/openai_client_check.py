@@ -19,6 +19,12 @@ Checks, each printed as it passes (the first failure raises and exits 1):
 - max_tokens ends with finish_reason "length";
 - a stop string taken from the answer ends the text before it;
 - a text completion;
+- with HF_DIR, log-probabilities (logprobs, top_logprobs=5, temperature 0)
+  against mlx-lm's log-softmax of the logits of one pass over the prompt
+  and the answer: each token's bytes (transformers' byte-level table), its
+  log-probability and its top 5, within twice the float32 parity tolerance
+  (1e-4 of the step's largest |logit|: a log-probability adds the
+  log-sum-exp's error to the logit's);
 - bad requests raise the matching exception (BadRequestError,
   NotFoundError, AuthenticationError) with the field named, after exactly
   one HTTP request (no retry), and the server answers normally afterwards.
@@ -86,6 +92,55 @@ def independent_answer(hf_dir: str, messages: list[dict], max_tokens: int) -> tu
             break
         ids.append(token)
     return prompt, tok.decode(ids, skip_special_tokens=True)
+
+
+def check_logprobs(hf_dir: str, api: openai.OpenAI, model: str) -> None:
+    """Our log-probabilities against mlx-lm's (see the module notes)."""
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm import load
+    from transformers import AutoTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    messages = [{"role": "user", "content": "Name three colours of the rainbow."}]
+    ours = api.chat.completions.create(model=model, messages=messages, temperature=0,
+                                       max_tokens=24, logprobs=True, top_logprobs=5)
+    content = ours.choices[0].logprobs.content
+    check(len(content) > 0, "log-probabilities returned")
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    unbyte = {c: b for b, c in bytes_to_unicode().items()}
+    vocab_bytes = {}
+    for piece, i in tok.get_vocab().items():
+        vocab_bytes[bytes(unbyte[c] for c in piece) if all(c in unbyte for c in piece)
+                    else piece.encode()] = i
+    ids = [vocab_bytes[bytes(e.bytes)] for e in content]
+    rendered = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    prompt = tok.encode(rendered, add_special_tokens=False)
+    mlx_model, _ = load(hf_dir)
+    logits = mlx_model(mx.array([prompt + ids]))[0].astype(mx.float32)
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    logits, logprobs = np.array(logits), np.array(logprobs)
+    worst, worst_abs = 0.0, 0.0
+    for j, (entry, token) in enumerate(zip(content, ids)):
+        pos = len(prompt) - 1 + j
+        ref = logprobs[pos]
+        tol = 2 * 1e-4 * float(np.abs(logits[pos]).max())
+        check(int(np.argmax(ref)) == token, f"step {j}: mlx-lm's greedy token differs")
+        worst = max(worst, abs(entry.logprob - ref[token]) / tol)
+        worst_abs = max(worst_abs, abs(entry.logprob - ref[token]))
+        check(abs(entry.logprob - ref[token]) <= tol,
+              f"step {j}: logprob {entry.logprob} vs mlx-lm {ref[token]} (tolerance {tol:.2e})")
+        tops = entry.top_logprobs
+        check(len(tops) == 5, f"step {j}: {len(tops)} top tokens")
+        for t in tops:
+            i = vocab_bytes[bytes(t.bytes)]
+            check(abs(t.logprob - ref[i]) <= tol, f"step {j}: top {t.token!r} {t.logprob} vs {ref[i]}")
+        ours_ids = {vocab_bytes[bytes(t.bytes)] for t in tops}
+        fifth = tops[-1].logprob
+        missed = [i for i in np.argsort(-ref)[:5] if i not in ours_ids and ref[i] > fifth + 2 * tol]
+        check(not missed, f"step {j}: mlx-lm's top tokens {missed} missing")
+    print(f"ok: log-probabilities of {len(content)} tokens and their top 5 match mlx-lm "
+          f"(largest difference {worst_abs:.1e}, {worst:.1e} of the tolerance)")
 
 
 def main() -> int:
@@ -176,6 +231,7 @@ def main() -> int:
             answer = ours.choices[0].message.content
             check(answer == reference, f"greedy answer {answer!r} != mlx-lm's {reference!r}")
             print(f"ok: same prompt ids and answer as transformers + mlx-lm ({len(prompt)} ids)")
+        check_logprobs(hf_dir, api, model)
 
     again = api.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=24)
     check(again.choices[0].message.content == text, f"the server answers as before after the errors: {again.choices[0].message.content!r} != {text!r}")

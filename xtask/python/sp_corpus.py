@@ -8,7 +8,13 @@ Reads one JSON request on stdin, writes one JSON answer on stdout:
               "chats":   [[[role, content], ...], ...]}
     answer:  {"model": path, "bos": id, "eos": id, "vocab_size": n,
               "encode": [[id, ...], ...], "decode": [str, ...],
-              "chat":   [[id, ...], ...]}      # mistral-common's prompt ids
+              "chat":   [[id, ...], ...],      # mistral-common's prompt ids
+              "piece_bytes": [hex, ...]}       # with "pieces": true: every
+                                               # id's bytes, hex
+
+A piece's bytes: a byte piece (`sp.is_byte`, `<0xNN>`) is that byte; any
+other piece is its text with U+2581 as a space (control and unknown pieces
+as written, e.g. "<s>").
 
 The models are the real Mistral SentencePiece files shipped in mistral-common
 (`spconvert.mistral_common_model_path`). Run by
@@ -41,6 +47,13 @@ def chat_ids(version: str, chats: list) -> list[list[int]]:
     return out
 
 
+def piece_bytes(sp: spm.SentencePieceProcessor, i: int) -> str:
+    piece = sp.id_to_piece(i)
+    if sp.is_byte(i):
+        return piece[3:5].lower()
+    return piece.replace("\u2581", " ").encode("utf-8").hex()
+
+
 def main() -> None:
     request = json.load(sys.stdin)
     version = request["version"]
@@ -55,6 +68,8 @@ def main() -> None:
         "decode": [sp.decode(ids) for ids in request.get("decode", [])],
         "chat": chat_ids(version, request.get("chats", [])),
     }
+    if request.get("pieces"):
+        answer["piece_bytes"] = [piece_bytes(sp, i) for i in range(sp.get_piece_size())]
     json.dump(answer, sys.stdout, ensure_ascii=False)
 
 

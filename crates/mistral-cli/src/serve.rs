@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// separated; `*` for any. Default: none.
     #[arg(long, value_delimiter = ',')]
     allowed_origins: Vec<String>,
+    /// Seconds between keep-alive comments on a quiet stream (a long
+    /// prefill), so that proxies and clients do not time out.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    keep_alive_secs: u64,
 }
 
 /// Runs `serve`.
@@ -68,6 +72,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         prompt_cache_bytes: args.prompt_cache_bytes,
         max_body_bytes: usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX),
         allowed_origins: args.allowed_origins.clone(),
+        keep_alive: std::time::Duration::from_secs(args.keep_alive_secs),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

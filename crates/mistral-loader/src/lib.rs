@@ -57,7 +57,7 @@ pub use mistral_text::tokenizer as text_tokenizer;
 pub use mistral_text::{
     ChatError, ChatMessage, ChatTemplate, ChatTemplateArgs, DetokenizeError, StopChecker,
     StopCriteria, StopError, StopReason, StopStep, StopStringMatcher, StreamingDetokenizer,
-    Tokenizer, TokenizerError,
+    TokenBytes, Tokenizer, TokenizerError,
 };
 pub use model_dir::ModelDir;
 pub use plan::{ComputeDtype, LoadPlan};

@@ -7,7 +7,8 @@
 //! through the `tokenizers` crate (`gqa4_f32`: v0.3, `window_v01_f32`: v0.1),
 //! `StreamingDetokenizer`, and the chat templates via minijinja.
 //!
-//! Checked: corpus ids (with and without BOS); streamed text equals
+//! Checked: corpus ids (with and without BOS); every id's bytes (a byte
+//! piece is its byte, `▁` a space); streamed text equals
 //! sentencepiece's one-shot decode and ours for the corpus ids and for
 //! seeded random id sequences over normal, byte-fallback and control ids
 //! (and byte tokens spelling random UTF-8 characters); chat prompts rendered
@@ -27,7 +28,7 @@ use python::corpus;
 use std::path::Path;
 
 use mistral_loader::{load_chat_template, load_special_tokens, load_tokenizer, ChatTemplateSource};
-use mistral_text::{ChatMessage, StreamingDetokenizer};
+use mistral_text::{ChatMessage, StreamingDetokenizer, TokenBytes};
 use serde_json::{json, Value};
 use tokenizers::Tokenizer;
 
@@ -150,7 +151,8 @@ fn parity(model: &str, version: &str) {
     let chats = chat_json();
     let answer = python::run_json(
         "sp_corpus.py",
-        &json!({"version": version, "texts": corpus, "decode": decode_requests, "chats": chats}),
+        &json!({"version": version, "texts": corpus, "decode": decode_requests, "chats": chats,
+                "pieces": true}),
     );
     let sp_bos = answer["bos"].as_u64().unwrap() as u32;
     assert_eq!(special.bos, Some(sp_bos), "{model}: BOS id");
@@ -185,7 +187,21 @@ fn parity(model: &str, version: &str) {
         assert_eq!(with_bos, want, "{model}: ids with BOS of {text:?}");
     }
 
-    // (b) streamed text.
+    // (b) each id's bytes (log-probabilities' `bytes`).
+    let token_bytes = TokenBytes::new(&tokenizer);
+    let sp_bytes = answer["piece_bytes"].as_array().unwrap();
+    assert_eq!(sp_bytes.len(), tokenizer.get_vocab_size(true), "{model}");
+    for (id, want) in sp_bytes.iter().enumerate() {
+        let ours: String = token_bytes
+            .get(id as u32)
+            .expect("in the vocabulary")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(ours, want.as_str().unwrap(), "{model}: bytes of id {id}");
+    }
+
+    // (c) streamed text.
     let sp_decode = answer["decode"].as_array().unwrap();
     assert_eq!(
         sp_decode.len(),

@@ -9,8 +9,8 @@ use common::{assert_close, configs, host, random_weights, tiny_config};
 use mistral_model::Mistral;
 use mlx_rs::{ops::indexing::IndexOp, Array};
 use mlx_rs_core::{
-    BatchGenerate, BatchKVCache, Generate, GenerateOptions, KVCache, KeyValueCache, Prefill,
-    RepetitionPenalty, SamplingOptions,
+    BatchGenerate, BatchKVCache, BatchToken, Generate, GenerateOptions, KVCache, KeyValueCache,
+    Prefill, RepetitionPenalty, SamplingOptions,
 };
 use serde_json::json;
 
@@ -216,11 +216,12 @@ fn batch_generation_gives_each_sequence_its_solo_tokens() {
                 5 => join(&mut model, &mut batch, 2),
                 _ => {}
             }
-            for (id, token) in batch.step(&mut model).unwrap() {
-                let row = &mut got[id as usize];
-                row.push(token);
+            for t in batch.step(&mut model).unwrap() {
+                assert_eq!(t.logprobs, None, "none asked for");
+                let row = &mut got[t.id as usize];
+                row.push(t.token);
                 if row.len() == n {
-                    batch.remove(&[id]).unwrap();
+                    batch.remove(&[t.id]).unwrap();
                 }
             }
             if batch.is_empty() && step > 5 {
@@ -229,6 +230,81 @@ fn batch_generation_gives_each_sequence_its_solo_tokens() {
         }
         for i in 0..3 {
             assert_eq!(got[i], solo[i], "{name}: sequence {i} ({:?})", options[i]);
+        }
+    }
+}
+
+/// Log-softmax of `logits`, computed on the host in f64.
+fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    let lse = max + sum.ln();
+    logits.iter().map(|&l| l as f64 - lse).collect()
+}
+
+/// The log-probabilities a batch reports for a sequence (the sampled
+/// token's and the top 5, most likely first) are the log-softmax of the
+/// logits of one forward pass over its prompt and tokens, computed on the
+/// host; a sequence that did not ask for them gets none, while both run in
+/// one batch.
+#[test]
+fn batch_log_probabilities_are_the_log_softmax_of_the_solo_logits() {
+    let n = 8;
+    let top = 5;
+    for (name, cfg) in configs() {
+        let mut model = Mistral::new(&cfg, &mut random_weights(&cfg), None).unwrap();
+        let mut batch = BatchGenerate::new();
+        let mut got: Vec<Vec<BatchToken>> = vec![Vec::new(); 2];
+        let options = GenerateOptions::default();
+        for step in 0..2 * n {
+            if step < 2 {
+                let i = step;
+                let prompt = Array::from_slice(PROMPTS[i], &[PROMPTS[i].len() as i32]);
+                let mut prefill = Prefill::new(&model, i as u64, &prompt, &options).unwrap();
+                if i == 0 {
+                    prefill = prefill.with_logprobs(top);
+                }
+                batch.join(&mut model, prefill).unwrap();
+            }
+            for t in batch.step(&mut model).unwrap() {
+                let (id, row) = (t.id, &mut got[t.id as usize]);
+                row.push(t);
+                if row.len() == n {
+                    batch.remove(&[id]).unwrap();
+                }
+            }
+        }
+        assert!(got[1].iter().all(|t| t.logprobs.is_none()), "{name}");
+        assert_eq!(got[0].len(), n, "{name}");
+        let prompt = PROMPTS[0];
+        let mut ids = prompt.to_vec();
+        ids.extend(got[0].iter().map(|t| t.token as i32));
+        let mut cache: Vec<Option<KVCache>> = model.new_cache();
+        let logits = model
+            .forward(&Array::from_slice(&ids, &[1, ids.len() as i32]), &mut cache)
+            .unwrap();
+        for (j, t) in got[0].iter().enumerate() {
+            let what = format!("{name}: token {j}");
+            let want = log_softmax(&host(&logits.index((0, (prompt.len() + j - 1) as i32))));
+            let mut order: Vec<usize> = (0..want.len()).collect();
+            order.sort_by(|&a, &b| want[b].total_cmp(&want[a]).then(a.cmp(&b)));
+            let lp = t.logprobs.as_ref().expect("asked for");
+            assert!(
+                (lp.logprob as f64 - want[t.token as usize]).abs() < 1e-4,
+                "{what}"
+            );
+            assert_eq!(
+                t.token as usize, order[0],
+                "{what}: greedy is the most likely"
+            );
+            let got_ids: Vec<usize> = lp.top.iter().map(|&(id, _)| id as usize).collect();
+            assert_eq!(got_ids, order[..top], "{what}: top ids");
+            for &(id, value) in &lp.top {
+                assert!(
+                    (value as f64 - want[id as usize]).abs() < 1e-4,
+                    "{what}: id {id}"
+                );
+            }
         }
     }
 }

@@ -17,12 +17,13 @@ use std::time::Instant;
 
 use mistral_loader::{
     load_chat_template, load_model_config, load_model_planned, load_special_tokens, load_tokenizer,
-    ChatMessage, LoadOptions, ModelChatTemplate, SpecialTokens, Tokenizer,
+    ChatMessage, LoadOptions, ModelChatTemplate, SpecialTokens, TokenBytes, Tokenizer,
 };
 use mistral_model::Mistral;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApiError;
+use crate::logprobs::TokenLogprob;
 use crate::metrics::Metrics;
 use crate::scheduler;
 
@@ -63,6 +64,8 @@ pub struct GenerationRequest {
     pub sampling: Sampling,
     /// Stop strings (not included in the text).
     pub stop: Vec<String>,
+    /// Log-probabilities with this many top tokens (`None`: none).
+    pub logprobs: Option<usize>,
 }
 
 /// Why a generation ended, in OpenAI's words.
@@ -102,8 +105,14 @@ pub enum Event {
         /// Prompt tokens.
         prompt_tokens: PromptTokens,
     },
-    /// Text that became final.
-    Text(String),
+    /// Text that became final, with the log-probabilities (if asked
+    /// for) of the tokens returned since the last `Text`.
+    Text {
+        /// The text.
+        text: String,
+        /// The tokens' log-probabilities.
+        logprobs: Vec<TokenLogprob>,
+    },
     /// The end.
     Finished {
         /// Why it ended.
@@ -126,6 +135,8 @@ pub struct Job {
     pub sampling: Sampling,
     /// Stop strings.
     pub stop: Vec<String>,
+    /// Log-probabilities with this many top tokens (`None`: none).
+    pub logprobs: Option<usize>,
     /// Where the events go (unbounded: the engine never waits on a
     /// client; a request's events are bounded by its `max_tokens`).
     pub events: mpsc::UnboundedSender<Event>,
@@ -141,6 +152,8 @@ pub struct TextSide {
     pub(crate) tokenizer: Tokenizer,
     template: ModelChatTemplate,
     pub(crate) special: SpecialTokens,
+    /// Each token's bytes (log-probabilities).
+    pub(crate) token_bytes: TokenBytes,
     context: Option<usize>,
 }
 
@@ -383,6 +396,7 @@ impl Loaded {
         Ok(Loaded {
             model,
             text: Arc::new(TextSide {
+                token_bytes: TokenBytes::new(&tokenizer),
                 tokenizer,
                 template,
                 special,

@@ -19,12 +19,14 @@
 //! generation at the next token (or prefill chunk). Up to `max_batch`
 //! requests generate at once, continuously batched ([`scheduler`]);
 //! finished requests' caches serve later prompts with the same start
-//! ([`prompt_cache`]). Log-probabilities are still to come.
+//! ([`prompt_cache`]); log-probabilities come in OpenAI's shapes
+//! ([`logprobs`]).
 
 #![deny(missing_docs)]
 
 pub mod engine;
 pub mod error;
+pub mod logprobs;
 pub mod metrics;
 pub mod prompt_cache;
 pub mod request;
@@ -60,6 +62,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Origins allowed by CORS (`*` for any); empty: no CORS headers.
     pub allowed_origins: Vec<String>,
+    /// Interval of the keep-alive comments (`: ...` lines) a stream sends
+    /// while it has nothing else to send, e.g. during a long prefill.
+    pub keep_alive: std::time::Duration,
 }
 
 /// Errors that stop the server.
@@ -100,6 +105,7 @@ pub async fn serve(
             model_id: config.model_id.clone(),
             api_key: config.api_key.clone(),
             max_body_bytes: config.max_body_bytes,
+            keep_alive: config.keep_alive,
             created: response::unix_time().as_secs(),
         }),
         &config.allowed_origins,

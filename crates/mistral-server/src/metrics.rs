@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Server-wide counters (all monotonic except the two gauges).
+/// Server-wide counters (monotonic, except those marked as gauges).
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Generation requests accepted into the queue.
@@ -43,6 +43,14 @@ pub struct Metrics {
     pub batch_steps: AtomicU64,
     /// Rows over all decode steps (mean batch size = this / steps).
     pub batch_rows: AtomicU64,
+    /// Gauge: MLX's active memory (bytes of live arrays: the weights, the
+    /// running requests' caches, the prompt cache), as the engine last
+    /// saw it.
+    pub mlx_active_bytes: AtomicU64,
+    /// Gauge: bytes MLX's allocator keeps for reuse.
+    pub mlx_cache_bytes: AtomicU64,
+    /// Gauge: MLX's peak active memory since the start.
+    pub mlx_peak_bytes: AtomicU64,
 }
 
 impl Metrics {
@@ -59,6 +67,19 @@ impl Metrics {
     /// Subtracts one from a gauge (never below zero).
     pub fn drop_one(gauge: &AtomicU64) {
         let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+    }
+
+    /// Reads MLX's memory figures into the gauges (on the engine thread;
+    /// a figure MLX cannot give is left as it was).
+    pub fn sample_mlx_memory(&self) {
+        let set = |gauge: &AtomicU64, value: mlx_rs::error::Result<usize>| {
+            if let Ok(v) = value {
+                gauge.store(v as u64, Ordering::Relaxed);
+            }
+        };
+        set(&self.mlx_active_bytes, mlx_rs::memory::active_memory());
+        set(&self.mlx_cache_bytes, mlx_rs::memory::cache_memory());
+        set(&self.mlx_peak_bytes, mlx_rs::memory::peak_memory());
     }
 
     /// Adds `duration` in microseconds to `sum`.
@@ -174,6 +195,24 @@ impl Metrics {
             "counter",
             "Requests over all decode steps (mean batch size = this / mistral_batch_steps_total).",
             get(&self.batch_rows).to_string(),
+        );
+        metric(
+            "mistral_mlx_active_memory_bytes",
+            "gauge",
+            "MLX active memory: live arrays (weights, running caches, prompt cache).",
+            get(&self.mlx_active_bytes).to_string(),
+        );
+        metric(
+            "mistral_mlx_cache_memory_bytes",
+            "gauge",
+            "Memory MLX's allocator keeps for reuse.",
+            get(&self.mlx_cache_bytes).to_string(),
+        );
+        metric(
+            "mistral_mlx_peak_memory_bytes",
+            "gauge",
+            "MLX's peak active memory since the start.",
+            get(&self.mlx_peak_bytes).to_string(),
         );
         metric("mistral_decode_tokens_total", "counter", "Tokens generated after each first token (decode tok/s = this / mistral_decode_seconds_sum).", get(&self.decode_tokens).to_string());
         out

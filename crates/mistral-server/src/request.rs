@@ -3,7 +3,7 @@
 //!
 //! The body is parsed as JSON whatever its Content-Type. Unknown fields are
 //! ignored, as OpenAI's API does; fields this server cannot honour (`n > 1`,
-//! a `response_format` other than text, `tools`, `logprobs`) are a 400
+//! a `response_format` other than text, `tools`) are a 400
 //! naming the field rather than silently dropped. Type errors name the
 //! field's path (`messages[0].role`).
 
@@ -125,9 +125,11 @@ pub struct Common {
     pub response_format: Option<Value>,
     /// Tool calling is not supported.
     pub tools: Option<Value>,
-    /// Log-probabilities are not supported yet.
+    /// Chat: whether to return log-probabilities (`true`/`false`); text
+    /// completions: how many top tokens to return with them (0 to 5).
     pub logprobs: Option<Value>,
-    /// Log-probabilities are not supported yet.
+    /// Chat: how many top tokens to return with each token (0 to 20; needs
+    /// `logprobs: true`).
     pub top_logprobs: Option<Value>,
 }
 
@@ -281,22 +283,7 @@ impl Common {
                 Some("tools"),
             ));
         }
-        if self
-            .logprobs
-            .as_ref()
-            .is_some_and(|v| !v.is_null() && *v != Value::Bool(false))
-        {
-            return Err(ApiError::bad_request(
-                "`logprobs` is not supported by this server yet",
-                Some("logprobs"),
-            ));
-        }
-        if self.top_logprobs.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::bad_request(
-                "`top_logprobs` is not supported by this server yet",
-                Some("top_logprobs"),
-            ));
-        }
+        let logprobs = self.logprobs(&prompt)?;
         let (max_tokens, max_param) = match (self.max_completion_tokens, self.max_tokens) {
             (Some(m), _) => (Some(m), "max_completion_tokens"),
             (None, m) => (m, "max_tokens"),
@@ -357,7 +344,55 @@ impl Common {
                 seed: self.seed,
             },
             stop,
+            logprobs,
         })
+    }
+
+    /// Whether log-probabilities are wanted, and with how many top tokens
+    /// (see the fields' notes), or a 400 naming the field.
+    fn logprobs(&self, prompt: &Prompt) -> Result<Option<usize>, ApiError> {
+        let given = |v: &Option<Value>| v.clone().filter(|v| !v.is_null());
+        let count = |v: &Value, max: u64, param: &str| match v.as_u64() {
+            Some(n) if n <= max => Ok(n as usize),
+            _ => Err(ApiError::bad_request(
+                format!("`{param}` must be an integer from 0 to {max}, got {v}"),
+                Some(param),
+            )),
+        };
+        let (logprobs, top) = (given(&self.logprobs), given(&self.top_logprobs));
+        match prompt {
+            Prompt::Chat(_) => {
+                let on = match logprobs {
+                    None => false,
+                    Some(Value::Bool(on)) => on,
+                    Some(v) => {
+                        return Err(ApiError::bad_request(
+                            format!("`logprobs` must be true or false, got {v}"),
+                            Some("logprobs"),
+                        ))
+                    }
+                };
+                let top = top.map(|v| count(&v, 20, "top_logprobs")).transpose()?;
+                match (on, top) {
+                    (true, top) => Ok(Some(top.unwrap_or(0))),
+                    (false, None) => Ok(None),
+                    (false, Some(_)) => Err(ApiError::bad_request(
+                        "`top_logprobs` needs `logprobs: true`",
+                        Some("top_logprobs"),
+                    )),
+                }
+            }
+            Prompt::Text(_) => {
+                if top.is_some() {
+                    return Err(ApiError::bad_request(
+                        "`top_logprobs` is a chat field; completions take the number of top \
+                         tokens in `logprobs`",
+                        Some("top_logprobs"),
+                    ));
+                }
+                logprobs.map(|v| count(&v, 5, "logprobs")).transpose()
+            }
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::engine::{FinishReason, PromptTokens};
+use crate::logprobs::{self, TokenLogprob};
 
 /// Time since the Unix epoch (`created` fields, response ids).
 pub fn unix_time() -> std::time::Duration {
@@ -46,19 +47,35 @@ pub fn usage(prompt: PromptTokens, completion_tokens: usize) -> Value {
 }
 
 impl Header {
-    /// The whole answer (not streaming).
-    pub fn complete(&self, text: &str, reason: FinishReason, usage: Value) -> Value {
+    /// `entries` in the endpoint's shape (see [`crate::logprobs`]); the
+    /// first starts at character `offset` of the generated text.
+    pub fn logprobs(&self, entries: &[TokenLogprob], offset: usize) -> Value {
+        match self.kind {
+            Kind::Chat => logprobs::chat_json(entries),
+            Kind::Text => logprobs::text_json(entries, offset),
+        }
+    }
+
+    /// The whole answer (not streaming); `logprobs` as
+    /// [`Header::logprobs`] writes them, or `None` (`null`).
+    pub fn complete(
+        &self,
+        text: &str,
+        logprobs: Option<Value>,
+        reason: FinishReason,
+        usage: Value,
+    ) -> Value {
         let choice = match self.kind {
             Kind::Chat => json!({
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": reason.as_str(),
             }),
             Kind::Text => json!({
                 "index": 0,
                 "text": text,
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": reason.as_str(),
             }),
         };
@@ -73,8 +90,14 @@ impl Header {
     }
 
     /// A streamed chunk: `first` carries the role (chat), `text` the new
-    /// text, `reason` ends the choice.
-    pub fn chunk(&self, first: bool, text: &str, reason: Option<FinishReason>) -> Value {
+    /// text with its tokens' `logprobs`, `reason` ends the choice.
+    pub fn chunk(
+        &self,
+        first: bool,
+        text: &str,
+        logprobs: Option<Value>,
+        reason: Option<FinishReason>,
+    ) -> Value {
         let choice = match self.kind {
             Kind::Chat => {
                 let delta = if first {
@@ -87,14 +110,14 @@ impl Header {
                 json!({
                     "index": 0,
                     "delta": delta,
-                    "logprobs": null,
+                    "logprobs": logprobs,
                     "finish_reason": reason.map(FinishReason::as_str),
                 })
             }
             Kind::Text => json!({
                 "index": 0,
                 "text": text,
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": reason.map(FinishReason::as_str),
             }),
         };

@@ -42,6 +42,8 @@ pub struct AppState {
     pub api_key: Option<String>,
     /// Largest body accepted.
     pub max_body_bytes: usize,
+    /// Keep-alive interval of streams.
+    pub keep_alive: Duration,
     /// When the server started (Unix seconds; `/v1/models`' `created`).
     pub created: u64,
 }
@@ -244,6 +246,7 @@ async fn respond(
         max_tokens,
         sampling: generation.sampling,
         stop: generation.stop,
+        logprobs: generation.logprobs,
         events,
         received: Instant::now(),
     })?;
@@ -263,21 +266,28 @@ async fn respond(
         model: state.model_id.clone(),
         kind,
     };
+    let logprobs_wanted = generation.logprobs.is_some();
     if stream {
-        let events = sse_events(rx, header, prompt_tokens, usage_wanted);
+        let events = sse_events(rx, header, prompt_tokens, usage_wanted, logprobs_wanted);
         return Ok(Sse::new(events)
-            .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+            .keep_alive(KeepAlive::new().interval(state.keep_alive))
             .into_response());
     }
     let mut text = String::new();
+    let mut entries = Vec::new();
     loop {
         match rx.recv().await {
-            Some(Event::Text(t)) => text.push_str(&t),
+            Some(Event::Text { text: t, logprobs }) => {
+                text.push_str(&t);
+                entries.extend(logprobs);
+            }
             Some(Event::Finished {
                 reason,
                 completion_tokens,
             }) => {
-                let body = header.complete(&text, reason, usage(prompt_tokens, completion_tokens));
+                let logprobs = logprobs_wanted.then(|| header.logprobs(&entries, 0));
+                let usage = usage(prompt_tokens, completion_tokens);
+                let body = header.complete(&text, logprobs, reason, usage);
                 return Ok(Json(body).into_response());
             }
             Some(Event::Failed(err)) => return Err(err),
@@ -292,6 +302,9 @@ struct StreamState {
     header: Header,
     prompt_tokens: PromptTokens,
     usage_wanted: bool,
+    logprobs_wanted: bool,
+    /// Characters of text streamed so far (text completions' `text_offset`).
+    offset: usize,
     pending: VecDeque<String>,
     done: bool,
 }
@@ -304,16 +317,19 @@ fn sse_events(
     header: Header,
     prompt_tokens: PromptTokens,
     usage_wanted: bool,
+    logprobs_wanted: bool,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let mut pending = VecDeque::new();
     if header.kind == Kind::Chat {
-        pending.push_back(header.chunk(true, "", None).to_string());
+        pending.push_back(header.chunk(true, "", None, None).to_string());
     }
     let state = StreamState {
         rx,
         header,
         prompt_tokens,
         usage_wanted,
+        logprobs_wanted,
+        offset: 0,
         pending,
         done: false,
     };
@@ -326,16 +342,20 @@ fn sse_events(
                 return None;
             }
             match s.rx.recv().await {
-                Some(Event::Text(text)) => {
-                    s.pending
-                        .push_back(s.header.chunk(false, &text, None).to_string());
+                Some(Event::Text { text, logprobs }) => {
+                    let entries = s
+                        .logprobs_wanted
+                        .then(|| s.header.logprobs(&logprobs, s.offset));
+                    s.offset += crate::logprobs::text_chars(&logprobs);
+                    let chunk = s.header.chunk(false, &text, entries, None);
+                    s.pending.push_back(chunk.to_string());
                 }
                 Some(Event::Finished {
                     reason,
                     completion_tokens,
                 }) => {
                     s.pending
-                        .push_back(s.header.chunk(false, "", Some(reason)).to_string());
+                        .push_back(s.header.chunk(false, "", None, Some(reason)).to_string());
                     if s.usage_wanted {
                         let u = usage(s.prompt_tokens, completion_tokens);
                         s.pending.push_back(s.header.usage_chunk(u).to_string());

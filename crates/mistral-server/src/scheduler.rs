@@ -13,6 +13,8 @@
 //!    job: text goes out as it becomes final; a job that stops (end of
 //!    sequence, stop string, token limit) or whose client left leaves the
 //!    batch, its cache kept in the prompt cache with the tokens it was fed.
+//!    A job that asked for log-probabilities gets each token's with the
+//!    text it makes (held back with it).
 //!
 //! Prefill chunks and decode steps alternate, so a long prompt delays the
 //! running requests by one chunk per token, not by its whole prefill. A
@@ -29,11 +31,14 @@ use std::time::Instant;
 use mistral_loader::{StopChecker, StopCriteria, StopReason, StreamingDetokenizer};
 use mistral_model::Mistral;
 use mlx_rs::Array;
-use mlx_rs_core::{BatchGenerate, GenerateOptions, Prefill, RepetitionPenalty, SamplingOptions};
+use mlx_rs_core::{
+    BatchGenerate, BatchToken, GenerateOptions, Prefill, RepetitionPenalty, SamplingOptions,
+};
 use tokio::sync::mpsc;
 
 use crate::engine::{Event, FinishReason, Job, PromptTokens, Sampling, TextSide};
 use crate::error::ApiError;
+use crate::logprobs::TokenLogprob;
 use crate::metrics::Metrics;
 use crate::prompt_cache::PromptCache;
 
@@ -50,6 +55,8 @@ struct Active<'t> {
     first_at: Option<Instant>,
     /// The tokens returned so far (each already fed to its cache).
     generated: Vec<u32>,
+    /// Log-probabilities of tokens whose text is still held back.
+    logprobs: Vec<TokenLogprob>,
 }
 
 /// What a token did to its job.
@@ -68,7 +75,14 @@ impl<'t> Active<'t> {
         self.job.events.send(event).is_ok()
     }
 
-    fn push(&mut self, id: u32, metrics: &Metrics) -> Progress {
+    /// Sends `text` with the log-probabilities held so far.
+    fn send_text(&mut self, text: String) -> bool {
+        let logprobs = std::mem::take(&mut self.logprobs);
+        self.send(Event::Text { text, logprobs })
+    }
+
+    fn push(&mut self, token: BatchToken, text: &TextSide, metrics: &Metrics) -> Progress {
+        let id = token.token;
         Metrics::bump(&metrics.generated_tokens);
         match self.first_at {
             None => {
@@ -86,7 +100,13 @@ impl<'t> Active<'t> {
             Ok(step) => step,
             Err(e) => return Progress::Failed(ApiError::internal(format!("detokenizing: {e}"))),
         };
-        if !step.text.is_empty() && !self.send(Event::Text(step.text)) {
+        if let Some(numbers) = &token.logprobs {
+            if !matches!(step.stop, Some(StopReason::Eos(_))) {
+                let entry = TokenLogprob::new(id, numbers, &text.token_bytes);
+                self.logprobs.push(entry);
+            }
+        }
+        if !step.text.is_empty() && !self.send_text(step.text) {
             return Progress::Left;
         }
         match step.stop {
@@ -118,7 +138,7 @@ impl<'t> Active<'t> {
                 return;
             }
         };
-        if !tail.is_empty() && !self.send(Event::Text(tail)) {
+        if (!tail.is_empty() || !self.logprobs.is_empty()) && !self.send_text(tail) {
             return Metrics::bump(&metrics.abandoned);
         }
         let reason = match self.checker.stopped() {
@@ -181,6 +201,7 @@ pub fn serve(
     let mut next_id = 0u64;
     let mut open = true;
     loop {
+        metrics.sample_mlx_memory();
         // 1. Admit.
         while open && batch.len() + prefilling.len() < max_batch {
             let idle = batch.is_empty() && prefilling.is_empty();
@@ -248,11 +269,12 @@ pub fn serve(
                 Metrics::bump(&metrics.batch_steps);
                 Metrics::add(&metrics.batch_rows, tokens.len());
                 let mut done = Vec::new();
-                for (id, token) in tokens {
+                for token in tokens {
+                    let id = token.id;
                     let Some(active) = running.get_mut(&id) else {
                         continue;
                     };
-                    match active.push(token, metrics) {
+                    match active.push(token, text, metrics) {
                         Progress::Continue => {}
                         progress => done.push((id, progress)),
                     }
@@ -363,6 +385,7 @@ fn admit<'t>(
         checker,
         first_at: None,
         generated: Vec::new(),
+        logprobs: Vec::new(),
     };
     if reused > 0 {
         Metrics::bump(&metrics.prompt_cache_hits);
@@ -374,7 +397,11 @@ fn admit<'t>(
     let prefill = match cached {
         Some((n, cache)) => Prefill::with_cache(model, id, &prompt, &options, cache, n as i32),
         None => Prefill::new(model, id, &prompt, &options),
-    };
+    }
+    .map(|p| match active.job.logprobs {
+        Some(top) => p.with_logprobs(top),
+        None => p,
+    });
     match prefill {
         Ok(prefill) => Some((prefill, active)),
         Err(err) => {

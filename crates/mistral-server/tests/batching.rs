@@ -1,11 +1,11 @@
 //! Continuous batching end to end: 8 streaming clients at once each get
 //! their solo temperature-0 answer, and the engine's decode steps really
 //! ran several requests together; a client that leaves during its prefill
-//! stops it.
+//! stops it; a stream waiting on a long prefill gets keep-alive comments.
 
 mod common;
 
-use common::{metric, post, post_stream, start_configured, stream_and_leave, MODEL_ID};
+use common::{metric, post, post_raw, post_stream, start_configured, stream_and_leave, MODEL_ID};
 use serde_json::{json, Value};
 
 const PROMPTS: [&str; 8] = [
@@ -130,4 +130,56 @@ fn a_client_that_leaves_during_prefill_stops_it() {
     assert_eq!(metric(&server, "mistral_generated_tokens_total"), 0.0);
     let (status, answer) = post(&server, "/v1/chat/completions", &body("Say hi.", false));
     assert_eq!(status, 200, "{answer}");
+}
+
+/// While a long prompt is prefilled, its open stream (the role chunk is
+/// sent before the prefill) gets SSE comments at the keep-alive interval
+/// (200 ms here, 10 s by default), then its answer.
+#[test]
+fn a_stream_waiting_on_a_long_prefill_gets_keep_alive_comments() {
+    let server = start_configured(|c| {
+        c.prompt_cache_bytes = 0;
+        c.keep_alive = std::time::Duration::from_millis(200);
+        // Dequantized weights: a CPU prefill several times faster than
+        // MLX's quantized product.
+        c.model.options.dtype = mistral_loader::ComputeDtype::Auto;
+    });
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(50);
+    let request = json!({
+        "messages": [{"role": "user", "content": long}],
+        "temperature": 0,
+        "max_tokens": 2,
+        "stream": true,
+    });
+    let started = std::time::Instant::now();
+    let (status, text) = post_raw(
+        &server,
+        "/v1/chat/completions",
+        &request.to_string(),
+        "application/json",
+        None,
+    );
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{text}");
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let first_data = lines.iter().position(|l| l.starts_with("data:"));
+    let first_content = lines.iter().position(|l| {
+        l.starts_with("data:") && l.contains("\"content\"") && !l.contains("\"role\"")
+    });
+    let (Some(first_data), Some(first_content)) = (first_data, first_content) else {
+        panic!("no role or content chunk: {text}");
+    };
+    let comments = lines[first_data..first_content]
+        .iter()
+        .filter(|l| l.starts_with(':'))
+        .count();
+    eprintln!(
+        "{comments} keep-alive comments during a {:.1} s request",
+        took.as_secs_f64()
+    );
+    assert!(
+        comments >= 1,
+        "no keep-alive comment before the first token:\n{text}"
+    );
+    assert_eq!(lines.last(), Some(&"data: [DONE]"), "{text}");
 }

@@ -3,7 +3,8 @@
 //! xtask/python/openai_client_check.py makes every request and checks the
 //! answers, the streamed chunks and the exceptions (see its header), and
 //! the greedy answers against transformers (chat template, tokenizer) with
-//! mlx-lm (generation) on SmolLM2's float32 Hugging Face conversion.
+//! mlx-lm (generation) on SmolLM2's float32 Hugging Face conversion, and
+//! the log-probabilities against mlx-lm's.
 
 mod common;
 
@@ -46,7 +47,7 @@ fn the_openai_client_gets_what_openai_would_send() {
     // Every check printed its line.
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok: ")).count(),
-        17,
+        18,
         "{stdout}"
     );
 }

@@ -9,6 +9,7 @@
 //!   whose errors `?` turns into `Box<dyn std::error::Error>`;
 //! - [`detokenizer`]: token ids to text, streamed, equal to one-shot decoding;
 //! - [`stop`]: end-of-sequence ids, stop strings and token limits;
+//! - [`token_bytes`]: the bytes each token id stands for (log-probabilities);
 //! - [`chat`]: chat prompts from Jinja `chat_template`s.
 //!
 //! Nothing model-specific lives here: which files hold the tokenizer, the
@@ -23,11 +24,13 @@ pub mod chat;
 mod contain;
 pub mod detokenizer;
 pub mod stop;
+pub mod token_bytes;
 pub mod tokenizer;
 
 pub use chat::{ChatError, ChatMessage, ChatTemplate, ChatTemplateArgs};
 pub use detokenizer::{DetokenizeError, StreamingDetokenizer};
 pub use stop::{StopChecker, StopCriteria, StopError, StopReason, StopStep, StopStringMatcher};
+pub use token_bytes::TokenBytes;
 pub use tokenizer::{Tokenizer, TokenizerError};
 
 #[cfg(test)]

@@ -38,7 +38,9 @@ pub use cache::{
     RotatingKVCache,
 };
 pub use error::{Error, Result};
-pub use generate::{BatchGenerate, BatchModel, Generate, GenerateOptions, Prefill};
+pub use generate::{
+    BatchGenerate, BatchModel, BatchToken, Generate, GenerateOptions, Prefill, TokenLogprobs,
+};
 pub use language_model::{check_token_ids, LanguageModel};
 pub use mask::{
     create_attention_mask, create_causal_mask, scaled_dot_product_attention, AttentionMask,

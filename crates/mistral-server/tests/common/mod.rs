@@ -63,6 +63,7 @@ pub fn start_configured(change: impl FnOnce(&mut ServerConfig)) -> Server {
         prompt_cache_bytes: 1 << 30,
         max_body_bytes: 1 << 20,
         allowed_origins: Vec::new(),
+        keep_alive: std::time::Duration::from_secs(10),
     };
     change(&mut config);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -14,7 +14,7 @@ use tokenizers::{AddedToken, Tokenizer};
 
 use crate::detokenizer::{is_byte_token, StreamingDetokenizer};
 
-const CORPUS: &[&str] = &[
+pub(super) const CORPUS: &[&str] = &[
     "Hello, world! The quick brown fox jumps over the lazy dog.",
     "Café, naïve, résumé, Ångström, façade, Straße",
     "日本語のテキストと中文文本，还有한국어.",

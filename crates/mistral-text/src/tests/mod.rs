@@ -5,3 +5,4 @@
 mod chat;
 mod detokenizer;
 mod stop;
+mod token_bytes;

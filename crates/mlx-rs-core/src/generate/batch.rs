@@ -16,7 +16,10 @@
 //!   token is built and started with `async_eval` before that token is
 //!   returned, so every token returned is already in the cache;
 //! - [`BatchGenerate::remove`] drops rows (finished, or their client left)
-//!   with their cache rows and pending tokens.
+//!   with their cache rows and pending tokens;
+//! - a sequence asked for log-probabilities ([`Prefill::with_logprobs`])
+//!   gets its token's and the top ones with each token, computed in the
+//!   step that samples it.
 
 use mlx_rs::{
     ops::{concatenate, indexing::TryIndexOp},
@@ -24,6 +27,7 @@ use mlx_rs::{
     Array,
 };
 
+use super::logprobs::{PendingLogprobs, TokenLogprobs};
 use super::sequence::{checked_prompt, prefill_chunk, SequenceSampler};
 use super::GenerateOptions;
 use crate::cache::{BatchKVCache, KeyValueCache};
@@ -42,6 +46,7 @@ pub struct Prefill {
     prompt: Array,
     sequence: SequenceSampler,
     step_size: i32,
+    top_logprobs: Option<i32>,
 }
 
 impl Prefill {
@@ -60,6 +65,7 @@ impl Prefill {
             prompt,
             sequence: SequenceSampler::new(options)?,
             step_size: options.prefill_step_size,
+            top_logprobs: None,
         })
     }
 
@@ -103,6 +109,14 @@ impl Prefill {
         Ok(prefill)
     }
 
+    /// Asks for each token's log-probability and the `top` most likely
+    /// tokens of its step (0: none; capped at the vocabulary), in
+    /// [`BatchToken::logprobs`].
+    pub fn with_logprobs(mut self, top: usize) -> Self {
+        self.top_logprobs = Some(i32::try_from(top).unwrap_or(i32::MAX));
+        self
+    }
+
     /// The sequence's id.
     pub fn id(&self) -> u64 {
         self.id
@@ -138,6 +152,34 @@ impl Prefill {
 struct Row {
     id: u64,
     sequence: SequenceSampler,
+    /// How many top tokens to report, if log-probabilities are wanted.
+    top_logprobs: Option<i32>,
+    /// The log-probabilities of its pending token.
+    logprobs: Option<PendingLogprobs>,
+}
+
+impl Row {
+    /// Samples from `logits` (`[1, vocab]`); the token's log-probabilities
+    /// become the pending ones, and the previous pending ones are returned.
+    fn sample(&mut self, logits: Array) -> Result<(Array, Option<PendingLogprobs>)> {
+        let (token, logprobs) = self.sequence.sample_with_logprobs(logits)?;
+        let pending = self
+            .top_logprobs
+            .map(|top| PendingLogprobs::new(&logprobs, &token, top))
+            .transpose()?;
+        Ok((token, std::mem::replace(&mut self.logprobs, pending)))
+    }
+}
+
+/// A token [`BatchGenerate::step`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchToken {
+    /// The sequence's id.
+    pub id: u64,
+    /// The token.
+    pub token: u32,
+    /// Its log-probabilities, if the sequence asked for them.
+    pub logprobs: Option<TokenLogprobs>,
 }
 
 /// A running batch of sequences (see the module notes).
@@ -201,13 +243,22 @@ impl BatchGenerate {
             id,
             mut cache,
             prompt: last,
-            mut sequence,
+            sequence,
+            top_logprobs,
             ..
         } = prefill;
+        let mut row = Row {
+            id,
+            sequence,
+            top_logprobs,
+            logprobs: None,
+        };
         let logits = model.forward(&last.reshape(&[1, -1])?, &mut cache)?;
-        sequence.remember(&last)?;
-        let first = sequence.sample(logits.try_index((.., -1, ..))?)?;
-        async_eval([&first])?;
+        row.sequence.remember(&last)?;
+        let (first, _) = row.sample(logits.try_index((.., -1, ..))?)?;
+        let mut started = vec![&first];
+        started.extend(row.logprobs.iter().flat_map(PendingLogprobs::arrays));
+        async_eval(started)?;
         if self.rows.is_empty() {
             self.cache = cache;
         } else {
@@ -222,26 +273,34 @@ impl BatchGenerate {
             Some(pending) => concatenate(&[pending, first], 0)?,
             None => first,
         });
-        self.rows.push(Row { id, sequence });
+        self.rows.push(row);
         Ok(())
     }
 
     /// Feeds every row's pending token and starts sampling the next ones;
-    /// returns the fed tokens, `(id, token)` in row order (empty when no
-    /// sequence runs).
-    pub fn step(&mut self, model: &mut BatchModel) -> Result<Vec<(u64, u32)>> {
+    /// returns the fed tokens in row order (empty when no sequence runs).
+    pub fn step(&mut self, model: &mut BatchModel) -> Result<Vec<BatchToken>> {
         let Some(fed) = self.pending.take() else {
             return Ok(Vec::new());
         };
         let b = self.rows.len() as i32;
         let logits = model.forward(&fed.reshape(&[b, 1])?, &mut self.cache)?;
         let mut next = Vec::with_capacity(self.rows.len());
+        let mut fed_logprobs = Vec::with_capacity(self.rows.len());
         for (i, row) in (0..b).zip(self.rows.iter_mut()) {
             row.sequence.remember(&fed.try_index(i..i + 1)?)?;
-            next.push(row.sequence.sample(logits.try_index((i..i + 1, -1, ..))?)?);
+            let (token, previous) = row.sample(logits.try_index((i..i + 1, -1, ..))?)?;
+            next.push(token);
+            fed_logprobs.push(previous);
         }
         let next = concatenate(&next, 0)?;
-        async_eval([&next])?;
+        let mut started = vec![&next];
+        started.extend(
+            self.rows
+                .iter()
+                .flat_map(|r| r.logprobs.iter().flat_map(PendingLogprobs::arrays)),
+        );
+        async_eval(started)?;
         eval([&fed])?;
         let tokens = fed
             .try_as_slice::<u32>()
@@ -249,9 +308,16 @@ impl BatchGenerate {
         let out = self
             .rows
             .iter()
-            .map(|r| r.id)
             .zip(tokens.iter().copied())
-            .collect();
+            .zip(fed_logprobs)
+            .map(|((row, token), logprobs)| {
+                Ok(BatchToken {
+                    id: row.id,
+                    token,
+                    logprobs: logprobs.map(PendingLogprobs::read).transpose()?,
+                })
+            })
+            .collect::<Result<_>>()?;
         self.pending = Some(next);
         Ok(out)
     }

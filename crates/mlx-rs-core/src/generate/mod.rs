@@ -21,10 +21,12 @@
 //!   it has wrapped.
 
 mod batch;
+mod logprobs;
 mod options;
 mod sequence;
 
-pub use batch::{BatchGenerate, BatchModel, Prefill};
+pub use batch::{BatchGenerate, BatchModel, BatchToken, Prefill};
+pub use logprobs::TokenLogprobs;
 pub use options::GenerateOptions;
 
 use mlx_rs::{

@@ -57,12 +57,19 @@ impl SequenceSampler {
 
     /// Samples the next token (`[1]` uint32) from the last position's
     /// `logits` `[1, vocab]`.
-    pub(crate) fn sample(&mut self, mut logits: Array) -> Result<Array> {
+    pub(crate) fn sample(&mut self, logits: Array) -> Result<Array> {
+        Ok(self.sample_with_logprobs(logits)?.0)
+    }
+
+    /// [`SequenceSampler::sample`], also returning the log-probabilities
+    /// (`[1, vocab]`) it drew from.
+    pub(crate) fn sample_with_logprobs(&mut self, mut logits: Array) -> Result<(Array, Array)> {
         if let (Some(penalty), Some(history)) = (self.penalty, &self.history) {
             logits = penalty.apply(history, &logits)?;
         }
         let logprobs = logits.subtract(logits.logsumexp(true)?)?;
-        self.sampler.sample(&logprobs)
+        let token = self.sampler.sample(&logprobs)?;
+        Ok((token, logprobs))
     }
 }
 
