@@ -377,3 +377,82 @@ fn sse_events(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The stream's framing when the engine fails mid-answer, which a real
+    //! model does not do on demand: the events are fed by hand.
+
+    use super::*;
+    use crate::engine::FinishReason;
+
+    /// The `data:` payloads of a stream fed `events`.
+    fn stream_of(events: Vec<Option<Event>>) -> Vec<String> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for event in events.into_iter().flatten() {
+            tx.send(event).expect("send");
+        }
+        drop(tx);
+        let header = Header {
+            id: "chatcmpl-test".into(),
+            created: 0,
+            model: "m".into(),
+            kind: Kind::Chat,
+        };
+        let prompt = PromptTokens {
+            total: 3,
+            cached: 0,
+        };
+        let sse = Sse::new(sse_events(rx, header, prompt, true, false));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let bytes = runtime
+            .block_on(axum::body::to_bytes(sse.into_response().into_body(), 1 << 20))
+            .expect("body");
+        String::from_utf8(bytes.to_vec())
+            .expect("UTF-8")
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn text(t: &str) -> Option<Event> {
+        Some(Event::Text {
+            text: t.into(),
+            logprobs: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn an_engine_fault_mid_stream_is_an_error_event_and_the_end() {
+        let data = stream_of(vec![text("Hel"), Some(Event::Failed(ApiError::internal("boom")))]);
+        assert_eq!(data.len(), 3, "{data:?}");
+        let role: Value = serde_json::from_str(&data[0]).unwrap();
+        assert_eq!(role["choices"][0]["delta"]["role"], "assistant");
+        let chunk: Value = serde_json::from_str(&data[1]).unwrap();
+        assert_eq!(chunk["choices"][0]["delta"]["content"], "Hel");
+        let error: Value = serde_json::from_str(&data[2]).unwrap();
+        assert_eq!(error["error"]["message"], "boom");
+        assert_eq!(error["error"]["type"], "server_error");
+
+        // An engine that drops the request says so, and no [DONE] follows.
+        let data = stream_of(vec![text("Hel")]);
+        let error: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+        assert!(error["error"]["message"].is_string(), "{data:?}");
+
+        // A normal end: the finish chunk, the usage chunk, [DONE].
+        let data = stream_of(vec![
+            text("Hi"),
+            Some(Event::Finished {
+                reason: FinishReason::Stop,
+                completion_tokens: 1,
+            }),
+        ]);
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+        let usage: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+        assert_eq!(usage["usage"]["total_tokens"], 4);
+    }
+}
