@@ -3,7 +3,9 @@
 //!
 //! The body is parsed as JSON whatever its Content-Type. Unknown fields are
 //! ignored, as OpenAI's API does; fields this server cannot honour (`n > 1`,
-//! a `response_format` other than text, `tools`) are a 400
+//! a `response_format` other than text, `tools`, non-zero
+//! `frequency_penalty` / `presence_penalty`, a `logit_bias`, `echo`,
+//! `best_of` > 1, a `suffix`) are a 400
 //! naming the field rather than silently dropped. Type errors name the
 //! field's path (`messages[0].role`).
 
@@ -131,6 +133,20 @@ pub struct Common {
     /// Chat: how many top tokens to return with each token (0 to 20; needs
     /// `logprobs: true`).
     pub top_logprobs: Option<Value>,
+    /// Not supported: only 0 (or absent) is accepted.
+    pub frequency_penalty: Option<Value>,
+    /// Not supported: only 0 (or absent) is accepted.
+    pub presence_penalty: Option<Value>,
+    /// Not supported: only an empty map (or absent) is accepted.
+    pub logit_bias: Option<Value>,
+    /// Not supported: only `"none"` (or absent) is accepted.
+    pub tool_choice: Option<Value>,
+    /// Completions: not supported, only `false` is accepted.
+    pub echo: Option<Value>,
+    /// Completions: not supported, only 1 is accepted.
+    pub best_of: Option<Value>,
+    /// Completions: not supported, only an empty string is accepted.
+    pub suffix: Option<Value>,
 }
 
 /// The fields of `POST /v1/chat/completions` beyond [`Common`].
@@ -283,6 +299,7 @@ impl Common {
                 Some("tools"),
             ));
         }
+        self.check_unsupported()?;
         let logprobs = self.logprobs(&prompt)?;
         let (max_tokens, max_param) = match (self.max_completion_tokens, self.max_tokens) {
             (Some(m), _) => (Some(m), "max_completion_tokens"),
@@ -348,6 +365,37 @@ impl Common {
         })
     }
 
+    /// A 400 for a field this server cannot honour given a value that
+    /// would change the answer (its neutral value is accepted).
+    fn check_unsupported(&self) -> Result<(), ApiError> {
+        let neutral: [(&str, &Option<Value>, IsNeutral); 7] = [
+            ("frequency_penalty", &self.frequency_penalty, |v| {
+                v.as_f64() == Some(0.0)
+            }),
+            ("presence_penalty", &self.presence_penalty, |v| {
+                v.as_f64() == Some(0.0)
+            }),
+            ("logit_bias", &self.logit_bias, |v| {
+                v.as_object().is_some_and(|m| m.is_empty())
+            }),
+            ("tool_choice", &self.tool_choice, |v| v == "none"),
+            ("echo", &self.echo, |v| *v == Value::Bool(false)),
+            ("best_of", &self.best_of, |v| v.as_u64() == Some(1)),
+            ("suffix", &self.suffix, |v| v == ""),
+        ];
+        for (param, value, is_neutral) in neutral {
+            if let Some(v) = value.as_ref().filter(|v| !v.is_null()) {
+                if !is_neutral(v) {
+                    return Err(ApiError::bad_request(
+                        format!("`{param}` = {v} is not supported by this server"),
+                        Some(param),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether log-probabilities are wanted, and with how many top tokens
     /// (see the fields' notes), or a 400 naming the field.
     fn logprobs(&self, prompt: &Prompt) -> Result<Option<usize>, ApiError> {
@@ -395,6 +443,9 @@ impl Common {
         }
     }
 }
+
+/// Whether a field's value leaves the answer as if it were absent.
+type IsNeutral = fn(&Value) -> bool;
 
 /// `value` if it lies in `[lo, hi]`, else a 400 naming `param`.
 fn in_range(value: Option<f64>, param: &str, lo: f64, hi: f64) -> Result<Option<f64>, ApiError> {

@@ -409,7 +409,10 @@ mod tests {
             .build()
             .expect("runtime");
         let bytes = runtime
-            .block_on(axum::body::to_bytes(sse.into_response().into_body(), 1 << 20))
+            .block_on(axum::body::to_bytes(
+                sse.into_response().into_body(),
+                1 << 20,
+            ))
             .expect("body");
         String::from_utf8(bytes.to_vec())
             .expect("UTF-8")
@@ -428,7 +431,10 @@ mod tests {
 
     #[test]
     fn an_engine_fault_mid_stream_is_an_error_event_and_the_end() {
-        let data = stream_of(vec![text("Hel"), Some(Event::Failed(ApiError::internal("boom")))]);
+        let data = stream_of(vec![
+            text("Hel"),
+            Some(Event::Failed(ApiError::internal("boom"))),
+        ]);
         assert_eq!(data.len(), 3, "{data:?}");
         let role: Value = serde_json::from_str(&data[0]).unwrap();
         assert_eq!(role["choices"][0]["delta"]["role"], "assistant");

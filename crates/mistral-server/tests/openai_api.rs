@@ -182,6 +182,28 @@ fn text_completions_stream_and_not() {
         .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(text, whole);
+    // The completion fields this server cannot honour.
+    for (field, value) in [
+        ("echo", json!(true)),
+        ("best_of", json!(2)),
+        ("suffix", json!("!")),
+    ] {
+        let mut bad = body.clone();
+        bad[field] = value;
+        let (status, answer) = post(server(), "/v1/completions", &bad);
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(error_object(&answer)["param"], field);
+    }
+    let mut neutral = body.clone();
+    for (field, value) in [
+        ("echo", json!(false)),
+        ("best_of", json!(1)),
+        ("suffix", json!("")),
+    ] {
+        neutral[field] = value;
+    }
+    let (status, answer) = post(server(), "/v1/completions", &neutral);
+    assert_eq!(status, 200, "{answer}");
 }
 
 /// Posts `body` and checks the status and the error's `param` (and `code`).
@@ -257,6 +279,21 @@ fn bad_requests_get_openai_errors_and_the_server_goes_on() {
         Some("response_format"),
         None,
     );
+    for (field, value) in [
+        ("frequency_penalty", "0.5"),
+        ("presence_penalty", "-1"),
+        ("logit_bias", r#"{"50256": -100}"#),
+        ("tool_choice", r#""auto""#),
+    ] {
+        rejects(
+            &format!(
+                r#"{{"messages": [{{"role": "user", "content": "hi"}}], "{field}": {value}}}"#
+            ),
+            400,
+            Some(field),
+            None,
+        );
+    }
     rejects(
         r#"{"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4"}"#,
         404,
@@ -278,7 +315,8 @@ fn bad_requests_get_openai_errors_and_the_server_goes_on() {
     // JSON whatever the Content-Type; unknown fields ignored.
     let (status, text) = post_raw(server(), "/v1/chat/completions", ok, "text/plain", None);
     assert_eq!(status, 200, "{text}");
-    let with_unknown = r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "user": "x", "frequency_penalty": 0}"#;
+    // Unknown fields and the neutral values of unsupported ones.
+    let with_unknown = r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "user": "x", "frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {}, "tool_choice": "none"}"#;
     let (status, text) = post_raw(
         server(),
         "/v1/chat/completions",
