@@ -9,7 +9,11 @@
 #            writes the references; our parity tests run on CUDA against them.
 #            `parity NAMES` (comma-separated) does this for those models only
 #            (the seeded-sampling and window tests need window_v01_f32,
-#            gqa4_f32 and gqa4_bf16): for a device budget too short for all
+#            gqa4_f32 and gqa4_bf16): for a device budget too short for all;
+#            `parity NAMES TESTS` runs only those test binaries (comma-
+#            separated: mlx_lm_parity, sliding_window_generation,
+#            generate_parity); a binary in target/gpu-tests/ (carried)
+#            replaces the packed one
 #   bench    unpack; write the 7B-shape and ~150M models there; ours and
 #            mlx-lm side by side, interleaved, with the card's bandwidth
 #
@@ -129,9 +133,11 @@ parity)
   # CPU's weight bytes) and the GGUF files (their generator needs gguf-py).
   skip=(--skip every_test_model_under_auto_dtype --skip every_gguf_file)
   status=0
+  if compgen -G "target/gpu-tests/*" >/dev/null; then cp -f target/gpu-tests/* "$work"/tests/; fi
   # The seeded-sampling runs (generate_parity) take longest: last.
-  for test in "$work"/tests/mlx_lm_parity "$work"/tests/sliding_window_generation "$work"/tests/generate_parity; do
-    name=$(basename "$test")
+  tests=${3:-mlx_lm_parity,sliding_window_generation,generate_parity}
+  for name in ${tests//,/ }; do
+    test=$work/tests/$name
     LD_LIBRARY_PATH="$work/bundle/lib/mlx/lib:$LD_LIBRARY_PATH" "$test" --test-threads 1 --nocapture "${skip[@]}" \
       >"$out/test-$name.log" 2>&1 || status=1
     grep -E "^test |^test result" "$out/test-$name.log" | head -20 || true
