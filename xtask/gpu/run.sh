@@ -13,7 +13,8 @@
 #            `parity NAMES TESTS` runs only those test binaries (comma-
 #            separated: mlx_lm_parity, sliding_window_generation,
 #            generate_parity); a binary in target/gpu-tests/ (carried)
-#            replaces the packed one
+#            replaces the packed one; `parity NAMES TESTS FILTER` runs
+#            only the tests whose name holds FILTER
 #   bench    unpack; write the 7B-shape and ~150M models there; ours and
 #            mlx-lm side by side, interleaved, with the card's bandwidth
 #
@@ -138,7 +139,7 @@ parity)
   tests=${3:-mlx_lm_parity,sliding_window_generation,generate_parity}
   for name in ${tests//,/ }; do
     test=$work/tests/$name
-    LD_LIBRARY_PATH="$work/bundle/lib/mlx/lib:$LD_LIBRARY_PATH" "$test" --test-threads 1 --nocapture "${skip[@]}" \
+    LD_LIBRARY_PATH="$work/bundle/lib/mlx/lib:$LD_LIBRARY_PATH" "$test" --test-threads 1 --nocapture "${skip[@]}" ${4:-} \
       >"$out/test-$name.log" 2>&1 || status=1
     grep -E "^test |^test result" "$out/test-$name.log" | head -20 || true
     grep -A2 "panicked" "$out/test-$name.log" | cut -c1-600 | head -12 || true
