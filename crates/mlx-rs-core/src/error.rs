@@ -33,6 +33,11 @@ pub enum Error {
     #[error("generation: {0}")]
     InvalidArgument(String),
 
+    /// A distributed operation or group failed (see
+    /// [`crate::distributed`]).
+    #[error("distributed: {0}")]
+    Distributed(String),
+
     /// The model failed (its own error type, boxed).
     #[error("model: {0}")]
     Model(#[source] Box<dyn std::error::Error + Send + Sync>),

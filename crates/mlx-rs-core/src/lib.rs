@@ -14,6 +14,7 @@
 //! - [`generate`]: the [`Generate`] token iterator (chunked prefill,
 //!   pipelined steps, prompt-cache reuse);
 //! - [`rope`]: rotary position embeddings ([`initialize_rope`]);
+//! - [`distributed`]: MLX's distributed layer (process groups, collectives);
 //! - [`runtime`]: which MLX this process runs on;
 //! - [`streams`]: side streams, to spread independent work over CPU cores;
 //! - [`error`]: the crate's error type.
@@ -24,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod cache;
+pub mod distributed;
 pub mod error;
 pub mod generate;
 pub mod language_model;

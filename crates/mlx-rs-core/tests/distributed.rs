@@ -1,0 +1,223 @@
+//! MLX's ring backend over loopback, two processes: this test binary starts
+//! itself twice as ranks 0 and 1 (`MLX_RANK`, `MLX_HOSTFILE`, as MLX's
+//! launcher sets them), each runs the collectives and prints what it got;
+//! the parent checks the results against sums computed here, and that
+//! both ranks end inside a time limit.
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mlx_rs::{transforms::eval, Array, Dtype};
+use mlx_rs_core::distributed::{
+    all_gather, all_max, all_sum, recv, send, sum_scatter, Backend, Group,
+};
+
+/// Set in the children: which scenario to run.
+const CHILD: &str = "MISTRAL_MLX_DISTRIBUTED_CHILD";
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Starts `n` ranks of this binary running `scenario`; returns each one's
+/// exit status and stdout, killing them all past the time limit.
+fn run_ranks(n: usize, scenario: &str) -> Vec<(Option<i32>, String)> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hosts: Vec<Vec<String>> = (0..n)
+        .map(|_| vec![format!("127.0.0.1:{}", free_port())])
+        .collect();
+    let hostfile = dir.path().join("hosts.json");
+    std::fs::write(&hostfile, serde_json::to_string(&hosts).unwrap()).unwrap();
+    let exe = std::env::current_exe().expect("test binary");
+    let mut children: Vec<Child> = (0..n)
+        .map(|rank| {
+            Command::new(&exe)
+                .args([
+                    "--exact",
+                    "rank_child",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
+                .env(CHILD, scenario)
+                .env("MLX_RANK", rank.to_string())
+                .env("MLX_HOSTFILE", &hostfile)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start a rank")
+        })
+        .collect();
+    let start = Instant::now();
+    let mut status = vec![None; n];
+    while status.iter().any(Option::is_none) {
+        for (i, child) in children.iter_mut().enumerate() {
+            if status[i].is_none() {
+                if let Some(s) = child.try_wait().expect("wait") {
+                    status[i] = Some(s.code());
+                }
+            }
+        }
+        if start.elapsed() > LIMIT {
+            for child in &mut children {
+                let _ = child.kill();
+            }
+            panic!("{scenario}: the ranks did not end within {LIMIT:?} (hung)");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    children
+        .into_iter()
+        .zip(status)
+        .map(|(mut child, code)| {
+            let mut out = String::new();
+            let _ = child.stdout.take().unwrap().read_to_string(&mut out);
+            let mut err = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            eprintln!("{scenario} rank stderr: {}", err.trim());
+            (code.flatten(), out)
+        })
+        .collect()
+}
+
+fn floats(a: &Array) -> Vec<f32> {
+    let a = a.as_dtype(Dtype::Float32).unwrap();
+    eval([&a]).unwrap();
+    a.as_slice::<f32>().to_vec()
+}
+
+/// What a rank prints: `name: values` lines.
+fn report(name: &str, values: &[f32]) {
+    println!("RESULT {name}: {}", serde_json::to_string(values).unwrap());
+}
+
+fn result(out: &str, name: &str) -> Vec<f32> {
+    let prefix = format!("RESULT {name}: ");
+    let line = out
+        .lines()
+        .find_map(|l| l.split_once(prefix.as_str()).map(|(_, v)| v))
+        .unwrap_or_else(|| panic!("no {name} in:\n{out}"));
+    serde_json::from_str(line).unwrap()
+}
+
+/// The rank side (does nothing unless started by `run_ranks`).
+#[test]
+fn rank_child() {
+    let Ok(scenario) = std::env::var(CHILD) else {
+        return;
+    };
+    if scenario == "rank1_never_joins" && std::env::var("MLX_RANK").as_deref() == Ok("1") {
+        std::process::exit(3);
+    }
+    let group = match Group::init_within(Backend::Ring, Duration::from_secs(10)) {
+        Ok(group) => group,
+        Err(e) => {
+            eprintln!("rank {:?}: {e}", std::env::var("MLX_RANK"));
+            std::process::exit(5);
+        }
+    };
+    let (rank, size) = (group.rank(), group.size());
+    println!("RESULT rank: [{rank}, {size}]");
+    match scenario.as_str() {
+        "collectives" => {
+            let r = rank as f32;
+            let x = Array::from_slice(&[1.0 + r, 10.0 * (r + 1.0), -r, 0.5], &[4]);
+            report("all_sum", &floats(&all_sum(&x, &group).unwrap()));
+            report("all_max", &floats(&all_max(&x, &group).unwrap()));
+            let rows = Array::from_slice(&[r, r + 0.25], &[1, 2]);
+            report("all_gather", &floats(&all_gather(&rows, &group).unwrap()));
+            // MLX 0.32.2's ring has no sum_scatter: an error when run.
+            let y = Array::from_slice(&[1.0 + r, 2.0 + r, 3.0 + r, 4.0 + r], &[4]);
+            let scattered = sum_scatter(&y, &group).unwrap();
+            let err = eval([&scattered]).expect_err("ring sum_scatter");
+            assert!(err.to_string().contains("not supported"), "{err}");
+            let peer = 1 - rank;
+            let mine = Array::from_slice(&[100.0 + r, 200.0 + r], &[2]);
+            // Rank 0 sends first, then receives; rank 1 the other way round.
+            let got = if rank == 0 {
+                eval([&send(&mine, peer, &group).unwrap()]).unwrap();
+                recv(&[2], Dtype::Float32, peer, &group).unwrap()
+            } else {
+                let got = recv(&[2], Dtype::Float32, peer, &group).unwrap();
+                eval([&got]).unwrap();
+                eval([&send(&mine, peer, &group).unwrap()]).unwrap();
+                got
+            };
+            report("recv", &floats(&got));
+            // Bad arguments are errors, not aborts.
+            assert!(send(&mine, rank, &group).is_err());
+            assert!(sum_scatter(&Array::from_slice(&[1.0f32; 3], &[3]), &group).is_err());
+        }
+        "rank1_dies" => {
+            if rank == 1 {
+                std::process::exit(3);
+            }
+            let x = Array::from_slice(&[1.0f32, 2.0], &[2]);
+            match all_sum(&x, &group).and_then(|s| Ok(eval([&s])?)) {
+                Ok(()) => println!("RESULT survived: [1]"),
+                Err(e) => {
+                    eprintln!("rank 0: {e}");
+                    std::process::exit(4);
+                }
+            }
+        }
+        "rank1_never_joins" => println!("RESULT joined: [1]"),
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+#[test]
+fn two_ranks_over_loopback_get_the_collectives_right() {
+    let ranks = run_ranks(2, "collectives");
+    for (i, (code, out)) in ranks.iter().enumerate() {
+        assert_eq!(*code, Some(0), "rank {i} failed:\n{out}");
+        assert_eq!(result(out, "rank"), vec![i as f32, 2.0]);
+    }
+    let x = |r: f32| [1.0 + r, 10.0 * (r + 1.0), -r, 0.5];
+    let sum: Vec<f32> = (0..4).map(|j| x(0.0)[j] + x(1.0)[j]).collect();
+    let max: Vec<f32> = (0..4).map(|j| x(0.0)[j].max(x(1.0)[j])).collect();
+    for (i, (_, out)) in ranks.iter().enumerate() {
+        assert_eq!(result(out, "all_sum"), sum, "rank {i}");
+        assert_eq!(result(out, "all_max"), max, "rank {i}");
+        assert_eq!(
+            result(out, "all_gather"),
+            vec![0.0, 0.25, 1.0, 1.25],
+            "rank {i}"
+        );
+        let peer = (1 - i) as f32;
+        assert_eq!(
+            result(out, "recv"),
+            vec![100.0 + peer, 200.0 + peer],
+            "rank {i}"
+        );
+    }
+}
+
+#[test]
+fn a_rank_that_dies_ends_the_other_with_an_error() {
+    let ranks = run_ranks(2, "rank1_dies");
+    assert_eq!(ranks[1].0, Some(3), "rank 1 exits");
+    assert_ne!(
+        ranks[0].0,
+        Some(0),
+        "rank 0 must fail, got:\n{}",
+        ranks[0].1
+    );
+}
+
+#[test]
+fn a_rank_that_never_joins_ends_the_other_with_an_error() {
+    let ranks = run_ranks(2, "rank1_never_joins");
+    assert_eq!(ranks[1].0, Some(3), "rank 1 exits");
+    assert_ne!(
+        ranks[0].0,
+        Some(0),
+        "rank 0 must fail, got:\n{}",
+        ranks[0].1
+    );
+}
