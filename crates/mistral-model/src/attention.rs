@@ -14,6 +14,7 @@ use mlx_rs_core::{
 use crate::config::MistralConfig;
 use crate::error::ModelError;
 use crate::linear::Linear;
+use crate::tensor_parallel::Split;
 use crate::weights::Weights;
 
 /// The self-attention block of a decoder layer.
@@ -51,10 +52,19 @@ impl Attention {
         let bias = cfg.attention_bias;
         let q_out = n_heads * head_dim;
         let kv_out = n_kv_heads * head_dim;
-        let q_proj = Linear::new(cfg, &mut weights.pp("q_proj"), dim, q_out, bias)?;
-        let k_proj = Linear::new(cfg, &mut weights.pp("k_proj"), dim, kv_out, bias)?;
-        let v_proj = Linear::new(cfg, &mut weights.pp("v_proj"), dim, kv_out, bias)?;
-        let o_proj = Linear::new(cfg, &mut weights.pp("o_proj"), q_out, dim, bias)?;
+        // Split over ranks: each keeps whole heads (its share of both).
+        let (n_heads, n_kv_heads) = match weights.tensor_parallel() {
+            Some(tp) => (
+                tp.divide(n_heads, "num_attention_heads")?,
+                tp.divide(n_kv_heads, "num_key_value_heads")?,
+            ),
+            None => (n_heads, n_kv_heads),
+        };
+        let (rows, cols) = (Split::Outputs, Split::Inputs);
+        let q_proj = Linear::sharded(cfg, weights, "q_proj", (dim, q_out), bias, rows)?;
+        let k_proj = Linear::sharded(cfg, weights, "k_proj", (dim, kv_out), bias, rows)?;
+        let v_proj = Linear::sharded(cfg, weights, "v_proj", (dim, kv_out), bias, rows)?;
+        let o_proj = Linear::sharded(cfg, weights, "o_proj", (q_out, dim), bias, cols)?;
         // Precomputed RoPE frequencies some checkpoints carry; RoPE is
         // recomputed from `rope_theta`, so they are dropped (as mlx-lm does).
         let _ = weights.take("rotary_emb.inv_freq");

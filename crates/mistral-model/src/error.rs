@@ -104,6 +104,10 @@ pub enum ModelError {
         message: String,
     },
 
+    /// The model cannot be split over the ranks as asked.
+    #[error("tensor parallelism: {0}")]
+    TensorParallel(String),
+
     /// The input to `forward` is malformed.
     #[error("invalid input: {0}")]
     Input(String),

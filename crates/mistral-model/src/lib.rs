@@ -31,6 +31,7 @@ pub mod model;
 pub mod norm;
 pub mod quantization;
 pub mod row_split;
+pub mod tensor_parallel;
 pub mod weights;
 
 pub use attention::Attention;
@@ -44,4 +45,5 @@ pub use model::{Mistral, MistralModel};
 pub use norm::RmsNorm;
 pub use quantization::{LayerQuantization, QuantParams, QuantizationConfig};
 pub use row_split::RowSplit;
+pub use tensor_parallel::{Split, TensorParallel};
 pub use weights::{WeightOptions, WeightSource, Weights};

@@ -16,6 +16,7 @@ use crate::config::MistralConfig;
 use crate::error::ModelError;
 use crate::quantization::QuantParams;
 use crate::row_split::RowSplit;
+use crate::tensor_parallel::{Split, TensorParallel};
 use crate::weights::Weights;
 
 /// An MLX affine-quantized matrix `[rows, cols]`.
@@ -212,6 +213,9 @@ pub struct Linear {
     /// The weight in row blocks on separate streams, when the options ask.
     split: Option<RowSplit>,
     bias: Option<Array>,
+    /// Split by input columns over these ranks: the product is summed over
+    /// them before the bias.
+    reduce: Option<TensorParallel>,
 }
 
 impl Linear {
@@ -238,7 +242,47 @@ impl Linear {
             weight,
             split,
             bias,
+            reduce: None,
         })
+    }
+
+    /// The layer `name` of the module `weights` points at, split over the
+    /// model's ranks by `split` (see [`crate::tensor_parallel`]); as
+    /// [`Linear::new`] when the model is not split.
+    pub fn sharded(
+        cfg: &MistralConfig,
+        weights: &mut Weights,
+        name: &str,
+        (in_dim, out_dim): (i32, i32),
+        bias: bool,
+        split: Split,
+    ) -> Result<Self, ModelError> {
+        let Some(parallel) = weights.tensor_parallel().cloned() else {
+            return Linear::new(cfg, &mut weights.pp(name), in_dim, out_dim, bias);
+        };
+        let mut view = weights.sharded(name, split);
+        let what = view.module_path().to_owned();
+        match split {
+            Split::Outputs => {
+                let out = parallel.divide(out_dim, &format!("the outputs of `{what}`"))?;
+                Linear::new(cfg, &mut view, in_dim, out, bias)
+            }
+            Split::Inputs => {
+                let cols = parallel.divide(in_dim, &format!("the inputs of `{what}`"))?;
+                if let Some(q) = cfg.quantization_for(&what) {
+                    if cols % q.group_size != 0 {
+                        return Err(ModelError::TensorParallel(format!(
+                            "`{what}` is quantized in groups of {}, and a rank's {cols} of its \
+                             {in_dim} inputs are not whole groups",
+                            q.group_size
+                        )));
+                    }
+                }
+                let mut layer = Linear::new(cfg, &mut view, cols, out_dim, bias)?;
+                layer.reduce = Some(parallel);
+                Ok(layer)
+            }
+        }
     }
 
     /// A layer from already-checked parts.
@@ -247,6 +291,7 @@ impl Linear {
             weight,
             split: None,
             bias,
+            reduce: None,
         }
     }
 
@@ -267,6 +312,17 @@ impl Linear {
 
     /// Applies the layer to `x` `[..., in]`, giving `[..., out]`.
     pub fn forward(&self, x: &Array) -> Result<Array, ModelError> {
+        if let Some(parallel) = &self.reduce {
+            let partial = match &self.split {
+                Some(split) => split.matmul_t(x)?,
+                None => self.weight.matmul_t(x)?,
+            };
+            let y = parallel.all_sum(&partial)?;
+            return match &self.bias {
+                Some(b) => Ok(y.add(b)?),
+                None => Ok(y),
+            };
+        }
         if let Some(split) = &self.split {
             let y = split.matmul_t(x)?;
             return match &self.bias {

@@ -6,6 +6,7 @@ use mlx_rs::{nn::silu, Array};
 use crate::config::MistralConfig;
 use crate::error::ModelError;
 use crate::linear::Linear;
+use crate::tensor_parallel::Split;
 use crate::weights::Weights;
 
 /// The feed-forward block of a decoder layer.
@@ -29,10 +30,11 @@ impl Mlp {
     /// points at (`model.layers.N.mlp`).
     pub fn new(cfg: &MistralConfig, weights: &mut Weights) -> Result<Self, ModelError> {
         let (dim, hidden, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        let (rows, cols) = (Split::Outputs, Split::Inputs);
         Ok(Mlp {
-            gate_proj: Linear::new(cfg, &mut weights.pp("gate_proj"), dim, hidden, bias)?,
-            up_proj: Linear::new(cfg, &mut weights.pp("up_proj"), dim, hidden, bias)?,
-            down_proj: Linear::new(cfg, &mut weights.pp("down_proj"), hidden, dim, bias)?,
+            gate_proj: Linear::sharded(cfg, weights, "gate_proj", (dim, hidden), bias, rows)?,
+            up_proj: Linear::sharded(cfg, weights, "up_proj", (dim, hidden), bias, rows)?,
+            down_proj: Linear::sharded(cfg, weights, "down_proj", (hidden, dim), bias, cols)?,
         })
     }
 

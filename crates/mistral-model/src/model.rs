@@ -17,6 +17,7 @@ use crate::embedding::Embedding;
 use crate::error::ModelError;
 use crate::linear::Linear;
 use crate::norm::RmsNorm;
+use crate::tensor_parallel::TensorParallel;
 use crate::weights::{WeightOptions, WeightSource, Weights};
 
 /// The decoder body: `embed_tokens`, `layers`, `norm`.
@@ -189,8 +190,28 @@ impl Mistral {
         weights: &mut impl WeightSource,
         options: WeightOptions,
     ) -> Result<Self, ModelError> {
+        Self::build(cfg, Weights::with_options(weights, options))
+    }
+
+    /// Like [`with_options`](Self::with_options), this process holding its
+    /// share of the model split over `parallel`'s ranks (see
+    /// [`crate::tensor_parallel`]); every rank runs the same calls with the
+    /// same inputs and gets the whole model's logits.
+    pub fn with_tensor_parallel(
+        cfg: &MistralConfig,
+        weights: &mut impl WeightSource,
+        options: WeightOptions,
+        parallel: TensorParallel,
+    ) -> Result<Self, ModelError> {
+        Self::build(
+            cfg,
+            Weights::with_options(weights, options).with_tensor_parallel(parallel),
+        )
+    }
+
+    fn build(cfg: &MistralConfig, mut root: Weights) -> Result<Self, ModelError> {
         cfg.validate()?;
-        let mut root = Weights::with_options(weights, options);
+        let options = root.options();
         let model = MistralModel::new(cfg, &mut root.pp("model"))?;
         let mut head = root.pp("lm_head");
         let lm_head = if cfg.tie_word_embeddings {

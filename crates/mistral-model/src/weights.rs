@@ -13,6 +13,7 @@ use std::fmt::Display;
 use mlx_rs::{Array, Dtype};
 
 use crate::error::ModelError;
+use crate::tensor_parallel::{Split, TensorParallel};
 
 /// A store of named tensors the model takes its weights from.
 pub trait WeightSource {
@@ -61,6 +62,10 @@ pub struct Weights<'a> {
     source: &'a mut dyn WeightSource,
     prefix: String,
     options: WeightOptions,
+    /// The group the model is split over, if any.
+    parallel: Option<TensorParallel>,
+    /// How this module's tensors are split (see [`Weights::sharded`]).
+    split: Option<Split>,
 }
 
 impl<'a> Weights<'a> {
@@ -82,7 +87,30 @@ impl<'a> Weights<'a> {
             source,
             prefix: String::new(),
             options,
+            parallel: None,
+            split: None,
         }
+    }
+
+    /// This view, splitting the model over `parallel`'s ranks (see
+    /// [`crate::tensor_parallel`]); a group of one splits nothing.
+    pub fn with_tensor_parallel(mut self, parallel: TensorParallel) -> Self {
+        self.parallel = (parallel.size() > 1).then_some(parallel);
+        self
+    }
+
+    /// The group the model is split over (none for one process).
+    pub fn tensor_parallel(&self) -> Option<&TensorParallel> {
+        self.parallel.as_ref()
+    }
+
+    /// The view of the sub-module `name` whose tensors this rank takes only
+    /// its block of (by `split`: output rows, or input columns with the
+    /// bias whole); as [`pp`](Self::pp) when the model is not split.
+    pub fn sharded(&mut self, name: impl Display, split: Split) -> Weights<'_> {
+        let mut view = self.pp(name);
+        view.split = view.parallel.as_ref().map(|_| split);
+        view
     }
 
     /// The view of the sub-module `name` (`weights.pp("self_attn")`).
@@ -91,6 +119,8 @@ impl<'a> Weights<'a> {
             prefix: self.path(&name.to_string()),
             source: &mut *self.source,
             options: self.options,
+            parallel: self.parallel.clone(),
+            split: None,
         }
     }
 
@@ -98,6 +128,11 @@ impl<'a> Weights<'a> {
     /// the key used by the config's per-module quantization entries.
     pub fn module_path(&self) -> &str {
         &self.prefix
+    }
+
+    /// The options of this view.
+    pub fn options(&self) -> WeightOptions {
+        self.options
     }
 
     /// The compute dtype, if one was requested.
@@ -130,10 +165,36 @@ impl<'a> Weights<'a> {
         }
     }
 
-    /// Takes tensor `name` if present, without any check.
+    /// Takes tensor `name` if present, without any check (in a
+    /// [`sharded`](Self::sharded) view, this rank's block of it).
     pub fn take(&mut self, name: &str) -> Option<Array> {
         let path = self.path(name);
-        self.source.take(&path)
+        let a = self.source.take(&path)?;
+        Some(self.block_of(name, a))
+    }
+
+    /// This rank's block of tensor `name` of a split module: output rows
+    /// (axis 0), or input columns (the last axis; not of a `bias`), copied
+    /// so the whole tensor can be freed. A tensor whose axis does not
+    /// divide by the ranks is left whole (its shape check then names it).
+    fn block_of(&self, name: &str, a: Array) -> Array {
+        let (Some(split), Some(parallel)) = (self.split, &self.parallel) else {
+            return a;
+        };
+        let axis = match split {
+            Split::Outputs => 0,
+            Split::Inputs if name == "bias" => return a,
+            Split::Inputs => a.ndim() as i32 - 1,
+        };
+        if a.ndim() == 0 || a.dim(axis) % parallel.size() != 0 {
+            return a;
+        }
+        let (start, end) = parallel.block(a.dim(axis));
+        let indices = Array::from_iter(start..end, &[end - start]);
+        match a.take_axis(&indices, axis) {
+            Ok(block) if block.eval().is_ok() => block,
+            _ => a,
+        }
     }
 
     /// Takes the required tensor `name`.

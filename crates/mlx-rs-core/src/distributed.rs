@@ -67,8 +67,10 @@ pub struct Group {
     raw: mlx_distributed_group,
 }
 
-// The group is an immutable handle on MLX's shared group object.
+// The group is an immutable handle on MLX's shared group object (a
+// reference-counted C++ group); operations only read it.
 unsafe impl Send for Group {}
+unsafe impl Sync for Group {}
 
 impl Drop for Group {
     fn drop(&mut self) {
