@@ -16,15 +16,16 @@ use std::time::Instant;
 
 use mistral_loader::chat_template::ChatTemplateSource;
 use mistral_loader::{
-    check_tokenizer_fits, load_chat_template, load_model_config, load_model_planned,
-    load_special_tokens, load_tokenizer, ChatMessage, StopChecker, StopCriteria,
-    StreamingDetokenizer,
+    check_tokenizer_fits, load_chat_template, load_model_config, load_model_parallel,
+    load_model_planned, load_special_tokens, load_tokenizer, ChatMessage, StopChecker,
+    StopCriteria, StreamingDetokenizer,
 };
 use mlx_rs::Array;
 use mlx_rs_core::{Generate, RotatingKVCache};
 
 use crate::args::{ModelArgs, PromptArgs, SamplingArgs};
 use crate::model_source;
+use crate::ranks;
 use crate::report::GenerationStats;
 
 /// Arguments of `generate`.
@@ -55,6 +56,12 @@ pub struct GenerateArgs {
     /// Print one JSON object (ids, text, statistics) instead of streaming.
     #[arg(long)]
     json: bool,
+    /// Split the model over this many processes on this machine (tensor
+    /// parallelism over MLX's ring backend on 127.0.0.1); only rank 0
+    /// prints. A process started by MLX's launcher (MLX_RANK and
+    /// MLX_HOSTFILE, or NCCL's variables) joins its group by itself.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    ranks: u32,
 }
 
 /// Runs `generate`.
@@ -62,6 +69,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.no_chat && args.system.is_some() {
         bail!("--system needs chat mode; drop --no-chat");
     }
+    if args.ranks > 1 && !ranks::is_rank() {
+        return ranks::launch(args.ranks);
+    }
+    let parallel = ranks::join()?;
+    // Every rank computes the same tokens; only rank 0 prints.
+    let quiet = parallel.as_ref().is_some_and(|p| p.rank() != 0);
     let prompt_text = read_prompt(&args.prompt)?;
     let dir = model_source::resolve(&args.model.model)?;
 
@@ -79,7 +92,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     check_tokenizer_fits(&tokenizer, config.vocab_size, &dir)?;
     let special = load_special_tokens(&dir, Some(&tokenizer))?;
     let options = args.model.load_options();
-    let (mut model, plan) = load_model_planned(&dir, &options)?;
+    let (mut model, plan) = match parallel.clone() {
+        Some(parallel) => load_model_parallel(&dir, &options, parallel)?,
+        None => load_model_planned(&dir, &options)?,
+    };
     let load_seconds = load_start.elapsed().as_secs_f64();
 
     let template = load_chat_template(&dir, &tokenizer)?;
@@ -140,7 +156,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         generator =
             generator.repetition_penalty(penalty, args.sampling.repetition_context_size as usize);
     }
-    if let Some(seed) = args.sampling.seed {
+    // Ranks must draw the same tokens: without a seed they share rank 0's.
+    let seed = match (args.sampling.seed, &parallel) {
+        (None, Some(parallel)) if args.sampling.temp > 0.0 => Some(shared_seed(parallel)?),
+        (seed, _) => seed,
+    };
+    if let Some(seed) = seed {
         generator = generator.seed(seed);
     }
 
@@ -154,13 +175,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         first_token_at.get_or_insert_with(Instant::now);
         generated.push(id);
         let step = checker.push(id)?;
-        emit(&mut stdout, &mut text, &step.text, args.json)?;
+        emit(&mut stdout, &mut text, &step.text, args.json || quiet)?;
         if step.stop.is_some() || interrupted.load(Ordering::SeqCst) {
             break;
         }
     }
     let tail = checker.finish()?;
-    emit(&mut stdout, &mut text, &tail, args.json)?;
+    emit(&mut stdout, &mut text, &tail, args.json || quiet)?;
     let end = Instant::now();
 
     let stats = GenerationStats::measure(
@@ -177,6 +198,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         None if interrupted.load(Ordering::SeqCst) => "Interrupted".to_owned(),
         None => "MaxTokens".to_owned(),
     };
+    if quiet {
+        return Ok(());
+    }
     if args.json {
         let object = serde_json::json!({
             "prompt_ids": ids,
@@ -194,6 +218,24 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         eprintln!("Weights: {}", plan.summary);
     }
     Ok(())
+}
+
+/// A seed rank 0 picks and every rank gets (summed over the group, the
+/// others adding 0).
+fn shared_seed(parallel: &mistral_model::TensorParallel) -> Result<u64> {
+    let mine: u64 = if parallel.rank() == 0 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    let halves = Array::from_slice(&[mine as u32, (mine >> 32) as u32], &[2]);
+    let summed = parallel.all_sum(&halves)?;
+    summed.eval()?;
+    let parts = summed.as_slice::<u32>();
+    Ok(u64::from(parts[0]) | (u64::from(parts[1]) << 32))
 }
 
 fn emit(stdout: &mut impl Write, text: &mut String, segment: &str, json: bool) -> Result<()> {

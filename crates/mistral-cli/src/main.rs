@@ -9,6 +9,7 @@ mod convert;
 mod generate;
 mod info;
 mod model_source;
+mod ranks;
 mod report;
 mod serve;
 mod stats;

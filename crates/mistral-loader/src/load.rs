@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mistral_model::{MistralConfig, ModelError, WeightSource};
+use mistral_model::{MistralConfig, ModelError, TensorParallel, WeightSource};
 use mlx_rs::Array;
 
 use crate::config::read_config_str;
@@ -42,7 +42,7 @@ pub fn load_model(dir: impl AsRef<Path>) -> Result<Mistral> {
 
 /// Loads the model at `path` (see [`load_model`]) with `options`.
 pub fn load_model_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Mistral> {
-    Ok(load_tapped(path.as_ref(), options, None)?.0)
+    Ok(load_tapped(path.as_ref(), options, None, None)?.0)
 }
 
 /// Loads the model at `path` like [`load_model_with`], and also says what
@@ -51,7 +51,19 @@ pub fn load_model_planned(
     path: impl AsRef<Path>,
     options: &LoadOptions,
 ) -> Result<(Mistral, LoadPlan)> {
-    load_tapped(path.as_ref(), options, None)
+    load_tapped(path.as_ref(), options, None, None)
+}
+
+/// Loads this process's share of the model at `path` split over
+/// `parallel`'s ranks (see `mistral_model::tensor_parallel`): every rank
+/// loads the same files with the same options and keeps its block of each
+/// split matrix.
+pub fn load_model_parallel(
+    path: impl AsRef<Path>,
+    options: &LoadOptions,
+    parallel: TensorParallel,
+) -> Result<(Mistral, LoadPlan)> {
+    load_tapped(path.as_ref(), options, None, Some(parallel))
 }
 
 /// Loads the model at `path` like [`load_model_with`], and also returns
@@ -62,7 +74,7 @@ pub(crate) fn load_with_tensors(
     options: &LoadOptions,
 ) -> Result<(Mistral, Vec<(String, Array)>)> {
     let mut seen = Vec::new();
-    let (model, _) = load_tapped(path, options, Some(&mut seen))?;
+    let (model, _) = load_tapped(path, options, Some(&mut seen), None)?;
     Ok((model, seen))
 }
 
@@ -88,8 +100,13 @@ fn build(
     source: &mut dyn WeightSource,
     seen: Option<&mut Vec<(String, Array)>>,
     plan: &LoadPlan,
+    parallel: Option<TensorParallel>,
 ) -> std::result::Result<Mistral, ModelError> {
-    Mistral::with_options(config, &mut Tap { source, seen }, plan.weights)
+    let mut tap = Tap { source, seen };
+    match parallel {
+        Some(parallel) => Mistral::with_tensor_parallel(config, &mut tap, plan.weights, parallel),
+        None => Mistral::with_options(config, &mut tap, plan.weights),
+    }
 }
 
 /// The validated configuration of the model at `path` (a model directory's
@@ -129,9 +146,10 @@ fn load_tapped(
     path: &Path,
     options: &LoadOptions,
     seen: Option<&mut Vec<(String, Array)>>,
+    parallel: Option<TensorParallel>,
 ) -> Result<(Mistral, LoadPlan)> {
     if let Some(file) = gguf::find_gguf(path)? {
-        return load_gguf(&file, options, seen);
+        return load_gguf(&file, options, seen, parallel);
     }
     // Config and checkpoint only: the tokenizer is the caller's business
     // (`ModelDir::open` would parse `tokenizer.json` too).
@@ -142,7 +160,7 @@ fn load_tapped(
     let config_path = dir.join(CONFIG_FILE);
     let config = dir_model_config(dir, &config_json)?;
     let plan = LoadPlan::resolve(options.dtype, &config);
-    let built = build(&config, &mut weights, seen, &plan);
+    let built = build(&config, &mut weights, seen, &plan, parallel);
     let model = built.map_err(|source| match source {
         ModelError::Config(source) => LoadError::Config {
             path: config_path.clone(),
@@ -165,6 +183,7 @@ fn load_gguf(
     path: &Path,
     options: &LoadOptions,
     seen: Option<&mut Vec<(String, Array)>>,
+    parallel: Option<TensorParallel>,
 ) -> Result<(Mistral, LoadPlan)> {
     let file = GgufFile::open(path)?;
     let config_error = |source| LoadError::Config {
@@ -178,7 +197,7 @@ fn load_gguf(
         config.num_key_value_heads(),
     );
     let plan = LoadPlan::resolve(options.dtype, &config);
-    let built = build(&config, &mut weights, seen, &plan);
+    let built = build(&config, &mut weights, seen, &plan, parallel);
     let model = built.map_err(|source| match source {
         ModelError::Config(source) => config_error(source),
         mut source => weights.take_first_failure().unwrap_or_else(|| {

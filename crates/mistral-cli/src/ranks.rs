@@ -1,0 +1,134 @@
+//! Running one command as several ranks of a tensor-parallel group.
+//!
+//! - [`launch`]: `--ranks N` on this machine: the command starts itself N
+//!   times with MLX's ring environment (`MLX_RANK`, `MLX_HOSTFILE` naming N
+//!   free ports on 127.0.0.1), as MLX's own launcher does. Rank 0's output
+//!   passes through; the others' is dropped unless they fail. When one rank
+//!   fails, the others are stopped and the command fails with its status.
+//! - [`join`]: in a process started that way (or by `mlx.launch`, or by
+//!   hand with the same variables, across machines), joins the group: the
+//!   ring when `MLX_HOSTFILE` is set, NCCL when `NCCL_HOST_IP` is, within a
+//!   time limit (a rank that never starts is an error, not a hang).
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use mistral_model::TensorParallel;
+use mlx_rs_core::distributed::{Backend, Group};
+
+/// How long the ranks wait for each other to join.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Whether this process was started as a rank (by [`launch`] or MLX's
+/// launcher).
+pub fn is_rank() -> bool {
+    std::env::var_os("MLX_RANK").is_some()
+}
+
+/// Joins the group this process was started in; `None` when it was not
+/// started as a rank, or the group has one process.
+pub fn join() -> Result<Option<TensorParallel>> {
+    if !is_rank() {
+        return Ok(None);
+    }
+    let backend = if std::env::var_os("MLX_HOSTFILE").is_some() {
+        Backend::Ring
+    } else if std::env::var_os("NCCL_HOST_IP").is_some() {
+        Backend::Nccl
+    } else {
+        Backend::Any
+    };
+    let group = Group::init_within(backend, JOIN_TIMEOUT)?;
+    Ok((group.size() > 1).then(|| TensorParallel::new(group)))
+}
+
+/// Runs this command as `n` local ranks (see the module notes): the same
+/// arguments without `--ranks`.
+pub fn launch(n: u32) -> Result<()> {
+    let exe = std::env::current_exe().context("finding this program to start its ranks")?;
+    let args = without_ranks(std::env::args().skip(1));
+    let ports = (0..n)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+        })
+        .collect::<std::io::Result<Vec<u16>>>()
+        .context("finding free ports on 127.0.0.1")?;
+    let hosts: Vec<Vec<String>> = ports
+        .iter()
+        .map(|p| vec![format!("127.0.0.1:{p}")])
+        .collect();
+    let dir = tempfile::tempdir().context("creating the hostfile's folder")?;
+    let hostfile = dir.path().join("hosts.json");
+    std::fs::write(&hostfile, serde_json::to_string(&hosts)?)
+        .with_context(|| format!("writing {}", hostfile.display()))?;
+    let mut children = Vec::new();
+    for rank in 0..n {
+        let mut command = Command::new(&exe);
+        command
+            .args(&args)
+            .env("MLX_RANK", rank.to_string())
+            .env("MLX_HOSTFILE", &hostfile);
+        if rank > 0 {
+            command.stdout(Stdio::null()).stderr(Stdio::piped());
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting rank {rank}"))?;
+        children.push(child);
+    }
+    supervise(children)
+}
+
+/// Waits for every rank; the first to fail stops the others.
+fn supervise(mut children: Vec<Child>) -> Result<()> {
+    let mut done = vec![false; children.len()];
+    loop {
+        for (rank, child) in children.iter_mut().enumerate() {
+            if done[rank] {
+                continue;
+            }
+            let Some(status) = child.try_wait()? else {
+                continue;
+            };
+            done[rank] = true;
+            if !status.success() {
+                let mut detail = String::new();
+                if let Some(mut err) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = err.read_to_string(&mut detail);
+                }
+                for other in children.iter_mut() {
+                    let _ = other.kill();
+                    let _ = other.wait();
+                }
+                if !detail.trim().is_empty() {
+                    eprintln!("{}", detail.trim_end());
+                }
+                bail!("rank {rank} failed ({status}); the other ranks were stopped");
+            }
+        }
+        if done.iter().all(|&d| d) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `args` without `--ranks N` / `--ranks=N`.
+fn without_ranks(args: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut skip = false;
+    for arg in args {
+        if skip {
+            skip = false;
+        } else if arg == "--ranks" {
+            skip = true;
+        } else if !arg.starts_with("--ranks=") {
+            out.push(arg);
+        }
+    }
+    out
+}
