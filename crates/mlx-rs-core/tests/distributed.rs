@@ -114,26 +114,21 @@ fn two_ranks_over_loopback_get_the_collectives_right() {
     }
 }
 
+/// Rank 1 of `scenario` exits with status 3; rank 0 must end with an
+/// error (within the launcher's time limit).
+fn rank_zero_fails_when_rank_one_is_gone(scenario: &str) {
+    let ranks = run_ranks(2, scenario);
+    assert_eq!(ranks[1].0, Some(3), "{scenario}: rank 1 exits");
+    let (code, out) = &ranks[0];
+    assert_ne!(*code, Some(0), "{scenario}: rank 0 must fail, got:\n{out}");
+}
+
 #[test]
 fn a_rank_that_dies_ends_the_other_with_an_error() {
-    let ranks = run_ranks(2, "rank1_dies");
-    assert_eq!(ranks[1].0, Some(3), "rank 1 exits");
-    assert_ne!(
-        ranks[0].0,
-        Some(0),
-        "rank 0 must fail, got:\n{}",
-        ranks[0].1
-    );
+    rank_zero_fails_when_rank_one_is_gone("rank1_dies");
 }
 
 #[test]
 fn a_rank_that_never_joins_ends_the_other_with_an_error() {
-    let ranks = run_ranks(2, "rank1_never_joins");
-    assert_eq!(ranks[1].0, Some(3), "rank 1 exits");
-    assert_ne!(
-        ranks[0].0,
-        Some(0),
-        "rank 0 must fail, got:\n{}",
-        ranks[0].1
-    );
+    rank_zero_fails_when_rank_one_is_gone("rank1_never_joins");
 }
