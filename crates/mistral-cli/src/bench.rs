@@ -12,12 +12,13 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use std::time::Instant;
 
-use mistral_loader::load_model_planned;
+use mistral_loader::{load_model_parallel, load_model_planned};
 use mlx_rs::Array;
 use mlx_rs_core::{Generate, RotatingKVCache};
 
 use crate::args::ModelArgs;
 use crate::model_source;
+use crate::ranks;
 use crate::report::GenerationStats;
 use crate::stats::Summary;
 
@@ -68,6 +69,11 @@ pub struct BenchArgs {
     /// Shorthand for `--format json`.
     #[arg(long)]
     json: bool,
+    /// Split the model over this many processes on this machine (see
+    /// `generate --ranks`); rank 0 prints, and its weight bytes and memory
+    /// are its own share.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    ranks: u32,
 }
 
 /// All runs of one (prompt, depth) setting.
@@ -97,9 +103,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let dir = model_source::resolve(&args.model.model)?;
     let options = args.model.load_options();
     let format = if args.json { Format::Json } else { args.format };
+    if args.ranks > 1 && !ranks::is_rank() {
+        return ranks::launch(args.ranks);
+    }
+    let parallel = ranks::join()?;
+    let quiet = parallel.as_ref().is_some_and(|p| p.rank() != 0);
 
     let start = Instant::now();
-    let (mut model, plan) = load_model_planned(&dir, &options)?;
+    let (mut model, plan) = match parallel {
+        Some(parallel) => load_model_parallel(&dir, &options, parallel)?,
+        None => load_model_planned(&dir, &options)?,
+    };
     let load_seconds = start.elapsed().as_secs_f64();
     let facts = ModelFacts {
         path: dir.display().to_string(),
@@ -135,10 +149,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             row.samples.push(sample);
         }
     }
-    print!(
-        "{}",
-        render(format, &facts, load_seconds, &rows, args.gen_tokens)
-    );
+    if !quiet {
+        print!(
+            "{}",
+            render(format, &facts, load_seconds, &rows, args.gen_tokens)
+        );
+    }
     Ok(())
 }
 

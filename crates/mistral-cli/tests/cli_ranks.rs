@@ -2,8 +2,8 @@
 //! 127.0.0.1 (MLX's ring backend) gives the single-process output exactly
 //! (ids and text, greedy and seeded) on the GQA test models in float32 and
 //! bf16, a 4-bit one kept quantized and the sliding-window one; only rank 0
-//! prints; a model that cannot be split fails with an error naming why,
-//! and the other rank is stopped.
+//! prints (also for `bench`); a model that cannot be split fails with an
+//! error naming why, and the other rank is stopped.
 
 mod common;
 
@@ -90,4 +90,32 @@ fn a_model_that_cannot_be_split_is_refused_by_name() {
     );
     assert!(stderr.contains("the other ranks were stopped"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bench_runs_across_ranks_and_only_rank_zero_reports() {
+    let dir = test_models_root().join("gqa4_f32").display().to_string();
+    let output = cli(&[
+        "bench",
+        "--model",
+        &dir,
+        "--prompt-tokens",
+        "16",
+        "--gen-tokens",
+        "4",
+        "--iterations",
+        "1",
+        "--json",
+        "--ranks",
+        "2",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let reports: Vec<Value> = stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(reports.len(), 1, "one report (rank 0's): {stdout}");
 }
