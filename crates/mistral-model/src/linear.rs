@@ -312,29 +312,27 @@ impl Linear {
 
     /// Applies the layer to `x` `[..., in]`, giving `[..., out]`.
     pub fn forward(&self, x: &Array) -> Result<Array, ModelError> {
+        if self.split.is_none() && self.reduce.is_none() {
+            // One product, with the bias fused where MLX can (addmm).
+            return match (&self.weight, &self.bias) {
+                (LinearWeight::Dense(w), Some(b)) => Ok(addmm(b, x, w.transpose()?, 1.0, 1.0)?),
+                (LinearWeight::Transposed(w), Some(b)) => Ok(addmm(b, x, w, 1.0, 1.0)?),
+                (weight, None) => weight.matmul_t(x),
+                (weight, Some(b)) => Ok(weight.matmul_t(x)?.add(b)?),
+            };
+        }
+        let mut y = match &self.split {
+            Some(split) => split.matmul_t(x)?,
+            None => self.weight.matmul_t(x)?,
+        };
+        // Input columns split over ranks: sum the partial products first,
+        // so the bias is added once.
         if let Some(parallel) = &self.reduce {
-            let partial = match &self.split {
-                Some(split) => split.matmul_t(x)?,
-                None => self.weight.matmul_t(x)?,
-            };
-            let y = parallel.all_sum(&partial)?;
-            return match &self.bias {
-                Some(b) => Ok(y.add(b)?),
-                None => Ok(y),
-            };
+            y = parallel.all_sum(&y)?;
         }
-        if let Some(split) = &self.split {
-            let y = split.matmul_t(x)?;
-            return match &self.bias {
-                Some(b) => Ok(y.add(b)?),
-                None => Ok(y),
-            };
-        }
-        match (&self.weight, &self.bias) {
-            (LinearWeight::Dense(w), Some(b)) => Ok(addmm(b, x, w.transpose()?, 1.0, 1.0)?),
-            (LinearWeight::Transposed(w), Some(b)) => Ok(addmm(b, x, w, 1.0, 1.0)?),
-            (weight, None) => weight.matmul_t(x),
-            (weight, Some(b)) => Ok(weight.matmul_t(x)?.add(b)?),
+        match &self.bias {
+            Some(b) => Ok(y.add(b)?),
+            None => Ok(y),
         }
     }
 }
