@@ -12,7 +12,6 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use std::time::Instant;
 
-use mistral_loader::{load_model_parallel, load_model_planned};
 use mlx_rs::Array;
 use mlx_rs_core::{Generate, RotatingKVCache};
 
@@ -103,17 +102,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let dir = model_source::resolve(&args.model.model)?;
     let options = args.model.load_options();
     let format = if args.json { Format::Json } else { args.format };
-    if args.ranks > 1 && !ranks::is_rank() {
-        return ranks::launch(args.ranks);
-    }
-    let parallel = ranks::join()?;
-    let quiet = parallel.as_ref().is_some_and(|p| p.rank() != 0);
+    let parallel = match ranks::role(args.ranks)? {
+        ranks::Role::Launcher => return Ok(()),
+        ranks::Role::Worker(parallel) => parallel,
+    };
+    let quiet = !ranks::prints(&parallel);
 
     let start = Instant::now();
-    let (mut model, plan) = match parallel {
-        Some(parallel) => load_model_parallel(&dir, &options, parallel)?,
-        None => load_model_planned(&dir, &options)?,
-    };
+    let (mut model, plan) = ranks::load_model(&dir, &options, parallel)?;
     let load_seconds = start.elapsed().as_secs_f64();
     let facts = ModelFacts {
         path: dir.display().to_string(),

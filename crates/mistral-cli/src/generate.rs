@@ -16,9 +16,8 @@ use std::time::Instant;
 
 use mistral_loader::chat_template::ChatTemplateSource;
 use mistral_loader::{
-    check_tokenizer_fits, load_chat_template, load_model_config, load_model_parallel,
-    load_model_planned, load_special_tokens, load_tokenizer, ChatMessage, StopChecker,
-    StopCriteria, StreamingDetokenizer,
+    check_tokenizer_fits, load_chat_template, load_model_config, load_special_tokens,
+    load_tokenizer, ChatMessage, StopChecker, StopCriteria, StreamingDetokenizer,
 };
 use mlx_rs::Array;
 use mlx_rs_core::{Generate, RotatingKVCache};
@@ -69,12 +68,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.no_chat && args.system.is_some() {
         bail!("--system needs chat mode; drop --no-chat");
     }
-    if args.ranks > 1 && !ranks::is_rank() {
-        return ranks::launch(args.ranks);
-    }
-    let parallel = ranks::join()?;
-    // Every rank computes the same tokens; only rank 0 prints.
-    let quiet = parallel.as_ref().is_some_and(|p| p.rank() != 0);
+    let parallel = match ranks::role(args.ranks)? {
+        ranks::Role::Launcher => return Ok(()),
+        ranks::Role::Worker(parallel) => parallel,
+    };
+    let quiet = !ranks::prints(&parallel);
     let prompt_text = read_prompt(&args.prompt)?;
     let dir = model_source::resolve(&args.model.model)?;
 
@@ -92,10 +90,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     check_tokenizer_fits(&tokenizer, config.vocab_size, &dir)?;
     let special = load_special_tokens(&dir, Some(&tokenizer))?;
     let options = args.model.load_options();
-    let (mut model, plan) = match parallel.clone() {
-        Some(parallel) => load_model_parallel(&dir, &options, parallel)?,
-        None => load_model_planned(&dir, &options)?,
-    };
+    let (mut model, plan) = ranks::load_model(&dir, &options, parallel.clone())?;
     let load_seconds = load_start.elapsed().as_secs_f64();
 
     let template = load_chat_template(&dir, &tokenizer)?;

@@ -13,22 +13,61 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use std::path::Path;
+
 use anyhow::{bail, Context, Result};
-use mistral_model::TensorParallel;
-use mlx_rs_core::distributed::{Backend, Group};
+use mistral_loader::{load_model_parallel, load_model_planned, LoadOptions, LoadPlan};
+use mistral_model::{Mistral, TensorParallel};
+use mlx_rs_core::distributed::{write_loopback_hostfile, Backend, Group};
 
 /// How long the ranks wait for each other to join.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// What `--ranks` makes of this process.
+pub enum Role {
+    /// It started the ranks ([`launch`]), which have all ended well.
+    Launcher,
+    /// It computes: alone (`None`), or as a rank of a group ([`join`]).
+    Worker(Option<TensorParallel>),
+}
+
+/// `--ranks n`: runs the command as `n` local ranks when asked and this
+/// process is not one already, else joins the group it was started in.
+pub fn role(n: u32) -> Result<Role> {
+    if n > 1 && !is_rank() {
+        launch(n)?;
+        return Ok(Role::Launcher);
+    }
+    Ok(Role::Worker(join()?))
+}
+
+/// Whether this process prints: it is alone or rank 0 (every rank computes
+/// the same tokens).
+pub fn prints(parallel: &Option<TensorParallel>) -> bool {
+    parallel.as_ref().is_none_or(|p| p.rank() == 0)
+}
+
+/// The model at `dir` whole, or this rank's share of it.
+pub fn load_model(
+    dir: &Path,
+    options: &LoadOptions,
+    parallel: Option<TensorParallel>,
+) -> Result<(Mistral, LoadPlan)> {
+    Ok(match parallel {
+        Some(parallel) => load_model_parallel(dir, options, parallel)?,
+        None => load_model_planned(dir, options)?,
+    })
+}
+
 /// Whether this process was started as a rank (by [`launch`] or MLX's
 /// launcher).
-pub fn is_rank() -> bool {
+fn is_rank() -> bool {
     std::env::var_os("MLX_RANK").is_some()
 }
 
 /// Joins the group this process was started in; `None` when it was not
 /// started as a rank, or the group has one process.
-pub fn join() -> Result<Option<TensorParallel>> {
+fn join() -> Result<Option<TensorParallel>> {
     if !is_rank() {
         return Ok(None);
     }
@@ -45,25 +84,12 @@ pub fn join() -> Result<Option<TensorParallel>> {
 
 /// Runs this command as `n` local ranks (see the module notes): the same
 /// arguments without `--ranks`.
-pub fn launch(n: u32) -> Result<()> {
+fn launch(n: u32) -> Result<()> {
     let exe = std::env::current_exe().context("finding this program to start its ranks")?;
     let args = without_ranks(std::env::args().skip(1));
-    let ports = (0..n)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-        })
-        .collect::<std::io::Result<Vec<u16>>>()
-        .context("finding free ports on 127.0.0.1")?;
-    let hosts: Vec<Vec<String>> = ports
-        .iter()
-        .map(|p| vec![format!("127.0.0.1:{p}")])
-        .collect();
     let dir = tempfile::tempdir().context("creating the hostfile's folder")?;
     let hostfile = dir.path().join("hosts.json");
-    std::fs::write(&hostfile, serde_json::to_string(&hosts)?)
-        .with_context(|| format!("writing {}", hostfile.display()))?;
+    write_loopback_hostfile(n as usize, &hostfile)?;
     let mut children = Vec::new();
     for rank in 0..n {
         let mut command = Command::new(&exe);

@@ -170,6 +170,25 @@ impl Group {
     }
 }
 
+/// Writes to `path` a ring hostfile for `n` ranks on this machine (one free
+/// port on 127.0.0.1 each), the file `MLX_HOSTFILE` names.
+pub fn write_loopback_hostfile(n: usize, path: &std::path::Path) -> Result<()> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        Error::Distributed(format!("{what} for a loopback hostfile: {e}"))
+    };
+    let hosts = (0..n)
+        .map(|_| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| failed("finding a free port on 127.0.0.1", &e))?
+                .port();
+            Ok(vec![format!("127.0.0.1:{port}")])
+        })
+        .collect::<Result<Vec<Vec<String>>>>()?;
+    let text = serde_json::to_string(&hosts).map_err(|e| failed("writing JSON", &e))?;
+    std::fs::write(path, text).map_err(|e| failed(&format!("writing {}", path.display()), &e))
+}
+
 /// The ring backend's environment, checked before MLX reads it: MLX
 /// aborts the process on some malformed values.
 fn check_ring_environment() -> Result<()> {

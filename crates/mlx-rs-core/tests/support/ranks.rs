@@ -14,22 +14,12 @@ use std::time::{Duration, Instant};
 pub const CHILD: &str = "MISTRAL_MLX_DISTRIBUTED_CHILD";
 const LIMIT: Duration = Duration::from_secs(120);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Starts `n` ranks of this binary running `scenario`; returns each one's
 /// exit status and stdout, killing them all past the time limit.
 pub fn run_ranks(n: usize, scenario: &str) -> Vec<(Option<i32>, String)> {
     let dir = tempfile::tempdir().expect("temp dir");
-    let hosts: Vec<Vec<String>> = (0..n)
-        .map(|_| vec![format!("127.0.0.1:{}", free_port())])
-        .collect();
     let hostfile = dir.path().join("hosts.json");
-    std::fs::write(&hostfile, serde_json::to_string(&hosts).unwrap()).unwrap();
+    mlx_rs_core::distributed::write_loopback_hostfile(n, &hostfile).expect("a hostfile");
     let exe = std::env::current_exe().expect("test binary");
     let mut children: Vec<Child> = (0..n)
         .map(|rank| {
