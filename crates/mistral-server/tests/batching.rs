@@ -29,6 +29,17 @@ fn body(prompt: &str, stream: bool) -> Value {
     })
 }
 
+/// A streamed greedy chat whose prompt is a sentence `repeats` times (300:
+/// about 3000 tokens).
+fn long_prompt_stream(repeats: usize, max_tokens: u32) -> Value {
+    json!({
+        "messages": [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. ".repeat(repeats)}],
+        "temperature": 0,
+        "max_tokens": max_tokens,
+        "stream": true,
+    })
+}
+
 #[test]
 fn eight_concurrent_streams_get_their_solo_answers() {
     // No prompt cache: each request prefills its own prompt, as alone.
@@ -99,13 +110,7 @@ fn eight_concurrent_streams_get_their_solo_answers() {
 #[test]
 fn a_client_that_leaves_during_prefill_stops_it() {
     let server = start_configured(|c| c.prompt_cache_bytes = 0);
-    let long = "The quick brown fox jumps over the lazy dog. ".repeat(300);
-    let request = json!({
-        "messages": [{"role": "user", "content": long}],
-        "temperature": 0,
-        "max_tokens": 8,
-        "stream": true,
-    });
+    let request = long_prompt_stream(300, 8);
     stream_and_leave(&server, "/v1/chat/completions", &request); // the prefill has just begun
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     while metric(&server, "mistral_requests_running") > 0.0 {
@@ -144,13 +149,7 @@ fn a_stream_waiting_on_a_long_prefill_gets_keep_alive_comments() {
         // MLX's quantized product.
         c.model.options.dtype = mistral_loader::ComputeDtype::Auto;
     });
-    let long = "The quick brown fox jumps over the lazy dog. ".repeat(50);
-    let request = json!({
-        "messages": [{"role": "user", "content": long}],
-        "temperature": 0,
-        "max_tokens": 2,
-        "stream": true,
-    });
+    let request = long_prompt_stream(50, 2);
     let started = std::time::Instant::now();
     let (status, text) = post_raw(
         &server,
