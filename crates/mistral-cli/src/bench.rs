@@ -92,6 +92,8 @@ struct ModelFacts {
     /// Bytes of weights read per decoded token (see
     /// `Mistral::weight_bytes_per_token`).
     weight_bytes_per_token: u64,
+    /// MLX's peak memory while loading (with `--ranks`, rank 0's).
+    load_peak_bytes: u64,
 }
 
 /// Runs `bench`: loads the model once (timed), then runs every setting
@@ -108,6 +110,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let quiet = !ranks::prints(&parallel);
 
+    let _ = mlx_rs::memory::reset_peak_memory();
     let start = Instant::now();
     let (mut model, plan) = ranks::load_model(&dir, &options, parallel)?;
     let load_seconds = start.elapsed().as_secs_f64();
@@ -116,6 +119,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         dtype: plan.summary,
         weight_bytes: model.weight_bytes(),
         weight_bytes_per_token: model.weight_bytes_per_token(),
+        load_peak_bytes: mlx_rs::memory::peak_memory().unwrap_or(0) as u64,
     };
     let vocab = model.config().vocab_size;
     let mut rows: Vec<Row> = prompt_lengths
@@ -268,6 +272,7 @@ fn render(format: Format, facts: &ModelFacts, load: f64, rows: &[Row], gen: u32)
                     "blas": mlx_sys::BLAS,
                     "weight_bytes": facts.weight_bytes,
                     "weight_bytes_per_token": facts.weight_bytes_per_token,
+                    "load_peak_mem_bytes": facts.load_peak_bytes,
                     "load_s": load,
                     "results": rows,
                 })
@@ -293,7 +298,8 @@ fn render(format: Format, facts: &ModelFacts, load: f64, rows: &[Row], gen: u32)
                 lines.push(cells);
             }
             let load_line = format!(
-                "load: {load:.3} s; weights: {} ({:.3} GB, {:.3} GB read per token); BLAS: {}",
+                "load: {load:.3} s, peak memory {:.3} GB; weights: {} ({:.3} GB, {:.3} GB read per token); BLAS: {}",
+                gb(facts.load_peak_bytes),
                 facts.dtype,
                 gb(facts.weight_bytes),
                 gb(facts.weight_bytes_per_token),

@@ -269,6 +269,8 @@ fn bench_json_reports_every_metric() {
     assert!(json["dtype"].is_string() && json["blas"].is_string());
     let (total, per_token) = (&json["weight_bytes"], &json["weight_bytes_per_token"]);
     assert!(total.as_u64() >= per_token.as_u64() && per_token.as_u64() > Some(0));
+    // The load's peak memory holds at least the weights it loaded.
+    assert!(json["load_peak_mem_bytes"].as_u64() >= total.as_u64());
     let results = json["results"].as_array().unwrap();
     assert_eq!(results.len(), 4, "2 prompt lengths x 2 depths");
     for row in results {

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mistral_model::{MistralConfig, ModelError, TensorParallel, WeightSource};
+use mistral_model::{Block, MistralConfig, ModelError, TensorParallel, WeightSource};
 use mlx_rs::Array;
 
 use crate::config::read_config_str;
@@ -84,13 +84,25 @@ struct Tap<'a> {
     seen: Option<&'a mut Vec<(String, Array)>>,
 }
 
-impl WeightSource for Tap<'_> {
-    fn take(&mut self, name: &str) -> Option<Array> {
-        let array = self.source.take(name)?;
-        if let Some(seen) = self.seen.as_mut() {
+impl Tap<'_> {
+    /// Records `array` (if any) under `name` and passes it on.
+    fn record(&mut self, name: &str, array: Option<Array>) -> Option<Array> {
+        if let (Some(seen), Some(array)) = (self.seen.as_mut(), &array) {
             seen.push((name.to_owned(), array.clone()));
         }
-        Some(array)
+        array
+    }
+}
+
+impl WeightSource for Tap<'_> {
+    fn take(&mut self, name: &str) -> Option<Array> {
+        let array = self.source.take(name);
+        self.record(name, array)
+    }
+
+    fn take_block(&mut self, name: &str, block: Block) -> Option<Array> {
+        let array = self.source.take_block(name, block);
+        self.record(name, array)
     }
 }
 

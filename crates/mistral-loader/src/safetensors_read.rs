@@ -125,7 +125,19 @@ pub(crate) fn read_tensor(
     // SAFETY: `buf` owns `buf.len() * 8 >= len` initialized bytes; the byte
     // view is dropped before `buf` is used again.
     let bytes = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), len) };
-    read_at(file, path, bytes, start as u64).map_err(|err| match err {
+    read_into(file, path, name, bytes, start)?;
+    Ok(buf)
+}
+
+/// Fills `dst` with the bytes of `file` (tensor `name`) at `offset`.
+pub(crate) fn read_into(
+    file: &File,
+    path: &Path,
+    name: &str,
+    dst: &mut [u8],
+    offset: usize,
+) -> Result<()> {
+    read_at(file, path, dst, offset as u64).map_err(|err| match err {
         LoadError::Io { path, source } => LoadError::Io {
             path,
             source: std::io::Error::new(
@@ -134,8 +146,7 @@ pub(crate) fn read_tensor(
             ),
         },
         other => other,
-    })?;
-    Ok(buf)
+    })
 }
 
 /// Errors (naming the file) unless `file` is still at least `end` bytes long.

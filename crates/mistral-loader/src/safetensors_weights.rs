@@ -13,6 +13,11 @@
 //!   `mlx_rs::Array` when the model asks for a tensor: `Array::from_raw_data`
 //!   (mlx-c `mlx_array_new_data`) copies the bytes into an MLX-owned buffer
 //!   right away, so the array never points into the map.
+//! - [`SafetensorsWeights::try_take_block`] (the [`WeightSource::take_block`]
+//!   of a tensor-parallel rank) copies only a block of a tensor: one run of
+//!   bytes for a block of rows, one run per row for a block of columns. The
+//!   rest of the tensor is never read, so a rank's memory holds only its
+//!   share, during the load as after it.
 //! - Peak memory: the copy touches the tensor's mmap pages, which then count
 //!   as resident (file-backed) memory next to the copy; over a whole load
 //!   that would approach 2x the checkpoint size. So after each copy the
@@ -49,8 +54,10 @@ use safetensors::SafeTensors;
 
 use crate::error::{LoadError, Result};
 use crate::safetensors_files::{discover_checkpoint, CheckpointFiles};
-use crate::safetensors_read::{check_length, check_unique_names, read_header, read_tensor};
-use mistral_model::WeightSource;
+use crate::safetensors_read::{
+    check_length, check_unique_names, read_header, read_into, read_tensor,
+};
+use mistral_model::{Block, WeightSource};
 
 /// How tensor bytes are reached (see `safetensors_read` for the trade).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -324,27 +331,49 @@ impl SafetensorsWeights {
     /// absent, `Err` (naming file and tensor) when present but not
     /// convertible. The tensor is gone afterwards either way.
     pub fn try_take(&mut self, name: &str) -> Result<Option<Array>> {
+        self.take_part(name, None)
+    }
+
+    /// As [`try_take`](Self::try_take), but returns only `block` of the
+    /// tensor, reading only its bytes from the file (the whole tensor when
+    /// [`Block::range`] gives none for its shape).
+    pub fn try_take_block(&mut self, name: &str, block: Block) -> Result<Option<Array>> {
+        self.take_part(name, Some(block))
+    }
+
+    fn take_part(&mut self, name: &str, block: Option<Block>) -> Result<Option<Array>> {
         let Some(entry) = self.tensors.remove(name) else {
             return Ok(None);
         };
         let file = &self.files[entry.file];
-        let array = to_array(file, name, &entry)?;
+        let array = match block.and_then(|b| b.range(&entry.shape)) {
+            Some(range) => block_to_array(file, name, &entry, range)?,
+            None => to_array(file, name, &entry)?,
+        };
         if self.release_pages {
             release(file, &entry);
         }
         Ok(Some(array))
     }
+
+    /// Records a failed take for [`finish`](Self::finish) to report.
+    fn recorded(&mut self, taken: Result<Option<Array>>) -> Option<Array> {
+        taken.unwrap_or_else(|e| {
+            self.failures.push(e);
+            None
+        })
+    }
 }
 
 impl WeightSource for SafetensorsWeights {
     fn take(&mut self, name: &str) -> Option<Array> {
-        match self.try_take(name) {
-            Ok(array) => array,
-            Err(e) => {
-                self.failures.push(e);
-                None
-            }
-        }
+        let taken = self.try_take(name);
+        self.recorded(taken)
+    }
+
+    fn take_block(&mut self, name: &str, block: Block) -> Option<Array> {
+        let taken = self.try_take_block(name, block);
+        self.recorded(taken)
     }
 }
 
@@ -414,14 +443,15 @@ fn map_file(
     ))
 }
 
-/// Copies one tensor out of its map into a new MLX array.
-fn to_array(file: &MappedFile, name: &str, e: &Entry) -> Result<Array> {
+/// A tensor's MLX dtype and shape; an error naming it when MLX has no such
+/// dtype or a dimension does not fit MLX's `i32`.
+fn describe(file: &MappedFile, name: &str, e: &Entry) -> Result<(Dtype, Vec<i32>)> {
     let dtype = mlx_dtype(e.st_dtype).ok_or_else(|| LoadError::UnsupportedDtype {
         path: file.path.clone(),
         tensor: name.to_string(),
         dtype: e.st_dtype.to_string(),
     })?;
-    let shape: Vec<i32> = e
+    let shape = e
         .shape
         .iter()
         .map(|&d| i32::try_from(d))
@@ -431,11 +461,22 @@ fn to_array(file: &MappedFile, name: &str, e: &Entry) -> Result<Array> {
             tensor: name.to_string(),
             shape: e.shape.clone(),
         })?;
-    let mlx_error = |message: &str| LoadError::Mlx {
+    Ok((dtype, shape))
+}
+
+/// The error for an MLX failure while making tensor `name`.
+fn mlx_error<'a>(file: &'a MappedFile, name: &'a str) -> impl Fn(&str) -> LoadError + 'a {
+    move |message| LoadError::Mlx {
         path: file.path.clone(),
         tensor: name.to_string(),
         message: message.to_string(),
-    };
+    }
+}
+
+/// Copies one tensor out of its map into a new MLX array.
+fn to_array(file: &MappedFile, name: &str, e: &Entry) -> Result<Array> {
+    let (dtype, shape) = describe(file, name, e)?;
+    let mlx_error = mlx_error(file, name);
     let item = e.st_dtype.bitsize() / 8;
     let aligned_copy: Vec<u64>;
     let Some(mmap) = &file.mmap else {
@@ -464,6 +505,43 @@ fn to_array(file: &MappedFile, name: &str, e: &Entry) -> Result<Array> {
         bytes.as_ptr().cast()
     };
     new_array(ptr, &shape, dtype, mlx_error)
+}
+
+/// Copies the block `[start, end)` along `axis` of one tensor into a new MLX
+/// array, reading only the block's bytes: one run per index of the axes
+/// before `axis` (one run in all for the first axis, one per row for the
+/// last axis of a matrix).
+fn block_to_array(
+    file: &MappedFile,
+    name: &str,
+    e: &Entry,
+    (axis, start, end): (usize, usize, usize),
+) -> Result<Array> {
+    let (dtype, mut shape) = describe(file, name, e)?;
+    let mlx_error = mlx_error(file, name);
+    let item = e.st_dtype.bitsize() / 8;
+    let outer: usize = e.shape[..axis].iter().product();
+    let inner = e.shape[axis + 1..].iter().product::<usize>() * item;
+    let (stride, run) = (e.shape[axis] * inner, (end - start) * inner);
+    let mut buf = vec![0u64; (outer * run).div_ceil(8)];
+    // SAFETY: `buf` owns at least `outer * run` initialized bytes; the byte
+    // view is dropped before `buf` is used again.
+    let dst = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), outer * run) };
+    if file.mmap.is_some() {
+        check_length(&file.file, &file.path, e.end)?;
+    }
+    for (o, to) in dst.chunks_exact_mut(run.max(1)).enumerate() {
+        let from = e.start + o * stride + start * inner;
+        match &file.mmap {
+            Some(mmap) => to.copy_from_slice(
+                mmap.get(from..from + run)
+                    .ok_or_else(|| mlx_error("tensor data lies outside the file"))?,
+            ),
+            None => read_into(&file.file, &file.path, name, to, from)?,
+        }
+    }
+    shape[axis] = (end - start) as i32;
+    new_array(buf.as_ptr().cast(), &shape, dtype, mlx_error)
 }
 
 /// An MLX array copied from `ptr`: the tensor's bytes, aligned for `dtype`,

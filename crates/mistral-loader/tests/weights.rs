@@ -510,3 +510,52 @@ fn duplicate_tensor_across_unindexed_shards() {
         "{err}"
     );
 }
+
+/// A tensor-parallel rank's read: each block of rows or columns, in both
+/// file access modes, equals the block MLX cuts from the whole tensor (the
+/// default `WeightSource::take_block` of an in-memory source); a tensor
+/// whose axis does not divide comes whole, and a block take removes the
+/// tensor.
+#[test]
+fn blocks_read_from_the_file_equal_blocks_cut_from_the_whole_tensor() {
+    use mistral_model::{Block, BlockAxis};
+    use std::collections::HashMap;
+
+    let dir = TempDir::new("blocks");
+    let mut tensors = mixed_tensors();
+    tensors.insert("rows_cols".into(), f32_tensor(&[6, 12], 11));
+    tensors.insert("bf16_3d".into(), half_tensor(Dtype::BF16, &[6, 4, 6], 12));
+    tensors.insert("packed".into(), u32_tensor(&[4, 12], 13));
+    write_safetensors(&dir.path().join("model.safetensors"), &tensors);
+
+    for access in [FileAccess::Mmap, FileAccess::Read] {
+        for parts in [1, 2, 3, 4] {
+            for axis in [BlockAxis::First, BlockAxis::Last] {
+                for index in 0..parts {
+                    let block = Block { axis, index, parts };
+                    let mut whole = SafetensorsWeights::open_with(dir.path(), access).unwrap();
+                    let mut memory: HashMap<String, mlx_rs::Array> = tensors
+                        .keys()
+                        .map(|name| (name.clone(), whole.take(name).unwrap()))
+                        .collect();
+                    let mut w = SafetensorsWeights::open_with(dir.path(), access).unwrap();
+                    for (name, t) in &tensors {
+                        let what = format!("{name} {block:?} {access:?}");
+                        let got = w.take_block(name, block).unwrap();
+                        let want = memory.take_block(name, block).unwrap();
+                        assert_eq!(got.shape(), want.shape(), "shape of {what}");
+                        assert_eq!(got.dtype(), want.dtype(), "dtype of {what}");
+                        assert_eq!(array_bytes(&got), array_bytes(&want), "bytes of {what}");
+                        if block.range(&t.shape).is_none() {
+                            check_array(name, &got, t);
+                        } else if parts > 1 && !t.bytes.is_empty() {
+                            assert!(array_bytes(&got).len() < t.bytes.len(), "{what}");
+                        }
+                        assert!(!w.contains(name), "{what} still there");
+                    }
+                    assert!(w.finish().unwrap().is_empty());
+                }
+            }
+        }
+    }
+}

@@ -46,4 +46,4 @@ pub use norm::RmsNorm;
 pub use quantization::{LayerQuantization, QuantParams, QuantizationConfig};
 pub use row_split::RowSplit;
 pub use tensor_parallel::{Split, TensorParallel};
-pub use weights::{WeightOptions, WeightSource, Weights};
+pub use weights::{Block, BlockAxis, WeightOptions, WeightSource, Weights};

@@ -12,9 +12,11 @@
 //!   groups' boundaries (an error when a rank's share is not whole groups);
 //! - the embedding, the norms and the output head are replicated.
 //!
-//! Each rank takes only its block of every split tensor from the
-//! [`WeightSource`](crate::WeightSource) (a copy, so the whole tensor can be
-//! freed once read).
+//! Each rank takes only its [`Block`](crate::Block) of every split tensor
+//! from the [`WeightSource`](crate::WeightSource): the loader's safetensors
+//! source reads just those bytes from the files, so a rank's memory holds
+//! its share of the split matrices plus the replicated tensors, at load as
+//! after it.
 
 use std::sync::Arc;
 
@@ -78,11 +80,5 @@ impl TensorParallel {
             )));
         }
         Ok(n / size)
-    }
-
-    /// This rank's block `[start, end)` of an axis of length `n`.
-    pub(crate) fn block(&self, n: i32) -> (i32, i32) {
-        let part = n / self.size();
-        (self.rank() * part, (self.rank() + 1) * part)
     }
 }

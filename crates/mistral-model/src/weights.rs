@@ -20,6 +20,74 @@ pub trait WeightSource {
     /// Removes and returns the tensor called `name` (Hugging Face naming), or
     /// None if absent.
     fn take(&mut self, name: &str) -> Option<Array>;
+
+    /// Removes tensor `name` and returns only `block` of it (the whole
+    /// tensor when [`Block::range`] gives none for its shape), or None if
+    /// absent. The default takes the whole tensor and copies the block out
+    /// ([`Block::copy_of`]); a source that can read a block alone (the
+    /// loader's safetensors files) overrides it, so the rest is never read.
+    fn take_block(&mut self, name: &str, block: Block) -> Option<Array> {
+        self.take(name).map(|a| block.copy_of(a))
+    }
+}
+
+/// Which axis a [`Block`] cuts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockAxis {
+    /// The first axis (a matrix's output rows).
+    First,
+    /// The last axis (a matrix's input columns).
+    Last,
+}
+
+/// Part `index` of `parts` equal parts of a tensor along one axis: what a
+/// rank of a tensor-parallel model keeps of a split matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    /// The axis cut.
+    pub axis: BlockAxis,
+    /// Which part, from 0.
+    pub index: usize,
+    /// Into how many equal parts the axis is cut.
+    pub parts: usize,
+}
+
+impl Block {
+    /// For a tensor of `shape`: the axis cut and the range `[start, end)`
+    /// of this block along it; None (the tensor stays whole) for a scalar,
+    /// or when the axis does not divide into the parts or `index` is not
+    /// one of them.
+    pub fn range(&self, shape: &[usize]) -> Option<(usize, usize, usize)> {
+        let axis = match self.axis {
+            BlockAxis::First => 0,
+            BlockAxis::Last => shape.len().checked_sub(1)?,
+        };
+        let n = *shape.get(axis)?;
+        if self.parts == 0 || self.index >= self.parts || n % self.parts != 0 {
+            return None;
+        }
+        let part = n / self.parts;
+        Some((axis, self.index * part, (self.index + 1) * part))
+    }
+
+    /// This block of `a`, copied into a row-major array (and evaluated) so
+    /// the whole can be freed; `a` itself when [`range`](Self::range) gives
+    /// none or the copy fails.
+    pub fn copy_of(&self, a: Array) -> Array {
+        let shape: Vec<usize> = a.shape().iter().map(|&d| d.max(0) as usize).collect();
+        let Some((axis, start, end)) = self.range(&shape) else {
+            return a;
+        };
+        let indices = Array::from_iter(start as i32..end as i32, &[(end - start) as i32]);
+        // MLX's gather along a later axis gives a strided layout.
+        match a
+            .take_axis(&indices, axis as i32)
+            .and_then(|b| b.contiguous())
+        {
+            Ok(block) if block.eval().is_ok() => block,
+            _ => a,
+        }
+    }
 }
 
 /// In-memory source, mainly for tests.
@@ -169,32 +237,30 @@ impl<'a> Weights<'a> {
     /// [`sharded`](Self::sharded) view, this rank's block of it).
     pub fn take(&mut self, name: &str) -> Option<Array> {
         let path = self.path(name);
-        let a = self.source.take(&path)?;
-        Some(self.block_of(name, a))
+        match self.block_of(name) {
+            Some(block) => self.source.take_block(&path, block),
+            None => self.source.take(&path),
+        }
     }
 
-    /// This rank's block of tensor `name` of a split module: output rows
-    /// (axis 0), or input columns (the last axis; not of a `bias`), copied
-    /// so the whole tensor can be freed. A tensor whose axis does not
-    /// divide by the ranks is left whole (its shape check then names it).
-    fn block_of(&self, name: &str, a: Array) -> Array {
+    /// Which block of tensor `name` this rank keeps, in a split module:
+    /// output rows (the first axis), or input columns (the last axis; not
+    /// of a `bias`). A tensor whose axis does not divide by the ranks is
+    /// taken whole (its shape check then names it).
+    fn block_of(&self, name: &str) -> Option<Block> {
         let (Some(split), Some(parallel)) = (self.split, &self.parallel) else {
-            return a;
+            return None;
         };
         let axis = match split {
-            Split::Outputs => 0,
-            Split::Inputs if name == "bias" => return a,
-            Split::Inputs => a.ndim() as i32 - 1,
+            Split::Outputs => BlockAxis::First,
+            Split::Inputs if name == "bias" => return None,
+            Split::Inputs => BlockAxis::Last,
         };
-        if a.ndim() == 0 || a.dim(axis) % parallel.size() != 0 {
-            return a;
-        }
-        let (start, end) = parallel.block(a.dim(axis));
-        let indices = Array::from_iter(start..end, &[end - start]);
-        match a.take_axis(&indices, axis) {
-            Ok(block) if block.eval().is_ok() => block,
-            _ => a,
-        }
+        Some(Block {
+            axis,
+            index: parallel.rank() as usize,
+            parts: parallel.size() as usize,
+        })
     }
 
     /// Takes the required tensor `name`.
