@@ -97,15 +97,22 @@ def random_bf16_model(root: str, name: str, seed: int, **shape) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out_dir")
+    ap.add_argument("--only", help="comma-separated model names to write (default: all)")
     args = ap.parse_args()
+    only = set(args.only.split(",")) if args.only else None
+    wanted = lambda name: only is None or name in only
     root = os.path.abspath(args.out_dir)
     if os.path.exists(root):
         shutil.rmtree(root)
     os.makedirs(root)
-    random_bf16_model(root, "m7b_bf16", seed=107, **M7B)
-    bm.convert(root, "m7b_bf16", "m7b_q8", quantize=True, q_bits=8, q_group_size=64, dtype="bfloat16")
-    bm.convert(root, "m7b_bf16", "m7b_q4", quantize=True, q_bits=4, q_group_size=64, dtype="bfloat16")
-    bm.float_model(root, "m150_bf16", seed=101, **bm.M150)
+    if wanted("m7b_bf16") or wanted("m7b_q8") or wanted("m7b_q4"):
+        random_bf16_model(root, "m7b_bf16", seed=107, **M7B)
+    if wanted("m7b_q8"):
+        bm.convert(root, "m7b_bf16", "m7b_q8", quantize=True, q_bits=8, q_group_size=64, dtype="bfloat16")
+    if wanted("m7b_q4"):
+        bm.convert(root, "m7b_bf16", "m7b_q4", quantize=True, q_bits=4, q_group_size=64, dtype="bfloat16")
+    if wanted("m150_bf16"):
+        bm.float_model(root, "m150_bf16", seed=101, **bm.M150)
     print(json.dumps(bm.write_manifest(root)))
     return 0
 

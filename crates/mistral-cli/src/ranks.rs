@@ -2,7 +2,11 @@
 //!
 //! - [`launch`]: `--ranks N` on this machine: the command starts itself N
 //!   times with MLX's ring environment (`MLX_RANK`, `MLX_HOSTFILE` naming N
-//!   free ports on 127.0.0.1), as MLX's own launcher does. Rank 0's output
+//!   free ports on 127.0.0.1), as MLX's own launcher does; when MLX computes
+//!   on a GPU and has its NCCL backend (the CUDA build), with NCCL's
+//!   instead (`MLX_RANK`, `MLX_WORLD_SIZE`, `NCCL_HOST_IP` 127.0.0.1, a
+//!   free `NCCL_PORT`), each rank seeing one GPU (`CUDA_VISIBLE_DEVICES`:
+//!   the rank's entry of the caller's list, else the rank). Rank 0's output
 //!   passes through; the others' is dropped unless they fail. When one rank
 //!   fails, the others are stopped and the command fails with its status.
 //! - [`join`]: in a process started that way (or by `mlx.launch`, or by
@@ -89,14 +93,27 @@ fn launch(n: u32) -> Result<()> {
     let args = without_ranks(std::env::args().skip(1));
     let dir = tempfile::tempdir().context("creating the hostfile's folder")?;
     let hostfile = dir.path().join("hosts.json");
-    write_loopback_hostfile(n as usize, &hostfile)?;
+    let nccl = on_gpu() && Backend::Nccl.is_available();
+    let nccl_port = if nccl {
+        free_port()?
+    } else {
+        write_loopback_hostfile(n as usize, &hostfile)?;
+        0
+    };
+    let devices = if nccl { gpu_list(n)? } else { Vec::new() };
     let mut children = Vec::new();
     for rank in 0..n {
         let mut command = Command::new(&exe);
-        command
-            .args(&args)
-            .env("MLX_RANK", rank.to_string())
-            .env("MLX_HOSTFILE", &hostfile);
+        command.args(&args).env("MLX_RANK", rank.to_string());
+        if nccl {
+            command
+                .env("MLX_WORLD_SIZE", n.to_string())
+                .env("NCCL_HOST_IP", "127.0.0.1")
+                .env("NCCL_PORT", nccl_port.to_string())
+                .env("CUDA_VISIBLE_DEVICES", &devices[rank as usize]);
+        } else {
+            command.env("MLX_HOSTFILE", &hostfile);
+        }
         if rank > 0 {
             command.stdout(Stdio::null()).stderr(Stdio::piped());
         }
@@ -106,6 +123,46 @@ fn launch(n: u32) -> Result<()> {
         children.push(child);
     }
     supervise(children)
+}
+
+/// Whether MLX computes on a GPU in this process.
+fn on_gpu() -> bool {
+    matches!(
+        mlx_rs::Device::try_default().and_then(|device| device.get_type()),
+        Ok(mlx_rs::DeviceType::Gpu)
+    )
+}
+
+/// A TCP port free on 127.0.0.1 now (for NCCL's rendezvous).
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .context("finding a free port on 127.0.0.1 for NCCL")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The GPU each of `n` ranks sees: the entries of the caller's
+/// `CUDA_VISIBLE_DEVICES` in turn (an error when it names fewer than `n`),
+/// else 0, 1, ...
+fn gpu_list(n: u32) -> Result<Vec<String>> {
+    let given: Vec<String> = std::env::var("CUDA_VISIBLE_DEVICES")
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .map(|d| d.trim().to_owned())
+                .filter(|d| !d.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    if given.is_empty() {
+        return Ok((0..n).map(|rank| rank.to_string()).collect());
+    }
+    if given.len() < n as usize {
+        bail!(
+            "--ranks {n} needs {n} GPUs, one per rank, but CUDA_VISIBLE_DEVICES names {}",
+            given.len()
+        );
+    }
+    Ok(given[..n as usize].to_vec())
 }
 
 /// Waits for every rank; the first to fail stops the others.
