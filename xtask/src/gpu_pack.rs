@@ -15,7 +15,7 @@
 //!   `target/gpu-pack/<n>/` (a `carry` path); the first also holds a `zstd`
 //!   binary and the parts' checksums;
 //! - `xtask/gpu/run.sh` (in the tree, so always carried) stashes the parts,
-//!   then unpacks and runs `parity` or `bench`.
+//!   then unpacks and runs `parity`, `bench` or `tp` (2 GPUs).
 
 use anyhow::{bail, ensure, Context, Result};
 use std::fs;
@@ -265,7 +265,12 @@ fn print_calls(parts: usize) {
     println!("  run  command=\"bash xtask/gpu/run.sh bench 2\"  timeout_s=600   (writes the models; 2 repetitions,");
     println!("       the first fills MLX's kernel cache and is not counted)");
     println!("  run  command=\"bash xtask/gpu/run.sh bench 1\"  timeout_s=300   (as often as the budget allows)");
+    println!("Tensor parallelism on 2 GPUs (kind nvidia-h100-x2 or nvidia-h200-x2): the stash call(s), then");
     println!(
-        "Results come back from $OUT: card.txt, info.txt, setup.log, test-*.log, bench.jsonl."
+        "  run  carry=[\"target/gpu-pack/{parts}\"]  command=\"bash xtask/gpu/run.sh tp check\"  timeout_s=400"
+    );
+    println!("  run  command=\"bash xtask/gpu/run.sh tp bench 2\"  timeout_s=400   (ours and mlx-lm, 1 and 2 GPUs)");
+    println!(
+        "Results come back from $OUT: card.txt, info.txt, setup.log, test-*.log, bench.jsonl, tp-*."
     );
 }
