@@ -1,5 +1,7 @@
 //! `mistral-cli serve`: the OpenAI-compatible server of `mistral-server`
-//! on a tokio runtime, until Ctrl-C.
+//! on a tokio runtime, until Ctrl-C. With `--ranks N` the model is split
+//! over N processes: rank 0 serves HTTP, the others follow its every step
+//! (`mistral_server::follow`).
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -7,6 +9,7 @@ use mistral_server::{serve, ModelSpec, ServerConfig};
 
 use crate::args::ModelArgs;
 use crate::model_source;
+use crate::ranks;
 
 /// Arguments of `serve`.
 #[derive(Args, Debug)]
@@ -50,11 +53,26 @@ pub struct ServeArgs {
     /// prefill), so that proxies and clients do not time out.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     keep_alive_secs: u64,
+    /// Split the model over this many processes on this machine (see
+    /// `generate --ranks`); rank 0 listens and schedules, the others follow
+    /// each of its steps.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    ranks: u32,
 }
 
 /// Runs `serve`.
 pub fn run(args: ServeArgs) -> Result<()> {
     let path = model_source::resolve(&args.model.model)?;
+    let parallel = match ranks::role(args.ranks)? {
+        ranks::Role::Launcher => return Ok(()),
+        ranks::Role::Worker(parallel) => parallel,
+    };
+    if let Some(parallel) = parallel.as_ref().filter(|p| p.rank() != 0) {
+        let options = args.model.load_options();
+        let (mut model, _) = ranks::load_model(&path, &options, Some(parallel.clone()))?;
+        return mistral_server::follow(&mut model, parallel, args.prompt_cache_bytes)
+            .map_err(|e| anyhow::anyhow!("rank {}: {e}", parallel.rank()));
+    }
     let model_id = args.model_id.clone().unwrap_or_else(|| {
         path.file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -64,6 +82,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         model: ModelSpec {
             path,
             options: args.model.load_options(),
+            tensor_parallel: parallel,
         },
         model_id,
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),

@@ -16,10 +16,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use mistral_loader::{
-    load_chat_template, load_model_config, load_model_planned, load_special_tokens, load_tokenizer,
-    ChatMessage, LoadOptions, ModelChatTemplate, SpecialTokens, TokenBytes, Tokenizer,
+    load_chat_template, load_model_config, load_model_parallel, load_model_planned,
+    load_special_tokens, load_tokenizer, ChatMessage, LoadOptions, ModelChatTemplate,
+    SpecialTokens, TokenBytes, Tokenizer,
 };
-use mistral_model::Mistral;
+use mistral_model::{Mistral, TensorParallel};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApiError;
@@ -37,7 +38,7 @@ pub enum Prompt {
 }
 
 /// Sampling options of one request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sampling {
     /// Temperature (0: greedy).
     pub temperature: f32,
@@ -264,6 +265,10 @@ pub struct ModelSpec {
     pub path: PathBuf,
     /// How to load it.
     pub options: LoadOptions,
+    /// The group the model is split over (`mistral-cli serve --ranks N`):
+    /// this process is its rank 0 and the others [`follow`](crate::follow)
+    /// it; `None` for a whole model.
+    pub tensor_parallel: Option<TensorParallel>,
 }
 
 /// The HTTP side's handle on the engine.
@@ -340,6 +345,7 @@ pub fn start(
                     &counters,
                     max_batch,
                     prompt_cache_bytes,
+                    spec.tensor_parallel.clone(),
                 );
             }
             Err(err) => {
@@ -392,7 +398,11 @@ impl Loaded {
             .map_err(|e| e.to_string())?;
         let special = load_special_tokens(path, Some(&tokenizer)).map_err(|e| e.to_string())?;
         let template = load_chat_template(path, &tokenizer).map_err(|e| e.to_string())?;
-        let (model, _plan) = load_model_planned(path, &spec.options).map_err(|e| e.to_string())?;
+        let (model, _plan) = match &spec.tensor_parallel {
+            Some(parallel) => load_model_parallel(path, &spec.options, parallel.clone()),
+            None => load_model_planned(path, &spec.options),
+        }
+        .map_err(|e| e.to_string())?;
         Ok(Loaded {
             model,
             text: Arc::new(TextSide {

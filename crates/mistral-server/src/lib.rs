@@ -20,7 +20,8 @@
 //! requests generate at once, continuously batched ([`scheduler`]);
 //! finished requests' caches serve later prompts with the same start
 //! ([`prompt_cache`]); log-probabilities come in OpenAI's shapes
-//! ([`logprobs`]).
+//! ([`logprobs`]). A model split over processes is served by its rank 0,
+//! the others following each step ([`model_state`], [`follow`]).
 
 #![deny(missing_docs)]
 
@@ -28,6 +29,7 @@ pub mod engine;
 pub mod error;
 pub mod logprobs;
 pub mod metrics;
+pub mod model_state;
 pub mod prompt_cache;
 pub mod request;
 pub mod response;
@@ -36,6 +38,7 @@ pub mod scheduler;
 
 pub use engine::{EngineHandle, ModelSpec};
 pub use error::ApiError;
+pub use model_state::follow;
 
 use std::sync::Arc;
 

@@ -24,29 +24,27 @@
 //!
 //! Events go over unbounded channels: a slow client never stalls the
 //! batch (its text is bounded by its `max_tokens`).
+//!
+//! What the loop does to the model goes through
+//! [`ModelState`](crate::model_state::ModelState); when the model is split
+//! over ranks, each turn is also sent to the other ranks, which do the same
+//! (see [`model_state`](crate::model_state)).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use mistral_loader::{StopChecker, StopCriteria, StopReason, StreamingDetokenizer};
-use mistral_model::Mistral;
-use mlx_rs::Array;
-use mlx_rs_core::{
-    BatchGenerate, BatchToken, GenerateOptions, Prefill, RepetitionPenalty, SamplingOptions,
-};
+use mistral_model::{Mistral, TensorParallel};
+use mlx_rs_core::BatchToken;
 use tokio::sync::mpsc;
 
-use crate::engine::{Event, FinishReason, Job, PromptTokens, Sampling, TextSide};
+use crate::engine::{Event, FinishReason, Job, PromptTokens, TextSide};
 use crate::error::ApiError;
 use crate::logprobs::TokenLogprob;
 use crate::metrics::Metrics;
-use crate::prompt_cache::PromptCache;
+use crate::model_state::{Admit, Advanced, Leader, Leave, ModelState, PrefillOp, Turn};
 
-/// Prompt tokens prefilled per chunk (one chunk between decode steps).
-pub const PREFILL_CHUNK: i32 = 512;
-
-/// Repetition penalty context, as mlx-lm's default.
-const PENALTY_CONTEXT: usize = 20;
+pub use crate::model_state::PREFILL_CHUNK;
 
 /// A job with its stop checker and timing.
 struct Active<'t> {
@@ -163,28 +161,8 @@ fn stop_checker<'t>(job: &Job, text: &'t TextSide) -> Result<StopChecker<'t>, Ap
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("stop")))
 }
 
-/// The generation options of a request.
-fn options(sampling: &Sampling) -> GenerateOptions {
-    GenerateOptions {
-        sampling: SamplingOptions {
-            temperature: sampling.temperature,
-            top_p: sampling.top_p,
-            min_p: sampling.min_p,
-            top_k: sampling.top_k,
-        },
-        repetition_penalty: sampling
-            .repetition_penalty
-            .map(|penalty| RepetitionPenalty {
-                penalty,
-                context_size: PENALTY_CONTEXT,
-            }),
-        seed: sampling.seed,
-        prefill_step_size: PREFILL_CHUNK,
-        max_tokens: None,
-    }
-}
-
-/// Serves jobs until the queue closes (see the module notes).
+/// Serves jobs until the queue closes (see the module notes), leading
+/// the other ranks of `parallel` when the model is split.
 pub fn serve(
     model: &mut Mistral,
     text: &TextSide,
@@ -192,20 +170,22 @@ pub fn serve(
     metrics: &Metrics,
     max_batch: usize,
     prompt_cache_bytes: u64,
+    parallel: Option<TensorParallel>,
 ) {
     let max_batch = max_batch.max(1);
-    let mut kept = PromptCache::new(prompt_cache_bytes);
-    let mut batch = BatchGenerate::new();
-    let mut prefilling: VecDeque<(Prefill, Active<'_>)> = VecDeque::new();
+    let mut leader = Leader::new(parallel);
+    let mut state = ModelState::new(prompt_cache_bytes);
+    // The jobs of `state.prefills`, in the same order.
+    let mut prefilling: VecDeque<Active<'_>> = VecDeque::new();
     let mut running: HashMap<u64, Active<'_>> = HashMap::new();
     let mut next_id = 0u64;
     let mut open = true;
+    let mut turn = Turn::default();
     loop {
         metrics.sample_mlx_memory();
         // 1. Admit.
-        while open && batch.len() + prefilling.len() < max_batch {
-            let idle = batch.is_empty() && prefilling.is_empty();
-            let job = if idle {
+        while open && state.batch.len() + state.prefills.len() < max_batch {
+            let job = if state.is_idle() {
                 jobs.blocking_recv()
             } else {
                 match jobs.try_recv() {
@@ -214,58 +194,87 @@ pub fn serve(
                     Err(mpsc::error::TryRecvError::Disconnected) => None,
                 }
             };
-            let Some(job) = job else {
+            let Some(mut job) = job else {
                 open = false;
                 break;
             };
             Metrics::drop_one(&metrics.queued);
             next_id += 1;
-            if let Some(admitted) = admit(model, text, job, next_id, &mut kept, metrics) {
-                prefilling.push_back(admitted);
+            if let Some(leader) = leader.as_mut() {
+                job.sampling = leader.seeded(job.sampling);
+            }
+            let admit = Admit {
+                id: next_id,
+                prompt: job.prompt_ids.clone(),
+                sampling: job.sampling.clone(),
+                logprobs: job.logprobs,
+                start: false,
+            };
+            let cached = state.take_cached(&job.prompt_ids);
+            let admitted = admit_job(text, job, cached.as_ref().map_or(0, |(n, _)| *n), metrics);
+            let admit = Admit {
+                start: admitted.is_some(),
+                ..admit
+            };
+            if let Some(active) = admitted {
+                match state.start(model, &admit, cached) {
+                    Ok(()) => prefilling.push_back(active),
+                    Err(err) => active.end(
+                        Progress::Failed(ApiError::bad_request(err.to_string(), None)),
+                        metrics,
+                    ),
+                }
+            }
+            turn.admit.push(admit);
+        }
+        let end = !open && state.is_idle();
+        // 2. What happens to the oldest prefill; then the other ranks hear
+        // of the turn, before its first forward pass.
+        let op = turn_prefill(&prefilling);
+        turn.prefill = op;
+        turn.end = end;
+        if let Some(leader) = &leader {
+            if let Err(err) = leader.send(&std::mem::take(&mut turn)) {
+                // The ranks cannot agree any more: stop serving.
+                let err = ApiError::internal(err);
+                for active in prefilling.drain(..).chain(running.drain().map(|(_, a)| a)) {
+                    active.end(Progress::Failed(err.clone()), metrics);
+                }
+                return;
             }
         }
-        if !open && batch.is_empty() && prefilling.is_empty() {
+        turn = Turn::default();
+        if end {
             return;
         }
-        // 2. One prefill chunk; the job joins the batch once its prompt is in.
-        if let Some((prefill, active)) = prefilling.front_mut() {
-            let outcome = if active.job.events.is_closed() {
-                Err(Progress::Left)
-            } else {
-                let before = prefill.remaining();
-                let advanced = prefill.advance(model, PREFILL_CHUNK);
-                Metrics::add(
-                    &metrics.prefilled_tokens,
-                    (before - prefill.remaining()) as usize,
-                );
-                advanced.map_err(|err| Progress::Failed(fault("prefill failed", &err)))
-            };
-            match outcome {
-                Err(progress) => {
-                    let (_, active) = prefilling.pop_front().expect("front exists");
-                    active.end(progress, metrics);
-                }
-                Ok(()) if prefill.remaining() == 0 => {
-                    let (prefill, active) = prefilling.pop_front().expect("front exists");
-                    let id = prefill.id();
-                    match batch.join(model, prefill) {
-                        Ok(()) => {
-                            running.insert(id, active);
-                        }
-                        Err(err) => {
-                            active.end(Progress::Failed(fault("prefill failed", &err)), metrics)
-                        }
-                    }
-                }
-                Ok(()) => {}
+        let (front, before) = state
+            .prefills
+            .front()
+            .map_or((0, 0), |p| (p.id(), p.remaining()));
+        match op.map(|op| state.prefill(model, op)) {
+            None | Some(Advanced::Idle) => {}
+            Some(Advanced::Dropped) => {
+                let active = prefilling.pop_front().expect("front exists");
+                active.end(Progress::Left, metrics);
+            }
+            Some(Advanced::Continues) => {
+                let now = state.prefills.front().map_or(0, |p| p.remaining());
+                Metrics::add(&metrics.prefilled_tokens, (before - now) as usize);
+            }
+            Some(Advanced::Joined) => {
+                Metrics::add(&metrics.prefilled_tokens, before as usize);
+                let active = prefilling.pop_front().expect("front exists");
+                running.insert(front, active);
+            }
+            Some(Advanced::Failed(err)) => {
+                let active = prefilling.pop_front().expect("front exists");
+                active.end(Progress::Failed(fault("prefill failed", &err)), metrics);
             }
         }
         // 3. One decode step.
-        if batch.is_empty() {
-            continue;
-        }
-        match batch.step(model) {
-            Ok(tokens) => {
+        match state.step(model) {
+            None => {}
+            Some(Ok(tokens)) => {
                 Metrics::bump(&metrics.batch_steps);
                 Metrics::add(&metrics.batch_rows, tokens.len());
                 let mut done = Vec::new();
@@ -279,88 +288,72 @@ pub fn serve(
                         progress => done.push((id, progress)),
                     }
                 }
-                let ids: Vec<u64> = done.iter().map(|(id, _)| *id).collect();
-                keep_caches(&batch, &running, &ids, &mut kept, metrics);
-                let removed = batch.remove(&ids);
+                // Leaving sequences' caches are kept under the tokens they
+                // were fed.
+                let keep = state.kept.limit() > 0;
+                turn.leave = done
+                    .iter()
+                    .filter_map(|(id, _)| {
+                        let active = running.get(id)?;
+                        let mut tokens = active.job.prompt_ids.clone();
+                        tokens.extend(&active.generated);
+                        Some(Leave {
+                            id: *id,
+                            tokens,
+                            keep,
+                        })
+                    })
+                    .collect();
+                let removed = state.leave(&turn.leave);
+                metrics
+                    .prompt_cache_bytes
+                    .store(state.kept.bytes(), std::sync::atomic::Ordering::Relaxed);
                 for (id, progress) in done {
                     if let Some(active) = running.remove(&id) {
                         active.end(progress, metrics);
                     }
                 }
                 if let Err(err) = removed {
-                    fail_all(
-                        &mut batch,
-                        &mut running,
-                        &fault("batch update failed", &err),
-                        metrics,
-                    );
+                    fail_all(&mut running, &fault("batch update failed", &err), metrics);
                 }
             }
-            Err(err) => fail_all(
-                &mut batch,
-                &mut running,
-                &fault("generation failed", &err),
-                metrics,
-            ),
+            Some(Err(err)) => fail_all(&mut running, &fault("generation failed", &err), metrics),
         }
     }
+}
+
+/// What happens to the oldest prefill this turn (dropped when its client
+/// left).
+fn turn_prefill(prefilling: &VecDeque<Active<'_>>) -> Option<PrefillOp> {
+    prefilling.front().map(|active| {
+        if active.job.events.is_closed() {
+            PrefillOp::Drop
+        } else {
+            PrefillOp::Advance
+        }
+    })
 }
 
 fn fault(what: &str, err: &dyn std::fmt::Display) -> ApiError {
     ApiError::internal(format!("{what}: {err}"))
 }
 
-/// Ends every running job with `err` and empties the batch.
-fn fail_all(
-    batch: &mut BatchGenerate,
-    running: &mut HashMap<u64, Active<'_>>,
-    err: &ApiError,
-    metrics: &Metrics,
-) {
-    *batch = BatchGenerate::new();
+/// Ends every running job with `err` (the batch has been emptied).
+fn fail_all(running: &mut HashMap<u64, Active<'_>>, err: &ApiError, metrics: &Metrics) {
     for (_, active) in running.drain() {
         active.end(Progress::Failed(err.clone()), metrics);
     }
 }
 
-/// Keeps the caches of the sequences `ids` (leaving the batch) in the
-/// prompt cache, with the tokens they were fed.
-fn keep_caches(
-    batch: &BatchGenerate,
-    running: &HashMap<u64, Active<'_>>,
-    ids: &[u64],
-    kept: &mut PromptCache,
-    metrics: &Metrics,
-) {
-    if kept.limit() == 0 {
-        return;
-    }
-    for id in ids {
-        let (Some(active), Ok(Some(cache))) = (running.get(id), batch.sequence_cache(*id)) else {
-            continue; // a cache that cannot be copied is simply not kept
-        };
-        let mut tokens = active.job.prompt_ids.clone();
-        tokens.extend(&active.generated);
-        kept.insert(tokens, cache);
-    }
-    metrics
-        .prompt_cache_bytes
-        .store(kept.bytes(), std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Starts `job`: the longest cached prefix of its prompt, `Started`, its
-/// stop checker and its prefill. `None` when its client already left or it
-/// failed (its events say so).
-fn admit<'t>(
-    model: &Mistral,
+/// Starts `job` (its cached prefix of `reused` tokens taken): `Started`,
+/// its stop checker. `None` when its client already left or it failed (its
+/// events say so).
+fn admit_job<'t>(
     text: &'t TextSide,
     job: Job,
-    id: u64,
-    kept: &mut PromptCache,
+    reused: usize,
     metrics: &Metrics,
-) -> Option<(Prefill, Active<'t>)> {
-    let cached = kept.take(&job.prompt_ids).ok().flatten();
-    let reused = cached.as_ref().map_or(0, |(n, _)| *n);
+) -> Option<Active<'t>> {
     let started = Event::Started {
         prompt_tokens: PromptTokens {
             total: job.prompt_ids.len(),
@@ -380,36 +373,15 @@ fn admit<'t>(
         }
     };
     Metrics::bump(&metrics.running);
-    let active = Active {
+    if reused > 0 {
+        Metrics::bump(&metrics.prompt_cache_hits);
+        Metrics::add(&metrics.cached_tokens, reused);
+    }
+    Some(Active {
         job,
         checker,
         first_at: None,
         generated: Vec::new(),
         logprobs: Vec::new(),
-    };
-    if reused > 0 {
-        Metrics::bump(&metrics.prompt_cache_hits);
-        Metrics::add(&metrics.cached_tokens, reused);
-    }
-    let ids = &active.job.prompt_ids;
-    let prompt = Array::from_slice(ids, &[ids.len() as i32]);
-    let options = options(&active.job.sampling);
-    let prefill = match cached {
-        Some((n, cache)) => Prefill::with_cache(model, id, &prompt, &options, cache, n as i32),
-        None => Prefill::new(model, id, &prompt, &options),
-    }
-    .map(|p| match active.job.logprobs {
-        Some(top) => p.with_logprobs(top),
-        None => p,
-    });
-    match prefill {
-        Ok(prefill) => Some((prefill, active)),
-        Err(err) => {
-            active.end(
-                Progress::Failed(ApiError::bad_request(err.to_string(), None)),
-                metrics,
-            );
-            None
-        }
-    }
+    })
 }

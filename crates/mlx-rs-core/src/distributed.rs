@@ -250,6 +250,45 @@ pub fn all_sum(x: &Array, group: &Group) -> Result<Array> {
     })
 }
 
+/// Rank 0's `bytes` on every process of `group` (the other ranks' `bytes`
+/// are ignored): the length and then the bytes, packed four to a `u32`,
+/// summed over the group with the other ranks adding zeros. MLX has no
+/// broadcast; this is how the ranks of a server learn rank 0's decisions.
+pub fn broadcast_bytes(bytes: &[u8], group: &Group) -> Result<Vec<u8>> {
+    let root = group.rank() == 0;
+    let mine = if root { bytes.len() } else { 0 };
+    let len = u32::try_from(mine)
+        .map_err(|_| Error::Distributed(format!("{mine} bytes are too many to broadcast")))?;
+    let len = all_sum(&Array::from_slice(&[len], &[1]), group)?;
+    len.eval()?;
+    let len = len.as_slice::<u32>()[0] as usize;
+    let words = len.div_ceil(4);
+    let packed: Vec<u32> = if root {
+        bytes
+            .chunks(4)
+            .map(|c| {
+                let mut w = [0u8; 4];
+                w[..c.len()].copy_from_slice(c);
+                u32::from_le_bytes(w)
+            })
+            .collect()
+    } else {
+        vec![0; words]
+    };
+    if words == 0 {
+        return Ok(Vec::new());
+    }
+    let summed = all_sum(&Array::from_slice(&packed, &[words as i32]), group)?;
+    summed.eval()?;
+    let mut out: Vec<u8> = summed
+        .as_slice::<u32>()
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    out.truncate(len);
+    Ok(out)
+}
+
 /// The element-wise maximum of `x` over every process of `group`.
 pub fn all_max(x: &Array, group: &Group) -> Result<Array> {
     array_op("all_max", |res, s| unsafe {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use mlx_rs::{transforms::eval, Array, Dtype};
 use mlx_rs_core::distributed::{
-    all_gather, all_max, all_sum, recv, send, sum_scatter, Backend, Group,
+    all_gather, all_max, all_sum, broadcast_bytes, recv, send, sum_scatter, Backend, Group,
 };
 use ranks::{report, result, run_ranks, CHILD};
 
@@ -65,6 +65,19 @@ fn rank_child() {
                 got
             };
             report("recv", &floats(&got));
+            // Rank 0's bytes (7: not a multiple of 4; then none) everywhere.
+            let bytes: &[u8] = if rank == 0 {
+                b"\x00\xffrank 0"
+            } else {
+                b"ignored bytes"
+            };
+            let got = broadcast_bytes(bytes, &group).unwrap();
+            report(
+                "broadcast",
+                &got.iter().map(|&b| b as f32).collect::<Vec<_>>(),
+            );
+            let none = broadcast_bytes(if rank == 0 { b"" } else { b"x" }, &group).unwrap();
+            report("broadcast_empty", &[none.len() as f32]);
             // Bad arguments are errors, not aborts.
             assert!(send(&mine, rank, &group).is_err());
             assert!(sum_scatter(&Array::from_slice(&[1.0f32; 3], &[3]), &group).is_err());
@@ -105,6 +118,9 @@ fn two_ranks_over_loopback_get_the_collectives_right() {
             vec![0.0, 0.25, 1.0, 1.25],
             "rank {i}"
         );
+        let sent: Vec<f32> = b"\x00\xffrank 0".iter().map(|&b| b as f32).collect();
+        assert_eq!(result(out, "broadcast"), sent, "rank {i}");
+        assert_eq!(result(out, "broadcast_empty"), vec![0.0], "rank {i}");
         let peer = (1 - i) as f32;
         assert_eq!(
             result(out, "recv"),

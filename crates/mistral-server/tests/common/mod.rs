@@ -55,6 +55,7 @@ pub fn start_configured(change: impl FnOnce(&mut ServerConfig)) -> Server {
         model: ModelSpec {
             path: test_env::smollm2_path(),
             options: mistral_loader::LoadOptions::default(),
+            tensor_parallel: None,
         },
         model_id: MODEL_ID.to_owned(),
         api_key: None,
