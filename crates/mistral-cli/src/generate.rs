@@ -153,7 +153,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     // Ranks must draw the same tokens: without a seed they share rank 0's.
     let seed = match (args.sampling.seed, &parallel) {
-        (None, Some(parallel)) if args.sampling.temp > 0.0 => Some(shared_seed(parallel)?),
+        (None, Some(parallel)) if args.sampling.temp > 0.0 => {
+            Some(mlx_rs_core::distributed::shared_seed(parallel.group())?)
+        }
         (seed, _) => seed,
     };
     if let Some(seed) = seed {
@@ -213,24 +215,6 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         eprintln!("Weights: {}", plan.summary);
     }
     Ok(())
-}
-
-/// A seed rank 0 picks and every rank gets (summed over the group, the
-/// others adding 0).
-fn shared_seed(parallel: &mistral_model::TensorParallel) -> Result<u64> {
-    let mine: u64 = if parallel.rank() == 0 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-    } else {
-        0
-    };
-    let halves = Array::from_slice(&[mine as u32, (mine >> 32) as u32], &[2]);
-    let summed = parallel.all_sum(&halves)?;
-    summed.eval()?;
-    let parts = summed.as_slice::<u32>();
-    Ok(u64::from(parts[0]) | (u64::from(parts[1]) << 32))
 }
 
 fn emit(stdout: &mut impl Write, text: &mut String, segment: &str, json: bool) -> Result<()> {

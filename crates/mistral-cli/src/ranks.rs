@@ -93,7 +93,7 @@ fn launch(n: u32) -> Result<()> {
     let args = without_ranks(std::env::args().skip(1));
     let dir = tempfile::tempdir().context("creating the hostfile's folder")?;
     let hostfile = dir.path().join("hosts.json");
-    let nccl = on_gpu() && Backend::Nccl.is_available();
+    let nccl = mlx_rs_core::runtime::on_gpu() && Backend::Nccl.is_available();
     let nccl_port = if nccl {
         free_port()?
     } else {
@@ -123,14 +123,6 @@ fn launch(n: u32) -> Result<()> {
         children.push(child);
     }
     supervise(children)
-}
-
-/// Whether MLX computes on a GPU in this process.
-fn on_gpu() -> bool {
-    matches!(
-        mlx_rs::Device::try_default().and_then(|device| device.get_type()),
-        Ok(mlx_rs::DeviceType::Gpu)
-    )
 }
 
 /// A TCP port free on 127.0.0.1 now (for NCCL's rendezvous).

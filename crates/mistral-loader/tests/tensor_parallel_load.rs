@@ -23,14 +23,13 @@ mod reference;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use mistral_loader::{load_model_parallel, FileAccess, LoadOptions};
 use mistral_model::TensorParallel;
 use mlx_rs::Array;
 use mlx_rs_core::distributed::{Backend, Group};
 use mlx_rs_core::KVCache;
-use ranks::{report, result, run_ranks, CHILD};
+use ranks::{report, result, run_ranks, wait_all, CHILD};
 use reference::live::scripts_dir;
 use reference::{models_dir, python, references, test_model, test_models, Reference, TestModel};
 use safetensors::SafeTensors;
@@ -183,26 +182,12 @@ fn mlx_lms_sharded_logits(model: &TestModel, dir: &Path) -> PathBuf {
                 .expect("start mlx-lm's rank")
         })
         .collect();
-    let start = Instant::now();
-    for child in &mut children {
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                assert!(
-                    status.success(),
-                    "{}: mlx-lm's sharded run failed",
-                    model.name
-                );
-                break;
-            }
-            if start.elapsed() > Duration::from_secs(120) {
-                for c in &mut children {
-                    let _ = c.kill();
-                }
-                panic!("{}: mlx-lm's sharded run hung", model.name);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    let what = format!("{}: mlx-lm's sharded run", model.name);
+    let codes = wait_all(&mut children, &what);
+    assert!(
+        codes.iter().all(|c| *c == Some(0)),
+        "{what} failed: {codes:?}"
+    );
     out
 }
 

@@ -241,10 +241,7 @@ impl Leader {
     /// Leads the other ranks of `parallel` (`None` when the model is whole).
     pub fn new(parallel: Option<TensorParallel>) -> Option<Self> {
         let parallel = parallel.filter(|p| p.size() > 1)?;
-        let next_seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+        let next_seed = mlx_rs_core::sample::clock_seed();
         Some(Leader {
             parallel,
             next_seed,

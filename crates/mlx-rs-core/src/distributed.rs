@@ -232,6 +232,7 @@ fn check_ring_environment() -> Result<()> {
 
 /// Runs one mlx-c operation that writes an array.
 fn array_op(what: &str, op: impl FnOnce(*mut mlx_array, mlx_stream) -> c_int) -> Result<Array> {
+    crate::runtime::ensure_mlx_error_handler();
     let stream = Stream::thread_local_or_default();
     unsafe {
         let mut res = mlx_sys::mlx_array_new();
@@ -287,6 +288,22 @@ pub fn broadcast_bytes(bytes: &[u8], group: &Group) -> Result<Vec<u8>> {
         .collect();
     out.truncate(len);
     Ok(out)
+}
+
+/// A seed that rank 0 takes from its clock ([`crate::sample::clock_seed`])
+/// and every rank of `group` gets: the sampling of a split model must draw
+/// the same numbers on every rank.
+pub fn shared_seed(group: &Group) -> Result<u64> {
+    let mine = if group.rank() == 0 {
+        crate::sample::clock_seed()
+    } else {
+        0
+    };
+    let bytes = broadcast_bytes(&mine.to_le_bytes(), group)?;
+    let bytes: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| Error::Distributed("the shared seed did not arrive whole".to_owned()))?;
+    Ok(u64::from_le_bytes(bytes))
 }
 
 /// The element-wise maximum of `x` over every process of `group`.

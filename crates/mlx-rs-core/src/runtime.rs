@@ -29,6 +29,26 @@ pub fn default_device() -> String {
     }
 }
 
+/// Whether MLX computes on a GPU by default in this process (MLX's CUDA
+/// build on an NVIDIA card, or Metal): where fused and compiled kernels
+/// round differently from op-by-op ones, and where `--ranks` uses NCCL.
+pub fn on_gpu() -> bool {
+    matches!(
+        mlx_rs::Device::try_default().and_then(|device| device.get_type()),
+        Ok(mlx_rs::DeviceType::Gpu)
+    )
+}
+
+/// Makes sure `mlx-rs`'s MLX error handler is installed before this crate
+/// calls mlx-c directly: mlx-c's default handler ends the process. `mlx-rs`
+/// installs its own on its first checked op; this runs one.
+pub(crate) fn ensure_mlx_error_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = mlx_rs::Array::from_int(0).as_dtype(mlx_rs::Dtype::Int32);
+    });
+}
+
 /// The files of the shared libraries this process has loaded whose file
 /// name contains `needle` (e.g. `libmlx`, `blas`), from `/proc/self/maps`
 /// (Linux); empty where that is not available.

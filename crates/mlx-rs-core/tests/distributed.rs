@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use mlx_rs::{transforms::eval, Array, Dtype};
 use mlx_rs_core::distributed::{
-    all_gather, all_max, all_sum, broadcast_bytes, recv, send, sum_scatter, Backend, Group,
+    all_gather, all_max, all_sum, broadcast_bytes, recv, send, shared_seed, sum_scatter, Backend,
+    Group,
 };
 use ranks::{report, result, run_ranks, CHILD};
 
@@ -78,6 +79,12 @@ fn rank_child() {
             );
             let none = broadcast_bytes(if rank == 0 { b"" } else { b"x" }, &group).unwrap();
             report("broadcast_empty", &[none.len() as f32]);
+            // The seed as four exact 16-bit pieces.
+            let seed = shared_seed(&group).unwrap();
+            let pieces: Vec<f32> = (0..4)
+                .map(|i| ((seed >> (16 * i)) & 0xffff) as f32)
+                .collect();
+            report("seed", &pieces);
             // Bad arguments are errors, not aborts.
             assert!(send(&mine, rank, &group).is_err());
             assert!(sum_scatter(&Array::from_slice(&[1.0f32; 3], &[3]), &group).is_err());
@@ -121,6 +128,9 @@ fn two_ranks_over_loopback_get_the_collectives_right() {
         let sent: Vec<f32> = b"\x00\xffrank 0".iter().map(|&b| b as f32).collect();
         assert_eq!(result(out, "broadcast"), sent, "rank {i}");
         assert_eq!(result(out, "broadcast_empty"), vec![0.0], "rank {i}");
+        // Rank 0's clock, so not zero, and the same on both ranks.
+        assert_eq!(result(out, "seed"), result(&ranks[0].1, "seed"), "rank {i}");
+        assert!(result(out, "seed").iter().any(|&p| p != 0.0), "rank {i}");
         let peer = (1 - i) as f32;
         assert_eq!(
             result(out, "recv"),

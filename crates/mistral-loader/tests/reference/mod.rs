@@ -191,12 +191,7 @@ fn le_values<T>(bytes: &[u8], from: fn([u8; 4]) -> T) -> Vec<T> {
 
 /// Whether MLX computes on a GPU in this process (MLX's CUDA build on an
 /// NVIDIA card; `xtask/gpu/run.sh parity` runs these tests there).
-pub fn on_gpu() -> bool {
-    matches!(
-        mlx_rs::Device::try_default().and_then(|device| device.get_type()),
-        Ok(mlx_rs::DeviceType::Gpu)
-    )
-}
+pub use mlx_rs_core::runtime::on_gpu;
 
 /// On a GPU, the GPU's own arithmetic noise for `reference`: how far
 /// mlx-lm's logits computed on the GPU (`refs/`) are from mlx-lm's logits

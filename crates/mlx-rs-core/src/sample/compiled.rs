@@ -51,12 +51,3 @@ impl std::fmt::Debug for Stage {
         f.write_str("Stage")
     }
 }
-
-/// Whether MLX's default device is a GPU, where mlx-lm's compiled stages
-/// round differently from op-by-op ones.
-pub(crate) fn default_device_is_gpu() -> bool {
-    matches!(
-        mlx_rs::Device::default().get_type(),
-        Ok(mlx_rs::DeviceType::Gpu)
-    )
-}

@@ -41,7 +41,16 @@ pub use penalty::RepetitionPenalty;
 use mlx_rs::{error::Exception, ops::indexing::argmax_axis, random, Array};
 
 use crate::error::{Error, Result};
-use compiled::{default_device_is_gpu, Stage};
+use compiled::Stage;
+
+/// A seed from the wall clock (nanoseconds since the Unix epoch; 0 if the
+/// clock is before it), for runs that sample without a given seed.
+pub fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
 use filters::{check_top_k, min_p_ops, scalar_ops, top_k_ops, top_p_ops};
 
 /// Sampling options (mlx-lm's `make_sampler` arguments).
@@ -120,7 +129,7 @@ impl Sampler {
     /// compiled when MLX's default device is a GPU (the draw only when
     /// seeded, see the module note).
     pub fn new(options: SamplingOptions, seed: Option<u64>) -> Result<Self> {
-        Sampler::with_compile(options, seed, default_device_is_gpu())
+        Sampler::with_compile(options, seed, crate::runtime::on_gpu())
     }
 
     /// As [`Sampler::new`], choosing whether the stages are compiled with

@@ -40,24 +40,7 @@ pub fn run_ranks(n: usize, scenario: &str) -> Vec<(Option<i32>, String)> {
                 .expect("start a rank")
         })
         .collect();
-    let start = Instant::now();
-    let mut status = vec![None; n];
-    while status.iter().any(Option::is_none) {
-        for (i, child) in children.iter_mut().enumerate() {
-            if status[i].is_none() {
-                if let Some(s) = child.try_wait().expect("wait") {
-                    status[i] = Some(s.code());
-                }
-            }
-        }
-        if start.elapsed() > LIMIT {
-            for child in &mut children {
-                let _ = child.kill();
-            }
-            panic!("{scenario}: the ranks did not end within {LIMIT:?} (hung)");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let status = wait_all(&mut children, scenario);
     children
         .into_iter()
         .zip(status)
@@ -69,9 +52,34 @@ pub fn run_ranks(n: usize, scenario: &str) -> Vec<(Option<i32>, String)> {
             if !err.trim().is_empty() {
                 eprintln!("{scenario} rank stderr: {}", err.trim());
             }
-            (code.flatten(), out)
+            (code, out)
         })
         .collect()
+}
+
+/// Waits for every child; their exit codes (`None`: ended by a signal).
+/// Past the time limit it kills them all and fails the test: a rank that
+/// hangs must not hang the test.
+pub fn wait_all(children: &mut [Child], what: &str) -> Vec<Option<i32>> {
+    let start = Instant::now();
+    let mut status = vec![None; children.len()];
+    while status.iter().any(Option::is_none) {
+        for (i, child) in children.iter_mut().enumerate() {
+            if status[i].is_none() {
+                if let Some(s) = child.try_wait().expect("wait") {
+                    status[i] = Some(s.code());
+                }
+            }
+        }
+        if start.elapsed() > LIMIT {
+            for child in children.iter_mut() {
+                let _ = child.kill();
+            }
+            panic!("{what}: the ranks did not end within {LIMIT:?} (hung)");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    status.into_iter().map(Option::flatten).collect()
 }
 
 /// What a rank prints: `name: values` lines.
