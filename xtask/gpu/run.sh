@@ -17,6 +17,11 @@
 #            only the tests whose name holds FILTER
 #   bench    unpack; write the 7B-shape and ~150M models there; ours and
 #            mlx-lm side by side, interleaved, with the card's bandwidth
+#   qmv [REPS]  our 4-bit matrix-vector kernel: checked against a float32
+#            reference and timed against MLX's quantized_matmul
+#            (xtask/python/qmv_kernel_check.py); then decode on a 7B-shape
+#            4-bit model (m7b_q4r): ours with it (MISTRAL_MLX_QMV=ours),
+#            ours with MLX's (the default) and mlx-lm, REPS rounds (default 2)
 #   tp check (2 GPUs, device kind nvidia-h100-x2) unpack; `generate
 #            --ranks 2` (NCCL, one GPU per rank) against one process on the
 #            test models: ids and text must be equal
@@ -151,6 +156,33 @@ parity)
     grep -A2 "panicked" "$out/test-$name.log" | cut -c1-600 | head -12 || true
   done
   exit $status
+  ;;
+qmv)
+  timeout 200 python3 xtask/python/qmv_kernel_check.py | tee "$out/qmv-check.jsonl" || echo "qmv check failed or timed out"
+  models=$work/bench-models
+  [ -d "$models/m7b_q4r" ] || timeout 120 python3 xtask/python/gpu_bench_models.py "$models" --only m7b_q4r >"$out/models.log" 2>&1
+  model=$models/m7b_q4r
+  cli=$work/bundle/bin/mistral-cli
+  results=$out/qmv-bench.jsonl
+  for rep in $(seq "${2:-2}"); do
+    for engine in ours ours-mlx-qmv mlx-lm; do
+      case $engine in
+      ours) line=$(MISTRAL_MLX_QMV=ours timeout 120 "$cli" bench --model "$model" --dtype checkpoint --prompt-tokens 512 \
+          --gen-tokens 128 --iterations 1 --warmup 1 --json) || line='{"error": "failed"}' ;;
+      ours-mlx-qmv) line=$(timeout 120 "$cli" bench --model "$model" --dtype checkpoint \
+          --prompt-tokens 512 --gen-tokens 128 --iterations 1 --warmup 1 --json) || line='{"error": "failed"}' ;;
+      mlx-lm) line=$(timeout 120 python3 xtask/python/mlx_lm_bench.py --device gpu --model "$model" \
+          --prompt-tokens 512 --gen-tokens 128) || line='{"error": "failed"}' ;;
+      esac
+      echo "{\"rep\": $rep, \"engine\": \"$engine\", \"run\": $line}" | tee -a "$results" | cut -c1-400
+    done
+  done
+  # Greedy ids of the same prompt with our kernel and with MLX's.
+  for qmv in ours mlx; do  # MISTRAL_MLX_QMV=mlx: anything but `ours` is MLX's
+    MISTRAL_MLX_QMV=$qmv timeout 60 "$cli" generate --model "$model" --prompt "The capital of France is" \
+      --no-chat --temp 0 --max-tokens 32 --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["ids"])' \
+      | tee "$out/qmv-ids-$qmv.txt" || true
+  done
   ;;
 bench)
   reps=${2:-3}

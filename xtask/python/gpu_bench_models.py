@@ -8,6 +8,10 @@ Usage:
              14336, vocab 32768): random bf16 weights, std 0.02 (norms 1)
   m7b_q8     mlx_lm.convert of m7b_bf16: 8-bit, group 64
   m7b_q4     the same, 4-bit, group 64
+  m7b_q4r    Mistral 7B's shapes in 4-bit, group 64, written directly:
+             random packed words, scales and biases (bf16) from MLX's
+             generator, no bf16 model first (seconds instead of minutes;
+             for speed only: its outputs mean nothing)
   m150_bf16  bench_models.py's ~150M model (hidden 1024, 8 layers, 16/4
              heads, MLP 2816), its weights from make_models' generator
 
@@ -94,6 +98,35 @@ def random_bf16_model(root: str, name: str, seed: int, **shape) -> None:
                   {"metadata": {}, "weight_map": weight_map})
 
 
+def random_q4_model(root: str, name: str, seed: int, group: int = 64, **shape) -> None:
+    spec = mm.Spec(name, seed=seed, dtype="bfloat16", **shape)
+    out_dir = os.path.join(root, name)
+    os.makedirs(out_dir)
+    config = mm.make_config(spec)
+    config["quantization"] = {"group_size": group, "bits": 4}
+    config["quantization_config"] = dict(config["quantization"])
+    mm.write_json(os.path.join(out_dir, "config.json"), config)
+    mm.write_json(os.path.join(out_dir, "generation_config.json"),
+                  {"bos_token_id": 1, "eos_token_id": 2})
+    mm.write_tokenizer_files(out_dir, spec.tokenizer)
+    mx.random.seed(seed)
+    arrays = {}
+    for tname, shp in shapes(spec):
+        if tname.endswith("norm.weight"):
+            arrays[tname] = mx.ones(shp, dtype=mx.bfloat16)
+            continue
+        rows, cols = shp
+        base = tname[: -len(".weight")]
+        scales = (0.001 + 0.002 * mx.random.uniform(shape=(rows, cols // group))).astype(mx.bfloat16)
+        words = (rows, cols // 8)
+        high = mx.random.randint(0, 1 << 16, words, dtype=mx.uint32)
+        low = mx.random.randint(0, 1 << 16, words, dtype=mx.uint32)
+        arrays[base + ".weight"] = (high << 16) | low
+        arrays[base + ".scales"] = scales
+        arrays[base + ".biases"] = (-8.0 * scales).astype(mx.bfloat16)
+    mx.save_safetensors(os.path.join(out_dir, "model.safetensors"), arrays, metadata={"format": "mlx"})
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out_dir")
@@ -111,6 +144,8 @@ def main() -> int:
         bm.convert(root, "m7b_bf16", "m7b_q8", quantize=True, q_bits=8, q_group_size=64, dtype="bfloat16")
     if wanted("m7b_q4"):
         bm.convert(root, "m7b_bf16", "m7b_q4", quantize=True, q_bits=4, q_group_size=64, dtype="bfloat16")
+    if only is not None and "m7b_q4r" in only:
+        random_q4_model(root, "m7b_q4r", seed=109, **M7B)
     if wanted("m150_bf16"):
         bm.float_model(root, "m150_bf16", seed=101, **bm.M150)
     print(json.dumps(bm.write_manifest(root)))

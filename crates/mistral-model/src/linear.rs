@@ -81,8 +81,20 @@ impl QuantizedWeight {
         })
     }
 
-    /// `x Wᵀ` with the fused quantized kernel.
+    /// `x Wᵀ` with the fused quantized kernel: MLX's, or on NVIDIA GPUs,
+    /// when asked for, our own for decode's few rows
+    /// ([`mlx_rs_core::quantized_matvec`]).
     pub fn matmul_t(&self, x: &Array) -> Result<Array, ModelError> {
+        if let Some(y) = mlx_rs_core::quantized_matvec::quantized_matvec(
+            x,
+            &self.weight,
+            &self.scales,
+            &self.biases,
+            self.params.group_size,
+            self.params.bits,
+        )? {
+            return Ok(y);
+        }
         Ok(quantized_matmul(
             x,
             &self.weight,

@@ -16,6 +16,8 @@
 //! - [`rope`]: rotary position embeddings ([`initialize_rope`]);
 //! - [`distributed`]: MLX's distributed layer (process groups, collectives);
 //! - [`runtime`]: which MLX this process runs on;
+//! - [`cuda_kernel`]: MLX's CUDA custom kernels, and
+//!   [`quantized_matvec`], our 4-bit decode kernel for NVIDIA GPUs;
 //! - [`streams`]: side streams, to spread independent work over CPU cores;
 //! - [`error`]: the crate's error type.
 //!
@@ -25,11 +27,13 @@
 #![deny(missing_docs)]
 
 pub mod cache;
+pub mod cuda_kernel;
 pub mod distributed;
 pub mod error;
 pub mod generate;
 pub mod language_model;
 pub mod mask;
+pub mod quantized_matvec;
 pub mod rope;
 pub mod runtime;
 pub mod sample;

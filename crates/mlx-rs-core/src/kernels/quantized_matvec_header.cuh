@@ -1,0 +1,65 @@
+// Helpers of the affine-quantized matrix-vector kernel
+// (quantized_matvec.cu). MLX's custom-kernel builder puts this text before
+// the kernel, after MLX's own device headers (which bring cuda_bf16.h and
+// cuda_fp16.h).
+
+__device__ __forceinline__ float qmv_to_float(float v) { return v; }
+__device__ __forceinline__ float qmv_to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float qmv_to_float(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+__device__ __forceinline__ void qmv_store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void qmv_store(__half* p, float v) {
+  *p = __float2half_rn(v);
+}
+__device__ __forceinline__ void qmv_store(__nv_bfloat16* p, float v) {
+  *p = __float2bfloat16_rn(v);
+}
+
+// The 8 values at p (16-byte aligned) as floats: one 16-byte load.
+__device__ __forceinline__ void qmv_load8(const __nv_bfloat16* p, float* v) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const uint32_t a[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    // Little-endian: the first of the pair is the low half. A bfloat16 is
+    // the high half of the float with the same value.
+    v[2 * i] = __uint_as_float(a[i] << 16);
+    v[2 * i + 1] = __uint_as_float(a[i] & 0xffff0000u);
+  }
+}
+
+__device__ __forceinline__ void qmv_load8(const __half* p, float* v) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const __half2* h = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __half22float2(h[i]);
+    v[2 * i] = f.x;
+    v[2 * i + 1] = f.y;
+  }
+}
+
+// The 8 values at p (32-byte aligned): two 16-byte loads.
+__device__ __forceinline__ void qmv_load8(const float* p, float* v) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0];
+  const float4 b = reinterpret_cast<const float4*>(p)[1];
+  v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+  v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+}
+
+// The 8 four-bit elements of a packed word (element k in bits 4k..4k+3, as
+// MLX packs them), each as the float 128 + q: the element is moved to bits
+// 16..19 and ORed into 128.0f (0x43000000), whose mantissa step there is 1.
+// Exact, and two integer operations per element.
+__device__ __forceinline__ void qmv_unpack4(uint32_t q, float* f) {
+  f[0] = __uint_as_float(((q << 16) & 0x000f0000u) | 0x43000000u);
+  f[1] = __uint_as_float(((q << 12) & 0x000f0000u) | 0x43000000u);
+  f[2] = __uint_as_float(((q << 8) & 0x000f0000u) | 0x43000000u);
+  f[3] = __uint_as_float(((q << 4) & 0x000f0000u) | 0x43000000u);
+  f[4] = __uint_as_float((q & 0x000f0000u) | 0x43000000u);
+  f[5] = __uint_as_float(((q >> 4) & 0x000f0000u) | 0x43000000u);
+  f[6] = __uint_as_float(((q >> 8) & 0x000f0000u) | 0x43000000u);
+  f[7] = __uint_as_float(((q >> 12) & 0x000f0000u) | 0x43000000u);
+}

@@ -1,0 +1,281 @@
+//! The decode step's 4-bit matrix-vector products on NVIDIA GPUs, by a
+//! kernel of our own (`kernels/quantized_matvec.cu`) run inside MLX's graph
+//! through [`crate::cuda_kernel`].
+//!
+//! Why: at one token per step every weight is read once per token, so
+//! decode speed is the speed at which the products stream the weights.
+//! MLX 0.32.2's CUDA `quantized_matmul` reads 4-bit weights at about a
+//! fifth of the card's bandwidth (mlx-lm's 4-bit 7B decode is no faster
+//! than its bf16 one). This kernel keeps 64 bytes of each thread's weight
+//! words in flight and does the arithmetic in float (see the kernel's
+//! notes), for the shapes decode uses: up to 4 rows of `x`.
+//!
+//! Status (one H200, 2026-11-28, `benches/results/2026-11-28-h200-qmv.log`):
+//! within the float32 reference's tolerance on every bf16 and f16 case
+//! checked; on its own, 1.28-1.64x MLX's speed on the 7B MLP and head
+//! matrices but 0.49-0.84x on the smaller attention ones; in the whole
+//! decode loop not faster than MLX's (ours 144-194 tok/s across runs, MLX's
+//! 172-194). So it is off unless asked for: `MISTRAL_MLX_QMV=ours`.
+//!
+//! [`quantized_matvec`] returns `None` wherever it does not apply (not
+//! asked for, not MLX's CUDA build on a GPU, other bit widths, more rows,
+//! float32, odd shapes), and the caller uses MLX's `quantized_matmul`.
+
+use std::sync::OnceLock;
+
+use mlx_rs::{Array, Dtype};
+
+use crate::cuda_kernel::{CudaKernel, Launch, TemplateArg};
+use crate::error::Result;
+
+/// The kernel body and its helpers.
+const SOURCE: &str = include_str!("kernels/quantized_matvec.cu");
+const HEADER: &str = include_str!("kernels/quantized_matvec_header.cuh");
+
+/// Set to `ours` to use this kernel where it applies (on a CUDA GPU).
+pub const SWITCH_ENV: &str = "MISTRAL_MLX_QMV";
+
+/// The most rows of `x` the kernel takes.
+pub const MAX_ROWS: i32 = 4;
+
+/// Warps per block.
+const WARPS: i32 = 4;
+
+/// `x Wᵀ` for the affine-quantized `W` (`w`, `scales`, `biases` as MLX
+/// lays them out, `group_size`, `bits`), by our kernel; `None` where it
+/// does not apply (see the module notes).
+pub fn quantized_matvec(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    group_size: i32,
+    bits: i32,
+) -> Result<Option<Array>> {
+    if !enabled() {
+        return Ok(None);
+    }
+    let Some(plan) = Plan::new(x, w, scales, biases, group_size, bits) else {
+        return Ok(None);
+    };
+    thread_local! {
+        static KERNEL: OnceLock<std::result::Result<CudaKernel, String>> = const { OnceLock::new() };
+    }
+    KERNEL.with(|kernel| {
+        let kernel = kernel.get_or_init(|| {
+            CudaKernel::new(
+                "qmv",
+                &["x", "w", "scales", "biases"],
+                &["out"],
+                SOURCE,
+                HEADER,
+            )
+            .map_err(|e| e.to_string())
+        });
+        let kernel = match kernel {
+            Ok(kernel) => kernel,
+            Err(e) => {
+                return Err(crate::error::Error::InvalidArgument(format!(
+                    "quantized matrix-vector kernel: {e}"
+                )))
+            }
+        };
+        // SAFETY: `Plan::new` checked the shapes the kernel indexes by: x
+        // holds M rows of K, w N rows of K/8 words, scales and biases N
+        // rows of K/GROUP; the kernel reads only those and writes each of
+        // the M x N outputs once (one warp per ROWS rows, lane 0 writes).
+        let mut out = unsafe { kernel.apply(&[x, w, scales, biases], &plan.launch())? };
+        Ok(Some(out.remove(0)))
+    })
+}
+
+/// Whether the kernel may be used in this process: asked for, and MLX's
+/// CUDA build on a GPU.
+fn enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        std::env::var(SWITCH_ENV).is_ok_and(|v| v == "ours")
+            && cfg!(feature = "cuda")
+            && crate::runtime::on_gpu()
+    })
+}
+
+/// One product's shapes and launch.
+#[derive(Debug, Clone, PartialEq)]
+struct Plan {
+    dtype: Dtype,
+    out_shape: Vec<i32>,
+    m: i32,
+    n: i32,
+    k: i32,
+    group: i32,
+    rows: i32,
+    unroll: i32,
+}
+
+impl Plan {
+    /// The launch for these arrays, or `None` where the kernel does not
+    /// apply.
+    fn new(
+        x: &Array,
+        w: &Array,
+        scales: &Array,
+        biases: &Array,
+        group: i32,
+        bits: i32,
+    ) -> Option<Plan> {
+        let dtype = x.dtype();
+        // Not float32: the kernel's 128 + q trick costs float32 inputs a few
+        // bits (measured 13x MLX's error there); MLX's kernel is exact.
+        let float = matches!(dtype, Dtype::Bfloat16 | Dtype::Float16);
+        if bits != 4
+            || !matches!(group, 32 | 64 | 128)
+            || !float
+            || scales.dtype() != dtype
+            || biases.dtype() != dtype
+            || w.dtype() != Dtype::Uint32
+        {
+            return None;
+        }
+        let x_shape = x.shape();
+        let (&k, lead) = x_shape.split_last()?;
+        let m: i32 = lead.iter().product();
+        let (w_shape, s_shape) = (w.shape(), scales.shape());
+        if w_shape.len() != 2 || s_shape.len() != 2 || biases.shape() != s_shape {
+            return None;
+        }
+        let n = w_shape[0];
+        if !(1..=MAX_ROWS).contains(&m)
+            || k <= 0
+            || k % group != 0
+            || w_shape[1] != k / 8
+            || s_shape != [n, k / group]
+            || n <= 0
+        {
+            return None;
+        }
+        let mut out_shape = lead.to_vec();
+        out_shape.push(n);
+        let (rows, unroll) = Self::tiling(m, n, k);
+        Some(Plan {
+            dtype,
+            out_shape,
+            m,
+            n,
+            k,
+            group,
+            rows,
+            unroll,
+        })
+    }
+
+    /// Rows of W per warp and words per lane in flight: 4 rows where there
+    /// are enough rows to keep some 2048 warps busy, fewer otherwise (and
+    /// at most 2 for several rows of x, for registers); 16 words in flight
+    /// per lane in all, fewer where that divides the row's words into
+    /// whole rounds (no bounds checks).
+    fn tiling(m: i32, n: i32, k: i32) -> (i32, i32) {
+        let max_rows = if m > 1 { 2 } else { 4 };
+        let rows = [4, 2, 1]
+            .into_iter()
+            .find(|&r| r <= max_rows && n / r >= 2048)
+            .unwrap_or(1);
+        let words = k / 8;
+        let mut unroll = 16 / rows;
+        if words % 32 == 0 {
+            while unroll > 1 && (words / 32) % unroll != 0 {
+                unroll /= 2;
+            }
+        }
+        (rows, unroll)
+    }
+
+    fn launch(&self) -> Launch {
+        let warps = (self.n + self.rows - 1) / self.rows;
+        Launch {
+            outputs: vec![(self.out_shape.clone(), self.dtype)],
+            grid: (32, warps, 1),
+            thread_group: (32, WARPS.min(warps), 1),
+            template_args: vec![
+                ("T", TemplateArg::Dtype(self.dtype)),
+                ("K", TemplateArg::Int(self.k)),
+                ("N", TemplateArg::Int(self.n)),
+                ("GROUP", TemplateArg::Int(self.group)),
+                ("ROWS", TemplateArg::Int(self.rows)),
+                ("M", TemplateArg::Int(self.m)),
+                ("UNROLL", TemplateArg::Int(self.unroll)),
+            ],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arrays(m: i32, n: i32, k: i32, group: i32, dtype: Dtype) -> [Array; 4] {
+        let x = Array::zeros::<f32>(&[1, m, k])
+            .unwrap()
+            .as_dtype(dtype)
+            .unwrap();
+        let w = Array::zeros::<u32>(&[n, k / 8]).unwrap();
+        let s = Array::zeros::<f32>(&[n, k / group])
+            .unwrap()
+            .as_dtype(dtype)
+            .unwrap();
+        let b = s.clone();
+        [x, w, s, b]
+    }
+
+    #[test]
+    fn plans_the_decode_shapes_of_a_7b_model() {
+        let [x, w, s, b] = arrays(1, 14336, 4096, 64, Dtype::Bfloat16);
+        let plan = Plan::new(&x, &w, &s, &b, 64, 4).expect("applies");
+        assert_eq!(plan.out_shape, vec![1, 1, 14336]);
+        assert_eq!(
+            (plan.m, plan.n, plan.k, plan.rows, plan.unroll),
+            (1, 14336, 4096, 4, 4)
+        );
+        let launch = plan.launch();
+        assert_eq!(launch.grid, (32, 3584, 1));
+        assert_eq!(launch.thread_group, (32, 4, 1));
+        // down_proj: 14336 inputs, 56 rounds of 32 words, so 8 in flight.
+        let [x, w, s, b] = arrays(1, 4096, 14336, 64, Dtype::Bfloat16);
+        let plan = Plan::new(&x, &w, &s, &b, 64, 4).expect("applies");
+        assert_eq!((plan.rows, plan.unroll), (2, 8));
+        // k_proj: few rows, one per warp, a whole row in flight.
+        let [x, w, s, b] = arrays(1, 1024, 4096, 64, Dtype::Bfloat16);
+        let plan = Plan::new(&x, &w, &s, &b, 64, 4).expect("applies");
+        assert_eq!((plan.rows, plan.unroll), (1, 16));
+    }
+
+    #[test]
+    fn declines_what_it_does_not_do() {
+        let [x, w, s, b] = arrays(1, 64, 256, 64, Dtype::Bfloat16);
+        assert!(Plan::new(&x, &w, &s, &b, 64, 8).is_none(), "8-bit");
+        assert!(Plan::new(&x, &w, &s, &b, 16, 4).is_none(), "group 16");
+        let [x, w, s, b] = arrays(5, 64, 256, 64, Dtype::Bfloat16);
+        assert!(Plan::new(&x, &w, &s, &b, 64, 4).is_none(), "5 rows of x");
+        let [x, w, s, b] = arrays(1, 64, 256, 64, Dtype::Float32);
+        assert!(Plan::new(&x, &w, &s, &b, 64, 4).is_none(), "float32");
+        let [x, w, s, _] = arrays(1, 64, 256, 64, Dtype::Bfloat16);
+        let b32 = s.as_dtype(Dtype::Float32).unwrap();
+        assert!(Plan::new(&x, &w, &s, &b32, 64, 4).is_none(), "mixed dtypes");
+        let [_, w, s, b] = arrays(1, 64, 256, 64, Dtype::Bfloat16);
+        let x = Array::zeros::<f32>(&[1, 1, 512])
+            .unwrap()
+            .as_dtype(Dtype::Bfloat16)
+            .unwrap();
+        assert!(Plan::new(&x, &w, &s, &b, 64, 4).is_none(), "K mismatch");
+    }
+
+    #[test]
+    fn is_used_only_when_asked_for_on_a_cuda_gpu() {
+        let [x, w, s, b] = arrays(1, 64, 256, 64, Dtype::Bfloat16);
+        let used = quantized_matvec(&x, &w, &s, &b, 64, 4).unwrap().is_some();
+        assert_eq!(used, enabled());
+        if !(cfg!(feature = "cuda") && crate::runtime::on_gpu()) {
+            assert!(!used);
+        }
+    }
+}
