@@ -83,6 +83,10 @@ pub struct DistArgs {
     /// Skip the `.tar.zst` archive.
     #[arg(long)]
     pub no_archive: bool,
+    /// Cargo's target folder for the build (default: the workspace's, or
+    /// its `cuda/` for `--cuda`).
+    #[arg(skip)]
+    pub target_dir: Option<PathBuf>,
 }
 
 /// What was made.
@@ -100,7 +104,10 @@ pub fn run(args: &DistArgs) -> Result<Bundle> {
     } else {
         ""
     };
-    let target = cargo_target(args.cuda);
+    let target = args
+        .target_dir
+        .clone()
+        .unwrap_or_else(|| cargo_target(args.cuda));
     build(features, &target)?;
     let release = target.join("release");
     let variant = if args.cuda { "cuda13" } else { "cpu" };

@@ -63,6 +63,7 @@ pub fn run(args: &GpuPackArgs) -> Result<()> {
         cuda: true,
         out: Some(stage.clone()),
         no_archive: true,
+        target_dir: None,
     })?;
     fs::rename(&bundle.dir, stage.join("bundle"))?;
     test_binaries(&stage.join("tests"))?;
@@ -265,12 +266,16 @@ fn print_calls(parts: usize) {
     println!("  run  command=\"bash xtask/gpu/run.sh bench 2\"  timeout_s=600   (writes the models; 2 repetitions,");
     println!("       the first fills MLX's kernel cache and is not counted)");
     println!("  run  command=\"bash xtask/gpu/run.sh bench 1\"  timeout_s=300   (as often as the budget allows)");
+    println!("Our 4-bit decode kernel (MISTRAL_MLX_QMV=ours): the stash call(s), then");
+    println!(
+        "  run  carry=[\"target/gpu-pack/{parts}\"]  command=\"bash xtask/gpu/run.sh qmv 2\"  timeout_s=560"
+    );
     println!("Tensor parallelism on 2 GPUs (kind nvidia-h100-x2 or nvidia-h200-x2): the stash call(s), then");
     println!(
         "  run  carry=[\"target/gpu-pack/{parts}\"]  command=\"bash xtask/gpu/run.sh tp check\"  timeout_s=400"
     );
     println!("  run  command=\"bash xtask/gpu/run.sh tp bench 2\"  timeout_s=400   (ours and mlx-lm, 1 and 2 GPUs)");
     println!(
-        "Results come back from $OUT: card.txt, info.txt, setup.log, test-*.log, bench.jsonl, tp-*."
+        "Results come back from $OUT: card.txt, info.txt, setup.log, test-*.log, bench.jsonl, qmv-*, tp-*."
     );
 }

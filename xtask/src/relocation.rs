@@ -8,6 +8,11 @@
 //! 2. `cargo install --path crates/mistral-cli` into a temporary root, with
 //!    a temporary target folder that is then deleted: the installed binary
 //!    does the same.
+//!
+//! Both builds use the same temporary target folder (the install reuses
+//! what the bundle's build compiled), which is deleted before the installed
+//! binary runs: one release build instead of two, on CI machines whose disk
+//! is small.
 
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
@@ -22,17 +27,19 @@ pub fn check(models: &Path) -> Result<()> {
         std::fs::remove_dir_all(&scratch)
             .with_context(|| format!("removing {}", scratch.display()))?;
     }
-    check_bundle(&scratch, models)?;
-    check_install(&scratch, models)?;
+    let target = scratch.join("build");
+    check_bundle(&scratch, &target, models)?;
+    check_install(&scratch, &target, models)?;
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
 }
 
-fn check_bundle(scratch: &Path, models: &Path) -> Result<()> {
+fn check_bundle(scratch: &Path, target: &Path, models: &Path) -> Result<()> {
     let bundle = dist::run(&dist::DistArgs {
         cuda: false,
         out: Some(scratch.join("dist")),
         no_archive: false,
+        target_dir: Some(target.to_owned()),
     })?;
     let archive = bundle.archive.context("the bundle's archive")?;
     let fresh = scratch.join("fresh");
@@ -70,9 +77,8 @@ fn check_bundle(scratch: &Path, models: &Path) -> Result<()> {
     Ok(())
 }
 
-fn check_install(scratch: &Path, models: &Path) -> Result<()> {
+fn check_install(scratch: &Path, target: &Path, models: &Path) -> Result<()> {
     let install_root = scratch.join("install");
-    let target = scratch.join("install-target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(cargo)
         .current_dir(paths::workspace_root())
@@ -85,11 +91,11 @@ fn check_install(scratch: &Path, models: &Path) -> Result<()> {
         ])
         .arg(&install_root)
         .arg("--target-dir")
-        .arg(&target)
+        .arg(target)
         .status()
         .context("running cargo install")?;
     ensure!(status.success(), "cargo install failed ({status})");
-    std::fs::remove_dir_all(&target).with_context(|| format!("removing {}", target.display()))?;
+    std::fs::remove_dir_all(target).with_context(|| format!("removing {}", target.display()))?;
     let cli = install_root.join("bin/mistral-cli");
     let fresh = scratch.join("fresh-install");
     std::fs::create_dir_all(&fresh)?;
