@@ -15,6 +15,10 @@ Speed: the 7B decode shapes (bf16, group 64, one row), each product run 200
 times in one evaluation, ours and MLX's alternately over 5 rounds; the
 median time and the weight bytes read per second.
 
+Call cost: a tiny custom kernel against MLX's own tiny op, 200 calls in one
+evaluation: the fixed cost of a custom kernel call, which the small
+matrices' times suggest is larger.
+
 Prints one JSON line per case and a summary; exits 1 if a case fails.
 """
 
@@ -135,6 +139,25 @@ def speed(n, k, group=64, rounds=5):
                 mlx_us_all=[round(t * 1e6, 2) for t in t_mlx])
 
 
+def call_cost(reps=200, rounds=5):
+    """The fixed cost of one call, custom kernel against MLX's own: a tiny
+    element-wise op (64 floats) run `reps` times in one evaluation, so that
+    the time is the per-call overhead (graph building, encoding, launch),
+    not the work."""
+    copy = mx.fast.cuda_kernel(
+        name="tiny_copy", input_names=["a"], output_names=["out"],
+        source="const int i = threadIdx.x; if (i < 64) { out[i] = a[i] + 1.0f; }")
+    xs = [mx.random.normal((64,)) for _ in range(reps)]
+    mx.eval(xs)
+    custom, builtin = [], []
+    for _ in range(rounds):
+        custom.append(timed(lambda i: copy(inputs=[xs[i]], grid=(64, 1, 1), threadgroup=(64, 1, 1),
+                                           output_shapes=[(64,)], output_dtypes=[mx.float32])[0], reps))
+        builtin.append(timed(lambda i: xs[i] + 1.0, reps))
+    return dict(custom_kernel_us=statistics.median(custom) * 1e6,
+                builtin_add_us=statistics.median(builtin) * 1e6)
+
+
 def main() -> int:
     print(json.dumps({"device": str(mx.default_device())}), flush=True)
     failures = 0
@@ -181,6 +204,7 @@ def main() -> int:
         print(json.dumps(row), flush=True)
     for (n, k) in SEVEN_B:
         print(json.dumps({"speed": speed(n, k)}), flush=True)
+    print(json.dumps({"call_cost": call_cost()}), flush=True)
     return 1 if failures else 0
 
 
