@@ -15,7 +15,9 @@
 //! checked; on its own, 1.28-1.64x MLX's speed on the 7B MLP and head
 //! matrices but 0.49-0.84x on the smaller attention ones; in the whole
 //! decode loop not faster than MLX's (ours 144-194 tok/s across runs, MLX's
-//! 172-194). So it is off unless asked for: `MISTRAL_MLX_QMV=ours`.
+//! 172-194). So it is off unless asked for: `MISTRAL_MLX_QMV=ours`, or
+//! `MISTRAL_MLX_QMV=ours-large` for the large matrices only (not yet
+//! measured in the decode loop).
 //!
 //! [`quantized_matvec`] returns `None` wherever it does not apply (not
 //! asked for, not MLX's CUDA build on a GPU, other bit widths, more rows,
@@ -32,8 +34,23 @@ use crate::error::Result;
 const SOURCE: &str = include_str!("kernels/quantized_matvec.cu");
 const HEADER: &str = include_str!("kernels/quantized_matvec_header.cuh");
 
-/// Set to `ours` to use this kernel where it applies (on a CUDA GPU).
+/// Set to `ours` to use this kernel where it applies (on a CUDA GPU), or
+/// to `ours-large` to use it only for matrices of at least
+/// [`LARGE_ELEMENTS`] elements (where it measured faster than MLX's).
 pub const SWITCH_ENV: &str = "MISTRAL_MLX_QMV";
+
+/// `ours-large`'s threshold: 2^25 elements. Mistral 7B's MLP (14336 x
+/// 4096) and head (32768 x 4096) matrices are above it, its attention ones
+/// (4096 x 4096 and smaller) below.
+pub const LARGE_ELEMENTS: i64 = 1 << 25;
+
+/// Which products the kernel takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Never,
+    All,
+    Large,
+}
 
 /// The most rows of `x` the kernel takes.
 pub const MAX_ROWS: i32 = 4;
@@ -52,12 +69,17 @@ pub fn quantized_matvec(
     group_size: i32,
     bits: i32,
 ) -> Result<Option<Array>> {
-    if !enabled() {
-        return Ok(None);
-    }
+    let large_only = match enabled() {
+        Use::Never => return Ok(None),
+        Use::All => false,
+        Use::Large => true,
+    };
     let Some(plan) = Plan::new(x, w, scales, biases, group_size, bits) else {
         return Ok(None);
     };
+    if large_only && i64::from(plan.n) * i64::from(plan.k) < LARGE_ELEMENTS {
+        return Ok(None);
+    }
     thread_local! {
         static KERNEL: OnceLock<std::result::Result<CudaKernel, String>> = const { OnceLock::new() };
     }
@@ -89,14 +111,21 @@ pub fn quantized_matvec(
     })
 }
 
-/// Whether the kernel may be used in this process: asked for, and MLX's
-/// CUDA build on a GPU.
-fn enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
+/// Whether the kernel may be used in this process, and for which products:
+/// as asked for, on MLX's CUDA build on a GPU.
+fn enabled() -> Use {
+    static ENABLED: OnceLock<Use> = OnceLock::new();
     *ENABLED.get_or_init(|| {
-        std::env::var(SWITCH_ENV).is_ok_and(|v| v == "ours")
-            && cfg!(feature = "cuda")
-            && crate::runtime::on_gpu()
+        let asked = match std::env::var(SWITCH_ENV).as_deref() {
+            Ok("ours") => Use::All,
+            Ok("ours-large") => Use::Large,
+            _ => Use::Never,
+        };
+        if cfg!(feature = "cuda") && crate::runtime::on_gpu() {
+            asked
+        } else {
+            Use::Never
+        }
     })
 }
 
@@ -273,7 +302,7 @@ mod tests {
     fn is_used_only_when_asked_for_on_a_cuda_gpu() {
         let [x, w, s, b] = arrays(1, 64, 256, 64, Dtype::Bfloat16);
         let used = quantized_matvec(&x, &w, &s, &b, 64, 4).unwrap().is_some();
-        assert_eq!(used, enabled());
+        assert_eq!(used, enabled() == Use::All);
         if !(cfg!(feature = "cuda") && crate::runtime::on_gpu()) {
             assert!(!used);
         }
