@@ -114,7 +114,7 @@ impl CudaKernel {
                     .to_owned(),
             ));
         }
-        crate::runtime::ensure_mlx_error_handler();
+        // `new` installed mlx-rs's MLX error handler.
         let config = Config::new()?;
         for (shape, dtype) in &launch.outputs {
             config.check(mlx_sys::mlx_fast_cuda_kernel_config_add_output_arg(

@@ -42,6 +42,7 @@ use mlx_rs::{error::Exception, ops::indexing::argmax_axis, random, Array};
 
 use crate::error::{Error, Result};
 use compiled::Stage;
+use filters::{check_top_k, min_p_ops, scalar_ops, top_k_ops, top_p_ops};
 
 /// A seed from the wall clock (nanoseconds since the Unix epoch; 0 if the
 /// clock is before it), for runs that sample without a given seed.
@@ -51,7 +52,6 @@ pub fn clock_seed() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
 }
-use filters::{check_top_k, min_p_ops, scalar_ops, top_k_ops, top_p_ops};
 
 /// Sampling options (mlx-lm's `make_sampler` arguments).
 #[derive(Debug, Clone, Copy, PartialEq)]
