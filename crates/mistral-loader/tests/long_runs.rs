@@ -2,13 +2,21 @@
 //!
 //! - 20,000 tokens generated with the sliding-window test model
 //!   (`window_v01_f32`, window 16) and `RotatingKVCache`: MLX's active
-//!   memory, sampled every 1,000 tokens once the window is full, stays
-//!   within [`FLAT_BYTES`]; the samples are printed (the curve in
-//!   `crates/mistral-loader/README.md` comes from this test's output).
-//! - 50 generations in one process with one loaded model: after the first,
-//!   MLX's active memory after each generation stays within [`FLAT_BYTES`]
-//!   of the first's, and the process's resident memory within
-//!   [`RSS_GROWTH_BYTES`] of its size after the fifth.
+//!   memory, sampled every 1,000 tokens once the window is full, never
+//!   rises more than [`FLAT_BYTES`] above the samples' median; the samples
+//!   are printed (the curve in `crates/mistral-loader/README.md` comes from
+//!   this test's output).
+//! - 50 generations in one process with one loaded model: MLX's active
+//!   memory after each generation never rises more than [`FLAT_BYTES`]
+//!   above the median, and the process's resident memory grows by at most
+//!   [`RSS_GROWTH_BYTES`] from the fifth generation to the fiftieth.
+//!
+//! Why the median and a rise, not the whole spread: a leak only adds, so it
+//! lifts the later samples above the middle one (an unbounded cache in the
+//! window test would add its keys and values for every token, megabytes over
+//! the run). A sample can also dip below the rest, when it is taken while
+//! one step's temporaries are freed and the next step's are not yet made;
+//! CI saw two such dips of 0.3-0.4 MB in 20 samples, and a dip is not a leak.
 //!
 //! The two tests share MLX's per-process counters, so they run one at a time.
 
@@ -19,7 +27,8 @@ use mlx_rs::Array;
 use mlx_rs_core::{Generate, KVCache, RotatingKVCache};
 use reference::{prompt_ids, test_model};
 
-/// How far MLX's active memory may move over a run and still count as flat.
+/// How far MLX's active memory may rise above the median of its samples and
+/// still count as flat.
 const FLAT_BYTES: i64 = 64 << 10;
 
 /// How far resident memory may grow between the 5th and the 50th generation
@@ -50,8 +59,15 @@ fn rss() -> i64 {
     kib * 1024
 }
 
-fn spread(samples: &[i64]) -> i64 {
-    samples.iter().max().copied().unwrap_or(0) - samples.iter().min().copied().unwrap_or(0)
+/// How far the largest sample lies above the median (the upper middle one
+/// for an even count).
+fn rise_above_median(samples: &[i64]) -> i64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    match (sorted.last(), sorted.get(sorted.len() / 2)) {
+        (Some(max), Some(median)) => max - median,
+        _ => 0,
+    }
 }
 
 #[test]
@@ -90,10 +106,10 @@ fn twenty_thousand_tokens_with_a_sliding_window_keep_memory_flat() {
     }
     assert!(count > window as usize);
     let actives: Vec<i64> = samples.iter().map(|s| s.1).collect();
+    let rise = rise_above_median(&actives);
     assert!(
-        spread(&actives) <= FLAT_BYTES,
-        "MLX active memory moved by {} bytes over {total} tokens: {actives:?}",
-        spread(&actives)
+        rise <= FLAT_BYTES,
+        "MLX active memory rose {rise} bytes above its median over {total} tokens: {actives:?}"
     );
 }
 
@@ -122,10 +138,10 @@ fn fifty_generations_in_one_process_do_not_grow() {
     for (i, (a, r)) in actives.iter().zip(&rsses).enumerate() {
         eprintln!("{:>10}  {a:>17}  {r:>15}", i + 1);
     }
+    let rise = rise_above_median(&actives);
     assert!(
-        spread(&actives) <= FLAT_BYTES,
-        "MLX active memory after each generation moved by {} bytes: {actives:?}",
-        spread(&actives)
+        rise <= FLAT_BYTES,
+        "MLX active memory after a generation rose {rise} bytes above its median: {actives:?}"
     );
     let growth = rsses[49] - rsses[4];
     assert!(
