@@ -1,7 +1,11 @@
 //! [`Mlp`]: the SwiGLU feed-forward block,
 //! `down_proj(silu(gate_proj(x)) * up_proj(x))`.
+//!
+//! `silu(gate) * up` is one compiled function, as mlx-lm's `swiglu`: on a
+//! GPU MLX fuses it into a single kernel (one graph node, one pass over the
+//! activations) where op by op it takes two.
 
-use mlx_rs::{nn::silu, Array};
+use mlx_rs::{error::Exception, nn::silu, transforms::compile::compile, Array};
 
 use crate::config::MistralConfig;
 use crate::error::ModelError;
@@ -40,8 +44,15 @@ impl Mlp {
 
     /// Applies the block to `x` `[B, L, hidden_size]`.
     pub fn forward(&self, x: &Array) -> Result<Array, ModelError> {
-        let gate = silu(self.gate_proj.forward(x)?)?;
+        let gate = self.gate_proj.forward(x)?;
         let up = self.up_proj.forward(x)?;
-        self.down_proj.forward(&gate.multiply(&up)?)
+        self.down_proj.forward(&swiglu(&gate, &up)?)
     }
+}
+
+/// `silu(gate) * up`, compiled (shapeless) as mlx-lm compiles its `swiglu`.
+fn swiglu(gate: &Array, up: &Array) -> Result<Array, Exception> {
+    let f = |(gate, up): (&Array, &Array)| silu(gate)?.multiply(up);
+    let mut compiled = compile(f, true);
+    compiled((gate, up))
 }

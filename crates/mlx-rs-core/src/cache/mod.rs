@@ -27,6 +27,7 @@ mod concat;
 mod list;
 mod preallocated;
 mod rotating;
+mod slice_write;
 
 pub use batch::BatchKVCache;
 pub use concat::ConcatKeyValueCache;

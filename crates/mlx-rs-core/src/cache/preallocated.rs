@@ -8,13 +8,13 @@
 use mlx_rs::{
     ops::{
         concatenate,
-        indexing::{Ellipsis, TryIndexMutOp, TryIndexOp},
+        indexing::{Ellipsis, TryIndexOp},
         zeros_dtype,
     },
     Array,
 };
 
-use super::{check_update, KeyValueCache};
+use super::{check_update, slice_write::write_positions, KeyValueCache};
 use crate::error::Result;
 
 /// A key/value cache over preallocated buffers growing in steps of
@@ -102,7 +102,7 @@ impl KeyValueCache for KVCache {
         check_update(keys, values, self.keys.as_ref().zip(self.values.as_ref()))?;
         let prev = self.offset;
         let len = keys.dim(2);
-        let (mut buf_k, mut buf_v) = match (self.keys.take(), self.values.take()) {
+        let (buf_k, buf_v) = match (self.keys.take(), self.values.take()) {
             (Some(k), Some(v)) if prev + len <= k.dim(2) => (k, v),
             (k, v) => {
                 self.keys = k;
@@ -111,8 +111,8 @@ impl KeyValueCache for KVCache {
             }
         };
         let end = prev + len;
-        buf_k.try_index_mut((Ellipsis, prev..end, ..), keys)?;
-        buf_v.try_index_mut((Ellipsis, prev..end, ..), values)?;
+        let buf_k = write_positions(&buf_k, keys, prev)?;
+        let buf_v = write_positions(&buf_v, values, prev)?;
         let out = (
             buf_k.try_index((Ellipsis, ..end, ..))?,
             buf_v.try_index((Ellipsis, ..end, ..))?,

@@ -26,13 +26,13 @@
 use mlx_rs::{
     ops::{
         concatenate,
-        indexing::{Ellipsis, TryIndexMutOp, TryIndexOp},
+        indexing::{Ellipsis, TryIndexOp},
         zeros_dtype,
     },
     Array,
 };
 
-use super::{check_update, KVCache, KeyValueCache};
+use super::{check_update, slice_write::write_positions, KVCache, KeyValueCache};
 use crate::error::{Error, Result};
 use crate::mask::{create_attention_mask, SdpaMask};
 
@@ -114,7 +114,7 @@ impl RotatingKVCache {
         let len = keys.dim(2);
         let end = prev + len;
         if end <= w || len == 1 {
-            let (mut k, mut v) = match (self.keys.take(), self.values.take()) {
+            let (k, v) = match (self.keys.take(), self.values.take()) {
                 (Some(k), Some(v)) => (k, v),
                 _ => {
                     let (b, h) = (keys.dim(0), keys.dim(1));
@@ -125,8 +125,8 @@ impl RotatingKVCache {
                 }
             };
             let start = (prev - self.phase).rem_euclid(w);
-            k.try_index_mut((Ellipsis, start..start + len, ..), keys)?;
-            v.try_index_mut((Ellipsis, start..start + len, ..), values)?;
+            let k = write_positions(&k, keys, start)?;
+            let v = write_positions(&v, values, start)?;
             let out = if end <= w {
                 (
                     k.try_index((Ellipsis, ..end, ..))?,

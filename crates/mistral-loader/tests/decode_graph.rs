@@ -1,0 +1,171 @@
+//! One decode step builds the graph mlx-lm builds: for each test model, the
+//! primitives of one more token's logits after a prompt, counted by name,
+//! against mlx-lm 0.32.2's for the same model, prompt and token (live,
+//! `xtask/python/decode_graph.py`).
+//!
+//! Why: in decode every primitive costs host time on each step (building
+//! the graph, then encoding each node for the device), and on a GPU a
+//! kernel launch; the model's weights are read once either way. So a node
+//! more than mlx-lm per layer is a cost per layer and token. This test found
+//! six per layer (two `Reshape` per cache write from mlx-rs's indexing, and
+//! SwiGLU as two kernels where mlx-lm compiles it into one) and keeps them
+//! out.
+//!
+//! Ours may use each primitive at most as often as mlx-lm does, except the
+//! embedding's id guard (`Embedding::forward` clamps ids on the device:
+//! one `Maximum`, one `Minimum`, two `Broadcast`), which mlx-lm lacks.
+//!
+//! The model is loaded with the weight options of a GPU load (no row split
+//! over CPU streams, no transposed float32 layout: those are CPU-only
+//! layouts, see `mistral_loader::LoadPlan`). On the CPU both engines expand
+//! MLX's fast ops (RMSNorm, RoPE, attention) into the same primitives, so
+//! the counts also show that both call the same fast ops.
+
+mod reference;
+
+use std::collections::BTreeMap;
+
+use mistral_loader::{load_model_config, SafetensorsWeights};
+use mistral_model::{Mistral, WeightOptions};
+use mlx_rs::Array;
+use mlx_rs_core::{KVCache, KeyValueCache, LanguageModel, RotatingKVCache};
+use reference::live::scripts_dir;
+use reference::{python, test_model, TestModel};
+
+/// The primitives ours may add: the embedding's id guard.
+const GUARD: [(&str, usize); 3] = [("Maximum", 1), ("Minimum", 1), ("Broadcast", 2)];
+
+const PROMPT: [i32; 8] = [1, 330, 1136, 4685, 302, 272, 3340, 28723];
+const TOKEN: i32 = 13;
+
+/// The primitives of the graph that computes `output`, counted by name
+/// (MLX's `print_graph`, one line per primitive after two header lines).
+fn graph_ops(output: &Array) -> BTreeMap<String, usize> {
+    let mut text = String::new();
+    // SAFETY: a temporary FILE owned here, closed once; the vector holds a
+    // live array handle for the call and is freed after it.
+    unsafe {
+        let file = mlx_sys::tmpfile();
+        assert!(!file.is_null(), "tmpfile");
+        let raw = [output.as_ptr()];
+        let outputs = mlx_sys::mlx_vector_array_new_data(raw.as_ptr(), raw.len());
+        let namer = mlx_sys::mlx_node_namer_new();
+        let status = mlx_sys::mlx_print_graph(file, namer, outputs);
+        mlx_sys::mlx_node_namer_free(namer);
+        mlx_sys::mlx_vector_array_free(outputs);
+        assert_eq!(status, 0, "mlx_print_graph");
+        mlx_sys::fflush(file);
+        mlx_sys::rewind(file);
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            // size_t is u64 or usize in the bindings, by platform.
+            #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+            let n = mlx_sys::fread(buf.as_mut_ptr().cast(), 1, buf.len() as _, file) as usize;
+            if n == 0 {
+                break;
+            }
+            text.push_str(std::str::from_utf8(&buf[..n]).expect("utf-8 graph"));
+        }
+        mlx_sys::fclose(file);
+    }
+    let mut ops = BTreeMap::new();
+    for line in text.lines().skip(2) {
+        let name = line.split_whitespace().next().expect("a primitive's name");
+        *ops.entry(name.to_owned()).or_insert(0) += 1;
+    }
+    ops
+}
+
+/// Our decode step's primitives, with cache type `C`.
+fn ours<C: KeyValueCache>(spec: &TestModel) -> BTreeMap<String, usize> {
+    let config = load_model_config(&spec.dir).expect("config");
+    let mut weights = SafetensorsWeights::open(&spec.dir).expect("weights");
+    let options = WeightOptions {
+        dtype: None,
+        dequantize: false,
+        transpose_f32: false,
+        row_split: 1,
+    };
+    let mut model = Mistral::with_options(&config, &mut weights, options).expect("model");
+    let mut cache: Vec<Option<C>> = Vec::new();
+    let prompt = Array::from_slice(&PROMPT, &[1, PROMPT.len() as i32]);
+    let logits = LanguageModel::<C>::forward(&mut model, &prompt, &mut cache).expect("prompt");
+    logits.eval().expect("eval");
+    let token = Array::from_slice(&[TOKEN], &[1, 1]);
+    let logits = LanguageModel::<C>::forward(&mut model, &token, &mut cache).expect("step");
+    graph_ops(&logits)
+}
+
+/// mlx-lm's decode step's primitives.
+fn theirs(spec: &TestModel) -> BTreeMap<String, usize> {
+    let ids: Vec<String> = PROMPT.iter().map(i32::to_string).collect();
+    let output = std::process::Command::new(python())
+        .arg(scripts_dir().join("decode_graph.py"))
+        .arg("--model")
+        .arg(&spec.dir)
+        .arg("--prompt-ids")
+        .arg(ids.join(","))
+        .arg("--token")
+        .arg(TOKEN.to_string())
+        .output()
+        .expect("run decode_graph.py");
+    assert!(
+        output.status.success(),
+        "decode_graph.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    doc["ops"]
+        .as_object()
+        .expect("ops")
+        .iter()
+        .map(|(name, n)| (name.clone(), n.as_u64().expect("count") as usize))
+        .collect()
+}
+
+fn compare(name: &str, ours: &BTreeMap<String, usize>, theirs: &BTreeMap<String, usize>) {
+    let total = |m: &BTreeMap<String, usize>| m.values().sum::<usize>();
+    eprintln!(
+        "{name}: {} primitives, mlx-lm {}",
+        total(ours),
+        total(theirs)
+    );
+    let mut extra = Vec::new();
+    for (op, &n) in ours {
+        let allowed = theirs.get(op).copied().unwrap_or(0)
+            + GUARD
+                .iter()
+                .find(|(g, _)| g == op)
+                .map_or(0, |(_, extra)| *extra);
+        if n > allowed {
+            extra.push(format!(
+                "{op}: {n}, allowed {allowed} (mlx-lm's count, plus the guard's)"
+            ));
+        }
+    }
+    assert!(
+        extra.is_empty(),
+        "{name}: one decode step has more primitives than mlx-lm's: {extra:?}\nours: {ours:?}\nmlx-lm: {theirs:?}"
+    );
+}
+
+#[test]
+fn a_decode_step_has_no_more_primitives_than_mlx_lm() {
+    for name in [
+        "gqa4_f32",
+        "gqa4_bf16",
+        "gqa4_q4_g64",
+        "gqa4_q8_g32",
+        "mha_tied_f32",
+        "headdim_f32",
+    ] {
+        let spec = test_model(name);
+        compare(name, &ours::<KVCache>(&spec), &theirs(&spec));
+    }
+    let spec = test_model("window_v01_f32");
+    compare(
+        "window_v01_f32",
+        &ours::<RotatingKVCache>(&spec),
+        &theirs(&spec),
+    );
+}
