@@ -8,8 +8,11 @@
 #   parity   unpack; generate the test models there; mlx-lm 0.32.2 on CUDA
 #            writes the references; our parity tests run on CUDA against them.
 #            `parity NAMES` (comma-separated) does this for those models only
-#            (the seeded-sampling and window tests need window_v01_f32,
-#            gqa4_f32 and gqa4_bf16): for a device budget too short for all;
+#            (the window tests need window_v01_f32; the seeded-sampling
+#            test runs on those of window_v01_f32, gqa4_f32 and gqa4_bf16
+#            that NAMES lists): for a device budget too short for all;
+#            e.g. `parity gqa4_bf16 generate_parity seeded` for gqa4_bf16's
+#            seeded runs alone
 #            `parity NAMES TESTS` runs only those test binaries (comma-
 #            separated: mlx_lm_parity, sliding_window_generation,
 #            generate_parity); a binary in target/gpu-tests/ (carried)

@@ -90,6 +90,12 @@ pub struct Reference {
     pub greedy_margin: Vec<f32>,
 }
 
+/// Whether `name` is among the models `MISTRAL_MLX_ONLY_MODELS` names (all
+/// are, where it is unset): for tests that pick their models by name.
+pub fn selected(name: &str) -> bool {
+    std::env::var("MISTRAL_MLX_ONLY_MODELS").map_or(true, |only| only.split(',').any(|n| n == name))
+}
+
 /// [`test_models`] less those mlx-lm itself could not run here, each
 /// named on stderr with mlx-lm's error. Only on a GPU: there
 /// `reference.py --keep-going` records a model mlx-lm fails on (MLX
