@@ -31,6 +31,7 @@ def main() -> int:
     ap.add_argument("--model", required=True)
     ap.add_argument("--prompt-ids", required=True)
     ap.add_argument("--token", type=int, required=True)
+    ap.add_argument("--prompt-graph", action="store_true")
     args = ap.parse_args()
 
     from mlx_lm.models.cache import make_prompt_cache
@@ -39,8 +40,10 @@ def main() -> int:
     model, _notes = load_model(args.model)
     cache = make_prompt_cache(model)
     prompt = mx.array([[int(x) for x in args.prompt_ids.split(",")]], dtype=mx.int32)
-    mx.eval(model(prompt, cache=cache), [c.state for c in cache])
-    logits = model(mx.array([[args.token]], dtype=mx.int32), cache=cache)
+    logits = model(prompt, cache=cache)
+    if not args.prompt_graph:
+        mx.eval(logits, [c.state for c in cache])
+        logits = model(mx.array([[args.token]], dtype=mx.int32), cache=cache)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "step.dot")
         mx.export_to_dot(path, logits)
