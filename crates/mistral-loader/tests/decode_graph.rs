@@ -1,8 +1,7 @@
 //! One decode step builds the graph mlx-lm builds: for each test model, the
 //! primitives of one more token's logits after a prompt, counted by name,
 //! against mlx-lm 0.32.2's for the same model, prompt and token (live,
-//! `xtask/python/decode_graph.py`); and likewise the prompt's own graph
-//! (all models but the windowed one, see the test).
+//! `xtask/python/decode_graph.py`); and likewise the prompt's own graph.
 //!
 //! Why: in decode every primitive costs host time on each step (building
 //! the graph, then encoding each node for the device), and on a GPU a
@@ -181,12 +180,10 @@ fn prompt_and_decode_graphs_have_no_more_primitives_than_mlx_lm() {
         let spec = test_model(name);
         compare(name, ours::<KVCache>(&spec), theirs(&spec));
     }
-    // The window model's step only: for a first prompt chunk that fits
-    // the window, our rotating cache allocates the whole ring and writes
-    // the chunk into it (per layer a zeros buffer, a write and a slice:
-    // 16 primitives once per prompt), where mlx-lm's keeps the chunk as
-    // is and grows its buffer in steps later.
     let spec = test_model("window_v01_f32");
-    let [_, step] = ours::<RotatingKVCache>(&spec);
-    compare_graph("window_v01_f32 step", &step, &mlx_lm_ops(&spec, false));
+    compare(
+        "window_v01_f32",
+        ours::<RotatingKVCache>(&spec),
+        theirs(&spec),
+    );
 }

@@ -2,15 +2,21 @@
 //! with a sliding window of `W`, so memory stays bounded by the window
 //! however long generation runs (after mlx-lm's `RotatingKVCache`).
 //!
-//! Invariant: once anything is stored, the buffers hold exactly `W` slots
-//! and absolute position `p` lives in slot `(p - phase) mod W`; the valid
-//! slots are the last `min(offset, W)` positions. `phase` is 0 until a
-//! multi-token chunk crosses the window, which stores the last `W` positions
-//! in temporal order (so `phase = end mod W`). This is the slot layout
-//! mlx-lm's `RotatingKVCache` ends up with, so attention sums the keys in the
-//! same order as mlx-lm's. An update of `L` positions at `offset`:
-//! - `offset + L <= W`: written in place, the filled prefix returned (in
-//!   positional order, the window cuts nothing);
+//! Invariant: absolute position `p` lives in slot `(p - phase) mod W`; the
+//! valid slots are the last `min(offset, W)` positions. Until the window
+//! has filled, the buffers are shorter than `W` and grow as mlx-lm's do (a
+//! first chunk inside the window is kept as it is, then the buffers grow
+//! by [`KVCache::STEP`] positions at a time, never past `W`), so a short
+//! context on a model with a large window holds little memory; from the
+//! time `offset` reaches `W` they hold exactly `W` slots. `phase` is 0
+//! until a multi-token chunk crosses the window, which stores the last `W`
+//! positions in temporal order (so `phase = end mod W`). This is the slot
+//! layout mlx-lm's `RotatingKVCache` ends up with, so attention sums the
+//! keys in the same order as mlx-lm's. An update of `L` positions at
+//! `offset`:
+//! - `offset + L <= W`: written in place (after growing the buffers if
+//!   needed), the filled prefix returned (in positional order, the window
+//!   cuts nothing);
 //! - `L == 1` past the window: written in place over the oldest slot; the
 //!   whole ring is returned, and it is exactly the query's window, so no mask
 //!   is needed although the order is not positional;
@@ -57,7 +63,8 @@ impl RotatingKVCache {
     }
 
     /// Number of positions the buffers hold (their length on the sequence
-    /// axis; `W` once anything is stored with a window).
+    /// axis): with a window, at most `W`, and `W` once the offset has
+    /// reached it.
     pub fn buffer_len(&self) -> i32 {
         match self.window {
             None => self.unbounded.capacity(),
@@ -108,22 +115,42 @@ impl RotatingKVCache {
         Ok(())
     }
 
+    /// The buffers, grown to hold at least `need` (at most `W`) positions:
+    /// to [`KVCache::STEP`] positions past the offset, as mlx-lm's grow for
+    /// a single token, or to the end of a longer chunk; never past `W`. A
+    /// buffer shorter than `W` holds positions in order from slot 0
+    /// (nothing has wrapped), so the new slots go at its end.
+    fn grown(&mut self, keys: &Array, values: &Array, need: i32, w: i32) -> Result<(Array, Array)> {
+        let (k, v) = match (self.keys.take(), self.values.take()) {
+            (Some(k), Some(v)) if k.dim(2) >= need => return Ok((k, v)),
+            kept => kept,
+        };
+        let held = k.as_ref().map_or(0, |k| k.dim(2));
+        let len = (self.offset + KVCache::STEP.max(keys.dim(2))).min(w);
+        let (b, h) = (keys.dim(0), keys.dim(1));
+        let new_k = zeros_dtype(&[b, h, len - held, keys.dim(3)], keys.dtype())?;
+        let new_v = zeros_dtype(&[b, h, len - held, values.dim(3)], values.dtype())?;
+        Ok(match (k, v) {
+            (Some(k), Some(v)) => (concatenate(&[k, new_k], 2)?, concatenate(&[v, new_v], 2)?),
+            _ => (new_k, new_v),
+        })
+    }
+
     fn update_windowed(&mut self, keys: &Array, values: &Array, w: i32) -> Result<(Array, Array)> {
         check_update(keys, values, self.keys.as_ref().zip(self.values.as_ref()))?;
         let prev = self.offset;
         let len = keys.dim(2);
         let end = prev + len;
+        if self.keys.is_none() && len > 1 && end <= w {
+            // A first chunk inside the window is kept as it is (as mlx-lm
+            // keeps it): no buffer yet, the next update grows one.
+            self.keys = Some(keys.clone());
+            self.values = Some(values.clone());
+            self.offset = end;
+            return Ok((keys.clone(), values.clone()));
+        }
         if end <= w || len == 1 {
-            let (k, v) = match (self.keys.take(), self.values.take()) {
-                (Some(k), Some(v)) => (k, v),
-                _ => {
-                    let (b, h) = (keys.dim(0), keys.dim(1));
-                    (
-                        zeros_dtype(&[b, h, w, keys.dim(3)], keys.dtype())?,
-                        zeros_dtype(&[b, h, w, values.dim(3)], values.dtype())?,
-                    )
-                }
-            };
+            let (k, v) = self.grown(keys, values, end.min(w), w)?;
             let start = (prev - self.phase).rem_euclid(w);
             let k = write_positions(&k, keys, start)?;
             let v = write_positions(&v, values, start)?;
