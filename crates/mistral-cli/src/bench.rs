@@ -13,7 +13,7 @@ use clap::{Args, ValueEnum};
 use std::time::Instant;
 
 use mlx_rs::Array;
-use mlx_rs_core::{Generate, RotatingKVCache};
+use mlx_rs_core::{Generate, RotatingKVCache, StepTimes};
 
 use crate::args::ModelArgs;
 use crate::model_source;
@@ -79,7 +79,14 @@ pub struct BenchArgs {
 struct Row {
     prompt_tokens: usize,
     depth: usize,
-    samples: Vec<GenerationStats>,
+    samples: Vec<Sample>,
+}
+
+/// One measured run: the rates, and where its decode steps spent their
+/// time (see `StepTimes`).
+struct Sample {
+    stats: GenerationStats,
+    steps: StepTimes,
 }
 
 /// What the run measured about the model itself, printed with the rows.
@@ -179,7 +186,7 @@ fn measure(
     prompt_tokens: usize,
     depth: usize,
     gen_tokens: u32,
-) -> Result<GenerationStats> {
+) -> Result<Sample> {
     // Bounded by the window for sliding-window models, a plain cache otherwise.
     let mut cache: Vec<Option<RotatingKVCache>> = Vec::new();
     if depth > 0 {
@@ -198,8 +205,9 @@ fn measure(
     let mut first = None;
     let mut last = start;
     let mut count = 0usize;
-    let generator = Generate::new(model, &mut cache, 0.0, &prompt).max_tokens(gen_tokens as usize);
-    for token in generator {
+    let mut generator =
+        Generate::new(model, &mut cache, 0.0, &prompt).max_tokens(gen_tokens as usize);
+    for token in generator.by_ref() {
         token?.eval()?;
         // The clock stops at the last token, as mlx-lm's: dropping the
         // generator then waits for the step it started for the token after.
@@ -207,11 +215,13 @@ fn measure(
         first.get_or_insert(last);
         count += 1;
     }
+    let steps = generator.step_times();
+    drop(generator);
     let peak = mlx_rs::memory::peak_memory().unwrap_or(0);
     drop(cache);
     // Buffers of this run go back to the system, so runs start alike.
     let _ = mlx_rs::memory::clear_cache();
-    Ok(GenerationStats::measure(
+    let stats = GenerationStats::measure(
         prompt_tokens,
         count,
         0.0, // the load is measured once, in `run`
@@ -219,18 +229,30 @@ fn measure(
         first,
         last,
         peak,
-    ))
+    );
+    Ok(Sample { stats, steps })
 }
 
 /// A metric column: name, unit, and how to read it from a sample.
-type Metric = (&'static str, &'static str, fn(&GenerationStats) -> f64);
+type Metric = (&'static str, &'static str, fn(&Sample) -> f64);
 
-/// The metric columns.
-const METRICS: [Metric; 4] = [
-    ("prefill", "tok/s", |s| s.prompt_tps),
-    ("decode", "tok/s", |s| s.generation_tps),
-    ("ttft", "s", |s| s.time_to_first_token),
-    ("peak_mem", "GB", |s| s.peak_memory_bytes as f64 / 1e9),
+/// The metric columns. `decode_build`, `decode_dispatch` and `decode_wait`
+/// split a decode step's time as `StepTimes` does: building its graph,
+/// handing it to MLX, waiting for the token.
+const METRICS: [Metric; 7] = [
+    ("prefill", "tok/s", |s| s.stats.prompt_tps),
+    ("decode", "tok/s", |s| s.stats.generation_tps),
+    ("ttft", "s", |s| s.stats.time_to_first_token),
+    ("peak_mem", "GB", |s| s.stats.peak_memory_bytes as f64 / 1e9),
+    ("decode_build", "ms", |s| {
+        s.steps.per_step(s.steps.build) * 1e3
+    }),
+    ("decode_dispatch", "ms", |s| {
+        s.steps.per_step(s.steps.dispatch) * 1e3
+    }),
+    ("decode_wait", "ms", |s| {
+        s.steps.per_step(s.steps.wait) * 1e3
+    }),
 ];
 
 fn summaries(row: &Row) -> Vec<(&'static str, &'static str, Option<Summary>)> {

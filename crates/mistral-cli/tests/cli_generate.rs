@@ -274,13 +274,47 @@ fn bench_json_reports_every_metric() {
     let results = json["results"].as_array().unwrap();
     assert_eq!(results.len(), 4, "2 prompt lengths x 2 depths");
     for row in results {
-        for key in ["prefill_tps", "decode_tps", "ttft_s", "peak_mem_GB"] {
+        for key in [
+            "prefill_tps",
+            "decode_tps",
+            "ttft_s",
+            "peak_mem_GB",
+            "decode_build_ms",
+            "decode_dispatch_ms",
+            "decode_wait_ms",
+        ] {
             for stat in ["median", "min", "max"] {
                 assert!(row[key][stat].is_number(), "{key}.{stat} in {row}");
             }
             assert!(row[key]["min"].as_f64() <= row[key]["max"].as_f64());
         }
+        // Every decode step builds a graph: some host time.
+        assert!(row["decode_build_ms"]["min"].as_f64() > Some(0.0), "{row}");
     }
+    // One run: a decode step's three parts lie within its share of the
+    // decode time (the caller's own time is the rest).
+    let json = json_of(&cli(&[
+        "bench",
+        "--model",
+        &dir,
+        "--prompt-tokens",
+        "16",
+        "--gen-tokens",
+        "8",
+        "--iterations",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]));
+    let row = &json["results"][0];
+    let get = |key: &str| row[key]["median"].as_f64().expect(key);
+    let per_token_ms = 1e3 / get("decode_tps");
+    let split = get("decode_build_ms") + get("decode_dispatch_ms") + get("decode_wait_ms");
+    assert!(
+        split <= per_token_ms * 1.001,
+        "build + dispatch + wait {split} ms > {per_token_ms} ms a token: {row}"
+    );
     for format in ["table", "csv", "md"] {
         let output = cli(&[
             "bench",

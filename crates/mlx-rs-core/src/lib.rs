@@ -45,7 +45,8 @@ pub use cache::{
 };
 pub use error::{Error, Result};
 pub use generate::{
-    BatchGenerate, BatchModel, BatchToken, Generate, GenerateOptions, Prefill, TokenLogprobs,
+    BatchGenerate, BatchModel, BatchToken, Generate, GenerateOptions, Prefill, StepTimes,
+    TokenLogprobs,
 };
 pub use language_model::{check_token_ids, LanguageModel};
 pub use mask::{

@@ -24,10 +24,14 @@ mod batch;
 mod logprobs;
 mod options;
 mod sequence;
+mod step_times;
 
 pub use batch::{BatchGenerate, BatchModel, BatchToken, Prefill};
 pub use logprobs::TokenLogprobs;
 pub use options::GenerateOptions;
+pub use step_times::StepTimes;
+
+use std::time::Instant;
 
 use mlx_rs::{
     ops::indexing::TryIndexOp,
@@ -60,6 +64,7 @@ pub struct Generate<'a, C: KeyValueCache> {
     sequence: Option<SequenceSampler>,
     stage: Stage,
     produced: usize,
+    times: StepTimes,
 }
 
 impl<'a, C: KeyValueCache> Generate<'a, C> {
@@ -92,6 +97,7 @@ impl<'a, C: KeyValueCache> Generate<'a, C> {
             sequence: None,
             stage: Stage::Prompt(prompt.clone()),
             produced: 0,
+            times: StepTimes::default(),
         }
     }
 
@@ -160,6 +166,11 @@ impl<'a, C: KeyValueCache> Generate<'a, C> {
         self.produced
     }
 
+    /// Where the decode steps so far spent their time (see [`StepTimes`]).
+    pub fn step_times(&self) -> StepTimes {
+        self.times
+    }
+
     /// Feeds `tokens` (1-D) and samples the next token from the last
     /// position's logits.
     fn step(&mut self, tokens: &Array) -> Result<Array> {
@@ -203,9 +214,19 @@ impl<'a, C: KeyValueCache> Generate<'a, C> {
         };
         // Feed `y` now, so the model works on the next token while the
         // caller uses this one, and the cache holds every returned token.
+        let decoding = self.produced > 0;
+        let started = Instant::now();
         let next = self.step(&y)?;
+        let built = Instant::now();
         async_eval([&next])?;
+        let dispatched = Instant::now();
         eval([&y])?;
+        if decoding {
+            self.times.steps += 1;
+            self.times.build += built - started;
+            self.times.dispatch += dispatched - built;
+            self.times.wait += dispatched.elapsed();
+        }
         self.stage = Stage::Next(next);
         self.produced += 1;
         Ok(Some(y))
