@@ -14,8 +14,9 @@ use std::time::Duration;
 ///   so there `dispatch` holds nearly all the computing and `wait` little;
 /// - `wait`: waiting for the token the previous step computes.
 ///
-/// On a GPU, `build` plus `dispatch` near the whole step with `wait` near
-/// zero means the host, not the device, sets the pace.
+/// So `build` is host work for certain, `wait` the device's lead, and
+/// `dispatch` either: a large `wait` says the device sets the pace; a
+/// `build` near the whole step, the host.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StepTimes {
     /// Decode steps timed.
