@@ -64,21 +64,23 @@ def main() -> int:
     print("| --- | --- | --- |")
     for model, prefill, decode in ratios:
         print(f"| {model} | {prefill:.2f}x | {decode:.2f}x |")
-    # Our decode step's time in parts (bench's decode_build, _dispatch,
-    # _wait; runs from before they existed lack them).
+    # A decode step's time in parts (decode_build, _dispatch, _wait: both
+    # engines' bench output; runs from before they existed lack them).
     parts = ("decode_build_ms", "decode_dispatch_ms", "decode_wait_ms")
     split = []
     for model in models:
-        runs = [r["run"] for r in rows if r["model"] == model and r["engine"] == "ours"
-                and "error" not in r["run"]]
-        runs = [r for r in runs if all(p in r["results"][0] for p in parts)]
-        if runs:
-            split.append((model, [[ours_value(r, p) for r in runs] for p in parts]))
+        for engine in ("mlx-lm", "ours"):
+            runs = [r["run"] for r in rows if r["model"] == model and r["engine"] == engine
+                    and "error" not in r["run"]]
+            source = (lambda r: r["results"][0]) if engine == "ours" else (lambda r: r)
+            runs = [r for r in runs if all(p in source(r) for p in parts)]
+            if runs:
+                split.append((model, engine, [[value(engine, r, p) for r in runs] for p in parts]))
     if split:
-        print("\n| model | ours: build ms/token | dispatch ms/token | wait ms/token |")
-        print("| --- | --- | --- | --- |")
-        for model, values in split:
-            print(f"| {model} | " + " | ".join(spread(v, '.3f') for v in values) + " |")
+        print("\n| model | engine | build ms/token | dispatch ms/token | wait ms/token |")
+        print("| --- | --- | --- | --- | --- |")
+        for model, engine, values in split:
+            print(f"| {model} | {engine} | " + " | ".join(spread(v, '.3f') for v in values) + " |")
     return 0
 
 

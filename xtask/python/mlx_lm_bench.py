@@ -14,7 +14,9 @@ then `--warmup` short runs (a prompt of at most 32 tokens, 4 generated, as
 prompt ids as `mistral-cli bench` (its xorshift, salt 2). The clock stops at
 the last token, as in mlx-lm's `stream_generate`. Rates: prompt tokens / time
 to first token, (G - 1) / (last token - first token). Peak memory from
-`mx.get_peak_memory()` (reset before the run).
+`mx.get_peak_memory()` (reset before the run). A decode step's time split
+as `mistral-cli bench` splits ours (build, dispatch, wait; see
+`StepClock`).
 
 `--bandwidth` measures the machine's memory read bandwidth (see
 `bandwidth()`).
@@ -64,23 +66,77 @@ def weight_bytes_per_token(model, config: dict) -> tuple[int, int]:
     return total, total - table + table // int(config["vocab_size"])
 
 
+class StepClock:
+    """Host time of mlx-lm's decode steps, as `mistral-cli bench` splits
+    ours: `build` is the model call and the sampler (through a proxy of the
+    model and the sampler passed in), `dispatch` is `mx.async_eval` (patched
+    in this process only); the rest of a step's share of the decode time is
+    the wait for its token (with generate_step's own small Python work).
+    Counts only while `on` (after the first token)."""
+
+    def __init__(self):
+        self.on = False
+        self.build = 0.0
+        self.dispatch = 0.0
+
+    def add(self, part: str, since: float) -> None:
+        if self.on:
+            setattr(self, part, getattr(self, part) + time.perf_counter() - since)
+
+
+class TimedModel:
+    """`model`, whose calls count as build time on `clock`."""
+
+    def __init__(self, model, clock: StepClock):
+        self.__dict__.update(_model=model, _clock=clock)
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        out = self._model(*args, **kwargs)
+        self._clock.add("build", start)
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
 def run(model, ids: list[int], gen: int) -> dict:
     from mlx_lm.generate import generate_step
+
+    clock = StepClock()
+    real_async_eval = mx.async_eval
+
+    def timed_async_eval(*args):
+        start = time.perf_counter()
+        real_async_eval(*args)
+        clock.add("dispatch", start)
+
+    def sampler(logprobs):
+        start = time.perf_counter()
+        out = mx.argmax(logprobs, axis=-1)
+        clock.add("build", start)
+        return out
 
     mx.clear_cache()
     mx.reset_peak_memory()
     prompt = mx.array(ids, dtype=mx.uint32)
-    start = time.perf_counter()
-    first = last = None
-    count = 0
-    for _token, _ in generate_step(prompt, model, max_tokens=gen,
-                                   sampler=lambda logprobs: mx.argmax(logprobs, axis=-1)):
-        last = time.perf_counter()
-        if first is None:
-            first = last
-        count += 1
+    mx.async_eval = timed_async_eval
+    try:
+        start = time.perf_counter()
+        first = last = None
+        count = 0
+        for _token, _ in generate_step(prompt, TimedModel(model, clock), max_tokens=gen, sampler=sampler):
+            last = time.perf_counter()
+            if first is None:
+                first = last
+                clock.on = True
+            count += 1
+    finally:
+        mx.async_eval = real_async_eval
     ttft = first - start
     decode = last - first
+    steps = max(count - 1, 1)
+    build_ms, dispatch_ms = clock.build / steps * 1e3, clock.dispatch / steps * 1e3
     return {
         "prompt_tokens": len(ids),
         "generated": count,
@@ -88,6 +144,9 @@ def run(model, ids: list[int], gen: int) -> dict:
         "decode_tps": (count - 1) / decode if decode > 0 else 0.0,
         "ttft_s": ttft,
         "peak_mem_GB": mx.get_peak_memory() / 1e9,
+        "decode_build_ms": build_ms,
+        "decode_dispatch_ms": dispatch_ms,
+        "decode_wait_ms": decode / steps * 1e3 - build_ms - dispatch_ms,
     }
 
 
