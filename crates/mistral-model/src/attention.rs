@@ -105,7 +105,29 @@ impl Attention {
                 x.shape()
             )));
         }
-        let (b, l) = (x.dim(0), x.dim(1));
+        let (b, l, d) = (x.dim(0), x.dim(1), x.dim(2));
+        let out = self.forward_rows(&x.reshape(&[b * l, d])?, (b, l), mask, cache)?;
+        Ok(out.reshape(&[b, l, -1])?)
+    }
+
+    /// [`forward`](Self::forward) on the rows of `x`: `[B * L, hidden_size]`
+    /// for a batch of `(B, L)`, giving `[B * L, hidden_size]`. The model runs
+    /// its layers on rows: a matrix product of a 3-D input adds a flatten
+    /// and an unflatten to MLX's graph, two operations per projection and
+    /// token that the host must build and dispatch.
+    pub fn forward_rows<C: KeyValueCache>(
+        &self,
+        x: &Array,
+        (b, l): (i32, i32),
+        mask: &SdpaMask,
+        cache: Option<&mut C>,
+    ) -> Result<Array, ModelError> {
+        if x.ndim() != 2 || i64::from(x.dim(0)) != i64::from(b) * i64::from(l) {
+            return Err(ModelError::Input(format!(
+                "attention rows must be [{b} x {l}, hidden], got shape {:?}",
+                x.shape()
+            )));
+        }
         let split = |a: Array, heads: i32| -> Result<Array, ModelError> {
             Ok(a.reshape(&[b, l, heads, self.head_dim])?
                 .transpose_axes(&[0, 2, 1, 3])?)
@@ -131,9 +153,9 @@ impl Attention {
             }
         };
         let out = scaled_dot_product_attention(&queries, &keys, &values, self.scale, mask)?;
-        let out =
-            out.transpose_axes(&[0, 2, 1, 3])?
-                .reshape(&[b, l, self.n_heads * self.head_dim])?;
+        let out = out
+            .transpose_axes(&[0, 2, 1, 3])?
+            .reshape(&[b * l, self.n_heads * self.head_dim])?;
         self.o_proj.forward(&out)
     }
 }

@@ -68,9 +68,29 @@ impl DecoderLayer {
         mask: &SdpaMask,
         cache: Option<&mut C>,
     ) -> Result<Array, ModelError> {
-        let r = self
-            .self_attn
-            .forward(&self.input_layernorm.forward(x)?, mask, cache)?;
+        if x.ndim() != 3 {
+            return Err(ModelError::Input(format!(
+                "layer input must be [batch, length, hidden], got shape {:?}",
+                x.shape()
+            )));
+        }
+        let (b, l, d) = (x.dim(0), x.dim(1), x.dim(2));
+        let out = self.forward_rows(&x.reshape(&[b * l, d])?, (b, l), mask, cache)?;
+        Ok(out.reshape(&[b, l, d])?)
+    }
+
+    /// [`forward`](Self::forward) on the rows of `x`, `[B * L, hidden_size]`
+    /// for a batch of `(B, L)` (see [`Attention::forward_rows`]).
+    pub fn forward_rows<C: KeyValueCache>(
+        &self,
+        x: &Array,
+        shape: (i32, i32),
+        mask: &SdpaMask,
+        cache: Option<&mut C>,
+    ) -> Result<Array, ModelError> {
+        let r =
+            self.self_attn
+                .forward_rows(&self.input_layernorm.forward(x)?, shape, mask, cache)?;
         let h = x.add(&r)?;
         let r = self
             .mlp

@@ -88,6 +88,19 @@ impl MistralModel {
         tokens: &Array,
         cache: &mut Vec<Option<C>>,
     ) -> Result<Array, ModelError> {
+        let h = self.forward_rows(tokens, cache)?;
+        Ok(h.reshape(&[tokens.dim(0), tokens.dim(1), -1])?)
+    }
+
+    /// [`forward`](Self::forward) giving the hidden states as rows,
+    /// `[B * L, hidden_size]`: the layers run on rows, so that no matrix
+    /// product adds a flatten and an unflatten to the graph (see
+    /// [`Attention::forward_rows`](crate::Attention::forward_rows)).
+    pub fn forward_rows<C: KeyValueCache>(
+        &self,
+        tokens: &Array,
+        cache: &mut Vec<Option<C>>,
+    ) -> Result<Array, ModelError> {
         if tokens.ndim() != 2 || !mlx_rs_core::is_integer(tokens.dtype()) {
             return Err(ModelError::Input(format!(
                 "tokens must be an integer array [batch, length], got {:?} of shape {:?}",
@@ -116,7 +129,10 @@ impl MistralModel {
                 self.layers.len()
             )));
         }
-        let mut h = self.embed_tokens.forward(tokens)?;
+        let batch = tokens.dim(0);
+        let mut h = self
+            .embed_tokens
+            .forward(&tokens.reshape(&[batch * len])?)?;
         let mut masks: Vec<((i32, AttentionMask), SdpaMask)> = Vec::new();
         for (layer, slot) in self.layers.iter().zip(cache.iter_mut()) {
             let key = (
@@ -136,7 +152,7 @@ impl MistralModel {
                     m
                 }
             };
-            h = layer.forward(&h, &mask, slot.as_mut())?;
+            h = layer.forward_rows(&h, (batch, len), &mask, slot.as_mut())?;
         }
         self.norm.forward(&h)
     }
@@ -305,10 +321,11 @@ impl Mistral {
         tokens: &Array,
         cache: &mut Vec<Option<C>>,
     ) -> Result<Array, ModelError> {
-        let h = self.model.forward(tokens, cache)?;
-        match &self.lm_head {
-            Some(head) => head.forward(&h),
-            None => self.model.embed_tokens.as_linear(&h),
-        }
+        let h = self.model.forward_rows(tokens, cache)?;
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(&h)?,
+            None => self.model.embed_tokens.as_linear(&h)?,
+        };
+        Ok(logits.reshape(&[tokens.dim(0), tokens.dim(1), -1])?)
     }
 }
