@@ -15,7 +15,7 @@
 #            seeded runs alone
 #            `parity NAMES TESTS` runs only those test binaries (comma-
 #            separated: mlx_lm_parity, sliding_window_generation,
-#            generate_parity); a binary in target/gpu-tests/ (carried)
+#            decode_graph, generate_parity); a binary in target/gpu-tests/ (carried)
 #            replaces the packed one; `parity NAMES TESTS FILTER` runs
 #            only the tests whose name holds FILTER
 #   bench    unpack; write the 7B-shape and ~150M models there; ours and
@@ -151,7 +151,7 @@ parity)
   status=0
   if compgen -G "target/gpu-tests/*" >/dev/null; then cp -f target/gpu-tests/* "$work"/tests/; fi
   # The seeded-sampling runs (generate_parity) take longest: last.
-  tests=${3:-mlx_lm_parity,sliding_window_generation,generate_parity}
+  tests=${3:-mlx_lm_parity,sliding_window_generation,decode_graph,generate_parity}
   for name in ${tests//,/ }; do
     test=$work/tests/$name
     LD_LIBRARY_PATH="$work/bundle/lib/mlx/lib:$LD_LIBRARY_PATH" "$test" --test-threads 1 --nocapture "${skip[@]}" ${4:-} \

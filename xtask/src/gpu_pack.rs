@@ -29,10 +29,11 @@ use crate::{dist, paths, python};
 const WHEELS: [&str; 2] = ["mlx==0.32.2", "mlx-lm==0.32.2"];
 
 /// The parity tests run there (test targets of mistral-loader).
-const TESTS: [&str; 3] = [
+const TESTS: [&str; 4] = [
     "mlx_lm_parity",
     "generate_parity",
     "sliding_window_generation",
+    "decode_graph",
 ];
 
 /// The SentencePiece models make_models.py builds tokenizers from.
