@@ -63,3 +63,53 @@ pub(crate) fn write_positions(buf: &Array, update: &Array, start: i32) -> Result
         Ok(Array::from_ptr(res))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use mlx_rs::ops::indexing::{Ellipsis, TryIndexMutOp};
+
+    use super::*;
+
+    fn numbered(shape: &[i32]) -> Array {
+        let n: i32 = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|v| v as f32).collect();
+        Array::from_slice(&values, shape)
+    }
+
+    /// The same values as mlx-rs's indexed write, for a batch of one and of
+    /// two, at the start, inside and at the end of the buffer.
+    #[test]
+    fn writes_what_indexing_writes() {
+        for (b, start, len) in [(1, 0, 3), (1, 5, 1), (2, 2, 4), (1, 7, 1)] {
+            let buf = numbered(&[b, 2, 8, 4]);
+            let update = numbered(&[b, 2, len, 4])
+                .multiply(Array::from_f32(-1.0))
+                .unwrap();
+            let ours = write_positions(&buf, &update, start).unwrap();
+            let mut theirs = buf.clone();
+            theirs
+                .try_index_mut((Ellipsis, start..start + len, ..), &update)
+                .unwrap();
+            assert_eq!(
+                ours.as_slice::<f32>(),
+                theirs.as_slice::<f32>(),
+                "b {b}, start {start}, len {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_update_that_does_not_fit_is_an_error() {
+        let buf = numbered(&[1, 2, 8, 4]);
+        for (update, start) in [
+            (numbered(&[1, 2, 2, 4]), 7),
+            (numbered(&[1, 2, 1, 4]), -1),
+            (numbered(&[1, 3, 1, 4]), 0),
+            (numbered(&[1, 2, 1, 5]), 0),
+            (numbered(&[2, 1, 4]), 0),
+        ] {
+            let err = write_positions(&buf, &update, start).unwrap_err();
+            assert!(err.to_string().contains("does not fit"), "{err}");
+        }
+    }
+}
