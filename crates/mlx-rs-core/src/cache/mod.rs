@@ -35,7 +35,10 @@ pub use list::{cache_offset, trim_cache};
 pub use preallocated::KVCache;
 pub use rotating::RotatingKVCache;
 
-use mlx_rs::Array;
+use mlx_rs::{
+    ops::{concatenate, zeros_dtype},
+    Array,
+};
 
 use crate::error::{Error, Result};
 use crate::mask::{create_attention_mask, SdpaMask};
@@ -112,6 +115,24 @@ pub trait KeyValueCache {
     /// The arrays the cache stores (handles, cheap to clone), for evaluating
     /// them, e.g. after a prefill chunk whose logits are not needed.
     fn state(&self) -> Vec<Array>;
+}
+
+/// `buffers` (keys, values) extended by `n` zero positions on the sequence
+/// axis, or new buffers of `n` positions where there are none; batch, heads,
+/// head dimensions and dtypes as the update `keys` and `values` have them.
+fn extend_with_zeros(
+    buffers: Option<(Array, Array)>,
+    keys: &Array,
+    values: &Array,
+    n: i32,
+) -> Result<(Array, Array)> {
+    let (b, h) = (keys.dim(0), keys.dim(1));
+    let new_k = zeros_dtype(&[b, h, n, keys.dim(3)], keys.dtype())?;
+    let new_v = zeros_dtype(&[b, h, n, values.dim(3)], values.dtype())?;
+    Ok(match buffers {
+        Some((k, v)) => (concatenate(&[k, new_k], 2)?, concatenate(&[v, new_v], 2)?),
+        None => (new_k, new_v),
+    })
 }
 
 /// Checks that `keys` and `values` are `[B, H, L, D]` with equal `B`, `H`

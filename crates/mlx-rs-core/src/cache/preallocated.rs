@@ -6,15 +6,11 @@
 //! the unused tail is dropped first, as in mlx-lm's `KVCache`.
 
 use mlx_rs::{
-    ops::{
-        concatenate,
-        indexing::{Ellipsis, TryIndexOp},
-        zeros_dtype,
-    },
+    ops::indexing::{Ellipsis, TryIndexOp},
     Array,
 };
 
-use super::{check_update, slice_write::write_positions, KeyValueCache};
+use super::{check_update, extend_with_zeros, slice_write::write_positions, KeyValueCache};
 use crate::error::Result;
 
 /// A key/value cache over preallocated buffers growing in steps of
@@ -67,25 +63,17 @@ impl KVCache {
 
     /// Grows the buffers so that `extra` more positions fit after `offset`.
     fn grow(&mut self, keys: &Array, values: &Array, extra: i32) -> Result<(Array, Array)> {
-        let (b, h, dk, dv) = (keys.dim(0), keys.dim(1), keys.dim(3), values.dim(3));
         let len = (extra + Self::STEP - 1) / Self::STEP * Self::STEP;
-        let new_k = zeros_dtype(&[b, h, len, dk], keys.dtype())?;
-        let new_v = zeros_dtype(&[b, h, len, dv], values.dtype())?;
         let prev = self.offset;
-        Ok(match (self.keys.take(), self.values.take()) {
-            (Some(k), Some(v)) => {
-                let (k, v) = if prev % Self::STEP != 0 {
-                    (
-                        k.try_index((Ellipsis, ..prev, ..))?,
-                        v.try_index((Ellipsis, ..prev, ..))?,
-                    )
-                } else {
-                    (k, v)
-                };
-                (concatenate(&[k, new_k], 2)?, concatenate(&[v, new_v], 2)?)
-            }
-            _ => (new_k, new_v),
-        })
+        let kept = match (self.keys.take(), self.values.take()) {
+            (Some(k), Some(v)) if prev % Self::STEP != 0 => Some((
+                k.try_index((Ellipsis, ..prev, ..))?,
+                v.try_index((Ellipsis, ..prev, ..))?,
+            )),
+            (Some(k), Some(v)) => Some((k, v)),
+            _ => None,
+        };
+        extend_with_zeros(kept, keys, values, len)
     }
 }
 

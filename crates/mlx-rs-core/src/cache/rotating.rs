@@ -33,12 +33,13 @@ use mlx_rs::{
     ops::{
         concatenate,
         indexing::{Ellipsis, TryIndexOp},
-        zeros_dtype,
     },
     Array,
 };
 
-use super::{check_update, slice_write::write_positions, KVCache, KeyValueCache};
+use super::{
+    check_update, extend_with_zeros, slice_write::write_positions, KVCache, KeyValueCache,
+};
 use crate::error::{Error, Result};
 use crate::mask::{create_attention_mask, SdpaMask};
 
@@ -121,19 +122,14 @@ impl RotatingKVCache {
     /// buffer shorter than `W` holds positions in order from slot 0
     /// (nothing has wrapped), so the new slots go at its end.
     fn grown(&mut self, keys: &Array, values: &Array, need: i32, w: i32) -> Result<(Array, Array)> {
-        let (k, v) = match (self.keys.take(), self.values.take()) {
+        let kept = match (self.keys.take(), self.values.take()) {
             (Some(k), Some(v)) if k.dim(2) >= need => return Ok((k, v)),
-            kept => kept,
+            (Some(k), Some(v)) => Some((k, v)),
+            _ => None,
         };
-        let held = k.as_ref().map_or(0, |k| k.dim(2));
+        let held = kept.as_ref().map_or(0, |(k, _)| k.dim(2));
         let len = (self.offset + KVCache::STEP.max(keys.dim(2))).min(w);
-        let (b, h) = (keys.dim(0), keys.dim(1));
-        let new_k = zeros_dtype(&[b, h, len - held, keys.dim(3)], keys.dtype())?;
-        let new_v = zeros_dtype(&[b, h, len - held, values.dim(3)], values.dtype())?;
-        Ok(match (k, v) {
-            (Some(k), Some(v)) => (concatenate(&[k, new_k], 2)?, concatenate(&[v, new_v], 2)?),
-            _ => (new_k, new_v),
-        })
+        extend_with_zeros(kept, keys, values, len - held)
     }
 
     fn update_windowed(&mut self, keys: &Array, values: &Array, w: i32) -> Result<(Array, Array)> {
