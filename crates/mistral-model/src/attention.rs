@@ -14,6 +14,7 @@ use mlx_rs_core::{
 use crate::config::MistralConfig;
 use crate::error::ModelError;
 use crate::linear::Linear;
+use crate::rows::on_rows;
 use crate::tensor_parallel::Split;
 use crate::weights::Weights;
 
@@ -99,15 +100,9 @@ impl Attention {
         mask: &SdpaMask,
         cache: Option<&mut C>,
     ) -> Result<Array, ModelError> {
-        if x.ndim() != 3 {
-            return Err(ModelError::Input(format!(
-                "attention input must be [batch, length, hidden], got shape {:?}",
-                x.shape()
-            )));
-        }
-        let (b, l, d) = (x.dim(0), x.dim(1), x.dim(2));
-        let out = self.forward_rows(&x.reshape(&[b * l, d])?, (b, l), mask, cache)?;
-        Ok(out.reshape(&[b, l, -1])?)
+        on_rows(x, "attention input", |rows, shape| {
+            self.forward_rows(rows, shape, mask, cache)
+        })
     }
 
     /// [`forward`](Self::forward) on the rows of `x`: `[B * L, hidden_size]`

@@ -9,6 +9,7 @@ use crate::config::MistralConfig;
 use crate::error::ModelError;
 use crate::mlp::Mlp;
 use crate::norm::RmsNorm;
+use crate::rows::on_rows;
 use crate::weights::Weights;
 
 /// A decoder layer (`model.layers.N`).
@@ -68,15 +69,9 @@ impl DecoderLayer {
         mask: &SdpaMask,
         cache: Option<&mut C>,
     ) -> Result<Array, ModelError> {
-        if x.ndim() != 3 {
-            return Err(ModelError::Input(format!(
-                "layer input must be [batch, length, hidden], got shape {:?}",
-                x.shape()
-            )));
-        }
-        let (b, l, d) = (x.dim(0), x.dim(1), x.dim(2));
-        let out = self.forward_rows(&x.reshape(&[b * l, d])?, (b, l), mask, cache)?;
-        Ok(out.reshape(&[b, l, d])?)
+        on_rows(x, "layer input", |rows, shape| {
+            self.forward_rows(rows, shape, mask, cache)
+        })
     }
 
     /// [`forward`](Self::forward) on the rows of `x`, `[B * L, hidden_size]`

@@ -31,6 +31,7 @@ pub mod model;
 pub mod norm;
 pub mod quantization;
 pub mod row_split;
+mod rows;
 pub mod tensor_parallel;
 pub mod weights;
 

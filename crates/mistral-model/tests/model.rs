@@ -193,6 +193,40 @@ fn one_shot_matches_host_reference() {
     }
 }
 
+/// The layers' 3-D `forward` (kept for callers; the model runs
+/// `forward_rows`) gives the same values as the model's rows: each layer
+/// applied by hand to the embedding, then the body's 3-D `forward`.
+#[test]
+fn three_d_forwards_equal_the_rows_path() {
+    for (name, cfg) in configs() {
+        let mut weights = random_weights(&cfg);
+        let model = Mistral::new(&cfg, &mut weights, None).unwrap();
+        let body = model.model();
+        let tokens = tokens_array(&token_rows());
+        let (b, l) = (tokens.dim(0), tokens.dim(1));
+        let mut x = body.embed_tokens().forward(&tokens).unwrap();
+        let mut rows = x.reshape(&[b * l, -1]).unwrap();
+        for layer in body.layers() {
+            let mask = layer.attention_mask().create(l, 0).unwrap();
+            x = layer.forward::<KVCache>(&x, &mask, None).unwrap();
+            rows = layer
+                .forward_rows::<KVCache>(&rows, (b, l), &mask, None)
+                .unwrap();
+            assert_eq!(x.shape(), &[b, l, cfg.hidden_size], "{name}");
+            assert_eq!(host(&x), host(&rows), "{name}: a layer's 3-D forward");
+        }
+        let mut slots: Vec<Option<KVCache>> = vec![None; body.layers().len()];
+        let hidden = body.forward(&tokens, &mut slots).unwrap();
+        let hidden_rows = body.forward_rows(&tokens, &mut slots).unwrap();
+        assert_eq!(hidden.shape(), &[b, l, cfg.hidden_size], "{name}");
+        assert_eq!(
+            host(&hidden),
+            host(&hidden_rows),
+            "{name}: the body's 3-D forward"
+        );
+    }
+}
+
 fn incremental<C: KeyValueCache>(model: &Mistral, rows: &[Vec<i32>], chunks: &[usize]) -> Vec<f32> {
     let mut cache: Vec<Option<C>> = model.new_cache();
     let mut per_chunk = Vec::new();
