@@ -50,9 +50,29 @@ impl Mlp {
     }
 }
 
+/// A compiled function of arrays giving arrays.
+type Compiled = Box<dyn FnMut(&[Array]) -> Result<Vec<Array>, Exception>>;
+
+thread_local! {
+    /// The one compiled `swiglu` of this thread. MLX caches a compiled
+    /// function's traced and fused graph under the function's id, and
+    /// mlx-rs gives every `compile` a fresh id (erased when dropped): a
+    /// `compile` per call would trace, simplify and fuse the function anew at
+    /// every layer of every step, host time mlx-lm (one module-level
+    /// `mx.compile`) does not spend.
+    static SWIGLU: std::cell::RefCell<Compiled> = std::cell::RefCell::new(Box::new(compile(
+        |args: &[Array]| -> Result<Vec<Array>, Exception> {
+            Ok(vec![silu(&args[0])?.multiply(&args[1])?])
+        },
+        true,
+    )));
+}
+
 /// `silu(gate) * up`, compiled (shapeless) as mlx-lm compiles its `swiglu`.
 fn swiglu(gate: &Array, up: &Array) -> Result<Array, Exception> {
-    let f = |(gate, up): (&Array, &Array)| silu(gate)?.multiply(up);
-    let mut compiled = compile(f, true);
-    compiled((gate, up))
+    SWIGLU.with(|f| {
+        let mut out = (f.borrow_mut())(&[gate.clone(), up.clone()])?;
+        out.pop()
+            .ok_or_else(|| Exception::custom("the compiled swiglu gave no output"))
+    })
 }
