@@ -17,7 +17,8 @@
 #            separated: mlx_lm_parity, sliding_window_generation,
 #            decode_graph, generate_parity); a binary in target/gpu-tests/ (carried)
 #            replaces the packed one; `parity NAMES TESTS FILTER` runs
-#            only the tests whose name holds FILTER
+#            only the tests whose name holds FILTER; each binary stops
+#            after MISTRAL_MLX_TEST_TIMEOUT seconds (default 300)
 #   bench    unpack; write the 7B-shape and ~150M models there; ours and
 #            mlx-lm side by side, interleaved, with the card's bandwidth
 #   qmv [REPS]  our 4-bit matrix-vector kernel: checked against a float32
@@ -154,8 +155,13 @@ parity)
   tests=${3:-mlx_lm_parity,sliding_window_generation,decode_graph,generate_parity}
   for name in ${tests//,/ }; do
     test=$work/tests/$name
-    LD_LIBRARY_PATH="$work/bundle/lib/mlx/lib:$LD_LIBRARY_PATH" "$test" --test-threads 1 --nocapture "${skip[@]}" ${4:-} \
-      >"$out/test-$name.log" 2>&1 || status=1
+    # A time limit per binary: one that stalls (seen once, 2026-11-28, in
+    # decode_graph) must not take the rest of the call with it.
+    LD_LIBRARY_PATH="$work/bundle/lib/mlx/lib:$LD_LIBRARY_PATH" timeout "${MISTRAL_MLX_TEST_TIMEOUT:-300}" \
+      "$test" --test-threads 1 --nocapture "${skip[@]}" ${4:-} >"$out/test-$name.log" 2>&1 || {
+      status=1
+      echo "$name: failed or stopped after ${MISTRAL_MLX_TEST_TIMEOUT:-300} s (MISTRAL_MLX_TEST_TIMEOUT)"
+    }
     grep -E "^test |^test result" "$out/test-$name.log" | head -20 || true
     grep -A2 "panicked" "$out/test-$name.log" | cut -c1-600 | head -12 || true
   done
