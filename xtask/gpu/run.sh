@@ -20,7 +20,9 @@
 #            only the tests whose name holds FILTER; each binary stops
 #            after MISTRAL_MLX_TEST_TIMEOUT seconds (default 300)
 #   bench    unpack; write the 7B-shape and ~150M models there; ours and
-#            mlx-lm side by side, interleaved, with the card's bandwidth
+#            mlx-lm side by side, interleaved, with the card's bandwidth;
+#            both warm up with the measured lengths (--warmup-full), as
+#            mlx_lm.benchmark does
 #   qmv [REPS]  our 4-bit matrix-vector kernel: checked against a float32
 #            reference and timed against MLX's quantized_matmul
 #            (xtask/python/qmv_kernel_check.py); then decode on a 7B-shape
@@ -178,11 +180,11 @@ qmv)
     for engine in ours ours-large ours-mlx-qmv mlx-lm; do
       case $engine in
       ours|ours-large) line=$(MISTRAL_MLX_QMV=$engine timeout 120 "$cli" bench --model "$model" --dtype checkpoint \
-          --prompt-tokens 512 --gen-tokens 128 --iterations 1 --warmup 1 --json) || line='{"error": "failed"}' ;;
+          --prompt-tokens 512 --gen-tokens 128 --iterations 1 --warmup 1 --warmup-full --json) || line='{"error": "failed"}' ;;
       ours-mlx-qmv) line=$(timeout 120 "$cli" bench --model "$model" --dtype checkpoint \
-          --prompt-tokens 512 --gen-tokens 128 --iterations 1 --warmup 1 --json) || line='{"error": "failed"}' ;;
+          --prompt-tokens 512 --gen-tokens 128 --iterations 1 --warmup 1 --warmup-full --json) || line='{"error": "failed"}' ;;
       mlx-lm) line=$(timeout 120 python3 xtask/python/mlx_lm_bench.py --device gpu --model "$model" \
-          --prompt-tokens 512 --gen-tokens 128) || line='{"error": "failed"}' ;;
+          --prompt-tokens 512 --gen-tokens 128 --warmup-full) || line='{"error": "failed"}' ;;
       esac
       echo "{\"rep\": $rep, \"engine\": \"$engine\", \"run\": $line}" | tee -a "$results" | cut -c1-400
     done
@@ -206,10 +208,10 @@ bench)
     for model in m150_bf16 m7b_bf16 m7b_q8 m7b_q4; do
       for prompt in 512; do
         line=$(python3 xtask/python/mlx_lm_bench.py --device gpu --model "$models/$model" \
-          --prompt-tokens $prompt --gen-tokens 128) || line='{"error": "mlx-lm failed"}'
+          --prompt-tokens $prompt --gen-tokens 128 --warmup-full) || line='{"error": "mlx-lm failed"}'
         echo "{\"rep\": $rep, \"model\": \"$model\", \"engine\": \"mlx-lm\", \"run\": $line}" >>"$results"
         line=$("$work/bundle/bin/mistral-cli" bench --model "$models/$model" --dtype checkpoint \
-          --prompt-tokens $prompt --gen-tokens 128 --iterations 1 --warmup 1 --json) || line='{"error": "ours failed"}'
+          --prompt-tokens $prompt --gen-tokens 128 --iterations 1 --warmup 1 --warmup-full --json) || line='{"error": "ours failed"}'
         echo "{\"rep\": $rep, \"model\": \"$model\", \"engine\": \"ours\", \"run\": $line}" >>"$results"
         tail -2 "$results" | cut -c1-300
       done

@@ -9,7 +9,8 @@ Usage:
 Run: mlx-lm 0.32.2's own loader (`mlx_lm.utils.load_model`, which evaluates
 the parameters; timed as the load) with reference.py's sliding-window patch,
 then `--warmup` short runs (a prompt of at most 32 tokens, 4 generated, as
-`mistral-cli bench` warms up), then one run of `mlx_lm.generate.generate_step`
+`mistral-cli bench` warms up; with `--warmup-full` the measured lengths),
+then one run of `mlx_lm.generate.generate_step`
 (greedy, `max_tokens` = G; no EOS check, as ours) on the same pseudo-random
 prompt ids as `mistral-cli bench` (its xorshift, salt 2). The clock stops at
 the last token, as in mlx-lm's `stream_generate`. Rates: prompt tokens / time
@@ -198,6 +199,9 @@ def main() -> int:
     ap.add_argument("--prompt-tokens", type=int)
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--warmup-full", action="store_true",
+                    help="warm up with the measured prompt and generation lengths (as mlx_lm.benchmark; "
+                    "mistral-cli bench --warmup-full)")
     ap.add_argument("--bandwidth", action="store_true")
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     args = ap.parse_args()
@@ -217,8 +221,10 @@ def main() -> int:
     with open(f"{args.model}/config.json") as f:
         config = json.load(f)
     vocab = int(config["vocab_size"])
+    warm_prompt, warm_gen = ((args.prompt_tokens, args.gen_tokens) if args.warmup_full
+                             else (min(args.prompt_tokens, WARMUP_PROMPT), WARMUP_GEN))
     for _ in range(args.warmup):
-        run(model, synthetic_ids(min(args.prompt_tokens, WARMUP_PROMPT), vocab, 2), WARMUP_GEN)
+        run(model, synthetic_ids(warm_prompt, vocab, 2), warm_gen)
     result = run(model, synthetic_ids(args.prompt_tokens, vocab, 2), args.gen_tokens)
     total, per_token = weight_bytes_per_token(model, config)
     print(json.dumps({

@@ -62,6 +62,12 @@ pub struct BenchArgs {
     /// warms up.
     #[arg(long, default_value_t = 1)]
     warmup: u32,
+    /// Warm up with the measured prompt and generation lengths instead, as
+    /// `mlx_lm.benchmark` does. On a GPU the first run of a shape pays
+    /// one-time costs (kernels compiled at run time, attention plans) that a
+    /// short warm-up leaves in the measured prefill.
+    #[arg(long)]
+    warmup_full: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
@@ -140,9 +146,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .collect();
     for row in rows.iter_mut() {
         let context = || format!("prompt {} tokens, depth {}", row.prompt_tokens, row.depth);
+        let (warm_prompt, warm_gen) = if args.warmup_full {
+            (row.prompt_tokens, args.gen_tokens)
+        } else {
+            (row.prompt_tokens.min(WARMUP_PROMPT), WARMUP_GEN)
+        };
         for _ in 0..args.warmup {
-            let prompt = row.prompt_tokens.min(WARMUP_PROMPT);
-            measure(&mut model, vocab, prompt, row.depth, WARMUP_GEN).with_context(context)?;
+            measure(&mut model, vocab, warm_prompt, row.depth, warm_gen).with_context(context)?;
         }
         for _ in 0..args.iterations {
             let sample = measure(

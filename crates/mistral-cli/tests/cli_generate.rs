@@ -291,8 +291,9 @@ fn bench_json_reports_every_metric() {
         // Every decode step builds a graph: some host time.
         assert!(row["decode_build_ms"]["min"].as_f64() > Some(0.0), "{row}");
     }
-    // One run: a decode step's three parts lie within its share of the
-    // decode time (the caller's own time is the rest).
+    // One run (after a warm-up of the same lengths): a decode step's three
+    // parts lie within its share of the decode time (the caller's own time
+    // is the rest).
     let json = json_of(&cli(&[
         "bench",
         "--model",
@@ -304,7 +305,8 @@ fn bench_json_reports_every_metric() {
         "--iterations",
         "1",
         "--warmup",
-        "0",
+        "1",
+        "--warmup-full",
         "--json",
     ]));
     let row = &json["results"][0];
