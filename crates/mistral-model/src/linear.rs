@@ -228,6 +228,23 @@ pub struct Linear {
     /// Split by input columns over these ranks: the product is summed over
     /// them before the bias.
     reduce: Option<TensorParallel>,
+    /// A dense weight's transpose: a view of the same buffer, evaluated once
+    /// here, so a step's graph holds no transpose per product (on a GPU,
+    /// where decode waits on the host, every node costs host time).
+    dense_t: Option<Array>,
+}
+
+/// The evaluated transposed view of a dense weight (no copy: MLX's
+/// transpose shares the buffer), `None` for any other form.
+fn transposed_view(weight: &LinearWeight) -> Result<Option<Array>, ModelError> {
+    match weight {
+        LinearWeight::Dense(w) => {
+            let t = w.transpose()?;
+            t.eval()?;
+            Ok(Some(t))
+        }
+        LinearWeight::Transposed(_) | LinearWeight::Quantized(_) => Ok(None),
+    }
 }
 
 impl Linear {
@@ -251,6 +268,7 @@ impl Linear {
             None
         };
         Ok(Linear {
+            dense_t: transposed_view(&weight)?,
             weight,
             split,
             bias,
@@ -297,14 +315,16 @@ impl Linear {
         }
     }
 
-    /// A layer from already-checked parts.
-    pub fn from_parts(weight: LinearWeight, bias: Option<Array>) -> Self {
-        Linear {
+    /// A layer from already-checked parts (a dense weight must be
+    /// evaluable: its transposed view is evaluated here).
+    pub fn from_parts(weight: LinearWeight, bias: Option<Array>) -> Result<Self, ModelError> {
+        Ok(Linear {
+            dense_t: transposed_view(&weight)?,
             weight,
             split: None,
             bias,
             reduce: None,
-        }
+        })
     }
 
     /// The weight.
@@ -326,16 +346,21 @@ impl Linear {
     pub fn forward(&self, x: &Array) -> Result<Array, ModelError> {
         if self.split.is_none() && self.reduce.is_none() {
             // One product, with the bias fused where MLX can (addmm).
-            return match (&self.weight, &self.bias) {
-                (LinearWeight::Dense(w), Some(b)) => Ok(addmm(b, x, w.transpose()?, 1.0, 1.0)?),
-                (LinearWeight::Transposed(w), Some(b)) => Ok(addmm(b, x, w, 1.0, 1.0)?),
-                (weight, None) => weight.matmul_t(x),
-                (weight, Some(b)) => Ok(weight.matmul_t(x)?.add(b)?),
+            let transposed = match (&self.dense_t, &self.weight) {
+                (Some(t), _) | (None, LinearWeight::Transposed(t)) => Some(t),
+                _ => None,
+            };
+            return match (transposed, &self.bias) {
+                (Some(t), Some(b)) => Ok(addmm(b, x, t, 1.0, 1.0)?),
+                (Some(t), None) => Ok(x.matmul(t)?),
+                (None, None) => self.weight.matmul_t(x),
+                (None, Some(b)) => Ok(self.weight.matmul_t(x)?.add(b)?),
             };
         }
-        let mut y = match &self.split {
-            Some(split) => split.matmul_t(x)?,
-            None => self.weight.matmul_t(x)?,
+        let mut y = match (&self.split, &self.dense_t) {
+            (Some(split), _) => split.matmul_t(x)?,
+            (None, Some(t)) => x.matmul(t)?,
+            (None, None) => self.weight.matmul_t(x)?,
         };
         // Input columns split over ranks: sum the partial products first,
         // so the bias is added once.

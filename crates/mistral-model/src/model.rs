@@ -169,7 +169,8 @@ fn tied_head_transposed(
         .embed_tokens
         .weight()
         .transposed_f32(options.transpose_f32)?;
-    Ok(head.map(|weight| Linear::from_parts(weight, None)))
+    head.map(|weight| Linear::from_parts(weight, None))
+        .transpose()
 }
 
 /// A Mistral-family causal language model.
