@@ -8,7 +8,7 @@
 //! ```
 //!
 //! The model is loaded with a GPU load's weight options (no CPU row split or
-//! transposed layout), so the graph is the one a GPU step builds, except
+//! transposed layout; q/k/v and gate/up stacked), so the graph is the one a GPU step builds, except
 //! that on the CPU MLX's fast operations (RMSNorm, RoPE, attention) expand
 //! into several primitives, as they do for mlx-lm. Each of 300 steps is
 //! built on the same cache, which is trimmed back after it (and evaluated
@@ -35,6 +35,7 @@ fn main() -> Result<()> {
         dequantize: false,
         transpose_f32: false,
         row_split: 1,
+        fuse_projections: true,
     };
     let mut model = Mistral::with_options(&config, &mut weights, options)?;
     let mut cache: Vec<Option<KVCache>> = Vec::new();

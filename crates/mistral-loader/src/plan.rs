@@ -63,6 +63,8 @@ impl LoadPlan {
                 dequantize,
                 transpose_f32: !on_gpu && dtype == Some(Dtype::Float32),
                 row_split: if on_gpu { 1 } else { cpu_parallelism() },
+                // Decode waits on the host there: fewer products per step.
+                fuse_projections: on_gpu,
             },
             summary,
         };
@@ -186,6 +188,7 @@ mod tests {
             gpu.weights,
             WeightOptions {
                 row_split: 1,
+                fuse_projections: true,
                 ..WeightOptions::default()
             }
         );

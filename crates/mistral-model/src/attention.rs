@@ -13,6 +13,7 @@ use mlx_rs_core::{
 
 use crate::config::MistralConfig;
 use crate::error::ModelError;
+use crate::fused::FusedLinear;
 use crate::linear::Linear;
 use crate::rows::on_rows;
 use crate::tensor_parallel::Split;
@@ -21,9 +22,8 @@ use crate::weights::Weights;
 /// The self-attention block of a decoder layer.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// `q_proj`, `k_proj` and `v_proj`.
+    qkv: FusedLinear,
     o_proj: Linear,
     n_heads: i32,
     n_kv_heads: i32,
@@ -35,10 +35,7 @@ pub struct Attention {
 impl Attention {
     /// Bytes held by the four projections.
     pub fn weight_bytes(&self) -> u64 {
-        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
-            .iter()
-            .map(|l| l.weight_bytes())
-            .sum()
+        self.qkv.weight_bytes() + self.o_proj.weight_bytes()
     }
 
     /// Takes `q_proj`, `k_proj`, `v_proj` and `o_proj` from the module
@@ -69,10 +66,9 @@ impl Attention {
         // Precomputed RoPE frequencies some checkpoints carry; RoPE is
         // recomputed from `rope_theta`, so they are dropped (as mlx-lm does).
         let _ = weights.take("rotary_emb.inv_freq");
+        let qkv = FusedLinear::new(vec![q_proj, k_proj, v_proj], weights.fuse_projections())?;
         Ok(Attention {
-            q_proj,
-            k_proj,
-            v_proj,
+            qkv,
             o_proj,
             n_heads,
             n_kv_heads,
@@ -127,9 +123,13 @@ impl Attention {
             Ok(a.reshape(&[b, l, heads, self.head_dim])?
                 .transpose_axes(&[0, 2, 1, 3])?)
         };
-        let queries = split(self.q_proj.forward(x)?, self.n_heads)?;
-        let keys = split(self.k_proj.forward(x)?, self.n_kv_heads)?;
-        let values = split(self.v_proj.forward(x)?, self.n_kv_heads)?;
+        let [queries, keys, values]: [Array; 3] =
+            self.qkv.forward(x)?.try_into().map_err(|_| {
+                ModelError::Input("the fused q/k/v projection gave other than 3 outputs".to_owned())
+            })?;
+        let queries = split(queries, self.n_heads)?;
+        let keys = split(keys, self.n_kv_heads)?;
+        let values = split(values, self.n_kv_heads)?;
         let (queries, keys, values) = match cache {
             Some(cache) => {
                 let positions = cache.positions()?;

@@ -8,7 +8,7 @@
 //! checked against the tensors present.
 
 use mlx_rs::{
-    ops::{addmm, dequantize, quantized_matmul},
+    ops::{addmm, concatenate, dequantize, quantized_matmul, split_at_indices},
     Array, Dtype,
 };
 
@@ -208,6 +208,97 @@ impl LinearWeight {
         }
     }
 
+    /// The matrix cut by rows at `bounds` (ascending, inside the matrix)
+    /// into `bounds.len() + 1` blocks: views of its buffer (no copy),
+    /// evaluated. `None` for a transposed matrix.
+    pub fn row_blocks(&self, bounds: &[i32]) -> Result<Option<Vec<LinearWeight>>, ModelError> {
+        let cut = |a: &Array| -> Result<Vec<Array>, ModelError> {
+            let pieces = split_at_indices(a, bounds, 0)?;
+            for piece in &pieces {
+                piece.eval()?;
+            }
+            Ok(pieces)
+        };
+        Ok(Some(match self {
+            LinearWeight::Dense(w) => cut(w)?.into_iter().map(LinearWeight::Dense).collect(),
+            LinearWeight::Quantized(q) => {
+                let (packed, scales, biases) = (cut(&q.weight)?, cut(&q.scales)?, cut(&q.biases)?);
+                packed
+                    .into_iter()
+                    .zip(scales)
+                    .zip(biases)
+                    .map(|((weight, scales), biases)| {
+                        LinearWeight::Quantized(QuantizedWeight {
+                            weight,
+                            scales,
+                            biases,
+                            params: q.params,
+                        })
+                    })
+                    .collect()
+            }
+            LinearWeight::Transposed(_) => return Ok(None),
+        }))
+    }
+
+    /// The matrices of `parts` stacked by rows into one (a copy,
+    /// evaluated), or `None` where they differ in form, dtype, input size
+    /// or quantization, or are transposed.
+    fn stack_rows(parts: &[&LinearWeight]) -> Result<Option<LinearWeight>, ModelError> {
+        let stack = |arrays: Vec<&Array>| -> Result<Option<Array>, ModelError> {
+            let first = arrays[0];
+            let alike = arrays.iter().all(|a| {
+                a.dtype() == first.dtype() && a.ndim() == 2 && a.shape()[1] == first.shape()[1]
+            });
+            if !alike {
+                return Ok(None);
+            }
+            let stacked = concatenate(&arrays, 0)?;
+            stacked.eval()?;
+            Ok(Some(stacked))
+        };
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        if let Some(dense) = parts
+            .iter()
+            .map(|p| match p {
+                LinearWeight::Dense(w) => Some(w),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+        {
+            return Ok(stack(dense)?.map(LinearWeight::Dense));
+        }
+        let Some(quantized) = parts
+            .iter()
+            .map(|p| match p {
+                LinearWeight::Quantized(q) => Some(q),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+        else {
+            return Ok(None);
+        };
+        if quantized.iter().any(|q| q.params != quantized[0].params) {
+            return Ok(None);
+        }
+        let field = |f: fn(&QuantizedWeight) -> &Array| quantized.iter().map(|q| f(q)).collect();
+        let (Some(weight), Some(scales), Some(biases)) = (
+            stack(field(|q| &q.weight))?,
+            stack(field(|q| &q.scales))?,
+            stack(field(|q| &q.biases))?,
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(LinearWeight::Quantized(QuantizedWeight {
+            weight,
+            scales,
+            biases,
+            params: quantized[0].params,
+        })))
+    }
+
     /// `x Wᵀ`.
     pub fn matmul_t(&self, x: &Array) -> Result<Array, ModelError> {
         match self {
@@ -216,6 +307,18 @@ impl LinearWeight {
             LinearWeight::Quantized(q) => q.matmul_t(x),
         }
     }
+}
+
+/// Where each of `parts`' outputs ends when their outputs are laid side by
+/// side, less the last: the cuts of a stack of their rows.
+pub(crate) fn output_bounds(parts: &[Linear]) -> Vec<i32> {
+    let mut bounds = Vec::with_capacity(parts.len().saturating_sub(1));
+    let mut end = 0;
+    for part in parts.iter().take(parts.len().saturating_sub(1)) {
+        end += part.out_dim();
+        bounds.push(end);
+    }
+    bounds
 }
 
 /// A linear layer `y = x Wᵀ + b` (bias optional), `W` being `[out, in]`.
@@ -325,6 +428,64 @@ impl Linear {
             bias,
             reduce: None,
         })
+    }
+
+    /// `parts` (layers of one input) stacked by output rows into one layer,
+    /// and each part rebuilt on a view of its rows of the stacked weight
+    /// (and bias), so the parts hold no memory of their own. `None` when
+    /// they cannot be stacked: a part cut into row blocks or summed over
+    /// ranks, weights of different forms, dtypes or quantization, or biases
+    /// on some parts only.
+    pub fn stack_rows(parts: &[Linear]) -> Result<Option<(Linear, Vec<Linear>)>, ModelError> {
+        if parts
+            .iter()
+            .any(|p| p.split.is_some() || p.reduce.is_some())
+        {
+            return Ok(None);
+        }
+        let weights: Vec<&LinearWeight> = parts.iter().map(|p| &p.weight).collect();
+        let Some(weight) = LinearWeight::stack_rows(&weights)? else {
+            return Ok(None);
+        };
+        let biases: Option<Vec<&Array>> = parts.iter().map(|p| p.bias.as_ref()).collect();
+        let bias = match biases {
+            Some(biases) => {
+                let bias = concatenate(&biases, 0)?;
+                bias.eval()?;
+                Some(bias)
+            }
+            None if parts.iter().any(|p| p.bias.is_some()) => return Ok(None),
+            None => None,
+        };
+        let bounds = output_bounds(parts);
+        let Some(blocks) = weight.row_blocks(&bounds)? else {
+            return Ok(None);
+        };
+        let bias_blocks = match &bias {
+            Some(b) => {
+                let pieces = split_at_indices(b, &bounds, 0)?;
+                for piece in &pieces {
+                    piece.eval()?;
+                }
+                pieces.into_iter().map(Some).collect()
+            }
+            None => vec![None; blocks.len()],
+        };
+        let views = blocks
+            .into_iter()
+            .zip(bias_blocks)
+            .map(|(w, b)| Linear::from_parts(w, b))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((Linear::from_parts(weight, bias)?, views)))
+    }
+
+    /// Number of outputs (rows of the weight).
+    pub fn out_dim(&self) -> i32 {
+        match &self.weight {
+            LinearWeight::Dense(w) => w.shape()[0],
+            LinearWeight::Transposed(w) => w.shape()[1],
+            LinearWeight::Quantized(q) => q.weight.shape()[0],
+        }
     }
 
     /// The weight.

@@ -9,6 +9,7 @@ use mlx_rs::{error::Exception, nn::silu, transforms::compile::compile, Array};
 
 use crate::config::MistralConfig;
 use crate::error::ModelError;
+use crate::fused::FusedLinear;
 use crate::linear::Linear;
 use crate::tensor_parallel::Split;
 use crate::weights::Weights;
@@ -16,18 +17,15 @@ use crate::weights::Weights;
 /// The feed-forward block of a decoder layer.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// `gate_proj` and `up_proj`.
+    gate_up: FusedLinear,
     down_proj: Linear,
 }
 
 impl Mlp {
     /// Bytes held by the three projections.
     pub fn weight_bytes(&self) -> u64 {
-        [&self.gate_proj, &self.up_proj, &self.down_proj]
-            .iter()
-            .map(|l| l.weight_bytes())
-            .sum()
+        self.gate_up.weight_bytes() + self.down_proj.weight_bytes()
     }
 
     /// Takes `gate_proj`, `up_proj` and `down_proj` from the module `weights`
@@ -35,17 +33,19 @@ impl Mlp {
     pub fn new(cfg: &MistralConfig, weights: &mut Weights) -> Result<Self, ModelError> {
         let (dim, hidden, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         let (rows, cols) = (Split::Outputs, Split::Inputs);
+        let gate = Linear::sharded(cfg, weights, "gate_proj", (dim, hidden), bias, rows)?;
+        let up = Linear::sharded(cfg, weights, "up_proj", (dim, hidden), bias, rows)?;
         Ok(Mlp {
-            gate_proj: Linear::sharded(cfg, weights, "gate_proj", (dim, hidden), bias, rows)?,
-            up_proj: Linear::sharded(cfg, weights, "up_proj", (dim, hidden), bias, rows)?,
+            gate_up: FusedLinear::new(vec![gate, up], weights.fuse_projections())?,
             down_proj: Linear::sharded(cfg, weights, "down_proj", (hidden, dim), bias, cols)?,
         })
     }
 
     /// Applies the block to `x` `[B, L, hidden_size]`.
     pub fn forward(&self, x: &Array) -> Result<Array, ModelError> {
-        let gate = self.gate_proj.forward(x)?;
-        let up = self.up_proj.forward(x)?;
+        let [gate, up]: [Array; 2] = self.gate_up.forward(x)?.try_into().map_err(|_| {
+            ModelError::Input("the fused gate/up projection gave other than 2 outputs".to_owned())
+        })?;
         self.down_proj.forward(&swiglu(&gate, &up)?)
     }
 }

@@ -10,14 +10,11 @@
 //! same inputs as without the split (the unit tests check bit equality). The
 //! parts are views of the matrix (no extra memory).
 
-use mlx_rs::{
-    ops::{concatenate, split_at_indices},
-    Array, Dtype,
-};
+use mlx_rs::{ops::concatenate, Array, Dtype};
 use mlx_rs_core::streams::on_side_stream;
 
 use crate::error::ModelError;
-use crate::linear::{LinearWeight, QuantizedWeight};
+use crate::linear::LinearWeight;
 
 /// Fewest rows a part may have: below this the extra operation costs more
 /// than the core it gains.
@@ -47,32 +44,8 @@ impl RowSplit {
         let bounds: Vec<i32> = (1..parts)
             .map(|i| (rows as i64 * i as i64 / parts as i64) as i32 / 32 * 32)
             .collect();
-        let cut = |a: &Array| -> Result<Vec<Array>, ModelError> {
-            let pieces = split_at_indices(a, &bounds, 0)?;
-            for piece in &pieces {
-                piece.eval()?;
-            }
-            Ok(pieces)
-        };
-        let parts = match weight {
-            LinearWeight::Dense(w) => cut(w)?.into_iter().map(LinearWeight::Dense).collect(),
-            LinearWeight::Quantized(q) => {
-                let (packed, scales, biases) = (cut(&q.weight)?, cut(&q.scales)?, cut(&q.biases)?);
-                packed
-                    .into_iter()
-                    .zip(scales)
-                    .zip(biases)
-                    .map(|((weight, scales), biases)| {
-                        LinearWeight::Quantized(QuantizedWeight {
-                            weight,
-                            scales,
-                            biases,
-                            params: q.params,
-                        })
-                    })
-                    .collect()
-            }
-            LinearWeight::Transposed(_) => return Ok(None),
+        let Some(parts) = weight.row_blocks(&bounds)? else {
+            return Ok(None);
         };
         Ok(Some(RowSplit { parts }))
     }
@@ -105,6 +78,7 @@ mod tests {
     use mlx_rs::{ops::quantize, random};
 
     use super::*;
+    use crate::linear::QuantizedWeight;
     use crate::quantization::QuantParams;
 
     fn matrix(rows: i32, cols: i32, dtype: Dtype) -> Array {

@@ -118,6 +118,12 @@ pub struct WeightOptions {
     /// this many row blocks, each computed on its own stream (see
     /// [`RowSplit`](crate::RowSplit)); 0 or 1 leaves them whole.
     pub row_split: usize,
+    /// Layers of one input (q, k and v; gate and up) are stacked into one
+    /// matrix, so a one-row input (decode) takes one product instead of
+    /// several (see [`FusedLinear`](crate::FusedLinear)). Costs a copy of
+    /// those matrices at load; worth it where decode waits on the host (a
+    /// GPU).
+    pub fuse_projections: bool,
 }
 
 /// A view of a [`WeightSource`] under a module path, with the compute dtype.
@@ -217,6 +223,11 @@ impl<'a> Weights<'a> {
     /// transposed.
     pub fn transpose_f32(&self) -> bool {
         self.options.transpose_f32
+    }
+
+    /// Whether layers of one input are stacked into one matrix.
+    pub fn fuse_projections(&self) -> bool {
+        self.options.fuse_projections
     }
 
     /// Into how many row blocks matrices are cut (0 or 1: none).
