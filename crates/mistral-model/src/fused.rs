@@ -12,7 +12,9 @@
 //! kernels compute every output row alone. Inputs of more rows run the
 //! layers one by one on their views, as unstacked layers do: a
 //! matrix-matrix product's blocking may depend on the matrix's height, so
-//! stacking could change its rounding.
+//! stacking could change its rounding. For the same reason quantized
+//! matrices stack only up to 16384 rows: past that MLX's CUDA backend
+//! computes even one row with a matrix-matrix kernel (on sm90 GPUs).
 
 use mlx_rs::{ops::split_at_indices, Array};
 

@@ -19,6 +19,14 @@ use crate::row_split::RowSplit;
 use crate::tensor_parallel::{Split, TensorParallel};
 use crate::weights::Weights;
 
+/// Most rows a stack of quantized matrices may have. MLX 0.32's CUDA
+/// backend computes a one-row quantized product with its matrix-vector
+/// kernel only up to 16384 output rows on sm90 GPUs (H100, H200), and with
+/// a matrix-matrix kernel, of other rounding, beyond: a stack past that
+/// would no longer give each layer's own product (Mistral 7B's gate and up,
+/// 14336 rows each, stay apart).
+const QUANTIZED_STACK_MAX_ROWS: i64 = 16384;
+
 /// An MLX affine-quantized matrix `[rows, cols]`.
 #[derive(Debug, Clone)]
 pub struct QuantizedWeight {
@@ -243,7 +251,8 @@ impl LinearWeight {
 
     /// The matrices of `parts` stacked by rows into one (a copy,
     /// evaluated), or `None` where they differ in form, dtype, input size
-    /// or quantization, or are transposed.
+    /// or quantization, are transposed, or are quantized and would stack
+    /// past [`QUANTIZED_STACK_MAX_ROWS`].
     fn stack_rows(parts: &[&LinearWeight]) -> Result<Option<LinearWeight>, ModelError> {
         let stack = |arrays: Vec<&Array>| -> Result<Option<Array>, ModelError> {
             let first = arrays[0];
@@ -280,7 +289,13 @@ impl LinearWeight {
         else {
             return Ok(None);
         };
-        if quantized.iter().any(|q| q.params != quantized[0].params) {
+        let rows: i64 = quantized
+            .iter()
+            .map(|q| i64::from(q.weight.shape()[0]))
+            .sum();
+        if quantized.iter().any(|q| q.params != quantized[0].params)
+            || rows > QUANTIZED_STACK_MAX_ROWS
+        {
             return Ok(None);
         }
         let field = |f: fn(&QuantizedWeight) -> &Array| quantized.iter().map(|q| f(q)).collect();
@@ -434,8 +449,9 @@ impl Linear {
     /// and each part rebuilt on a view of its rows of the stacked weight
     /// (and bias), so the parts hold no memory of their own. `None` when
     /// they cannot be stacked: a part cut into row blocks or summed over
-    /// ranks, weights of different forms, dtypes or quantization, or biases
-    /// on some parts only.
+    /// ranks, weights of different forms, dtypes or quantization, quantized
+    /// weights of more than 16384 rows together (see
+    /// `QUANTIZED_STACK_MAX_ROWS`), or biases on some parts only.
     pub fn stack_rows(parts: &[Linear]) -> Result<Option<(Linear, Vec<Linear>)>, ModelError> {
         if parts
             .iter()
