@@ -24,7 +24,8 @@ use crate::weights::Weights;
 /// kernel only up to 16384 output rows on sm90 GPUs (H100, H200), and with
 /// a matrix-matrix kernel, of other rounding, beyond: a stack past that
 /// would no longer give each layer's own product (Mistral 7B's gate and up,
-/// 14336 rows each, stay apart).
+/// 14336 rows each, stay apart), unless our own kernel takes it
+/// (`MISTRAL_MLX_QMV`, [`mlx_rs_core::quantized_matvec::takes_one_row`]).
 const QUANTIZED_STACK_MAX_ROWS: i64 = 16384;
 
 /// An MLX affine-quantized matrix `[rows, cols]`.
@@ -252,7 +253,7 @@ impl LinearWeight {
     /// The matrices of `parts` stacked by rows into one (a copy,
     /// evaluated), or `None` where they differ in form, dtype, input size
     /// or quantization, are transposed, or are quantized and would stack
-    /// past [`QUANTIZED_STACK_MAX_ROWS`].
+    /// past [`QUANTIZED_STACK_MAX_ROWS`] for MLX's kernel.
     fn stack_rows(parts: &[&LinearWeight]) -> Result<Option<LinearWeight>, ModelError> {
         let stack = |arrays: Vec<&Array>| -> Result<Option<Array>, ModelError> {
             let first = arrays[0];
@@ -289,13 +290,29 @@ impl LinearWeight {
         else {
             return Ok(None);
         };
+        let first = quantized[0];
+        if quantized.iter().any(|q| q.params != first.params) {
+            return Ok(None);
+        }
         let rows: i64 = quantized
             .iter()
             .map(|q| i64::from(q.weight.shape()[0]))
             .sum();
-        if quantized.iter().any(|q| q.params != quantized[0].params)
-            || rows > QUANTIZED_STACK_MAX_ROWS
-        {
+        // Past MLX's limit only where our own kernel takes the product.
+        let ours = || {
+            let QuantParams { group_size, bits } = first.params;
+            let k = first.weight.shape()[1] * 32 / bits;
+            i32::try_from(rows).is_ok_and(|n| {
+                mlx_rs_core::quantized_matvec::takes_one_row(
+                    n,
+                    k,
+                    group_size,
+                    bits,
+                    first.scales.dtype(),
+                )
+            })
+        };
+        if rows > QUANTIZED_STACK_MAX_ROWS && !ours() {
             return Ok(None);
         }
         let field = |f: fn(&QuantizedWeight) -> &Array| quantized.iter().map(|q| f(q)).collect();

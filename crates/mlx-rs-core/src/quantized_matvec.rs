@@ -17,7 +17,10 @@
 //! decode loop not faster than MLX's (ours 144-194 tok/s across runs, MLX's
 //! 172-194). So it is off unless asked for: `MISTRAL_MLX_QMV=ours`, or
 //! `MISTRAL_MLX_QMV=ours-large` for the large matrices only (not yet
-//! measured in the decode loop).
+//! measured in the decode loop). Those runs predate the cuts to a decode
+//! step's host time (SwiGLU compiled once, stacked projections; see
+//! BENCHMARKS.md), which then held ours at 2.4-2.7 ms a step of building
+//! alone: the kernel is to be measured again.
 //!
 //! [`quantized_matvec`] returns `None` wherever it does not apply (not
 //! asked for, not MLX's CUDA build on a GPU, other bit widths, more rows,
@@ -109,6 +112,26 @@ pub fn quantized_matvec(
         let mut out = unsafe { kernel.apply(&[x, w, scales, biases], &plan.launch())? };
         Ok(Some(out.remove(0)))
     })
+}
+
+/// Whether a one-row product with an `n x k` 4-bit matrix in groups of
+/// `group_size`, scales in `scales_dtype` (and `x` in the same dtype), goes
+/// to this kernel in this process. Its output rows are each computed alone
+/// at any `n`, so layers stacked into such a matrix keep their own products
+/// past the height where MLX changes kernels (see `mistral_model::fused`).
+pub fn takes_one_row(n: i32, k: i32, group_size: i32, bits: i32, scales_dtype: Dtype) -> bool {
+    let large_only = match enabled() {
+        Use::Never => return false,
+        Use::All => false,
+        Use::Large => true,
+    };
+    bits == 4
+        && matches!(group_size, 32 | 64 | 128)
+        && matches!(scales_dtype, Dtype::Bfloat16 | Dtype::Float16)
+        && n > 0
+        && k > 0
+        && k % group_size == 0
+        && (!large_only || i64::from(n) * i64::from(k) >= LARGE_ELEMENTS)
 }
 
 /// Whether the kernel may be used in this process, and for which products:
