@@ -15,7 +15,7 @@
 #            seeded runs alone
 #            `parity NAMES TESTS` runs only those test binaries (comma-
 #            separated: mlx_lm_parity, sliding_window_generation,
-#            decode_graph, generate_parity); a binary in target/gpu-tests/ (carried)
+#            decode_graph, stacked_projections, generate_parity); a binary in target/gpu-tests/ (carried)
 #            replaces the packed one; `parity NAMES TESTS FILTER` runs
 #            only the tests whose name holds FILTER; each binary stops
 #            after MISTRAL_MLX_TEST_TIMEOUT seconds (default 300)
@@ -154,7 +154,7 @@ parity)
   status=0
   if compgen -G "target/gpu-tests/*" >/dev/null; then cp -f target/gpu-tests/* "$work"/tests/; fi
   # The seeded-sampling runs (generate_parity) take longest: last.
-  tests=${3:-mlx_lm_parity,sliding_window_generation,decode_graph,generate_parity}
+  tests=${3:-mlx_lm_parity,sliding_window_generation,decode_graph,stacked_projections,generate_parity}
   for name in ${tests//,/ }; do
     test=$work/tests/$name
     # A time limit per binary: one that stalls (seen once, 2026-11-28, in

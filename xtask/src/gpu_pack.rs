@@ -29,11 +29,12 @@ use crate::{dist, paths, python};
 const WHEELS: [&str; 2] = ["mlx==0.32.2", "mlx-lm==0.32.2"];
 
 /// The parity tests run there (test targets of mistral-loader).
-const TESTS: [&str; 4] = [
+const TESTS: [&str; 5] = [
     "mlx_lm_parity",
     "generate_parity",
     "sliding_window_generation",
     "decode_graph",
+    "stacked_projections",
 ];
 
 /// The SentencePiece models make_models.py builds tokenizers from.
