@@ -65,7 +65,10 @@ def main() -> int:
     for model, prefill, decode in ratios:
         print(f"| {model} | {prefill:.2f}x | {decode:.2f}x |")
     # A decode step's time in parts (decode_build, _dispatch, _wait: both
-    # engines' bench output; runs from before they existed lack them).
+    # engines' bench output; runs from before they existed lack them), and
+    # a step's dispatch with the device idle (decode_idle_dispatch: close to
+    # the loop's dispatch, that is host work; far below it, the loop's
+    # dispatch waited for the device).
     parts = ("decode_build_ms", "decode_dispatch_ms", "decode_wait_ms")
     split = []
     for model in models:
@@ -75,12 +78,16 @@ def main() -> int:
             source = (lambda r: r["results"][0]) if engine == "ours" else (lambda r: r)
             runs = [r for r in runs if all(p in source(r) for p in parts)]
             if runs:
-                split.append((model, engine, [[value(engine, r, p) for r in runs] for p in parts]))
+                # The dispatch of a step with the device idle, where measured.
+                idle = [value(engine, r, "decode_idle_dispatch_ms") for r in runs
+                        if "decode_idle_dispatch_ms" in source(r)]
+                split.append((model, engine, [[value(engine, r, p) for r in runs] for p in parts], idle))
     if split:
-        print("\n| model | engine | build ms/token | dispatch ms/token | wait ms/token |")
-        print("| --- | --- | --- | --- | --- |")
-        for model, engine, values in split:
-            print(f"| {model} | {engine} | " + " | ".join(spread(v, '.3f') for v in values) + " |")
+        print("\n| model | engine | build ms/token | dispatch ms/token | wait ms/token | dispatch, device idle, ms |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for model, engine, values, idle in split:
+            cells = [spread(v, '.3f') for v in values] + [spread(idle, '.3f') if idle else "-"]
+            print(f"| {model} | {engine} | " + " | ".join(cells) + " |")
     return 0
 
 

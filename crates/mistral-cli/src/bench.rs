@@ -12,8 +12,8 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use std::time::Instant;
 
-use mlx_rs::Array;
-use mlx_rs_core::{Generate, RotatingKVCache, StepTimes};
+use mlx_rs::{ops::indexing::argmax_axis, transforms::async_eval, Array};
+use mlx_rs_core::{Generate, LanguageModel, RotatingKVCache, StepTimes};
 
 use crate::args::ModelArgs;
 use crate::model_source;
@@ -93,6 +93,8 @@ struct Row {
 struct Sample {
     stats: GenerationStats,
     steps: StepTimes,
+    /// Seconds of a decode step's `async_eval` with the device idle.
+    idle_dispatch: f64,
 }
 
 /// What the run measured about the model itself, printed with the rows.
@@ -228,6 +230,7 @@ fn measure(
     let steps = generator.step_times();
     drop(generator);
     let peak = mlx_rs::memory::peak_memory().unwrap_or(0);
+    let idle_dispatch = idle_dispatch(model, &mut cache, ids[0])?;
     drop(cache);
     // Buffers of this run go back to the system, so runs start alike.
     let _ = mlx_rs::memory::clear_cache();
@@ -240,7 +243,43 @@ fn measure(
         last,
         peak,
     );
-    Ok(Sample { stats, steps })
+    Ok(Sample {
+        stats,
+        steps,
+        idle_dispatch,
+    })
+}
+
+/// Seconds MLX's `async_eval` takes for one decode step with the device
+/// idle: the median of 8 steps on the run's cache (after one unrecorded),
+/// each built, then handed over once all earlier work has finished. Set
+/// against `decode_dispatch` (the same call inside the pipelined loop): where
+/// the two are close, the loop's dispatch is host work (encoding the step);
+/// where the idle one is much shorter, the loop's dispatch waited for the
+/// device. On the CPU MLX computes inside the call (each operation is a task
+/// there), so it holds the step's arithmetic.
+fn idle_dispatch(
+    model: &mut mistral_model::Mistral,
+    cache: &mut Vec<Option<RotatingKVCache>>,
+    first: u32,
+) -> Result<f64> {
+    let mut token = Array::from_slice(&[first], &[1, 1]);
+    let mut times = Vec::with_capacity(8);
+    for step in 0..9 {
+        let logits = LanguageModel::<RotatingKVCache>::forward(model, &token, cache)?;
+        let next = argmax_axis(&logits, -1, None)?;
+        mlx_rs_core::runtime::synchronize()?;
+        let start = Instant::now();
+        async_eval([&next])?;
+        let took = start.elapsed().as_secs_f64();
+        next.eval()?;
+        if step > 0 {
+            times.push(took);
+        }
+        token = next;
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
 /// A metric column: name, unit, and how to read it from a sample.
@@ -248,8 +287,9 @@ type Metric = (&'static str, &'static str, fn(&Sample) -> f64);
 
 /// The metric columns. `decode_build`, `decode_dispatch` and `decode_wait`
 /// split a decode step's time as `StepTimes` does: building its graph,
-/// handing it to MLX, waiting for the token.
-const METRICS: [Metric; 7] = [
+/// handing it to MLX, waiting for the token; `decode_idle_dispatch` is the
+/// handing over with the device idle (see `idle_dispatch`).
+const METRICS: [Metric; 8] = [
     ("prefill", "tok/s", |s| s.stats.prompt_tps),
     ("decode", "tok/s", |s| s.stats.generation_tps),
     ("ttft", "s", |s| s.stats.time_to_first_token),
@@ -263,6 +303,7 @@ const METRICS: [Metric; 7] = [
     ("decode_wait", "ms", |s| {
         s.steps.per_step(s.steps.wait) * 1e3
     }),
+    ("decode_idle_dispatch", "ms", |s| s.idle_dispatch * 1e3),
 ];
 
 fn summaries(row: &Row) -> Vec<(&'static str, &'static str, Option<Summary>)> {

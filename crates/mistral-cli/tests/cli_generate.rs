@@ -282,6 +282,7 @@ fn bench_json_reports_every_metric() {
             "decode_build_ms",
             "decode_dispatch_ms",
             "decode_wait_ms",
+            "decode_idle_dispatch_ms",
         ] {
             for stat in ["median", "min", "max"] {
                 assert!(row[key][stat].is_number(), "{key}.{stat} in {row}");

@@ -39,6 +39,19 @@ pub fn on_gpu() -> bool {
     )
 }
 
+/// Waits until MLX's default stream has finished all the work handed to
+/// it (`mlx::core::synchronize`).
+pub fn synchronize() -> crate::error::Result<()> {
+    ensure_mlx_error_handler();
+    // SAFETY: takes no arguments; failure is reported by the status.
+    if unsafe { mlx_sys::mlx_synchronize_default() } != 0 {
+        return Err(crate::error::Error::Mlx(mlx_rs::error::Exception::custom(
+            "synchronizing the default stream failed",
+        )));
+    }
+    Ok(())
+}
+
 /// Makes sure `mlx-rs`'s MLX error handler is installed before this crate
 /// calls mlx-c directly: mlx-c's default handler ends the process. `mlx-rs`
 /// installs its own on its first checked op; this runs one.
