@@ -221,13 +221,7 @@ impl LinearWeight {
     /// into `bounds.len() + 1` blocks: views of its buffer (no copy),
     /// evaluated. `None` for a transposed matrix.
     pub fn row_blocks(&self, bounds: &[i32]) -> Result<Option<Vec<LinearWeight>>, ModelError> {
-        let cut = |a: &Array| -> Result<Vec<Array>, ModelError> {
-            let pieces = split_at_indices(a, bounds, 0)?;
-            for piece in &pieces {
-                piece.eval()?;
-            }
-            Ok(pieces)
-        };
+        let cut = |a: &Array| row_cuts(a, bounds);
         Ok(Some(match self {
             LinearWeight::Dense(w) => cut(w)?.into_iter().map(LinearWeight::Dense).collect(),
             LinearWeight::Quantized(q) => {
@@ -327,7 +321,7 @@ impl LinearWeight {
             weight,
             scales,
             biases,
-            params: quantized[0].params,
+            params: first.params,
         })))
     }
 
@@ -339,6 +333,16 @@ impl LinearWeight {
             LinearWeight::Quantized(q) => q.matmul_t(x),
         }
     }
+}
+
+/// `a` cut along its first axis at `bounds`: views of its buffer (no copy),
+/// evaluated.
+fn row_cuts(a: &Array, bounds: &[i32]) -> Result<Vec<Array>, ModelError> {
+    let pieces = split_at_indices(a, bounds, 0)?;
+    for piece in &pieces {
+        piece.eval()?;
+    }
+    Ok(pieces)
 }
 
 /// Where each of `parts`' outputs ends when their outputs are laid side by
@@ -363,22 +367,24 @@ pub struct Linear {
     /// Split by input columns over these ranks: the product is summed over
     /// them before the bias.
     reduce: Option<TensorParallel>,
-    /// A dense weight's transpose: a view of the same buffer, evaluated once
-    /// here, so a step's graph holds no transpose per product (on a GPU,
-    /// where decode waits on the host, every node costs host time).
-    dense_t: Option<Array>,
+    /// `Wᵀ` of a float weight, so the product is `x` times it: a dense
+    /// weight's transposed view (the same buffer, evaluated once here, so a
+    /// step's graph holds no transpose per product: on a GPU, where decode
+    /// waits on the host, every node costs host time), or the stored
+    /// transposed matrix. `None` for a quantized weight.
+    transposed: Option<Array>,
 }
 
-/// The evaluated transposed view of a dense weight (no copy: MLX's
-/// transpose shares the buffer), `None` for any other form.
-fn transposed_view(weight: &LinearWeight) -> Result<Option<Array>, ModelError> {
+/// `Wᵀ` of `weight` (see `Linear::transposed`), `None` when quantized.
+fn transposed(weight: &LinearWeight) -> Result<Option<Array>, ModelError> {
     match weight {
         LinearWeight::Dense(w) => {
             let t = w.transpose()?;
             t.eval()?;
             Ok(Some(t))
         }
-        LinearWeight::Transposed(_) | LinearWeight::Quantized(_) => Ok(None),
+        LinearWeight::Transposed(t) => Ok(Some(t.clone())),
+        LinearWeight::Quantized(_) => Ok(None),
     }
 }
 
@@ -403,7 +409,7 @@ impl Linear {
             None
         };
         Ok(Linear {
-            dense_t: transposed_view(&weight)?,
+            transposed: transposed(&weight)?,
             weight,
             split,
             bias,
@@ -454,7 +460,7 @@ impl Linear {
     /// evaluable: its transposed view is evaluated here).
     pub fn from_parts(weight: LinearWeight, bias: Option<Array>) -> Result<Self, ModelError> {
         Ok(Linear {
-            dense_t: transposed_view(&weight)?,
+            transposed: transposed(&weight)?,
             weight,
             split: None,
             bias,
@@ -495,13 +501,7 @@ impl Linear {
             return Ok(None);
         };
         let bias_blocks = match &bias {
-            Some(b) => {
-                let pieces = split_at_indices(b, &bounds, 0)?;
-                for piece in &pieces {
-                    piece.eval()?;
-                }
-                pieces.into_iter().map(Some).collect()
-            }
+            Some(b) => row_cuts(b, &bounds)?.into_iter().map(Some).collect(),
             None => vec![None; blocks.len()],
         };
         let views = blocks
@@ -540,18 +540,14 @@ impl Linear {
     pub fn forward(&self, x: &Array) -> Result<Array, ModelError> {
         if self.split.is_none() && self.reduce.is_none() {
             // One product, with the bias fused where MLX can (addmm).
-            let transposed = match (&self.dense_t, &self.weight) {
-                (Some(t), _) | (None, LinearWeight::Transposed(t)) => Some(t),
-                _ => None,
-            };
-            return match (transposed, &self.bias) {
+            return match (&self.transposed, &self.bias) {
                 (Some(t), Some(b)) => Ok(addmm(b, x, t, 1.0, 1.0)?),
                 (Some(t), None) => Ok(x.matmul(t)?),
                 (None, None) => self.weight.matmul_t(x),
                 (None, Some(b)) => Ok(self.weight.matmul_t(x)?.add(b)?),
             };
         }
-        let mut y = match (&self.split, &self.dense_t) {
+        let mut y = match (&self.split, &self.transposed) {
             (Some(split), _) => split.matmul_t(x)?,
             (None, Some(t)) => x.matmul(t)?,
             (None, None) => self.weight.matmul_t(x)?,

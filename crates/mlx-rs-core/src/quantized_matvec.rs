@@ -72,15 +72,10 @@ pub fn quantized_matvec(
     group_size: i32,
     bits: i32,
 ) -> Result<Option<Array>> {
-    let large_only = match enabled() {
-        Use::Never => return Ok(None),
-        Use::All => false,
-        Use::Large => true,
-    };
     let Some(plan) = Plan::new(x, w, scales, biases, group_size, bits) else {
         return Ok(None);
     };
-    if large_only && i64::from(plan.n) * i64::from(plan.k) < LARGE_ELEMENTS {
+    if !enabled().wants(plan.n, plan.k) {
         return Ok(None);
     }
     thread_local! {
@@ -120,18 +115,30 @@ pub fn quantized_matvec(
 /// at any `n`, so layers stacked into such a matrix keep their own products
 /// past the height where MLX changes kernels (see `mistral_model::fused`).
 pub fn takes_one_row(n: i32, k: i32, group_size: i32, bits: i32, scales_dtype: Dtype) -> bool {
-    let large_only = match enabled() {
-        Use::Never => return false,
-        Use::All => false,
-        Use::Large => true,
-    };
+    n > 0 && kind_supported(k, group_size, bits, scales_dtype) && enabled().wants(n, k)
+}
+
+/// The products the kernel computes: 4-bit, groups of 32, 64 or 128, `x`
+/// and scales in bf16 or f16 (not float32: the kernel's 128 + q trick costs
+/// float32 inputs a few bits, measured 13x MLX's error there; MLX's kernel
+/// is exact), rows of whole groups.
+fn kind_supported(k: i32, group_size: i32, bits: i32, dtype: Dtype) -> bool {
     bits == 4
         && matches!(group_size, 32 | 64 | 128)
-        && matches!(scales_dtype, Dtype::Bfloat16 | Dtype::Float16)
-        && n > 0
+        && matches!(dtype, Dtype::Bfloat16 | Dtype::Float16)
         && k > 0
         && k % group_size == 0
-        && (!large_only || i64::from(n) * i64::from(k) >= LARGE_ELEMENTS)
+}
+
+impl Use {
+    /// Whether the kernel is to take a product with an `n x k` matrix.
+    fn wants(self, n: i32, k: i32) -> bool {
+        match self {
+            Use::Never => false,
+            Use::All => true,
+            Use::Large => i64::from(n) * i64::from(k) >= LARGE_ELEMENTS,
+        }
+    }
 }
 
 /// Whether the kernel may be used in this process, and for which products:
@@ -177,16 +184,7 @@ impl Plan {
         bits: i32,
     ) -> Option<Plan> {
         let dtype = x.dtype();
-        // Not float32: the kernel's 128 + q trick costs float32 inputs a few
-        // bits (measured 13x MLX's error there); MLX's kernel is exact.
-        let float = matches!(dtype, Dtype::Bfloat16 | Dtype::Float16);
-        if bits != 4
-            || !matches!(group, 32 | 64 | 128)
-            || !float
-            || scales.dtype() != dtype
-            || biases.dtype() != dtype
-            || w.dtype() != Dtype::Uint32
-        {
+        if scales.dtype() != dtype || biases.dtype() != dtype || w.dtype() != Dtype::Uint32 {
             return None;
         }
         let x_shape = x.shape();
@@ -198,8 +196,7 @@ impl Plan {
         }
         let n = w_shape[0];
         if !(1..=MAX_ROWS).contains(&m)
-            || k <= 0
-            || k % group != 0
+            || !kind_supported(k, group, bits, dtype)
             || w_shape[1] != k / 8
             || s_shape != [n, k / group]
             || n <= 0
