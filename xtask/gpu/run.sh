@@ -22,7 +22,9 @@
 #   bench    unpack; write the 7B-shape and ~150M models there; ours and
 #            mlx-lm side by side, interleaved, with the card's bandwidth;
 #            both warm up with the measured lengths (--warmup-full), as
-#            mlx_lm.benchmark does
+#            mlx_lm.benchmark does. `bench REPS ITERS`: REPS rounds (default
+#            3) of one process per model and engine, each the median of
+#            ITERS measured runs (default 1)
 #   qmv [REPS]  our 4-bit matrix-vector kernel: checked against a float32
 #            reference and timed against MLX's quantized_matmul
 #            (xtask/python/qmv_kernel_check.py); then decode on a 7B-shape
@@ -198,6 +200,7 @@ qmv)
   ;;
 bench)
   reps=${2:-3}
+  iters=${3:-1}
   models=$work/bench-models
   [ -f "$models/manifest.json" ] || python3 xtask/python/gpu_bench_models.py "$models" >"$out/models.log" 2>&1
   cp "$models/manifest.json" "$out/models.json"
@@ -208,10 +211,10 @@ bench)
     for model in m150_bf16 m7b_bf16 m7b_q8 m7b_q4; do
       for prompt in 512; do
         line=$(python3 xtask/python/mlx_lm_bench.py --device gpu --model "$models/$model" \
-          --prompt-tokens $prompt --gen-tokens 128 --warmup-full) || line='{"error": "mlx-lm failed"}'
+          --prompt-tokens $prompt --gen-tokens 128 --warmup-full --iterations "$iters") || line='{"error": "mlx-lm failed"}'
         echo "{\"rep\": $rep, \"model\": \"$model\", \"engine\": \"mlx-lm\", \"run\": $line}" >>"$results"
         line=$("$work/bundle/bin/mistral-cli" bench --model "$models/$model" --dtype checkpoint \
-          --prompt-tokens $prompt --gen-tokens 128 --iterations 1 --warmup 1 --warmup-full --json) || line='{"error": "ours failed"}'
+          --prompt-tokens $prompt --gen-tokens 128 --iterations "$iters" --warmup 1 --warmup-full --json) || line='{"error": "ours failed"}'
         echo "{\"rep\": $rep, \"model\": \"$model\", \"engine\": \"ours\", \"run\": $line}" >>"$results"
         tail -2 "$results" | cut -c1-300
       done

@@ -6,9 +6,11 @@ Usage:
 Reads OUT_DIR/bench.jsonl (one line per run: rep, model, engine, run),
 OUT_DIR/bandwidth.json and OUT_DIR/card.txt. For each model and engine:
 median [min, max] over the repetitions of prefill tok/s, decode tok/s, time
-to first token and peak memory; the ratio ours / mlx-lm of the medians; and
-decode as a fraction of the bandwidth bound (read bandwidth / weight bytes
-read per token).
+to first token and peak memory (a repetition is one process; where it ran
+several iterations, its figure is their median, and a second table gives
+the lowest and highest single iteration); the ratio ours / mlx-lm of the
+medians; and decode as a fraction of the bandwidth bound (read bandwidth /
+weight bytes read per token).
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ def ours_value(run: dict, key: str) -> float:
 
 def value(engine: str, run: dict, key: str) -> float:
     return ours_value(run, key) if engine == "ours" else float(run[key])
+
+
+def iteration_range(engine: str, run: dict, key: str) -> tuple[float, float]:
+    """The lowest and highest single iteration of one process's runs."""
+    if engine == "ours":
+        stats = run["results"][0][key]
+        return float(stats["min"]), float(stats["max"])
+    values = run.get("per_iteration", {}).get(key, [run[key]])
+    return float(min(values)), float(max(values))
 
 
 def spread(values: list[float], fmt: str) -> str:
@@ -60,6 +71,24 @@ def main() -> int:
         if len(medians) == 2:
             ratios.append((model, medians["ours"][0] / medians["mlx-lm"][0],
                            medians["ours"][1] / medians["mlx-lm"][1]))
+    iterations = []
+    for model in models:
+        for engine in ("mlx-lm", "ours"):
+            runs = [r["run"] for r in rows if r["model"] == model and r["engine"] == engine
+                    and "error" not in r["run"]]
+            count = sum(int(r["results"][0]["iterations"]) if engine == "ours"
+                        else len(r.get("per_iteration", {}).get("decode_tps", [0])) for r in runs)
+            if count > len(runs):
+                cells = []
+                for key, fmt in (("prefill_tps", ".0f"), ("decode_tps", ".1f")):
+                    ranges = [iteration_range(engine, r, key) for r in runs]
+                    cells.append(f"{min(a for a, _ in ranges):{fmt}} - {max(b for _, b in ranges):{fmt}}")
+                iterations.append((model, engine, count, cells))
+    if iterations:
+        print("\n| model | engine | iterations | prefill tok/s, lowest - highest | decode tok/s, lowest - highest |")
+        print("| --- | --- | --- | --- | --- |")
+        for model, engine, count, cells in iterations:
+            print(f"| {model} | {engine} | {count} | " + " | ".join(cells) + " |")
     print("\n| model | prefill ours / mlx-lm | decode ours / mlx-lm |")
     print("| --- | --- | --- |")
     for model, prefill, decode in ratios:

@@ -1,8 +1,8 @@
-"""mlx-lm's side of `cargo xtask compare`: one process, one measured run,
-mirroring `mistral-cli bench --iterations 1 --json`.
+"""mlx-lm's side of `cargo xtask compare`: one process, one measured run
+(or `--iterations N`), mirroring `mistral-cli bench --iterations N --json`.
 
 Usage:
-    python mlx_lm_bench.py --model DIR --prompt-tokens P --gen-tokens G [--warmup N]
+    python mlx_lm_bench.py --model DIR --prompt-tokens P --gen-tokens G [--warmup N] [--iterations N]
     python mlx_lm_bench.py --bandwidth
     (add --device gpu on MLX's CUDA build; the default is the CPU)
 
@@ -10,12 +10,13 @@ Run: mlx-lm 0.32.2's own loader (`mlx_lm.utils.load_model`, which evaluates
 the parameters; timed as the load) with reference.py's sliding-window patch,
 then `--warmup` short runs (a prompt of at most 32 tokens, 4 generated, as
 `mistral-cli bench` warms up; with `--warmup-full` the measured lengths),
-then one run of `mlx_lm.generate.generate_step`
+then one run (or `--iterations N` runs) of `mlx_lm.generate.generate_step`
 (greedy, `max_tokens` = G; no EOS check, as ours) on the same pseudo-random
 prompt ids as `mistral-cli bench` (its xorshift, salt 2). The clock stops at
 the last token, as in mlx-lm's `stream_generate`. Rates: prompt tokens / time
 to first token, (G - 1) / (last token - first token). Peak memory from
-`mx.get_peak_memory()` (reset before the run). A decode step's time split
+`mx.get_peak_memory()` (reset before the run). With several iterations
+each figure is the median over them, and `per_iteration` lists them all. A decode step's time split
 as `mistral-cli bench` splits ours (build, dispatch, wait; see
 `StepClock`), and a step's dispatch with the device idle
 (`idle_dispatch`).
@@ -226,6 +227,8 @@ def main() -> int:
     ap.add_argument("--prompt-tokens", type=int)
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--iterations", type=int, default=1,
+                    help="measured runs; each figure is their median (as mistral-cli bench --iterations)")
     ap.add_argument("--warmup-full", action="store_true",
                     help="warm up with the measured prompt and generation lengths (as mlx_lm.benchmark; "
                     "mistral-cli bench --warmup-full)")
@@ -252,7 +255,13 @@ def main() -> int:
                              else (min(args.prompt_tokens, WARMUP_PROMPT), WARMUP_GEN))
     for _ in range(args.warmup):
         run(model, synthetic_ids(warm_prompt, vocab, 2), warm_gen)
-    result = run(model, synthetic_ids(args.prompt_tokens, vocab, 2), args.gen_tokens)
+    if args.iterations < 1:
+        ap.error("--iterations must be at least 1")
+    runs = [run(model, synthetic_ids(args.prompt_tokens, vocab, 2), args.gen_tokens)
+            for _ in range(args.iterations)]
+    result = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    if args.iterations > 1:
+        result["per_iteration"] = {key: [r[key] for r in runs] for key in runs[0]}
     total, per_token = weight_bytes_per_token(model, config)
     print(json.dumps({
         "engine": f"mlx-lm {getattr(mlx_lm, '__version__', '?')}",

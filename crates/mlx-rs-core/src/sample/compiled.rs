@@ -1,18 +1,19 @@
-//! The sampler's stages, run through MLX's `compile` on a GPU as mlx-lm runs
-//! them (each filter and `categorical_sampling` is an `mx.compile`d function
-//! in `sample_utils.py`).
+//! The sampler's stages, run through MLX's `compile` as mlx-lm runs them
+//! (each filter and `categorical_sampling` is an `mx.compile`d function in
+//! `sample_utils.py`).
 //!
-//! Why: on a GPU, a compiled function's element-wise ops are fused into one
-//! kernel whose rounding differs from op-by-op kernels (for example
+//! Why: a compiled function's element-wise ops are fused into one kernel
+//! whose rounding may differ from op-by-op kernels (for example
 //! `logits * (1 / temp)` plus the Gumbel noise may become one fused
 //! multiply-add). A seeded draw at a near-tie then falls differently. The
 //! same ops compiled the same way give the same fused kernels, so seeded
-//! draws agree with mlx-lm there too.
+//! draws agree with mlx-lm's.
 //!
-//! On the CPU the stages run op by op: MLX's compiled CPU kernels are C++
-//! built at run time by the system compiler (which a relocated binary's host
-//! may lack), and op-by-op results there already equal mlx-lm's compiled
-//! ones (the parity tests check both ways; see [`Stage::new`]).
+//! On the CPU, MLX builds compiled kernels as C++ with the system's `g++` at
+//! run time; where it finds none, it runs the function op by op (for
+//! mlx-lm's functions too). Seen on 2026-11-28 on an AVX-512 Xeon: mlx-lm's
+//! compiled draw and the op-by-op one picked different tokens at a near-tie
+//! (a seeded top-p run of the window test model), so the CPU compiles too.
 
 use mlx_rs::{error::Exception, transforms::compile::compile, Array};
 

@@ -19,12 +19,13 @@
 //! effect).
 //!
 //! Compilation: mlx-lm runs each filter and the categorical draw as an
-//! `mx.compile`d function. On a GPU that fuses their element-wise ops with
-//! different rounding, so there the stages are compiled the same way (see
-//! `compiled.rs`). A compiled draw takes its key as an input, so only a
-//! seeded sampler's draw is compiled; an unseeded one draws op by op from
-//! mlx-rs's thread-local generator (so `mlx_rs::random::seed` still rules
-//! it), and on a GPU may part from mlx-lm at a near-tie.
+//! `mx.compile`d function, which fuses their element-wise ops with different
+//! rounding (on a GPU; on the CPU where MLX finds a C++ compiler), so the
+//! stages are compiled the same way (see `compiled.rs`). A compiled draw
+//! takes its key as an input, so only a seeded sampler's draw is compiled;
+//! an unseeded one draws op by op from mlx-rs's thread-local generator (so
+//! `mlx_rs::random::seed` still rules it), and may part from mlx-lm at a
+//! near-tie.
 //!
 //! Scalars: mlx-lm computes `1 / temp` and `log(min_p)` in double precision
 //! from Python floats; here they are computed in `f64` from the `f32`
@@ -126,14 +127,16 @@ impl Clone for Sampler {
 impl Sampler {
     /// A sampler with `options`; with `seed`, its draws are reproducible
     /// (and equal to mlx-lm's after `mx.random.seed(seed)`). Its stages are
-    /// compiled when MLX's default device is a GPU (the draw only when
-    /// seeded, see the module note).
+    /// compiled with MLX, as mlx-lm compiles them (the draw only when
+    /// seeded, see the module note); on a CPU without a C++ compiler MLX
+    /// runs them op by op, as it does mlx-lm's.
     pub fn new(options: SamplingOptions, seed: Option<u64>) -> Result<Self> {
-        Sampler::with_compile(options, seed, crate::runtime::on_gpu())
+        Sampler::with_compile(options, seed, true)
     }
 
     /// As [`Sampler::new`], choosing whether the stages are compiled with
-    /// MLX (on the CPU, compiling needs a C++ compiler at run time).
+    /// MLX (on the CPU, MLX compiles them with the system's C++ compiler at
+    /// run time, where it finds one).
     pub fn with_compile(
         options: SamplingOptions,
         seed: Option<u64>,
