@@ -4,9 +4,12 @@
 //! Queries/keys/values are laid out `[B, heads, L, head_dim]`; RoPE (not
 //! traditional, base `rope_theta`) is applied at the cache's offset before the
 //! keys are stored; MLX's fused attention handles `n_kv_heads < n_heads`
-//! natively, so keys and values are never repeated.
+//! natively, so keys and values are never repeated. A decode step's one row
+//! through the stacked q/k/v projection (see `FusedLinear`) keeps queries
+//! and keys side by side for one RoPE call: on a GPU each graph node costs
+//! the host time at every step.
 
-use mlx_rs::Array;
+use mlx_rs::{ops::split_at_indices, Array};
 use mlx_rs_core::{
     initialize_rope, scaled_dot_product_attention, KeyValueCache, Positions, Rope, SdpaMask,
 };
@@ -83,8 +86,53 @@ impl Attention {
         })
     }
 
-    fn rope(&self, x: &Array, positions: &Positions) -> Result<Array, ModelError> {
-        Ok(self.rope.forward_at(x, positions)?)
+    /// Queries, keys and values of the rows `x`, as `[B, heads, L,
+    /// head_dim]`. One row through the stacked q/k/v projection keeps
+    /// queries and keys joined (see [`QueriesKeys`]); its heads come from
+    /// one reshape, as with `L = 1` `[1, heads, 1, head_dim]` is the layout
+    /// of `[1, 1, heads, head_dim]` transposed.
+    fn heads(&self, x: &Array, (b, l): (i32, i32)) -> Result<(QueriesKeys, Array), ModelError> {
+        if let Some(all) = self.qkv.forward_stacked(x)? {
+            let joined = self.n_heads + self.n_kv_heads;
+            let heads = all.reshape(&[1, joined + self.n_kv_heads, 1, self.head_dim])?;
+            let [queries_keys, values] = two(split_at_indices(&heads, &[joined], 1)?)?;
+            return Ok((QueriesKeys::Joined(queries_keys), values));
+        }
+        let split = |a: Array, heads: i32| -> Result<Array, ModelError> {
+            Ok(a.reshape(&[b, l, heads, self.head_dim])?
+                .transpose_axes(&[0, 2, 1, 3])?)
+        };
+        let [queries, keys, values]: [Array; 3] =
+            self.qkv.forward(x)?.try_into().map_err(|_| {
+                ModelError::Input("the fused q/k/v projection gave other than 3 outputs".to_owned())
+            })?;
+        let queries = split(queries, self.n_heads)?;
+        let keys = split(keys, self.n_kv_heads)?;
+        Ok((
+            QueriesKeys::Apart(queries, keys),
+            split(values, self.n_kv_heads)?,
+        ))
+    }
+
+    /// Queries and keys with RoPE at `positions`: one RoPE call for joined
+    /// ones (RoPE rotates each head alike, by position and dimension only),
+    /// then cut.
+    fn rope_heads(
+        &self,
+        heads: QueriesKeys,
+        positions: &Positions,
+    ) -> Result<(Array, Array), ModelError> {
+        match heads {
+            QueriesKeys::Apart(queries, keys) => Ok((
+                self.rope.forward_at(&queries, positions)?,
+                self.rope.forward_at(&keys, positions)?,
+            )),
+            QueriesKeys::Joined(joined) => {
+                let roped = self.rope.forward_at(&joined, positions)?;
+                let [queries, keys] = two(split_at_indices(&roped, &[self.n_heads], 1)?)?;
+                Ok((queries, keys))
+            }
+        }
     }
 
     /// Attends over `x` `[B, L, hidden_size]` whose first position is at the
@@ -119,38 +167,44 @@ impl Attention {
                 x.shape()
             )));
         }
-        let split = |a: Array, heads: i32| -> Result<Array, ModelError> {
-            Ok(a.reshape(&[b, l, heads, self.head_dim])?
-                .transpose_axes(&[0, 2, 1, 3])?)
-        };
-        let [queries, keys, values]: [Array; 3] =
-            self.qkv.forward(x)?.try_into().map_err(|_| {
-                ModelError::Input("the fused q/k/v projection gave other than 3 outputs".to_owned())
-            })?;
-        let queries = split(queries, self.n_heads)?;
-        let keys = split(keys, self.n_kv_heads)?;
-        let values = split(values, self.n_kv_heads)?;
+        let (queries_keys, values) = self.heads(x, (b, l))?;
         let (queries, keys, values) = match cache {
             Some(cache) => {
-                let positions = cache.positions()?;
-                let queries = self.rope(&queries, &positions)?;
-                let keys = self.rope(&keys, &positions)?;
+                let (queries, keys) = self.rope_heads(queries_keys, &cache.positions()?)?;
                 let (keys, values) = cache.update_and_fetch(&keys, &values)?;
                 (queries, keys, values)
             }
             None => {
-                let start = Positions::Shared(0);
-                (
-                    self.rope(&queries, &start)?,
-                    self.rope(&keys, &start)?,
-                    values,
-                )
+                let (queries, keys) = self.rope_heads(queries_keys, &Positions::Shared(0))?;
+                (queries, keys, values)
             }
         };
         let out = scaled_dot_product_attention(&queries, &keys, &values, self.scale, mask)?;
-        let out = out
-            .transpose_axes(&[0, 2, 1, 3])?
-            .reshape(&[b * l, self.n_heads * self.head_dim])?;
+        // [B, heads, L, head_dim] to rows [B * L, heads * head_dim]; with
+        // L = 1 the transpose moves nothing, and a reshape alone does.
+        let out = if l == 1 {
+            out.reshape(&[b, self.n_heads * self.head_dim])?
+        } else {
+            out.transpose_axes(&[0, 2, 1, 3])?
+                .reshape(&[b * l, self.n_heads * self.head_dim])?
+        };
         self.o_proj.forward(&out)
     }
+}
+
+/// Queries and keys before RoPE, `[B, heads, L, head_dim]`.
+enum QueriesKeys {
+    /// Each its own array.
+    Apart(Array, Array),
+    /// Side by side on the heads axis (queries first): a decode step's one
+    /// row through the stacked q/k/v projection, so that one RoPE call (a
+    /// kernel and a graph node fewer per layer) serves both.
+    Joined(Array),
+}
+
+/// The two parts of a split.
+fn two(parts: Vec<Array>) -> Result<[Array; 2], ModelError> {
+    parts.try_into().map_err(|_| {
+        ModelError::Input("a split of attention heads gave other than 2 parts".to_owned())
+    })
 }

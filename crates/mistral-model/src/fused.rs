@@ -74,11 +74,20 @@ impl FusedLinear {
     /// Each layer applied to `x` `[..., in]`, in order: one product over
     /// the stack when `x` is one row `[1, in]`.
     pub fn forward(&self, x: &Array) -> Result<Vec<Array>, ModelError> {
+        match self.forward_stacked(x)? {
+            Some(all) => Ok(split_at_indices(&all, &self.bounds, -1)?),
+            None => self.parts.iter().map(|part| part.forward(x)).collect(),
+        }
+    }
+
+    /// The layers' outputs side by side, `[1, out of all]`, as one product
+    /// over the stack, where the layers are stacked and `x` is one row
+    /// `[1, in]`; `None` otherwise (then use [`FusedLinear::forward`]). For
+    /// a caller that cuts the outputs itself, e.g. attention's heads.
+    pub fn forward_stacked(&self, x: &Array) -> Result<Option<Array>, ModelError> {
         match &self.stacked {
-            Some(stacked) if x.ndim() == 2 && x.dim(0) == 1 => {
-                Ok(split_at_indices(&stacked.forward(x)?, &self.bounds, -1)?)
-            }
-            _ => self.parts.iter().map(|part| part.forward(x)).collect(),
+            Some(stacked) if x.ndim() == 2 && x.dim(0) == 1 => Ok(Some(stacked.forward(x)?)),
+            _ => Ok(None),
         }
     }
 }
