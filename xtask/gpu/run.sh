@@ -24,7 +24,8 @@
 #            both warm up with the measured lengths (--warmup-full), as
 #            mlx_lm.benchmark does. `bench REPS ITERS`: REPS rounds (default
 #            3) of one process per model and engine, each the median of
-#            ITERS measured runs (default 1)
+#            ITERS measured runs (default 1); MISTRAL_MLX_BENCH_MODELS
+#            (comma-separated) runs some of the models only
 #   qmv [REPS]  our 4-bit matrix-vector kernel: checked against a float32
 #            reference and timed against MLX's quantized_matmul
 #            (xtask/python/qmv_kernel_check.py); then decode on a 7B-shape
@@ -202,13 +203,21 @@ bench)
   reps=${2:-3}
   iters=${3:-1}
   models=$work/bench-models
-  [ -f "$models/manifest.json" ] || python3 xtask/python/gpu_bench_models.py "$models" >"$out/models.log" 2>&1
+  # MISTRAL_MLX_BENCH_MODELS (comma-separated) narrows the models, for a
+  # short device budget; writing them rewrites the folder.
+  names=${MISTRAL_MLX_BENCH_MODELS:-m150_bf16,m7b_bf16,m7b_q8,m7b_q4}
+  for name in ${names//,/ }; do
+    if [ ! -f "$models/$name/config.json" ]; then
+      python3 xtask/python/gpu_bench_models.py "$models" --only "$names" >"$out/models.log" 2>&1
+      break
+    fi
+  done
   cp "$models/manifest.json" "$out/models.json"
   python3 xtask/python/mlx_lm_bench.py --bandwidth --device gpu | tee "$out/bandwidth.json"
   results=$out/bench.jsonl
   : >"$results"
   for rep in $(seq "$reps"); do
-    for model in m150_bf16 m7b_bf16 m7b_q8 m7b_q4; do
+    for model in ${names//,/ }; do
       for prompt in 512; do
         line=$(python3 xtask/python/mlx_lm_bench.py --device gpu --model "$models/$model" \
           --prompt-tokens $prompt --gen-tokens 128 --warmup-full --iterations "$iters") || line='{"error": "mlx-lm failed"}'

@@ -265,9 +265,11 @@ fn print_calls(parts: usize) {
         "  run  command=\"bash xtask/gpu/run.sh parity\"  timeout_s=600   (again if the first ran out of time:"
     );
     println!("       mlx-lm's references take most of a call; the second runs the tests)");
-    println!("  run  command=\"bash xtask/gpu/run.sh bench 2\"  timeout_s=600   (writes the models; 2 repetitions,");
-    println!("       the first fills MLX's kernel cache and is not counted)");
-    println!("  run  command=\"bash xtask/gpu/run.sh bench 1\"  timeout_s=300   (as often as the budget allows)");
+    println!("  run  command=\"timeout 590 bash xtask/gpu/run.sh bench 2 5\"  timeout_s=600   (writes the models;");
+    println!("       2 rounds of one process per model and engine, each warmed up with the measured lengths,");
+    println!("       then the median of 5 runs: about 420 s on one H200)");
+    println!("  run  command=\"bash xtask/gpu/run.sh bench 1 5\"  timeout_s=300   (more rounds, as the budget allows;");
+    println!("       MISTRAL_MLX_BENCH_MODELS=m150_bf16,m7b_q4 narrows the models)");
     println!("Our 4-bit decode kernel (MISTRAL_MLX_QMV=ours): the stash call(s), then");
     println!(
         "  run  carry=[\"target/gpu-pack/{parts}\"]  command=\"bash xtask/gpu/run.sh qmv 2\"  timeout_s=560"
