@@ -157,9 +157,10 @@ fn greedy_is_the_argmax_and_seeds_reproduce() {
     .is_err());
 }
 
-/// The compiled stages (run on a GPU, as mlx-lm's are) draw the same ids as
-/// the op-by-op ones on the CPU, for every filter and in bf16, and a clone
-/// goes on from the same random state.
+/// The compiled stages (the default, as mlx-lm's are) draw the same ids as
+/// the op-by-op ones on the CPU for these log-probabilities, for every
+/// filter and in bf16 (at a near-tie they may not: see `sample/compiled.rs`),
+/// and a clone goes on from the same random state.
 #[test]
 fn compiled_stages_draw_as_op_by_op_ones() {
     let base = SamplingOptions {
