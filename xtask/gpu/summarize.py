@@ -28,6 +28,19 @@ def value(engine: str, run: dict, key: str) -> float:
     return ours_value(run, key) if engine == "ours" else float(run[key])
 
 
+def good_runs(rows: list[dict], model: str, engine: str) -> list[dict]:
+    """The runs of `model` by `engine` that did not fail."""
+    return [r["run"] for r in rows if r["model"] == model and r["engine"] == engine
+            and "error" not in r["run"]]
+
+
+def iteration_count(engine: str, run: dict) -> int:
+    """How many measured iterations one process ran."""
+    if engine == "ours":
+        return int(run["results"][0]["iterations"])
+    return len(run.get("per_iteration", {}).get("decode_tps", [run["decode_tps"]]))
+
+
 def iteration_range(engine: str, run: dict, key: str) -> tuple[float, float]:
     """The lowest and highest single iteration of one process's runs."""
     if engine == "ours":
@@ -74,10 +87,8 @@ def main() -> int:
     iterations = []
     for model in models:
         for engine in ("mlx-lm", "ours"):
-            runs = [r["run"] for r in rows if r["model"] == model and r["engine"] == engine
-                    and "error" not in r["run"]]
-            count = sum(int(r["results"][0]["iterations"]) if engine == "ours"
-                        else len(r.get("per_iteration", {}).get("decode_tps", [0])) for r in runs)
+            runs = good_runs(rows, model, engine)
+            count = sum(iteration_count(engine, r) for r in runs)
             if count > len(runs):
                 cells = []
                 for key, fmt in (("prefill_tps", ".0f"), ("decode_tps", ".1f")):
@@ -102,8 +113,7 @@ def main() -> int:
     split = []
     for model in models:
         for engine in ("mlx-lm", "ours"):
-            runs = [r["run"] for r in rows if r["model"] == model and r["engine"] == engine
-                    and "error" not in r["run"]]
+            runs = good_runs(rows, model, engine)
             source = (lambda r: r["results"][0]) if engine == "ours" else (lambda r: r)
             runs = [r for r in runs if all(p in source(r) for p in parts)]
             if runs:

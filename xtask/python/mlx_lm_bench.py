@@ -235,6 +235,8 @@ def main() -> int:
     ap.add_argument("--bandwidth", action="store_true")
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     args = ap.parse_args()
+    if args.iterations < 1:
+        ap.error("--iterations must be at least 1")
     mx.set_default_device(mx.gpu if args.device == "gpu" else mx.cpu)
     if args.bandwidth:
         print(json.dumps(gpu_bandwidth() if args.device == "gpu" else bandwidth()))
@@ -255,8 +257,6 @@ def main() -> int:
                              else (min(args.prompt_tokens, WARMUP_PROMPT), WARMUP_GEN))
     for _ in range(args.warmup):
         run(model, synthetic_ids(warm_prompt, vocab, 2), warm_gen)
-    if args.iterations < 1:
-        ap.error("--iterations must be at least 1")
     runs = [run(model, synthetic_ids(args.prompt_tokens, vocab, 2), args.gen_tokens)
             for _ in range(args.iterations)]
     result = {key: statistics.median(r[key] for r in runs) for key in runs[0]}

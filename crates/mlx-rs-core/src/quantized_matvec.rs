@@ -16,11 +16,11 @@
 //! matrices but 0.49-0.84x on the smaller attention ones; in the whole
 //! decode loop not faster than MLX's (ours 144-194 tok/s across runs, MLX's
 //! 172-194). So it is off unless asked for: `MISTRAL_MLX_QMV=ours`, or
-//! `MISTRAL_MLX_QMV=ours-large` for the large matrices only (not yet
-//! measured in the decode loop). Those runs predate the cuts to a decode
-//! step's host time (SwiGLU compiled once, stacked projections; see
-//! BENCHMARKS.md), which then held ours at 2.4-2.7 ms a step of building
-//! alone: the kernel is to be measured again.
+//! `MISTRAL_MLX_QMV=ours-large` for the large matrices only. Measured again
+//! after the cuts to a decode step's host time (SwiGLU compiled once,
+//! stacked projections), `ours-large` was about 1.08x MLX's kernel by the
+//! median of 4 processes, with single runs spread from 175 to 243 tok/s
+//! against MLX's 165-188 (BENCHMARKS.md): still off by default.
 //!
 //! [`quantized_matvec`] returns `None` wherever it does not apply (not
 //! asked for, not MLX's CUDA build on a GPU, other bit widths, more rows,
