@@ -29,9 +29,10 @@
 #   qmv [REPS]  our 4-bit matrix-vector kernel: checked against a float32
 #            reference and timed against MLX's quantized_matmul
 #            (xtask/python/qmv_kernel_check.py); then decode on a 7B-shape
-#            4-bit model (m7b_q4r): ours with it (MISTRAL_MLX_QMV=ours), with
-#            it for the large matrices only (=ours-large), with MLX's (the
-#            default), and mlx-lm, REPS rounds (default 2)
+#            4-bit model (m7b_q4r): ours with it for every product
+#            (MISTRAL_MLX_QMV=ours), for the large matrices only (=ours-large),
+#            with MLX's only (=mlx, the default), and mlx-lm, REPS rounds
+#            (default 2)
 #   tp check (2 GPUs, device kind nvidia-h100-x2) unpack; `generate
 #            --ranks 2` (NCCL, one GPU per rank) against one process on the
 #            test models: ids and text must be equal
@@ -184,7 +185,7 @@ qmv)
       case $engine in
       ours|ours-large) line=$(MISTRAL_MLX_QMV=$engine timeout 120 "$cli" bench --model "$model" --dtype checkpoint \
           --prompt-tokens 512 --gen-tokens 128 --iterations 1 --warmup 1 --warmup-full --json) || line='{"error": "failed"}' ;;
-      ours-mlx-qmv) line=$(timeout 120 "$cli" bench --model "$model" --dtype checkpoint \
+      ours-mlx-qmv) line=$(MISTRAL_MLX_QMV=mlx timeout 120 "$cli" bench --model "$model" --dtype checkpoint \
           --prompt-tokens 512 --gen-tokens 128 --iterations 1 --warmup 1 --warmup-full --json) || line='{"error": "failed"}' ;;
       mlx-lm) line=$(timeout 120 python3 xtask/python/mlx_lm_bench.py --device gpu --model "$model" \
           --prompt-tokens 512 --gen-tokens 128 --warmup-full) || line='{"error": "failed"}' ;;

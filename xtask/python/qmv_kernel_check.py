@@ -56,11 +56,12 @@ def tiling(m: int, n: int, k: int) -> tuple[int, int]:
     """The same choice as quantized_matvec.rs's `Plan::tiling`."""
     max_rows = 2 if m > 1 else 4
     rows = next((r for r in (4, 2, 1) if r <= max_rows and n // r >= 2048), 1)
-    words = k // 8
-    unroll = 16 // rows
-    if words % 32 == 0:
-        while unroll > 1 and (words // 32) % unroll != 0:
-            unroll //= 2
+    chunks = k // 32
+    per_lane = (chunks + 31) // 32
+    unroll = max(1, min(8 // rows, per_lane))
+    if chunks % 32 == 0:
+        while unroll > 1 and per_lane % unroll != 0:
+            unroll -= 1
     return rows, unroll
 
 

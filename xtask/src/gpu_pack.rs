@@ -274,6 +274,10 @@ fn print_calls(parts: usize) {
     println!(
         "  run  carry=[\"target/gpu-pack/{parts}\"]  command=\"bash xtask/gpu/run.sh qmv 2\"  timeout_s=560"
     );
+    println!("  and the parity tests with it, on the 4-bit models whose scales it takes (bf16; not float32):");
+    println!(
+        "  run  command=\"MISTRAL_MLX_QMV=ours bash xtask/gpu/run.sh parity gqa4_q4_g64_bf16\"  timeout_s=600"
+    );
     println!("Tensor parallelism on 2 GPUs (kind nvidia-h100-x2 or nvidia-h200-x2): the stash call(s), then");
     println!(
         "  run  carry=[\"target/gpu-pack/{parts}\"]  command=\"bash xtask/gpu/run.sh tp check\"  timeout_s=400"

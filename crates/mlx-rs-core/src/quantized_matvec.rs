@@ -5,22 +5,29 @@
 //! Why: at one token per step every weight is read once per token, so
 //! decode speed is the speed at which the products stream the weights.
 //! MLX 0.32.2's CUDA `quantized_matmul` reads 4-bit weights at about a
-//! fifth of the card's bandwidth (mlx-lm's 4-bit 7B decode is no faster
-//! than its bf16 one). This kernel keeps 64 bytes of each thread's weight
-//! words in flight and does the arithmetic in float (see the kernel's
-//! notes), for the shapes decode uses: up to 4 rows of `x`.
+//! quarter of the card's bandwidth (mlx-lm's 4-bit 7B decode is no faster
+//! than its bf16 one). This kernel reads each row in 16-byte chunks and
+//! spends about 7 instructions per weight byte (see the kernel's notes):
+//! its first version spent 13 and ran at 1.2-1.7 TB/s on the large
+//! matrices, bounded by its arithmetic.
 //!
-//! Status (one H200, 2026-11-28, `benches/results/2026-11-28-h200-qmv.log`):
-//! within the float32 reference's tolerance on every bf16 and f16 case
-//! checked; on its own, 1.28-1.64x MLX's speed on the 7B MLP and head
-//! matrices but 0.49-0.84x on the smaller attention ones; in the whole
-//! decode loop not faster than MLX's (ours 144-194 tok/s across runs, MLX's
-//! 172-194). So it is off unless asked for: `MISTRAL_MLX_QMV=ours`, or
-//! `MISTRAL_MLX_QMV=ours-large` for the large matrices only. Measured again
-//! after the cuts to a decode step's host time (SwiGLU compiled once,
-//! stacked projections), `ours-large` was about 1.08x MLX's kernel by the
-//! median of 4 processes, with single runs spread from 175 to 243 tok/s
-//! against MLX's 165-188 (BENCHMARKS.md): still off by default.
+//! Measured on one H200 (2026-11-28; BENCHMARKS.md, section "Our 4-bit
+//! kernel, second version"): against MLX's kernel alone, 1.4-2.2x on
+//! Mistral 7B's gate/up, down and head matrices (2.1-2.6 TB/s on the
+//! largest); on the small ones the timing is mostly the per-call cost,
+//! higher for a custom kernel. In 4-bit 7B decode ours ran at 1.28x
+//! mlx-lm's speed with it on every product (1 round of 5 runs) and 1.43x
+//! with it on the large ones (2 rounds), against 1.19x with MLX's kernel
+//! earlier that day.
+//!
+//! It is still off unless asked for (`MISTRAL_MLX_QMV=ours`, or
+//! `ours-large` for the products of more than [`LARGE_ELEMENTS`] elements
+//! only): the parity tests against mlx-lm have not yet run with it on a
+//! 4-bit model it takes (the 4-bit test model they ran on has float32
+//! scales, which it declines). `ours` keeps a stacked matrix's product
+//! equal to its parts' own (each output row is computed alone, whatever
+//! the matrix's height; see `mistral_model::fused`); `ours-large` may not,
+//! where a stack is above the threshold and its parts below.
 //!
 //! [`quantized_matvec`] returns `None` wherever it does not apply (not
 //! asked for, not MLX's CUDA build on a GPU, other bit widths, more rows,
@@ -37,15 +44,15 @@ use crate::error::Result;
 const SOURCE: &str = include_str!("kernels/quantized_matvec.cu");
 const HEADER: &str = include_str!("kernels/quantized_matvec_header.cuh");
 
-/// Set to `ours` to use this kernel where it applies (on a CUDA GPU), or
-/// to `ours-large` to use it only for matrices of at least
-/// [`LARGE_ELEMENTS`] elements (where it measured faster than MLX's).
+/// Which products this kernel takes on a CUDA GPU: `ours`, all it can
+/// take; `ours-large`, those with more than [`LARGE_ELEMENTS`] elements;
+/// unset or `mlx`, none (the default: MLX's kernel).
 pub const SWITCH_ENV: &str = "MISTRAL_MLX_QMV";
 
-/// `ours-large`'s threshold: 2^25 elements. Mistral 7B's MLP (14336 x
-/// 4096) and head (32768 x 4096) matrices are above it, its attention ones
-/// (4096 x 4096 and smaller) below.
-pub const LARGE_ELEMENTS: i64 = 1 << 25;
+/// `ours-large`'s threshold: 2^24 elements. Mistral 7B's stacked q/k/v
+/// (6144 x 4096), MLP (14336 x 4096, stacked 28672 x 4096) and head (32768
+/// x 4096) matrices are above it, its 4096 x 4096 output projection is not.
+pub const LARGE_ELEMENTS: i64 = 1 << 24;
 
 /// Which products the kernel takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +143,7 @@ impl Use {
         match self {
             Use::Never => false,
             Use::All => true,
-            Use::Large => i64::from(n) * i64::from(k) >= LARGE_ELEMENTS,
+            Use::Large => i64::from(n) * i64::from(k) > LARGE_ELEMENTS,
         }
     }
 }
@@ -149,7 +156,14 @@ fn enabled() -> Use {
         let asked = match std::env::var(SWITCH_ENV).as_deref() {
             Ok("ours") => Use::All,
             Ok("ours-large") => Use::Large,
-            _ => Use::Never,
+            Err(_) | Ok("mlx") => Use::Never,
+            Ok(other) => {
+                eprintln!(
+                    "warning: {SWITCH_ENV}={other:?} is not one of ours, ours-large, mlx; \
+                     using mlx"
+                );
+                Use::Never
+            }
         };
         if cfg!(feature = "cuda") && crate::runtime::on_gpu() {
             asked
@@ -218,22 +232,24 @@ impl Plan {
         })
     }
 
-    /// Rows of W per warp and words per lane in flight: 4 rows where there
-    /// are enough rows to keep some 2048 warps busy, fewer otherwise (and
-    /// at most 2 for several rows of x, for registers); 16 words in flight
-    /// per lane in all, fewer where that divides the row's words into
-    /// whole rounds (no bounds checks).
+    /// Rows of W per warp and 16-byte chunks per lane and row in flight: 4
+    /// rows where there are enough rows to keep some 2048 warps busy, fewer
+    /// otherwise (and at most 2 for several rows of x, for registers); up
+    /// to 8 chunks in flight per lane in all, as many as divide the row's
+    /// chunks into whole rounds (no bounds checks), and no more than a
+    /// lane's share of the row. (The best of a sweep on one H200.)
     fn tiling(m: i32, n: i32, k: i32) -> (i32, i32) {
         let max_rows = if m > 1 { 2 } else { 4 };
         let rows = [4, 2, 1]
             .into_iter()
             .find(|&r| r <= max_rows && n / r >= 2048)
             .unwrap_or(1);
-        let words = k / 8;
-        let mut unroll = 16 / rows;
-        if words % 32 == 0 {
-            while unroll > 1 && (words / 32) % unroll != 0 {
-                unroll /= 2;
+        let chunks = k / 32;
+        let per_lane = (chunks + 31) / 32;
+        let mut unroll = (8 / rows).min(per_lane).max(1);
+        if chunks % 32 == 0 {
+            while unroll > 1 && per_lane % unroll != 0 {
+                unroll -= 1;
             }
         }
         (rows, unroll)
@@ -283,19 +299,24 @@ mod tests {
         assert_eq!(plan.out_shape, vec![1, 1, 14336]);
         assert_eq!(
             (plan.m, plan.n, plan.k, plan.rows, plan.unroll),
-            (1, 14336, 4096, 4, 4)
+            (1, 14336, 4096, 4, 2)
         );
         let launch = plan.launch();
         assert_eq!(launch.grid, (32, 3584, 1));
         assert_eq!(launch.thread_group, (32, 4, 1));
-        // down_proj: 14336 inputs, 56 rounds of 32 words, so 8 in flight.
+        // down_proj: 14336 inputs, 448 chunks, 14 per lane: 2 in flight
+        // per row (4 would not divide them).
         let [x, w, s, b] = arrays(1, 4096, 14336, 64, Dtype::Bfloat16);
         let plan = Plan::new(&x, &w, &s, &b, 64, 4).expect("applies");
-        assert_eq!((plan.rows, plan.unroll), (2, 8));
-        // k_proj: few rows, one per warp, a whole row in flight.
+        assert_eq!((plan.rows, plan.unroll), (2, 2));
+        // k_proj: few rows, one per warp, a lane's whole share in flight.
         let [x, w, s, b] = arrays(1, 1024, 4096, 64, Dtype::Bfloat16);
         let plan = Plan::new(&x, &w, &s, &b, 64, 4).expect("applies");
-        assert_eq!((plan.rows, plan.unroll), (1, 16));
+        assert_eq!((plan.rows, plan.unroll), (1, 4));
+        // A short row: 8 chunks, so most lanes idle and one chunk each.
+        let [x, w, s, b] = arrays(2, 64, 256, 64, Dtype::Bfloat16);
+        let plan = Plan::new(&x, &w, &s, &b, 64, 4).expect("applies");
+        assert_eq!((plan.rows, plan.unroll), (1, 1));
     }
 
     #[test]
@@ -319,7 +340,7 @@ mod tests {
     }
 
     #[test]
-    fn is_used_only_when_asked_for_on_a_cuda_gpu() {
+    fn is_used_only_on_a_cuda_gpu() {
         let [x, w, s, b] = arrays(1, 64, 256, 64, Dtype::Bfloat16);
         let used = quantized_matvec(&x, &w, &s, &b, 64, 4).unwrap().is_some();
         assert_eq!(used, enabled() == Use::All);

@@ -6,20 +6,23 @@
 //   -> out [M, N] (T)
 // and the compile-time constants T, K, N, GROUP, ROWS, M, UNROLL.
 //
-// One warp computes ROWS rows of W. Lane l reads the packed words l, l+32,
-// l+64, ... of each row (each warp-wide load is 128 contiguous bytes), and
-// the 8 elements of x each word covers (one 16-byte load, also contiguous
-// across the warp). UNROLL words per lane and row are loaded before any is
-// used, so that enough bytes are in flight to keep memory busy.
+// One warp computes ROWS rows of W. A row is read in chunks of 16 bytes
+// (32 elements, 4 packed words, always inside one group since GROUP >= 32):
+// lane l reads chunks l, l+32, l+64, ... of each row, so each warp-wide
+// load is 512 contiguous bytes. UNROLL chunks per lane and row are loaded
+// before any is used, to keep enough bytes in flight.
 //
-// Per word: d = sum_k x_k (128 + q_k) (qmv_unpack4), xs = sum_k x_k, and
-// the row's sum gains s d + (b - 128 s) xs = sum_k x_k (s q_k + b), in
-// float. Then the lanes' sums are added with shuffles.
-constexpr int WORDS = K / 8;
+// The arithmetic is what bounds this kernel (one H200 streams 4-bit weights
+// faster than it can unpack them), so it is counted per packed word: 3
+// integer operations to split the word's nibbles, 8 byte permutes to make
+// the floats 128 + q (qmv_unpack4), 8 multiply-adds; the 8 elements of x
+// and their sum are shared by the ROWS rows. Per chunk the row's sum gains
+// s d + (b - 128 s) xs = sum_k x_k (s q_k + b), with d = sum_k x_k (128 +
+// q_k) and xs = sum_k x_k, in float; then the lanes' sums are added with
+// shuffles.
+constexpr int CHUNKS = K / 32;
 constexpr int GROUPS = K / GROUP;
-// When the words divide into whole rounds and the rows into whole warps,
-// no bounds checks are needed (the common case: the caller picks UNROLL).
-constexpr bool WHOLE_ROUNDS = WORDS % (32 * UNROLL) == 0;
+constexpr bool WHOLE_ROUNDS = CHUNKS % (32 * UNROLL) == 0;
 constexpr bool WHOLE_ROWS = N % ROWS == 0;
 const int lane = threadIdx.x;
 const int warp = blockIdx.y * blockDim.y + threadIdx.y;
@@ -27,6 +30,7 @@ const int row0 = warp * ROWS;
 if (row0 >= N) {
   return;
 }
+const uint4* w4 = reinterpret_cast<const uint4*>(w);
 
 float acc[M][ROWS];
 #pragma unroll
@@ -37,53 +41,76 @@ for (int m = 0; m < M; ++m) {
   }
 }
 
-for (int base = lane; base < WORDS; base += 32 * UNROLL) {
-  uint32_t q[UNROLL][ROWS];
+for (int base = lane; base < CHUNKS; base += 32 * UNROLL) {
+  uint4 q[UNROLL][ROWS];
 #pragma unroll
   for (int u = 0; u < UNROLL; ++u) {
-    const int i = base + 32 * u;
+    const int c = base + 32 * u;
 #pragma unroll
     for (int j = 0; j < ROWS; ++j) {
       const int row = row0 + j;
-      q[u][j] = ((WHOLE_ROUNDS || i < WORDS) && (WHOLE_ROWS || row < N))
-          ? w[(size_t)row * WORDS + i]
-          : 0u;
+      q[u][j] = ((WHOLE_ROUNDS || c < CHUNKS) && (WHOLE_ROWS || row < N))
+          ? w4[(size_t)row * CHUNKS + c]
+          : make_uint4(0u, 0u, 0u, 0u);
     }
   }
 #pragma unroll
   for (int u = 0; u < UNROLL; ++u) {
-    const int i = base + 32 * u;
-    if (WHOLE_ROUNDS || i < WORDS) {
-      float xv[M][8];
+    const int c = base + 32 * u;
+    if (WHOLE_ROUNDS || c < CHUNKS) {
+      const int g = (32 * c) / GROUP;
+      float s[ROWS];
+      float b[ROWS];
+#pragma unroll
+      for (int j = 0; j < ROWS; ++j) {
+        const int row = (WHOLE_ROWS || row0 + j < N) ? row0 + j : row0;
+        s[j] = qmv_to_float(scales[(size_t)row * GROUPS + g]);
+        b[j] = qmv_to_float(biases[(size_t)row * GROUPS + g]);
+      }
+      float d[M][ROWS];
       float xs[M];
 #pragma unroll
       for (int m = 0; m < M; ++m) {
-        qmv_load8(x + (size_t)m * K + 8 * i, xv[m]);
         xs[m] = 0.0f;
 #pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          xs[m] += xv[m][k];
+        for (int j = 0; j < ROWS; ++j) {
+          d[m][j] = 0.0f;
         }
       }
-      const int g = (8 * i) / GROUP;
 #pragma unroll
-      for (int j = 0; j < ROWS; ++j) {
-        const int row = row0 + j;
-        if (WHOLE_ROWS || row < N) {
-          const float s = qmv_to_float(scales[(size_t)row * GROUPS + g]);
-          const float b =
-              qmv_to_float(biases[(size_t)row * GROUPS + g]) - 128.0f * s;
+      for (int i = 0; i < 4; ++i) {
+        float xv[M][8];
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+          qmv_load8(x + (size_t)m * K + 32 * c + 8 * i, xv[m]);
+#pragma unroll
+          for (int k = 0; k < 8; ++k) {
+            xs[m] += xv[m][k];
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < ROWS; ++j) {
+          const uint32_t word = i == 0 ? q[u][j].x
+              : i == 1              ? q[u][j].y
+              : i == 2              ? q[u][j].z
+                                    : q[u][j].w;
           float f[8];
-          qmv_unpack4(q[u][j], f);
+          qmv_unpack4(word, f);
 #pragma unroll
           for (int m = 0; m < M; ++m) {
-            float d = 0.0f;
 #pragma unroll
             for (int k = 0; k < 8; ++k) {
-              d = fmaf(xv[m][k], f[k], d);
+              d[m][j] = fmaf(xv[m][k], f[k], d[m][j]);
             }
-            acc[m][j] = fmaf(s, d, fmaf(b, xs[m], acc[m][j]));
           }
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < ROWS; ++j) {
+        const float bb = b[j] - 128.0f * s[j];
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+          acc[m][j] = fmaf(s[j], d[m][j], fmaf(bb, xs[m], acc[m][j]));
         }
       }
     }
