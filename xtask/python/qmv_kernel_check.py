@@ -65,20 +65,22 @@ def tiling(m: int, n: int, k: int) -> tuple[int, int]:
     return rows, unroll
 
 
-def ours(x, w, scales, biases, group):
+def ours(x, w, scales, biases, group, tiling_=None, warps_per_block=4):
+    """Our kernel's product, with `tiling`'s choice of (rows, unroll) unless
+    `tiling_` gives one (qmv_tiling_sweep.py tries others)."""
     *lead, k = x.shape
     m = 1
     for d in lead:
         m *= d
     n = w.shape[0]
-    rows, unroll = tiling(m, n, k)
+    rows, unroll = tiling_ or tiling(m, n, k)
     warps = (n + rows - 1) // rows
     return KERNEL(
         inputs=[x, w, scales, biases],
         template=[("T", x.dtype), ("K", k), ("N", n), ("GROUP", group), ("ROWS", rows),
                   ("M", m), ("UNROLL", unroll)],
         grid=(32, warps, 1),
-        threadgroup=(32, min(4, warps), 1),
+        threadgroup=(32, min(warps_per_block, warps), 1),
         output_shapes=[(*lead, n)],
         output_dtypes=[x.dtype],
     )[0]

@@ -19,34 +19,13 @@ from __future__ import annotations
 import itertools
 import json
 import statistics
-import time
 
 import mlx.core as mx
 
-from qmv_kernel_check import KERNEL
+from qmv_kernel_check import ours, timed
 
 # (N, K): q/o, k/v, stacked q/k/v, stacked gate/up, down, the head.
 SHAPES = [(4096, 4096), (1024, 4096), (6144, 4096), (28672, 4096), (4096, 14336), (32768, 4096)]
-
-
-def run(x, w, s, b, group, rows, unroll, warps_per_block):
-    *lead, k = x.shape
-    n = w.shape[0]
-    warps = (n + rows - 1) // rows
-    return KERNEL(inputs=[x, w, s, b],
-                  template=[("T", x.dtype), ("K", k), ("N", n), ("GROUP", group), ("ROWS", rows),
-                            ("M", 1), ("UNROLL", unroll)],
-                  grid=(32, warps, 1), threadgroup=(32, min(warps_per_block, warps), 1),
-                  output_shapes=[(*lead, n)], output_dtypes=[x.dtype])[0]
-
-
-def timed(fn, reps=200):
-    outs = [fn(i) for i in range(reps)]
-    mx.eval(outs)
-    start = time.perf_counter()
-    outs = [fn(i) for i in range(reps)]
-    mx.eval(outs)
-    return (time.perf_counter() - start) / reps
 
 
 def main() -> None:
@@ -73,8 +52,9 @@ def main() -> None:
         for rows, unroll, wpb in itertools.product((1, 2, 4, 8), (1, 2, 4, 8), (4, 8)):
             if rows * unroll > 8 or (per_lane and per_lane % unroll) or n // rows < 512:
                 continue
-            err = mx.abs(run(xs[0], w, s, b, 64, rows, unroll, wpb).astype(mx.float32) - ref).max().item()
-            t = statistics.median(timed(lambda i: run(xs[i], w, s, b, 64, rows, unroll, wpb)) for _ in range(3))
+            err = mx.abs(ours(xs[0], w, s, b, 64, (rows, unroll), wpb).astype(mx.float32) - ref).max().item()
+            t = statistics.median(timed(lambda i: ours(xs[i], w, s, b, 64, (rows, unroll), wpb))
+                                  for _ in range(3))
             row = {"n": n, "k": k, "engine": "ours", "rows": rows, "unroll": unroll, "wpb": wpb,
                    "us": round(t * 1e6, 2), "gbs": round(nbytes / t / 1e9), "err": err, "ok": err <= bound}
             print(json.dumps(row), flush=True)
