@@ -170,6 +170,13 @@ pub fn ensure_test_models() -> Result<PathBuf> {
         .arg(&smollm2)
         .args(["--greedy", "64"]))
     .context("computing the GGUF reference outputs")?;
+    // The newer architectures (Ministral 3, Mixtral, Mistral3 wrappers, FP8,
+    // RoPE scaling types), with mlx-lm's outputs on them, in `arch/`.
+    run(Command::new(&python)
+        .arg(python_dir().join("make_arch_models.py"))
+        .arg(out.join("arch"))
+        .arg("--force"))
+    .context("generating the newer-architecture test models")?;
     fs::write(&stamp, hash)?;
     Ok(out)
 }

@@ -20,6 +20,8 @@
 //!   metadata, quantized tensors kept exact, the tokenizer rebuilt from the
 //!   metadata); the `load_*` functions accept a GGUF path wherever they
 //!   accept a directory.
+//! - FP8 checkpoints (`F8_E4M3` tensors with `weight_scale_inv`) are
+//!   dequantized tensor by tensor as they are taken (`fp8`).
 //! - Every error is a [`LoadError`] naming the file and tensor/field.
 //!
 //! - [`plan`] decides the dtype: the checkpoint's, a forced one, or
@@ -35,6 +37,7 @@ pub mod chat_template;
 pub mod config;
 pub mod convert;
 pub mod error;
+mod fp8;
 pub mod gguf;
 pub mod hf_cache;
 pub mod load;

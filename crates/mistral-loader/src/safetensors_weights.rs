@@ -53,6 +53,7 @@ use safetensors::tensor::Dtype as StDtype;
 use safetensors::SafeTensors;
 
 use crate::error::{LoadError, Result};
+use crate::fp8;
 use crate::safetensors_files::{discover_checkpoint, CheckpointFiles};
 use crate::safetensors_read::{
     check_length, check_unique_names, read_header, read_into, read_tensor,
@@ -345,6 +346,13 @@ impl SafetensorsWeights {
         let Some(entry) = self.tensors.remove(name) else {
             return Ok(None);
         };
+        if entry.st_dtype == StDtype::F8_E4M3 {
+            let whole = self.take_fp8(name, &entry)?;
+            return Ok(Some(match block {
+                Some(block) => block.copy_of(whole),
+                None => whole,
+            }));
+        }
         let file = &self.files[entry.file];
         let array = match block.and_then(|b| b.range(&entry.shape)) {
             Some(range) => block_to_array(file, name, &entry, range)?,
@@ -354,6 +362,33 @@ impl SafetensorsWeights {
             release(file, &entry);
         }
         Ok(Some(array))
+    }
+
+    /// FP8 tensor `name` dequantized with its scale (see [`crate::fp8`]);
+    /// its scale and activation scale are taken with it.
+    fn take_fp8(&mut self, name: &str, entry: &Entry) -> Result<Array> {
+        let file = &self.files[entry.file];
+        let bytes = to_array(file, name, entry)?;
+        let scale = match self.tensors.remove(&fp8::scale_name(name)) {
+            Some(scale_entry) => {
+                let scale_file = &self.files[scale_entry.file];
+                Some(to_array(scale_file, &fp8::scale_name(name), &scale_entry)?)
+            }
+            None => None,
+        };
+        if let Some(activation) = fp8::activation_scale_name(name) {
+            self.tensors.remove(&activation);
+        }
+        let file = &self.files[entry.file];
+        let weight = fp8::dequantize(&bytes, scale.as_ref())
+            .map_err(|message: String| mlx_error(file, name)(message.as_str()))?;
+        weight
+            .eval()
+            .map_err(|e| mlx_error(file, name)(&e.to_string()))?;
+        if self.release_pages {
+            release(file, entry);
+        }
+        Ok(weight)
     }
 
     /// Records a failed take for [`finish`](Self::finish) to report.
@@ -446,7 +481,12 @@ fn map_file(
 /// A tensor's MLX dtype and shape; an error naming it when MLX has no such
 /// dtype or a dimension does not fit MLX's `i32`.
 fn describe(file: &MappedFile, name: &str, e: &Entry) -> Result<(Dtype, Vec<i32>)> {
-    let dtype = mlx_dtype(e.st_dtype).ok_or_else(|| LoadError::UnsupportedDtype {
+    // FP8 tensors are read as their bytes and dequantized by `take_fp8`.
+    let as_read = match e.st_dtype {
+        StDtype::F8_E4M3 => Some(Dtype::Uint8),
+        other => mlx_dtype(other),
+    };
+    let dtype = as_read.ok_or_else(|| LoadError::UnsupportedDtype {
         path: file.path.clone(),
         tensor: name.to_string(),
         dtype: e.st_dtype.to_string(),

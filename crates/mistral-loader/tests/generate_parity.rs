@@ -8,81 +8,10 @@ use mistral_loader::load_model;
 use mlx_rs::Array;
 use mlx_rs_core::{Generate, KVCache, KeyValueCache, RotatingKVCache};
 use reference::live::{mlx_lm_generate, LiveRun};
+use reference::parity::compare_greedy;
 use reference::{
-    comparable_models, gpu_noise, prompt_ids, references, selected, test_model, test_models,
-    Reference, TestModel,
+    comparable_models, prompt_ids, references, selected, test_model, test_models, TestModel,
 };
-
-/// Our greedy ids from `Generate` after `prompt`, `n` of them.
-fn greedy_ids<C: KeyValueCache>(
-    model: &mut mistral_model::Mistral,
-    prompt: &[i32],
-    n: usize,
-) -> Vec<i32> {
-    let prompt = Array::from_slice(prompt, &[1, prompt.len() as i32]);
-    let mut cache: Vec<Option<C>> = Vec::new();
-    Generate::<C>::new(model, &mut cache, 0.0, &prompt)
-        .take(n)
-        .map(|t| t.expect("generate").item_exact::<u32>() as i32)
-        .collect()
-}
-
-/// Compares `Generate`'s greedy ids with mlx-lm's, step by step. In f32
-/// they must be equal; in f16/bf16 a step may differ only where the
-/// reference top-2 margin is within the rounding the parity test allows for
-/// that dtype; generation then restarts from the prompt and mlx-lm's ids up
-/// to that step, so every step is compared. Returns the number of equal
-/// steps; most must be.
-fn compare_greedy<C: KeyValueCache>(spec: &TestModel, reference: &Reference, what: &str) -> usize {
-    let total = reference.greedy_ids.len();
-    assert!(total >= 64, "{what}: only {total} reference steps");
-    assert_eq!(reference.greedy_margin.len(), total, "{what}: margins");
-    let scale = reference
-        .logits
-        .iter()
-        .map(|v| f64::from(v.abs()))
-        .fold(0.0, f64::max);
-    let tie = match spec.dtype.as_str() {
-        "float32" => 0.0,
-        "float16" => 4e-4 * scale,
-        _ => 4e-3 * scale,
-    };
-    // On a GPU: also near-ties within a few times its measured noise.
-    let tie = gpu_noise(spec, reference).map_or(tie, |noise| tie.max(4.0 * noise * scale));
-    let mut model = load_model(&spec.dir).expect("load_model");
-    let (mut start, mut agreed) = (0, 0);
-    while start < total {
-        let mut prompt = reference.prompt_ids.clone();
-        prompt.extend_from_slice(&reference.greedy_ids[..start]);
-        let ours = greedy_ids::<C>(&mut model, &prompt, total - start);
-        assert_eq!(ours.len(), total - start, "{what}: too few ids");
-        let mut next_start = total;
-        for (i, &id) in ours.iter().enumerate() {
-            let step = start + i;
-            let (want, margin) = (reference.greedy_ids[step], reference.greedy_margin[step]);
-            if id == want {
-                agreed += 1;
-                continue;
-            }
-            assert!(
-                f64::from(margin) <= tie,
-                "{} / {} ({what}): step {step} gives {id}, mlx-lm {want} (margin {margin:e})",
-                spec.name,
-                reference.prompt
-            );
-            next_start = step + 1;
-            break;
-        }
-        start = next_start;
-    }
-    assert!(
-        agreed * 8 >= total * 7,
-        "{} / {} ({what}): only {agreed} of {total} greedy ids equal mlx-lm's",
-        spec.name,
-        reference.prompt
-    );
-    agreed
-}
 
 #[test]
 fn greedy_generation_matches_mlx_lm_on_every_model() {

@@ -18,6 +18,7 @@ use crate::config::MistralConfig;
 use crate::error::ModelError;
 use crate::fused::FusedLinear;
 use crate::linear::Linear;
+use crate::query_scale::query_scale;
 use crate::rows::on_rows;
 use crate::tensor_parallel::Split;
 use crate::weights::Weights;
@@ -33,6 +34,8 @@ pub struct Attention {
     head_dim: i32,
     scale: f32,
     rope: Rope,
+    /// Llama 4's query scaling `(beta, n)` (Ministral 3), if any.
+    query_scaling: Option<(f32, i32)>,
 }
 
 impl Attention {
@@ -83,6 +86,7 @@ impl Attention {
                 cfg.rope_traditional,
                 cfg.rope_scaling(),
             )?,
+            query_scaling: cfg.query_scaling()?,
         })
     }
 
@@ -168,16 +172,20 @@ impl Attention {
             )));
         }
         let (queries_keys, values) = self.heads(x, (b, l))?;
-        let (queries, keys, values) = match cache {
-            Some(cache) => {
-                let (queries, keys) = self.rope_heads(queries_keys, &cache.positions()?)?;
-                let (keys, values) = cache.update_and_fetch(&keys, &values)?;
-                (queries, keys, values)
+        let positions = match &cache {
+            Some(cache) => cache.positions()?,
+            None => Positions::Shared(0),
+        };
+        let (queries, keys) = self.rope_heads(queries_keys, &positions)?;
+        let queries = match self.query_scaling {
+            Some(scaling) => {
+                queries.multiply(query_scale(&positions, l, scaling, queries.dtype())?)?
             }
-            None => {
-                let (queries, keys) = self.rope_heads(queries_keys, &Positions::Shared(0))?;
-                (queries, keys, values)
-            }
+            None => queries,
+        };
+        let (keys, values) = match cache {
+            Some(cache) => cache.update_and_fetch(&keys, &values)?,
+            None => (keys, values),
         };
         let out = scaled_dot_product_attention(&queries, &keys, &values, self.scale, mask)?;
         // [B, heads, L, head_dim] to rows [B * L, heads * head_dim]; with

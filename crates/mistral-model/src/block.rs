@@ -1,5 +1,7 @@
 //! [`DecoderLayer`]: one pre-norm transformer block,
-//! `h = x + attn(norm(x)); out = h + mlp(norm(h))`.
+//! `h = x + attn(norm(x)); out = h + ffn(norm(h))`, whose feed-forward part
+//! ([`FeedForward`]) is a dense SwiGLU (`mlp`) or a sparse mixture of
+//! experts (`block_sparse_moe`, Mixtral), as the config says.
 
 use mlx_rs::Array;
 use mlx_rs_core::{AttentionMask, KeyValueCache, SdpaMask};
@@ -8,6 +10,7 @@ use crate::attention::Attention;
 use crate::config::MistralConfig;
 use crate::error::ModelError;
 use crate::mlp::Mlp;
+use crate::moe::SparseMoe;
 use crate::norm::RmsNorm;
 use crate::rows::on_rows;
 use crate::weights::Weights;
@@ -18,8 +21,46 @@ pub struct DecoderLayer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
-    mlp: Mlp,
+    ffn: FeedForward,
     mask: AttentionMask,
+}
+
+/// The feed-forward part of a decoder layer.
+#[derive(Debug, Clone)]
+pub enum FeedForward {
+    /// A dense SwiGLU block (`mlp`).
+    Dense(Mlp),
+    /// A sparse mixture of experts (`block_sparse_moe`).
+    Experts(SparseMoe),
+}
+
+impl FeedForward {
+    /// The part `cfg` asks for, from the module `weights` points at
+    /// (`model.layers.N`).
+    pub fn new(cfg: &MistralConfig, weights: &mut Weights) -> Result<Self, ModelError> {
+        Ok(match cfg.experts() {
+            Some(_) => {
+                FeedForward::Experts(SparseMoe::new(cfg, &mut weights.pp("block_sparse_moe"))?)
+            }
+            None => FeedForward::Dense(Mlp::new(cfg, &mut weights.pp("mlp"))?),
+        })
+    }
+
+    /// Bytes held by its weights.
+    pub fn weight_bytes(&self) -> u64 {
+        match self {
+            FeedForward::Dense(mlp) => mlp.weight_bytes(),
+            FeedForward::Experts(moe) => moe.weight_bytes(),
+        }
+    }
+
+    /// Applies it to rows `[N, hidden_size]`.
+    pub fn forward(&self, x: &Array) -> Result<Array, ModelError> {
+        match self {
+            FeedForward::Dense(mlp) => mlp.forward(x),
+            FeedForward::Experts(moe) => moe.forward(x),
+        }
+    }
 }
 
 impl DecoderLayer {
@@ -28,7 +69,7 @@ impl DecoderLayer {
         self.input_layernorm.weight_bytes()
             + self.self_attn.weight_bytes()
             + self.post_attention_layernorm.weight_bytes()
-            + self.mlp.weight_bytes()
+            + self.ffn.weight_bytes()
     }
 
     /// Builds layer `index` from the module `weights` points at
@@ -51,7 +92,7 @@ impl DecoderLayer {
                 cfg.hidden_size,
                 eps,
             )?,
-            mlp: Mlp::new(cfg, &mut weights.pp("mlp"))?,
+            ffn: FeedForward::new(cfg, weights)?,
             mask: cfg.attention_mask(index),
         })
     }
@@ -88,7 +129,7 @@ impl DecoderLayer {
                 .forward_rows(&self.input_layernorm.forward(x)?, shape, mask, cache)?;
         let h = x.add(&r)?;
         let r = self
-            .mlp
+            .ffn
             .forward(&self.post_attention_layernorm.forward(&h)?)?;
         Ok(h.add(&r)?)
     }

@@ -3,12 +3,17 @@
 //!
 //! Covers Mistral-7B v0.1 (`sliding_window: 4096`), v0.2/v0.3
 //! (`sliding_window: null`, `rope_theta: 1e6`), Nemo/Small (explicit
-//! `head_dim`), Llama-style configs, optional `layer_types`, and MLX
-//! quantization blocks. Parsing ([`MistralConfig::from_json_str`]) only reads;
+//! `head_dim`), Llama-style configs, Ministral 3 (`ministral3`: YaRN, Llama
+//! 4 query scaling), Mixtral (`num_local_experts`), the `mistral3` wrapper
+//! (its `text_config`, see [`crate::config_json`]), optional `layer_types`,
+//! RoPE scalings ([`crate::rope_config`]), MLX quantization blocks and FP8
+//! checkpoints. Parsing ([`MistralConfig::from_json_str`]) only reads;
 //! [`MistralConfig::validate`] checks ranges and consistency and names the
 //! offending field. Defaults follow transformers' `MistralConfig` and mlx-lm.
 
 use mlx_rs_core::RopeScaling;
+
+use crate::rope_config::{parse_scaling, scaling_block};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -17,8 +22,16 @@ use mlx_rs_core::AttentionMask;
 use crate::error::ConfigError;
 use crate::quantization::{QuantParams, QuantizationConfig};
 
-/// Model types this crate implements (all use the Llama/Mistral decoder).
-pub const SUPPORTED_MODEL_TYPES: [&str; 3] = ["mistral", "llama", "ministral"];
+/// Model types this crate implements (the text model's; a `mistral3`
+/// wrapper's `text_config` is read as its model, see [`crate::config_json`]).
+pub const SUPPORTED_MODEL_TYPES: [&str; 5] =
+    ["mistral", "llama", "ministral", "ministral3", "mixtral"];
+
+/// Model types known and refused with a reason.
+const REFUSED_MODEL_TYPES: [(&str, &str); 1] = [(
+    "mistral4",
+    "Mistral 4 / Mistral Large 3 (multi-head latent attention) is not implemented yet",
+)];
 
 /// `eos_token_id`: a single id or a list of ids.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -94,8 +107,8 @@ pub struct MistralConfig {
     /// default false: rotate halves, as Hugging Face checkpoints expect).
     #[serde(default)]
     pub rope_traditional: bool,
-    /// `rope_scaling`; only absent/null or `{"type": "linear", "factor": f}`
-    /// are supported.
+    /// `rope_scaling`: absent/null, or a block of one of
+    /// [`SUPPORTED_ROPE_TYPES`](crate::rope_config::SUPPORTED_ROPE_TYPES).
     #[serde(default)]
     pub rope_scaling: Option<Value>,
     /// transformers v5's `rope_parameters` (`{"rope_theta": .., "rope_type": ..}`),
@@ -131,6 +144,20 @@ pub struct MistralConfig {
     /// The same block under the name `"quantization_config"`.
     #[serde(default)]
     pub quantization_config: Option<QuantizationConfig>,
+    /// Experts per mixture-of-experts layer (`mixtral`).
+    #[serde(default)]
+    pub num_local_experts: Option<i32>,
+    /// Experts each token is routed to (`mixtral`, default 2).
+    #[serde(default)]
+    pub num_experts_per_tok: Option<i32>,
+    /// The wrapper this text config came from (`"mistral3"`), if any; its
+    /// checkpoint names the text model's tensors under a prefix.
+    #[serde(skip)]
+    pub wrapper: Option<String>,
+    /// An FP8 checkpoint's `quantization_config` (`quant_method: "fp8"`),
+    /// if any: its FP8 tensors are dequantized at load.
+    #[serde(skip)]
+    pub fp8: Option<Value>,
 }
 
 fn positive(field: &str, value: i32) -> Result<(), ConfigError> {
@@ -171,9 +198,16 @@ impl MistralConfig {
     /// Parses `config.json` text. Call [`validate`](Self::validate) before use
     /// ([`crate::Mistral::new`] does).
     pub fn from_json_str(text: &str) -> Result<Self, ConfigError> {
-        let mut json = serde_json::Deserializer::from_str(text);
-        let config = serde_path_to_error::deserialize(&mut json).map_err(|err| {
+        let mut json: Value = serde_json::from_str(text)?;
+        let unwrapped = crate::config_json::unwrap_config(&mut json)?;
+        let in_text_config = unwrapped.wrapper.is_some();
+        let config: Self = serde_path_to_error::deserialize(json).map_err(|err| {
             let field = err.path().to_string();
+            let field = if in_text_config {
+                format!("text_config.{field}")
+            } else {
+                field
+            };
             let data_error = err.inner().classify() == serde_json::error::Category::Data;
             match field.as_str() {
                 "" | "." | "?" => ConfigError::Json(err.into_inner()),
@@ -184,8 +218,11 @@ impl MistralConfig {
                 },
             }
         })?;
-        json.end()?;
-        Ok(config)
+        Ok(MistralConfig {
+            wrapper: unwrapped.wrapper,
+            fp8: unwrapped.fp8,
+            ..config
+        })
     }
 
     /// Parses and validates `config.json` text.
@@ -243,39 +280,70 @@ impl MistralConfig {
             .unwrap_or(DEFAULT_ROPE_THETA)
     }
 
-    /// The RoPE scaling to build the rotary embedding with.
+    /// The RoPE scaling to build the rotary embedding with (`None` for a
+    /// block [`validate`](Self::validate) refuses).
     pub fn rope_scaling(&self) -> RopeScaling {
-        match self.rope_type() {
-            Some((_, "linear", Some(factor))) => RopeScaling::Linear {
-                factor: factor as f32,
-            },
-            _ => RopeScaling::None,
+        self.parse_rope_scaling().unwrap_or(RopeScaling::None)
+    }
+
+    fn parse_rope_scaling(&self) -> Result<RopeScaling, ConfigError> {
+        match scaling_block(self.rope_scaling.as_ref(), self.rope_parameters.as_ref()) {
+            None => Ok(RopeScaling::None),
+            Some((field, block)) => parse_scaling(field, block, self.max_position_embeddings),
         }
     }
 
     /// The RoPE position scale (1 / linear scaling factor).
     pub fn rope_scale(&self) -> f32 {
-        match self.rope_type() {
-            Some((_, "linear", Some(factor))) => (1.0 / factor) as f32,
+        match self.rope_scaling() {
+            RopeScaling::Linear { factor } => 1.0 / factor,
             _ => 1.0,
         }
     }
 
-    /// The RoPE scaling block in use (field name, RoPE type, factor):
-    /// `rope_scaling` if set, else `rope_parameters`.
-    fn rope_type(&self) -> Option<(&'static str, &str, Option<f64>)> {
-        let (field, block) = match (&self.rope_scaling, &self.rope_parameters) {
-            (Some(s), _) if !s.is_null() => ("rope_scaling", s),
-            (_, Some(p)) if !p.is_null() => ("rope_parameters", p),
-            _ => return None,
+    /// Llama 4's query scaling, which `ministral3` uses: queries at
+    /// position `p` are multiplied by `1 + beta * ln(1 + floor(p / n))`;
+    /// `(beta, n)` from `rope_parameters.llama_4_scaling_beta` and
+    /// `rope_parameters.original_max_position_embeddings`. `None` for other
+    /// model types.
+    pub fn query_scaling(&self) -> Result<Option<(f32, i32)>, ConfigError> {
+        if self.model_type != "ministral3" {
+            return Ok(None);
+        }
+        let params = self.rope_parameters.as_ref();
+        let get = |key: &str| {
+            params.and_then(|p| p.get(key)).ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("rope_parameters.{key}"),
+                    "is required by ministral3 (Llama 4 query scaling)",
+                )
+            })
         };
-        let kind = block
-            .get("type")
-            .or_else(|| block.get("rope_type"))
-            .and_then(Value::as_str)
-            .unwrap_or("default");
-        let factor = block.get("factor").and_then(Value::as_f64);
-        Some((field, kind, factor))
+        let beta = get("llama_4_scaling_beta")?;
+        let beta = beta.as_f64().filter(|b| b.is_finite()).ok_or_else(|| {
+            ConfigError::invalid(
+                "rope_parameters.llama_4_scaling_beta",
+                format!("must be a finite number, got {beta}"),
+            )
+        })?;
+        let n = get("original_max_position_embeddings")?;
+        let n = n
+            .as_f64()
+            .filter(|n| *n >= 1.0 && *n <= f64::from(i32::MAX) && n.fract() == 0.0)
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    "rope_parameters.original_max_position_embeddings",
+                    format!("must be a positive integer, got {n}"),
+                )
+            })?;
+        Ok(Some((beta as f32, n as i32)))
+    }
+
+    /// `(experts, experts per token)` of a mixture-of-experts model
+    /// (`num_local_experts` set), else `None`.
+    pub fn experts(&self) -> Option<(i32, i32)> {
+        self.num_local_experts
+            .map(|n| (n, self.num_experts_per_tok.unwrap_or(2)))
     }
 
     /// The kind of attention of layer `layer`.
@@ -303,15 +371,30 @@ impl MistralConfig {
 
     /// Checks ranges and consistency; the error names the offending field.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let type_field = match self.wrapper {
+            Some(_) => "text_config.model_type",
+            None => "model_type",
+        };
+        if let Some((_, why)) = REFUSED_MODEL_TYPES
+            .iter()
+            .find(|(t, _)| *t == self.model_type)
+        {
+            return Err(ConfigError::unsupported(
+                type_field,
+                format!("{:?}: {why}", self.model_type),
+            ));
+        }
         if !SUPPORTED_MODEL_TYPES.contains(&self.model_type.as_str()) {
             return Err(ConfigError::unsupported(
-                "model_type",
+                type_field,
                 format!(
-                    "{:?} (supported: {SUPPORTED_MODEL_TYPES:?})",
+                    "{:?} (supported: {SUPPORTED_MODEL_TYPES:?}, and \"mistral3\" around one)",
                     self.model_type
                 ),
             ));
         }
+        self.validate_experts()?;
+        self.query_scaling()?;
         positive("hidden_size", self.hidden_size)?;
         positive("intermediate_size", self.intermediate_size)?;
         positive("num_hidden_layers", self.num_hidden_layers)?;
@@ -443,18 +526,43 @@ impl MistralConfig {
                 ));
             }
         }
-        match self.rope_type() {
-            None | Some((_, "default", _)) => Ok(()),
-            Some((field, "linear", Some(f))) => positive_finite(&format!("{field}.factor"), f),
-            Some((field, "linear", None)) => Err(ConfigError::invalid(
-                format!("{field}.factor"),
-                "linear scaling needs a numeric factor",
-            )),
-            Some((field, other, _)) => Err(ConfigError::unsupported(
-                field,
-                format!("RoPE scaling type {other:?} (only \"linear\" is supported)"),
-            )),
+        self.parse_rope_scaling().map(|_| ())
+    }
+
+    fn validate_experts(&self) -> Result<(), ConfigError> {
+        let is_moe = self.model_type == "mixtral";
+        match (self.num_local_experts, is_moe) {
+            (None, true) => {
+                return Err(ConfigError::invalid(
+                    "num_local_experts",
+                    "is required for a mixture-of-experts model (mixtral)",
+                ))
+            }
+            (Some(_), false) => {
+                return Err(ConfigError::unsupported(
+                    "num_local_experts",
+                    format!("experts in a {:?} model", self.model_type),
+                ))
+            }
+            _ => {}
         }
+        if let Some((experts, per_token)) = self.experts() {
+            positive("num_local_experts", experts)?;
+            positive("num_experts_per_tok", per_token)?;
+            if per_token > experts {
+                return Err(ConfigError::invalid(
+                    "num_experts_per_tok",
+                    format!("{per_token} is more than num_local_experts {experts}"),
+                ));
+            }
+            product_fits(
+                "num_local_experts",
+                "intermediate_size",
+                experts,
+                self.intermediate_size,
+            )?;
+        }
+        Ok(())
     }
 
     fn validate_layer_types(&self) -> Result<(), ConfigError> {

@@ -21,7 +21,9 @@
 
 pub mod attention;
 pub mod block;
+pub mod checkpoint_names;
 pub mod config;
+pub mod config_json;
 pub mod embedding;
 pub mod error;
 pub mod fused;
@@ -29,15 +31,18 @@ pub mod language_model;
 pub mod linear;
 pub mod mlp;
 pub mod model;
+pub mod moe;
 pub mod norm;
 pub mod quantization;
+mod query_scale;
+pub mod rope_config;
 pub mod row_split;
 mod rows;
 pub mod tensor_parallel;
 pub mod weights;
 
 pub use attention::Attention;
-pub use block::DecoderLayer;
+pub use block::{DecoderLayer, FeedForward};
 pub use config::{EosTokenId, LayerType, MistralConfig};
 pub use embedding::Embedding;
 pub use error::{ConfigError, ModelError};
@@ -45,6 +50,7 @@ pub use fused::FusedLinear;
 pub use linear::{Linear, LinearWeight, QuantizedWeight};
 pub use mlp::Mlp;
 pub use model::{Mistral, MistralModel};
+pub use moe::{SparseMoe, SwitchLinear};
 pub use norm::RmsNorm;
 pub use quantization::{LayerQuantization, QuantParams, QuantizationConfig};
 pub use row_split::RowSplit;

@@ -69,7 +69,7 @@ thread_local! {
 }
 
 /// `silu(gate) * up`, compiled (shapeless) as mlx-lm compiles its `swiglu`.
-fn swiglu(gate: &Array, up: &Array) -> Result<Array, Exception> {
+pub(crate) fn swiglu(gate: &Array, up: &Array) -> Result<Array, Exception> {
     SWIGLU.with(|f| {
         let mut out = (f.borrow_mut())(&[gate.clone(), up.clone()])?;
         out.pop()

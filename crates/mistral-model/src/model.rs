@@ -12,6 +12,7 @@ use mlx_rs::{Array, Dtype};
 use mlx_rs_core::{AttentionMask, KeyValueCache, SdpaMask};
 
 use crate::block::DecoderLayer;
+use crate::checkpoint_names::WrapperNames;
 use crate::config::MistralConfig;
 use crate::embedding::Embedding;
 use crate::error::ModelError;
@@ -207,6 +208,10 @@ impl Mistral {
         weights: &mut impl WeightSource,
         options: WeightOptions,
     ) -> Result<Self, ModelError> {
+        if cfg.wrapper.is_some() {
+            let mut renamed = WrapperNames { source: weights };
+            return Self::build(cfg, Weights::with_options(&mut renamed, options));
+        }
         Self::build(cfg, Weights::with_options(weights, options))
     }
 
@@ -220,6 +225,13 @@ impl Mistral {
         options: WeightOptions,
         parallel: TensorParallel,
     ) -> Result<Self, ModelError> {
+        if cfg.wrapper.is_some() {
+            let mut renamed = WrapperNames { source: weights };
+            return Self::build(
+                cfg,
+                Weights::with_options(&mut renamed, options).with_tensor_parallel(parallel),
+            );
+        }
         Self::build(
             cfg,
             Weights::with_options(weights, options).with_tensor_parallel(parallel),

@@ -261,7 +261,7 @@ fn linear_rope_scaling() {
     assert_eq!(parse(&text).rope_scale(), 0.25);
     let text = patched(
         MISTRAL_7B_V01,
-        json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}),
+        json!({"rope_scaling": {"rope_type": "longrope", "factor": 4.0}}),
     );
     assert_eq!(invalid_field(&text), "rope_scaling");
 }
@@ -284,7 +284,7 @@ fn transformers_v5_rope_parameters() {
     assert_eq!(parse(&text).rope_scale(), 0.125);
     let text = patched(
         MISTRAL_NEMO,
-        json!({"rope_parameters": {"rope_theta": 1e6, "rope_type": "yarn", "factor": 8.0}}),
+        json!({"rope_parameters": {"rope_theta": 1e6, "rope_type": "su", "factor": 8.0}}),
     );
     assert_eq!(invalid_field(&text), "rope_parameters");
     let text = patched(

@@ -110,6 +110,15 @@ pub fn gguf_config(gguf: &GgufFile) -> Result<MistralConfig> {
             id => Ok(id),
         }
     };
+    if let Some(experts) = opt_int("expert_count")?.filter(|&n| n > 0) {
+        return Err(meta.invalid(
+            &key("expert_count"),
+            format!(
+                "{experts} experts: GGUF mixture-of-experts files (Mixtral) are not supported \
+                 yet; a Hugging Face or mlx-community Mixtral folder is"
+            ),
+        ));
+    }
     let bos_token_id = special_id("tokenizer.ggml.bos_token_id")?;
     let eos_token_id = special_id("tokenizer.ggml.eos_token_id")?.map(EosTokenId::Single);
     Ok(MistralConfig {
@@ -138,6 +147,10 @@ pub fn gguf_config(gguf: &GgufFile) -> Result<MistralConfig> {
         eos_token_id,
         quantization: quantization(gguf),
         quantization_config: None,
+        num_local_experts: None,
+        num_experts_per_tok: None,
+        wrapper: None,
+        fp8: None,
     })
 }
 

@@ -17,6 +17,7 @@ pub use test_env::{models_dir, python, smollm2_path};
 use safetensors::SafeTensors;
 
 pub mod live;
+pub mod parity;
 
 /// One generated model, as `manifest.json` describes it.
 #[derive(Debug, Clone)]
@@ -152,11 +153,73 @@ pub fn references(model: &TestModel) -> Vec<Reference> {
 /// mlx-lm's outputs for every prompt of `model` from `refs/<subdir>`
 /// (`dense-f32`: computed with the model dequantized and cast to float32).
 pub fn references_in(model: &TestModel, subdir: &str) -> Vec<Reference> {
-    let path = models_dir()
-        .join("refs")
-        .join(subdir)
-        .join(format!("{}.safetensors", model.name));
-    let bytes = std::fs::read(&path).unwrap_or_else(|err| panic!("read {}: {err}", path.display()));
+    references_at(
+        &models_dir()
+            .join("refs")
+            .join(subdir)
+            .join(format!("{}.safetensors", model.name)),
+    )
+}
+
+/// One of the newer-architecture test models (`arch/manifest.json`, written
+/// by `xtask/python/make_arch_models.py`): the model, and its manifest
+/// entry (`arch`, `wrapper`, `layout`, `fp8`, `vision_bytes`, ...).
+#[derive(Debug, Clone)]
+pub struct FamilyModel {
+    pub model: TestModel,
+    pub entry: serde_json::Value,
+}
+
+/// Every newer-architecture test model.
+pub fn family_models() -> Vec<FamilyModel> {
+    let root = models_dir().join("arch");
+    let path = root.join("manifest.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|err| {
+        panic!(
+            "read {}: {err}: run `cargo xtask test-models`",
+            path.display()
+        )
+    });
+    let manifest: serde_json::Value = serde_json::from_str(&text).expect("parse arch manifest");
+    manifest["models"]
+        .as_array()
+        .expect("manifest.models")
+        .iter()
+        .map(|entry| {
+            let name = entry["dir"].as_str().expect("model dir").to_owned();
+            let quantized = entry["quantized"].as_object().map(|q| {
+                (
+                    q["bits"].as_i64().expect("bits"),
+                    q["group_size"].as_i64().expect("group_size"),
+                )
+            });
+            FamilyModel {
+                model: TestModel {
+                    dir: root.join(&name),
+                    dtype: entry["dtype"].as_str().expect("dtype").to_owned(),
+                    quantized,
+                    sliding_window: entry["sliding_window"].as_i64(),
+                    name,
+                },
+                entry: entry.clone(),
+            }
+        })
+        .collect()
+}
+
+/// mlx-lm's outputs for every prompt of a newer-architecture test model.
+pub fn family_references(model: &TestModel) -> Vec<Reference> {
+    references_at(
+        &models_dir()
+            .join("arch")
+            .join("refs")
+            .join(format!("{}.safetensors", model.name)),
+    )
+}
+
+/// The references stored in the file at `path` (see `reference.py`).
+fn references_at(path: &std::path::Path) -> Vec<Reference> {
+    let bytes = std::fs::read(path).unwrap_or_else(|err| panic!("read {}: {err}", path.display()));
     let file = SafeTensors::deserialize(&bytes).expect("parse reference safetensors");
     let mut prompts: Vec<String> = file
         .names()

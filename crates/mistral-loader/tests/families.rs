@@ -1,0 +1,136 @@
+//! The newer Mistral families against mlx-lm 0.32.2, on small random-weight
+//! checkpoints `xtask/python/make_arch_models.py` writes (`arch/` beside the
+//! other test models): Ministral 3 (YaRN RoPE with mscale, Llama 4 query
+//! scaling changing inside the prompt, sliding and full layers with a
+//! window shorter than the prompt), Mixtral (Mistral's per-expert layout,
+//! mlx-community's stacked one, 4- and 8-bit), the `mistral3` wrapper
+//! around `ministral3` and `mistral` in both weight layouts with vision
+//! weights present, FP8 per tensor and per 128x128 block, and Llama models
+//! with each RoPE scaling (linear, dynamic, llama3, yarn).
+//!
+//! Each is loaded with `load_model` and checked as `mlx_lm_parity.rs`
+//! checks the others: one-pass and chunked logits within the dtype's
+//! tolerance (bf16 bit-identical on the CPU), 64 greedy ids through the
+//! cache, and 64 through `Generate`. References: mlx-lm on the directory
+//! itself, except where mlx-lm 0.32.2 cannot run it (see the script): a
+//! quantized Mixtral is referenced by mlx-lm's float model on the
+//! dequantized weights, an FP8 model by mlx-lm's float model on the
+//! weights mlx-lm's own FP8 dequantization (`mistral4.py`'s sanitize) gives.
+
+mod reference;
+
+use mistral_loader::{load_model, load_model_with, ComputeDtype, LoadOptions};
+use mlx_rs_core::{KVCache, RotatingKVCache};
+use reference::parity::{check_against, compare_greedy};
+use reference::{family_models, family_references, on_gpu, selected, FamilyModel};
+
+fn models() -> Vec<FamilyModel> {
+    let models = family_models();
+    assert!(
+        models.len() >= 14,
+        "expected every newer-architecture test model"
+    );
+    models
+        .into_iter()
+        .filter(|m| selected(&m.model.name))
+        .collect()
+}
+
+#[test]
+fn every_family_model_matches_mlx_lm() {
+    for family in &models() {
+        let spec = &family.model;
+        let model =
+            load_model(&spec.dir).unwrap_or_else(|e| panic!("{}: load_model: {e}", spec.name));
+        let full = spec.dtype == "float32" && !on_gpu();
+        check_against(&model, spec, &family_references(spec), full);
+    }
+}
+
+#[test]
+fn every_family_model_generates_mlx_lm_greedy_ids() {
+    for family in &models() {
+        let spec = &family.model;
+        for reference in &family_references(spec) {
+            let steps = compare_greedy::<KVCache>(spec, reference, "KVCache");
+            eprintln!(
+                "{:<26} {:<7} Generate: {steps}/{} greedy ids equal",
+                spec.name,
+                reference.prompt,
+                reference.greedy_ids.len()
+            );
+            if spec.sliding_window.is_some() {
+                // Rotating caches on the sliding layers only, as mlx-lm's
+                // `make_cache` gives them.
+                compare_greedy::<RotatingKVCache>(spec, reference, "RotatingKVCache");
+            }
+        }
+    }
+}
+
+/// A quantized Mixtral under `--dtype auto` on the CPU (experts dequantized
+/// to float32 at load) against the same reference: mlx-lm's float model on
+/// the dequantized weights.
+#[test]
+fn quantized_mixtral_dequantized_at_load_matches_mlx_lm() {
+    if on_gpu() {
+        return; // auto keeps the checkpoint on a GPU: the test above covers it
+    }
+    let options = LoadOptions {
+        dtype: ComputeDtype::Auto,
+        ..LoadOptions::default()
+    };
+    let quantized: Vec<_> = models()
+        .into_iter()
+        .filter(|m| m.entry["arch"] == "mixtral" && m.model.quantized.is_some())
+        .collect();
+    assert!(quantized.len() >= 2, "expected 4- and 8-bit Mixtral models");
+    for family in &quantized {
+        let spec = &family.model;
+        let model = load_model_with(&spec.dir, &options).expect("load_model_with auto");
+        check_against(&model, spec, &family_references(spec), true);
+    }
+}
+
+/// A `mistral3` checkpoint's vision tower and projector are skipped by name
+/// before any copy: loading takes MLX memory for the text weights only.
+#[test]
+fn vision_weights_never_reach_memory() {
+    let wrapped: Vec<_> = models()
+        .into_iter()
+        .filter(|m| m.entry["wrapper"] == "mistral3")
+        .collect();
+    assert!(wrapped.len() >= 2, "expected both mistral3 layouts");
+    for family in &wrapped {
+        let spec = &family.model;
+        let vision = family.entry["vision_bytes"].as_u64().expect("vision_bytes");
+        let text = family.entry["text_bytes"].as_u64().expect("text_bytes");
+        assert!(
+            vision > 1 << 20,
+            "{}: too few vision bytes to tell",
+            spec.name
+        );
+        mlx_rs_core::runtime::synchronize().expect("synchronize");
+        let before = mlx_rs::memory::active_memory().expect("active memory") as u64;
+        mlx_rs::memory::reset_peak_memory().expect("reset peak memory");
+        let model = load_model(&spec.dir).expect("load_model");
+        let peak =
+            (mlx_rs::memory::peak_memory().expect("peak memory") as u64).saturating_sub(before);
+        let held = model.weight_bytes();
+        eprintln!(
+            "{}: text {text} B, vision {vision} B, held {held} B, load peak {peak} B",
+            spec.name
+        );
+        assert_eq!(
+            held, text,
+            "{}: the model holds the text weights",
+            spec.name
+        );
+        assert!(
+            peak < text + vision / 2,
+            "{}: loading peaked at {peak} B, the text weights are {text} B and the vision \
+             weights {vision} B",
+            spec.name
+        );
+    }
+}

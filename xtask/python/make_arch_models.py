@@ -1,0 +1,938 @@
+"""Write small random-weight checkpoints of the newer Mistral architectures,
+and mlx-lm's reference outputs on them.
+
+Usage:
+    python make_arch_models.py OUT_DIR [--force]
+
+OUT_DIR/<name>/  config.json, generation_config.json, tokenizer.json and
+                 tokenizer_config.json (make_models.write_tokenizer_files, the
+                 v3 tokenizer), safetensors weights
+OUT_DIR/manifest.json  {"generator", "models": [entry, ...]}: every model's
+                 architecture, layout, dtype, quantization, FP8 kind, window,
+                 RoPE type and the bytes of its vision and text tensors
+OUT_DIR/refs/<name>.safetensors  mlx-lm's outputs on the standard prompts, in
+                 exactly reference.py's format (reference.compute/write):
+                 NAME.prompt_ids, NAME.logits, NAME.chunked_logits,
+                 NAME.greedy_ids (64), NAME.greedy_margin; metadata "reference"
+
+The models (hidden 128 unless said; vocab 32768 of the v3 tokenizer):
+  ministral3_f32, ministral3_bf16   Ministral 3 text model: yarn RoPE with the
+                 llama-4 query scaling, window 8 on layers 0 and 2, tied
+  mixtral_f32    Mixtral, 4 experts top-2, Mistral's per-expert tensor names
+  mixtral_stacked_f32  the same weights in the mlx-community stacked layout
+  mixtral_q4_g64, mixtral_q8_g32   mlx_lm.convert quantizations of mixtral_f32
+  mistral3_ministral3_bf16   Mistral3ForConditionalGeneration around a
+                 ministral3 text model, language_model.* names, vision tensors,
+                 chat_template.jinja
+  mistral3_mistral_tf5_f32   Mistral3 around a "mistral" text model in
+                 transformers 5's layout (model.language_model.*, lm_head.weight)
+  ministral3_fp8_tensor   FP8 (F8_E4M3) projections with per-tensor scales
+  mistral_fp8_block   FP8 projections with 128x128 block scales, intermediate 320
+  llama_rope_{linear,dynamic,llama3,yarn}   gqa4_f32's weights (same seed) as a
+                 "llama" model with each rope_scaling type
+
+References: mlx-lm's own loader wherever it loads the directory correctly.
+Quantized Mixtral: mlx-lm 0.32.2 cannot run a QuantizedSwitchLinear on MLX
+0.32.2, so the model mlx-lm loads is dequantized by mlx-lm's own
+`dequantize_model` (float32) and run as its float Mixtral. FP8: mlx-lm's
+ministral3 sanitize multiplies the raw fp8 bytes by the scale (wrong), so the
+weights are dequantized by mlx-lm's own correct FP8 code,
+`mlx_lm.models.mistral4.Model.sanitize` (called on a stub), and loaded into
+mlx-lm's float ministral3 / llama model in bfloat16.
+
+Everything is deterministic: numpy generators seeded per model, std 0.02
+normal for matrices, 1 + 0.1 * normal for RMSNorm weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import time
+import types
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+import make_models
+import reference
+from make_models import Spec, write_json
+
+GENERATOR = "xtask/python/make_arch_models.py"
+N_GREEDY = 64
+VOCAB = make_models.TOKENIZERS["v3"]
+VISION_MARKERS = ("vision_tower.", "multi_modal_projector.")
+TRANSFORMERS_VERSION = "4.57.0"
+FP8_MAX = 448.0  # largest finite float8 e4m3fn value
+
+# ---------------------------------------------------------------------------
+# Random weights
+
+
+class Init:
+    """Seeded weights in make_models.py's style."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+
+    def matrix(self, *shape: int, std: float = 0.02) -> np.ndarray:
+        return (self.rng.standard_normal(shape, dtype=np.float32) * std).astype(np.float32)
+
+    def norm(self, n: int) -> np.ndarray:
+        return (1.0 + 0.1 * self.rng.standard_normal(n, dtype=np.float32)).astype(np.float32)
+
+
+# Ministral 3 text model (ministral3_*, mistral3_ministral3_bf16, the FP8
+# one). Seed 12: with tied embeddings these tiny random models tend to repeat
+# one token (the residual stream is mostly the input embedding); with seeds 11
+# and 16 a 64-token greedy run of the bf16 copy is one token repeated, with 12
+# every prompt gives at least 3 distinct ids in float32 and in bfloat16.
+MINISTRAL3_SPEC = Spec(
+    "ministral3", seed=12, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
+    num_attention_heads=8, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False,
+)
+MINISTRAL3_LAYER_TYPES = ["sliding_attention", "full_attention", "sliding_attention"]
+MINISTRAL3_WINDOW = 8
+# mscale 1.0 with mscale_all_dim 1.0 gives mlx-lm's YarnRoPE an input scale of
+# exactly 1 (the ratio of the two); mscale 2.0 makes it 1.217, so the scaled
+# query/key path is exercised. "original_max_position_embeddings" 16 makes the
+# llama-4 query scale 1 + 0.1 * log(1 + floor(pos / 16)) change inside the
+# 55-token "long" prompt.
+MINISTRAL3_ROPE = {
+    "rope_type": "yarn",
+    "rope_theta": 1000000.0,
+    "factor": 16.0,
+    "original_max_position_embeddings": 16,
+    "beta_fast": 32.0,
+    "beta_slow": 1.0,
+    "mscale": 2.0,
+    "mscale_all_dim": 1.0,
+    "llama_4_scaling_beta": 0.1,
+}
+
+MIXTRAL = dict(seed=15, hidden=128, intermediate=256, layers=2, heads=8, kv_heads=2, experts=4, top_k=2)
+# Router logits are gate(rmsnorm(h)); with std 0.2 over 128 inputs they have a
+# spread of about 2, so the top-2 choice is rarely a near-tie while the
+# softmax over the two chosen experts still weights both (std 0.5 makes it
+# nearly one-hot). run_mixtral_router_check prints the smallest gap.
+ROUTER_STD = 0.2
+
+MISTRAL_TF5_SPEC = Spec("mistral_tf5", seed=13, head_dim=32, rope_theta=1_000_000.0)
+FP8_BLOCK_SPEC = Spec(
+    "mistral_fp8_block", seed=14, hidden_size=256, intermediate_size=320, num_hidden_layers=2,
+    num_attention_heads=8, num_key_value_heads=2, dtype="bfloat16",
+)
+# Same seed and shapes as make_models.py's gqa4_f32: identical weights.
+LLAMA_ROPE_SPEC = Spec("llama_rope", seed=1)
+LLAMA_ROPE_VARIANTS = {
+    "llama_rope_linear": {"rope_type": "linear", "factor": 4.0},
+    "llama_rope_dynamic": {"rope_type": "dynamic", "factor": 2.0},
+    "llama_rope_llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                          "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+    "llama_rope_yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
+                        "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 0.0},
+}
+
+# Pixtral-like vision tower + Mistral3 projector (weights only: mlx-lm drops
+# them, our engine must not read them).
+VISION = dict(hidden=256, intermediate=256, heads=4, patch=16, channels=3, merge=2)
+
+CHAT_TEMPLATE_JINJA = (
+    "{{- bos_token }}\n"
+    "{%- for message in messages %}\n"
+    "    {%- if message['role'] == 'user' %}\n"
+    "        {{- '[INST]' + message['content'] + '[/INST]' }}\n"
+    "    {%- elif message['role'] == 'assistant' %}\n"
+    "        {{- message['content'] + eos_token }}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+)
+
+
+def ministral3_weights(tied: bool) -> dict[str, np.ndarray]:
+    """The Ministral 3 text weights; the tied variant is the untied one
+    without lm_head.weight (make_weights draws the head last)."""
+    w = make_models.make_weights(MINISTRAL3_SPEC)
+    if tied:
+        del w["lm_head.weight"]
+    return w
+
+
+def mixtral_weights() -> dict[str, np.ndarray]:
+    """Mixtral with Mistral's per-expert names (w1 gate, w2 down, w3 up)."""
+    m = MIXTRAL
+    init = Init(m["seed"])
+    h, inter, hd = m["hidden"], m["intermediate"], m["hidden"] // m["heads"]
+    w = {"model.embed_tokens.weight": init.matrix(VOCAB, h)}
+    for i in range(m["layers"]):
+        p = f"model.layers.{i}."
+        w[p + "self_attn.q_proj.weight"] = init.matrix(m["heads"] * hd, h)
+        w[p + "self_attn.k_proj.weight"] = init.matrix(m["kv_heads"] * hd, h)
+        w[p + "self_attn.v_proj.weight"] = init.matrix(m["kv_heads"] * hd, h)
+        w[p + "self_attn.o_proj.weight"] = init.matrix(h, m["heads"] * hd)
+        w[p + "block_sparse_moe.gate.weight"] = init.matrix(m["experts"], h, std=ROUTER_STD)
+        for e in range(m["experts"]):
+            q = f"{p}block_sparse_moe.experts.{e}."
+            w[q + "w1.weight"] = init.matrix(inter, h)
+            w[q + "w2.weight"] = init.matrix(h, inter)
+            w[q + "w3.weight"] = init.matrix(inter, h)
+        w[p + "input_layernorm.weight"] = init.norm(h)
+        w[p + "post_attention_layernorm.weight"] = init.norm(h)
+    w["model.norm.weight"] = init.norm(h)
+    w["lm_head.weight"] = init.matrix(VOCAB, h)
+    return w
+
+
+def stack_experts(w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-expert Mixtral weights -> mlx-community's switch_mlp layout
+    ([experts, out, in] per projection), same values, same order otherwise."""
+    out: dict[str, np.ndarray] = {}
+    for k, v in w.items():
+        if ".block_sparse_moe.experts." not in k:
+            out[k] = v
+            continue
+        prefix, rest = k.split(".block_sparse_moe.experts.")
+        expert, name = rest.split(".", 1)
+        if expert != "0":
+            continue
+        target = {"w1.weight": "gate_proj", "w2.weight": "down_proj", "w3.weight": "up_proj"}[name]
+        out[f"{prefix}.block_sparse_moe.switch_mlp.{target}.weight"] = np.stack(
+            [w[f"{prefix}.block_sparse_moe.experts.{e}.{name}"] for e in range(MIXTRAL["experts"])])
+    return out
+
+
+def vision_weights(seed: int, layers: int, text_hidden: int, tower: str, projector: str) -> dict[str, np.ndarray]:
+    v = VISION
+    init = Init(seed)
+    h, inter = v["hidden"], v["intermediate"]
+    w = {f"{tower}patch_conv.weight": init.matrix(h, v["channels"], v["patch"], v["patch"]),
+         f"{tower}ln_pre.weight": init.norm(h)}
+    for i in range(layers):
+        p = f"{tower}transformer.layers.{i}."
+        w[p + "attention_norm.weight"] = init.norm(h)
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            w[p + f"attention.{name}.weight"] = init.matrix(h, h)
+        w[p + "ffn_norm.weight"] = init.norm(h)
+        w[p + "feed_forward.gate_proj.weight"] = init.matrix(inter, h)
+        w[p + "feed_forward.up_proj.weight"] = init.matrix(inter, h)
+        w[p + "feed_forward.down_proj.weight"] = init.matrix(h, inter)
+    w[f"{projector}norm.weight"] = init.norm(h)
+    w[f"{projector}patch_merger.merging_layer.weight"] = init.matrix(h, h * v["merge"] ** 2)
+    w[f"{projector}linear_1.weight"] = init.matrix(text_hidden, h)
+    w[f"{projector}linear_2.weight"] = init.matrix(text_hidden, text_hidden)
+    return w
+
+
+# ---------------------------------------------------------------------------
+# Configs
+
+
+def ministral3_config(tied: bool, dtype: str) -> dict:
+    s = MINISTRAL3_SPEC
+    return {
+        "architectures": ["Ministral3ForCausalLM"],
+        "model_type": "ministral3",
+        "vocab_size": VOCAB,
+        "hidden_size": s.hidden_size,
+        "intermediate_size": s.intermediate_size,
+        "num_hidden_layers": s.num_hidden_layers,
+        "num_attention_heads": s.num_attention_heads,
+        "num_key_value_heads": s.num_key_value_heads,
+        "head_dim": s.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": 4096,
+        "initializer_range": 0.02,
+        "rms_norm_eps": 1e-05,
+        "rope_parameters": dict(MINISTRAL3_ROPE),
+        "layer_types": list(MINISTRAL3_LAYER_TYPES),
+        "sliding_window": MINISTRAL3_WINDOW,
+        "attention_dropout": 0.0,
+        "tie_word_embeddings": tied,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": None,
+        "use_cache": True,
+        "torch_dtype": dtype,
+        "transformers_version": TRANSFORMERS_VERSION,
+    }
+
+
+def mixtral_config() -> dict:
+    m = MIXTRAL
+    return {
+        "architectures": ["MixtralForCausalLM"],
+        "model_type": "mixtral",
+        "vocab_size": VOCAB,
+        "hidden_size": m["hidden"],
+        "intermediate_size": m["intermediate"],
+        "num_hidden_layers": m["layers"],
+        "num_attention_heads": m["heads"],
+        "num_key_value_heads": m["kv_heads"],
+        "num_local_experts": m["experts"],
+        "num_experts_per_tok": m["top_k"],
+        "hidden_act": "silu",
+        "max_position_embeddings": 32768,
+        "initializer_range": 0.02,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 1000000.0,
+        "sliding_window": None,
+        "attention_dropout": 0.0,
+        "output_router_logits": False,
+        "router_aux_loss_coef": 0.02,
+        "router_jitter_noise": 0.0,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "use_cache": True,
+        "torch_dtype": "float32",
+        "transformers_version": TRANSFORMERS_VERSION,
+    }
+
+
+def vision_config(layers: int) -> dict:
+    v = VISION
+    return {
+        "model_type": "pixtral",
+        "hidden_size": v["hidden"],
+        "intermediate_size": v["intermediate"],
+        "num_hidden_layers": layers,
+        "num_attention_heads": v["heads"],
+        "head_dim": v["hidden"] // v["heads"],
+        "num_channels": v["channels"],
+        "image_size": 128,
+        "patch_size": v["patch"],
+        "hidden_act": "silu",
+        "rope_theta": 10000.0,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+    }
+
+
+def mistral3_config(text_config: dict, vision_layers: int, dtype: str) -> dict:
+    text_config = {k: v for k, v in text_config.items()
+                   if k not in ("architectures", "torch_dtype", "transformers_version")}
+    return {
+        "architectures": ["Mistral3ForConditionalGeneration"],
+        "model_type": "mistral3",
+        "text_config": text_config,
+        "vision_config": vision_config(vision_layers),
+        "image_token_index": 10,
+        "projector_hidden_act": "gelu",
+        "multimodal_projector_bias": False,
+        "spatial_merge_size": 2,
+        "vision_feature_layer": -1,
+        "torch_dtype": dtype,
+        "transformers_version": TRANSFORMERS_VERSION,
+    }
+
+
+def llama_config(rope_scaling: dict | None) -> dict:
+    config = make_models.make_config(LLAMA_ROPE_SPEC)
+    config.update({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "rope_theta": 10000.0,
+        "max_position_embeddings": 16,
+        "rope_scaling": rope_scaling,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "pretraining_tp": 1,
+    })
+    del config["sliding_window"]  # no such key in LlamaConfig
+    return config
+
+
+# ---------------------------------------------------------------------------
+# Files
+
+
+def new_model_dir(root: str, name: str, config: dict, tokenizer_dir: str) -> str:
+    out_dir = os.path.join(root, name)
+    os.makedirs(out_dir)
+    write_json(os.path.join(out_dir, "config.json"), config)
+    write_json(os.path.join(out_dir, "generation_config.json"),
+               {"bos_token_id": 1, "eos_token_id": 2, "transformers_version": TRANSFORMERS_VERSION})
+    for fname in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(os.path.join(tokenizer_dir, fname), os.path.join(out_dir, fname))
+    return out_dir
+
+
+def bf16_bytes(a: np.ndarray) -> bytes:
+    """float32 -> bfloat16 (round to nearest even, through MLX) as raw bytes."""
+    return np.array(mx.array(a).astype(mx.bfloat16).view(mx.uint16)).tobytes()
+
+
+def write_raw_safetensors(path: str, tensors: list[tuple[str, str, list[int], bytes]]) -> None:
+    """A safetensors file from (name, dtype, shape, raw little-endian bytes):
+    8-byte little-endian header length, JSON header padded with spaces to a
+    multiple of 8, then the data in the given order. Needed for F8_E4M3,
+    which neither safetensors.numpy nor mx.save_safetensors can write."""
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, dtype, shape, data in tensors:
+        size = {"F8_E4M3": 1, "BF16": 2, "F16": 2, "F32": 4}[dtype] * int(np.prod(shape, dtype=np.int64))
+        assert len(data) == size, (name, dtype, shape, len(data))
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for _, _, _, data in tensors:
+            f.write(data)
+
+
+def tensor_bytes(model_dir: str) -> tuple[int, int]:
+    """(vision bytes, text bytes) of the tensors as stored in the directory's
+    safetensors files (from their headers)."""
+    vision = text = 0
+    for fname in sorted(os.listdir(model_dir)):
+        if not fname.endswith(".safetensors"):
+            continue
+        with open(os.path.join(model_dir, fname), "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            size = info["data_offsets"][1] - info["data_offsets"][0]
+            if any(m in name for m in VISION_MARKERS):
+                vision += size
+            else:
+                text += size
+    return vision, text
+
+
+# FP8 ------------------------------------------------------------------------
+
+FP8_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def is_fp8_projection(name: str) -> bool:
+    return name.endswith(".weight") and name.split(".")[-2] in FP8_PROJECTIONS
+
+
+def to_fp8_bytes(scaled: np.ndarray) -> bytes:
+    """float32 values already divided by their scale -> e4m3fn bytes (MLX's
+    own conversion; clipped first so nothing can round past 448)."""
+    q = mx.to_fp8(mx.array(np.clip(scaled, -FP8_MAX, FP8_MAX)))
+    assert q.dtype == mx.uint8
+    return np.array(q).tobytes()
+
+
+def fp8_per_tensor(w: np.ndarray) -> tuple[bytes, np.float32]:
+    """Per-tensor scale, stored as a bf16 scalar: the weights are divided by
+    the bf16-rounded scale so that fp8 * stored scale approximates w."""
+    scale = np.float32(np.abs(w).max() / FP8_MAX)
+    scale = np.float32(np.array(mx.array(scale).astype(mx.bfloat16).astype(mx.float32)))
+    return to_fp8_bytes(w / scale), scale
+
+
+def fp8_per_block(w: np.ndarray, block: int = 128) -> tuple[bytes, np.ndarray]:
+    """128x128 block scales [ceil(out/128), ceil(in/128)] float32; the last
+    row/column of blocks is partial when a size is not a multiple of 128."""
+    m, n = w.shape
+    bm, bn = -(-m // block), -(-n // block)
+    scales = np.zeros((bm, bn), dtype=np.float32)
+    for i in range(bm):
+        for j in range(bn):
+            scales[i, j] = np.abs(w[i * block:(i + 1) * block, j * block:(j + 1) * block]).max() / FP8_MAX
+    full = np.repeat(np.repeat(scales, block, axis=0), block, axis=1)[:m, :n]
+    return to_fp8_bytes(w / full), scales
+
+
+def write_fp8_model(out_dir: str, weights: dict[str, np.ndarray], kind: str, seed: int) -> None:
+    """Projections as F8_E4M3 + `<module>.weight_scale_inv` (tensor: bf16 [],
+    block: f32 [ceil(out/128), ceil(in/128)]); tensor kind also writes a
+    static `<module>.activation_scale` (bf16 []). Everything else bf16."""
+    rng = np.random.default_rng(seed)
+    tensors = []
+    for name, w in weights.items():
+        if not is_fp8_projection(name):
+            tensors.append((name, "BF16", list(w.shape), bf16_bytes(w)))
+            continue
+        module = name[: -len(".weight")]
+        if kind == "tensor":
+            data, scale = fp8_per_tensor(w)
+            tensors.append((name, "F8_E4M3", list(w.shape), data))
+            tensors.append((f"{module}.weight_scale_inv", "BF16", [], bf16_bytes(np.array(scale, dtype=np.float32))))
+            act = np.array(0.01 + 0.09 * rng.random(), dtype=np.float32)
+            tensors.append((f"{module}.activation_scale", "BF16", [], bf16_bytes(act)))
+        else:
+            data, scales = fp8_per_block(w)
+            tensors.append((name, "F8_E4M3", list(w.shape), data))
+            tensors.append((f"{module}.weight_scale_inv", "F32", list(scales.shape), scales.tobytes()))
+    write_raw_safetensors(os.path.join(out_dir, "model.safetensors"), tensors)
+
+
+def mlx_lm_fp8_dequantize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """mlx-lm's own FP8 dequantization: `mistral4.Model.sanitize` called on a
+    stub whose args.num_hidden_layers is 0 (so only its generic parts run:
+    int4 remap (nothing here), `dequant` of every `*_scale_inv` (from_fp8 to
+    bf16 times the scale, per tensor or per 128x128 block), activation_scale
+    dropped, rotary inv_freq dropped)."""
+    from mlx_lm.models import mistral4
+
+    stub = types.SimpleNamespace(args=types.SimpleNamespace(num_hidden_layers=0))
+    return mistral4.Model.sanitize(stub, dict(weights))
+
+
+def check_fp8_dequant(deq: dict[str, mx.array], original: dict[str, np.ndarray]) -> float:
+    """The dequantized projections are within fp8's precision of the float
+    weights they came from; returns the largest relative error seen."""
+    worst = 0.0
+    for name, w in original.items():
+        if not is_fp8_projection(name):
+            continue
+        d = np.array(deq[name].astype(mx.float32))
+        assert deq[name].dtype == mx.bfloat16, (name, deq[name].dtype)
+        bound = 0.07 * np.abs(w) + np.abs(w).max() / FP8_MAX * 2.0 ** -8
+        err = np.abs(d - w)
+        assert (err <= bound).all(), f"{name}: fp8 round trip off by {err.max()}"
+        worst = max(worst, float((err / np.maximum(np.abs(w), 1e-3)).max()))
+    return worst
+
+
+# ---------------------------------------------------------------------------
+# Reference helpers
+
+
+def mlx_model(module_name: str, config: dict):
+    """mlx-lm's model class of `module_name` built from a config dict."""
+    import importlib
+
+    arch = importlib.import_module(f"mlx_lm.models.{module_name}")
+    return arch.Model(arch.ModelArgs.from_dict(config))
+
+
+def load_fp8_reference(model_dir: str, module_name: str, original: dict[str, np.ndarray]):
+    """mlx-lm's float `module_name` model (bfloat16) on mlx-lm's FP8
+    dequantization of the directory's weights."""
+    with open(os.path.join(model_dir, "config.json")) as f:
+        config = json.load(f)
+    config.pop("quantization_config")
+    raw = mx.load(os.path.join(model_dir, "model.safetensors"))
+    assert raw["model.layers.0.self_attn.q_proj.weight"].dtype == mx.uint8  # how MLX loads F8_E4M3
+    deq = mlx_lm_fp8_dequantize(raw)
+    worst = check_fp8_dequant(deq, original)
+    model = mlx_model(module_name, config)
+    deq = model.sanitize(deq)
+    model.load_weights(list(deq.items()), strict=True)
+    model.eval()
+    mx.eval(model.parameters())
+    from mlx.utils import tree_flatten
+
+    dtypes = {str(v.dtype) for _, v in tree_flatten(model.parameters())}
+    assert dtypes == {"mlx.core.bfloat16"}, dtypes
+    return model, worst
+
+
+def one_line(err: Exception, n: int) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def direct_load_note(model_dir: str, model, prompt: list[int]) -> str:
+    """What mlx-lm's own loader makes of an FP8 directory (a diagnostic)."""
+    try:
+        direct, _ = reference.load_model(model_dir)
+        a = reference.prompt_logits(direct, prompt)
+        b = reference.prompt_logits(model, prompt)
+        return f"mlx-lm load_model runs it but max |logits - reference| = {float(mx.abs(a - b).max()):.3g}"
+    except Exception as err:  # noqa: BLE001 - a diagnostic only
+        return f"mlx-lm load_model fails: {type(err).__name__}: {one_line(err, 120)}"
+
+
+def quantized_run_note(model, prompt: list[int]) -> str:
+    try:
+        mx.eval(model(mx.array([prompt], dtype=mx.int32)))
+        return "the quantized model runs in mlx-lm"
+    except Exception as err:  # noqa: BLE001 - a diagnostic only
+        if "global_scale" in str(err):  # mlx-lm 0.32.2 passes a kwarg MLX 0.32.2 lacks
+            return ("the quantized model fails in mlx-lm: its QuantizedSwitchLinear passes "
+                    "global_scale= to mx.gather_qmm, which this MLX lacks")
+        return f"the quantized model fails in mlx-lm: {type(err).__name__}: {one_line(err, 120)}"
+
+
+def dequantize_to_f32(model) -> None:
+    """mlx-lm's own dequantize_model (it handles QuantizedSwitchLinear:
+    a float SwitchLinear with the [E, out, in] dequantized weight), float32."""
+    from mlx_lm.models.switch_layers import QuantizedSwitchLinear
+
+    reference.to_dense_f32(model)
+    left = [n for n, m in model.named_modules()
+            if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding, QuantizedSwitchLinear))]
+    assert not left, f"still quantized: {left}"
+
+
+def router_min_gap(model, prompts: list[dict]) -> float:
+    """Smallest gap between the k-th and (k+1)-th router logit over every
+    token of the prompts (one pass), every layer: how close the expert choice
+    comes to a tie."""
+    k = MIXTRAL["top_k"]
+    records: list[mx.array] = []
+
+    class RecordingGate(nn.Linear):
+        def __call__(self, x):
+            y = super().__call__(x)
+            records.append(y)
+            return y
+
+    saved = []
+    for layer in model.model.layers:
+        moe = layer.block_sparse_moe
+        saved.append(moe.gate)
+        g = RecordingGate(moe.gate.weight.shape[1], moe.gate.weight.shape[0], bias=False)
+        g.weight = moe.gate.weight
+        moe.gate = g
+    try:
+        for p in prompts:
+            mx.eval(model(mx.array([p["ids"]], dtype=mx.int32)))
+    finally:
+        for layer, g in zip(model.model.layers, saved):
+            layer.block_sparse_moe.gate = g
+    gap = math.inf
+    for r in records:
+        s = -np.sort(-np.array(r.astype(mx.float32)).reshape(-1, r.shape[-1]), axis=-1)
+        gap = min(gap, float((s[:, k - 1] - s[:, k]).min()))
+    return gap
+
+
+def logits_of(model, ids: list[int]) -> np.ndarray:
+    return np.array(reference.prompt_logits(model, ids))
+
+
+def check_results(name: str, results: list[dict]) -> None:
+    for r in results:
+        for key in ("logits", "chunked_logits"):
+            if r[key] is not None:
+                assert np.isfinite(np.array(r[key])).all(), f"{name}/{r['name']}: non-finite {key}"
+        ids = r["greedy_ids"]
+        assert len(ids) == N_GREEDY, (name, r["name"], len(ids))
+        assert len(set(ids)) > 1, f"{name}/{r['name']}: greedy ids are all {ids[0]}"
+
+
+# ---------------------------------------------------------------------------
+# The models
+
+
+def entry(name: str, description: str, arch: str, layout: str, dtype: str, *, wrapper=None,
+          quantized=None, fp8=None, sliding_window=None, layer_types=None, rope_type="default",
+          rope=None, rope_theta=1000000.0, tied=False, hidden=128, intermediate=256, layers=2, heads=8, kv_heads=2,
+          head_dim=16, experts=None, top_k=None, seed=None, source=None, chat_template=None,
+          reference_approach="mlx-lm load_model on the directory") -> dict:
+    return {
+        "dir": name, "description": description, "arch": arch, "wrapper": wrapper, "layout": layout,
+        "dtype": dtype, "quantized": quantized, "fp8": fp8, "sliding_window": sliding_window,
+        "layer_types": layer_types, "rope_type": rope_type, "rope_theta": rope_theta, "rope": rope,
+        "vision_bytes": None, "text_bytes": None,  # filled in from the files
+        "tied": tied, "vocab_size": VOCAB, "hidden_size": hidden, "intermediate_size": intermediate,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "head_dim": head_dim, "num_local_experts": experts, "num_experts_per_tok": top_k,
+        "seed": seed, "source": source, "chat_template": chat_template,
+        "reference": reference_approach,
+    }
+
+
+def ministral3_entry(name, description, layout, dtype, tied, **kw) -> dict:
+    s = MINISTRAL3_SPEC
+    return entry(name, description, "ministral3", layout, dtype, sliding_window=MINISTRAL3_WINDOW,
+                 layer_types=list(MINISTRAL3_LAYER_TYPES), rope_type="yarn", rope=dict(MINISTRAL3_ROPE),
+                 tied=tied, layers=s.num_hidden_layers, head_dim=s.head_dim, seed=s.seed, **kw)
+
+
+def mixtral_entry(name, description, layout, **kw) -> dict:
+    m = MIXTRAL
+    return entry(name, description, "mixtral", layout, "float32", layers=m["layers"],
+                 head_dim=m["hidden"] // m["heads"], experts=m["experts"], top_k=m["top_k"],
+                 seed=m["seed"], **kw)
+
+
+def build(root: str, tokenizer_dir: str) -> list[tuple[dict, object]]:
+    """Writes every model directory; returns (manifest entry, reference
+    function) pairs. A reference function returns (model, notes)."""
+    plans: list[tuple[dict, object]] = []
+
+    def direct(model_dir):
+        return lambda: reference.load_model(model_dir)
+
+    # 1-2. Ministral 3, tied.
+    tied_w = ministral3_weights(tied=True)
+    for name, dtype in (("ministral3_f32", "float32"), ("ministral3_bf16", "bfloat16")):
+        d = new_model_dir(root, name, ministral3_config(True, dtype), tokenizer_dir)
+        make_models.save_weights(d, tied_w, dtype, 1)
+        desc = ("Ministral 3 text model: yarn rope (factor 16, mscale 2 / mscale_all_dim 1) + llama-4 "
+                "query scaling (beta 0.1, every 16 positions), window 8 on layers 0 and 2, "
+                "head_dim 32, tied")
+        if dtype != "float32":
+            desc = f"ministral3_f32's weights cast to {dtype}"
+        plans.append((ministral3_entry(name, desc, "hf", dtype, True,
+                                       source=None if dtype == "float32" else "ministral3_f32"), direct(d)))
+
+    # 3-5. Mixtral.
+    moe_w = mixtral_weights()
+    d = new_model_dir(root, "mixtral_f32", mixtral_config(), tokenizer_dir)
+    make_models.save_weights(d, moe_w, "float32", 1)
+    plans.append((mixtral_entry("mixtral_f32", "Mixtral, 4 experts top-2, Mistral's per-expert names "
+                                "(block_sparse_moe.experts.E.w1/w2/w3, gate [4, 128])", "per_expert"),
+                  direct(d)))
+    d = new_model_dir(root, "mixtral_stacked_f32", mixtral_config(), tokenizer_dir)
+    make_models.save_weights(d, stack_experts(moe_w), "float32", 1)
+    plans.append((mixtral_entry("mixtral_stacked_f32", "mixtral_f32 in the mlx-community layout "
+                                "(block_sparse_moe.switch_mlp.{gate,up,down}_proj.weight [4, out, in])",
+                                "stacked", source="mixtral_f32"), direct(d)))
+    for name, bits, group in (("mixtral_q4_g64", 4, 64), ("mixtral_q8_g32", 8, 32)):
+        make_models.quantize(root, os.path.join(root, "mixtral_f32"), name, bits, group, "float32")
+        d = os.path.join(root, name)
+
+        def quantized_ref(d=d):
+            model, notes = reference.load_model(d)
+            notes["quantized_run"] = quantized_run_note(model, [1, 2, 3])
+            dequantize_to_f32(model)
+            notes["compute"] = "dequantized by mlx_lm.utils.dequantize_model, float32"
+            return model, notes
+
+        plans.append((mixtral_entry(
+            name, f"mlx_lm.convert -q --q-bits {bits} --q-group-size {group} of mixtral_f32 "
+            "(stacked switch_mlp, router gate, embedding and lm_head quantized too)", "stacked",
+            quantized={"bits": bits, "group_size": group, "mode": "affine"}, source="mixtral_f32",
+            reference_approach="mlx-lm load_model, then mlx_lm.utils.dequantize_model (QuantizedSwitchLinear "
+                               "included) in float32: mlx-lm's float Mixtral on the dequantized weights"),
+            quantized_ref))
+
+    # 6. Mistral3 wrapper around Ministral 3, bf16, language_model.* names.
+    untied_w = ministral3_weights(tied=False)
+    name = "mistral3_ministral3_bf16"
+    d = new_model_dir(root, name, mistral3_config(ministral3_config(False, "bfloat16"), 2, "bfloat16"),
+                      tokenizer_dir)
+    with open(os.path.join(d, "chat_template.jinja"), "w") as f:
+        f.write(CHAT_TEMPLATE_JINJA)
+    # As transformers 5 saves it: the template only in chat_template.jinja.
+    with open(os.path.join(d, "tokenizer_config.json")) as f:
+        tok_config = json.load(f)
+    tok_config.pop("chat_template", None)
+    write_json(os.path.join(d, "tokenizer_config.json"), tok_config)
+    w = {("language_model." + k): v for k, v in untied_w.items()}
+    w.update(vision_weights(21, 2, 128, "vision_tower.", "multi_modal_projector."))
+    make_models.save_weights(d, w, "bfloat16", 1)
+    plans.append((ministral3_entry(
+        name, "Mistral3ForConditionalGeneration around ministral3 (untied: language_model.lm_head.weight), "
+        "language_model.model.* names, 2-layer Pixtral vision tower + projector tensors, "
+        "chat_template.jinja (no chat_template in tokenizer_config.json)", "language_model", "bfloat16", False,
+        wrapper="mistral3", chat_template="chat_template.jinja",
+        reference_approach="mlx-lm load_model on the directory (mistral3.py drops the vision tensors)"),
+        direct(d)))
+
+    # 7. Mistral3 wrapper around a "mistral" text model, transformers 5 layout.
+    name = "mistral3_mistral_tf5_f32"
+    text_config = make_models.make_config(MISTRAL_TF5_SPEC)
+    text_config["rope_parameters"] = {"rope_type": "default", "rope_theta": MISTRAL_TF5_SPEC.rope_theta}
+    d = new_model_dir(root, name, mistral3_config(text_config, 1, "float32"), tokenizer_dir)
+    w = {}
+    for k, v in make_models.make_weights(MISTRAL_TF5_SPEC).items():
+        w[k if k == "lm_head.weight" else "model.language_model." + k.removeprefix("model.")] = v
+    w.update(vision_weights(22, 1, 128, "model.vision_tower.", "model.multi_modal_projector."))
+    make_models.save_weights(d, w, "float32", 1)
+    plans.append((entry(
+        name, "Mistral3 around a 'mistral' text model (Mistral Small 3.1 style, head_dim 32 explicit), "
+        "transformers 5 names: model.language_model.*, top-level lm_head.weight, model.vision_tower.* "
+        "(1 layer), model.multi_modal_projector.*; text_config has rope_theta and an equal "
+        "rope_parameters", "mistral", "tf5", "float32", wrapper="mistral3", head_dim=32,
+        seed=MISTRAL_TF5_SPEC.seed, reference_approach="mlx-lm load_model on the directory "
+        "(mistral3.py maps model.language_model.* and drops the vision tensors)"), direct(d)))
+
+    # 8. Ministral 3 in FP8, per-tensor scales.
+    name = "ministral3_fp8_tensor"
+    config = ministral3_config(False, "bfloat16")
+    config["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "static",
+                                     "weight_block_size": None,
+                                     "modules_to_not_convert": ["lm_head", "model.embed_tokens"]}
+    d = new_model_dir(root, name, config, tokenizer_dir)
+    write_fp8_model(d, untied_w, "tensor", seed=31)
+
+    def fp8_tensor_ref(d=d):
+        model, worst = load_fp8_reference(d, "ministral3", untied_w)
+        notes = {"window": None, "compute": "bfloat16",
+                 "fp8_dequant": "mlx_lm.models.mistral4.Model.sanitize (stub args, num_hidden_layers 0)",
+                 "fp8_max_rel_err": worst,
+                 "direct_load": direct_load_note(d, model, [1, 2, 3, 4, 5])}
+        return model, notes
+
+    plans.append((ministral3_entry(
+        name, "ministral3 (untied) with every q/k/v/o/gate/up/down weight F8_E4M3, a bf16 scalar "
+        "weight_scale_inv (max|w|/448) and a bf16 scalar activation_scale each; embeddings, norms, "
+        "lm_head bf16", "hf", "bfloat16", False, fp8="tensor",
+        reference_approach="mlx-lm's FP8 dequant (mistral4.Model.sanitize on a stub: from_fp8 to bf16 "
+                           "times weight_scale_inv), then mlx-lm's float ministral3 model in bfloat16"),
+        fp8_tensor_ref))
+
+    # 9. Dense "mistral" in FP8 with 128x128 block scales.
+    name = "mistral_fp8_block"
+    s = FP8_BLOCK_SPEC
+    config = make_models.make_config(s)
+    config["quantization_config"] = {"quant_method": "fp8", "weight_block_size": [128, 128],
+                                     "activation_scheme": "dynamic"}
+    d = new_model_dir(root, name, config, tokenizer_dir)
+    block_w = make_models.make_weights(s)
+    write_fp8_model(d, block_w, "block", seed=32)
+
+    def fp8_block_ref(d=d):
+        model, worst = load_fp8_reference(d, "llama", block_w)
+        notes = {"window": None, "compute": "bfloat16",
+                 "fp8_dequant": "mlx_lm.models.mistral4.Model.sanitize (stub args, num_hidden_layers 0)",
+                 "fp8_max_rel_err": worst,
+                 "direct_load": direct_load_note(d, model, [1, 2, 3, 4, 5])}
+        return model, notes
+
+    plans.append((entry(
+        name, "mistral, hidden 256, intermediate 320 (not a multiple of 128: partial blocks), projections "
+        "F8_E4M3 with float32 weight_scale_inv [ceil(out/128), ceil(in/128)], dynamic activations, "
+        "embeddings/norms/lm_head bf16", "mistral", "hf", "bfloat16", fp8="block", hidden=s.hidden_size,
+        intermediate=s.intermediate_size, head_dim=s.effective_head_dim, seed=s.seed,
+        reference_approach="mlx-lm's FP8 dequant (mistral4.Model.sanitize on a stub: per 128x128 block, "
+                           "padded), then mlx-lm's float llama model in bfloat16"), fp8_block_ref))
+
+    # 10. RoPE scaling variants of gqa4_f32's weights as "llama" models.
+    llama_w = make_models.make_weights(LLAMA_ROPE_SPEC)
+    for name, scaling in LLAMA_ROPE_VARIANTS.items():
+        d = new_model_dir(root, name, llama_config(scaling), tokenizer_dir)
+        make_models.save_weights(d, llama_w, "float32", 1)
+        plans.append((entry(
+            name, f"llama with rope_scaling {json.dumps(scaling)}, rope_theta 1e4, max_position_embeddings 16, "
+            "gqa4_f32's weights (same seed)", "llama", "hf", "float32", rope_type=scaling["rope_type"],
+            rope=dict(scaling), rope_theta=10000.0, seed=LLAMA_ROPE_SPEC.seed,
+            reference_approach="mlx-lm load_model on the directory" + (
+                " (DynamicNTKScalingRoPE: the base depends on each call's length + offset, so one-pass "
+                "and chunked logits legitimately differ)" if scaling["rope_type"] == "dynamic" else "")),
+            direct(d)))
+
+    for e, _ in plans:
+        e["vision_bytes"], e["text_bytes"] = tensor_bytes(os.path.join(root, e["dir"]))
+        e["files"] = sorted(f for f in os.listdir(os.path.join(root, e["dir"])) if f.endswith(".safetensors"))
+    return plans
+
+
+# ---------------------------------------------------------------------------
+# Cheap structural checks of mlx-lm's models
+
+
+def check_rope_modules(name: str, model) -> None:
+    """mlx-lm really built the RoPE the config asks for."""
+    from mlx_lm.models import rope_utils
+
+    rope = model.layers[0].self_attn.rope
+    if name.startswith("ministral3") or name == "mistral3_ministral3_bf16":
+        assert isinstance(rope, rope_utils.YarnRoPE), type(rope)
+        assert abs(rope.mscale - 1.0) > 0.1, f"{name}: yarn mscale is {rope.mscale}"
+        return
+    kind = LLAMA_ROPE_VARIANTS.get(name, {}).get("rope_type")
+    if kind is None:
+        return
+    expected = {"linear": nn.RoPE, "dynamic": rope_utils.DynamicNTKScalingRoPE,
+                "llama3": rope_utils.Llama3RoPE, "yarn": rope_utils.YarnRoPE}[kind]
+    assert type(rope) is expected, (name, type(rope))
+    if kind == "linear":
+        assert rope.scale == 0.25, rope.scale
+    if kind == "dynamic":
+        assert rope.max_position_embeddings == 16 and rope.factor == 2.0
+    if kind == "yarn":
+        assert abs(rope.mscale - (0.1 * math.log(4.0) + 1.0)) < 1e-6, rope.mscale
+
+
+def check_rope_variants_differ(root: str, prompt: list[int]) -> float:
+    """The four RoPE variants give logits different from each other and from
+    plain RoPE (the same weights without rope_scaling); returns the smallest
+    max-abs difference."""
+    logits = {}
+    for name in LLAMA_ROPE_VARIANTS:
+        model, _ = reference.load_model(os.path.join(root, name))
+        logits[name] = logits_of(model, prompt)
+    plain = mlx_model("llama", llama_config(None))
+    plain.load_weights(list(mx.load(os.path.join(root, "llama_rope_linear", "model.safetensors")).items()))
+    logits["plain"] = logits_of(plain, prompt)
+    names = list(logits)
+    smallest = math.inf
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            diff = float(np.abs(logits[a] - logits[b]).max())
+            assert diff > 1e-3, f"{a} and {b} give the same logits (max diff {diff})"
+            smallest = min(smallest, diff)
+    return smallest
+
+
+# ---------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out_dir")
+    ap.add_argument("--force", action="store_true", help="delete OUT_DIR first if it exists")
+    args = ap.parse_args()
+
+    root = os.path.abspath(args.out_dir)
+    if os.path.exists(root):
+        if not args.force:
+            print(f"{root} exists (use --force to regenerate)", file=sys.stderr)
+            return 1
+        shutil.rmtree(root)
+    os.makedirs(root)
+    # The CPU build unless MISTRAL_MLX_REFERENCE_DEVICE=gpu (as reference.py).
+    mx.set_default_device(reference.reference_device())
+    t0 = time.time()
+
+    with tempfile.TemporaryDirectory() as tokenizer_dir:
+        make_models.write_tokenizer_files(tokenizer_dir, "v3")
+        plans = build(root, tokenizer_dir)
+    t_write = time.time() - t0
+    write_json(os.path.join(root, "manifest.json"),
+               {"generator": GENERATOR, "models": [e for e, _ in plans]})
+    print(f"wrote {len(plans)} models to {root} in {t_write:.1f}s")
+
+    refs = os.path.join(root, "refs")
+    results_of: dict[str, list[dict]] = {}
+    for e, make_reference in plans:
+        t1 = time.time()
+        name = e["dir"]
+        model_dir = os.path.join(root, name)
+        prompts = reference.standard_prompts(model_dir)
+        model, notes = make_reference()
+        check_rope_modules(name, model)
+        results = reference.compute(model, prompts, N_GREEDY, "float32")
+        check_results(name, results)
+        extra = ""
+        if e["arch"] == "mixtral":
+            gap = router_min_gap(model, prompts)
+            notes["router_min_gap"] = gap
+            extra = f", smallest 2nd/3rd router logit gap {gap:.4f}"
+        if name == "mixtral_stacked_f32":
+            for a, b in zip(results_of["mixtral_f32"], results):
+                assert np.array_equal(np.array(a["logits"]), np.array(b["logits"])), a["name"]
+                assert a["greedy_ids"] == b["greedy_ids"], a["name"]
+            extra += ", identical to mixtral_f32"
+        if "fp8_max_rel_err" in notes:
+            extra = f", fp8 max rel err {notes['fp8_max_rel_err']:.3f}; {notes['direct_load']}"
+        if "quantized_run" in notes:
+            extra += f"; {notes['quantized_run']}"
+        if name == "llama_rope_yarn":
+            diff = check_rope_variants_differ(root, prompts[2]["ids"])
+            extra = f", rope variants differ pairwise by >= {diff:.3g}"
+        results_of[name] = results
+        meta = {"model": name, "mlx_lm": reference.mlx_lm_version(), "mlx": mx.__version__,
+                "prompts": [p["name"] for p in prompts], "greedy": N_GREEDY, "logits_dtype": "float32",
+                "approach": e["reference"], **notes}
+        reference.write(os.path.join(refs, f"{name}.safetensors"), results, meta)
+        print(f"{name}: reference in {time.time() - t1:.2f}s{extra}")
+    print(f"{len(plans)} models + references in {time.time() - t0:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
