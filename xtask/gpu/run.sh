@@ -14,7 +14,7 @@
 #            e.g. `parity gqa4_bf16 generate_parity seeded` for gqa4_bf16's
 #            seeded runs alone
 #            `parity NAMES TESTS` runs only those test binaries (comma-
-#            separated: mlx_lm_parity, sliding_window_generation,
+#            separated: mlx_lm_parity, families, sliding_window_generation,
 #            decode_graph, stacked_projections, generate_parity); a binary in target/gpu-tests/ (carried)
 #            replaces the packed one; `parity NAMES TESTS FILTER` runs
 #            only the tests whose name holds FILTER; each binary stops
@@ -149,6 +149,15 @@ parity)
         --out-dir "$models/refs/cpu" --greedy 64 "${only[@]}"
       touch "$models/refs/.gpu-done"
     fi
+    # The newer families (make_arch_models.py): the same checkpoints twice
+    # (they are deterministic), references from mlx-lm on the GPU and on the
+    # CPU (the GPU's noise, refs/cpu/ as above).
+    if [ ! -f "$models/arch/.gpu-done" ]; then
+      MISTRAL_MLX_REFERENCE_DEVICE=gpu python3 xtask/python/make_arch_models.py "$models/arch" --force &&
+        MISTRAL_MLX_REFERENCE_DEVICE=cpu python3 xtask/python/make_arch_models.py "$models/arch-cpu" --force &&
+        mkdir -p "$models/arch/refs/cpu" && cp "$models"/arch-cpu/refs/*.safetensors "$models/arch/refs/cpu/" &&
+        touch "$models/arch/.gpu-done" || echo "FAILED: the newer-family models or their references (families)"
+    fi
   } >"$out/setup.log" 2>&1 || { tail -c 3000 "$out/setup.log"; exit 1; }
   export MISTRAL_MLX_REFERENCE_DEVICE=gpu MISTRAL_MLX_TEST_MODELS=$models
   grep -h "^probe\|FAILED" "$out/setup.log" || true
@@ -158,7 +167,7 @@ parity)
   status=0
   if compgen -G "target/gpu-tests/*" >/dev/null; then cp -f target/gpu-tests/* "$work"/tests/; fi
   # The seeded-sampling runs (generate_parity) take longest: last.
-  tests=${3:-mlx_lm_parity,sliding_window_generation,decode_graph,stacked_projections,generate_parity}
+  tests=${3:-mlx_lm_parity,families,sliding_window_generation,decode_graph,stacked_projections,generate_parity}
   for name in ${tests//,/ }; do
     test=$work/tests/$name
     # A time limit per binary: one that stalls (seen once, 2026-11-28, in

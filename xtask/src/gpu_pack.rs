@@ -29,8 +29,9 @@ use crate::{dist, paths, python};
 const WHEELS: [&str; 2] = ["mlx==0.32.2", "mlx-lm==0.32.2"];
 
 /// The parity tests run there (test targets of mistral-loader).
-const TESTS: [&str; 5] = [
+const TESTS: [&str; 6] = [
     "mlx_lm_parity",
+    "families",
     "generate_parity",
     "sliding_window_generation",
     "decode_graph",

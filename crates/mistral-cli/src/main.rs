@@ -69,7 +69,22 @@ fn main() {
         Command::Info => info::run(),
     };
     if let Err(err) = result {
-        eprintln!("error: {err:#}");
+        eprintln!("error: {}", error_line(&err));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line, each cause once: a library error
+/// that already shows its source (`file: field: what`) is not followed by
+/// that source again.
+fn error_line(err: &anyhow::Error) -> String {
+    let mut line = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }

@@ -158,6 +158,26 @@ fn unknown_model_type() {
     both_reject(dir.path(), &["config.json", "model_type", "gpt2"]);
 }
 
+/// The error line names the model type once (a library error that shows its
+/// source is not followed by that source again), and Mistral 4 is refused
+/// with the reason.
+#[test]
+fn refused_model_types_are_named_once() {
+    for (model_type, reason) in [("gpt2", "supported"), ("mistral4", "latent attention")] {
+        let dir = broken(|d| edit_config(d, |c| c["model_type"] = json!(model_type)));
+        let model = dir.path().display().to_string();
+        let output = common::cli(&["generate", "--model", &model, "--prompt", "Hi"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert_eq!(
+            stderr.matches(&format!("\"{model_type}\"")).count(),
+            1,
+            "{stderr}"
+        );
+        assert!(stderr.contains(reason), "{stderr}");
+    }
+}
+
 #[test]
 fn missing_required_field() {
     let dir = broken(|d| {

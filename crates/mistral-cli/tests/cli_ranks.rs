@@ -1,7 +1,8 @@
 //! `mistral-cli generate --ranks 2`: the model split over two processes on
 //! 127.0.0.1 (MLX's ring backend) gives the single-process output exactly
 //! (ids and text, greedy and seeded) on the GQA test models in float32 and
-//! bf16, a 4-bit one kept quantized and the sliding-window one; only rank 0
+//! bf16, a 4-bit one kept quantized and the sliding-window one, and on
+//! Mixtral (float32 and 4-bit) and Ministral 3 models; only rank 0
 //! prints (also for `bench`); a model that cannot be split fails with an
 //! error naming why, and the other rank is stopped.
 
@@ -42,8 +43,16 @@ fn generate(model: &str, extra: &[&str]) -> Value {
 
 #[test]
 fn two_ranks_generate_what_one_process_does() {
-    let cases: [(&str, &[&str]); 5] = [
+    let cases: [(&str, &[&str]); 8] = [
         ("gqa4_f32", &["--temp", "0"]),
+        // The newer families: experts split per hidden unit, dense and
+        // kept 4-bit; Ministral 3's query scale and mixed layers.
+        ("arch/mixtral_f32", &["--temp", "0"]),
+        (
+            "arch/mixtral_q4_g64",
+            &["--temp", "0", "--dtype", "checkpoint"],
+        ),
+        ("arch/ministral3_f32", &["--temp", "0"]),
         ("gqa4_bf16", &["--temp", "0", "--dtype", "checkpoint"]),
         ("gqa4_q4_g64", &["--temp", "0", "--dtype", "checkpoint"]),
         ("window_v01_f32", &["--temp", "0"]),

@@ -109,12 +109,14 @@ pub fn convert_model(source: &Path, out: &Path, options: &ConvertOptions) -> Res
         }
     }
 
-    // Matrices: module path -> how it is stored.
+    // Matrices: module path -> how it is stored. A mixture of experts'
+    // stacked projections (`[experts, out, in]`) are matrices too, quantized
+    // per expert as mlx-lm's `QuantizedSwitchLinear`.
     let mut layout: BTreeMap<String, Option<QuantParams>> = BTreeMap::new();
     let mut newly_quantized = 0;
     let matrices: Vec<String> = tensors
         .iter()
-        .filter(|(name, a)| name.ends_with(".weight") && a.ndim() == 2)
+        .filter(|(name, a)| name.ends_with(".weight") && (a.ndim() == 2 || a.ndim() == 3))
         .map(|(name, _)| name.trim_end_matches(".weight").to_owned())
         .collect();
     for module in matrices {
@@ -126,7 +128,7 @@ pub fn convert_model(source: &Path, out: &Path, options: &ConvertOptions) -> Res
             (None, Some(q)) => {
                 let key = format!("{module}.weight");
                 let w = &tensors[&key];
-                if w.dim(1) % q.group_size == 0 {
+                if w.dim(-1) % q.group_size == 0 {
                     let (wq, scales, biases) = quantize(w, q.group_size, q.bits)
                         .map_err(|e| mlx_error(source, &key, e))?;
                     tensors.insert(key, wq);

@@ -55,6 +55,26 @@ impl LoadPlan {
         on_gpu: bool,
         available: Option<u64>,
     ) -> LoadPlan {
+        let mut plan = Self::resolve_dtype(choice, config, on_gpu, available);
+        if config.fp8.is_some() {
+            plan.summary
+                .push_str("; FP8 weights dequantized at load (bfloat16, then as above)");
+        }
+        if let Some(wrapper) = &config.wrapper {
+            plan.summary.push_str(&format!(
+                "; the text model of a {wrapper} checkpoint: images are not supported, the \
+                 vision weights are not loaded"
+            ));
+        }
+        plan
+    }
+
+    fn resolve_dtype(
+        choice: ComputeDtype,
+        config: &MistralConfig,
+        on_gpu: bool,
+        available: Option<u64>,
+    ) -> LoadPlan {
         let quantized = config.quantization().is_some();
         // Float32 on the CPU: linear layers store their matrices transposed.
         let plan = |dtype, dequantize, summary: String| LoadPlan {
@@ -124,7 +144,14 @@ pub fn dense_f32_bytes(config: &MistralConfig) -> u64 {
     let inter = config.intermediate_size.max(0) as u64;
     let vocab = config.vocab_size.max(0) as u64;
     let attention = d * head_dim * (2 * heads + 2 * kv);
-    let mlp = 3 * d * inter;
+    // A mixture of experts: every expert's SwiGLU, and the router.
+    let mlp = match config.experts() {
+        Some((experts, _)) => {
+            let experts = experts.max(0) as u64;
+            experts.saturating_mul(3 * d * inter + d)
+        }
+        None => 3 * d * inter,
+    };
     let layer = attention + mlp + 2 * d;
     let tables = 2;
     let params = (config.num_hidden_layers.max(0) as u64)

@@ -88,6 +88,12 @@ fn quantized_mixtral_dequantized_at_load_matches_mlx_lm() {
     for family in &quantized {
         let spec = &family.model;
         let model = load_model_with(&spec.dir, &options).expect("load_model_with auto");
+        assert_eq!(
+            model.weight_bytes(),
+            mistral_loader::plan::dense_f32_bytes(model.config()),
+            "{}: weights under auto",
+            spec.name
+        );
         check_against(&model, spec, &family_references(spec), true);
     }
 }
@@ -132,5 +138,66 @@ fn vision_weights_never_reach_memory() {
              weights {vision} B",
             spec.name
         );
+    }
+}
+
+/// `convert` on the new families: a float Mixtral quantized to 4 bits
+/// (group 64) computes what mlx-lm's `mlx_lm.convert` of the same model
+/// does (its reference), and the `mistral3` and FP8 checkpoints become
+/// plain MLX folders (text weights only, resp. dequantized to bfloat16)
+/// that still match their own references.
+#[test]
+fn convert_keeps_each_family_as_mlx_lm_computes_it() {
+    let models = models();
+    let find = |name: &str| {
+        models
+            .iter()
+            .find(|m| m.model.name == name)
+            .unwrap_or_else(|| panic!("no family model {name}"))
+            .model
+            .clone()
+    };
+    let cases = [
+        ("mixtral_f32", "mixtral_q4_g64", Some((64, 4))),
+        ("mistral3_ministral3_bf16", "mistral3_ministral3_bf16", None),
+        ("ministral3_fp8_tensor", "ministral3_fp8_tensor", None),
+        ("mistral_fp8_block", "mistral_fp8_block", None),
+    ];
+    for (source, reference, quantize) in cases {
+        let (source, reference) = (find(source), find(reference));
+        let out = std::env::temp_dir().join(format!(
+            "mistral-mlx-families-convert-{}-{}",
+            source.name,
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&out);
+        let options = mistral_loader::ConvertOptions {
+            quantize: quantize
+                .map(|(group_size, bits)| mistral_model::QuantParams { group_size, bits }),
+            ..Default::default()
+        };
+        let report = mistral_loader::convert_model(&source.dir, &out, &options)
+            .unwrap_or_else(|e| panic!("{}: convert: {e}", source.name));
+        let written: Vec<String> = mistral_loader::SafetensorsWeights::open(&out)
+            .expect("open the converted folder")
+            .names();
+        assert!(
+            !written.iter().any(|n| n.contains("vision_tower")
+                || n.contains("multi_modal_projector")
+                || n.ends_with("_scale_inv")
+                || n.ends_with("activation_scale")),
+            "{}: the converted folder has vision or FP8 scale tensors",
+            source.name
+        );
+        if quantize.is_some() {
+            assert_eq!(report.dense, 0, "{}: every matrix quantized", source.name);
+        }
+        let model = load_model(&out).unwrap_or_else(|e| panic!("{}: load: {e}", out.display()));
+        let spec = reference::TestModel {
+            dir: out.clone(),
+            ..reference.clone()
+        };
+        check_against(&model, &spec, &family_references(&reference), false);
+        std::fs::remove_dir_all(&out).expect("remove the converted folder");
     }
 }

@@ -70,22 +70,23 @@ fn unwrap_text_config(
     root: &mut Map<String, Value>,
     wrapper: &str,
 ) -> Result<Map<String, Value>, ConfigError> {
-    let mut text =
-        match root.remove("text_config") {
-            Some(Value::Object(text)) => text,
-            Some(other) => return Err(ConfigError::invalid(
+    let mut text = match root.remove("text_config") {
+        Some(Value::Object(text)) => text,
+        Some(other) => {
+            return Err(ConfigError::invalid(
                 "text_config",
                 format!(
                     "must be an object (the language model of a {wrapper:?} config), got {other}"
                 ),
-            )),
-            None => {
-                return Err(ConfigError::invalid(
-                    "text_config",
-                    format!("is missing: a {wrapper:?} config holds its language model there"),
-                ))
-            }
-        };
+            ))
+        }
+        None => {
+            return Err(ConfigError::invalid(
+                "text_config",
+                format!("is missing: a {wrapper:?} config holds its language model there"),
+            ))
+        }
+    };
     text.entry("tie_word_embeddings")
         .or_insert(Value::Bool(false));
     text.entry("model_type")

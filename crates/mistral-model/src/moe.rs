@@ -15,6 +15,13 @@
 //! (`experts.N.w1` gate, `w2` down, `w3` up), stacked here at load (one
 //! layer's experts are held twice while stacking), and mlx-community's,
 //! already stacked (`switch_mlp.{gate,up,down}_proj`).
+//!
+//! Split over ranks (tensor parallelism), every rank keeps every expert and
+//! the whole router, and a block of each expert's hidden units: the rows of
+//! its gate and up projections and the columns of its down projection, as
+//! a dense SwiGLU block is split; the weighted sum of the experts' partial
+//! outputs is summed over the ranks. Each projection is read whole and cut
+//! at load (one projection's experts held at once).
 
 use mlx_rs::{
     ops::{
@@ -30,6 +37,7 @@ use crate::error::ModelError;
 use crate::linear::{Linear, LinearWeight};
 use crate::mlp::swiglu;
 use crate::quantization::QuantParams;
+use crate::tensor_parallel::{Split, TensorParallel};
 use crate::weights::Weights;
 
 /// (token, expert) pairs from which the pairs are sorted by expert (mlx-lm's
@@ -186,6 +194,55 @@ impl SwitchLinear {
         }
     }
 
+    /// This rank's block of every expert (see the module note): output rows
+    /// for [`Split::Outputs`], input columns for [`Split::Inputs`]; `what`
+    /// names the projection in errors.
+    fn shard(
+        self,
+        split: Split,
+        parallel: &TensorParallel,
+        what: &str,
+    ) -> Result<Self, ModelError> {
+        let (rank, size) = (parallel.rank(), parallel.size());
+        // The block of `a` along `axis`, copied so the whole can be freed.
+        let cut = |a: &Array, axis: i32| -> Result<Array, ModelError> {
+            let n = a.dim(axis);
+            let part = parallel.divide(n, &format!("`{what}` along axis {axis}"))?;
+            let indices = Array::from_iter(rank * part..(rank + 1) * part, &[part]);
+            let block = a.take_axis(&indices, axis)?.contiguous()?;
+            block.eval()?;
+            Ok(block)
+        };
+        let axis = match split {
+            Split::Outputs => 1,
+            Split::Inputs => 2,
+        };
+        Ok(match self {
+            SwitchLinear::Dense(w) => SwitchLinear::Dense(cut(&w, axis)?),
+            SwitchLinear::Quantized {
+                weight,
+                scales,
+                biases,
+                params,
+            } => {
+                if split == Split::Inputs && (scales.dim(2) % size) != 0 {
+                    return Err(ModelError::TensorParallel(format!(
+                        "`{what}` is quantized in groups of {}, and its {} groups of inputs do \
+                         not divide by the {size} ranks",
+                        params.group_size,
+                        scales.dim(2)
+                    )));
+                }
+                SwitchLinear::Quantized {
+                    weight: cut(&weight, axis)?,
+                    scales: cut(&scales, axis)?,
+                    biases: cut(&biases, axis)?,
+                    params,
+                }
+            }
+        })
+    }
+
     /// Bytes held.
     pub fn weight_bytes(&self) -> u64 {
         match self {
@@ -234,6 +291,8 @@ pub struct SparseMoe {
     up_proj: SwitchLinear,
     down_proj: SwitchLinear,
     top_k: i32,
+    /// Split over ranks: the partial outputs are summed over them.
+    reduce: Option<TensorParallel>,
 }
 
 impl SparseMoe {
@@ -243,13 +302,7 @@ impl SparseMoe {
         let (experts, top_k) = cfg.experts().ok_or_else(|| {
             ModelError::Input("a mixture-of-experts layer needs num_local_experts".to_owned())
         })?;
-        if weights.tensor_parallel().is_some() {
-            return Err(ModelError::TensorParallel(
-                "mixture-of-experts layers cannot be split over ranks yet (mlx-lm's mixtral \
-                 has no split either)"
-                    .to_owned(),
-            ));
-        }
+        let reduce = weights.tensor_parallel().cloned();
         let (dim, hidden) = (cfg.hidden_size, cfg.intermediate_size);
         let gate = Linear::new(cfg, &mut weights.pp("gate"), dim, experts, false)?;
         let stacked = weights.take("switch_mlp.gate_proj.weight");
@@ -269,12 +322,24 @@ impl SparseMoe {
                 SwitchLinear::per_expert(cfg, weights, "w2", experts, dim, hidden)?,
             ),
         };
+        let (gate_proj, up_proj, down_proj) = match &reduce {
+            None => (gate_proj, up_proj, down_proj),
+            Some(parallel) => {
+                let what = |name: &str| format!("{}.{name}", weights.module_path());
+                (
+                    gate_proj.shard(Split::Outputs, parallel, &what("gate_proj"))?,
+                    up_proj.shard(Split::Outputs, parallel, &what("up_proj"))?,
+                    down_proj.shard(Split::Inputs, parallel, &what("down_proj"))?,
+                )
+            }
+        };
         Ok(SparseMoe {
             gate,
             gate_proj,
             up_proj,
             down_proj,
             top_k,
+            reduce,
         })
     }
 
@@ -293,7 +358,11 @@ impl SparseMoe {
         let chosen = argpartition_axis(gates.negative()?, k - 1, -1)?.index((.., ..k));
         let scores = softmax_axis(take_along_axis(&gates, &chosen, -1)?, -1, true)?;
         let y = self.experts(x, &chosen)?;
-        Ok(y.multiply(scores.expand_dims(-1)?)?.sum_axis(-2, false)?)
+        let y = y.multiply(scores.expand_dims(-1)?)?.sum_axis(-2, false)?;
+        match &self.reduce {
+            Some(parallel) => parallel.all_sum(&y),
+            None => Ok(y),
+        }
     }
 
     /// mlx-lm's `SwitchGLU`: each row of `x` `[N, hidden]` through its

@@ -1,11 +1,12 @@
 //! Continuous batching: rows that join and leave a [`BatchKVCache`] get,
 //! step by step, the logits of their solo runs over a [`KVCache`], for
 //! every model of the shared test configurations (full attention, sliding
-//! windows, mixed layer types, tied head, RoPE scaling).
+//! windows, mixed layer types, tied head, RoPE scaling, Mixtral's experts,
+//! Ministral 3's YaRN and position-dependent query scale).
 
 mod common;
 
-use common::{assert_close, configs, host, random_weights, tiny_config};
+use common::{all_configs, assert_close, host, random_weights, tiny_config};
 use mistral_model::Mistral;
 use mlx_rs::{ops::indexing::IndexOp, Array};
 use mlx_rs_core::{
@@ -55,7 +56,7 @@ fn prefill(model: &Mistral, prompt: &[i32]) -> (Vec<Option<BatchKVCache>>, Vec<f
 
 #[test]
 fn joining_and_leaving_rows_get_their_solo_logits() {
-    for (name, cfg) in configs() {
+    for (name, cfg) in all_configs() {
         let model = Mistral::new(&cfg, &mut random_weights(&cfg), None).unwrap();
         let want: Vec<Vec<Vec<f32>>> = PROMPTS.iter().map(|p| solo(&model, p, FED.len())).collect();
         // Schedule: row 0 alone for 2 steps, row 1 joins, 2 steps, row 2
@@ -187,7 +188,7 @@ fn batch_generation_gives_each_sequence_its_solo_tokens() {
         ..GenerateOptions::default()
     };
     let options = [greedy, seeded, penalized];
-    for (name, cfg) in configs() {
+    for (name, cfg) in all_configs() {
         let mut model = Mistral::new(&cfg, &mut random_weights(&cfg), None).unwrap();
         let solo: Vec<Vec<u32>> = PROMPTS
             .iter()
@@ -251,7 +252,7 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
 fn batch_log_probabilities_are_the_log_softmax_of_the_solo_logits() {
     let n = 8;
     let top = 5;
-    for (name, cfg) in configs() {
+    for (name, cfg) in all_configs() {
         let mut model = Mistral::new(&cfg, &mut random_weights(&cfg), None).unwrap();
         let mut batch = BatchGenerate::new();
         let mut got: Vec<Vec<BatchToken>> = vec![Vec::new(); 2];

@@ -3,7 +3,8 @@
 //! binary) give the logits of the same model in one process, within float32
 //! rounding (the partial products are summed in another order), and the
 //! same greedy ids, prompt and cached decode steps alike, each rank holding
-//! a share of the weights; a model whose key
+//! a share of the weights (Mixtral's experts and Ministral 3 included); a
+//! model whose key
 //! and value heads do not divide by the ranks is refused with an error
 //! naming them.
 
@@ -11,7 +12,7 @@ mod common;
 #[path = "../../mlx-rs-core/tests/support/ranks.rs"]
 mod ranks;
 
-use common::{assert_close, configs, host, random_weights};
+use common::{all_configs, assert_close, host, random_weights};
 use mistral_model::{Mistral, TensorParallel, WeightOptions};
 use mlx_rs::{ops::indexing::IndexOp, Array};
 use mlx_rs_core::distributed::{Backend, Group};
@@ -55,7 +56,7 @@ fn rank_child() {
         return;
     };
     let index: usize = scenario.parse().expect("a config index");
-    let (_, cfg) = &configs()[index];
+    let (_, cfg) = &all_configs()[index];
     let group = Group::init_within(Backend::Ring, std::time::Duration::from_secs(60))
         .expect("join the ring");
     let parallel = TensorParallel::new(group);
@@ -81,7 +82,7 @@ fn rank_child() {
 
 #[test]
 fn two_ranks_give_the_single_process_logits() {
-    for (index, (name, cfg)) in configs().iter().enumerate() {
+    for (index, (name, cfg)) in all_configs().iter().enumerate() {
         let ranks = run_ranks(2, &index.to_string());
         if cfg.num_key_value_heads() % 2 != 0 {
             for (code, out) in &ranks {

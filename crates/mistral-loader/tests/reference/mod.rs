@@ -282,7 +282,15 @@ pub fn gpu_noise(model: &TestModel, reference: &Reference) -> Option<f64> {
         match last.as_ref() {
             Some((dir, refs)) if *dir == model.dir => Arc::clone(refs),
             _ => {
-                let refs = Arc::new(references_in(model, "cpu"));
+                // Beside the model's own references: `refs/cpu/` of the
+                // folder holding it (the test models', or `arch/`).
+                let root = model.dir.parent().map_or_else(models_dir, PathBuf::from);
+                let refs = Arc::new(references_at(
+                    &root
+                        .join("refs")
+                        .join("cpu")
+                        .join(format!("{}.safetensors", model.name)),
+                ));
                 *last = Some((model.dir.clone(), Arc::clone(&refs)));
                 refs
             }

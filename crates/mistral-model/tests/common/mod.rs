@@ -89,12 +89,30 @@ pub fn random_weights(cfg: &MistralConfig) -> HashMap<String, Array> {
             format!("{p}.self_attn.o_proj.weight"),
             next(&[d, h * hd], (h as f32 * hd as f32).powf(-0.5)),
         );
-        w.insert(format!("{p}.mlp.gate_proj.weight"), next(&[f, d], s));
-        w.insert(format!("{p}.mlp.up_proj.weight"), next(&[f, d], s));
-        w.insert(
-            format!("{p}.mlp.down_proj.weight"),
-            next(&[d, f], (f as f32).powf(-0.5)),
-        );
+        match cfg.experts() {
+            // Mistral's per-expert layout: w1 gate, w2 down, w3 up.
+            Some((experts, _)) => {
+                let moe = format!("{p}.block_sparse_moe");
+                w.insert(format!("{moe}.gate.weight"), next(&[experts, d], 1.0));
+                for e in 0..experts {
+                    let x = format!("{moe}.experts.{e}");
+                    w.insert(format!("{x}.w1.weight"), next(&[f, d], s));
+                    w.insert(format!("{x}.w3.weight"), next(&[f, d], s));
+                    w.insert(
+                        format!("{x}.w2.weight"),
+                        next(&[d, f], (f as f32).powf(-0.5)),
+                    );
+                }
+            }
+            None => {
+                w.insert(format!("{p}.mlp.gate_proj.weight"), next(&[f, d], s));
+                w.insert(format!("{p}.mlp.up_proj.weight"), next(&[f, d], s));
+                w.insert(
+                    format!("{p}.mlp.down_proj.weight"),
+                    next(&[d, f], (f as f32).powf(-0.5)),
+                );
+            }
+        }
     }
     w.insert(
         "model.norm.weight".to_owned(),
@@ -142,4 +160,31 @@ pub fn configs() -> Vec<(&'static str, MistralConfig)> {
             tiny_config(json!({"rope_scaling": {"type": "linear", "factor": 2.0}})),
         ),
     ]
+}
+
+/// Tiny models of the newer families: Mixtral (4 experts, top 2) and
+/// Ministral 3 (YaRN, Llama 4 query scaling from position 4, a window of 3
+/// on one layer of two).
+pub fn family_configs() -> Vec<(&'static str, MistralConfig)> {
+    vec![
+        (
+            "mixtral",
+            tiny_config(json!({"model_type": "mixtral", "num_local_experts": 4,
+                "num_experts_per_tok": 2})),
+        ),
+        (
+            "ministral3",
+            tiny_config(json!({"model_type": "ministral3", "rope_theta": null,
+                "sliding_window": 3, "layer_types": ["sliding_attention", "full_attention"],
+                "max_position_embeddings": 4096,
+                "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0,
+                    "original_max_position_embeddings": 4, "mscale": 2.0, "mscale_all_dim": 1.0,
+                    "llama_4_scaling_beta": 0.1}})),
+        ),
+    ]
+}
+
+/// [`configs`] and [`family_configs`].
+pub fn all_configs() -> Vec<(&'static str, MistralConfig)> {
+    configs().into_iter().chain(family_configs()).collect()
 }
