@@ -30,6 +30,13 @@ The models (hidden 128 unless said; vocab 32768 of the v3 tokenizer):
   mistral_fp8_block   FP8 projections with 128x128 block scales, intermediate 320
   llama_rope_{linear,dynamic,llama3,yarn}   gqa4_f32's weights (same seed) as a
                  "llama" model with each rope_scaling type
+  mistral4_f32   Mistral 4 (DeepSeek-V3 style MLA attention + grouped MoE),
+                 q LoRA, interleaved yarn rope + llama-4 query scaling, layer 0
+                 dense, 8 experts top-2 in 2 groups, a shared expert, HF names
+  mistral4_noqlora_f32   plain q_proj, non-interleaved rope, every layer MoE,
+                 1 group, no shared expert, top-k weights not renormalized
+  mistral4_mlx_bf16   mlx_lm.convert --dtype bfloat16 of mistral4_f32: the
+                 layout mlx-lm saves (embed_q / unembed_out, switch_mlp)
 
 References: mlx-lm's own loader wherever it loads the directory correctly.
 Quantized Mixtral: mlx-lm 0.32.2 cannot run a QuantizedSwitchLinear on MLX
@@ -38,7 +45,10 @@ Quantized Mixtral: mlx-lm 0.32.2 cannot run a QuantizedSwitchLinear on MLX
 ministral3 sanitize multiplies the raw fp8 bytes by the scale (wrong), so the
 weights are dequantized by mlx-lm's own correct FP8 code,
 `mlx_lm.models.mistral4.Model.sanitize` (called on a stub), and loaded into
-mlx-lm's float ministral3 / llama model in bfloat16.
+mlx-lm's float ministral3 / llama model in bfloat16. mistral4_mlx_bf16: MLX
+0.32.2's CPU GatherMM is float32-only, so on the CPU the switch_mlp gather_mm
+runs on float32 copies of the bf16 operands and is rounded to bf16 (what MLX's
+CPU matmul does for bf16); the rest is mlx-lm's bf16 model as loaded.
 
 Everything is deterministic: numpy generators seeded per model, std 0.02
 normal for matrices, 1 + 0.1 * normal for RMSNorm weights.
@@ -140,6 +150,53 @@ LLAMA_ROPE_VARIANTS = {
                         "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 0.0},
 }
 
+# Mistral 4 (mistral4_*): DeepSeek-V3 style multi-head latent attention
+# (q low-rank through q_a/q_b with an RMSNorm between, or a plain q_proj; a
+# shared latent kv_a_proj_with_mqa of kv_lora_rank + rope dims; kv_b_proj
+# expanding the normed latent to per-head nope keys and values), the rope on
+# the last qk_rope_head_dim dims of q and on one shared rope key, yarn RoPE +
+# llama-4 query scaling, and DeepSeek-V3 MoE layers (softmax router in
+# float32, group-limited top-k, routed scaling, shared experts) after
+# first_k_dense_replace dense layers.
+MISTRAL4 = dict(
+    seed=62, hidden=128, intermediate=256, moe_intermediate=64, layers=3, heads=4,
+    q_lora_rank=48, kv_lora_rank=64, rope_dim=16, nope_dim=32, v_dim=32,
+    experts=8, top_k=2, n_shared=1, first_dense=1, n_group=2, topk_group=1,
+    routed_scaling=2.5, norm_topk=True, rope_interleave=True,
+)
+# No q LoRA (plain q_proj), non-interleaved rope, every layer MoE, no groups,
+# no shared experts (n_shared_experts null: mlx-lm then builds none), the
+# top-k weights not renormalized.
+MISTRAL4_NOQLORA = {
+    **MISTRAL4, "seed": 61, "layers": 2, "q_lora_rank": None, "rope_interleave": False,
+    "first_dense": 0, "n_group": 1, "topk_group": 1, "norm_topk": False, "n_shared": None,
+}
+# factor 4 with mscale == mscale_all_dim: mlx-lm's YarnRoPE input scale is
+# their ratio, exactly 1, while apply_yarn_mscale multiplies the attention
+# scale by (0.1 * mscale_all_dim * ln(factor) + 1)^2 = 1.29648, so the softmax
+# scale is 48^-0.5 * 1.29648 = 0.18713, not 48^-0.5. The llama-4 query scale
+# 1 + 0.1 * ln(1 + floor(pos / 16)) changes at positions 16 and 32 of the
+# "long" prompt.
+MISTRAL4_ROPE = {
+    "rope_type": "yarn",
+    "rope_theta": 10000.0,
+    "factor": 4.0,
+    "original_max_position_embeddings": 16,
+    "beta_fast": 32.0,
+    "beta_slow": 1.0,
+    "mscale": 1.0,
+    "mscale_all_dim": 1.0,
+    "llama_4_scaling_beta": 0.1,
+}
+# Router std 0.5: gate(rmsnorm(h)) logits with a spread of about 5.7. Seeds
+# 62 and 61 were picked from 41-70 for the largest smallest gaps (printed by
+# mistral4_router_check) over the prompts and the greedy continuations, in
+# float32 and (62) in bfloat16, where the router logits are bf16 and many
+# seeds give exact top-k ties.
+MISTRAL4_ROUTER_STD = 0.5
+MISTRAL4_MODELS = {"mistral4_f32": MISTRAL4, "mistral4_noqlora_f32": MISTRAL4_NOQLORA,
+                   "mistral4_mlx_bf16": MISTRAL4}
+
 # Pixtral-like vision tower + Mistral3 projector (weights only: mlx-lm drops
 # them, our engine must not read them).
 VISION = dict(hidden=256, intermediate=256, heads=4, patch=16, channels=3, merge=2)
@@ -206,6 +263,48 @@ def stack_experts(w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out[f"{prefix}.block_sparse_moe.switch_mlp.{target}.weight"] = np.stack(
             [w[f"{prefix}.block_sparse_moe.experts.{e}.{name}"] for e in range(MIXTRAL["experts"])])
     return out
+
+
+def mistral4_weights(m: dict) -> dict[str, np.ndarray]:
+    """Mistral 4 in the Hugging Face / DeepSeek-V3 layout mlx-lm's sanitize
+    takes: kv_b_proj not absorbed, per-expert mlp.experts.E.* names."""
+    init = Init(m["seed"])
+    h, heads = m["hidden"], m["heads"]
+    qk = m["nope_dim"] + m["rope_dim"]
+    w = {"model.embed_tokens.weight": init.matrix(VOCAB, h)}
+    for i in range(m["layers"]):
+        p = f"model.layers.{i}."
+        if m["q_lora_rank"] is None:
+            w[p + "self_attn.q_proj.weight"] = init.matrix(heads * qk, h)
+        else:
+            w[p + "self_attn.q_a_proj.weight"] = init.matrix(m["q_lora_rank"], h)
+            w[p + "self_attn.q_a_layernorm.weight"] = init.norm(m["q_lora_rank"])
+            w[p + "self_attn.q_b_proj.weight"] = init.matrix(heads * qk, m["q_lora_rank"])
+        w[p + "self_attn.kv_a_proj_with_mqa.weight"] = init.matrix(m["kv_lora_rank"] + m["rope_dim"], h)
+        w[p + "self_attn.kv_a_layernorm.weight"] = init.norm(m["kv_lora_rank"])
+        w[p + "self_attn.kv_b_proj.weight"] = init.matrix(heads * (m["nope_dim"] + m["v_dim"]), m["kv_lora_rank"])
+        w[p + "self_attn.o_proj.weight"] = init.matrix(h, heads * m["v_dim"])
+        if i < m["first_dense"]:
+            w[p + "mlp.gate_proj.weight"] = init.matrix(m["intermediate"], h)
+            w[p + "mlp.up_proj.weight"] = init.matrix(m["intermediate"], h)
+            w[p + "mlp.down_proj.weight"] = init.matrix(h, m["intermediate"])
+        else:
+            w[p + "mlp.gate.weight"] = init.matrix(m["experts"], h, std=MISTRAL4_ROUTER_STD)
+            for e in range(m["experts"]):
+                q = f"{p}mlp.experts.{e}."
+                w[q + "gate_proj.weight"] = init.matrix(m["moe_intermediate"], h)
+                w[q + "up_proj.weight"] = init.matrix(m["moe_intermediate"], h)
+                w[q + "down_proj.weight"] = init.matrix(h, m["moe_intermediate"])
+            if m["n_shared"] is not None:
+                inter = m["moe_intermediate"] * m["n_shared"]
+                w[p + "mlp.shared_experts.gate_proj.weight"] = init.matrix(inter, h)
+                w[p + "mlp.shared_experts.up_proj.weight"] = init.matrix(inter, h)
+                w[p + "mlp.shared_experts.down_proj.weight"] = init.matrix(h, inter)
+        w[p + "input_layernorm.weight"] = init.norm(h)
+        w[p + "post_attention_layernorm.weight"] = init.norm(h)
+    w["model.norm.weight"] = init.norm(h)
+    w["lm_head.weight"] = init.matrix(VOCAB, h)
+    return w
 
 
 def vision_weights(seed: int, layers: int, text_hidden: int, tower: str, projector: str) -> dict[str, np.ndarray]:
@@ -292,6 +391,49 @@ def mixtral_config() -> dict:
         "eos_token_id": 2,
         "use_cache": True,
         "torch_dtype": "float32",
+        "transformers_version": TRANSFORMERS_VERSION,
+    }
+
+
+def mistral4_config(m: dict, dtype: str) -> dict:
+    return {
+        "architectures": ["Mistral4ForCausalLM"],
+        "model_type": "mistral4",
+        "vocab_size": VOCAB,
+        "hidden_size": m["hidden"],
+        "intermediate_size": m["intermediate"],
+        "moe_intermediate_size": m["moe_intermediate"],
+        "num_hidden_layers": m["layers"],
+        "num_attention_heads": m["heads"],
+        "num_key_value_heads": m["heads"],
+        "q_lora_rank": m["q_lora_rank"],
+        "kv_lora_rank": m["kv_lora_rank"],
+        "qk_rope_head_dim": m["rope_dim"],
+        "qk_nope_head_dim": m["nope_dim"],
+        "v_head_dim": m["v_dim"],
+        "n_routed_experts": m["experts"],
+        "num_experts_per_tok": m["top_k"],
+        # null, not absent: mlx-lm's ModelArgs has no default for it.
+        "n_shared_experts": m["n_shared"],
+        "first_k_dense_replace": m["first_dense"],
+        "n_group": m["n_group"],
+        "topk_group": m["topk_group"],
+        "routed_scaling_factor": m["routed_scaling"],
+        "norm_topk_prob": m["norm_topk"],
+        "hidden_act": "silu",
+        "max_position_embeddings": 4096,
+        "initializer_range": 0.02,
+        "rms_norm_eps": 1e-06,
+        "rope_parameters": dict(MISTRAL4_ROPE),
+        "rope_interleave": m["rope_interleave"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": None,
+        "use_cache": True,
+        "torch_dtype": dtype,
         "transformers_version": TRANSFORMERS_VERSION,
     }
 
@@ -606,6 +748,136 @@ def router_min_gap(model, prompts: list[dict]) -> float:
     return gap
 
 
+def mistral4_router_check(model, prompts: list[dict], m: dict) -> dict:
+    """Records every MoE layer's router logits over every token of the
+    prompts (one pass each), re-derives the expert choice in numpy the way
+    mlx-lm's `mistral4_expert_select` makes it (softmax in float32; with
+    n_group > 1 a group's score is the sum of its 2 best probabilities, the
+    n_group - topk_group lowest groups are zeroed; top-k of what is left;
+    weights are the unzeroed probabilities, divided by their sum + 1e-20 if
+    norm_topk_prob, times routed_scaling_factor), checks that it picks the
+    same experts with the same weights as mlx-lm's function, and returns the
+    smallest gaps: between the k-th and (k+1)-th router logit among the
+    eligible experts, and (n_group > 1) between the topk_group-th and next
+    group score (a sum of probabilities)."""
+    from mlx_lm.models import mistral4
+
+    records: list[mx.array] = []
+
+    class RecordingGate(nn.Linear):
+        def __call__(self, x):
+            y = super().__call__(x)
+            records.append(y)
+            return y
+
+    moes = [layer.mlp for layer in model.model.layers if isinstance(layer.mlp, mistral4.Mistral4MoE)]
+    assert len(moes) == m["layers"] - m["first_dense"], len(moes)
+    saved = [moe.gate for moe in moes]
+    for moe in moes:
+        g = RecordingGate(moe.gate.weight.shape[1], moe.gate.weight.shape[0], bias=False)
+        g.weight = moe.gate.weight
+        moe.gate = g
+    try:
+        for p in prompts:
+            mx.eval(model(mx.array([p["ids"]], dtype=mx.int32)))
+    finally:
+        for moe, g in zip(moes, saved):
+            moe.gate = g
+
+    k, n_group, topk_group = m["top_k"], m["n_group"], m["topk_group"]
+    topk_gap = group_gap = math.inf
+    worst_weight = 0.0
+    for r in records:
+        inds, weights = mistral4.mistral4_expert_select(
+            r, k, n_group, topk_group, m["routed_scaling"], m["norm_topk"])
+        inds = np.array(inds).reshape(-1, k)
+        weights = np.array(weights.astype(mx.float32)).reshape(-1, k)
+        g = np.array(r.astype(mx.float32)).reshape(-1, m["experts"]).astype(np.float64)
+        s = np.exp(g - g.max(axis=-1, keepdims=True))
+        s /= s.sum(axis=-1, keepdims=True)
+        eligible = s.copy()
+        if n_group > 1:
+            grouped = eligible.reshape(len(s), n_group, -1)
+            group_scores = np.sort(grouped, axis=-1)[..., -2:].sum(axis=-1)
+            ranked = np.sort(group_scores, axis=-1)[:, ::-1]
+            group_gap = min(group_gap, float((ranked[:, topk_group - 1] - ranked[:, topk_group]).min()))
+            dropped = np.argsort(group_scores, axis=-1)[:, : n_group - topk_group]
+            np.put_along_axis(grouped, dropped[..., None], 0.0, axis=1)
+            eligible = grouped.reshape(len(s), -1)
+        # In router-logit units (= log-probability): with a peaked softmax
+        # the k-th and (k+1)-th probabilities are both tiny, their
+        # difference says nothing about how near a tie they are.
+        ranked = np.sort(np.where(eligible > 0, g, -np.inf), axis=-1)[:, ::-1]
+        topk_gap = min(topk_gap, float((ranked[:, k - 1] - ranked[:, k]).min()))
+        chosen = np.argsort(-eligible, axis=-1)[:, :k]
+        assert (np.sort(chosen, axis=-1) == np.sort(inds, axis=-1)).all(), "expert choice differs"
+        expected = np.take_along_axis(s, inds, axis=-1)
+        if m["norm_topk"]:
+            expected = expected / (expected.sum(axis=-1, keepdims=True) + 1e-20)
+        expected = expected * m["routed_scaling"]
+        worst_weight = max(worst_weight, float(np.abs(expected - weights).max()))
+    assert worst_weight < 1e-5, f"expert weights differ from mlx-lm's by {worst_weight}"
+    return {"topk_gap": topk_gap, "group_gap": None if n_group == 1 else group_gap,
+            "tokens": sum(int(np.prod(r.shape[:-1])) for r in records) // len(moes)}
+
+
+def gather_mm_in_f32(model) -> int:
+    """MLX 0.32.2's CPU GatherMM supports only float32 ("[GatherMM::eval]
+    Currently only supports float32"), so mlx-lm cannot run a bfloat16
+    SwitchGLU on the CPU. This swaps every MoE layer's switch_mlp
+    gate/up/down SwitchLinear for one whose gather_mm runs on float32 copies
+    of its bfloat16 operands (exact) and rounds the result to bfloat16: what
+    MLX's CPU matmul does for bfloat16 operands (bit for bit the same as
+    `x_bf16 @ w_bf16.T` per expert, checked below). Everything else stays
+    mlx-lm's bfloat16 model. Returns the number of layers swapped."""
+    from mlx_lm.models.switch_layers import SwitchGLU, SwitchLinear
+
+    class F32GatherSwitchLinear(SwitchLinear):
+        def __call__(self, x, indices, sorted_indices=False):
+            y = mx.gather_mm(x.astype(mx.float32), self["weight"].astype(mx.float32).swapaxes(-1, -2),
+                             rhs_indices=indices, sorted_indices=sorted_indices)
+            return y.astype(x.dtype)
+
+    swapped = 0
+    for _, module in model.named_modules():
+        if not isinstance(module, SwitchGLU):
+            continue
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            old = getattr(module, proj)
+            assert type(old) is SwitchLinear and "bias" not in old, type(old)
+            new = F32GatherSwitchLinear(old.input_dims, old.output_dims, old.num_experts, bias=False)
+            new.weight = old.weight
+            setattr(module, proj, new)
+        swapped += 1
+        # The swapped layer against a plain bf16 matmul of one expert.
+        x = mx.array(np.random.default_rng(0).standard_normal((3, module.gate_proj.input_dims)),
+                     dtype=mx.bfloat16)
+        idx = mx.array([[1, 0]] * 3, dtype=mx.uint32)
+        got = module.gate_proj(mx.expand_dims(x, (-2, -3)), idx).squeeze(-2)
+        assert mx.array_equal(got[:, 0], x @ module.gate_proj.weight[1].T).item()
+    return swapped
+
+
+def decode_path_diff(model, prompts: list[dict]) -> float:
+    """Largest |difference| between the last token's logits through
+    mlx-lm's decode path (one token with a cache: attention over the latent,
+    embed_q on the query, unembed_out on the output, the rope scores as an
+    additive mask) and through its one-pass prefill path (k/v expanded)."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    worst = 0.0
+    for p in prompts:
+        ids = p["ids"]
+        if len(ids) < 2:
+            continue
+        cache = make_prompt_cache(model)
+        model(mx.array([ids[:-1]], dtype=mx.int32), cache=cache)
+        last = model(mx.array([ids[-1:]], dtype=mx.int32), cache=cache)[0, -1].astype(mx.float32)
+        full = reference.prompt_logits(model, ids)[-1]
+        worst = max(worst, float(mx.abs(last - full).max()))
+    return worst
+
+
 def logits_of(model, ids: list[int]) -> np.ndarray:
     return np.array(reference.prompt_logits(model, ids))
 
@@ -654,6 +926,17 @@ def mixtral_entry(name, description, layout, **kw) -> dict:
     return entry(name, description, "mixtral", layout, "float32", layers=m["layers"],
                  head_dim=m["hidden"] // m["heads"], experts=m["experts"], top_k=m["top_k"],
                  seed=m["seed"], **kw)
+
+
+def mistral4_entry(name, description, layout, dtype, m, **kw) -> dict:
+    e = entry(name, description, "mistral4", layout, dtype, rope_type="yarn", rope=dict(MISTRAL4_ROPE),
+              rope_theta=MISTRAL4_ROPE["rope_theta"], hidden=m["hidden"], intermediate=m["intermediate"],
+              layers=m["layers"], heads=m["heads"], kv_heads=m["heads"], head_dim=m["nope_dim"] + m["rope_dim"],
+              experts=m["experts"], top_k=m["top_k"], seed=m["seed"], **kw)
+    e.update({"q_lora_rank": m["q_lora_rank"], "kv_lora_rank": m["kv_lora_rank"],
+              "n_routed_experts": m["experts"], "first_k_dense_replace": m["first_dense"],
+              "n_group": m["n_group"], "topk_group": m["topk_group"]})
+    return e
 
 
 def build(root: str, tokenizer_dir: str) -> list[tuple[dict, object]]:
@@ -814,9 +1097,121 @@ def build(root: str, tokenizer_dir: str) -> list[tuple[dict, object]]:
                 "and chunked logits legitimately differ)" if scaling["rope_type"] == "dynamic" else "")),
             direct(d)))
 
+    # 11-13. Mistral 4.
+    plans.extend(build_mistral4(root, tokenizer_dir))
+
     for e, _ in plans:
         e["vision_bytes"], e["text_bytes"] = tensor_bytes(os.path.join(root, e["dir"]))
         e["files"] = sorted(f for f in os.listdir(os.path.join(root, e["dir"])) if f.endswith(".safetensors"))
+    return plans
+
+
+def mlx_lm_bf16_copy(root: str, src: str, name: str) -> str:
+    """mlx_lm.convert of `src` with --dtype bfloat16, no quantization: the
+    layout mlx-lm itself saves (its sanitize applied, then every parameter
+    cast to bf16). Our tokenizer files are copied over convert's, and
+    config.json's torch_dtype (convert keeps the source's "float32") is set
+    to "bfloat16", as a conversion of a bf16 checkpoint would have it."""
+    from mlx_lm.convert import convert
+
+    out_dir = os.path.join(root, name)
+    convert(src, out_dir, dtype="bfloat16")
+    for fname in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copyfile(os.path.join(src, fname), os.path.join(out_dir, fname))
+    path = os.path.join(out_dir, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    assert "quantization" not in config, config.get("quantization")
+    config["torch_dtype"] = "bfloat16"
+    write_json(path, config)
+    return out_dir
+
+
+def check_mistral4_mlx_layout(model_dir: str, m: dict, hf: dict[str, np.ndarray]) -> None:
+    """The converted directory holds exactly mlx-lm's sanitize of the HF
+    weights (kv_b_proj absorbed into embed_q / unembed_out, experts stacked
+    into switch_mlp) cast to bf16, bit for bit, and nothing else."""
+    import glob
+
+    saved: dict[str, mx.array] = {}
+    for f in sorted(glob.glob(os.path.join(model_dir, "model*.safetensors"))):
+        saved.update(mx.load(f))
+    with open(os.path.join(model_dir, "config.json")) as f:
+        config = json.load(f)
+    expected = mlx_model("mistral4", config).sanitize({k: mx.array(v) for k, v in hf.items()})
+    assert sorted(saved) == sorted(expected), sorted(set(saved) ^ set(expected))
+    heads, kv, nope, v = m["heads"], m["kv_lora_rank"], m["nope_dim"], m["v_dim"]
+    for i in range(m["layers"]):
+        p = f"model.layers.{i}."
+        assert saved[p + "self_attn.embed_q.weight"].shape == (heads, kv, nope)
+        assert saved[p + "self_attn.unembed_out.weight"].shape == (heads, v, kv)
+        if i >= m["first_dense"]:
+            for proj, shape in (("gate_proj", (m["experts"], m["moe_intermediate"], m["hidden"])),
+                                ("up_proj", (m["experts"], m["moe_intermediate"], m["hidden"])),
+                                ("down_proj", (m["experts"], m["hidden"], m["moe_intermediate"]))):
+                assert saved[f"{p}mlp.switch_mlp.{proj}.weight"].shape == shape, proj
+    for k, a in saved.items():
+        assert "kv_b_proj" not in k and ".experts." not in k, k
+        assert a.dtype == mx.bfloat16, (k, a.dtype)
+        assert mx.array_equal(a, expected[k].astype(mx.bfloat16)).item(), k
+
+
+def build_mistral4(root: str, tokenizer_dir: str) -> list[tuple[dict, object]]:
+    plans = []
+
+    def direct(model_dir):
+        return lambda: reference.load_model(model_dir)
+
+    rope = ("yarn rope (theta 1e4, factor 4, original 16, mscale = mscale_all_dim = 1: softmax scale "
+            "48^-0.5 * 1.1386^2) + llama-4 query scaling (beta 0.1, every 16 positions)")
+    m = MISTRAL4
+    hf_w = mistral4_weights(m)
+    d = new_model_dir(root, "mistral4_f32", mistral4_config(m, "float32"), tokenizer_dir)
+    make_models.save_weights(d, hf_w, "float32", 1)
+    plans.append((mistral4_entry(
+        "mistral4_f32", "Mistral 4: MLA attention (4 heads, q_lora_rank 48, kv_lora_rank 64, nope 32 + rope 16, "
+        "v 32), interleaved rope (rope_interleave true), " + rope + "; layer 0 dense (intermediate 256), "
+        "layers 1-2 MoE (8 experts top-2, 2 groups top-1, norm_topk_prob, routed_scaling 2.5, 1 shared "
+        "expert, moe_intermediate 64); HF/DeepSeek-V3 names (kv_b_proj not absorbed, "
+        "mlp.experts.E.*, mlp.shared_experts.*), untied", "hf", "float32", m), direct(d)))
+
+    m = MISTRAL4_NOQLORA
+    d = new_model_dir(root, "mistral4_noqlora_f32", mistral4_config(m, "float32"), tokenizer_dir)
+    make_models.save_weights(d, mistral4_weights(m), "float32", 1)
+    plans.append((mistral4_entry(
+        "mistral4_noqlora_f32", "Mistral 4 without q LoRA (plain self_attn.q_proj [192, 128]), non-interleaved "
+        "rope (rope_interleave false), " + rope + "; 2 layers, both MoE (first_k_dense_replace 0), "
+        "8 experts top-2, n_group 1, norm_topk_prob false, routed_scaling 2.5, n_shared_experts null "
+        "(no shared experts)", "hf", "float32", m), direct(d)))
+
+    m = MISTRAL4
+    name = "mistral4_mlx_bf16"
+    d = mlx_lm_bf16_copy(root, os.path.join(root, "mistral4_f32"), name)
+    check_mistral4_mlx_layout(d, m, hf_w)
+
+    def mlx_bf16_ref(d=d):
+        model, notes = reference.load_model(d)
+        notes["compute"] = "bfloat16"
+        try:
+            mx.eval(model(mx.array([[1, 2, 3]], dtype=mx.int32)))
+        except RuntimeError as err:
+            if "GatherMM" not in str(err):
+                raise
+            swapped = gather_mm_in_f32(model)
+            notes["gather_mm"] = (
+                f"MLX's CPU GatherMM is float32-only ({one_line(err, 80)}): the switch_mlp gather_mm of "
+                f"the {swapped} MoE layers runs on float32 copies of the bf16 operands, result rounded "
+                "to bf16 (bit-identical to a bf16 matmul per expert on the CPU)")
+        return model, notes
+
+    plans.append((mistral4_entry(
+        name, "mistral4_f32 converted by mlx_lm.convert --dtype bfloat16 (no quantization): mlx-lm's own "
+        "layout, self_attn.embed_q.weight [4, 64, 32] and self_attn.unembed_out.weight [4, 32, 64] "
+        "(kv_b_proj absorbed), mlp.switch_mlp.{gate,up,down}_proj.weight [8, out, in]; config.json as "
+        "convert writes it (torch_dtype set to bfloat16)", "mlx", "bfloat16", m, source="mistral4_f32",
+        reference_approach="mlx-lm load_model on the directory, bfloat16 (on the CPU the switch_mlp "
+                           "gather_mm runs in float32 on the bf16 values and is rounded to bf16: MLX's "
+                           "CPU GatherMM has no bfloat16)"), mlx_bf16_ref))
     return plans
 
 
@@ -824,9 +1219,40 @@ def build(root: str, tokenizer_dir: str) -> list[tuple[dict, object]]:
 # Cheap structural checks of mlx-lm's models
 
 
+def check_mistral4_model(name: str, model) -> dict:
+    """mlx-lm built the Mistral 4 the config asks for: yarn rope with input
+    scale 1 and the interleaving asked for, the attention scale with the
+    yarn mscale folded in, q LoRA or not, dense/MoE layers, shared experts.
+    Returns the values for the reference's metadata."""
+    from mlx_lm.models import deepseek_v3, mistral4, rope_utils
+
+    m = MISTRAL4_MODELS[name]
+    qk = m["nope_dim"] + m["rope_dim"]
+    s = 0.1 * MISTRAL4_ROPE["mscale_all_dim"] * math.log(MISTRAL4_ROPE["factor"]) + 1.0
+    for i, layer in enumerate(model.model.layers):
+        attn = layer.self_attn
+        assert type(attn.rope) is rope_utils.YarnRoPE, type(attn.rope)
+        assert attn.rope.mscale == 1.0 and attn.rope.dims == m["rope_dim"]
+        assert attn.rope.traditional == m["rope_interleave"], attn.rope.traditional
+        assert abs(attn.scale - qk ** -0.5 * s * s) < 1e-12 and abs(attn.scale - qk ** -0.5) > 0.01, attn.scale
+        assert hasattr(attn, "q_proj") == (m["q_lora_rank"] is None)
+        assert hasattr(attn, "q_a_proj") == (m["q_lora_rank"] is not None)
+        if i < m["first_dense"]:
+            assert type(layer.mlp) is deepseek_v3.DeepseekV3MLP, type(layer.mlp)
+        else:
+            assert type(layer.mlp) is mistral4.Mistral4MoE, type(layer.mlp)
+            assert hasattr(layer.mlp, "shared_experts") == (m["n_shared"] is not None)
+    attn = model.model.layers[0].self_attn
+    return {"attention_scale": attn.scale, "rope_traditional": attn.rope.traditional,
+            "rope_input_scale": attn.rope.mscale}
+
+
 def check_rope_modules(name: str, model) -> None:
     """mlx-lm really built the RoPE the config asks for."""
     from mlx_lm.models import rope_utils
+
+    if name in MISTRAL4_MODELS:
+        return  # check_mistral4_model, called by main
 
     rope = model.layers[0].self_attn.rope
     if name.startswith("ministral3") or name == "mistral3_ministral3_bf16":
@@ -921,6 +1347,30 @@ def main() -> int:
             extra = f", fp8 max rel err {notes['fp8_max_rel_err']:.3f}; {notes['direct_load']}"
         if "quantized_run" in notes:
             extra += f"; {notes['quantized_run']}"
+        if e["arch"] == "mistral4":
+            m = MISTRAL4_MODELS[name]
+            notes.update(check_mistral4_model(name, model))
+            # Router gaps over the prompts, and over the prompts followed by
+            # the greedy ids fed back (one pass: the routing of every decode step).
+            gap = mistral4_router_check(model, prompts, m)
+            seqs = [{"name": r["name"], "ids": r["prompt_ids"] + r["greedy_ids"][:-1]} for r in results]
+            gap_all = mistral4_router_check(model, seqs, m)
+            assert gap["topk_gap"] > 0 and (gap["group_gap"] is None or gap["group_gap"] > 0), gap
+            notes["router_min_gap"] = {"prompts": gap, "with_greedy": gap_all}
+            diff = decode_path_diff(model, prompts)
+            notes["decode_vs_prefill_max_diff"] = diff
+            if e["dtype"] == "float32" and reference.reference_device() == mx.cpu:
+                assert diff < 1e-4, f"{name}: mlx-lm's decode and prefill paths differ by {diff}"
+
+            def groups(g):
+                return "" if g["group_gap"] is None else f", group {g['group_gap']:.4f}"
+
+            extra = (f", scale {notes['attention_scale']:.5f}, traditional {notes['rope_traditional']}; "
+                     f"smallest router gaps: top-k logit {gap['topk_gap']:.4f}{groups(gap)} (prompts), "
+                     f"{gap_all['topk_gap']:.4f}{groups(gap_all)} (with greedy); "
+                     f"decode vs prefill {diff:.3g}")
+            if "gather_mm" in notes:
+                extra += "; gather_mm in float32 (CPU)"
         if name == "llama_rope_yarn":
             diff = check_rope_variants_differ(root, prompts[2]["ids"])
             extra = f", rope variants differ pairwise by >= {diff:.3g}"

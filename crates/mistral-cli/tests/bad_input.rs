@@ -159,11 +159,10 @@ fn unknown_model_type() {
 }
 
 /// The error line names the model type once (a library error that shows its
-/// source is not followed by that source again), and Mistral 4 is refused
-/// with the reason.
+/// source is not followed by that source again), with what is supported.
 #[test]
 fn refused_model_types_are_named_once() {
-    for (model_type, reason) in [("gpt2", "supported"), ("mistral4", "latent attention")] {
+    for (model_type, reason) in [("gpt2", "supported"), ("qwen3", "mistral4")] {
         let dir = broken(|d| edit_config(d, |c| c["model_type"] = json!(model_type)));
         let model = dir.path().display().to_string();
         let output = common::cli(&["generate", "--model", &model, "--prompt", "Hi"]);

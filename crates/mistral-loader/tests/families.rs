@@ -3,7 +3,10 @@
 //! other test models): Ministral 3 (YaRN RoPE with mscale, Llama 4 query
 //! scaling changing inside the prompt, sliding and full layers with a
 //! window shorter than the prompt), Mixtral (Mistral's per-expert layout,
-//! mlx-community's stacked one, 4- and 8-bit), the `mistral3` wrapper
+//! mlx-community's stacked one, 4- and 8-bit), Mistral 4 (latent
+//! attention with and without `q_lora_rank`, grouped routing, shared
+//! experts, the Hugging Face layout in float32 and mlx-lm's absorbed and
+//! stacked one in bfloat16), the `mistral3` wrapper
 //! around `ministral3` and `mistral` in both weight layouts with vision
 //! weights present, FP8 per tensor and per 128x128 block, and Llama models
 //! with each RoPE scaling (linear, dynamic, llama3, yarn).

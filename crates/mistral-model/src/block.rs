@@ -9,6 +9,7 @@ use mlx_rs_core::{AttentionMask, KeyValueCache, SdpaMask};
 use crate::attention::Attention;
 use crate::config::MistralConfig;
 use crate::error::ModelError;
+use crate::latent_attention::LatentAttention;
 use crate::mlp::Mlp;
 use crate::moe::SparseMoe;
 use crate::norm::RmsNorm;
@@ -19,25 +20,79 @@ use crate::weights::Weights;
 #[derive(Debug, Clone)]
 pub struct DecoderLayer {
     input_layernorm: RmsNorm,
-    self_attn: Attention,
+    self_attn: SelfAttention,
     post_attention_layernorm: RmsNorm,
     ffn: FeedForward,
     mask: AttentionMask,
 }
 
-/// The feed-forward part of a decoder layer.
+/// The attention part of a decoder layer (one per layer: the variants'
+/// sizes do not matter).
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
+pub enum SelfAttention {
+    /// Grouped-query attention (every family but Mistral 4).
+    Grouped(Attention),
+    /// Multi-head latent attention (Mistral 4).
+    Latent(LatentAttention),
+}
+
+impl SelfAttention {
+    /// The part `cfg` asks for, from the module `weights` points at
+    /// (`model.layers.N.self_attn`).
+    pub fn new(cfg: &MistralConfig, weights: &mut Weights) -> Result<Self, ModelError> {
+        Ok(match &cfg.latent {
+            Some(latent) => SelfAttention::Latent(LatentAttention::new(cfg, latent, weights)?),
+            None => SelfAttention::Grouped(Attention::new(cfg, weights)?),
+        })
+    }
+
+    /// Bytes held by its weights.
+    pub fn weight_bytes(&self) -> u64 {
+        match self {
+            SelfAttention::Grouped(a) => a.weight_bytes(),
+            SelfAttention::Latent(a) => a.weight_bytes(),
+        }
+    }
+
+    /// Applies it to rows `[B * L, hidden_size]` of a batch `(B, L)`.
+    pub fn forward_rows<C: KeyValueCache>(
+        &self,
+        x: &Array,
+        shape: (i32, i32),
+        mask: &SdpaMask,
+        cache: Option<&mut C>,
+    ) -> Result<Array, ModelError> {
+        match self {
+            SelfAttention::Grouped(a) => a.forward_rows(x, shape, mask, cache),
+            SelfAttention::Latent(a) => a.forward_rows(x, shape, mask, cache),
+        }
+    }
+}
+
+/// The feed-forward part of a decoder layer (one per layer: the variants'
+/// sizes do not matter).
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum FeedForward {
     /// A dense SwiGLU block (`mlp`).
     Dense(Mlp),
-    /// A sparse mixture of experts (`block_sparse_moe`).
+    /// A sparse mixture of experts (`block_sparse_moe`, Mistral 4's `mlp`).
     Experts(SparseMoe),
 }
 
 impl FeedForward {
-    /// The part `cfg` asks for, from the module `weights` points at
-    /// (`model.layers.N`).
-    pub fn new(cfg: &MistralConfig, weights: &mut Weights) -> Result<Self, ModelError> {
+    /// The part `cfg` asks for layer `index`, from the module `weights`
+    /// points at (`model.layers.N`).
+    pub fn new(
+        cfg: &MistralConfig,
+        weights: &mut Weights,
+        index: usize,
+    ) -> Result<Self, ModelError> {
+        if let Some(latent) = cfg.latent.as_ref().filter(|l| l.has_experts(index)) {
+            let moe = SparseMoe::latent(cfg, latent, &mut weights.pp("mlp"))?;
+            return Ok(FeedForward::Experts(moe));
+        }
         Ok(match cfg.experts() {
             Some(_) => {
                 FeedForward::Experts(SparseMoe::new(cfg, &mut weights.pp("block_sparse_moe"))?)
@@ -86,13 +141,13 @@ impl DecoderLayer {
                 cfg.hidden_size,
                 eps,
             )?,
-            self_attn: Attention::new(cfg, &mut weights.pp("self_attn"))?,
+            self_attn: SelfAttention::new(cfg, &mut weights.pp("self_attn"))?,
             post_attention_layernorm: RmsNorm::new(
                 &mut weights.pp("post_attention_layernorm"),
                 cfg.hidden_size,
                 eps,
             )?,
-            ffn: FeedForward::new(cfg, weights)?,
+            ffn: FeedForward::new(cfg, weights, index)?,
             mask: cfg.attention_mask(index),
         })
     }

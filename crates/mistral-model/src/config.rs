@@ -13,6 +13,7 @@
 
 use mlx_rs_core::RopeScaling;
 
+use crate::config_mistral4::LatentConfig;
 use crate::rope_config::{parse_scaling, scaling_block};
 use serde::Deserialize;
 use serde_json::Value;
@@ -24,14 +25,14 @@ use crate::quantization::{QuantParams, QuantizationConfig};
 
 /// Model types this crate implements (the text model's; a `mistral3`
 /// wrapper's `text_config` is read as its model, see [`crate::config_json`]).
-pub const SUPPORTED_MODEL_TYPES: [&str; 5] =
-    ["mistral", "llama", "ministral", "ministral3", "mixtral"];
-
-/// Model types known and refused with a reason.
-const REFUSED_MODEL_TYPES: [(&str, &str); 1] = [(
+pub const SUPPORTED_MODEL_TYPES: [&str; 6] = [
+    "mistral",
+    "llama",
+    "ministral",
+    "ministral3",
+    "mixtral",
     "mistral4",
-    "Mistral 4 / Mistral Large 3 (multi-head latent attention) is not implemented yet",
-)];
+];
 
 /// `eos_token_id`: a single id or a list of ids.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -158,6 +159,9 @@ pub struct MistralConfig {
     /// if any: its FP8 tensors are dequantized at load.
     #[serde(skip)]
     pub fp8: Option<Value>,
+    /// A `mistral4` model's latent attention and expert fields.
+    #[serde(skip)]
+    pub latent: Option<LatentConfig>,
 }
 
 fn positive(field: &str, value: i32) -> Result<(), ConfigError> {
@@ -201,13 +205,25 @@ impl MistralConfig {
         let mut json: Value = serde_json::from_str(text)?;
         let unwrapped = crate::config_json::unwrap_config(&mut json)?;
         let in_text_config = unwrapped.wrapper.is_some();
-        let config: Self = serde_path_to_error::deserialize(json).map_err(|err| {
-            let field = err.path().to_string();
-            let field = if in_text_config {
+        let prefixed = |field: String| {
+            if in_text_config {
                 format!("text_config.{field}")
             } else {
                 field
-            };
+            }
+        };
+        let latent = match json.get("model_type").and_then(Value::as_str) {
+            Some("mistral4") => Some(LatentConfig::from_value(&json).map_err(|e| match e {
+                ConfigError::Field { field, source } => ConfigError::Field {
+                    field: prefixed(field),
+                    source,
+                },
+                other => other,
+            })?),
+            _ => None,
+        };
+        let config: Self = serde_path_to_error::deserialize(json).map_err(|err| {
+            let field = prefixed(err.path().to_string());
             let data_error = err.inner().classify() == serde_json::error::Category::Data;
             match field.as_str() {
                 "" | "." | "?" => ConfigError::Json(err.into_inner()),
@@ -221,6 +237,7 @@ impl MistralConfig {
         Ok(MistralConfig {
             wrapper: unwrapped.wrapper,
             fp8: unwrapped.fp8,
+            latent,
             ..config
         })
     }
@@ -270,6 +287,10 @@ impl MistralConfig {
     /// The RoPE base: `rope_theta`, else `rope_parameters.rope_theta`, else
     /// [`DEFAULT_ROPE_THETA`].
     pub fn rope_theta(&self) -> f64 {
+        if let (Some(_), Some(p)) = (&self.latent, &self.rope_parameters) {
+            // mlx-lm's mistral4 takes the base from `rope_parameters` only.
+            return p.get("rope_theta").and_then(Value::as_f64).unwrap_or(1e5);
+        }
         self.rope_theta
             .or_else(|| {
                 self.rope_parameters
@@ -301,13 +322,13 @@ impl MistralConfig {
         }
     }
 
-    /// Llama 4's query scaling, which `ministral3` uses: queries at
+    /// Llama 4's query scaling, which `ministral3` and `mistral4` use: queries at
     /// position `p` are multiplied by `1 + beta * ln(1 + floor(p / n))`;
     /// `(beta, n)` from `rope_parameters.llama_4_scaling_beta` and
     /// `rope_parameters.original_max_position_embeddings`. `None` for other
     /// model types.
     pub fn query_scaling(&self) -> Result<Option<(f32, i32)>, ConfigError> {
-        if self.model_type != "ministral3" {
+        if self.model_type != "ministral3" && self.model_type != "mistral4" {
             return Ok(None);
         }
         let params = self.rope_parameters.as_ref();
@@ -375,15 +396,6 @@ impl MistralConfig {
             Some(_) => "text_config.model_type",
             None => "model_type",
         };
-        if let Some((_, why)) = REFUSED_MODEL_TYPES
-            .iter()
-            .find(|(t, _)| *t == self.model_type)
-        {
-            return Err(ConfigError::unsupported(
-                type_field,
-                format!("{:?}: {why}", self.model_type),
-            ));
-        }
         if !SUPPORTED_MODEL_TYPES.contains(&self.model_type.as_str()) {
             return Err(ConfigError::unsupported(
                 type_field,
@@ -395,6 +407,9 @@ impl MistralConfig {
         }
         self.validate_experts()?;
         self.query_scaling()?;
+        if let Some(latent) = &self.latent {
+            latent.validate(self.num_attention_heads)?;
+        }
         positive("hidden_size", self.hidden_size)?;
         positive("intermediate_size", self.intermediate_size)?;
         positive("num_hidden_layers", self.num_hidden_layers)?;

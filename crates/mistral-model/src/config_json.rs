@@ -9,6 +9,8 @@
 //!   mlx-lm's `mistral3.py`).
 //! - `ministral3`: tied head and all-full `layer_types` where absent (as
 //!   mlx-lm's `ministral3.py`).
+//! - `mistral4`: `head_dim` is `qk_nope_head_dim + qk_rope_head_dim` where
+//!   absent (as mlx-lm's `mistral4.py`).
 //! - `quantization_config` with `quant_method: "fp8"` (FP8 checkpoints) is
 //!   not an MLX quantization block: it moves aside (the loader dequantizes
 //!   the FP8 tensors it finds); any other `quant_method` is refused by name.
@@ -45,6 +47,18 @@ pub(crate) fn unwrap_config(json: &mut Value) -> Result<Unwrapped, ConfigError> 
         found.wrapper = Some(wrapper);
     }
     found.fp8 = take_fp8(root)?;
+    if root.get("model_type").and_then(Value::as_str) == Some("mistral4")
+        && !root.contains_key("head_dim")
+    {
+        // mlx-lm: the query/key head is the unrotated and rotated parts.
+        let width = |k: &str| root.get(k).and_then(Value::as_i64);
+        if let (Some(nope), Some(rope)) = (width("qk_nope_head_dim"), width("qk_rope_head_dim")) {
+            root.insert(
+                "head_dim".to_owned(),
+                Value::from(nope.saturating_add(rope)),
+            );
+        }
+    }
     if root.get("model_type").and_then(Value::as_str) == Some("ministral3") {
         root.entry("tie_word_embeddings")
             .or_insert(Value::Bool(true));

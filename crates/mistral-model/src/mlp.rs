@@ -31,7 +31,17 @@ impl Mlp {
     /// Takes `gate_proj`, `up_proj` and `down_proj` from the module `weights`
     /// points at (`model.layers.N.mlp`).
     pub fn new(cfg: &MistralConfig, weights: &mut Weights) -> Result<Self, ModelError> {
-        let (dim, hidden, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        Self::with_hidden(cfg, weights, cfg.intermediate_size)
+    }
+
+    /// Like [`new`](Self::new), with `hidden` units (Mistral 4's shared
+    /// experts: `moe_intermediate_size` times `n_shared_experts`).
+    pub fn with_hidden(
+        cfg: &MistralConfig,
+        weights: &mut Weights,
+        hidden: i32,
+    ) -> Result<Self, ModelError> {
+        let (dim, bias) = (cfg.hidden_size, cfg.mlp_bias);
         let (rows, cols) = (Split::Outputs, Split::Inputs);
         let gate = Linear::sharded(cfg, weights, "gate_proj", (dim, hidden), bias, rows)?;
         let up = Linear::sharded(cfg, weights, "up_proj", (dim, hidden), bias, rows)?;

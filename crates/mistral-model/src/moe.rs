@@ -24,19 +24,19 @@
 //! at load (one projection's experts held at once).
 
 use mlx_rs::{
-    ops::{
-        argpartition_axis, argsort_axis, dequantize, gather_mm, gather_qmm,
-        indexing::{take_along_axis, IndexOp},
-        softmax_axis, stack,
-    },
+    ops::{argsort_axis, dequantize, gather_mm, gather_qmm, split_at_indices, stack},
     Array, Dtype,
 };
 
+use mlx_rs_core::runtime::on_gpu;
+
 use crate::config::MistralConfig;
+use crate::config_mistral4::LatentConfig;
 use crate::error::ModelError;
 use crate::linear::{Linear, LinearWeight};
-use crate::mlp::swiglu;
+use crate::mlp::{swiglu, Mlp};
 use crate::quantization::QuantParams;
+use crate::routing::Routing;
 use crate::tensor_parallel::{Split, TensorParallel};
 use crate::weights::Weights;
 
@@ -260,6 +260,14 @@ impl SwitchLinear {
     /// `[..., 1, out]` (`x`'s batch axes broadcast against `indices`).
     pub fn forward(&self, x: &Array, indices: &Array, sorted: bool) -> Result<Array, ModelError> {
         Ok(match self {
+            // MLX 0.32's CPU `gather_mm` takes float32 only: half-precision
+            // experts multiply in float32 there, rounded back (the values a
+            // half-precision product of MLX's CPU gives).
+            SwitchLinear::Dense(w) if w.dtype() != Dtype::Float32 && !on_gpu() => {
+                let f32 = |a: &Array| a.as_dtype(Dtype::Float32);
+                gather_mm(f32(x)?, f32(w)?.swap_axes(-1, -2)?, None, indices, sorted)?
+                    .as_dtype(x.dtype())?
+            }
             SwitchLinear::Dense(w) => gather_mm(x, w.swap_axes(-1, -2)?, None, indices, sorted)?,
             SwitchLinear::Quantized {
                 weight,
@@ -282,8 +290,9 @@ impl SwitchLinear {
     }
 }
 
-/// A sparse mixture-of-experts feed-forward block
-/// (`model.layers.N.block_sparse_moe`).
+/// A sparse mixture-of-experts feed-forward block: Mixtral's
+/// (`model.layers.N.block_sparse_moe`) or Mistral 4's (`model.layers.N.mlp`,
+/// grouped routing and shared experts).
 #[derive(Debug, Clone)]
 pub struct SparseMoe {
     gate: Linear,
@@ -291,6 +300,9 @@ pub struct SparseMoe {
     up_proj: SwitchLinear,
     down_proj: SwitchLinear,
     top_k: i32,
+    routing: Routing,
+    /// Mistral 4's shared experts, added to every token's output.
+    shared: Option<Mlp>,
     /// Split over ranks: the partial outputs are summed over them.
     reduce: Option<TensorParallel>,
 }
@@ -302,26 +314,95 @@ impl SparseMoe {
         let (experts, top_k) = cfg.experts().ok_or_else(|| {
             ModelError::Input("a mixture-of-experts layer needs num_local_experts".to_owned())
         })?;
-        let reduce = weights.tensor_parallel().cloned();
-        let (dim, hidden) = (cfg.hidden_size, cfg.intermediate_size);
-        let gate = Linear::new(cfg, &mut weights.pp("gate"), dim, experts, false)?;
-        let stacked = weights.take("switch_mlp.gate_proj.weight");
-        let (gate_proj, up_proj, down_proj) = match stacked {
-            Some(first) => {
-                let mut switch = weights.pp("switch_mlp");
-                let (wide, narrow) = ((experts, hidden, dim), (experts, dim, hidden));
-                (
-                    SwitchLinear::stacked(cfg, &mut switch.pp("gate_proj"), wide, Some(first))?,
-                    SwitchLinear::stacked(cfg, &mut switch.pp("up_proj"), wide, None)?,
-                    SwitchLinear::stacked(cfg, &mut switch.pp("down_proj"), narrow, None)?,
-                )
+        let dims = (cfg.hidden_size, cfg.intermediate_size);
+        let projections = load_experts(cfg, weights, experts, dims, ["w1", "w3", "w2"])?;
+        Self::assemble(
+            cfg,
+            weights,
+            (experts, top_k),
+            projections,
+            Routing::TopK,
+            None,
+        )
+    }
+
+    /// Takes Mistral 4's router (`gate`), routed experts (stacked
+    /// `switch_mlp`, per expert `experts.N.{gate,up,down}_proj`, or fused
+    /// `experts.gate_up_proj` and `experts.down_proj`) and shared experts
+    /// from the module `weights` points at (`model.layers.N.mlp`).
+    pub fn latent(
+        cfg: &MistralConfig,
+        latent: &LatentConfig,
+        weights: &mut Weights,
+    ) -> Result<Self, ModelError> {
+        let experts = latent.n_routed_experts.ok_or_else(|| {
+            ModelError::Input("a mixture-of-experts layer needs n_routed_experts".to_owned())
+        })?;
+        let (dim, hidden) = (cfg.hidden_size, latent.moe_intermediate_size);
+        let projections = match weights.take("experts.gate_up_proj") {
+            Some(fused) => {
+                weights.check_shape("experts.gate_up_proj", &fused, &[experts, 2 * hidden, dim])?;
+                let parts = split_at_indices(&fused, &[hidden], 1)?;
+                let mut stacked = weights.pp("experts");
+                let narrow = (experts, dim, hidden);
+                let part = |i: usize| -> Result<SwitchLinear, ModelError> {
+                    let a = stacked_part(&parts, i)?;
+                    Ok(SwitchLinear::Dense(stacked.cast(a)?))
+                };
+                let (gate, up) = (part(0)?, part(1)?);
+                let down = stacked.require("down_proj")?;
+                stacked.check_shape("down_proj", &down, &[narrow.0, narrow.1, narrow.2])?;
+                (gate, up, SwitchLinear::Dense(stacked.cast(down)?))
             }
-            None => (
-                SwitchLinear::per_expert(cfg, weights, "w1", experts, hidden, dim)?,
-                SwitchLinear::per_expert(cfg, weights, "w3", experts, hidden, dim)?,
-                SwitchLinear::per_expert(cfg, weights, "w2", experts, dim, hidden)?,
-            ),
+            None => load_experts(
+                cfg,
+                weights,
+                experts,
+                (dim, hidden),
+                ["gate_proj", "up_proj", "down_proj"],
+            )?,
         };
+        let shared = match latent.n_shared_experts {
+            Some(n) => Some(Mlp::with_hidden(
+                cfg,
+                &mut weights.pp("shared_experts"),
+                hidden * n,
+            )?),
+            None => None,
+        };
+        let routing = Routing::Grouped {
+            n_group: latent.n_group,
+            topk_group: latent.topk_group,
+            scaling: latent.routed_scaling_factor as f32,
+            normalize: latent.norm_topk_prob,
+        };
+        let top_k = latent.num_experts_per_tok;
+        Self::assemble(cfg, weights, (experts, top_k), projections, routing, shared)
+    }
+
+    /// The block from its loaded experts: the router taken here, the
+    /// experts cut for this rank when the model is split.
+    fn assemble(
+        cfg: &MistralConfig,
+        weights: &mut Weights,
+        (experts, top_k): (i32, i32),
+        (gate_proj, up_proj, down_proj): (SwitchLinear, SwitchLinear, SwitchLinear),
+        routing: Routing,
+        shared: Option<Mlp>,
+    ) -> Result<Self, ModelError> {
+        let reduce = weights.tensor_parallel().cloned();
+        if reduce.is_some() && shared.is_some() {
+            return Err(ModelError::TensorParallel(
+                "shared experts (mistral4) cannot be split over ranks yet".to_owned(),
+            ));
+        }
+        let gate = Linear::new(
+            cfg,
+            &mut weights.pp("gate"),
+            cfg.hidden_size,
+            experts,
+            false,
+        )?;
         let (gate_proj, up_proj, down_proj) = match &reduce {
             None => (gate_proj, up_proj, down_proj),
             Some(parallel) => {
@@ -339,6 +420,8 @@ impl SparseMoe {
             up_proj,
             down_proj,
             top_k,
+            routing,
+            shared,
             reduce,
         })
     }
@@ -349,16 +432,22 @@ impl SparseMoe {
             + self.gate_proj.weight_bytes()
             + self.up_proj.weight_bytes()
             + self.down_proj.weight_bytes()
+            + self.shared.as_ref().map_or(0, Mlp::weight_bytes)
     }
 
     /// Applies the block to the rows `x` `[N, hidden_size]`.
     pub fn forward(&self, x: &Array) -> Result<Array, ModelError> {
-        let gates = self.gate.forward(x)?;
-        let k = self.top_k;
-        let chosen = argpartition_axis(gates.negative()?, k - 1, -1)?.index((.., ..k));
-        let scores = softmax_axis(take_along_axis(&gates, &chosen, -1)?, -1, true)?;
+        let (chosen, scores) = self.routing.select(&self.gate.forward(x)?, self.top_k)?;
         let y = self.experts(x, &chosen)?;
-        let y = y.multiply(scores.expand_dims(-1)?)?.sum_axis(-2, false)?;
+        let dtype = y.dtype();
+        let mut y = y.multiply(scores.expand_dims(-1)?)?.sum_axis(-2, false)?;
+        if y.dtype() != dtype {
+            // Float32 routing weights (Mistral 4): back to the model's dtype.
+            y = y.as_dtype(dtype)?;
+        }
+        if let Some(shared) = &self.shared {
+            y = y.add(shared.forward(x)?)?;
+        }
         match &self.reduce {
             Some(parallel) => parallel.all_sum(&y),
             None => Ok(y),
@@ -392,4 +481,41 @@ impl SparseMoe {
         };
         Ok(y.squeeze_axes(&[-2])?)
     }
+}
+
+/// The experts of the module `weights` points at: stacked (`switch_mlp`),
+/// else one module per expert (`experts.N.{names}`, gate, up and down).
+fn load_experts(
+    cfg: &MistralConfig,
+    weights: &mut Weights,
+    experts: i32,
+    (dim, hidden): (i32, i32),
+    [gate, up, down]: [&str; 3],
+) -> Result<(SwitchLinear, SwitchLinear, SwitchLinear), ModelError> {
+    let (wide, narrow) = ((experts, hidden, dim), (experts, dim, hidden));
+    Ok(match weights.take("switch_mlp.gate_proj.weight") {
+        Some(first) => {
+            let mut switch = weights.pp("switch_mlp");
+            (
+                SwitchLinear::stacked(cfg, &mut switch.pp("gate_proj"), wide, Some(first))?,
+                SwitchLinear::stacked(cfg, &mut switch.pp("up_proj"), wide, None)?,
+                SwitchLinear::stacked(cfg, &mut switch.pp("down_proj"), narrow, None)?,
+            )
+        }
+        None => (
+            SwitchLinear::per_expert(cfg, weights, gate, experts, hidden, dim)?,
+            SwitchLinear::per_expert(cfg, weights, up, experts, hidden, dim)?,
+            SwitchLinear::per_expert(cfg, weights, down, experts, dim, hidden)?,
+        ),
+    })
+}
+
+/// Part `i` of a split, copied so the fused whole can be freed.
+fn stacked_part(parts: &[Array], i: usize) -> Result<Array, ModelError> {
+    let part = parts
+        .get(i)
+        .ok_or_else(|| ModelError::Input("a split of fused experts gave too few parts".to_owned()))?
+        .contiguous()?;
+    part.eval()?;
+    Ok(part)
 }

@@ -138,17 +138,51 @@ fn mistral3_reads_its_text_config() {
     assert_eq!(field_of(&missing), "text_config");
 }
 
+fn mistral4() -> Value {
+    json!({
+        "model_type": "mistral4", "hidden_size": 7168, "intermediate_size": 18432,
+        "moe_intermediate_size": 2048, "num_hidden_layers": 4, "num_attention_heads": 128,
+        "num_key_value_heads": 128, "vocab_size": 131072, "max_position_embeddings": 294912,
+        "rms_norm_eps": 1e-6, "q_lora_rank": 1536, "kv_lora_rank": 512,
+        "qk_rope_head_dim": 64, "qk_nope_head_dim": 128, "v_head_dim": 128,
+        "n_routed_experts": 128, "num_experts_per_tok": 4, "n_shared_experts": 1,
+        "routed_scaling_factor": 1.0, "norm_topk_prob": true, "n_group": 1, "topk_group": 1,
+        "first_k_dense_replace": 3,
+        "rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 64.0,
+            "original_max_position_embeddings": 4096, "beta_fast": 32.0, "beta_slow": 1.0,
+            "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1}
+    })
+}
+
 #[test]
-fn mistral4_and_unknown_types_are_refused_by_name() {
-    let mut m4 = ministral3_text();
-    m4["model_type"] = json!("mistral4");
-    let err = parse(&m4).unwrap_err().to_string();
-    assert!(err.contains("mistral4") && err.contains("latent"), "{err}");
-    assert_eq!(field_of(&mistral3(m4)), "text_config.model_type");
+fn mistral4_reads_its_latent_attention_and_experts() {
+    let cfg = parse(&mistral4()).unwrap();
+    let latent = cfg.latent.as_ref().expect("latent fields");
+    assert_eq!(latent.qk_head_dim(), 192);
+    assert_eq!(cfg.head_dim(), 192);
+    assert!(!latent.has_experts(2) && latent.has_experts(3));
+    assert_eq!(cfg.rope_theta(), 1e4);
+    assert_eq!(cfg.query_scaling().unwrap(), Some((0.1, 4096)));
+    // mlx-lm's apply_yarn_mscale: (0.1 * 1 * ln 64 + 1)^2 / sqrt(192).
+    let s = 0.1 * 64f64.ln() + 1.0;
+    let want = (s * s / 192f64.sqrt()) as f32;
+    assert!((cfg.latent_softmax_scale(latent) - want).abs() < 1e-7);
+    let mut missing = mistral4();
+    missing.as_object_mut().unwrap().remove("kv_lora_rank");
+    assert_eq!(field_of(&missing), "kv_lora_rank");
+    assert_eq!(field_of(&mistral3(missing)), "text_config.kv_lora_rank");
+    let mut groups = mistral4();
+    groups["n_group"] = json!(3);
+    assert_eq!(field_of(&groups), "n_group");
+}
+
+#[test]
+fn unknown_types_are_refused_by_name() {
     let mut other = mixtral();
     other["model_type"] = json!("qwen2");
     let err = parse(&other).unwrap_err().to_string();
     assert_eq!(err.matches("qwen2").count(), 1, "{err}");
+    assert_eq!(field_of(&mistral3(other)), "text_config.model_type");
 }
 
 #[test]

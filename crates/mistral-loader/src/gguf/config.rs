@@ -151,6 +151,7 @@ pub fn gguf_config(gguf: &GgufFile) -> Result<MistralConfig> {
         num_experts_per_tok: None,
         wrapper: None,
         fp8: None,
+        latent: None,
     })
 }
 

@@ -73,6 +73,10 @@ pub fn random_weights(cfg: &MistralConfig) -> HashMap<String, Array> {
             ones(next(&[d], 0.1)),
         );
         let s = (d as f32).powf(-0.5);
+        if let Some(latent) = &cfg.latent {
+            latent_weights(&mut w, &mut next, cfg, latent, i);
+            continue;
+        }
         w.insert(
             format!("{p}.self_attn.q_proj.weight"),
             next(&[h * hd, d], s),
@@ -127,6 +131,91 @@ pub fn random_weights(cfg: &MistralConfig) -> HashMap<String, Array> {
     w
 }
 
+/// A Mistral 4 layer's tensors in the Hugging Face layout (`kv_b_proj`,
+/// per-expert modules, shared experts; layer 0 dense).
+fn latent_weights(
+    w: &mut HashMap<String, Array>,
+    next: &mut impl FnMut(&[i32], f32) -> Array,
+    cfg: &MistralConfig,
+    latent: &mistral_model::LatentConfig,
+    i: i32,
+) {
+    let p = format!("model.layers.{i}");
+    let (d, h) = (cfg.hidden_size, cfg.num_attention_heads);
+    let ones = |s: Array| s.add(Array::from_f32(1.0)).unwrap();
+    let s = (d as f32).powf(-0.5);
+    let (rank, rope, nope, v) = (
+        latent.kv_lora_rank,
+        latent.qk_rope_head_dim,
+        latent.qk_nope_head_dim,
+        latent.v_head_dim,
+    );
+    w.insert(format!("{p}.input_layernorm.weight"), ones(next(&[d], 0.1)));
+    w.insert(
+        format!("{p}.post_attention_layernorm.weight"),
+        ones(next(&[d], 0.1)),
+    );
+    let a = format!("{p}.self_attn");
+    match latent.q_lora_rank {
+        Some(q) => {
+            w.insert(format!("{a}.q_a_proj.weight"), next(&[q, d], s));
+            w.insert(format!("{a}.q_a_layernorm.weight"), ones(next(&[q], 0.1)));
+            let qs = (q as f32).powf(-0.5);
+            w.insert(
+                format!("{a}.q_b_proj.weight"),
+                next(&[h * (nope + rope), q], qs),
+            );
+        }
+        None => {
+            w.insert(
+                format!("{a}.q_proj.weight"),
+                next(&[h * (nope + rope), d], s),
+            );
+        }
+    }
+    w.insert(
+        format!("{a}.kv_a_proj_with_mqa.weight"),
+        next(&[rank + rope, d], s),
+    );
+    w.insert(
+        format!("{a}.kv_a_layernorm.weight"),
+        ones(next(&[rank], 0.1)),
+    );
+    let rs = (rank as f32).powf(-0.5);
+    w.insert(
+        format!("{a}.kv_b_proj.weight"),
+        next(&[h * (nope + v), rank], rs),
+    );
+    w.insert(
+        format!("{a}.o_proj.weight"),
+        next(&[d, h * v], (h as f32 * v as f32).powf(-0.5)),
+    );
+    let mut swiglu = |prefix: String, f: i32| {
+        w.insert(format!("{prefix}.gate_proj.weight"), next(&[f, d], s));
+        w.insert(format!("{prefix}.up_proj.weight"), next(&[f, d], s));
+        w.insert(
+            format!("{prefix}.down_proj.weight"),
+            next(&[d, f], (f as f32).powf(-0.5)),
+        );
+    };
+    match latent
+        .n_routed_experts
+        .filter(|_| latent.has_experts(i as usize))
+    {
+        None => swiglu(format!("{p}.mlp"), cfg.intermediate_size),
+        Some(experts) => {
+            let f = latent.moe_intermediate_size;
+            for e in 0..experts {
+                swiglu(format!("{p}.mlp.experts.{e}"), f);
+            }
+            if let Some(shared) = latent.n_shared_experts {
+                swiglu(format!("{p}.mlp.shared_experts"), f * shared);
+            }
+            w.insert(format!("{p}.mlp.gate.weight"), next(&[experts, d], 1.0));
+        }
+    }
+}
+
 /// Asserts `|a - b| <= atol + rtol * |b|` elementwise.
 pub fn assert_close(a: &[f32], b: &[f32], atol: f32, rtol: f32, what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
@@ -162,7 +251,8 @@ pub fn configs() -> Vec<(&'static str, MistralConfig)> {
     ]
 }
 
-/// Tiny models of the newer families: Mixtral (4 experts, top 2) and
+/// Tiny models of the newer families: Mixtral (4 experts, top 2), Mistral 4
+/// (latent attention, grouped routing, a shared expert, layer 0 dense) and
 /// Ministral 3 (YaRN, Llama 4 query scaling from position 4, a window of 3
 /// on one layer of two).
 pub fn family_configs() -> Vec<(&'static str, MistralConfig)> {
@@ -171,6 +261,19 @@ pub fn family_configs() -> Vec<(&'static str, MistralConfig)> {
             "mixtral",
             tiny_config(json!({"model_type": "mixtral", "num_local_experts": 4,
                 "num_experts_per_tok": 2})),
+        ),
+        (
+            "mistral4",
+            tiny_config(json!({"model_type": "mistral4", "rope_theta": null,
+                "num_key_value_heads": 4, "q_lora_rank": 24, "kv_lora_rank": 32,
+                "qk_rope_head_dim": 8, "qk_nope_head_dim": 16, "v_head_dim": 16,
+                "moe_intermediate_size": 32, "n_routed_experts": 4, "num_experts_per_tok": 2,
+                "n_shared_experts": 1, "routed_scaling_factor": 2.0, "norm_topk_prob": true,
+                "n_group": 2, "topk_group": 1, "first_k_dense_replace": 1,
+                "max_position_embeddings": 4096,
+                "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0,
+                    "original_max_position_embeddings": 4, "mscale_all_dim": 1.0,
+                    "llama_4_scaling_beta": 0.1}})),
         ),
         (
             "ministral3",

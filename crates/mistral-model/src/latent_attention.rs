@@ -1,0 +1,421 @@
+//! [`LatentAttention`]: Mistral 4's multi-head latent attention (mlx-lm
+//! `mistral4.py`'s `Mistral4Attention`, after DeepSeek-V2/V3).
+//!
+//! Keys and values are compressed into one latent per position
+//! (`kv_a_proj_with_mqa`: `kv_lora_rank` features, normalized, plus a shared
+//! `qk_rope_head_dim`-wide rotated key). The cache holds only that: the
+//! latent as "keys" `[B, 1, S, kv_lora_rank]` and the rotated key as
+//! "values" `[B, 1, S, qk_rope_head_dim]`. `kv_b_proj`, which expands the
+//! latent into per-head keys and values, is absorbed at load into
+//! `embed_q` (`[heads, kv_lora_rank, qk_nope_head_dim]`, applied to the
+//! queries) and `unembed_out` (`[heads, v_head_dim, kv_lora_rank]`, applied
+//! to the attention output), as mlx-lm's sanitize does. A one-token step
+//! attends over the latent directly, with the rotated parts' scores as an
+//! additive mask; a longer input expands keys and values per head.
+
+use mlx_rs::{
+    ops::{broadcast_to, concatenate, dequantize, quantize, quantized_matmul, split_at_indices},
+    Array, Dtype,
+};
+use mlx_rs_core::{initialize_rope, KeyValueCache, Positions, Rope, SdpaMask};
+
+use crate::config::MistralConfig;
+use crate::config_mistral4::LatentConfig;
+use crate::error::ModelError;
+use crate::linear::Linear;
+use crate::norm::RmsNorm;
+use crate::quantization::QuantParams;
+use crate::query_scale::query_scale;
+use crate::weights::Weights;
+
+/// RMSNorm epsilon of the latent and query-compression norms (mlx-lm's).
+const LATENT_NORM_EPS: f32 = 1e-6;
+
+/// Per-head matrices `[heads, out, in]`, dense or MLX-quantized (mlx-lm's
+/// `MultiLinear` / `QuantizedMultiLinear`).
+#[derive(Debug, Clone)]
+enum HeadMatrices {
+    Dense(Array),
+    Quantized {
+        weight: Array,
+        scales: Array,
+        biases: Array,
+        params: QuantParams,
+    },
+}
+
+impl HeadMatrices {
+    /// `x @ Wᵀ` per head (`transpose`), or `x @ W`.
+    fn apply(&self, x: &Array, transpose: bool) -> Result<Array, ModelError> {
+        Ok(match self {
+            HeadMatrices::Dense(w) if transpose => x.matmul(w.swap_axes(-1, -2)?)?,
+            HeadMatrices::Dense(w) => x.matmul(w)?,
+            HeadMatrices::Quantized {
+                weight,
+                scales,
+                biases,
+                params,
+            } => quantized_matmul(
+                x,
+                weight,
+                scales,
+                biases,
+                transpose,
+                params.group_size,
+                params.bits,
+            )?,
+        })
+    }
+
+    fn weight_bytes(&self) -> u64 {
+        match self {
+            HeadMatrices::Dense(w) => w.nbytes() as u64,
+            HeadMatrices::Quantized {
+                weight,
+                scales,
+                biases,
+                ..
+            } => (weight.nbytes() + scales.nbytes() + biases.nbytes()) as u64,
+        }
+    }
+
+    /// Takes `name` (`[heads, out, in]`) of the module `weights` points at,
+    /// dense or quantized as the config says.
+    fn load(
+        cfg: &MistralConfig,
+        weights: &mut Weights,
+        name: &str,
+        (heads, out, cols): (i32, i32, i32),
+    ) -> Result<Self, ModelError> {
+        let mut view = weights.pp(name);
+        let Some(params) = cfg.quantization_for(view.module_path()) else {
+            return Ok(HeadMatrices::Dense(
+                view.float("weight", &[heads, out, cols])?,
+            ));
+        };
+        let QuantParams { group_size, bits } = params;
+        if cols % group_size != 0 || (cols * bits) % 32 != 0 {
+            return Err(ModelError::Quantization {
+                tensor: view.path("weight"),
+                message: format!(
+                    "its input size {cols} is not a multiple of the group size {group_size}"
+                ),
+            });
+        }
+        let groups = [heads, out, cols / group_size];
+        let weight = view.exact("weight", &[heads, out, cols * bits / 32], Dtype::Uint32)?;
+        let scales = view.float("scales", &groups)?;
+        let biases = view.float("biases", &groups)?;
+        let quantized = HeadMatrices::Quantized {
+            weight,
+            scales,
+            biases,
+            params,
+        };
+        if !view.dequantize() {
+            return Ok(quantized);
+        }
+        let HeadMatrices::Quantized {
+            weight,
+            scales,
+            biases,
+            ..
+        } = quantized
+        else {
+            unreachable!("built quantized just above");
+        };
+        let dense = dequantize(&weight, &scales, &biases, group_size, bits)?;
+        dense.eval()?;
+        Ok(HeadMatrices::Dense(dense))
+    }
+}
+
+/// The self-attention block of a Mistral 4 layer.
+#[derive(Debug, Clone)]
+pub struct LatentAttention {
+    /// `q_proj`, or `q_a_proj` + `q_a_layernorm` + `q_b_proj`.
+    queries: QueryProjection,
+    kv_a_proj_with_mqa: Linear,
+    kv_a_layernorm: RmsNorm,
+    embed_q: HeadMatrices,
+    unembed_out: HeadMatrices,
+    o_proj: Linear,
+    heads: i32,
+    nope: i32,
+    rope_dims: i32,
+    rank: i32,
+    v_dim: i32,
+    scale: f32,
+    rope: Rope,
+    query_scaling: Option<(f32, i32)>,
+}
+
+#[derive(Debug, Clone)]
+enum QueryProjection {
+    Direct(Linear),
+    Compressed(Linear, RmsNorm, Linear),
+}
+
+impl LatentAttention {
+    /// Takes the block's tensors from the module `weights` points at
+    /// (`model.layers.N.self_attn`): the absorbed `embed_q`/`unembed_out`,
+    /// or `kv_b_proj`, absorbed here.
+    pub fn new(
+        cfg: &MistralConfig,
+        latent: &LatentConfig,
+        weights: &mut Weights,
+    ) -> Result<Self, ModelError> {
+        if weights.tensor_parallel().is_some() {
+            return Err(ModelError::TensorParallel(
+                "latent attention (mistral4) cannot be split over ranks yet".to_owned(),
+            ));
+        }
+        let (dim, heads) = (cfg.hidden_size, cfg.num_attention_heads);
+        let (nope, rope_dims, rank, v_dim) = (
+            latent.qk_nope_head_dim,
+            latent.qk_rope_head_dim,
+            latent.kv_lora_rank,
+            latent.v_head_dim,
+        );
+        let q_width = heads * (nope + rope_dims);
+        let bias = cfg.attention_bias;
+        let queries = match latent.q_lora_rank {
+            None => QueryProjection::Direct(Linear::new(
+                cfg,
+                &mut weights.pp("q_proj"),
+                dim,
+                q_width,
+                false,
+            )?),
+            Some(q_rank) => QueryProjection::Compressed(
+                Linear::new(cfg, &mut weights.pp("q_a_proj"), dim, q_rank, bias)?,
+                RmsNorm::new(&mut weights.pp("q_a_layernorm"), q_rank, LATENT_NORM_EPS)?,
+                Linear::new(cfg, &mut weights.pp("q_b_proj"), q_rank, q_width, false)?,
+            ),
+        };
+        let kv_a_proj_with_mqa = Linear::new(
+            cfg,
+            &mut weights.pp("kv_a_proj_with_mqa"),
+            dim,
+            rank + rope_dims,
+            bias,
+        )?;
+        let kv_a_layernorm =
+            RmsNorm::new(&mut weights.pp("kv_a_layernorm"), rank, LATENT_NORM_EPS)?;
+        let (embed_q, unembed_out) = match absorbed_kv_b(cfg, weights, (heads, nope, v_dim, rank))?
+        {
+            Some(pair) => pair,
+            None => (
+                HeadMatrices::load(cfg, weights, "embed_q", (heads, rank, nope))?,
+                HeadMatrices::load(cfg, weights, "unembed_out", (heads, v_dim, rank))?,
+            ),
+        };
+        let o_proj = Linear::new(cfg, &mut weights.pp("o_proj"), heads * v_dim, dim, bias)?;
+        let _ = weights.take("rotary_emb.inv_freq");
+        Ok(LatentAttention {
+            queries,
+            kv_a_proj_with_mqa,
+            kv_a_layernorm,
+            embed_q,
+            unembed_out,
+            o_proj,
+            heads,
+            nope,
+            rope_dims,
+            rank,
+            v_dim,
+            scale: cfg.latent_softmax_scale(latent),
+            rope: initialize_rope(
+                rope_dims,
+                cfg.rope_theta() as f32,
+                latent.rope_interleave.unwrap_or(true),
+                cfg.rope_scaling(),
+            )?,
+            query_scaling: cfg.query_scaling()?,
+        })
+    }
+
+    /// Bytes held by the block's weights.
+    pub fn weight_bytes(&self) -> u64 {
+        let queries = match &self.queries {
+            QueryProjection::Direct(q) => q.weight_bytes(),
+            QueryProjection::Compressed(a, norm, b) => {
+                a.weight_bytes() + norm.weight_bytes() + b.weight_bytes()
+            }
+        };
+        queries
+            + self.kv_a_proj_with_mqa.weight_bytes()
+            + self.kv_a_layernorm.weight_bytes()
+            + self.embed_q.weight_bytes()
+            + self.unembed_out.weight_bytes()
+            + self.o_proj.weight_bytes()
+    }
+
+    /// Attends over the rows `x` `[B * L, hidden_size]` of a batch `(B, L)`
+    /// whose first position is at the cache's offset, storing the new
+    /// latents in `cache`; gives `[B * L, hidden_size]`.
+    pub fn forward_rows<C: KeyValueCache>(
+        &self,
+        x: &Array,
+        (b, l): (i32, i32),
+        mask: &SdpaMask,
+        cache: Option<&mut C>,
+    ) -> Result<Array, ModelError> {
+        let q = match &self.queries {
+            QueryProjection::Direct(q) => q.forward(x)?,
+            QueryProjection::Compressed(a, norm, q_b) => {
+                q_b.forward(&norm.forward(&a.forward(x)?)?)?
+            }
+        };
+        let q = q
+            .reshape(&[b, l, self.heads, self.nope + self.rope_dims])?
+            .transpose_axes(&[0, 2, 1, 3])?;
+        let [q_nope, q_rope] = two(split_at_indices(&q, &[self.nope], -1)?)?;
+        let compressed = self.kv_a_proj_with_mqa.forward(x)?;
+        let [k_latent, k_rope] = two(split_at_indices(&compressed, &[self.rank], -1)?)?;
+        let k_rope = k_rope
+            .reshape(&[b, l, 1, self.rope_dims])?
+            .transpose_axes(&[0, 2, 1, 3])?;
+        let kv_latent = self
+            .kv_a_layernorm
+            .forward(&k_latent)?
+            .reshape(&[b, 1, l, self.rank])?;
+        let positions = match &cache {
+            Some(cache) => cache.positions()?,
+            None => Positions::Shared(0),
+        };
+        let q_rope = self.rope.forward_at(&q_rope, &positions)?;
+        let k_rope = self.rope.forward_at(&k_rope, &positions)?;
+        let (q_nope, q_rope) = match self.query_scaling {
+            Some(scaling) => {
+                let s = query_scale(&positions, l, scaling, q_nope.dtype())?;
+                (q_nope.multiply(&s)?, q_rope.multiply(&s)?)
+            }
+            None => (q_nope, q_rope),
+        };
+        let (kv_latent, k_rope) = match cache {
+            Some(cache) => cache.update_and_fetch(&kv_latent, &k_rope)?,
+            None => (kv_latent, k_rope),
+        };
+        let out = if l == 1 {
+            self.attend_latent(&q_nope, &q_rope, &kv_latent, &k_rope, mask)?
+        } else {
+            self.attend_expanded(b, &q_nope, &q_rope, &kv_latent, &k_rope, mask)?
+        };
+        let out = out
+            .transpose_axes(&[0, 2, 1, 3])?
+            .reshape(&[b * l, self.heads * self.v_dim])?;
+        self.o_proj.forward(&out)
+    }
+
+    /// One query position: attention over the latents themselves, the
+    /// rotated parts' scores added as a mask.
+    fn attend_latent(
+        &self,
+        q_nope: &Array,
+        q_rope: &Array,
+        kv_latent: &Array,
+        k_rope: &Array,
+        mask: &SdpaMask,
+    ) -> Result<Array, ModelError> {
+        let scale = Array::from_f32(self.scale).as_dtype(q_rope.dtype())?;
+        let pe_scores = q_rope.multiply(&scale)?.matmul(k_rope.swap_axes(-1, -2)?)?;
+        let pe_scores = match mask {
+            SdpaMask::Array(m) if m.dtype() == Dtype::Bool => {
+                let lowest = Array::from_f32(f32::MIN).as_dtype(pe_scores.dtype())?;
+                mlx_rs::ops::select(m, &pe_scores, &lowest)?
+            }
+            SdpaMask::Array(m) => pe_scores.add(m)?,
+            _ => pe_scores,
+        };
+        let out = mlx_rs_core::scaled_dot_product_attention(
+            &self.embed_q.apply(q_nope, true)?,
+            kv_latent,
+            kv_latent,
+            self.scale,
+            &SdpaMask::Array(pe_scores),
+        )?;
+        self.unembed_out.apply(&out, true)
+    }
+
+    /// Several query positions: keys and values expanded per head.
+    fn attend_expanded(
+        &self,
+        b: i32,
+        q_nope: &Array,
+        q_rope: &Array,
+        kv_latent: &Array,
+        k_rope: &Array,
+        mask: &SdpaMask,
+    ) -> Result<Array, ModelError> {
+        let k_nope = self.embed_q.apply(kv_latent, false)?;
+        let values = self.unembed_out.apply(kv_latent, true)?;
+        let k_rope = broadcast_to(k_rope, &[b, self.heads, k_rope.dim(2), self.rope_dims])?;
+        let queries = concatenate(&[q_nope, q_rope], -1)?;
+        let keys = concatenate(&[&k_nope, &k_rope], -1)?;
+        Ok(mlx_rs_core::scaled_dot_product_attention(
+            &queries, &keys, &values, self.scale, mask,
+        )?)
+    }
+}
+
+/// `kv_b_proj` (`[heads * (nope + v), rank]`), if the checkpoint has it,
+/// absorbed into `embed_q` (`[heads, rank, nope]`) and `unembed_out`
+/// (`[heads, v, rank]`) as mlx-lm's sanitize does (a quantized one is
+/// dequantized, split and quantized again with its parameters).
+fn absorbed_kv_b(
+    cfg: &MistralConfig,
+    weights: &mut Weights,
+    (heads, nope, v_dim, rank): (i32, i32, i32, i32),
+) -> Result<Option<(HeadMatrices, HeadMatrices)>, ModelError> {
+    let mut view = weights.pp("kv_b_proj");
+    let rows = heads * (nope + v_dim);
+    let params = cfg.quantization_for(view.module_path());
+    let Some(w) = view.take("weight") else {
+        return Ok(None);
+    };
+    let w = match params {
+        None => {
+            view.check_shape("weight", &w, &[rows, rank])?;
+            w
+        }
+        Some(QuantParams { group_size, bits }) => {
+            let scales = view.require("scales")?;
+            let biases = view.require("biases")?;
+            dequantize(&w, &scales, &biases, group_size, bits)?
+        }
+    };
+    let w = w.reshape(&[heads, nope + v_dim, rank])?;
+    let [wk, wv] = two(split_at_indices(&w, &[nope], 1)?)?;
+    let wk = wk.swap_axes(-1, -2)?.contiguous()?;
+    let wv = wv.contiguous()?;
+    let pack = |m: Array| -> Result<HeadMatrices, ModelError> {
+        match params.filter(|_| !view.dequantize()) {
+            None => {
+                let m = view.cast(m)?;
+                m.eval()?;
+                Ok(HeadMatrices::Dense(m))
+            }
+            Some(params) => {
+                let (weight, scales, biases) = quantize(&m, params.group_size, params.bits)?;
+                for a in [&weight, &scales, &biases] {
+                    a.eval()?;
+                }
+                Ok(HeadMatrices::Quantized {
+                    weight,
+                    scales: view.cast(scales)?,
+                    biases: view.cast(biases)?,
+                    params,
+                })
+            }
+        }
+    };
+    Ok(Some((pack(wk)?, pack(wv)?)))
+}
+
+/// The two parts of a split.
+fn two(parts: Vec<Array>) -> Result<[Array; 2], ModelError> {
+    parts
+        .try_into()
+        .map_err(|_| ModelError::Input("a split gave other than 2 parts".to_owned()))
+}
