@@ -14,6 +14,9 @@ Usage:
              for speed only: its outputs mean nothing)
   m150_bf16  bench_models.py's ~150M model (hidden 1024, 8 layers, 16/4
              heads, MLP 2816), its weights from make_models' generator
+  mx8_bf16   Mixtral 8x7B's shapes with 4 layers instead of 32 (8 experts
+             of MLP 14336, top 2), random bf16, experts
+             stacked as mlx-lm keeps them (`switch_mlp`); 11.3 GB of experts, of which a token reads 2 of 8 per layer
 
 The 7B weights come from MLX's own generator on the default device (the
 GPU), seeded, written as sharded safetensors with an index, so that a
@@ -37,6 +40,26 @@ import make_models as mm
 
 M7B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
            num_attention_heads=32, num_key_value_heads=8)
+MX8 = dict(M7B, num_hidden_layers=4)
+EXPERTS = 8
+
+
+def expert_shapes(spec: mm.Spec) -> list[tuple[str, tuple[int, ...]]]:
+    """`shapes` with each MLP replaced by a Mixtral block of EXPERTS experts."""
+    h, f = spec.hidden_size, spec.intermediate_size
+    out = []
+    for name, shp in shapes(spec):
+        if ".mlp." not in name:
+            out.append((name, shp))
+        elif name.endswith("mlp.gate_proj.weight"):
+            p = name[: -len("mlp.gate_proj.weight")] + "block_sparse_moe."
+            out += [
+                (p + "gate.weight", (EXPERTS, h)),
+                (p + "switch_mlp.gate_proj.weight", (EXPERTS, f, h)),
+                (p + "switch_mlp.up_proj.weight", (EXPERTS, f, h)),
+                (p + "switch_mlp.down_proj.weight", (EXPERTS, h, f)),
+            ]
+    return out
 
 
 def shapes(spec: mm.Spec) -> list[tuple[str, tuple[int, ...]]]:
@@ -62,16 +85,20 @@ def shapes(spec: mm.Spec) -> list[tuple[str, tuple[int, ...]]]:
     return out
 
 
-def random_bf16_model(root: str, name: str, seed: int, **shape) -> None:
+def random_bf16_model(root: str, name: str, seed: int, experts: bool = False, **shape) -> None:
     spec = mm.Spec(name, seed=seed, dtype="bfloat16", **shape)
     out_dir = os.path.join(root, name)
     os.makedirs(out_dir)
-    mm.write_json(os.path.join(out_dir, "config.json"), mm.make_config(spec))
+    config = mm.make_config(spec)
+    if experts:
+        config.update(model_type="mixtral", architectures=["MixtralForCausalLM"],
+                      num_local_experts=EXPERTS, num_experts_per_tok=2)
+    mm.write_json(os.path.join(out_dir, "config.json"), config)
     mm.write_json(os.path.join(out_dir, "generation_config.json"),
                   {"bos_token_id": 1, "eos_token_id": 2})
     mm.write_tokenizer_files(out_dir, spec.tokenizer)
     mx.random.seed(seed)
-    tensors = shapes(spec)
+    tensors = expert_shapes(spec) if experts else shapes(spec)
     # About 2 GB per shard.
     shards, current, size = [], [], 0
     for name_, shp in tensors:
@@ -146,6 +173,8 @@ def main() -> int:
         bm.convert(root, "m7b_bf16", "m7b_q4", quantize=True, q_bits=4, q_group_size=64, dtype="bfloat16")
     if only is not None and "m7b_q4r" in only:
         random_q4_model(root, "m7b_q4r", seed=109, **M7B)
+    if only is not None and "mx8_bf16" in only:
+        random_bf16_model(root, "mx8_bf16", seed=111, experts=True, **MX8)
     if wanted("m150_bf16"):
         bm.float_model(root, "m150_bf16", seed=101, **bm.M150)
     print(json.dumps(bm.write_manifest(root)))

@@ -4,6 +4,7 @@
 //! `error:` line and exit status 2 before any model is loaded.
 
 use clap::{Args, ValueEnum};
+use mlx_rs_core::quantized_matvec::QmvKernel;
 use std::path::PathBuf;
 
 /// Sampling options shared by `generate` (and usable by `bench`).
@@ -93,6 +94,15 @@ pub struct ModelArgs {
     /// (SIGBUS). GGUF files are always mapped.
     #[arg(long)]
     pub no_mmap: bool,
+    /// Which one-row 4-bit products our CUDA kernel computes instead of
+    /// MLX's: `mlx` (none, the default), `ours` (all it can take),
+    /// `ours-large` (the large matrices only). Only on an NVIDIA GPU.
+    #[arg(long, env = "MISTRAL_MLX_QMV", default_value = "mlx", value_parser = parse_qmv)]
+    pub qmv: QmvKernel,
+}
+
+fn parse_qmv(text: &str) -> Result<QmvKernel, String> {
+    text.parse()
 }
 
 impl ModelArgs {
@@ -105,6 +115,7 @@ impl ModelArgs {
             } else {
                 mistral_loader::FileAccess::Mmap
             },
+            qmv: self.qmv,
         }
     }
 }

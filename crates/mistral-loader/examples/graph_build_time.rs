@@ -36,6 +36,7 @@ fn main() -> Result<()> {
         transpose_f32: false,
         row_split: 1,
         fuse_projections: true,
+        ..WeightOptions::default()
     };
     let mut model = Mistral::with_options(&config, &mut weights, options)?;
     let mut cache: Vec<Option<KVCache>> = Vec::new();

@@ -14,6 +14,8 @@ use mistral_model::checkpoint_names::is_vision_tensor;
 use mistral_model::{Block, MistralConfig, ModelError, TensorParallel, WeightSource};
 use mlx_rs::Array;
 
+use mlx_rs_core::quantized_matvec::QmvKernel;
+
 use crate::config::read_config_str;
 use crate::error::{LoadError, Result};
 use crate::gguf::{self, GgufFile, GgufWeights};
@@ -32,6 +34,9 @@ pub struct LoadOptions {
     /// How safetensors files are read (default: memory-mapped; GGUF files
     /// are always mapped).
     pub file_access: FileAccess,
+    /// Which one-row 4-bit products our CUDA kernel takes (default: none,
+    /// MLX's; see [`mlx_rs_core::quantized_matvec`]).
+    pub qmv: QmvKernel,
 }
 
 /// Loads the model at `path` in the checkpoint's own dtype: a directory of
@@ -172,7 +177,7 @@ fn load_tapped(
         SafetensorsWeights::from_checkpoint_with(&discover_checkpoint(dir)?, options.file_access)?;
     let config_path = dir.join(CONFIG_FILE);
     let config = dir_model_config(dir, &config_json)?;
-    let plan = LoadPlan::resolve(options.dtype, &config);
+    let plan = LoadPlan::resolve(options.dtype, &config).with_qmv(options.qmv);
     let built = build(&config, &mut weights, seen, &plan, parallel);
     let model = built.map_err(|source| match source {
         ModelError::Config(source) => LoadError::Config {
@@ -214,7 +219,7 @@ fn load_gguf(
         config.num_attention_heads,
         config.num_key_value_heads(),
     );
-    let plan = LoadPlan::resolve(options.dtype, &config);
+    let plan = LoadPlan::resolve(options.dtype, &config).with_qmv(options.qmv);
     let built = build(&config, &mut weights, seen, &plan, parallel);
     let model = built.map_err(|source| match source {
         ModelError::Config(source) => config_error(source),

@@ -85,6 +85,8 @@ impl LoadPlan {
                 row_split: if on_gpu { 1 } else { cpu_parallelism() },
                 // Decode waits on the host there: fewer products per step.
                 fuse_projections: on_gpu,
+                // MLX's kernel unless the caller asks (`with_qmv`).
+                qmv: Default::default(),
             },
             summary,
         };
@@ -130,6 +132,14 @@ impl LoadPlan {
                 }
             }
         }
+    }
+}
+
+impl LoadPlan {
+    /// This plan with `kernel` taking the one-row 4-bit products it can.
+    pub fn with_qmv(mut self, kernel: mlx_rs_core::quantized_matvec::QmvKernel) -> Self {
+        self.weights.qmv = kernel;
+        self
     }
 }
 

@@ -111,6 +111,7 @@ fn ours<C: KeyValueCache>(spec: &TestModel, fuse: bool) -> [BTreeMap<String, usi
         transpose_f32: false,
         row_split: 1,
         fuse_projections: fuse,
+        qmv: reference::qmv(),
     };
     let mut model = Mistral::with_options(&config, &mut weights, options).expect("model");
     let mut cache: Vec<Option<C>> = Vec::new();

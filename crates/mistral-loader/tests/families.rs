@@ -43,8 +43,7 @@ fn models() -> Vec<FamilyModel> {
 fn every_family_model_matches_mlx_lm() {
     for family in &models() {
         let spec = &family.model;
-        let model =
-            load_model(&spec.dir).unwrap_or_else(|e| panic!("{}: load_model: {e}", spec.name));
+        let model = reference::load(&spec.dir);
         let full = spec.dtype == "float32" && !on_gpu();
         check_against(&model, spec, &family_references(spec), full);
     }

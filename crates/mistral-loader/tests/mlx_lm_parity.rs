@@ -17,7 +17,7 @@
 
 mod reference;
 
-use mistral_loader::{load_model, load_model_with, ComputeDtype, LoadOptions};
+use mistral_loader::{load_model_with, ComputeDtype, LoadOptions};
 use reference::parity::check_against;
 use reference::{
     comparable_models, gguf_models, on_gpu, references, references_in, test_models, TestModel,
@@ -27,7 +27,7 @@ use reference::{
 /// `full_greedy`: every greedy run must last all its steps (no near-tie
 /// allowed to end it).
 fn check_model(spec: &TestModel, full_greedy: bool) {
-    let model = load_model(&spec.dir).expect("load_model");
+    let model = reference::load(&spec.dir);
     // On a GPU a float32 greedy run may part at a near-tie too (its noise).
     check_against(&model, spec, &references(spec), full_greedy && !on_gpu());
 }

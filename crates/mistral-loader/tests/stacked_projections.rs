@@ -25,6 +25,7 @@ fn load(dir: &std::path::Path, fuse: bool) -> Mistral {
     let options = WeightOptions {
         row_split: 1,
         fuse_projections: fuse,
+        qmv: reference::qmv(),
         ..WeightOptions::default()
     };
     Mistral::with_options(&config, &mut weights, options).expect("model")

@@ -12,6 +12,8 @@ use mlx_rs::{
     Array, Dtype,
 };
 
+use mlx_rs_core::quantized_matvec::QmvKernel;
+
 use crate::config::MistralConfig;
 use crate::error::ModelError;
 use crate::quantization::QuantParams;
@@ -25,7 +27,7 @@ use crate::weights::Weights;
 /// a matrix-matrix kernel, of other rounding, beyond: a stack past that
 /// would no longer give each layer's own product (Mistral 7B's gate and up,
 /// 14336 rows each, stay apart), unless our own kernel takes it
-/// (`MISTRAL_MLX_QMV`, [`mlx_rs_core::quantized_matvec::takes_one_row`]).
+/// (`WeightOptions::qmv`, [`mlx_rs_core::quantized_matvec::takes_one_row`]).
 const QUANTIZED_STACK_MAX_ROWS: i64 = 16384;
 
 /// An MLX affine-quantized matrix `[rows, cols]`.
@@ -39,6 +41,8 @@ pub struct QuantizedWeight {
     pub biases: Array,
     /// Group size and bit width.
     pub params: QuantParams,
+    /// Which one-row products our CUDA kernel takes (the load's option).
+    pub kernel: QmvKernel,
 }
 
 impl QuantizedWeight {
@@ -87,6 +91,7 @@ impl QuantizedWeight {
             scales,
             biases,
             params,
+            kernel: weights.options().qmv,
         })
     }
 
@@ -101,6 +106,7 @@ impl QuantizedWeight {
             &self.biases,
             self.params.group_size,
             self.params.bits,
+            self.kernel,
         )? {
             return Ok(y);
         }
@@ -236,6 +242,7 @@ impl LinearWeight {
                             scales,
                             biases,
                             params: q.params,
+                            kernel: q.kernel,
                         })
                     })
                     .collect()
@@ -303,6 +310,7 @@ impl LinearWeight {
                     group_size,
                     bits,
                     first.scales.dtype(),
+                    first.kernel,
                 )
             })
         };
@@ -322,6 +330,7 @@ impl LinearWeight {
             scales,
             biases,
             params: first.params,
+            kernel: first.kernel,
         })))
     }
 

@@ -123,6 +123,7 @@ mod tests {
                     group_size: 64,
                     bits,
                 },
+                kernel: Default::default(),
             });
             let x = matrix(5, 256, Dtype::Bfloat16);
             assert_same_product(&weight, 2, &x);

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fmt::Display;
 
 use mlx_rs::{Array, Dtype};
+use mlx_rs_core::quantized_matvec::QmvKernel;
 
 use crate::error::ModelError;
 use crate::tensor_parallel::{Split, TensorParallel};
@@ -124,6 +125,9 @@ pub struct WeightOptions {
     /// those matrices at load; worth it where decode waits on the host (a
     /// GPU).
     pub fuse_projections: bool,
+    /// Which one-row 4-bit products our CUDA kernel takes instead of MLX's
+    /// (see [`mlx_rs_core::quantized_matvec`]); it takes none off a GPU.
+    pub qmv: QmvKernel,
 }
 
 /// A view of a [`WeightSource`] under a module path, with the compute dtype.

@@ -36,6 +36,7 @@ fn quantized(rows: i32, seed: u64) -> Linear {
         scales,
         biases,
         params,
+        kernel: Default::default(),
     };
     Linear::from_parts(LinearWeight::Quantized(q), None).unwrap()
 }

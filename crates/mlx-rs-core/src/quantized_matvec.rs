@@ -20,9 +20,10 @@
 //! with it on the large ones (2 rounds), against 1.19x with MLX's kernel
 //! earlier that day.
 //!
-//! It is still off unless asked for (`MISTRAL_MLX_QMV=ours`, or
-//! `ours-large` for the products of more than [`LARGE_ELEMENTS`] elements
-//! only): the parity tests against mlx-lm have not yet run with it on a
+//! It is still off unless the caller asks for it ([`QmvKernel::Ours`], or
+//! [`QmvKernel::OursLarge`] for the products of more than [`LARGE_ELEMENTS`]
+//! elements only; a load option, `mistral-cli --qmv`): the parity tests
+//! against mlx-lm have not yet run with it on a
 //! 4-bit model it takes (the 4-bit test model they ran on has float32
 //! scales, which it declines). `ours` keeps a stacked matrix's product
 //! equal to its parts' own (each output row is computed alone, whatever
@@ -44,9 +45,8 @@ use crate::error::Result;
 const SOURCE: &str = include_str!("kernels/quantized_matvec.cu");
 const HEADER: &str = include_str!("kernels/quantized_matvec_header.cuh");
 
-/// Which products this kernel takes on a CUDA GPU: `ours`, all it can
-/// take; `ours-large`, those with more than [`LARGE_ELEMENTS`] elements;
-/// unset or `mlx`, none (the default: MLX's kernel).
+/// The environment variable `mistral-cli` reads its `--qmv` default from
+/// (the library reads none: callers pass a [`QmvKernel`]).
 pub const SWITCH_ENV: &str = "MISTRAL_MLX_QMV";
 
 /// `ours-large`'s threshold: 2^24 elements. Mistral 7B's stacked q/k/v
@@ -54,12 +54,31 @@ pub const SWITCH_ENV: &str = "MISTRAL_MLX_QMV";
 /// x 4096) matrices are above it, its 4096 x 4096 output projection is not.
 pub const LARGE_ELEMENTS: i64 = 1 << 24;
 
-/// Which products the kernel takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Use {
-    Never,
-    All,
-    Large,
+/// Which one-row 4-bit products our kernel takes on a CUDA GPU (elsewhere
+/// it takes none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QmvKernel {
+    /// None: MLX's `quantized_matmul` (the default).
+    #[default]
+    Mlx,
+    /// Every product it can take (`ours`).
+    Ours,
+    /// Those of more than [`LARGE_ELEMENTS`] elements (`ours-large`).
+    OursLarge,
+}
+
+impl std::str::FromStr for QmvKernel {
+    type Err = String;
+
+    /// `mlx`, `ours` or `ours-large`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "mlx" => Ok(QmvKernel::Mlx),
+            "ours" => Ok(QmvKernel::Ours),
+            "ours-large" => Ok(QmvKernel::OursLarge),
+            other => Err(format!("{other:?} is not one of mlx, ours, ours-large")),
+        }
+    }
 }
 
 /// The most rows of `x` the kernel takes.
@@ -69,8 +88,8 @@ pub const MAX_ROWS: i32 = 4;
 const WARPS: i32 = 4;
 
 /// `x Wᵀ` for the affine-quantized `W` (`w`, `scales`, `biases` as MLX
-/// lays them out, `group_size`, `bits`), by our kernel; `None` where it
-/// does not apply (see the module notes).
+/// lays them out, `group_size`, `bits`), by our kernel if `kernel` asks for
+/// it; `None` where it does not apply (see the module notes).
 pub fn quantized_matvec(
     x: &Array,
     w: &Array,
@@ -78,11 +97,12 @@ pub fn quantized_matvec(
     biases: &Array,
     group_size: i32,
     bits: i32,
+    kernel: QmvKernel,
 ) -> Result<Option<Array>> {
     let Some(plan) = Plan::new(x, w, scales, biases, group_size, bits) else {
         return Ok(None);
     };
-    if !enabled().wants(plan.n, plan.k) {
+    if !kernel.wants(plan.n, plan.k) {
         return Ok(None);
     }
     thread_local! {
@@ -118,11 +138,19 @@ pub fn quantized_matvec(
 
 /// Whether a one-row product with an `n x k` 4-bit matrix in groups of
 /// `group_size`, scales in `scales_dtype` (and `x` in the same dtype), goes
-/// to this kernel in this process. Its output rows are each computed alone
-/// at any `n`, so layers stacked into such a matrix keep their own products
-/// past the height where MLX changes kernels (see `mistral_model::fused`).
-pub fn takes_one_row(n: i32, k: i32, group_size: i32, bits: i32, scales_dtype: Dtype) -> bool {
-    n > 0 && kind_supported(k, group_size, bits, scales_dtype) && enabled().wants(n, k)
+/// to this kernel under `kernel` in this process. Its output rows are each
+/// computed alone at any `n`, so layers stacked into such a matrix keep
+/// their own products past the height where MLX changes kernels (see
+/// `mistral_model::fused`).
+pub fn takes_one_row(
+    n: i32,
+    k: i32,
+    group_size: i32,
+    bits: i32,
+    scales_dtype: Dtype,
+    kernel: QmvKernel,
+) -> bool {
+    n > 0 && kind_supported(k, group_size, bits, scales_dtype) && kernel.wants(n, k)
 }
 
 /// The products the kernel computes: 4-bit, groups of 32, 64 or 128, `x`
@@ -137,40 +165,23 @@ fn kind_supported(k: i32, group_size: i32, bits: i32, dtype: Dtype) -> bool {
         && k % group_size == 0
 }
 
-impl Use {
-    /// Whether the kernel is to take a product with an `n x k` matrix.
+impl QmvKernel {
+    /// Whether the kernel is to take a product with an `n x k` matrix: as
+    /// asked for, on MLX's CUDA build on a GPU.
     fn wants(self, n: i32, k: i32) -> bool {
-        match self {
-            Use::Never => false,
-            Use::All => true,
-            Use::Large => i64::from(n) * i64::from(k) > LARGE_ELEMENTS,
-        }
+        let asked = match self {
+            QmvKernel::Mlx => false,
+            QmvKernel::Ours => true,
+            QmvKernel::OursLarge => i64::from(n) * i64::from(k) > LARGE_ELEMENTS,
+        };
+        asked && on_cuda_gpu()
     }
 }
 
-/// Whether the kernel may be used in this process, and for which products:
-/// as asked for, on MLX's CUDA build on a GPU.
-fn enabled() -> Use {
-    static ENABLED: OnceLock<Use> = OnceLock::new();
-    *ENABLED.get_or_init(|| {
-        let asked = match std::env::var(SWITCH_ENV).as_deref() {
-            Ok("ours") => Use::All,
-            Ok("ours-large") => Use::Large,
-            Err(_) | Ok("mlx") => Use::Never,
-            Ok(other) => {
-                eprintln!(
-                    "warning: {SWITCH_ENV}={other:?} is not one of ours, ours-large, mlx; \
-                     using mlx"
-                );
-                Use::Never
-            }
-        };
-        if cfg!(feature = "cuda") && crate::runtime::on_gpu() {
-            asked
-        } else {
-            Use::Never
-        }
-    })
+/// Whether this process computes on MLX's CUDA build on a GPU.
+fn on_cuda_gpu() -> bool {
+    static CUDA: OnceLock<bool> = OnceLock::new();
+    *CUDA.get_or_init(|| cfg!(feature = "cuda") && crate::runtime::on_gpu())
 }
 
 /// One product's shapes and launch.
@@ -340,12 +351,24 @@ mod tests {
     }
 
     #[test]
-    fn is_used_only_on_a_cuda_gpu() {
+    fn is_used_only_when_asked_and_on_a_cuda_gpu() {
         let [x, w, s, b] = arrays(1, 64, 256, 64, Dtype::Bfloat16);
-        let used = quantized_matvec(&x, &w, &s, &b, 64, 4).unwrap().is_some();
-        assert_eq!(used, enabled() == Use::All);
-        if !(cfg!(feature = "cuda") && crate::runtime::on_gpu()) {
-            assert!(!used);
-        }
+        let used = |kernel| {
+            quantized_matvec(&x, &w, &s, &b, 64, 4, kernel)
+                .unwrap()
+                .is_some()
+        };
+        assert!(!used(QmvKernel::Mlx));
+        // 64 x 256 is below ours-large's threshold.
+        assert!(!used(QmvKernel::OursLarge));
+        assert_eq!(used(QmvKernel::Ours), on_cuda_gpu());
+    }
+
+    #[test]
+    fn kernel_names_parse() {
+        assert_eq!("ours".parse::<QmvKernel>(), Ok(QmvKernel::Ours));
+        assert_eq!("ours-large".parse::<QmvKernel>(), Ok(QmvKernel::OursLarge));
+        assert_eq!("mlx".parse::<QmvKernel>(), Ok(QmvKernel::Mlx));
+        assert!("fast".parse::<QmvKernel>().unwrap_err().contains("fast"));
     }
 }

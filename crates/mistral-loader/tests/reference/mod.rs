@@ -57,6 +57,25 @@ pub fn test_models() -> Vec<TestModel> {
         .collect()
 }
 
+/// The model at `dir` as the parity tests load it: the library's defaults,
+/// with our 4-bit CUDA kernel where `MISTRAL_MLX_QMV` asks for it (as
+/// `mistral-cli --qmv` reads it; `xtask/gpu/run.sh parity` on a GPU).
+pub fn load(dir: &std::path::Path) -> mistral_model::Mistral {
+    let options = mistral_loader::LoadOptions {
+        qmv: qmv(),
+        ..Default::default()
+    };
+    mistral_loader::load_model_with(dir, &options)
+        .unwrap_or_else(|e| panic!("{}: load: {e}", dir.display()))
+}
+
+/// Our 4-bit CUDA kernel's use as `MISTRAL_MLX_QMV` asks (none if unset).
+pub fn qmv() -> mlx_rs_core::quantized_matvec::QmvKernel {
+    std::env::var("MISTRAL_MLX_QMV")
+        .map_or(Ok(Default::default()), |v| v.parse())
+        .unwrap_or_else(|e| panic!("MISTRAL_MLX_QMV: {e}"))
+}
+
 /// The test model called `name`.
 pub fn test_model(name: &str) -> TestModel {
     test_models()

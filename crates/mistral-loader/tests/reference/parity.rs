@@ -2,7 +2,6 @@
 //! logits (one pass and chunked through the cache) and greedy ids against
 //! a [`Reference`], with the tolerances of `mlx_lm_parity.rs`'s note.
 
-use mistral_loader::load_model;
 use mistral_model::Mistral;
 use mlx_rs::ops::indexing::{argmax_axis, IndexOp};
 use mlx_rs::Array;
@@ -215,7 +214,7 @@ pub fn compare_greedy<C: KeyValueCache>(
     };
     // On a GPU: also near-ties within a few times its measured noise.
     let tie = gpu_noise(spec, reference).map_or(tie, |noise| tie.max(4.0 * noise * scale));
-    let mut model = load_model(&spec.dir).expect("load_model");
+    let mut model = super::load(&spec.dir);
     let (mut start, mut agreed) = (0, 0);
     while start < total {
         let mut prompt = reference.prompt_ids.clone();
