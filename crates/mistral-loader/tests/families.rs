@@ -27,6 +27,10 @@ use mlx_rs_core::{KVCache, RotatingKVCache};
 use reference::parity::{check_against, compare_greedy};
 use reference::{family_models, family_references, on_gpu, selected, FamilyModel};
 
+/// Held by every test here: the memory test measures MLX's process-wide
+/// peak, which another test's arrays would raise.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn models() -> Vec<FamilyModel> {
     let models = family_models();
     assert!(
@@ -41,6 +45,7 @@ fn models() -> Vec<FamilyModel> {
 
 #[test]
 fn every_family_model_matches_mlx_lm() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for family in &models() {
         let spec = &family.model;
         let model = reference::load(&spec.dir);
@@ -51,6 +56,7 @@ fn every_family_model_matches_mlx_lm() {
 
 #[test]
 fn every_family_model_generates_mlx_lm_greedy_ids() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for family in &models() {
         let spec = &family.model;
         for reference in &family_references(spec) {
@@ -75,6 +81,7 @@ fn every_family_model_generates_mlx_lm_greedy_ids() {
 /// the dequantized weights.
 #[test]
 fn quantized_mixtral_dequantized_at_load_matches_mlx_lm() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     if on_gpu() {
         return; // auto keeps the checkpoint on a GPU: the test above covers it
     }
@@ -104,6 +111,7 @@ fn quantized_mixtral_dequantized_at_load_matches_mlx_lm() {
 /// before any copy: loading takes MLX memory for the text weights only.
 #[test]
 fn vision_weights_never_reach_memory() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let wrapped: Vec<_> = models()
         .into_iter()
         .filter(|m| m.entry["wrapper"] == "mistral3")
@@ -150,6 +158,7 @@ fn vision_weights_never_reach_memory() {
 /// that still match their own references.
 #[test]
 fn convert_keeps_each_family_as_mlx_lm_computes_it() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let models = models();
     let find = |name: &str| {
         models

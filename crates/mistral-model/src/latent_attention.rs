@@ -14,7 +14,7 @@
 //! additive mask; a longer input expands keys and values per head.
 
 use mlx_rs::{
-    ops::{broadcast_to, concatenate, dequantize, quantize, quantized_matmul, split_at_indices},
+    ops::{broadcast_to, concatenate, dequantize, quantize, split_at_indices},
     Array, Dtype,
 };
 use mlx_rs_core::{initialize_rope, KeyValueCache, Positions, Rope, SdpaMask};
@@ -23,6 +23,7 @@ use crate::config::MistralConfig;
 use crate::config_mistral4::LatentConfig;
 use crate::error::ModelError;
 use crate::linear::Linear;
+use crate::moe::SwitchLinear;
 use crate::norm::RmsNorm;
 use crate::quantization::QuantParams;
 use crate::query_scale::query_scale;
@@ -31,105 +32,6 @@ use crate::weights::Weights;
 /// RMSNorm epsilon of the latent and query-compression norms (mlx-lm's).
 const LATENT_NORM_EPS: f32 = 1e-6;
 
-/// Per-head matrices `[heads, out, in]`, dense or MLX-quantized (mlx-lm's
-/// `MultiLinear` / `QuantizedMultiLinear`).
-#[derive(Debug, Clone)]
-enum HeadMatrices {
-    Dense(Array),
-    Quantized {
-        weight: Array,
-        scales: Array,
-        biases: Array,
-        params: QuantParams,
-    },
-}
-
-impl HeadMatrices {
-    /// `x @ Wᵀ` per head (`transpose`), or `x @ W`.
-    fn apply(&self, x: &Array, transpose: bool) -> Result<Array, ModelError> {
-        Ok(match self {
-            HeadMatrices::Dense(w) if transpose => x.matmul(w.swap_axes(-1, -2)?)?,
-            HeadMatrices::Dense(w) => x.matmul(w)?,
-            HeadMatrices::Quantized {
-                weight,
-                scales,
-                biases,
-                params,
-            } => quantized_matmul(
-                x,
-                weight,
-                scales,
-                biases,
-                transpose,
-                params.group_size,
-                params.bits,
-            )?,
-        })
-    }
-
-    fn weight_bytes(&self) -> u64 {
-        match self {
-            HeadMatrices::Dense(w) => w.nbytes() as u64,
-            HeadMatrices::Quantized {
-                weight,
-                scales,
-                biases,
-                ..
-            } => (weight.nbytes() + scales.nbytes() + biases.nbytes()) as u64,
-        }
-    }
-
-    /// Takes `name` (`[heads, out, in]`) of the module `weights` points at,
-    /// dense or quantized as the config says.
-    fn load(
-        cfg: &MistralConfig,
-        weights: &mut Weights,
-        name: &str,
-        (heads, out, cols): (i32, i32, i32),
-    ) -> Result<Self, ModelError> {
-        let mut view = weights.pp(name);
-        let Some(params) = cfg.quantization_for(view.module_path()) else {
-            return Ok(HeadMatrices::Dense(
-                view.float("weight", &[heads, out, cols])?,
-            ));
-        };
-        let QuantParams { group_size, bits } = params;
-        if cols % group_size != 0 || (cols * bits) % 32 != 0 {
-            return Err(ModelError::Quantization {
-                tensor: view.path("weight"),
-                message: format!(
-                    "its input size {cols} is not a multiple of the group size {group_size}"
-                ),
-            });
-        }
-        let groups = [heads, out, cols / group_size];
-        let weight = view.exact("weight", &[heads, out, cols * bits / 32], Dtype::Uint32)?;
-        let scales = view.float("scales", &groups)?;
-        let biases = view.float("biases", &groups)?;
-        let quantized = HeadMatrices::Quantized {
-            weight,
-            scales,
-            biases,
-            params,
-        };
-        if !view.dequantize() {
-            return Ok(quantized);
-        }
-        let HeadMatrices::Quantized {
-            weight,
-            scales,
-            biases,
-            ..
-        } = quantized
-        else {
-            unreachable!("built quantized just above");
-        };
-        let dense = dequantize(&weight, &scales, &biases, group_size, bits)?;
-        dense.eval()?;
-        Ok(HeadMatrices::Dense(dense))
-    }
-}
-
 /// The self-attention block of a Mistral 4 layer.
 #[derive(Debug, Clone)]
 pub struct LatentAttention {
@@ -137,8 +39,8 @@ pub struct LatentAttention {
     queries: QueryProjection,
     kv_a_proj_with_mqa: Linear,
     kv_a_layernorm: RmsNorm,
-    embed_q: HeadMatrices,
-    unembed_out: HeadMatrices,
+    embed_q: SwitchLinear,
+    unembed_out: SwitchLinear,
     o_proj: Linear,
     heads: i32,
     nope: i32,
@@ -206,8 +108,13 @@ impl LatentAttention {
         {
             Some(pair) => pair,
             None => (
-                HeadMatrices::load(cfg, weights, "embed_q", (heads, rank, nope))?,
-                HeadMatrices::load(cfg, weights, "unembed_out", (heads, v_dim, rank))?,
+                SwitchLinear::stacked(cfg, &mut weights.pp("embed_q"), (heads, rank, nope), None)?,
+                SwitchLinear::stacked(
+                    cfg,
+                    &mut weights.pp("unembed_out"),
+                    (heads, v_dim, rank),
+                    None,
+                )?,
             ),
         };
         let o_proj = Linear::new(cfg, &mut weights.pp("o_proj"), heads * v_dim, dim, bias)?;
@@ -329,13 +236,13 @@ impl LatentAttention {
             _ => pe_scores,
         };
         let out = mlx_rs_core::scaled_dot_product_attention(
-            &self.embed_q.apply(q_nope, true)?,
+            &self.embed_q.matmul_each(q_nope, true)?,
             kv_latent,
             kv_latent,
             self.scale,
             &SdpaMask::Array(pe_scores),
         )?;
-        self.unembed_out.apply(&out, true)
+        self.unembed_out.matmul_each(&out, true)
     }
 
     /// Several query positions: keys and values expanded per head.
@@ -348,8 +255,8 @@ impl LatentAttention {
         k_rope: &Array,
         mask: &SdpaMask,
     ) -> Result<Array, ModelError> {
-        let k_nope = self.embed_q.apply(kv_latent, false)?;
-        let values = self.unembed_out.apply(kv_latent, true)?;
+        let k_nope = self.embed_q.matmul_each(kv_latent, false)?;
+        let values = self.unembed_out.matmul_each(kv_latent, true)?;
         let k_rope = broadcast_to(k_rope, &[b, self.heads, k_rope.dim(2), self.rope_dims])?;
         let queries = concatenate(&[q_nope, q_rope], -1)?;
         let keys = concatenate(&[&k_nope, &k_rope], -1)?;
@@ -367,7 +274,7 @@ fn absorbed_kv_b(
     cfg: &MistralConfig,
     weights: &mut Weights,
     (heads, nope, v_dim, rank): (i32, i32, i32, i32),
-) -> Result<Option<(HeadMatrices, HeadMatrices)>, ModelError> {
+) -> Result<Option<(SwitchLinear, SwitchLinear)>, ModelError> {
     let mut view = weights.pp("kv_b_proj");
     let rows = heads * (nope + v_dim);
     let params = cfg.quantization_for(view.module_path());
@@ -389,19 +296,19 @@ fn absorbed_kv_b(
     let [wk, wv] = two(split_at_indices(&w, &[nope], 1)?)?;
     let wk = wk.swap_axes(-1, -2)?.contiguous()?;
     let wv = wv.contiguous()?;
-    let pack = |m: Array| -> Result<HeadMatrices, ModelError> {
+    let pack = |m: Array| -> Result<SwitchLinear, ModelError> {
         match params.filter(|_| !view.dequantize()) {
             None => {
                 let m = view.cast(m)?;
                 m.eval()?;
-                Ok(HeadMatrices::Dense(m))
+                Ok(SwitchLinear::Dense(m))
             }
             Some(params) => {
                 let (weight, scales, biases) = quantize(&m, params.group_size, params.bits)?;
                 for a in [&weight, &scales, &biases] {
                     a.eval()?;
                 }
-                Ok(HeadMatrices::Quantized {
+                Ok(SwitchLinear::Quantized {
                     weight,
                     scales: view.cast(scales)?,
                     biases: view.cast(biases)?,

@@ -1,7 +1,8 @@
 //! [`SparseMoe`]: Mixtral's sparse mixture of experts (mlx-lm
 //! `mixtral.py`'s `MixtralSparseMoeBlock` over `switch_layers.py`'s
 //! `SwitchGLU`), and [`SwitchLinear`], one linear map per expert stacked
-//! into one `[experts, out, in]` matrix (dense or MLX-quantized).
+//! into one `[experts, out, in]` matrix (dense or MLX-quantized; also
+//! Mistral 4's per-head attention matrices).
 //!
 //! A router (`gate`) scores the experts; each token goes to its top
 //! `num_experts_per_tok`, whose scores are softmaxed among themselves and
@@ -254,6 +255,30 @@ impl SwitchLinear {
                 ..
             } => (weight.nbytes() + scales.nbytes() + biases.nbytes()) as u64,
         }
+    }
+
+    /// `x @ Wᵀ` (`transpose`) or `x @ W` for every matrix of the stack, `x`'s
+    /// leading axes broadcast against the stack's (Mistral 4's per-head
+    /// matrices).
+    pub fn matmul_each(&self, x: &Array, transpose: bool) -> Result<Array, ModelError> {
+        Ok(match self {
+            SwitchLinear::Dense(w) if transpose => x.matmul(w.swap_axes(-1, -2)?)?,
+            SwitchLinear::Dense(w) => x.matmul(w)?,
+            SwitchLinear::Quantized {
+                weight,
+                scales,
+                biases,
+                params,
+            } => mlx_rs::ops::quantized_matmul(
+                x,
+                weight,
+                scales,
+                biases,
+                transpose,
+                params.group_size,
+                params.bits,
+            )?,
+        })
     }
 
     /// `x` `[..., 1, in]` through expert `indices[...]` each, giving

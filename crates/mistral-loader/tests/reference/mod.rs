@@ -38,23 +38,26 @@ pub fn test_models() -> Vec<TestModel> {
         .as_array()
         .expect("manifest.models")
         .iter()
-        .map(|entry| {
-            let name = entry["dir"].as_str().expect("model dir").to_owned();
-            let quantized = entry["quantized"].as_object().map(|q| {
-                (
-                    q["bits"].as_i64().expect("bits"),
-                    q["group_size"].as_i64().expect("group_size"),
-                )
-            });
-            TestModel {
-                dir: root.join(&name),
-                dtype: entry["dtype"].as_str().expect("dtype").to_owned(),
-                quantized,
-                sliding_window: entry["sliding_window"].as_i64(),
-                name,
-            }
-        })
+        .map(|entry| test_model_of(&root, entry))
         .collect()
+}
+
+/// The model a manifest entry describes, in the folder `root`.
+fn test_model_of(root: &std::path::Path, entry: &serde_json::Value) -> TestModel {
+    let name = entry["dir"].as_str().expect("model dir").to_owned();
+    let quantized = entry["quantized"].as_object().map(|q| {
+        (
+            q["bits"].as_i64().expect("bits"),
+            q["group_size"].as_i64().expect("group_size"),
+        )
+    });
+    TestModel {
+        dir: root.join(&name),
+        dtype: entry["dtype"].as_str().expect("dtype").to_owned(),
+        quantized,
+        sliding_window: entry["sliding_window"].as_i64(),
+        name,
+    }
 }
 
 /// The model at `dir` as the parity tests load it: the library's defaults,
@@ -204,24 +207,9 @@ pub fn family_models() -> Vec<FamilyModel> {
         .as_array()
         .expect("manifest.models")
         .iter()
-        .map(|entry| {
-            let name = entry["dir"].as_str().expect("model dir").to_owned();
-            let quantized = entry["quantized"].as_object().map(|q| {
-                (
-                    q["bits"].as_i64().expect("bits"),
-                    q["group_size"].as_i64().expect("group_size"),
-                )
-            });
-            FamilyModel {
-                model: TestModel {
-                    dir: root.join(&name),
-                    dtype: entry["dtype"].as_str().expect("dtype").to_owned(),
-                    quantized,
-                    sliding_window: entry["sliding_window"].as_i64(),
-                    name,
-                },
-                entry: entry.clone(),
-            }
+        .map(|entry| FamilyModel {
+            model: test_model_of(&root, entry),
+            entry: entry.clone(),
         })
         .collect()
 }
