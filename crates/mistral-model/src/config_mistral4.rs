@@ -6,7 +6,6 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::MistralConfig;
 use crate::error::ConfigError;
 
 /// The fields of a `mistral4` config beyond the common ones.
@@ -72,6 +71,27 @@ impl LatentConfig {
     /// Per-head width of queries and keys.
     pub fn qk_head_dim(&self) -> i32 {
         self.qk_nope_head_dim + self.qk_rope_head_dim
+    }
+
+    /// The attention's softmax scale: `qk_head_dim^-0.5` times YaRN's
+    /// `mscale_all_dim` factor squared (mlx-lm's `apply_yarn_mscale`), from
+    /// the config's `rope_parameters`.
+    pub fn softmax_scale(&self, rope_parameters: Option<&Value>) -> f32 {
+        let scale = f64::from(self.qk_head_dim()).powf(-0.5);
+        let Some(p) = rope_parameters.filter(|p| p.is_object()) else {
+            return scale as f32;
+        };
+        let kind = crate::rope_config::rope_type(p);
+        let all_dim = p
+            .get("mscale_all_dim")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        let factor = p.get("factor").and_then(Value::as_f64).unwrap_or(1.0);
+        if kind == "default" || all_dim == 0.0 || factor <= 1.0 {
+            return scale as f32;
+        }
+        let s = 0.1 * all_dim * factor.ln() + 1.0;
+        (scale * s * s) as f32
     }
 
     /// Whether layer `index` has experts.
@@ -173,28 +193,5 @@ impl LatentConfig {
             ));
         }
         Ok(())
-    }
-}
-
-impl MistralConfig {
-    /// The attention's softmax scale of a `mistral4` model: `qk_head_dim^-0.5`
-    /// times YaRN's `mscale_all_dim` factor squared (mlx-lm's
-    /// `apply_yarn_mscale`).
-    pub fn latent_softmax_scale(&self, latent: &LatentConfig) -> f32 {
-        let scale = f64::from(latent.qk_head_dim()).powf(-0.5);
-        let Some(p) = self.rope_parameters.as_ref().filter(|p| p.is_object()) else {
-            return scale as f32;
-        };
-        let kind = crate::rope_config::rope_type(p);
-        let all_dim = p
-            .get("mscale_all_dim")
-            .and_then(Value::as_f64)
-            .unwrap_or(0.0);
-        let factor = p.get("factor").and_then(Value::as_f64).unwrap_or(1.0);
-        if kind == "default" || all_dim == 0.0 || factor <= 1.0 {
-            return scale as f32;
-        }
-        let s = 0.1 * all_dim * factor.ln() + 1.0;
-        (scale * s * s) as f32
     }
 }

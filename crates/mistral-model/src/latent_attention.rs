@@ -23,10 +23,10 @@ use crate::config::MistralConfig;
 use crate::config_mistral4::LatentConfig;
 use crate::error::ModelError;
 use crate::linear::Linear;
-use crate::moe::SwitchLinear;
 use crate::norm::RmsNorm;
 use crate::quantization::QuantParams;
 use crate::query_scale::query_scale;
+use crate::switch_linear::SwitchLinear;
 use crate::weights::Weights;
 
 /// RMSNorm epsilon of the latent and query-compression norms (mlx-lm's).
@@ -131,7 +131,7 @@ impl LatentAttention {
             rope_dims,
             rank,
             v_dim,
-            scale: cfg.latent_softmax_scale(latent),
+            scale: latent.softmax_scale(cfg.rope_parameters.as_ref()),
             rope: initialize_rope(
                 rope_dims,
                 cfg.rope_theta() as f32,

@@ -166,7 +166,7 @@ fn mistral4_reads_its_latent_attention_and_experts() {
     // mlx-lm's apply_yarn_mscale: (0.1 * 1 * ln 64 + 1)^2 / sqrt(192).
     let s = 0.1 * 64f64.ln() + 1.0;
     let want = (s * s / 192f64.sqrt()) as f32;
-    assert!((cfg.latent_softmax_scale(latent) - want).abs() < 1e-7);
+    assert!((latent.softmax_scale(cfg.rope_parameters.as_ref()) - want).abs() < 1e-7);
     let mut missing = mistral4();
     missing.as_object_mut().unwrap().remove("kv_lora_rank");
     assert_eq!(field_of(&missing), "kv_lora_rank");
