@@ -17,7 +17,8 @@
 #            separated: mlx_lm_parity, families, sliding_window_generation,
 #            decode_graph, stacked_projections, generate_parity); a binary in target/gpu-tests/ (carried)
 #            replaces the packed one; `parity NAMES TESTS FILTER` runs
-#            only the tests whose name holds FILTER; each binary stops
+#            only the tests whose name holds FILTER (the `families` test
+#            runs all its models whatever NAMES says); each binary stops
 #            after MISTRAL_MLX_TEST_TIMEOUT seconds (default 300)
 #   bench    unpack; write the 7B-shape and ~150M models there; ours and
 #            mlx-lm side by side, interleaved, with the card's bandwidth;
