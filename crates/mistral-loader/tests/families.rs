@@ -228,11 +228,9 @@ fn convert_keeps_each_family_as_mlx_lm_computes_it() {
             assert_eq!(report.dense, 0, "{}: every matrix quantized", source.name);
         }
         let model = load_model(&out).unwrap_or_else(|e| panic!("{}: load: {e}", out.display()));
-        let spec = reference::TestModel {
-            dir: out.clone(),
-            ..reference.clone()
-        };
-        check_against(&model, &spec, &family_references(&reference), false);
+        // The reference's own spec: on a GPU its CPU references (the GPU's
+        // noise) are found beside it.
+        check_against(&model, &reference, &family_references(&reference), false);
         std::fs::remove_dir_all(&out).expect("remove the converted folder");
     }
 }
