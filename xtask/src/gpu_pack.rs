@@ -271,6 +271,16 @@ fn print_calls(parts: usize) {
     println!("       then the median of 5 runs: about 420 s on one H200)");
     println!("  run  command=\"bash xtask/gpu/run.sh bench 1 5\"  timeout_s=300   (more rounds, as the budget allows;");
     println!("       MISTRAL_MLX_BENCH_MODELS=m150_bf16,m7b_q4 narrows the models)");
+    println!("The newer families alone (a short budget; about 280 s on one H100):");
+    println!(
+        "  run  carry=[\"target/gpu-pack/{parts}\"]  command=\"bash xtask/gpu/run.sh parity gqa4_bf16 families\"  timeout_s=520"
+    );
+    println!(
+        "  run  command=\"MISTRAL_MLX_BENCH_MODELS=mx8_bf16 timeout 560 bash xtask/gpu/run.sh bench 2 3\"  timeout_s=590"
+    );
+    println!(
+        "       (Mixtral 8x7B's shapes with 4 layers, ours against mlx-lm: about 80 s on one H100)"
+    );
     println!("Our 4-bit decode kernel (MISTRAL_MLX_QMV=ours): the stash call(s), then");
     println!(
         "  run  carry=[\"target/gpu-pack/{parts}\"]  command=\"bash xtask/gpu/run.sh qmv 2\"  timeout_s=560"
