@@ -655,6 +655,19 @@ def mlx_model(module_name: str, config: dict):
     return arch.Model(arch.ModelArgs.from_dict(config))
 
 
+def fp8_reference(model_dir: str, module_name: str, original: dict[str, np.ndarray]):
+    """The reference plan of an FP8 checkpoint: mlx-lm's float `module_name`
+    model on the weights mlx-lm's own FP8 dequantization gives, and notes."""
+    def plan():
+        model, worst = load_fp8_reference(model_dir, module_name, original)
+        notes = {"window": None, "compute": "bfloat16",
+                 "fp8_dequant": "mlx_lm.models.mistral4.Model.sanitize (stub args, num_hidden_layers 0)",
+                 "fp8_max_rel_err": worst,
+                 "direct_load": direct_load_note(model_dir, model, [1, 2, 3, 4, 5])}
+        return model, notes
+    return plan
+
+
 def load_fp8_reference(model_dir: str, module_name: str, original: dict[str, np.ndarray]):
     """mlx-lm's float `module_name` model (bfloat16) on mlx-lm's FP8
     dequantization of the directory's weights."""
@@ -1041,13 +1054,7 @@ def build(root: str, tokenizer_dir: str) -> list[tuple[dict, object]]:
     d = new_model_dir(root, name, config, tokenizer_dir)
     write_fp8_model(d, untied_w, "tensor", seed=31)
 
-    def fp8_tensor_ref(d=d):
-        model, worst = load_fp8_reference(d, "ministral3", untied_w)
-        notes = {"window": None, "compute": "bfloat16",
-                 "fp8_dequant": "mlx_lm.models.mistral4.Model.sanitize (stub args, num_hidden_layers 0)",
-                 "fp8_max_rel_err": worst,
-                 "direct_load": direct_load_note(d, model, [1, 2, 3, 4, 5])}
-        return model, notes
+    fp8_tensor_ref = fp8_reference(d, "ministral3", untied_w)
 
     plans.append((ministral3_entry(
         name, "ministral3 (untied) with every q/k/v/o/gate/up/down weight F8_E4M3, a bf16 scalar "
@@ -1067,13 +1074,7 @@ def build(root: str, tokenizer_dir: str) -> list[tuple[dict, object]]:
     block_w = make_models.make_weights(s)
     write_fp8_model(d, block_w, "block", seed=32)
 
-    def fp8_block_ref(d=d):
-        model, worst = load_fp8_reference(d, "llama", block_w)
-        notes = {"window": None, "compute": "bfloat16",
-                 "fp8_dequant": "mlx_lm.models.mistral4.Model.sanitize (stub args, num_hidden_layers 0)",
-                 "fp8_max_rel_err": worst,
-                 "direct_load": direct_load_note(d, model, [1, 2, 3, 4, 5])}
-        return model, notes
+    fp8_block_ref = fp8_reference(d, "llama", block_w)
 
     plans.append((entry(
         name, "mistral, hidden 256, intermediate 320 (not a multiple of 128: partial blocks), projections "
