@@ -69,6 +69,12 @@ impl LoadPlan {
         plan
     }
 
+    /// This plan with `kernel` taking the one-row 4-bit products it can.
+    pub fn with_qmv(mut self, kernel: mlx_rs_core::quantized_matvec::QmvKernel) -> Self {
+        self.weights.qmv = kernel;
+        self
+    }
+
     fn resolve_dtype(
         choice: ComputeDtype,
         config: &MistralConfig,
@@ -132,14 +138,6 @@ impl LoadPlan {
                 }
             }
         }
-    }
-}
-
-impl LoadPlan {
-    /// This plan with `kernel` taking the one-row 4-bit products it can.
-    pub fn with_qmv(mut self, kernel: mlx_rs_core::quantized_matvec::QmvKernel) -> Self {
-        self.weights.qmv = kernel;
-        self
     }
 }
 

@@ -208,11 +208,7 @@ impl Mistral {
         weights: &mut impl WeightSource,
         options: WeightOptions,
     ) -> Result<Self, ModelError> {
-        if cfg.wrapper.is_some() {
-            let mut renamed = WrapperNames { source: weights };
-            return Self::build(cfg, Weights::with_options(&mut renamed, options));
-        }
-        Self::build(cfg, Weights::with_options(weights, options))
+        Self::build(cfg, weights, options, None)
     }
 
     /// Like [`with_options`](Self::with_options), this process holding its
@@ -225,20 +221,32 @@ impl Mistral {
         options: WeightOptions,
         parallel: TensorParallel,
     ) -> Result<Self, ModelError> {
-        if cfg.wrapper.is_some() {
-            let mut renamed = WrapperNames { source: weights };
-            return Self::build(
-                cfg,
-                Weights::with_options(&mut renamed, options).with_tensor_parallel(parallel),
-            );
-        }
-        Self::build(
-            cfg,
-            Weights::with_options(weights, options).with_tensor_parallel(parallel),
-        )
+        Self::build(cfg, weights, options, Some(parallel))
     }
 
-    fn build(cfg: &MistralConfig, mut root: Weights) -> Result<Self, ModelError> {
+    /// The model from `weights`, seen with the text model's names where
+    /// the config is a wrapper's (see [`crate::checkpoint_names`]).
+    fn build(
+        cfg: &MistralConfig,
+        weights: &mut dyn WeightSource,
+        options: WeightOptions,
+        parallel: Option<TensorParallel>,
+    ) -> Result<Self, ModelError> {
+        let mut renamed;
+        let source: &mut dyn WeightSource = if cfg.wrapper.is_some() {
+            renamed = WrapperNames { source: weights };
+            &mut renamed
+        } else {
+            weights
+        };
+        let root = Weights::with_options(source, options);
+        match parallel {
+            Some(parallel) => Self::assemble(cfg, root.with_tensor_parallel(parallel)),
+            None => Self::assemble(cfg, root),
+        }
+    }
+
+    fn assemble(cfg: &MistralConfig, mut root: Weights) -> Result<Self, ModelError> {
         cfg.validate()?;
         let options = root.options();
         let model = MistralModel::new(cfg, &mut root.pp("model"))?;

@@ -12,6 +12,7 @@ use mlx_rs::{
     Array, Dtype,
 };
 use mlx_rs_core::runtime::on_gpu;
+use std::sync::OnceLock;
 
 use crate::config::MistralConfig;
 use crate::error::ModelError;
@@ -263,7 +264,7 @@ impl SwitchLinear {
             // MLX 0.32's CPU `gather_mm` takes float32 only: half-precision
             // experts multiply in float32 there, rounded back (the values a
             // half-precision product of MLX's CPU gives).
-            SwitchLinear::Dense(w) if w.dtype() != Dtype::Float32 && !on_gpu() => {
+            SwitchLinear::Dense(w) if w.dtype() != Dtype::Float32 && !computes_on_gpu() => {
                 let f32 = |a: &Array| a.as_dtype(Dtype::Float32);
                 gather_mm(f32(x)?, f32(w)?.swap_axes(-1, -2)?, None, indices, sorted)?
                     .as_dtype(x.dtype())?
@@ -288,4 +289,11 @@ impl SwitchLinear {
             )?,
         })
     }
+}
+
+/// Whether MLX computes on a GPU in this process, asked once: the experts'
+/// products ask at every step, and the device does not change.
+fn computes_on_gpu() -> bool {
+    static GPU: OnceLock<bool> = OnceLock::new();
+    *GPU.get_or_init(on_gpu)
 }
