@@ -15,6 +15,13 @@ What it writes to OUT_DIR:
                         blk.N.ffn_norm        -> model.layers.N.post_attention_layernorm
                         output_norm           -> model.norm
                         output                -> lm_head (absent: tied embeddings)
+                      and for Mixtral (a llama file with {arch}.expert_count):
+                        blk.N.ffn_gate_inp    -> model.layers.N.block_sparse_moe.gate
+                        blk.N.ffn_gate/down/up_exps (stacked, [experts, out, in])
+                          -> model.layers.N.block_sparse_moe.experts.E.w1/w2/w3
+                        blk.N.ffn_gate/down/up.E (older per-expert files)
+                          -> the same per-expert names
+                      (Hugging Face's own Mixtral layout; mlx-lm stacks it).
                       with llama.cpp's q/k row permutation undone:
                         w.reshape(n, rows//n//2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
                       (n = attention.head_count for q, head_count_kv for k).
@@ -26,7 +33,9 @@ What it writes to OUT_DIR:
                       size (vocab_size key, else the token count), bos/eos
                       from tokenizer.ggml.*, tie_word_embeddings = no
                       output.weight; model_type "llama" (arch llama) or
-                      "mistral" (arch mistral).
+                      "mistral" (arch mistral), "mixtral" with
+                      num_local_experts / num_experts_per_tok from
+                      {arch}.expert_count / expert_used_count.
   tokenizer.json, tokenizer_config.json, chat_template.jinja
                       built by transformers' own GGUF tokenizer converter
                       (`PreTrainedTokenizerFast.from_pretrained(dir,
@@ -83,6 +92,8 @@ LAYER_MAP = {
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
 }
+# Mixtral's experts: GGUF role -> Hugging Face name inside block_sparse_moe.experts.E
+EXPERT_MAP = {"ffn_gate": "w1", "ffn_down": "w2", "ffn_up": "w3"}
 TOP_MAP = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
@@ -249,13 +260,22 @@ def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def hf_name(name: str) -> tuple[str, str | None]:
-    """(Hugging Face name, GGUF role) of a GGUF tensor name."""
+    """(Hugging Face name, GGUF role) of a GGUF tensor name. A stacked
+    experts' tensor (`ffn_gate_exps`) gives the name of expert {E}'s part."""
     if name in TOP_MAP:
         return TOP_MAP[name], name.split(".")[0]
     parts = name.split(".")
-    if len(parts) == 4 and parts[0] == "blk" and parts[1].isdigit() and parts[3] == "weight" and parts[2] in LAYER_MAP:
-        return f"model.layers.{parts[1]}.{LAYER_MAP[parts[2]]}.weight", parts[2]
-    raise GgufError(f"unexpected tensor {name!r} (only the llama tensor set is supported)")
+    if len(parts) >= 4 and parts[0] == "blk" and parts[1].isdigit() and parts[-1] == "weight":
+        layer, role = f"model.layers.{parts[1]}", parts[2]
+        if len(parts) == 4 and role in LAYER_MAP:
+            return f"{layer}.{LAYER_MAP[role]}.weight", role
+        if len(parts) == 4 and role == "ffn_gate_inp":
+            return f"{layer}.block_sparse_moe.gate.weight", role
+        if len(parts) == 4 and role.endswith("_exps") and role[:-5] in EXPERT_MAP:
+            return f"{layer}.block_sparse_moe.experts.{{E}}.{EXPERT_MAP[role[:-5]]}.weight", role
+        if len(parts) == 5 and role in EXPERT_MAP and parts[3].isdigit():
+            return f"{layer}.block_sparse_moe.experts.{parts[3]}.{EXPERT_MAP[role]}.weight", role
+    raise GgufError(f"unexpected tensor {name!r} (only the llama and Mixtral tensor sets are supported)")
 
 
 def read_config(g: GgufFile) -> dict:
@@ -308,6 +328,11 @@ def read_config(g: GgufFile) -> dict:
         raise GgufError(f"{g.path}: partial rope (dimension_count {rope_dim} != head_dim {head_dim}) not supported")
     if a("rope.scaling.type", required=False) not in (None, "none"):
         raise GgufError(f"{g.path}: rope scaling not supported")
+    if experts := a("expert_count", required=False):
+        config["architectures"] = ["MixtralForCausalLM"]
+        config["model_type"] = "mixtral"
+        config["num_local_experts"] = int(experts)
+        config["num_experts_per_tok"] = int(a("expert_used_count"))
     return config
 
 
@@ -325,7 +350,13 @@ def dequantize_all(g: GgufFile, config: dict) -> tuple[dict, dict]:
             w = unpermute(w, n_head)
         elif role == "attn_k":
             w = unpermute(w, n_kv)
-        weights[name] = np.ascontiguousarray(w)
+        if "{E}" in name:
+            if w.ndim != 3 or w.shape[0] != config.get("num_local_experts"):
+                raise GgufError(f"{g.path}: {t.name} has shape {w.shape}, not one matrix per expert")
+            for e in range(w.shape[0]):
+                weights[name.format(E=e)] = np.ascontiguousarray(w[e])
+        else:
+            weights[name] = np.ascontiguousarray(w)
         kinds[t.name] = t.qtype.name
     emb = weights.get("model.embed_tokens.weight")
     if emb is None or emb.shape != (config["vocab_size"], config["hidden_size"]):

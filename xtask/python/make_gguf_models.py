@@ -22,6 +22,12 @@ convert_hf_to_gguf.py (LlamaModel, which also handles MistralForCausalLM):
     attention.layer_norm_rms_epsilon, [attention.key_length/value_length when
     config.json has head_dim], general.file_type, {arch}.vocab_size,
     rope.dimension_count, then the tokenizer, general.quantization_version;
+  * Mixtral (LlamaModel with num_local_experts): {arch}.expert_count and
+    expert_used_count after feed_forward_length; blk.N.ffn_gate_inp (the
+    router, always F32 as llama.cpp keeps it) and the experts stacked into
+    blk.N.ffn_{gate,up,down}_exps ([experts, out, in], llama.cpp's layout
+    since April 2024), or one tensor per expert, blk.N.ffn_{gate,up,down}.E,
+    as the older files (Dec 2023 to Apr 2024) have them;
   * norms stay F32 whatever the file type (llama.cpp keeps 1-D tensors F32);
     F16 / BF16 / Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 data from gguf.quants.quantize;
   * SentencePiece vocabularies exactly as `_create_vocab_sentencepiece` /
@@ -93,6 +99,12 @@ LAYER_ORDER = sorted(HF_LAYER_NAMES, key=lambda r: HF_LAYER_NAMES[r])
 
 KQUANTS = {QT.Q2_K, QT.Q3_K, QT.Q4_K, QT.Q5_K, QT.Q6_K}
 
+# Mixtral's experts: GGUF role -> Mistral's per-expert name (experts.E.<name>).
+EXPERT_ROLES = {"ffn_gate": "w1", "ffn_down": "w2", "ffn_up": "w3"}
+# Router std, as make_arch_models.py's Mixtral: a spread of router logits of
+# about 2, so the top-2 choice is rarely a near-tie.
+ROUTER_STD = 0.2
+
 
 @dataclass
 class GSpec:
@@ -118,6 +130,9 @@ class GSpec:
     tied: bool = False
     sliding_window: int | None = None
     add_space_prefix: bool | None = None  # None: key not written
+    experts: int = 0  # Mixtral: experts per layer (0: a dense model)
+    experts_used: int = 2
+    per_expert_tensors: bool = False  # blk.N.ffn_gate.E (older files), not ffn_gate_exps
 
     def type_of(self, role: str, layer: int | None = None) -> QT:
         if layer is not None and f"{layer}.{role}" in self.types:
@@ -178,6 +193,20 @@ SPECS = [
           description="random raw K-quant blocks (hidden 256, intermediate 512): every K type in several roles, "
                       "token_embd Q4_K, output Q6_K",
           exercises=["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "K-quant embedding lookup"]),
+    GSpec("mixtral_q4", FT.MOSTLY_Q4_0,
+          {"default": QT.Q8_0, "ffn_gate_exps": QT.Q4_0, "ffn_up_exps": QT.Q4_0, "ffn_down_exps": QT.Q4_1,
+           "1.ffn_gate_exps": QT.Q5_0, "1.ffn_down_exps": QT.Q4_K},
+          vocab_source="gqa4_f32", seed=103, experts=4, experts_used=2,
+          description="random Mixtral (4 experts, top 2) with llama.cpp's stacked experts: "
+                      "ffn_{gate,up,down}_exps Q4_0/Q4_1, layer 1 gate Q5_0 (dequantized at load) and down "
+                      "Q4_K, router ffn_gate_inp F32, the rest Q8_0",
+          exercises=["Mixtral", "expert_count", "ffn_*_exps stacked experts", "quantized 3-D tensors",
+                     "F32 router", "a dequantized stack beside quantized ones"]),
+    GSpec("mixtral_per_expert_q8_0", FT.MOSTLY_Q8_0, all_linear(QT.Q8_0),
+          vocab_source="gqa4_f32", seed=104, experts=4, experts_used=2, per_expert_tensors=True,
+          description="random Mixtral (4 experts, top 2) with one tensor per expert (blk.N.ffn_gate.E, "
+                      "the older files), every matrix Q8_0, router F32",
+          exercises=["Mixtral", "per-expert tensors (older files)", "quantized experts stacked at load"]),
 ]
 
 SMOLLM2_SPEC = GSpec(
@@ -249,8 +278,9 @@ def load_source_weights(models_dir: str, source: str) -> tuple[dict, dict]:
 
 
 def random_weights(spec: GSpec, vocab_size: int) -> dict:
-    """N(0, 0.02) matrices and 1 + 0.1 N(0, 1) norms: make_models.py's draws."""
-    return make_models.make_weights(
+    """N(0, 0.02) matrices and 1 + 0.1 N(0, 1) norms: make_models.py's draws;
+    a Mixtral's dense MLPs replaced by a router and experts (Mistral's names)."""
+    weights = make_models.make_weights(
         make_models.Spec(
             name=spec.name,
             seed=spec.seed,
@@ -263,6 +293,24 @@ def random_weights(spec: GSpec, vocab_size: int) -> dict:
         ),
         vocab_size,
     )
+    if spec.experts:
+        rng = np.random.default_rng(spec.seed + 2_000_000)
+        h, ff = spec.hidden_size, spec.intermediate_size
+
+        def matrix(rows: int, cols: int, std: float = 0.02) -> np.ndarray:
+            return (rng.standard_normal((rows, cols), dtype=np.float32) * std).astype(np.float32)
+
+        for i in range(spec.num_hidden_layers):
+            p = f"model.layers.{i}."
+            for part in ("gate_proj", "up_proj", "down_proj"):
+                del weights[f"{p}mlp.{part}.weight"]
+            weights[f"{p}block_sparse_moe.gate.weight"] = matrix(spec.experts, h, ROUTER_STD)
+            for e in range(spec.experts):
+                q = f"{p}block_sparse_moe.experts.{e}."
+                weights[q + "w1.weight"] = matrix(ff, h)
+                weights[q + "w2.weight"] = matrix(h, ff)
+                weights[q + "w3.weight"] = matrix(ff, h)
+    return weights
 
 
 def gguf_tensors(spec: GSpec, weights: dict, n_head: int, n_kv: int) -> list[tuple[str, np.ndarray, QT]]:
@@ -275,19 +323,33 @@ def gguf_tensors(spec: GSpec, weights: dict, n_head: int, n_kv: int) -> list[tup
         if w.ndim == 1:
             out.append((name, np.ascontiguousarray(w, dtype=np.float32), QT.F32))
         elif qtype in KQUANTS:
-            out.append((name, random_kquant(krng, qtype, *w.shape), qtype))
+            rows = int(np.prod(w.shape[:-1]))
+            raw = random_kquant(krng, qtype, rows, w.shape[-1])
+            out.append((name, raw.reshape(*w.shape[:-1], -1), qtype))
         else:
             out.append((name, *encode_tensor(w, qtype)))
 
     add("token_embd.weight", weights["model.embed_tokens.weight"], spec.type_of("token_embd"))
     for i in range(spec.num_hidden_layers):
         for role in LAYER_ORDER:
+            if spec.experts and role in EXPERT_ROLES:
+                continue
             w = weights[f"model.layers.{i}.{HF_LAYER_NAMES[role]}.weight"]
             if role == "attn_q":
                 w = permute(w, n_head)
             elif role == "attn_k":
                 w = permute(w, n_kv)
             add(f"blk.{i}.{role}.weight", w, spec.type_of(role, i) if role in LINEAR_ROLES else QT.F32)
+        if spec.experts:
+            moe = f"model.layers.{i}.block_sparse_moe."
+            add(f"blk.{i}.ffn_gate_inp.weight", weights[moe + "gate.weight"], QT.F32)
+            for role, name in EXPERT_ROLES.items():
+                per_expert = [weights[f"{moe}experts.{e}.{name}.weight"] for e in range(spec.experts)]
+                if spec.per_expert_tensors:
+                    for e, w in enumerate(per_expert):
+                        add(f"blk.{i}.{role}.{e}.weight", w, spec.type_of(role, i))
+                else:
+                    add(f"blk.{i}.{role}_exps.weight", np.stack(per_expert), spec.type_of(f"{role}_exps", i))
     add("output_norm.weight", weights["model.norm.weight"], QT.F32)
     if not spec.tied:
         add("output.weight", weights["lm_head.weight"], spec.type_of("output"))
@@ -396,6 +458,9 @@ def write_model(spec: GSpec, models_dir: str, out_path: str, smollm2_vocab: dict
     w.add_context_length(context)
     w.add_embedding_length(spec.hidden_size)
     w.add_feed_forward_length(spec.intermediate_size)
+    if spec.experts:
+        w.add_expert_count(spec.experts)
+        w.add_expert_used_count(spec.experts_used)
     w.add_head_count(n_head)
     w.add_head_count_kv(n_kv)
     w.add_rope_freq_base(spec.rope_theta)
@@ -491,6 +556,9 @@ def write_model(spec: GSpec, models_dir: str, out_path: str, smollm2_vocab: dict
         "tensor_types": {name: q.name for name, _, q in tensors},
         "tied": spec.tied,
         "sliding_window": spec.sliding_window,
+        "experts": spec.experts,
+        "experts_used": spec.experts_used if spec.experts else 0,
+        "expert_tensors": ("per expert" if spec.per_expert_tensors else "stacked") if spec.experts else None,
         "vocab_size": vocab_size,
         "hidden_size": spec.hidden_size,
         "intermediate_size": spec.intermediate_size,

@@ -333,3 +333,32 @@ fn a_folder_with_two_gguf_files() {
     }
     both_reject(dir.path(), &["a.gguf", "b.gguf"]);
 }
+
+// --- Mixtral's experts ---
+
+#[test]
+fn experts_without_a_count_per_token() {
+    let case = with_meta(|m| set_meta(m, "llama.expert_count", Meta::U32(4)));
+    rejects(&case, &["llama.expert_used_count"]);
+}
+
+#[test]
+fn more_experts_per_token_than_experts() {
+    let case = with_meta(|m| {
+        set_meta(m, "llama.expert_count", Meta::U32(4));
+        set_meta(m, "llama.expert_used_count", Meta::U32(5));
+    });
+    rejects(
+        &case,
+        &["llama.expert_used_count", "5 experts per token, of 4"],
+    );
+}
+
+#[test]
+fn experts_announced_but_a_dense_feed_forward_stored() {
+    let case = with_meta(|m| {
+        set_meta(m, "llama.expert_count", Meta::U32(4));
+        set_meta(m, "llama.expert_used_count", Meta::U32(2));
+    });
+    rejects(&case, &["model.layers.0.block_sparse_moe"]);
+}

@@ -2,7 +2,8 @@
 //! 127.0.0.1 (MLX's ring backend) gives the single-process output exactly
 //! (ids and text, greedy and seeded) on the GQA test models in float32 and
 //! bf16, a 4-bit one kept quantized and the sliding-window one, and on
-//! Mixtral (float32 and 4-bit) and Ministral 3 models; only rank 0
+//! Mixtral (float32, 4-bit, and a GGUF file's Q4_0/Q4_K experts) and
+//! Ministral 3 models; only rank 0
 //! prints (also for `bench`); a model that cannot be split fails with an
 //! error naming why, and the other rank is stopped.
 
@@ -43,13 +44,17 @@ fn generate(model: &str, extra: &[&str]) -> Value {
 
 #[test]
 fn two_ranks_generate_what_one_process_does() {
-    let cases: [(&str, &[&str]); 8] = [
+    let cases: [(&str, &[&str]); 9] = [
         ("gqa4_f32", &["--temp", "0"]),
         // The newer families: experts split per hidden unit, dense and
         // kept 4-bit; Ministral 3's query scale and mixed layers.
         ("arch/mixtral_f32", &["--temp", "0"]),
         (
             "arch/mixtral_q4_g64",
+            &["--temp", "0", "--dtype", "checkpoint"],
+        ),
+        (
+            "gguf/mixtral_q4.gguf",
             &["--temp", "0", "--dtype", "checkpoint"],
         ),
         ("arch/ministral3_f32", &["--temp", "0"]),

@@ -262,6 +262,7 @@ fn write_json(path: &Path, value: &Value) -> Result<PathBuf> {
 pub fn config_to_json(cfg: &MistralConfig) -> Value {
     let architecture = match cfg.model_type.as_str() {
         "llama" => "LlamaForCausalLM",
+        "mixtral" => "MixtralForCausalLM",
         _ => "MistralForCausalLM",
     };
     let mut v = json!({
@@ -289,6 +290,10 @@ pub fn config_to_json(cfg: &MistralConfig) -> Value {
     }
     if let Some(bos) = cfg.bos_token_id {
         map.insert("bos_token_id".into(), json!(bos));
+    }
+    if let Some((experts, per_token)) = cfg.experts() {
+        map.insert("num_local_experts".into(), json!(experts));
+        map.insert("num_experts_per_tok".into(), json!(per_token));
     }
     let eos = cfg.eos_token_ids();
     match eos.as_slice() {

@@ -3,7 +3,11 @@
 //! greedy ids. Kept-quantized GGUF input (Q4_1/Q8_0 SmolLM2) is written
 //! without re-quantization: the converted folder's logits equal the GGUF
 //! file's bit for bit. Also: K-quant GGUF (dequantized) re-quantized to 8
-//! bits, and a float32 directory quantized to 4 bits.
+//! bits, and a float32 directory quantized to 4 bits. A GGUF Mixtral
+//! (stacked 4-bit experts) converts to a folder whose logits equal the
+//! file's bit for bit (mlx-lm 0.32.2 cannot run quantized switch layers on
+//! MLX 0.32.2, so that folder is checked against the file, which
+//! `mlx_lm_parity.rs` checks against mlx-lm).
 
 mod reference;
 
@@ -118,6 +122,27 @@ fn converted_folders_load_in_mlx_lm_and_generate_our_ids() {
             report.tensors, report.quantized, report.newly_quantized, report.dense
         );
     }
+}
+
+#[test]
+fn a_gguf_mixtral_converts_to_a_folder_computing_the_same_logits() {
+    let ggufs = gguf_models();
+    let mixtral = ggufs
+        .iter()
+        .find(|g| g.name == "mixtral_q4")
+        .expect("the GGUF Mixtral test file");
+    let out = tempfile::tempdir().expect("tempdir");
+    let out = out.path().join("converted");
+    let report = convert_model(&mixtral.file, &out, &ConvertOptions::default()).expect("convert");
+    assert_eq!(report.newly_quantized, 0);
+    let config = config_of(&out);
+    assert_eq!(config["model_type"], "mixtral");
+    assert_eq!(config["num_local_experts"], 4);
+    assert_eq!(config["num_experts_per_tok"], 2);
+    let experts = "model.layers.0.block_sparse_moe.switch_mlp.gate_proj";
+    assert_eq!(config["quantization"][experts]["bits"], 4);
+    let prompt = prompt_ids(&mixtral.as_test_model(), "medium");
+    assert_eq!(logits(&out, &prompt), logits(&mixtral.file, &prompt));
 }
 
 #[test]

@@ -3,7 +3,9 @@
 //! dense tensors as handed to the model, kept-quantized ones (Q4_0, Q4_1,
 //! Q8_0, Q4_K) through MLX's `dequantize` of the packed, scale and bias
 //! arrays. Equality is numeric (`==`): Q4_0/Q8_0 blocks with a negative
-//! scale give +0 where ggml gives -0.
+//! scale give +0 where ggml gives -0. Mixtral's stacked experts
+//! (`ffn_gate_exps`, handed over as `switch_mlp.gate_proj`) are compared with
+//! the conversion's per-expert matrices (`experts.E.w1`) laid end to end.
 
 mod reference;
 
@@ -13,6 +15,7 @@ use mlx_rs::ops::dequantize;
 use mlx_rs::{Array, Dtype};
 use reference::gguf_models;
 use safetensors::SafeTensors;
+use std::collections::BTreeMap;
 
 fn values(a: &Array) -> Vec<f32> {
     let a = a.as_dtype(Dtype::Float32).expect("cast");
@@ -31,17 +34,12 @@ fn every_gguf_tensor_equals_gguf_py_dequantization() {
             config.num_attention_heads,
             config.num_key_value_heads(),
         );
-        let hf = std::fs::read(gguf.hf_dir().join("model.safetensors")).expect("read conversion");
-        let hf = SafeTensors::deserialize(&hf).expect("parse conversion");
-        let mut names = hf.names();
-        names.sort();
-        for name in names {
-            let want = hf.tensor(name).expect("tensor");
-            let want: Vec<f32> = want
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+        let stacked = weights
+            .file()
+            .tensor("blk.0.ffn_gate_exps.weight")
+            .is_some();
+        for (name, want) in expected(&gguf.hf_dir().join("model.safetensors"), stacked) {
+            let name = name.as_str();
             let module = name.trim_end_matches(".weight");
             // Matrices kept quantized have their own entry (norms have none).
             let entry = config.quantization().and_then(|q| q.layers.get(module));
@@ -81,4 +79,45 @@ fn every_gguf_tensor_equals_gguf_py_dequantization() {
         );
     }
     eprintln!("{checked} tensors equal gguf-py's dequantization");
+}
+
+/// The conversion's float32 tensors by name; with `stacked`, each
+/// projection's per-expert matrices (`block_sparse_moe.experts.E.w1`) laid
+/// end to end in expert order under the stacked name (`switch_mlp.gate_proj`).
+fn expected(path: &std::path::Path, stacked: bool) -> BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).expect("read conversion");
+    let hf = SafeTensors::deserialize(&bytes).expect("parse conversion");
+    let mut parts: BTreeMap<String, Vec<(usize, Vec<f32>)>> = BTreeMap::new();
+    for name in hf.names() {
+        let values: Vec<f32> = hf
+            .tensor(name)
+            .expect("tensor")
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let expert = name
+            .split_once(".block_sparse_moe.experts.")
+            .filter(|_| stacked)
+            .and_then(|(prefix, rest)| {
+                let (e, w) = rest.split_once('.')?;
+                let proj = match w {
+                    "w1.weight" => "gate_proj",
+                    "w3.weight" => "up_proj",
+                    "w2.weight" => "down_proj",
+                    _ => return None,
+                };
+                let name = format!("{prefix}.block_sparse_moe.switch_mlp.{proj}.weight");
+                Some((name, e.parse::<usize>().expect("expert index")))
+            });
+        let (key, index) = expert.unwrap_or_else(|| (name.to_owned(), 0));
+        parts.entry(key).or_default().push((index, values));
+    }
+    parts
+        .into_iter()
+        .map(|(name, mut p)| {
+            p.sort_by_key(|(e, _)| *e);
+            (name, p.into_iter().flat_map(|(_, v)| v).collect())
+        })
+        .collect()
 }

@@ -12,6 +12,8 @@
 //!   (linear only, as for config.json), `.attention.layer_norm_rms_epsilon`,
 //!   `.attention.sliding_window`, `.context_length`, `.vocab_size` (else the
 //!   token list's length).
+//! - Mixtral: a `llama` file with `.expert_count` and `.expert_used_count`
+//!   (as llama.cpp writes it) becomes model type `mixtral`.
 //! - Tied embeddings: no `output.weight` tensor.
 //! - Quantization: every linear/embedding module gets its own entry, from
 //!   how [`super::weights`] hands its tensor to the model: MLX affine with
@@ -24,7 +26,8 @@ use mistral_model::{
 };
 use serde_json::json;
 
-use super::dequant::affine_bits;
+use super::dequant::{affine_bits, kept_quantized};
+use super::metadata::Metadata;
 use super::names::hf_module;
 use super::reader::GgufFile;
 use crate::error::Result;
@@ -110,19 +113,16 @@ pub fn gguf_config(gguf: &GgufFile) -> Result<MistralConfig> {
             id => Ok(id),
         }
     };
-    if let Some(experts) = opt_int("expert_count")?.filter(|&n| n > 0) {
-        return Err(meta.invalid(
-            &key("expert_count"),
-            format!(
-                "{experts} experts: GGUF mixture-of-experts files (Mixtral) are not supported \
-                 yet; a Hugging Face or mlx-community Mixtral folder is"
-            ),
-        ));
-    }
+    let experts = experts(meta, &key)?;
     let bos_token_id = special_id("tokenizer.ggml.bos_token_id")?;
     let eos_token_id = special_id("tokenizer.ggml.eos_token_id")?.map(EosTokenId::Single);
     Ok(MistralConfig {
-        model_type: arch.clone(),
+        // llama.cpp writes Mixtral as a `llama` file with experts.
+        model_type: if experts.is_some() {
+            "mixtral".to_owned()
+        } else {
+            arch.clone()
+        },
         hidden_size,
         intermediate_size: int("feed_forward_length")?,
         num_hidden_layers: int("block_count")?,
@@ -147,12 +147,33 @@ pub fn gguf_config(gguf: &GgufFile) -> Result<MistralConfig> {
         eos_token_id,
         quantization: quantization(gguf),
         quantization_config: None,
-        num_local_experts: None,
-        num_experts_per_tok: None,
+        num_local_experts: experts.map(|(n, _)| n),
+        num_experts_per_tok: experts.map(|(_, k)| k),
         wrapper: None,
         fp8: None,
         latent: None,
     })
+}
+
+/// Mixtral's `{arch}.expert_count` and `.expert_used_count`, checked here
+/// so that an error names the GGUF key; `None` for a dense model.
+fn experts(meta: &Metadata, key: &dyn Fn(&str) -> String) -> Result<Option<(i32, i32)>> {
+    let count_key = key("expert_count");
+    let Some(count) = meta.int::<i32>(&count_key)?.filter(|&n| n != 0) else {
+        return Ok(None);
+    };
+    if count < 0 {
+        return Err(meta.invalid(&count_key, format!("{count} experts")));
+    }
+    let used_key = key("expert_used_count");
+    let used = meta.require_int::<i32>(&used_key)?;
+    if used < 1 || used > count {
+        return Err(meta.invalid(
+            &used_key,
+            format!("{used} experts per token, of {count} (expert_count)"),
+        ));
+    }
+    Ok(Some((count, used)))
 }
 
 /// The per-module quantization block: one entry per matrix, `None` when no
@@ -164,7 +185,7 @@ fn quantization(gguf: &GgufFile) -> Option<QuantizationConfig> {
         let Some((module, "weight")) = hf_module(&t.name) else {
             continue;
         };
-        if t.dims.len() != 2 {
+        if !kept_quantized(&t.dims) {
             continue;
         }
         let entry = match t.ggml_type().and_then(affine_bits) {

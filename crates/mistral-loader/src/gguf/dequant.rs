@@ -101,6 +101,12 @@ pub fn affine_bits(ty: GgmlType) -> Option<i32> {
     }
 }
 
+/// Whether a tensor of a type [`affine_bits`] maps is kept quantized: a
+/// matrix, or a stack of experts' matrices (3-D); others are dequantized.
+pub fn kept_quantized(dims: &[u64]) -> bool {
+    matches!(dims.len(), 2 | 3)
+}
+
 /// For one ROW of an affine-mappable type (`data` = that row's blocks,
 /// `cols` elements): writes MLX's packed `uint32` weight (`cols * bits / 32`
 /// words), and per group of 32 elements the scale and bias (`cols / 32`

@@ -2,8 +2,12 @@
 //!
 //! `blk.N.attn_q.weight` is `model.layers.N.self_attn.q_proj` + `weight`,
 //! and so on for the Llama/Mistral decoder (the names llama.cpp's
-//! `convert_hf_to_gguf.py` writes). Unknown names map to nothing: the
-//! loader then reports them as tensors the model does not use.
+//! `convert_hf_to_gguf.py` writes). Mixtral's experts come stacked
+//! (`blk.N.ffn_gate_exps`, llama.cpp's names since April 2024, onto
+//! mlx-community's `switch_mlp`) or one tensor per expert
+//! (`blk.N.ffn_gate.E`, the older files, onto Mistral's `experts.E.w1`).
+//! Unknown names map to nothing: the loader then reports them as tensors the
+//! model does not use.
 
 /// Top-level modules: (GGUF stem, Hugging Face module path).
 const TOP_LEVEL: [(&str, &str); 3] = [
@@ -14,7 +18,7 @@ const TOP_LEVEL: [(&str, &str); 3] = [
 
 /// Per-layer modules: (GGUF part of `blk.N.<part>`, Hugging Face part of
 /// `model.layers.N.<part>`).
-const LAYER_PARTS: [(&str, &str); 9] = [
+const LAYER_PARTS: [(&str, &str); 13] = [
     ("attn_norm", "input_layernorm"),
     ("ffn_norm", "post_attention_layernorm"),
     ("attn_q", "self_attn.q_proj"),
@@ -24,7 +28,38 @@ const LAYER_PARTS: [(&str, &str); 9] = [
     ("ffn_gate", "mlp.gate_proj"),
     ("ffn_up", "mlp.up_proj"),
     ("ffn_down", "mlp.down_proj"),
+    ("ffn_gate_inp", "block_sparse_moe.gate"),
+    ("ffn_gate_exps", "block_sparse_moe.switch_mlp.gate_proj"),
+    ("ffn_up_exps", "block_sparse_moe.switch_mlp.up_proj"),
+    ("ffn_down_exps", "block_sparse_moe.switch_mlp.down_proj"),
 ];
+
+/// One expert's matrices in the older per-expert files: (GGUF role of
+/// `blk.N.<role>.E`, Mistral's name in `block_sparse_moe.experts.E.<name>`).
+const EXPERT_PARTS: [(&str, &str); 3] = [("ffn_gate", "w1"), ("ffn_down", "w2"), ("ffn_up", "w3")];
+
+/// The Hugging Face name of the GGUF per-expert part `ffn_gate.E`
+/// (`from` 0), or the reverse (`from` 1).
+fn expert_part(part: &str, from: usize) -> Option<String> {
+    let (expert, name) = if from == 0 {
+        let (role, expert) = part.split_once('.')?;
+        (expert, role)
+    } else {
+        let (expert, name) = part
+            .strip_prefix("block_sparse_moe.experts.")?
+            .split_once('.')?;
+        (expert, name)
+    };
+    let expert: usize = expert.parse().ok()?;
+    let pair = EXPERT_PARTS
+        .iter()
+        .find(|p| if from == 0 { p.0 } else { p.1 } == name)?;
+    Some(if from == 0 {
+        format!("block_sparse_moe.experts.{expert}.{}", pair.1)
+    } else {
+        format!("{}.{expert}", pair.0)
+    })
+}
 
 /// Maps a module path between the two namings: `from` names the position
 /// in the tables' pairs (0: GGUF, 1: Hugging Face) of `stem`'s naming.
@@ -38,12 +73,11 @@ fn translate(stem: &str, from: usize) -> Option<String> {
     let rest = stem.strip_prefix(prefixes[from])?;
     let (layer, part) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let pair = LAYER_PARTS.iter().find(|p| pick(p, from) == part)?;
-    Some(format!(
-        "{}{layer}.{}",
-        prefixes[1 - from],
-        pick(pair, 1 - from)
-    ))
+    let other = match LAYER_PARTS.iter().find(|p| pick(p, from) == part) {
+        Some(pair) => pick(pair, 1 - from).to_owned(),
+        None => expert_part(part, from)?,
+    };
+    Some(format!("{}{layer}.{other}", prefixes[1 - from]))
 }
 
 /// The Hugging Face module path and tensor kind (`weight` or `bias`) of the
@@ -95,6 +129,13 @@ mod tests {
             "blk.29.ffn_gate.weight",
             "blk.29.ffn_up.weight",
             "blk.29.ffn_down.weight",
+            "blk.1.ffn_gate_inp.weight",
+            "blk.1.ffn_gate_exps.weight",
+            "blk.1.ffn_up_exps.weight",
+            "blk.1.ffn_down_exps.weight",
+            "blk.1.ffn_gate.0.weight",
+            "blk.1.ffn_up.7.weight",
+            "blk.1.ffn_down.12.weight",
         ] {
             let (module, kind) = hf_module(name).unwrap();
             assert_eq!(gguf_name(&module, kind).as_deref(), Some(name), "{module}");
@@ -102,6 +143,20 @@ mod tests {
         assert_eq!(
             hf_module("blk.3.attn_q.weight"),
             Some(("model.layers.3.self_attn.q_proj".to_owned(), "weight"))
+        );
+        assert_eq!(
+            hf_module("blk.2.ffn_down.5.weight"),
+            Some((
+                "model.layers.2.block_sparse_moe.experts.5.w2".to_owned(),
+                "weight"
+            ))
+        );
+        assert_eq!(
+            hf_module("blk.2.ffn_up_exps.weight"),
+            Some((
+                "model.layers.2.block_sparse_moe.switch_mlp.up_proj".to_owned(),
+                "weight"
+            ))
         );
     }
 
@@ -112,6 +167,9 @@ mod tests {
             "blk.x.attn_q.weight",
             "blk.0.attn_qkv.weight",
             "token_embd.scales",
+            "blk.0.ffn_gate.x.weight",
+            "blk.0.ffn_norm.0.weight",
+            "blk.0.ffn_gate_exps.0.weight",
         ] {
             assert_eq!(hf_module(name), None, "{name}");
         }

@@ -4,6 +4,7 @@
 //! Design notes:
 //! - Q4_0, Q4_1, Q8_0 and Q4_K map exactly onto MLX's affine quantization
 //!   with group size 32 ([`super::dequant::to_mlx_affine`]); such a matrix
+//!   (or a Mixtral stack of experts' matrices, `[experts, out, in]`)
 //!   is handed over as `weight` (packed uint32), `scales` and `biases`
 //!   (float32: ggml's f16 scales widen exactly), matching the per-module
 //!   quantization entries of [`super::config::gguf_config`]. No
@@ -28,7 +29,7 @@ use half::{bf16, f16};
 use mistral_model::WeightSource;
 use mlx_rs::Array;
 
-use super::dequant::{affine_bits, dequantize, to_mlx_affine};
+use super::dequant::{affine_bits, dequantize, kept_quantized, to_mlx_affine};
 use super::ggml_type::GgmlType;
 use super::names::{hf_module, permuted_heads};
 use super::reader::{GgufFile, TensorInfo};
@@ -120,7 +121,8 @@ impl GgufWeights {
             return Ok(None);
         }
         let info = self.file.tensors()[index].clone();
-        let quantized = info.ggml_type().and_then(affine_bits).is_some() && info.dims.len() == 2;
+        let quantized =
+            info.ggml_type().and_then(affine_bits).is_some() && kept_quantized(&info.dims);
         if matches!(kind, "scales" | "biases") && !quantized {
             return Ok(None);
         }
@@ -217,7 +219,7 @@ fn convert(file: &GgufFile, info: &TensorInfo, heads: Option<i32>) -> Result<Con
             ty.name()
         ))
     })?;
-    if let Some(bits) = affine_bits(ty).filter(|_| shape.len() == 2) {
+    if let Some(bits) = affine_bits(ty).filter(|_| kept_quantized(&info.dims)) {
         let words = cols * bits as usize / 32;
         let groups = cols / 32;
         let mut packed = vec![0u32; rows * words];
@@ -235,11 +237,14 @@ fn convert(file: &GgufFile, info: &TensorInfo, heads: Option<i32>) -> Result<Con
             )
             .map_err(&fail)?;
         }
-        let (r, w, g) = (rows as i32, words as i32, groups as i32);
+        // A matrix, or a stack of experts' matrices: the leading axes stay.
+        let lead = &shape[..shape.len() - 1];
+        let with_last = |n: usize| [lead, &[n as i32]].concat();
+        let (w, g) = (with_last(words), with_last(groups));
         return Ok(Converted::Affine {
-            weight: checked(file, info, Array::from_slice(&packed, &[r, w]))?,
-            scales: checked(file, info, Array::from_slice(&scales, &[r, g]))?,
-            biases: checked(file, info, Array::from_slice(&biases, &[r, g]))?,
+            weight: checked(file, info, Array::from_slice(&packed, &w))?,
+            scales: checked(file, info, Array::from_slice(&scales, &g))?,
+            biases: checked(file, info, Array::from_slice(&biases, &g))?,
         });
     }
     // Row-permuted tensors need a reordered copy; the rest are read in place.
