@@ -34,6 +34,9 @@
 #            (MISTRAL_MLX_QMV=ours), for the large matrices only (=ours-large),
 #            with MLX's only (=mlx, the default), and mlx-lm, REPS rounds
 #            (default 2)
+#   py SCRIPT [ARGS]  unpack; run a Python script with the CUDA mlx and
+#            mlx-lm (e.g. xtask/python/mla_cuda_probe.py), its output in
+#            $OUT/py.log
 #   tp check (2 GPUs, device kind nvidia-h100-x2) unpack; `generate
 #            --ranks 2` (NCCL, one GPU per rank) against one process on the
 #            test models: ids and text must be equal
@@ -192,6 +195,11 @@ for m in json.load(open(os.path.join(root, "manifest.json")))["models"]:
     grep -A2 "panicked" "$out/test-$name.log" | cut -c1-600 | head -12 || true
   done
   exit $status
+  ;;
+py)
+  script=${2:?usage: run.sh py SCRIPT [ARGS]}
+  shift 2
+  timeout 500 python3 "$script" "$@" 2>&1 | tee "$out/py.log"
   ;;
 qmv)
   timeout 200 python3 xtask/python/qmv_kernel_check.py | tee "$out/qmv-check.jsonl" || echo "qmv check failed or timed out"

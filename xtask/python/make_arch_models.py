@@ -37,6 +37,10 @@ The models (hidden 128 unless said; vocab 32768 of the v3 tokenizer):
                  1 group, no shared expert, top-k weights not renormalized
   mistral4_mlx_bf16   mlx_lm.convert --dtype bfloat16 of mistral4_f32: the
                  layout mlx-lm saves (embed_q / unembed_out, switch_mlp)
+  mistral3_mistral4_fp8   mistral4_f32's weights in a mistral3 wrapper
+                 (transformers 5 names) in FP8: kv_b_proj and the other
+                 attention matrices per tensor, routed experts fused
+                 (experts.gate_up_proj / down_proj) with per-expert scales
 
 References: mlx-lm's own loader wherever it loads the directory correctly.
 Quantized Mixtral: mlx-lm 0.32.2 cannot run a QuantizedSwitchLinear on MLX
@@ -195,7 +199,7 @@ MISTRAL4_ROPE = {
 # seeds give exact top-k ties.
 MISTRAL4_ROUTER_STD = 0.5
 MISTRAL4_MODELS = {"mistral4_f32": MISTRAL4, "mistral4_noqlora_f32": MISTRAL4_NOQLORA,
-                   "mistral4_mlx_bf16": MISTRAL4}
+                   "mistral4_mlx_bf16": MISTRAL4, "mistral3_mistral4_fp8": MISTRAL4}
 
 # Pixtral-like vision tower + Mistral3 projector (weights only: mlx-lm drops
 # them, our engine must not read them).
@@ -591,18 +595,24 @@ def fp8_per_block(w: np.ndarray, block: int = 128) -> tuple[bytes, np.ndarray]:
     return to_fp8_bytes(w / full), scales
 
 
-def write_fp8_model(out_dir: str, weights: dict[str, np.ndarray], kind: str, seed: int) -> None:
-    """Projections as F8_E4M3 + `<module>.weight_scale_inv` (tensor: bf16 [],
-    block: f32 [ceil(out/128), ceil(in/128)]); tensor kind also writes a
-    static `<module>.activation_scale` (bf16 []). Everything else bf16."""
+def write_fp8_model(out_dir: str, weights: dict[str, np.ndarray], kind: str, seed: int,
+                    fp8=is_fp8_projection) -> None:
+    """Tensors `fp8` picks as F8_E4M3 + `<name>_scale_inv` (tensor: bf16 [],
+    or f32 [experts, 1, 1] for a 3-D stack of experts; block: f32
+    [ceil(out/128), ceil(in/128)]); tensor kind also writes a static
+    `<module>.activation_scale` (bf16 []) for each matrix. Everything else bf16."""
     rng = np.random.default_rng(seed)
     tensors = []
     for name, w in weights.items():
-        if not is_fp8_projection(name):
+        if not fp8(name):
             tensors.append((name, "BF16", list(w.shape), bf16_bytes(w)))
             continue
-        module = name[: -len(".weight")]
-        if kind == "tensor":
+        module = name.removesuffix(".weight")
+        if w.ndim == 3:  # per expert, as transformers' fused experts (experts.gate_up_proj)
+            scales = (np.abs(w).max(axis=(1, 2), keepdims=True) / FP8_MAX).astype(np.float32)
+            tensors.append((name, "F8_E4M3", list(w.shape), to_fp8_bytes(w / scales)))
+            tensors.append((f"{name}_scale_inv", "F32", list(scales.shape), scales.tobytes()))
+        elif kind == "tensor":
             data, scale = fp8_per_tensor(w)
             tensors.append((name, "F8_E4M3", list(w.shape), data))
             tensors.append((f"{module}.weight_scale_inv", "BF16", [], bf16_bytes(np.array(scale, dtype=np.float32))))
@@ -627,12 +637,12 @@ def mlx_lm_fp8_dequantize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
     return mistral4.Model.sanitize(stub, dict(weights))
 
 
-def check_fp8_dequant(deq: dict[str, mx.array], original: dict[str, np.ndarray]) -> float:
+def check_fp8_dequant(deq: dict[str, mx.array], original: dict[str, np.ndarray], fp8=is_fp8_projection) -> float:
     """The dequantized projections are within fp8's precision of the float
     weights they came from; returns the largest relative error seen."""
     worst = 0.0
     for name, w in original.items():
-        if not is_fp8_projection(name):
+        if not fp8(name):
             continue
         d = np.array(deq[name].astype(mx.float32))
         assert deq[name].dtype == mx.bfloat16, (name, deq[name].dtype)
@@ -655,11 +665,11 @@ def mlx_model(module_name: str, config: dict):
     return arch.Model(arch.ModelArgs.from_dict(config))
 
 
-def fp8_reference(model_dir: str, module_name: str, original: dict[str, np.ndarray]):
+def fp8_reference(model_dir: str, module_name: str, original: dict[str, np.ndarray], fp8=is_fp8_projection):
     """The reference plan of an FP8 checkpoint: mlx-lm's float `module_name`
     model on the weights mlx-lm's own FP8 dequantization gives, and notes."""
     def plan():
-        model, worst = load_fp8_reference(model_dir, module_name, original)
+        model, worst = load_fp8_reference(model_dir, module_name, original, fp8)
         notes = {"window": None, "compute": "bfloat16",
                  "fp8_dequant": "mlx_lm.models.mistral4.Model.sanitize (stub args, num_hidden_layers 0)",
                  "fp8_max_rel_err": worst,
@@ -668,16 +678,18 @@ def fp8_reference(model_dir: str, module_name: str, original: dict[str, np.ndarr
     return plan
 
 
-def load_fp8_reference(model_dir: str, module_name: str, original: dict[str, np.ndarray]):
+def load_fp8_reference(model_dir: str, module_name: str, original: dict[str, np.ndarray],
+                       fp8=is_fp8_projection):
     """mlx-lm's float `module_name` model (bfloat16) on mlx-lm's FP8
     dequantization of the directory's weights."""
     with open(os.path.join(model_dir, "config.json")) as f:
         config = json.load(f)
     config.pop("quantization_config")
     raw = mx.load(os.path.join(model_dir, "model.safetensors"))
-    assert raw["model.layers.0.self_attn.q_proj.weight"].dtype == mx.uint8  # how MLX loads F8_E4M3
+    fp8_names = [n for n in original if fp8(n)]
+    assert fp8_names and all(raw[n].dtype == mx.uint8 for n in fp8_names)  # how MLX loads F8_E4M3
     deq = mlx_lm_fp8_dequantize(raw)
-    worst = check_fp8_dequant(deq, original)
+    worst = check_fp8_dequant(deq, original, fp8)
     model = mlx_model(module_name, config)
     deq = model.sanitize(deq)
     model.load_weights(list(deq.items()), strict=True)
@@ -1213,6 +1225,63 @@ def build_mistral4(root: str, tokenizer_dir: str) -> list[tuple[dict, object]]:
         reference_approach="mlx-lm load_model on the directory, bfloat16 (on the CPU the switch_mlp "
                            "gather_mm runs in float32 on the bf16 values and is rounded to bf16: MLX's "
                            "CPU GatherMM has no bfloat16)"), mlx_bf16_ref))
+
+    # Mistral 4 in a mistral3 wrapper (transformers 5 names), FP8: every
+    # attention matrix (kv_b_proj too) and the shared expert per tensor, the
+    # routed experts fused as transformers stores them (experts.gate_up_proj
+    # [E, 2I, H], experts.down_proj [E, H, I]) with one scale per expert.
+    name = "mistral3_mistral4_fp8"
+    config = mistral3_config(mistral4_config(m, "bfloat16"), 1, "bfloat16")
+    config["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "static",
+                                     "weight_block_size": None,
+                                     "modules_to_not_convert": ["lm_head", "model.embed_tokens", "vision_tower",
+                                                                "multi_modal_projector", "mlp.gate"]}
+    d = new_model_dir(root, name, config, tokenizer_dir)
+    w = {}
+    for k, v in hf_w.items():
+        layer_experts = k.split(".mlp.experts.")
+        if len(layer_experts) == 2:
+            continue  # fused below
+        w[k if k == "lm_head.weight" else "model.language_model." + k.removeprefix("model.")] = v
+    for i in range(m["first_dense"], m["layers"]):
+        p = f"model.layers.{i}.mlp.experts."
+        per = lambda part: np.stack([hf_w[f"{p}{e}.{part}.weight"] for e in range(m["experts"])])  # noqa: E731
+        fused = f"model.language_model.layers.{i}.mlp.experts."
+        w[fused + "gate_up_proj"] = np.concatenate([per("gate_proj"), per("up_proj")], axis=1)
+        w[fused + "down_proj"] = per("down_proj")
+    w.update(vision_weights(23, 1, 128, "model.vision_tower.", "model.multi_modal_projector."))
+    mla_fp8 = ("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj",
+               "gate_proj", "up_proj", "down_proj")
+
+    def fp8_here(n: str) -> bool:
+        if "vision_tower" in n or "multi_modal_projector" in n:
+            return False
+        return (n.endswith(".weight") and n.split(".")[-2] in mla_fp8) or n.endswith(
+            (".experts.gate_up_proj", ".experts.down_proj"))
+
+    write_fp8_model(d, w, "tensor", seed=33, fp8=fp8_here)
+    fp8_plan = fp8_reference(d, "mistral3", w, fp8_here)
+
+    def mistral4_fp8_ref(plan=fp8_plan):
+        model, notes = plan()
+        swapped = gather_mm_in_f32(model)
+        notes["gather_mm"] = (f"MLX's CPU GatherMM is float32-only: the switch_mlp gather_mm of the {swapped} "
+                              "MoE layers runs on float32 copies of the bf16 operands, rounded to bf16")
+        return model, notes
+
+    plans.append((mistral4_entry(
+        name, "Mistral3ForConditionalGeneration around mistral4_f32's text model (transformers 5 names: "
+        "model.language_model.*, lm_head.weight; a 1-layer vision tower + projector, bf16) in FP8: "
+        "q_a/q_b/kv_a_proj_with_mqa/kv_b_proj/o_proj, the dense layer's and the shared experts' "
+        "gate/up/down F8_E4M3 with bf16 scalar weight_scale_inv and activation_scale; routed experts fused "
+        "(mlp.experts.gate_up_proj [8, 128, 128], mlp.experts.down_proj [8, 128, 64]) in F8_E4M3 with "
+        "float32 per-expert scales [8, 1, 1]; router, norms, embeddings, lm_head bf16", "tf5", "bfloat16", m,
+        wrapper="mistral3", fp8="tensor",
+        reference_approach="mlx-lm's FP8 dequant (mistral4.Model.sanitize on a stub: from_fp8 to bf16 times "
+                           "weight_scale_inv, per tensor or broadcast per expert), then mlx-lm's float "
+                           "mistral3 model (its mistral4 sanitize splits the fused experts and absorbs "
+                           "kv_b_proj) in bfloat16, switch_mlp gather_mm in float32 on the CPU"),
+        mistral4_fp8_ref))
     return plans
 
 
@@ -1350,12 +1419,13 @@ def main() -> int:
             extra += f"; {notes['quantized_run']}"
         if e["arch"] == "mistral4":
             m = MISTRAL4_MODELS[name]
-            notes.update(check_mistral4_model(name, model))
+            text_model = getattr(model, "language_model", model)  # inside a mistral3 wrapper
+            notes.update(check_mistral4_model(name, text_model))
             # Router gaps over the prompts, and over the prompts followed by
             # the greedy ids fed back (one pass: the routing of every decode step).
-            gap = mistral4_router_check(model, prompts, m)
+            gap = mistral4_router_check(text_model, prompts, m)
             seqs = [{"name": r["name"], "ids": r["prompt_ids"] + r["greedy_ids"][:-1]} for r in results]
-            gap_all = mistral4_router_check(model, seqs, m)
+            gap_all = mistral4_router_check(text_model, seqs, m)
             assert gap["topk_gap"] > 0 and (gap["group_gap"] is None or gap["group_gap"] > 0), gap
             notes["router_min_gap"] = {"prompts": gap, "with_greedy": gap_all}
             diff = decode_path_diff(model, prompts)
