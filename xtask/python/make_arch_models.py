@@ -37,6 +37,8 @@ The models (hidden 128 unless said; vocab 32768 of the v3 tokenizer):
                  1 group, no shared expert, top-k weights not renormalized
   mistral4_mlx_bf16   mlx_lm.convert --dtype bfloat16 of mistral4_f32: the
                  layout mlx-lm saves (embed_q / unembed_out, switch_mlp)
+  mistral4_q4_g32   mlx_lm.convert -q (4-bit, group 32) of mistral4_f32:
+                 embed_q / unembed_out quantized (QuantizedMultiLinear)
   mistral3_mistral4_fp8   mistral4_f32's weights in a mistral3 wrapper
                  (transformers 5 names) in FP8: kv_b_proj and the other
                  attention matrices per tensor, routed experts fused
@@ -199,7 +201,8 @@ MISTRAL4_ROPE = {
 # seeds give exact top-k ties.
 MISTRAL4_ROUTER_STD = 0.5
 MISTRAL4_MODELS = {"mistral4_f32": MISTRAL4, "mistral4_noqlora_f32": MISTRAL4_NOQLORA,
-                   "mistral4_mlx_bf16": MISTRAL4, "mistral3_mistral4_fp8": MISTRAL4}
+                   "mistral4_mlx_bf16": MISTRAL4, "mistral4_q4_g32": MISTRAL4,
+                   "mistral3_mistral4_fp8": MISTRAL4}
 
 # Pixtral-like vision tower + Mistral3 projector (weights only: mlx-lm drops
 # them, our engine must not read them).
@@ -740,6 +743,27 @@ def dequantize_to_f32(model) -> None:
     assert not left, f"still quantized: {left}"
 
 
+def dequantize_multi_linear(model) -> int:
+    """mlx-lm's QuantizedMultiLinear layers (Mistral 4's absorbed embed_q /
+    unembed_out), which `dequantize_model` leaves quantized, replaced by
+    float MultiLinear layers holding `mx.dequantize` of their weights.
+    Returns how many were replaced."""
+    from mlx_lm.models.mla import MultiLinear, QuantizedMultiLinear
+
+    swapped = 0
+    for _, module in list(model.named_modules()):
+        for attr in ("embed_q", "unembed_out"):
+            q = getattr(module, attr, None) if isinstance(module, nn.Module) else None
+            if not isinstance(q, QuantizedMultiLinear):
+                continue
+            w = mx.dequantize(q["weight"], q["scales"], q.get("biases"), q.group_size, q.bits, mode=q.mode)
+            dense = MultiLinear(w.shape[2], w.shape[1], w.shape[0])
+            dense.weight = w
+            setattr(module, attr, dense)
+            swapped += 1
+    return swapped
+
+
 def router_min_gap(model, prompts: list[dict]) -> float:
     """Smallest gap between the k-th and (k+1)-th router logit over every
     token of the prompts (one pass), every layer: how close the expert choice
@@ -1225,6 +1249,33 @@ def build_mistral4(root: str, tokenizer_dir: str) -> list[tuple[dict, object]]:
         reference_approach="mlx-lm load_model on the directory, bfloat16 (on the CPU the switch_mlp "
                            "gather_mm runs in float32 on the bf16 values and is rounded to bf16: MLX's "
                            "CPU GatherMM has no bfloat16)"), mlx_bf16_ref))
+
+    # Mistral 4 quantized by mlx_lm.convert (4-bit, group 32): the absorbed
+    # embed_q / unembed_out (QuantizedMultiLinear), the stacked experts, the
+    # other linears, embedding and head.
+    name = "mistral4_q4_g32"
+    make_models.quantize(root, os.path.join(root, "mistral4_f32"), name, 4, 32, "float32")
+    d = os.path.join(root, name)
+
+    def q4_ref(d=d):
+        model, notes = reference.load_model(d)
+        notes["quantized_run"] = quantized_run_note(model, [1, 2, 3])
+        model.set_dtype(mx.float32)
+        notes["multi_linear"] = f"{dequantize_multi_linear(model)} QuantizedMultiLinear dequantized"
+        dequantize_to_f32(model)
+        notes["compute"] = ("QuantizedMultiLinear dequantized by mx.dequantize, the rest by "
+                            "mlx_lm.utils.dequantize_model, float32")
+        return model, notes
+
+    plans.append((mistral4_entry(
+        name, "mlx_lm.convert -q --q-bits 4 --q-group-size 32 of mistral4_f32: mlx-lm's layout with "
+        "self_attn.embed_q / unembed_out quantized ([4, 64, 32] and [4, 32, 64], QuantizedMultiLinear), "
+        "switch_mlp quantized, the other linears, embedding and lm_head too", "mlx", "float32", m,
+        quantized={"bits": 4, "group_size": 32, "mode": "affine"}, source="mistral4_f32",
+        reference_approach="mlx-lm load_model, then every quantized layer dequantized (QuantizedMultiLinear "
+                           "by mx.dequantize, the rest by mlx_lm.utils.dequantize_model) in float32: "
+                           "mlx-lm's float Mistral 4 on the dequantized weights (its QuantizedSwitchLinear "
+                           "cannot run on MLX 0.32.2)"), q4_ref))
 
     # Mistral 4 in a mistral3 wrapper (transformers 5 names), FP8: every
     # attention matrix (kv_b_proj too) and the shared expert per tensor, the

@@ -146,26 +146,53 @@ impl LoadPlan {
 /// tied head gets its own transposed copy, see `WeightOptions::transpose_f32`).
 pub fn dense_f32_bytes(config: &MistralConfig) -> u64 {
     let d = config.hidden_size.max(0) as u64;
-    let heads = config.num_attention_heads.max(0) as u64;
-    let kv = config.num_key_value_heads().max(0) as u64;
-    let head_dim = config.head_dim().max(0) as u64;
-    let inter = config.intermediate_size.max(0) as u64;
     let vocab = config.vocab_size.max(0) as u64;
-    let attention = d * head_dim * (2 * heads + 2 * kv);
-    // A mixture of experts: every expert's SwiGLU, and the router.
-    let mlp = match config.experts() {
-        Some((experts, _)) => {
-            let experts = experts.max(0) as u64;
-            experts.saturating_mul(3 * d * inter + d)
-        }
-        None => 3 * d * inter,
-    };
-    let layer = attention + mlp + 2 * d;
-    let tables = 2;
-    let params = (config.num_hidden_layers.max(0) as u64)
-        .saturating_mul(layer)
-        .saturating_add(tables * vocab * d + d);
+    let layers = config.num_hidden_layers.max(0) as usize;
+    let params = (0..layers)
+        .map(|i| layer_params(config, i))
+        .fold(0u64, u64::saturating_add)
+        .saturating_add(2 * vocab * d + d);
     params.saturating_mul(4)
+}
+
+/// Parameters of layer `i`: attention, feed-forward and its two norms.
+fn layer_params(config: &MistralConfig, i: usize) -> u64 {
+    let n = |v: i32| v.max(0) as u64;
+    let d = n(config.hidden_size);
+    let heads = n(config.num_attention_heads);
+    let swiglu = |inter: u64| 3 * d * inter;
+    let Some(latent) = &config.latent else {
+        let (kv, head_dim) = (n(config.num_key_value_heads()), n(config.head_dim()));
+        let attention = d * head_dim * (2 * heads + 2 * kv);
+        // A mixture of experts: every expert's SwiGLU, and the router.
+        let mlp = match config.experts() {
+            Some((experts, _)) => {
+                n(experts).saturating_mul(swiglu(n(config.intermediate_size)) + d)
+            }
+            None => swiglu(n(config.intermediate_size)),
+        };
+        return attention + mlp + 2 * d;
+    };
+    // Latent attention: queries (through the LoRA and its norm), the
+    // compressed key/value and its norm, kv_b_proj absorbed into two
+    // per-head maps of the same size, the output.
+    let (rank, rope) = (n(latent.kv_lora_rank), n(latent.qk_rope_head_dim));
+    let (nope, v) = (n(latent.qk_nope_head_dim), n(latent.v_head_dim));
+    let q_out = heads * (nope + rope);
+    let queries = match latent.q_lora_rank {
+        Some(r) => d * n(r) + n(r) + n(r) * q_out,
+        None => d * q_out,
+    };
+    let attention = queries + d * (rank + rope) + rank + heads * rank * (nope + v) + heads * v * d;
+    let mlp = match latent.n_routed_experts.filter(|_| latent.has_experts(i)) {
+        Some(experts) => {
+            let moe = n(latent.moe_intermediate_size);
+            let shared = latent.n_shared_experts.map_or(0, |s| swiglu(moe * n(s)));
+            n(experts).saturating_mul(swiglu(moe) + d) + shared
+        }
+        None => swiglu(n(config.intermediate_size)),
+    };
+    attention + mlp + 2 * d
 }
 
 /// `MemAvailable` from `/proc/meminfo` (Linux); None elsewhere.

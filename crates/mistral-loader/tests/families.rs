@@ -5,8 +5,8 @@
 //! window shorter than the prompt), Mixtral (Mistral's per-expert layout,
 //! mlx-community's stacked one, 4- and 8-bit), Mistral 4 (latent
 //! attention with and without `q_lora_rank`, grouped routing, shared
-//! experts, the Hugging Face layout in float32 and mlx-lm's absorbed and
-//! stacked one in bfloat16), the `mistral3` wrapper
+//! experts, the Hugging Face layout in float32, mlx-lm's absorbed and
+//! stacked one in bfloat16 and 4-bit), the `mistral3` wrapper
 //! around `ministral3` and `mistral` in both weight layouts with vision
 //! weights present, `mistral3` around `mistral4` in FP8 (`kv_b_proj`
 //! included, fused experts with per-expert scales), FP8 per tensor and per
@@ -18,8 +18,8 @@
 //! tolerance (bf16 bit-identical on the CPU), 64 greedy ids through the
 //! cache, and 64 through `Generate`. References: mlx-lm on the directory
 //! itself, except where mlx-lm 0.32.2 cannot run it (see the script): a
-//! quantized Mixtral is referenced by mlx-lm's float model on the
-//! dequantized weights, an FP8 model by mlx-lm's float model on the
+//! quantized Mixtral or Mistral 4 is referenced by mlx-lm's float model on
+//! the dequantized weights, an FP8 model by mlx-lm's float model on the
 //! weights mlx-lm's own FP8 dequantization (`mistral4.py`'s sanitize) gives.
 
 mod reference;
@@ -102,11 +102,11 @@ fn every_family_model_generates_mlx_lm_greedy_ids() {
     }
 }
 
-/// A quantized Mixtral under `--dtype auto` on the CPU (experts dequantized
-/// to float32 at load) against the same reference: mlx-lm's float model on
-/// the dequantized weights.
+/// The quantized Mixtral and Mistral 4 models under `--dtype auto` on the
+/// CPU (dequantized to float32 at load) against the same reference:
+/// mlx-lm's float model on the dequantized weights.
 #[test]
-fn quantized_mixtral_dequantized_at_load_matches_mlx_lm() {
+fn quantized_families_dequantized_at_load_match_mlx_lm() {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     if on_gpu() {
         return; // auto keeps the checkpoint on a GPU: the test above covers it
@@ -117,9 +117,12 @@ fn quantized_mixtral_dequantized_at_load_matches_mlx_lm() {
     };
     let quantized: Vec<_> = models()
         .into_iter()
-        .filter(|m| m.entry["arch"] == "mixtral" && m.model.quantized.is_some())
+        .filter(|m| m.model.quantized.is_some())
         .collect();
-    assert!(quantized.len() >= 2, "expected 4- and 8-bit Mixtral models");
+    assert!(
+        quantized.len() >= 3,
+        "expected 4- and 8-bit Mixtral and 4-bit Mistral 4 models"
+    );
     for family in &quantized {
         let spec = &family.model;
         let model = load_model_with(&spec.dir, &options).expect("load_model_with auto");

@@ -30,6 +30,33 @@ use crate::weights::Weights;
 /// (`WeightOptions::qmv`, [`mlx_rs_core::quantized_matvec::takes_one_row`]).
 const QUANTIZED_STACK_MAX_ROWS: i64 = 16384;
 
+/// A matrix the config quantizes stored without `scales`: as mlx-lm loads
+/// it (quantized where `scales` are present), a floating-point `weight` is
+/// the dense matrix (`mlx_lm.convert` leaves a matrix whose input size is
+/// not a multiple of the group size as it was, with no entry of its own in
+/// the config); a packed one is an error.
+pub(crate) fn unquantized(
+    weights: &mut Weights,
+    rows: i32,
+    cols: i32,
+    params: QuantParams,
+) -> Result<Array, ModelError> {
+    let weight = weights.require("weight")?;
+    if !weight.dtype().is_float() {
+        return Err(ModelError::Quantization {
+            tensor: weights.path("scales"),
+            message: format!(
+                "is missing, but the config quantizes `{}` ({}-bit, group size {})",
+                weights.module_path(),
+                params.bits,
+                params.group_size
+            ),
+        });
+    }
+    weights.check_shape("weight", &weight, &[rows, cols])?;
+    weights.cast(weight)
+}
+
 /// An MLX affine-quantized matrix `[rows, cols]`.
 #[derive(Debug, Clone)]
 pub struct QuantizedWeight {
@@ -46,13 +73,15 @@ pub struct QuantizedWeight {
 }
 
 impl QuantizedWeight {
-    /// Takes `weight`, `scales` and `biases` of the module `weights` points
-    /// at, checking them against a logical `[rows, cols]` matrix.
+    /// Takes `weight` and `biases` of the module `weights` points at (its
+    /// `scales` already taken), checking them against a logical
+    /// `[rows, cols]` matrix.
     pub fn load(
         weights: &mut Weights,
         rows: i32,
         cols: i32,
         params: QuantParams,
+        scales: Array,
     ) -> Result<Self, ModelError> {
         let QuantParams { group_size, bits } = params;
         let describe = format!(
@@ -76,12 +105,6 @@ impl QuantizedWeight {
                 ),
             });
         }
-        let Some(scales) = weights.take("scales") else {
-            return Err(ModelError::Quantization {
-                tensor: weights.path("scales"),
-                message: format!("is missing, but {describe}"),
-            });
-        };
         let groups = [rows, cols / group_size];
         let packed = weights.exact("weight", &[rows, packed_bits / 32], Dtype::Uint32)?;
         let scales = check_scales(weights, "scales", scales, &groups)?;
@@ -176,7 +199,10 @@ impl LinearWeight {
     ) -> Result<Self, ModelError> {
         match cfg.quantization_for(weights.module_path()) {
             Some(params) => {
-                let quantized = QuantizedWeight::load(weights, rows, cols, params)?;
+                let Some(scales) = weights.take("scales") else {
+                    return unquantized(weights, rows, cols, params).map(LinearWeight::Dense);
+                };
+                let quantized = QuantizedWeight::load(weights, rows, cols, params, scales)?;
                 if !weights.dequantize() {
                     return Ok(LinearWeight::Quantized(quantized));
                 }

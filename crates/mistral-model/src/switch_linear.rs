@@ -55,7 +55,13 @@ impl SwitchLinear {
             Some(w) => w,
             None => weights.require("weight")?,
         };
-        let Some(params) = cfg.quantization_for(weights.module_path()) else {
+        // A floating-point stack is dense even where the config's default
+        // quantizes: `mlx_lm.convert` leaves what does not divide into groups
+        // as it was (mlx-lm loads by the presence of `scales`).
+        let params = cfg
+            .quantization_for(weights.module_path())
+            .filter(|_| !weight.dtype().is_float());
+        let Some(params) = params else {
             if !weight.dtype().is_float() {
                 return Err(ModelError::Dtype {
                     tensor: weights.path("weight"),

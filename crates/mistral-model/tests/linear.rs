@@ -251,8 +251,9 @@ fn errors_name_the_tensor() {
         ModelError::Quantization { tensor, .. } => assert_eq!(tensor, format!("{Q}.scales")),
         e => panic!("unexpected {e:?}"),
     }
-    // Dense tensors while the config says quantized.
-    let mut map = HashMap::from([(format!("{Q}.weight"), w.clone())]);
+    // Packed tensors without scales while the config says quantized.
+    let mut map = quantized_tensors(Q, &w, 64, 4);
+    map.remove(&format!("{Q}.scales"));
     match linear_error(
         json!({"quantization": {"group_size": 64, "bits": 4}}),
         &mut map,
@@ -260,6 +261,19 @@ fn errors_name_the_tensor() {
         ModelError::Quantization { tensor, .. } => assert_eq!(tensor, format!("{Q}.scales")),
         e => panic!("unexpected {e:?}"),
     }
+    // A float matrix without scales while the config's default quantizes:
+    // dense, as mlx-lm loads it (`mlx_lm.convert` leaves matrices whose
+    // input size does not divide into groups as they were, with no entry).
+    let mut map = HashMap::from([(format!("{Q}.weight"), w.clone())]);
+    let cfg = tiny_config(json!({"quantization": {"group_size": 64, "bits": 4}}));
+    let mut root = Weights::new(&mut map, None);
+    let dense = Linear::new(&cfg, &mut root.pp(Q), 64, 64, false).unwrap();
+    let x = normal(&[2, 64], 1.0, 3);
+    assert_eq!(
+        host(&dense.forward(&x).unwrap()),
+        host(&x.matmul(w.t()).unwrap()),
+        "a float matrix the default would quantize is used as it is"
+    );
     // Per-module override: this module is dense although the default is 4-bit.
     let mut map = HashMap::from([(format!("{Q}.weight"), w.clone())]);
     let cfg = tiny_config(json!({"quantization": {"group_size": 64, "bits": 4, Q: false}}));
