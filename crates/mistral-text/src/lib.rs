@@ -10,7 +10,8 @@
 //! - [`detokenizer`]: token ids to text, streamed, equal to one-shot decoding;
 //! - [`stop`]: end-of-sequence ids, stop strings and token limits;
 //! - [`token_bytes`]: the bytes each token id stands for (log-probabilities);
-//! - [`chat`]: chat prompts from Jinja `chat_template`s.
+//! - [`chat`]: chat prompts from Jinja `chat_template`s;
+//! - [`tekken`]: Mistral's own `tekken.json` tokenizer, as mistral-common runs it.
 //!
 //! Nothing model-specific lives here: which files hold the tokenizer, the
 //! EOS ids and the chat template is mistral-loader's job. In the stack,
@@ -24,6 +25,7 @@ pub mod chat;
 mod contain;
 pub mod detokenizer;
 pub mod stop;
+pub mod tekken;
 pub mod token_bytes;
 pub mod tokenizer;
 

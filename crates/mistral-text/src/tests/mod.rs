@@ -5,4 +5,5 @@
 mod chat;
 mod detokenizer;
 mod stop;
+mod tekken;
 mod token_bytes;

@@ -1,0 +1,162 @@
+//! `mistral_text::tekken` against mistral-common 1.13.1 (run live,
+//! `xtask/python/tekken_ref.py`) on the real tekken files its wheel ships
+//! (`tekken_240718.json`, `tekken_240911.json`): ids, sizes and control
+//! tokens; the shared corpus plus control-token text, whitespace runs,
+//! digits, non-ASCII text and seeded random strings encoded to the same ids
+//! (with and without `<s>`/`</s>`); seeded random id sequences (control
+//! tokens and multi-byte characters cut in two included) decoded to the same
+//! text under each special-token policy.
+
+mod python;
+mod reference;
+
+use mistral_text::tekken::{SpecialTokenPolicy, Tekken};
+use python::{corpus, run_json};
+use serde_json::{json, Value};
+
+fn ids_of(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("an id list")
+        .iter()
+        .map(|i| i.as_u64().expect("an id") as u32)
+        .collect()
+}
+
+/// Seeded random text: ASCII, Latin, Greek, CJK, emoji, combining marks,
+/// digits and whitespace runs, mixed.
+fn random_texts(n: usize) -> Vec<String> {
+    let mut rng = fastrand::Rng::with_seed(2027);
+    let ranges: [(u32, u32); 9] = [
+        (0x20, 0x7e),
+        (0x09, 0x0d),
+        (0xc0, 0x17f),
+        (0x391, 0x3c9),
+        (0x4e00, 0x4fff),
+        (0x1f600, 0x1f64f),
+        (0x300, 0x36f),
+        (0x30, 0x39),
+        (0x600, 0x6ff),
+    ];
+    (0..n)
+        .map(|_| {
+            let len = rng.usize(1..60);
+            (0..len)
+                .map(|_| {
+                    let (lo, hi) = ranges[rng.usize(0..ranges.len())];
+                    char::from_u32(rng.u32(lo..=hi)).unwrap_or(' ')
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn tekken_files_encode_and_decode_as_mistral_common() {
+    let files = run_json("tekken_ref.py", &json!({"files": null}))["files"]
+        .as_array()
+        .expect("files")
+        .clone();
+    assert!(
+        files.len() >= 2,
+        "expected mistral-common's two tekken files"
+    );
+    let mut texts = corpus();
+    texts.extend(
+        [
+            "[INST] control-token text stays text [/INST]",
+            "<s></s>[TOOL_CALLS]",
+            "   leading and   inner   spaces\t\ttabs\n\n\nnewlines  ",
+            "1234567890 3.14159 1,000,000",
+            "Ünïcödé naïve café — « guillemets » 日本語のテキスト 🙂🚀",
+            "",
+        ]
+        .map(String::from),
+    );
+    texts.extend(random_texts(200));
+
+    for file in &files {
+        let path = file["path"].as_str().expect("path");
+        let tekken = Tekken::from_file(path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            tekken.vocab_size() as u64,
+            file["vocab_size"].as_u64().unwrap()
+        );
+        assert_eq!(
+            tekken.num_special_tokens() as u64,
+            file["num_special"].as_u64().unwrap()
+        );
+        assert_eq!(format!("v{}", tekken.version()), file["version"]);
+        assert_eq!(tekken.bos_id().map(u64::from), file["bos"].as_u64());
+        assert_eq!(tekken.eos_id().map(u64::from), file["eos"].as_u64());
+        for (id, text) in file["specials"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(
+                tekken.special_text(id as u32),
+                text.as_str(),
+                "{path}: control {id}"
+            );
+        }
+
+        // Ids to decode: the corpus's, and seeded random ones over the whole
+        // vocabulary with control tokens among them.
+        let n = tekken.vocab_size() as u32;
+        let specials = tekken.num_special_tokens() as u32;
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut sequences: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| tekken.encode(t, true, false))
+            .collect();
+        for _ in 0..300 {
+            let len = rng.usize(1..30);
+            sequences.push(
+                (0..len)
+                    .map(|_| match rng.u8(0..10) {
+                        0 => rng.u32(0..specials),
+                        1 => rng.u32(specials..specials + 256), // single bytes
+                        _ => rng.u32(specials..n),
+                    })
+                    .collect(),
+            );
+        }
+        let answer = run_json(
+            "tekken_ref.py",
+            &json!({"files": [path], "texts": texts, "ids": sequences}),
+        );
+        let answer = &answer["files"][0];
+        for (i, text) in texts.iter().enumerate() {
+            assert_eq!(
+                tekken.encode(text, false, false),
+                ids_of(&answer["ids"][i]),
+                "{path}: ids of {text:?}"
+            );
+            assert_eq!(
+                tekken.encode(text, true, true),
+                ids_of(&answer["ids_bos_eos"][i]),
+                "{path}: ids with <s> and </s> of {text:?}"
+            );
+        }
+        for (i, ids) in sequences.iter().enumerate() {
+            let want = |key: &str| answer[key][i].as_str().map(str::to_owned);
+            let ours = |p| tekken.decode(ids, p).ok();
+            assert_eq!(
+                ours(SpecialTokenPolicy::Ignore),
+                want("decode_ignore"),
+                "{path}: {ids:?}"
+            );
+            assert_eq!(
+                ours(SpecialTokenPolicy::Keep),
+                want("decode_keep"),
+                "{path}: {ids:?}"
+            );
+            assert_eq!(
+                ours(SpecialTokenPolicy::Raise),
+                want("decode_raise"),
+                "{path}: {ids:?}"
+            );
+        }
+        eprintln!(
+            "{path}: {} texts and {} id sequences as mistral-common",
+            texts.len(),
+            sequences.len()
+        );
+    }
+}
