@@ -37,6 +37,9 @@ The models (hidden 128 unless said; vocab 32768 of the v3 tokenizer):
                  1 group, no shared expert, top-k weights not renormalized
   mistral4_mlx_bf16   mlx_lm.convert --dtype bfloat16 of mistral4_f32: the
                  layout mlx-lm saves (embed_q / unembed_out, switch_mlp)
+  native_gqa4_bf16, native_gqa4_f32, native_mixtral_f32   Mistral's own
+                 layout (params.json, consolidated*.safetensors, interleaved
+                 wq/wk rows) of gqa4_bf16, gqa4_f32 (two files) and mixtral_f32
   mistral4_q4_g32   mlx_lm.convert -q (4-bit, group 32) of mistral4_f32:
                  embed_q / unembed_out quantized (QuantizedMultiLinear)
   mistral3_mistral4_fp8   mistral4_f32's weights in a mistral3 wrapper
@@ -1136,6 +1139,7 @@ def build(root: str, tokenizer_dir: str) -> list[tuple[dict, object]]:
 
     # 11-13. Mistral 4.
     plans.extend(build_mistral4(root, tokenizer_dir))
+    plans.extend(build_native(root))
 
     for e, _ in plans:
         e["vision_bytes"], e["text_bytes"] = tensor_bytes(os.path.join(root, e["dir"]))
@@ -1191,6 +1195,103 @@ def check_mistral4_mlx_layout(model_dir: str, m: dict, hf: dict[str, np.ndarray]
         assert "kv_b_proj" not in k and ".experts." not in k, k
         assert a.dtype == mx.bfloat16, (k, a.dtype)
         assert mx.array_equal(a, expected[k].astype(mx.bfloat16)).item(), k
+
+
+# Mistral's own layout ------------------------------------------------------
+
+NATIVE_LAYER_NAMES = (  # Hugging Face part of model.layers.N.* -> Mistral's part of layers.N.*
+    ("input_layernorm.", "attention_norm."), ("post_attention_layernorm.", "ffn_norm."),
+    ("self_attn.q_proj.", "attention.wq."), ("self_attn.k_proj.", "attention.wk."),
+    ("self_attn.v_proj.", "attention.wv."), ("self_attn.o_proj.", "attention.wo."),
+    ("mlp.gate_proj.", "feed_forward.w1."), ("mlp.down_proj.", "feed_forward.w2."),
+    ("mlp.up_proj.", "feed_forward.w3."), ("block_sparse_moe.gate.", "feed_forward.gate."),
+    ("block_sparse_moe.experts.", "feed_forward.experts."),
+)
+
+
+def native_name(name: str) -> str:
+    """The name mistral-inference's checkpoints use for a Hugging Face name
+    (the inverse of transformers' convert_mistral_weights_to_hf.py)."""
+    for hf, native in (("model.embed_tokens.", "tok_embeddings."), ("model.norm.", "norm."),
+                       ("lm_head.", "output.")):
+        if name.startswith(hf):
+            return native + name[len(hf):]
+    layer, part = name.removeprefix("model.layers.").split(".", 1)
+    for hf, native in NATIVE_LAYER_NAMES:
+        if part.startswith(hf):
+            return f"layers.{layer}.{native}{part[len(hf):]}"
+    raise ValueError(name)
+
+
+def to_interleaved(w: mx.array, n_heads: int) -> mx.array:
+    """Hugging Face's rotate-half q/k rows -> Mistral's interleaved pairs:
+    the inverse of transformers' `permute` in convert_mistral_weights_to_hf.py
+    (w.view(n, rows // n // 2, 2, cols).transpose(1, 2))."""
+    rows, cols = w.shape
+    return w.reshape(n_heads, 2, rows // n_heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+def write_native(root: str, name: str, twin: str, shards: int) -> dict:
+    """Writes ROOT/NAME in Mistral's layout from the Hugging Face folder
+    TWIN: params.json, consolidated(-0000N-of-0000M).safetensors; no
+    config.json. Returns params."""
+    with open(os.path.join(twin, "config.json")) as f:
+        c = json.load(f)
+    heads, kv = c["num_attention_heads"], c["num_key_value_heads"]
+    params = {"dim": c["hidden_size"], "n_layers": c["num_hidden_layers"],
+              "head_dim": c.get("head_dim") or c["hidden_size"] // heads, "hidden_dim": c["intermediate_size"],
+              "n_heads": heads, "n_kv_heads": kv, "norm_eps": c["rms_norm_eps"], "vocab_size": c["vocab_size"],
+              "rope_theta": c["rope_theta"], "max_position_embeddings": c["max_position_embeddings"]}
+    if c.get("num_local_experts"):
+        params["moe"] = {"num_experts": c["num_local_experts"], "num_experts_per_tok": c["num_experts_per_tok"]}
+    weights = mx.load(os.path.join(twin, "model.safetensors"))
+    out = {}
+    for k, v in weights.items():
+        if k.endswith("self_attn.q_proj.weight"):
+            v = to_interleaved(v, heads)
+        elif k.endswith("self_attn.k_proj.weight"):
+            v = to_interleaved(v, kv)
+        out[native_name(k)] = v
+    d = os.path.join(root, name)
+    os.makedirs(d)
+    write_json(os.path.join(d, "params.json"), params)
+    names = sorted(out)
+    for i in range(shards):
+        part = {k: out[k] for k in names[i::shards]}
+        fname = "consolidated.safetensors" if shards == 1 else f"consolidated-{i + 1:05d}-of-{shards:05d}.safetensors"
+        mx.save_safetensors(os.path.join(d, fname), part, metadata={"format": "pt"})
+    return params
+
+
+def build_native(root: str) -> list[tuple[dict, object]]:
+    """Mistral's own layout of three models whose Hugging Face twins exist:
+    the references are mlx-lm on the twins (same weights)."""
+    plans = []
+    parent = os.path.dirname(os.path.abspath(root))
+    for name, twin, shards, desc in (
+        ("native_gqa4_bf16", os.path.join(parent, "gqa4_bf16"), 1,
+         "gqa4_bf16 in Mistral's layout: params.json + consolidated.safetensors, tok_embeddings / "
+         "layers.N.attention.wq... / feed_forward.w1-3 / output names, wq and wk rows interleaved per head"),
+        ("native_gqa4_f32", os.path.join(parent, "gqa4_f32"), 2,
+         "gqa4_f32 in Mistral's layout in two files, consolidated-00001-of-00002.safetensors and -00002"),
+        ("native_mixtral_f32", os.path.join(root, "mixtral_f32"), 1,
+         "mixtral_f32 in Mistral's layout: params.json moe {num_experts 4, num_experts_per_tok 2}, "
+         "layers.N.feed_forward.gate and feed_forward.experts.E.w1-3"),
+    ):
+        if not os.path.isdir(twin):
+            raise SystemExit(f"{twin}: the Hugging Face twin of {name} is missing (run make_models.py first)")
+        params = write_native(root, name, twin, shards)
+        with open(os.path.join(twin, "config.json")) as f:
+            c = json.load(f)
+        arch = "mixtral" if "moe" in params else "mistral"
+        dtype = c["torch_dtype"]
+        kw = dict(experts=params["moe"]["num_experts"], top_k=params["moe"]["num_experts_per_tok"],
+                  seed=MIXTRAL["seed"]) if arch == "mixtral" else {}
+        e = entry(name, desc, arch, "native", dtype, rope_theta=params["rope_theta"],
+                  head_dim=params["head_dim"], source=os.path.relpath(twin, root),
+                  reference_approach="mlx-lm load_model on the Hugging Face twin (the same weights)", **kw)
+        plans.append((e, lambda twin=twin: reference.load_model(twin)))
+    return plans
 
 
 def build_mistral4(root: str, tokenizer_dir: str) -> list[tuple[dict, object]]:
@@ -1449,7 +1550,9 @@ def main() -> int:
         t1 = time.time()
         name = e["dir"]
         model_dir = os.path.join(root, name)
-        prompts = reference.standard_prompts(model_dir)
+        # Mistral's layout has no tokenizer.json: its twin's gives the prompts.
+        prompt_dir = os.path.join(root, e["source"]) if e["layout"] == "native" else model_dir
+        prompts = reference.standard_prompts(prompt_dir)
         model, notes = make_reference()
         check_rope_modules(name, model)
         results = reference.compute(model, prompts, N_GREEDY, "float32")

@@ -99,6 +99,23 @@ pub struct ModelArgs {
     /// `ours-large` (the large matrices only). Only on an NVIDIA GPU.
     #[arg(long, env = "MISTRAL_MLX_QMV", default_value = "mlx", value_parser = parse_qmv)]
     pub qmv: QmvKernel,
+    /// Which layout of a folder to read: `hf` (config.json and
+    /// model*.safetensors), `mistral` (Mistral's params.json and
+    /// consolidated*.safetensors), or `auto`: the Hugging Face one when
+    /// present, else Mistral's.
+    #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
+    pub layout: LayoutArg,
+}
+
+/// `--layout`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayoutArg {
+    /// The Hugging Face layout when present, else Mistral's.
+    Auto,
+    /// config.json and model*.safetensors.
+    Hf,
+    /// params.json and consolidated*.safetensors.
+    Mistral,
 }
 
 fn parse_qmv(text: &str) -> Result<QmvKernel, String> {
@@ -116,6 +133,11 @@ impl ModelArgs {
                 mistral_loader::FileAccess::Mmap
             },
             qmv: self.qmv,
+            layout: match self.layout {
+                LayoutArg::Auto => mistral_loader::WeightsLayout::Auto,
+                LayoutArg::Hf => mistral_loader::WeightsLayout::HuggingFace,
+                LayoutArg::Mistral => mistral_loader::WeightsLayout::Mistral,
+            },
         }
     }
 }

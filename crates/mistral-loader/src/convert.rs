@@ -149,6 +149,9 @@ pub fn convert_model(source: &Path, out: &Path, options: &ConvertOptions) -> Res
     let mut files = write_weights(out, &tensors)?;
     let mut config_json = match &gguf_file {
         Some(_) => config_to_json(&config),
+        None if crate::native::use_native(source, crate::native::WeightsLayout::Auto) => {
+            crate::native::native_config_json(source)?
+        }
         None => crate::config::load_config(source)?,
     };
     set_quantization(&mut config_json, &layout, options.quantize);

@@ -42,7 +42,9 @@ pub mod gguf;
 pub mod hf_cache;
 pub mod load;
 pub mod model_dir;
+pub mod native;
 pub mod plan;
+mod rope_rows;
 pub mod safetensors_files;
 mod safetensors_read;
 pub mod safetensors_weights;
@@ -66,6 +68,7 @@ pub use mistral_text::{
     TokenBytes, Tokenizer, TokenizerError,
 };
 pub use model_dir::ModelDir;
+pub use native::WeightsLayout;
 pub use plan::{ComputeDtype, LoadPlan};
 pub use safetensors_files::{discover_checkpoint, CheckpointFiles, CheckpointLayout};
 pub use safetensors_weights::{FileAccess, SafetensorsWeights, TensorMeta};

@@ -19,6 +19,7 @@ use mlx_rs_core::quantized_matvec::QmvKernel;
 use crate::config::read_config_str;
 use crate::error::{LoadError, Result};
 use crate::gguf::{self, GgufFile, GgufWeights};
+use crate::native::{self, NativeWeights, WeightsLayout, PARAMS_FILE};
 use crate::plan::{ComputeDtype, LoadPlan};
 use crate::safetensors_files::{discover_checkpoint, CONFIG_FILE, INDEX_FILE};
 use crate::safetensors_weights::{FileAccess, SafetensorsWeights};
@@ -37,6 +38,9 @@ pub struct LoadOptions {
     /// Which one-row 4-bit products our CUDA kernel takes (default: none,
     /// MLX's; see [`mlx_rs_core::quantized_matvec`]).
     pub qmv: QmvKernel,
+    /// Which layout of a folder to read (default: the Hugging Face one when
+    /// present, else Mistral's `params.json` + `consolidated.safetensors`).
+    pub layout: WeightsLayout,
 }
 
 /// Loads the model at `path` in the checkpoint's own dtype: a directory of
@@ -135,16 +139,20 @@ pub fn load_model_config(path: impl AsRef<Path>) -> Result<MistralConfig> {
     if let Some(file) = gguf::find_gguf(path)? {
         return gguf_model_config(&file, &GgufFile::open(&file)?);
     }
-    dir_model_config(path, &read_config_str(path)?)
+    if native::use_native(path, WeightsLayout::Auto) {
+        let json = native::native_config_json(path)?.to_string();
+        return dir_model_config(&path.join(PARAMS_FILE), &json);
+    }
+    dir_model_config(&path.join(CONFIG_FILE), &read_config_str(path)?)
 }
 
-/// `config_json` (the text of `dir/config.json`) parsed and validated;
-/// errors name the file.
-fn dir_model_config(dir: &Path, config_json: &str) -> Result<MistralConfig> {
+/// `config_json` (the text of the config file `file`) parsed and
+/// validated; errors name the file.
+fn dir_model_config(file: &Path, config_json: &str) -> Result<MistralConfig> {
     MistralConfig::from_json_str(config_json)
         .and_then(|config| config.validate().map(|()| config))
         .map_err(|source| LoadError::Config {
-            path: dir.join(CONFIG_FILE),
+            path: file.to_path_buf(),
             source,
         })
 }
@@ -169,6 +177,9 @@ fn load_tapped(
     if let Some(file) = gguf::find_gguf(path)? {
         return load_gguf(&file, options, seen, parallel);
     }
+    if native::use_native(path, options.layout) {
+        return load_native(path, options, seen, parallel);
+    }
     // Config and checkpoint only: the tokenizer is the caller's business
     // (`ModelDir::open` would parse `tokenizer.json` too).
     let dir = path;
@@ -176,7 +187,7 @@ fn load_tapped(
     let mut weights =
         SafetensorsWeights::from_checkpoint_with(&discover_checkpoint(dir)?, options.file_access)?;
     let config_path = dir.join(CONFIG_FILE);
-    let config = dir_model_config(dir, &config_json)?;
+    let config = dir_model_config(&config_path, &config_json)?;
     let plan = LoadPlan::resolve(options.dtype, &config).with_qmv(options.qmv);
     let built = build(&config, &mut weights, seen, &plan, parallel);
     let model = built.map_err(|source| match source {
@@ -196,6 +207,52 @@ fn load_tapped(
         // A vision-language checkpoint's vision side: never read.
         unused.retain(|(name, _)| !is_vision_tensor(name));
     }
+    all_used(unused)?;
+    Ok((model, plan))
+}
+
+/// Loads the folder `dir` in Mistral's layout (see [`native`]).
+fn load_native(
+    dir: &Path,
+    options: &LoadOptions,
+    seen: Option<&mut Vec<(String, Array)>>,
+    parallel: Option<TensorParallel>,
+) -> Result<(Mistral, LoadPlan)> {
+    let params = dir.join(PARAMS_FILE);
+    let config = dir_model_config(&params, &native::native_config_json(dir)?.to_string())?;
+    let files = native::consolidated_files(dir);
+    if files.is_empty() {
+        return Err(LoadError::InvalidField {
+            path: params,
+            field: "(weights)".to_owned(),
+            reason: "no consolidated*.safetensors beside it".to_owned(),
+        });
+    }
+    let inner = SafetensorsWeights::from_files(&files)?;
+    let mut weights = NativeWeights::new(
+        inner,
+        config.num_attention_heads,
+        config.num_key_value_heads(),
+    );
+    let mut plan = LoadPlan::resolve(options.dtype, &config).with_qmv(options.qmv);
+    plan.summary
+        .push_str("; Mistral's layout (params.json, consolidated safetensors)");
+    let built = build(&config, &mut weights, seen, &plan, parallel);
+    let model = built.map_err(|source| match source {
+        ModelError::Config(source) => LoadError::Config {
+            path: params.clone(),
+            source,
+        },
+        source => weights
+            .inner
+            .take_first_failure()
+            .unwrap_or_else(|| LoadError::Model {
+                path: checkpoint_file(dir, &weights.inner.files()),
+                source,
+            }),
+    })?;
+    let mut unused = weights.inner.finish()?;
+    unused.retain(|(name, _)| !native::is_vision_tensor(name));
     all_used(unused)?;
     Ok((model, plan))
 }

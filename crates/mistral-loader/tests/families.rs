@@ -242,3 +242,74 @@ fn convert_keeps_each_family_as_mlx_lm_computes_it() {
         std::fs::remove_dir_all(&out).expect("remove the converted folder");
     }
 }
+
+/// `convert` of a checkpoint in Mistral's own layout writes its Hugging
+/// Face twin's tensors: the same names, dtypes, shapes and bytes (`wq`/`wk`
+/// rows back in rotate-half order), and a config that loads to the same
+/// model.
+#[test]
+fn convert_of_mistral_layout_gives_the_hugging_face_twin() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let native: Vec<_> = models()
+        .into_iter()
+        .filter(|m| m.entry["layout"] == "native")
+        .collect();
+    assert!(native.len() >= 3, "expected the Mistral-layout models");
+    for family in &native {
+        let spec = &family.model;
+        let twin = spec
+            .dir
+            .parent()
+            .expect("arch/")
+            .join(family.entry["source"].as_str().expect("source"));
+        let out = std::env::temp_dir().join(format!(
+            "mistral-mlx-native-convert-{}-{}",
+            spec.name,
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&out);
+        mistral_loader::convert_model(&spec.dir, &out, &Default::default())
+            .unwrap_or_else(|e| panic!("{}: convert: {e}", spec.name));
+        let read = |dir: &std::path::Path| {
+            let weights = mistral_loader::SafetensorsWeights::open(dir).expect("open");
+            let mut names = weights.names();
+            names.sort();
+            names
+                .into_iter()
+                .map(|n| {
+                    let meta = weights.meta(&n).expect("meta");
+                    (n, format!("{:?} {:?}", meta.dtype, meta.shape))
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            read(&out),
+            read(&twin),
+            "{}: tensor names, dtypes and shapes",
+            spec.name
+        );
+        let mut ours = mistral_loader::SafetensorsWeights::open(&out).expect("open converted");
+        let mut theirs = mistral_loader::SafetensorsWeights::open(&twin).expect("open twin");
+        for name in ours.names() {
+            let a = ours.try_take(&name).expect("take").expect("present");
+            let b = theirs.try_take(&name).expect("take").expect("present");
+            assert!(
+                a.eq_values(&b).expect("compare"),
+                "{}: {name} differs from the twin's",
+                spec.name
+            );
+        }
+        // The same config, but for head_dim written out (params.json has it).
+        let mut config = mistral_loader::load_model_config(&out).expect("converted config");
+        let mut twin_config = mistral_loader::load_model_config(&twin).expect("twin config");
+        assert_eq!(config.head_dim(), twin_config.head_dim(), "{}", spec.name);
+        (config.head_dim, twin_config.head_dim) = (None, None);
+        assert_eq!(
+            format!("{config:?}"),
+            format!("{twin_config:?}"),
+            "{}: config",
+            spec.name
+        );
+        std::fs::remove_dir_all(&out).expect("remove the converted folder");
+    }
+}
