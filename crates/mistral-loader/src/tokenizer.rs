@@ -30,8 +30,13 @@ pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
 /// File name of the tokenizer's settings.
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 
-/// Loads `dir/tokenizer.json`, or the tokenizer in a GGUF file's metadata
-/// when `dir` is a GGUF model (see [`crate::gguf::find_gguf`]).
+/// Mistral's own tokenizer file.
+pub const TEKKEN_FILE: &str = "tekken.json";
+
+/// Loads `dir/tokenizer.json`, else `dir/tekken.json` (Mistral's own
+/// layout, through [`mistral_text::tekken::Tekken::to_tokenizer`]), or the
+/// tokenizer in a GGUF file's metadata when `dir` is a GGUF model (see
+/// [`crate::gguf::find_gguf`]).
 pub fn load_tokenizer(dir: impl AsRef<Path>) -> Result<mistral_text::Tokenizer> {
     let dir = dir.as_ref();
     if let Some(file) = crate::gguf::find_gguf(dir)? {
@@ -40,6 +45,18 @@ pub fn load_tokenizer(dir: impl AsRef<Path>) -> Result<mistral_text::Tokenizer> 
     }
     check_model_dir(dir)?;
     let path = dir.join(TOKENIZER_FILE);
+    let tekken = dir.join(TEKKEN_FILE);
+    if !path.is_file() && tekken.is_file() {
+        let tokenizer =
+            mistral_text::tekken::Tekken::from_file(&tekken).map_err(|e| LoadError::Tokenizer {
+                path: tekken.clone(),
+                message: e.to_string(),
+            })?;
+        return tokenizer.to_tokenizer().map_err(|e| LoadError::Tokenizer {
+            path: tekken,
+            message: e.message,
+        });
+    }
     if !path.is_file() {
         return Err(LoadError::MissingFile {
             path,
@@ -72,6 +89,9 @@ pub fn check_tokenizer_fits(
     }
     let path = match crate::gguf::find_gguf(dir)? {
         Some(file) => file,
+        None if !dir.join(TOKENIZER_FILE).is_file() && dir.join(TEKKEN_FILE).is_file() => {
+            dir.join(TEKKEN_FILE)
+        }
         None => dir.join(TOKENIZER_FILE),
     };
     Err(LoadError::TokenizerVocab {

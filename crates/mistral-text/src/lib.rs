@@ -26,6 +26,7 @@ mod contain;
 pub mod detokenizer;
 pub mod stop;
 pub mod tekken;
+mod tekken_hf;
 pub mod token_bytes;
 pub mod tokenizer;
 

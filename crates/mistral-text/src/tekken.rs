@@ -123,6 +123,7 @@ struct SpecialEntry {
 #[derive(Clone)]
 pub struct Tekken {
     bpe: CoreBPE,
+    pattern: String,
     /// Bytes of each vocabulary token, by rank.
     bytes: Vec<Vec<u8>>,
     /// Control tokens' text, by id.
@@ -204,11 +205,22 @@ impl Tekken {
             .collect();
         Ok(Tekken {
             bpe,
+            pattern,
             bytes,
             specials,
             special_ids,
             version,
         })
+    }
+
+    /// The pre-split regex (`config.pattern`).
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// Each vocabulary token's bytes, by rank.
+    pub fn vocab_bytes(&self) -> &[Vec<u8>] {
+        &self.bytes
     }
 
     /// The protocol version (`config.version`, `v7` -> 7).
