@@ -11,7 +11,8 @@
 //! - [`stop`]: end-of-sequence ids, stop strings and token limits;
 //! - [`token_bytes`]: the bytes each token id stands for (log-probabilities);
 //! - [`chat`]: chat prompts from Jinja `chat_template`s;
-//! - [`tekken`]: Mistral's own `tekken.json` tokenizer, as mistral-common runs it.
+//! - [`tekken`]: Mistral's own `tekken.json` tokenizer, as mistral-common runs it;
+//! - [`mistral_chat`]: prompt ids exactly as mistral-common builds them.
 //!
 //! Nothing model-specific lives here: which files hold the tokenizer, the
 //! EOS ids and the chat template is mistral-loader's job. In the stack,
@@ -24,6 +25,7 @@
 pub mod chat;
 mod contain;
 pub mod detokenizer;
+pub mod mistral_chat;
 pub mod stop;
 pub mod tekken;
 mod tekken_hf;

@@ -1,0 +1,60 @@
+"""mistral-common's prompt ids for conversations, for the Rust chat-protocol
+tests.
+
+Reads one JSON request on stdin, writes one JSON answer on stdout:
+
+    request: {"file": path of a tekken.json,
+              "versions": ["v3", "v7", ...],          # the protocol versions to encode under
+              "conversations": [{"messages": [...], "tools": [...] | null}, ...],
+              "out_dir": folder for the per-version copies of the file}
+    answer:  {"versions": [{"version": "v7", "file": path of the copy with that version,
+                            "ids": [[id, ...] | {"error": str}, ...]}]}
+
+Messages and tools are OpenAI-style dicts as mistral-common's
+ChatCompletionRequest takes them (`role`, `content`, `tool_calls` [{`id`,
+`function`: {`name`, `arguments`}}], `tool_call_id`, `name`; tools
+[{`type`: "function", `function`: {`name`, `description`, `parameters`}}]).
+Each conversation is encoded by MistralTokenizer.from_file(copy)
+.encode_chat_completion(...) (mistral-common 1.13.1, ValidationMode.test):
+the exact ids a Mistral model is trained on. A copy of the file is written
+per version with `config.version` changed (the vocabulary and control tokens
+are the file's), so the same vocabulary is encoded under each protocol.
+Run as `python mistral_chat_ref.py < request.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def main() -> int:
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    request = json.load(sys.stdin)
+    with open(request["file"]) as f:
+        tekken = json.load(f)
+    os.makedirs(request["out_dir"], exist_ok=True)
+    out = []
+    for version in request["versions"]:
+        tekken["config"]["version"] = version
+        path = os.path.join(request["out_dir"], f"tekken_{version}.json")
+        with open(path, "w") as f:
+            json.dump(tekken, f)
+        tokenizer = MistralTokenizer.from_file(path)
+        ids = []
+        for conv in request["conversations"]:
+            try:
+                req = ChatCompletionRequest(messages=conv["messages"], tools=conv.get("tools"))
+                ids.append(tokenizer.encode_chat_completion(req).tokens)
+            except Exception as err:  # noqa: BLE001 - the answer says what was refused
+                ids.append({"error": f"{type(err).__name__}: {err}"})
+        out.append({"version": version, "file": path, "ids": ids})
+    json.dump({"versions": out}, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
