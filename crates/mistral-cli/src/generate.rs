@@ -49,6 +49,12 @@ pub struct GenerateArgs {
     /// Use the prompt as plain text, without a chat template.
     #[arg(long)]
     no_chat: bool,
+    /// How a chat prompt becomes ids: `mistral` (mistral-common's exact
+    /// protocol, from the folder's tekken.json: versions 3 and 7), `hf` (the
+    /// chat template), or `auto`: `mistral` when the folder has a tekken.json
+    /// of a version it implements, else `hf`.
+    #[arg(long, value_enum, default_value_t = TokenizerMode::Auto)]
+    tokenizer_mode: TokenizerMode,
     /// Stop when this text appears (repeatable); it is not printed.
     #[arg(long = "stop", value_name = "STR")]
     stop: Vec<String>,
@@ -61,6 +67,51 @@ pub struct GenerateArgs {
     /// MLX_HOSTFILE, or NCCL's variables) joins its group by itself.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     ranks: u32,
+}
+
+/// `--tokenizer-mode`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenizerMode {
+    /// `mistral` when the folder's tekken.json has a protocol implemented here.
+    Auto,
+    /// The chat template.
+    Hf,
+    /// mistral-common's protocol, from tekken.json.
+    Mistral,
+}
+
+/// The folder's tekken.json when the chat prompt is built from it.
+fn mistral_protocol(
+    dir: &std::path::Path,
+    mode: TokenizerMode,
+) -> Result<Option<mistral_loader::tekken::Tekken>> {
+    let path = dir.join(mistral_loader::tokenizer::TEKKEN_FILE);
+    let implemented = |t: &mistral_loader::tekken::Tekken| matches!(t.version(), 3 | 7);
+    match mode {
+        TokenizerMode::Hf => Ok(None),
+        TokenizerMode::Auto if !path.is_file() => Ok(None),
+        TokenizerMode::Auto => Ok(mistral_loader::tekken::Tekken::from_file(&path)
+            .ok()
+            .filter(implemented)),
+        TokenizerMode::Mistral => {
+            if !path.is_file() {
+                bail!(
+                    "--tokenizer-mode mistral: {} does not exist",
+                    path.display()
+                );
+            }
+            let tekken = mistral_loader::tekken::Tekken::from_file(&path)?;
+            if !implemented(&tekken) {
+                bail!(
+                    "--tokenizer-mode mistral: {}: the chat protocol of version v{} is not \
+                     supported (supported: v3, v7)",
+                    path.display(),
+                    tekken.version()
+                );
+            }
+            Ok(Some(tekken))
+        }
+    }
 }
 
 /// Runs `generate`.
@@ -99,7 +150,19 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     } else {
         args.chat || args.system.is_some() || template.source != ChatTemplateSource::MistralFallback
     };
-    let ids: Vec<u32> = if chat {
+    let protocol = if chat {
+        mistral_protocol(&dir, args.tokenizer_mode)?
+    } else {
+        None
+    };
+    let ids: Vec<u32> = if let Some(tekken) = &protocol {
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(serde_json::json!({"role": "system", "content": system}));
+        }
+        messages.push(serde_json::json!({"role": "user", "content": prompt_text}));
+        mistral_loader::mistral_chat::encode_chat(tekken, &messages, &[])?
+    } else if chat {
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
             messages.push(ChatMessage::system(system.clone()));
@@ -205,6 +268,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             "text": text,
             "stop_reason": stop_reason,
             "chat": chat,
+            "chat_protocol": if protocol.is_some() { "mistral" } else if chat { "template" } else { "none" },
             "dtype": plan.summary,
             "stats": stats.to_json(),
         });

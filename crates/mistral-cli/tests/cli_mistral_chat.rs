@@ -1,0 +1,142 @@
+//! `mistral-cli generate` on a folder as Mistral publishes it: a tiny
+//! random model in Mistral's own layout (`params.json`,
+//! `consolidated.safetensors`) beside mistral-common's real
+//! `tekken_240911.json`, no `tokenizer.json` and no `config.json`. In chat
+//! mode the prompt ids are mistral-common's `encode_chat_completion` ids for
+//! the same system and user messages (run live,
+//! `xtask/python/mistral_chat_ref.py`); `--tokenizer-mode hf` uses the chat
+//! template instead.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::cli;
+use mlx_rs::{random, Array, Dtype};
+use serde_json::{json, Value};
+
+fn python() -> PathBuf {
+    std::env::var_os("MISTRAL_MLX_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/xtask/venv/bin/python")
+        })
+}
+
+fn run_python(args: &[&str], stdin: Option<&Value>) -> String {
+    use std::io::Write;
+    let mut child = Command::new(python())
+        .args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../xtask/python"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the reference python (cargo xtask test makes it)");
+    if let Some(v) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(v.to_string().as_bytes())
+            .expect("write");
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().expect("python");
+    assert!(out.status.success(), "python {args:?} failed");
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// A tiny random model in Mistral's layout with a 131072-id vocabulary.
+fn write_model(dir: &Path) {
+    let (dim, hidden, vocab) = (32, 64, 131_072);
+    let params = json!({"dim": dim, "n_layers": 1, "head_dim": 16, "hidden_dim": hidden,
+                        "n_heads": 2, "n_kv_heads": 1, "norm_eps": 1e-5, "vocab_size": vocab,
+                        "rope_theta": 1e6});
+    std::fs::write(dir.join("params.json"), params.to_string()).expect("params.json");
+    random::seed(3).expect("seed");
+    let matrix = |rows: i32, cols: i32| {
+        random::normal::<f32>(&[rows, cols], None, Some(0.05), None)
+            .expect("normal")
+            .as_dtype(Dtype::Bfloat16)
+            .expect("bf16")
+    };
+    let ones = |n: i32| {
+        Array::ones::<f32>(&[n])
+            .expect("ones")
+            .as_dtype(Dtype::Bfloat16)
+            .expect("bf16")
+    };
+    let tensors: Vec<(&str, Array)> = vec![
+        ("tok_embeddings.weight", matrix(vocab, dim)),
+        ("layers.0.attention.wq.weight", matrix(32, dim)),
+        ("layers.0.attention.wk.weight", matrix(16, dim)),
+        ("layers.0.attention.wv.weight", matrix(16, dim)),
+        ("layers.0.attention.wo.weight", matrix(dim, 32)),
+        ("layers.0.attention_norm.weight", ones(dim)),
+        ("layers.0.ffn_norm.weight", ones(dim)),
+        ("layers.0.feed_forward.w1.weight", matrix(hidden, dim)),
+        ("layers.0.feed_forward.w2.weight", matrix(dim, hidden)),
+        ("layers.0.feed_forward.w3.weight", matrix(hidden, dim)),
+        ("norm.weight", ones(dim)),
+        ("output.weight", matrix(vocab, dim)),
+    ];
+    Array::save_safetensors(tensors, None, dir.join("consolidated.safetensors")).expect("save");
+}
+
+#[test]
+fn chat_prompts_of_a_mistral_folder_are_mistral_commons_ids() {
+    let tekken = run_python(
+        &["-c", "import mistral_common, os; print(os.path.join(os.path.dirname(mistral_common.__file__), 'data', 'tekken_240911.json'))"],
+        None,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(tekken.trim(), dir.path().join("tekken.json")).expect("copy tekken.json");
+    write_model(dir.path());
+    let model = dir.path().display().to_string();
+    let (system, user) = ("Be brief.", "Hello there, ünïcödé 123");
+    let generate = |mode: &str| -> Value {
+        let out = cli(&[
+            "generate",
+            "--model",
+            &model,
+            "--system",
+            system,
+            "--prompt",
+            user,
+            "--chat",
+            "--max-tokens",
+            "2",
+            "--temp",
+            "0",
+            "--json",
+            "--tokenizer-mode",
+            mode,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    let ours = generate("auto");
+    assert_eq!(ours["chat_protocol"], "mistral");
+    let refs = tempfile::tempdir().expect("tempdir");
+    let answer: Value = serde_json::from_str(&run_python(
+        &["mistral_chat_ref.py"],
+        Some(
+            &json!({"file": tekken.trim(), "versions": ["v3"], "out_dir": refs.path(),
+                     "conversations": [{"messages": [
+                         {"role": "system", "content": system},
+                         {"role": "user", "content": user}]}]}),
+        ),
+    ))
+    .expect("answer");
+    assert_eq!(ours["prompt_ids"], answer["versions"][0]["ids"][0]);
+    assert_eq!(ours["ids"].as_array().map(Vec::len), Some(2));
+    assert_eq!(generate("mistral")["prompt_ids"], ours["prompt_ids"]);
+    let template = generate("hf");
+    assert_eq!(template["chat_protocol"], "template");
+}
