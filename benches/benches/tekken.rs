@@ -21,9 +21,17 @@ fn tekken_file() -> PathBuf {
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
-        .map(|e| e.path().join("site-packages/mistral_common/data/tekken_240911.json"))
+        .map(|e| {
+            e.path()
+                .join("site-packages/mistral_common/data/tekken_240911.json")
+        })
         .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("no tekken file under {}: run `cargo xtask test` or set MISTRAL_MLX_TEKKEN", lib.display()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no tekken file under {}: run `cargo xtask test` or set MISTRAL_MLX_TEKKEN",
+                lib.display()
+            )
+        })
 }
 
 /// Mixed prose, code, digits and non-ASCII text, repeated to about 180k
@@ -41,7 +49,11 @@ fn tekken(c: &mut Criterion) {
     let hf = tekken.to_tokenizer().expect("tokenizers form");
     let text = text();
     let ids = tekken.encode(&text, false, false);
-    let hf_ids = hf.encode(text.as_str(), false).expect("encode").get_ids().to_vec();
+    let hf_ids = hf
+        .encode(text.as_str(), false)
+        .expect("encode")
+        .get_ids()
+        .to_vec();
     assert_eq!(ids, hf_ids, "the two encoders differ");
     let mut group = c.benchmark_group("tekken_encode");
     group.throughput(Throughput::Elements(ids.len() as u64));

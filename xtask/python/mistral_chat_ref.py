@@ -17,8 +17,10 @@ ChatCompletionRequest takes them (`role`, `content`, `tool_calls` [{`id`,
 Each conversation is encoded by MistralTokenizer.from_file(copy)
 .encode_chat_completion(...) (mistral-common 1.13.1, ValidationMode.test):
 the exact ids a Mistral model is trained on. A copy of the file is written
-per version with `config.version` changed (the vocabulary and control tokens
-are the file's), so the same vocabulary is encoded under each protocol.
+per version with `config.version` changed, so the same vocabulary is encoded
+under each protocol. Past v7 mistral-common wants the file to list its
+control tokens: those copies list the 20 it uses up to v7 and then [ARGS],
+[CALL_ID], [THINK], [/THINK] (ids 20-23; the rest are its fillers).
 Run as `python mistral_chat_ref.py < request.json`.
 """
 
@@ -38,8 +40,17 @@ def main() -> int:
         tekken = json.load(f)
     os.makedirs(request["out_dir"], exist_ok=True)
     out = []
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
+    listed = [dict(t) for t in Tekkenizer.DEPRECATED_SPECIAL_TOKENS]
+    for i, text in enumerate(["[ARGS]", "[CALL_ID]", "[THINK]", "[/THINK]"]):
+        listed.append({"rank": len(Tekkenizer.DEPRECATED_SPECIAL_TOKENS) + i, "token_str": text, "is_control": True})
     for version in request["versions"]:
         tekken["config"]["version"] = version
+        if int(version[1:]) > 7:
+            tekken["special_tokens"] = listed
+        else:
+            tekken.pop("special_tokens", None)
         path = os.path.join(request["out_dir"], f"tekken_{version}.json")
         with open(path, "w") as f:
             json.dump(tekken, f)

@@ -50,7 +50,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     no_chat: bool,
     /// How a chat prompt becomes ids: `mistral` (mistral-common's exact
-    /// protocol, from the folder's tekken.json: versions 3 and 7), `hf` (the
+    /// protocol, from the folder's tekken.json: versions 3, 7, 11 and 13), `hf` (the
     /// chat template), or `auto`: `mistral` when the folder has a tekken.json
     /// of a version it implements, else `hf`.
     #[arg(long, value_enum, default_value_t = TokenizerMode::Auto)]
@@ -86,7 +86,9 @@ fn mistral_protocol(
     mode: TokenizerMode,
 ) -> Result<Option<mistral_loader::tekken::Tekken>> {
     let path = dir.join(mistral_loader::tokenizer::TEKKEN_FILE);
-    let implemented = |t: &mistral_loader::tekken::Tekken| matches!(t.version(), 3 | 7);
+    let implemented = |t: &mistral_loader::tekken::Tekken| {
+        mistral_loader::mistral_chat::PROTOCOL_VERSIONS.contains(&t.version())
+    };
     match mode {
         TokenizerMode::Hf => Ok(None),
         TokenizerMode::Auto if !path.is_file() => Ok(None),
@@ -104,7 +106,7 @@ fn mistral_protocol(
             if !implemented(&tekken) {
                 bail!(
                     "--tokenizer-mode mistral: {}: the chat protocol of version v{} is not \
-                     supported (supported: v3, v7)",
+                     supported (supported: v3, v7, v11, v13)",
                     path.display(),
                     tekken.version()
                 );
