@@ -107,6 +107,27 @@ pub struct ModelArgs {
     pub layout: LayoutArg,
 }
 
+/// `--tokenizer-mode`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenizerModeArg {
+    /// `mistral` when the folder's tekken.json has a protocol implemented here.
+    Auto,
+    /// The chat template.
+    Hf,
+    /// mistral-common's protocol, from tekken.json.
+    Mistral,
+}
+
+impl From<TokenizerModeArg> for mistral_loader::TokenizerMode {
+    fn from(mode: TokenizerModeArg) -> Self {
+        match mode {
+            TokenizerModeArg::Auto => mistral_loader::TokenizerMode::Auto,
+            TokenizerModeArg::Hf => mistral_loader::TokenizerMode::Template,
+            TokenizerModeArg::Mistral => mistral_loader::TokenizerMode::Mistral,
+        }
+    }
+}
+
 /// `--layout`.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayoutArg {

@@ -22,7 +22,7 @@ use mistral_loader::{
 use mlx_rs::Array;
 use mlx_rs_core::{Generate, RotatingKVCache};
 
-use crate::args::{ModelArgs, PromptArgs, SamplingArgs};
+use crate::args::{ModelArgs, PromptArgs, SamplingArgs, TokenizerModeArg};
 use crate::model_source;
 use crate::ranks;
 use crate::report::GenerationStats;
@@ -53,8 +53,8 @@ pub struct GenerateArgs {
     /// protocol, from the folder's tekken.json: versions 3, 7, 11 and 13), `hf` (the
     /// chat template), or `auto`: `mistral` when the folder has a tekken.json
     /// of a version it implements, else `hf`.
-    #[arg(long, value_enum, default_value_t = TokenizerMode::Auto)]
-    tokenizer_mode: TokenizerMode,
+    #[arg(long, value_enum, default_value_t = TokenizerModeArg::Auto)]
+    tokenizer_mode: TokenizerModeArg,
     /// Stop when this text appears (repeatable); it is not printed.
     #[arg(long = "stop", value_name = "STR")]
     stop: Vec<String>,
@@ -67,53 +67,6 @@ pub struct GenerateArgs {
     /// MLX_HOSTFILE, or NCCL's variables) joins its group by itself.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     ranks: u32,
-}
-
-/// `--tokenizer-mode`.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenizerMode {
-    /// `mistral` when the folder's tekken.json has a protocol implemented here.
-    Auto,
-    /// The chat template.
-    Hf,
-    /// mistral-common's protocol, from tekken.json.
-    Mistral,
-}
-
-/// The folder's tekken.json when the chat prompt is built from it.
-fn mistral_protocol(
-    dir: &std::path::Path,
-    mode: TokenizerMode,
-) -> Result<Option<mistral_loader::tekken::Tekken>> {
-    let path = dir.join(mistral_loader::tokenizer::TEKKEN_FILE);
-    let implemented = |t: &mistral_loader::tekken::Tekken| {
-        mistral_loader::mistral_chat::PROTOCOL_VERSIONS.contains(&t.version())
-    };
-    match mode {
-        TokenizerMode::Hf => Ok(None),
-        TokenizerMode::Auto if !path.is_file() => Ok(None),
-        TokenizerMode::Auto => Ok(mistral_loader::tekken::Tekken::from_file(&path)
-            .ok()
-            .filter(implemented)),
-        TokenizerMode::Mistral => {
-            if !path.is_file() {
-                bail!(
-                    "--tokenizer-mode mistral: {} does not exist",
-                    path.display()
-                );
-            }
-            let tekken = mistral_loader::tekken::Tekken::from_file(&path)?;
-            if !implemented(&tekken) {
-                bail!(
-                    "--tokenizer-mode mistral: {}: the chat protocol of version v{} is not \
-                     supported (supported: v3, v7, v11, v13)",
-                    path.display(),
-                    tekken.version()
-                );
-            }
-            Ok(Some(tekken))
-        }
-    }
 }
 
 /// Runs `generate`.
@@ -153,7 +106,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         args.chat || args.system.is_some() || template.source != ChatTemplateSource::MistralFallback
     };
     let protocol = if chat {
-        mistral_protocol(&dir, args.tokenizer_mode)?
+        mistral_loader::load_chat_protocol(&dir, args.tokenizer_mode.into())?
     } else {
         None
     };

@@ -8,6 +8,7 @@ use clap::Args;
 use mistral_server::{serve, ModelSpec, ServerConfig};
 
 use crate::args::ModelArgs;
+use crate::args::TokenizerModeArg;
 use crate::model_source;
 use crate::ranks;
 
@@ -16,6 +17,12 @@ use crate::ranks;
 pub struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// How chat prompts become ids: `mistral` (mistral-common's exact
+    /// protocol, from the folder's tekken.json: versions 3, 7, 11 and 13),
+    /// `hf` (the chat template), or `auto`: `mistral` when the folder has a
+    /// tekken.json of a version it implements, else `hf`.
+    #[arg(long, value_enum, default_value_t = TokenizerModeArg::Auto)]
+    tokenizer_mode: TokenizerModeArg,
     /// The address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -83,6 +90,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             path,
             options: args.model.load_options(),
             tensor_parallel: parallel,
+            tokenizer_mode: args.tokenizer_mode.into(),
         },
         model_id,
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),

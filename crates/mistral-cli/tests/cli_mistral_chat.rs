@@ -5,7 +5,8 @@
 //! mode the prompt ids are mistral-common's `encode_chat_completion` ids for
 //! the same system and user messages (run live,
 //! `xtask/python/mistral_chat_ref.py`); `--tokenizer-mode hf` uses the chat
-//! template instead.
+//! template instead. `mistral-cli serve` on the same folder tokenizes chat
+//! messages (`POST /tokenize`) to the same ids.
 
 mod common;
 
@@ -139,4 +140,51 @@ fn chat_prompts_of_a_mistral_folder_are_mistral_commons_ids() {
     assert_eq!(generate("mistral")["prompt_ids"], ours["prompt_ids"]);
     let template = generate("hf");
     assert_eq!(template["chat_protocol"], "template");
+
+    // The server builds chat prompts the same way.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut server =
+        common::cli_command(&["serve", "--model", &model, "--port", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start mistral-cli serve");
+    let body = json!({"messages": [{"role": "system", "content": system},
+                                   {"role": "user", "content": user}]});
+    let mut answer = None;
+    for _ in 0..600 {
+        if let Some(reply) = post(port, "/tokenize", &body) {
+            answer = Some(reply);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let answer = answer.expect("the server answered /tokenize within 60 s");
+    assert_eq!(answer["tokens"], ours["prompt_ids"], "{answer}");
+}
+
+/// `POST path` with a JSON body over plain HTTP; `None` until the server
+/// answers 200.
+fn post(port: u16, path: &str, body: &Value) -> Option<Value> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let body = body.to_string();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    if !reply.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let (_, json) = reply.split_once("\r\n\r\n")?;
+    serde_json::from_str(json).ok()
 }

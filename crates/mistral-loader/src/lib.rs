@@ -33,6 +33,7 @@
 
 #![warn(missing_docs)]
 
+pub mod chat_protocol;
 pub mod chat_template;
 pub mod config;
 pub mod convert;
@@ -50,6 +51,7 @@ mod safetensors_read;
 pub mod safetensors_weights;
 pub mod tokenizer;
 
+pub use chat_protocol::{load_chat_protocol, TokenizerMode};
 pub use chat_template::{load_chat_template, ChatTemplateSource, ModelChatTemplate};
 pub use config::{load_config, read_config_str};
 pub use convert::{convert_model, ConvertOptions, ConvertReport};

@@ -16,9 +16,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use mistral_loader::{
-    load_chat_template, load_model_config, load_model_parallel, load_model_planned,
-    load_special_tokens, load_tokenizer, ChatMessage, LoadOptions, ModelChatTemplate,
-    SpecialTokens, TokenBytes, Tokenizer,
+    load_chat_protocol, load_chat_template, load_model_config, load_model_parallel,
+    load_model_planned, load_special_tokens, load_tokenizer, ChatMessage, LoadOptions,
+    ModelChatTemplate, SpecialTokens, TokenBytes, Tokenizer,
 };
 use mistral_model::{Mistral, TensorParallel};
 use tokio::sync::{mpsc, oneshot};
@@ -152,6 +152,8 @@ pub struct Job {
 pub struct TextSide {
     pub(crate) tokenizer: Tokenizer,
     template: ModelChatTemplate,
+    /// mistral-common's protocol, when chat prompts are built with it.
+    protocol: Option<mistral_loader::tekken::Tekken>,
     pub(crate) special: SpecialTokens,
     /// Each token's bytes (log-probabilities).
     pub(crate) token_bytes: TokenBytes,
@@ -173,6 +175,19 @@ impl TextSide {
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>, ApiError> {
         match prompt {
+            Prompt::Chat(messages) if self.protocol.is_some() => {
+                let tekken = self.protocol.as_ref().expect("checked");
+                let messages: Vec<serde_json::Value> = messages
+                    .iter()
+                    .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
+                    .collect();
+                mistral_loader::mistral_chat::encode_chat(tekken, &messages, &[]).map_err(|e| {
+                    ApiError::bad_request(
+                        format!("mistral-common's chat protocol refused it: {e}"),
+                        Some("messages"),
+                    )
+                })
+            }
             Prompt::Chat(messages) => {
                 let rendered = self
                     .template
@@ -269,6 +284,9 @@ pub struct ModelSpec {
     /// this process is its rank 0 and the others [`follow`](crate::follow)
     /// it; `None` for a whole model.
     pub tensor_parallel: Option<TensorParallel>,
+    /// How chat prompts become ids: the chat template, or mistral-common's
+    /// protocol from the folder's `tekken.json`.
+    pub tokenizer_mode: mistral_loader::TokenizerMode,
 }
 
 /// The HTTP side's handle on the engine.
@@ -398,6 +416,7 @@ impl Loaded {
             .map_err(|e| e.to_string())?;
         let special = load_special_tokens(path, Some(&tokenizer)).map_err(|e| e.to_string())?;
         let template = load_chat_template(path, &tokenizer).map_err(|e| e.to_string())?;
+        let protocol = load_chat_protocol(path, spec.tokenizer_mode).map_err(|e| e.to_string())?;
         let (model, _plan) = match &spec.tensor_parallel {
             Some(parallel) => load_model_parallel(path, &spec.options, parallel.clone()),
             None => load_model_planned(path, &spec.options),
@@ -409,6 +428,7 @@ impl Loaded {
                 token_bytes: TokenBytes::new(&tokenizer),
                 tokenizer,
                 template,
+                protocol,
                 special,
                 context: config
                     .max_position_embeddings

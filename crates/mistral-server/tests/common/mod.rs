@@ -56,6 +56,7 @@ pub fn start_configured(change: impl FnOnce(&mut ServerConfig)) -> Server {
             path: test_env::smollm2_path(),
             options: mistral_loader::LoadOptions::default(),
             tensor_parallel: None,
+            tokenizer_mode: mistral_loader::TokenizerMode::Auto,
         },
         model_id: MODEL_ID.to_owned(),
         api_key: None,
