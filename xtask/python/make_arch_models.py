@@ -746,6 +746,17 @@ def dequantize_to_f32(model) -> None:
     assert not left, f"still quantized: {left}"
 
 
+def contiguous_splits() -> None:
+    """On a GPU: every `mx.split` part copied to contiguous memory. MLX
+    0.32.2's CUDA `fast.rope` with custom `freqs` reads the last-axis part of
+    a split wrongly (relative error 1.0; `mla_cuda_probe.py`'s
+    `op_split_rope_*`, one H100, 2026-12-06), which breaks mlx-lm's Mistral 4
+    (its `q_pe`); with the copies its GPU logits are within 2e-3 of the CPU's.
+    The values are the same, so nothing else changes."""
+    split = mx.split
+    mx.split = lambda *a, **k: [mx.contiguous(p) for p in split(*a, **k)]
+
+
 def dequantize_multi_linear(model) -> int:
     """mlx-lm's QuantizedMultiLinear layers (Mistral 4's absorbed embed_q /
     unembed_out), which `dequantize_model` leaves quantized, replaced by
@@ -1532,6 +1543,8 @@ def main() -> int:
             return 1
         shutil.rmtree(root)
     os.makedirs(root)
+    if reference.reference_device() != mx.cpu:
+        contiguous_splits()
     # The CPU build unless MISTRAL_MLX_REFERENCE_DEVICE=gpu (as reference.py).
     mx.set_default_device(reference.reference_device())
     t0 = time.time()

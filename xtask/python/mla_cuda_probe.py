@@ -20,7 +20,12 @@ Probes:
                   greedy prefill logits of the last position against
                   prefill-less-one + one decode step, and against the CPU;
                   `_manual` swaps mlx-lm's attention for matmul + softmax,
-                  `_dense` makes every layer dense (no experts).
+                  `_dense` makes every layer dense (no experts),
+                  `_contiguous` copies every `mx.split` part to contiguous
+                  memory (MLX 0.32.2's CUDA `fast.rope` with `freqs` reads a
+                  split's last-axis part wrongly: `op_split_rope_*`).
+  op_*            single operations of that attention, GPU against CPU,
+                  twice.
 """
 
 from __future__ import annotations
@@ -85,8 +90,13 @@ def sdpa_case(kind: str, heads: int, r: int, length: int, dtype: str) -> str:
             f"matmul+softmax there: {rel(manual_gpu, want):.2e}")
 
 
-def model_case(manual: bool, dense: bool) -> str:
+def model_case(manual: bool, dense: bool, contiguous: bool = False) -> str:
     import mlx.core as mx
+
+    if contiguous:
+        # Every split part copied to contiguous memory before use.
+        split = mx.split
+        mx.split = lambda *a, **k: [mx.contiguous(p) for p in split(*a, **k)]
     from mlx_lm.models import mistral4
     from mlx_lm.models.cache import make_prompt_cache
 
@@ -134,7 +144,57 @@ def model_case(manual: bool, dense: bool) -> str:
             f"decode vs CPU {rel(gpu_decode, cpu_decode):.2e}")
 
 
+def op_case(name: str) -> str:
+    """One operation of mlx-lm's Mistral 4 attention on the GPU against the
+    CPU, on the shapes of the test model, twice (run-to-run changes show
+    uninitialized reads)."""
+    import mlx.core as mx
+
+    mx.random.seed(11)
+    x = mx.random.normal((1, 40, 80))
+    w64 = 1.0 + 0.1 * mx.random.normal((64,))
+    q = mx.random.normal((1, 4, 40, 48))
+    kv = mx.random.normal((1, 1, 40, 64))
+    wq = mx.random.normal((4, 64, 32)) * 0.1
+    freqs = mx.random.uniform(1.0, 100.0, (8,))
+
+    def run():
+        if name == "split_rms_norm":
+            a, _ = mx.split(x, [64], axis=-1)
+            return mx.fast.rms_norm(a, w64, 1e-6)
+        if name == "split_rope_traditional":
+            _, b = mx.split(q, [32], axis=-1)
+            return mx.fast.rope(b, 16, traditional=True, base=None, scale=1.0, offset=5, freqs=freqs)
+        if name == "split_rope_half":
+            _, b = mx.split(q, [32], axis=-1)
+            return mx.fast.rope(b, 16, traditional=False, base=None, scale=1.0, offset=5, freqs=freqs)
+        if name == "rope_kv_transposed":
+            k = x[..., 64:].reshape(1, 40, 1, 16).transpose(0, 2, 1, 3)
+            return mx.fast.rope(k, 16, traditional=True, base=None, scale=1.0, offset=0, freqs=freqs)
+        if name == "multilinear_t":
+            a, _ = mx.split(q, [32], axis=-1)
+            return a @ wq.swapaxes(-1, -2)
+        if name == "multilinear_broadcast":
+            return kv @ wq
+        if name == "broadcast_concat":
+            k = mx.broadcast_to(kv[..., :16], (1, 4, 40, 16))
+            return mx.concatenate([kv @ wq, k], axis=-1)
+        raise ValueError(name)
+
+    gpu1 = run()
+    mx.eval(gpu1)
+    gpu2 = run()
+    mx.eval(gpu2)
+    with mx.stream(mx.cpu):
+        cpu = run()
+        mx.eval(cpu)
+    return f"vs CPU {rel(gpu1, cpu):.2e}, second run vs first {rel(gpu2, gpu1):.2e}"
+
+
 PROBES = {
+    **{f"op_{n}": (op_case, (n,)) for n in ("split_rms_norm", "split_rope_traditional", "split_rope_half",
+                                           "rope_kv_transposed", "multilinear_t", "multilinear_broadcast",
+                                           "broadcast_concat")},
     **{f"sdpa_decode_h{h}_r{r}_l{n}_{d}": (sdpa_case, ("decode", h, r, n, d))
        for h, r, n, d in [(4, 64, 8, "float32"), (4, 64, 40, "float32"), (4, 64, 300, "float32"),
                           (4, 64, 40, "bfloat16"), (128, 512, 40, "bfloat16"), (128, 512, 1000, "bfloat16")]},
@@ -145,6 +205,8 @@ PROBES = {
     "model_manual": (model_case, (True, False)),
     "model_dense": (model_case, (False, True)),
     "model_dense_manual": (model_case, (True, True)),
+    "model_contiguous": (model_case, (False, False, True)),
+    "model_dense_contiguous": (model_case, (False, True, True)),
 }
 
 

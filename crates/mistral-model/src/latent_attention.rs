@@ -191,8 +191,11 @@ impl LatentAttention {
             Some(cache) => cache.positions()?,
             None => Positions::Shared(0),
         };
-        let q_rope = self.rope.forward_at(&q_rope, &positions)?;
-        let k_rope = self.rope.forward_at(&k_rope, &positions)?;
+        // Copied to contiguous memory first: MLX 0.32.2's CUDA RoPE with
+        // custom frequencies reads the last-axis part of a split wrongly
+        // (xtask/python/mla_cuda_probe.py, docs/families.md).
+        let q_rope = self.rope.forward_at(&q_rope.contiguous()?, &positions)?;
+        let k_rope = self.rope.forward_at(&k_rope.contiguous()?, &positions)?;
         let (q_nope, q_rope) = match self.query_scaling {
             Some(scaling) => {
                 let s = query_scale(&positions, l, scaling, q_nope.dtype())?;
