@@ -246,6 +246,21 @@ impl SwitchLinear {
         Ok(match self {
             SwitchLinear::Dense(w) if transpose => x.matmul(w.swap_axes(-1, -2)?)?,
             SwitchLinear::Dense(w) => x.matmul(w)?,
+            // MLX 0.32.2's CUDA backend has no untransposed quantized
+            // product for these shapes ("No implementation for problem
+            // shape"): the stack is dequantized for it there.
+            SwitchLinear::Quantized {
+                weight,
+                scales,
+                biases,
+                params,
+            } if !transpose && computes_on_gpu() => x.matmul(dequantize(
+                weight,
+                scales,
+                biases,
+                params.group_size,
+                params.bits,
+            )?)?,
             SwitchLinear::Quantized {
                 weight,
                 scales,
