@@ -177,19 +177,36 @@ fn load_tapped(
     if let Some(file) = gguf::find_gguf(path)? {
         return load_gguf(&file, options, seen, parallel);
     }
-    if native::use_native(path, options.layout) {
-        return load_native(path, options, seen, parallel);
-    }
     // Config and checkpoint only: the tokenizer is the caller's business
     // (`ModelDir::open` would parse `tokenizer.json` too).
     let dir = path;
-    let config_json = read_config_str(dir)?;
-    let mut weights =
-        SafetensorsWeights::from_checkpoint_with(&discover_checkpoint(dir)?, options.file_access)?;
-    let config_path = dir.join(CONFIG_FILE);
+    let native = native::use_native(dir, options.layout);
+    let (config_path, config_json, checkpoint) = if native {
+        let json = native::native_config_json(dir)?.to_string();
+        (
+            dir.join(PARAMS_FILE),
+            json,
+            native::consolidated_checkpoint(dir)?,
+        )
+    } else {
+        (
+            dir.join(CONFIG_FILE),
+            read_config_str(dir)?,
+            discover_checkpoint(dir)?,
+        )
+    };
     let config = dir_model_config(&config_path, &config_json)?;
-    let plan = LoadPlan::resolve(options.dtype, &config).with_qmv(options.qmv);
-    let built = build(&config, &mut weights, seen, &plan, parallel);
+    let mut weights = SafetensorsWeights::from_checkpoint_with(&checkpoint, options.file_access)?;
+    let mut plan = LoadPlan::resolve(options.dtype, &config).with_qmv(options.qmv);
+    let built = if native {
+        plan.summary
+            .push_str("; Mistral's layout (params.json, consolidated safetensors)");
+        let (heads, kv_heads) = (config.num_attention_heads, config.num_key_value_heads());
+        let mut view = NativeWeights::new(&mut weights, heads, kv_heads);
+        build(&config, &mut view, seen, &plan, parallel)
+    } else {
+        build(&config, &mut weights, seen, &plan, parallel)
+    };
     let model = built.map_err(|source| match source {
         ModelError::Config(source) => LoadError::Config {
             path: config_path.clone(),
@@ -203,56 +220,12 @@ fn load_tapped(
         }),
     })?;
     let mut unused = weights.finish()?;
-    if config.wrapper.is_some() {
+    if native {
+        unused.retain(|(name, _)| !native::is_vision_tensor(name));
+    } else if config.wrapper.is_some() {
         // A vision-language checkpoint's vision side: never read.
         unused.retain(|(name, _)| !is_vision_tensor(name));
     }
-    all_used(unused)?;
-    Ok((model, plan))
-}
-
-/// Loads the folder `dir` in Mistral's layout (see [`native`]).
-fn load_native(
-    dir: &Path,
-    options: &LoadOptions,
-    seen: Option<&mut Vec<(String, Array)>>,
-    parallel: Option<TensorParallel>,
-) -> Result<(Mistral, LoadPlan)> {
-    let params = dir.join(PARAMS_FILE);
-    let config = dir_model_config(&params, &native::native_config_json(dir)?.to_string())?;
-    let files = native::consolidated_files(dir);
-    if files.is_empty() {
-        return Err(LoadError::InvalidField {
-            path: params,
-            field: "(weights)".to_owned(),
-            reason: "no consolidated*.safetensors beside it".to_owned(),
-        });
-    }
-    let inner = SafetensorsWeights::from_files(&files)?;
-    let mut weights = NativeWeights::new(
-        inner,
-        config.num_attention_heads,
-        config.num_key_value_heads(),
-    );
-    let mut plan = LoadPlan::resolve(options.dtype, &config).with_qmv(options.qmv);
-    plan.summary
-        .push_str("; Mistral's layout (params.json, consolidated safetensors)");
-    let built = build(&config, &mut weights, seen, &plan, parallel);
-    let model = built.map_err(|source| match source {
-        ModelError::Config(source) => LoadError::Config {
-            path: params.clone(),
-            source,
-        },
-        source => weights
-            .inner
-            .take_first_failure()
-            .unwrap_or_else(|| LoadError::Model {
-                path: checkpoint_file(dir, &weights.inner.files()),
-                source,
-            }),
-    })?;
-    let mut unused = weights.inner.finish()?;
-    unused.retain(|(name, _)| !native::is_vision_tensor(name));
     all_used(unused)?;
     Ok((model, plan))
 }

@@ -27,6 +27,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{LoadError, Result};
 use crate::rope_rows::hf_row_order;
+use crate::safetensors_files::{CheckpointFiles, CheckpointLayout};
 use crate::safetensors_weights::SafetensorsWeights;
 
 /// Mistral's configuration file.
@@ -59,6 +60,26 @@ pub fn consolidated_files(dir: &Path) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
+}
+
+/// The consolidated files of `dir` as one checkpoint; an error naming
+/// `params.json` when there are none.
+pub fn consolidated_checkpoint(dir: &Path) -> Result<CheckpointFiles> {
+    let files = consolidated_files(dir);
+    if files.is_empty() {
+        return Err(LoadError::InvalidField {
+            path: dir.join(PARAMS_FILE),
+            field: "(weights)".to_owned(),
+            reason: "no consolidated*.safetensors beside it".to_owned(),
+        });
+    }
+    Ok(CheckpointFiles {
+        dir: dir.to_path_buf(),
+        layout: CheckpointLayout::ShardsWithoutIndex,
+        files,
+        index: None,
+        weight_map: None,
+    })
 }
 
 /// Whether `dir` is read in Mistral's layout under `layout`: asked for, or
@@ -255,16 +276,16 @@ pub fn native_name(name: &str) -> Option<String> {
 
 /// The tensors of Mistral's layout under Hugging Face names (see the
 /// module notes).
-pub struct NativeWeights {
+pub struct NativeWeights<'a> {
     /// The consolidated files.
-    pub inner: SafetensorsWeights,
+    inner: &'a mut SafetensorsWeights,
     heads: i32,
     kv_heads: i32,
 }
 
-impl NativeWeights {
-    /// Wraps `inner`; `heads`/`kv_heads` reorder `wq`/`wk` rows.
-    pub fn new(inner: SafetensorsWeights, heads: i32, kv_heads: i32) -> Self {
+impl<'a> NativeWeights<'a> {
+    /// Views `inner`; `heads`/`kv_heads` reorder `wq`/`wk` rows.
+    pub fn new(inner: &'a mut SafetensorsWeights, heads: i32, kv_heads: i32) -> Self {
         Self {
             inner,
             heads,
@@ -292,7 +313,7 @@ impl NativeWeights {
     }
 }
 
-impl WeightSource for NativeWeights {
+impl WeightSource for NativeWeights<'_> {
     fn take(&mut self, name: &str) -> Option<Array> {
         let stored = native_name(name)?;
         let array = self.inner.take(&stored)?;
