@@ -162,19 +162,22 @@ impl SwitchLinear {
 
     /// The dense form of a quantized stack (itself when dense).
     fn dequantized(self) -> Result<Self, ModelError> {
-        match self {
+        let w = self.dense_weight()?;
+        w.eval()?;
+        Ok(SwitchLinear::Dense(w))
+    }
+
+    /// The matrices as floating point: dequantized when quantized.
+    fn dense_weight(&self) -> Result<Array, ModelError> {
+        Ok(match self {
+            SwitchLinear::Dense(w) => w.clone(),
             SwitchLinear::Quantized {
                 weight,
                 scales,
                 biases,
                 params,
-            } => {
-                let w = dequantize(&weight, &scales, &biases, params.group_size, params.bits)?;
-                w.eval()?;
-                Ok(SwitchLinear::Dense(w))
-            }
-            dense => Ok(dense),
-        }
+            } => dequantize(weight, scales, biases, params.group_size, params.bits)?,
+        })
     }
 
     /// This rank's block of every expert (see the module note): output rows
@@ -249,18 +252,9 @@ impl SwitchLinear {
             // MLX 0.32.2's CUDA backend has no untransposed quantized
             // product for these shapes ("No implementation for problem
             // shape"): the stack is dequantized for it there.
-            SwitchLinear::Quantized {
-                weight,
-                scales,
-                biases,
-                params,
-            } if !transpose && computes_on_gpu() => x.matmul(dequantize(
-                weight,
-                scales,
-                biases,
-                params.group_size,
-                params.bits,
-            )?)?,
+            SwitchLinear::Quantized { .. } if !transpose && computes_on_gpu() => {
+                x.matmul(self.dense_weight()?)?
+            }
             SwitchLinear::Quantized {
                 weight,
                 scales,

@@ -8,13 +8,7 @@ use super::{invalid, Result};
 /// A tool as mistral-common dumps it: `type`, then the function's `name`,
 /// `description` (default empty) and `parameters`.
 pub(super) fn tool_json(tool: &Value) -> Result<Value> {
-    let function = tool
-        .get("function")
-        .ok_or_else(|| invalid("a tool needs a function"))?;
-    let name = function
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| invalid("a tool's function needs a name"))?;
+    let (function, name) = named_function(tool, "a tool")?;
     let parameters = function
         .get("parameters")
         .cloned()
@@ -30,6 +24,19 @@ pub(super) fn tool_json(tool: &Value) -> Result<Value> {
     t.insert("type".into(), json!("function"));
     t.insert("function".into(), Value::Object(f));
     Ok(Value::Object(t))
+}
+
+/// The `function` object of a tool or tool call (`what`, for errors) and
+/// its `name`.
+pub(super) fn named_function<'a>(value: &'a Value, what: &str) -> Result<(&'a Value, &'a str)> {
+    let function = value
+        .get("function")
+        .ok_or_else(|| invalid(format!("{what} needs a function")))?;
+    let name = function
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(format!("{what}'s function needs a name")))?;
+    Ok((function, name))
 }
 
 /// JSON text re-serialized (empty -> `{}`); text that is not JSON stays.
@@ -66,11 +73,7 @@ impl serde_json::ser::Formatter for PythonFormatter {
         writer: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
+        item_separator(writer, first)
     }
 
     fn begin_object_key<W: ?Sized + std::io::Write>(
@@ -78,11 +81,7 @@ impl serde_json::ser::Formatter for PythonFormatter {
         writer: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
+        item_separator(writer, first)
     }
 
     fn begin_object_value<W: ?Sized + std::io::Write>(
@@ -90,5 +89,14 @@ impl serde_json::ser::Formatter for PythonFormatter {
         writer: &mut W,
     ) -> std::io::Result<()> {
         writer.write_all(b": ")
+    }
+}
+
+/// `", "` before every item of a list or an object but the first.
+fn item_separator<W: ?Sized + std::io::Write>(writer: &mut W, first: bool) -> std::io::Result<()> {
+    if first {
+        Ok(())
+    } else {
+        writer.write_all(b", ")
     }
 }

@@ -10,7 +10,7 @@
 
 use serde_json::Value;
 
-use super::json::normalize_json;
+use super::json::{named_function, normalize_json};
 use super::{invalid, Result};
 
 /// A piece of content.
@@ -242,13 +242,7 @@ fn aggregate(messages: &[Value]) -> Result<Content> {
 }
 
 fn tool_call(call: &Value) -> Result<ToolCall> {
-    let function = call
-        .get("function")
-        .ok_or_else(|| invalid("a tool call needs a function"))?;
-    let name = function
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| invalid("a tool call's function needs a name"))?;
+    let (function, name) = named_function(call, "a tool call")?;
     let arguments = match function.get("arguments") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
