@@ -139,11 +139,19 @@ pub fn load_model_config(path: impl AsRef<Path>) -> Result<MistralConfig> {
     if let Some(file) = gguf::find_gguf(path)? {
         return gguf_model_config(&file, &GgufFile::open(&file)?);
     }
-    if native::use_native(path, WeightsLayout::Auto) {
-        let json = native::native_config_json(path)?.to_string();
-        return dir_model_config(&path.join(PARAMS_FILE), &json);
-    }
-    dir_model_config(&path.join(CONFIG_FILE), &read_config_str(path)?)
+    let (file, json) = config_text(path, native::use_native(path, WeightsLayout::Auto))?;
+    dir_model_config(&file, &json)
+}
+
+/// The config file of the folder `dir` and its text as `config.json`:
+/// `params.json` translated in Mistral's layout (`native`).
+fn config_text(dir: &Path, native: bool) -> Result<(PathBuf, String)> {
+    Ok(if native {
+        let json = native::native_config_json(dir)?.to_string();
+        (dir.join(PARAMS_FILE), json)
+    } else {
+        (dir.join(CONFIG_FILE), read_config_str(dir)?)
+    })
 }
 
 /// `config_json` (the text of the config file `file`) parsed and
@@ -181,19 +189,11 @@ fn load_tapped(
     // (`ModelDir::open` would parse `tokenizer.json` too).
     let dir = path;
     let native = native::use_native(dir, options.layout);
-    let (config_path, config_json, checkpoint) = if native {
-        let json = native::native_config_json(dir)?.to_string();
-        (
-            dir.join(PARAMS_FILE),
-            json,
-            native::consolidated_checkpoint(dir)?,
-        )
+    let (config_path, config_json) = config_text(dir, native)?;
+    let checkpoint = if native {
+        native::consolidated_checkpoint(dir)?
     } else {
-        (
-            dir.join(CONFIG_FILE),
-            read_config_str(dir)?,
-            discover_checkpoint(dir)?,
-        )
+        discover_checkpoint(dir)?
     };
     let config = dir_model_config(&config_path, &config_json)?;
     let mut weights = SafetensorsWeights::from_checkpoint_with(&checkpoint, options.file_access)?;
