@@ -49,6 +49,7 @@ mod rope_rows;
 pub mod safetensors_files;
 mod safetensors_read;
 pub mod safetensors_weights;
+pub mod special_tokens;
 pub mod tokenizer;
 
 pub use chat_protocol::{load_chat_protocol, TokenizerMode};

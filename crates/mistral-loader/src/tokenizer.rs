@@ -22,6 +22,7 @@ use tokenizers::Tokenizer;
 
 use crate::error::{LoadError, Result};
 use crate::safetensors_files::{check_model_dir, CONFIG_FILE};
+pub use crate::special_tokens::SpecialTokens;
 
 /// File name of the tokenizer.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -99,22 +100,6 @@ pub fn check_tokenizer_fits(
         tokenizer_vocab: needed,
         model_vocab: vocab_size,
     })
-}
-
-/// The model's beginning- and end-of-sequence token ids.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SpecialTokens {
-    /// Beginning of sequence, if the model declares one.
-    pub bos: Option<u32>,
-    /// Every id that ends generation, in file order, without repeats.
-    pub eos: Vec<u32>,
-}
-
-impl SpecialTokens {
-    /// Whether `id` ends generation.
-    pub fn is_eos(&self, id: u32) -> bool {
-        self.eos.contains(&id)
-    }
 }
 
 /// Reads the BOS/EOS ids of the model in `dir` (see the module docs for the

@@ -36,7 +36,7 @@ pub use weights::GgufWeights;
 
 use crate::error::{LoadError, Result};
 use crate::safetensors_files::CONFIG_FILE;
-use crate::tokenizer::SpecialTokens;
+use crate::special_tokens::SpecialTokens;
 
 /// The file extension of GGUF files.
 pub const GGUF_EXTENSION: &str = "gguf";
