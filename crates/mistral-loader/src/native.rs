@@ -15,7 +15,7 @@
 //!   and puts `wq`/`wk` rows in the rotate-half order the model's RoPE
 //!   uses: Mistral stores each head's rows interleaved in pairs, as
 //!   transformers' `convert_mistral_weights_to_hf.py` undoes with its
-//!   `permute` (the same order llama.cpp stores, [`crate::rope_rows`]).
+//!   `permute` (the same order llama.cpp stores, `rope_rows`).
 //! - Which layout a folder holding both is read in is the caller's choice
 //!   ([`WeightsLayout`]); by default the Hugging Face one.
 
