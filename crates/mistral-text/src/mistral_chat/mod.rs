@@ -5,7 +5,7 @@
 //!
 //! Design notes (mistral-common 1.13.1, protocol versions 3, 7, 11 and 13;
 //! others are refused by name):
-//! - [`normalize`] merges the request's messages as mistral-common's
+//! - `normalize` merges the request's messages as mistral-common's
 //!   normalizer does.
 //! - `<s>`, then per message: a user turn `[INST]text[/INST]`, with the tool
 //!   list `[AVAILABLE_TOOLS][...][/AVAILABLE_TOOLS]` before the last user
