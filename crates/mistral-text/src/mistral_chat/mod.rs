@@ -19,7 +19,7 @@
 //!   (v3), `[TOOL_RESULTS]id[TOOL_CONTENT]text` (v7, v11) or
 //!   `[TOOL_RESULTS]text` (v13), closed by `[/TOOL_RESULTS]`.
 //! - JSON is written as Python's `json.dumps(..., ensure_ascii=False)`
-//!   writes it ([`json`]), so the text tokenized is mistral-common's. Floats
+//!   writes it (module `json`), so the text tokenized is mistral-common's. Floats
 //!   are the one place the two may differ (Python writes `1e-05`, this
 //!   `1e-5`).
 
