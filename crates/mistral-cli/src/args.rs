@@ -110,11 +110,12 @@ pub struct ModelArgs {
 /// `--tokenizer-mode`.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenizerModeArg {
-    /// `mistral` when the folder's tekken.json has a protocol implemented here.
+    /// `mistral` when the folder's tekken.json or tokenizer.model.vN has a
+    /// protocol implemented here.
     Auto,
     /// The chat template.
     Hf,
-    /// mistral-common's protocol, from tekken.json.
+    /// mistral-common's protocol, from tekken.json or tokenizer.model.vN.
     Mistral,
 }
 

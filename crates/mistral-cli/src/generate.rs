@@ -50,9 +50,10 @@ pub struct GenerateArgs {
     #[arg(long)]
     no_chat: bool,
     /// How a chat prompt becomes ids: `mistral` (mistral-common's exact
-    /// protocol, from the folder's tekken.json: versions 3, 7, 11 and 13), `hf` (the
-    /// chat template), or `auto`: `mistral` when the folder has a tekken.json
-    /// of a version it implements, else `hf`.
+    /// protocol, from the folder's tekken.json or tokenizer.model.vN:
+    /// versions 1, 2, 3, 7, 11 and 13), `hf` (the chat template), or `auto`:
+    /// `mistral` when the folder has such a file of a version it implements,
+    /// else `hf`.
     #[arg(long, value_enum, default_value_t = TokenizerModeArg::Auto)]
     tokenizer_mode: TokenizerModeArg,
     /// Stop when this text appears (repeatable); it is not printed.
@@ -110,13 +111,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     } else {
         None
     };
-    let ids: Vec<u32> = if let Some(tekken) = &protocol {
+    let ids: Vec<u32> = if let Some(mistral) = &protocol {
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
             messages.push(serde_json::json!({"role": "system", "content": system}));
         }
         messages.push(serde_json::json!({"role": "user", "content": prompt_text}));
-        mistral_loader::mistral_chat::encode_chat(tekken, &messages, &[])?
+        mistral_loader::mistral_chat::encode_chat(mistral, &messages, &[])?
     } else if chat {
         let mut messages = Vec::new();
         if let Some(system) = &args.system {

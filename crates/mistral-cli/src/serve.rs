@@ -18,9 +18,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// How chat prompts become ids: `mistral` (mistral-common's exact
-    /// protocol, from the folder's tekken.json: versions 3, 7, 11 and 13),
-    /// `hf` (the chat template), or `auto`: `mistral` when the folder has a
-    /// tekken.json of a version it implements, else `hf`.
+    /// protocol, from the folder's tekken.json or tokenizer.model.vN:
+    /// versions 1, 2, 3, 7, 11 and 13), `hf` (the chat template), or `auto`:
+    /// `mistral` when the folder has such a file of a version it implements,
+    /// else `hf`.
     #[arg(long, value_enum, default_value_t = TokenizerModeArg::Auto)]
     tokenizer_mode: TokenizerModeArg,
     /// The address to listen on.

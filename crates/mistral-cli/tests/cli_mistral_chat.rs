@@ -6,7 +6,8 @@
 //! the same system and user messages (run live,
 //! `xtask/python/mistral_chat_ref.py`); `--tokenizer-mode hf` uses the chat
 //! template instead. `mistral-cli serve` on the same folder tokenizes chat
-//! messages (`POST /tokenize`) to the same ids.
+//! messages (`POST /tokenize`) to the same ids. The same holds for a folder
+//! with mistral-common's SentencePiece `tokenizer.model.v7` instead.
 
 mod common;
 
@@ -49,9 +50,9 @@ fn run_python(args: &[&str], stdin: Option<&Value>) -> String {
     String::from_utf8(out.stdout).expect("UTF-8")
 }
 
-/// A tiny random model in Mistral's layout with a 131072-id vocabulary.
-fn write_model(dir: &Path) {
-    let (dim, hidden, vocab) = (32, 64, 131_072);
+/// A tiny random model in Mistral's layout with a `vocab`-id vocabulary.
+fn write_model(dir: &Path, vocab: i32) {
+    let (dim, hidden) = (32, 64);
     let params = json!({"dim": dim, "n_layers": 1, "head_dim": 16, "hidden_dim": hidden,
                         "n_heads": 2, "n_kv_heads": 1, "norm_eps": 1e-5, "vocab_size": vocab,
                         "rope_theta": 1e6});
@@ -94,7 +95,7 @@ fn chat_prompts_of_a_mistral_folder_are_mistral_commons_ids() {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::copy(tekken.trim(), dir.path().join("tekken.json")).expect("copy tekken.json");
-    write_model(dir.path());
+    write_model(dir.path(), 131_072);
     let model = dir.path().display().to_string();
     let (system, user) = ("Be brief.", "Hello there, ünïcödé 123");
     let generate = |mode: &str| -> Value {
@@ -166,6 +167,52 @@ fn chat_prompts_of_a_mistral_folder_are_mistral_commons_ids() {
     let _ = server.wait();
     let answer = answer.expect("the server answered /tokenize within 60 s");
     assert_eq!(answer["tokens"], ours["prompt_ids"], "{answer}");
+}
+
+#[test]
+fn chat_prompts_of_a_sentencepiece_folder_are_mistral_commons_ids() {
+    let spm = run_python(
+        &["-c", "import mistral_common, os; print(os.path.join(os.path.dirname(mistral_common.__file__), 'data', 'mistral_instruct_tokenizer_241114.model.v7'))"],
+        None,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(spm.trim(), dir.path().join("tokenizer.model.v7")).expect("copy");
+    write_model(dir.path(), 32_768);
+    let model = dir.path().display().to_string();
+    let (system, user) = ("Be brief.", "Hello  there, ünïcödé 123 ");
+    let out = cli(&[
+        "generate",
+        "--model",
+        &model,
+        "--system",
+        system,
+        "--prompt",
+        user,
+        "--chat",
+        "--max-tokens",
+        "2",
+        "--temp",
+        "0",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(ours["chat_protocol"], "mistral");
+    let answer: Value = serde_json::from_str(&run_python(
+        &["mistral_chat_ref.py"],
+        Some(
+            &json!({"spm_files": [spm.trim()], "conversations": [{"messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": user}]}]}),
+        ),
+    ))
+    .expect("answer");
+    assert_eq!(answer["versions"][0]["version"], "v7");
+    assert_eq!(ours["prompt_ids"], answer["versions"][0]["ids"][0]);
 }
 
 /// `POST path` with a JSON body over plain HTTP; `None` until the server

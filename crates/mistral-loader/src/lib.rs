@@ -65,15 +65,18 @@ pub use mistral_model::WeightSource;
 /// The [`Tokenizer`] newtype's module, now `mistral_text::tokenizer` (the
 /// old path keeps working).
 pub use mistral_text::tokenizer as text_tokenizer;
-pub use mistral_text::{mistral_chat, tekken};
+pub use mistral_text::{mistral_chat, mistral_tokenizer, sentencepiece, tekken};
 pub use mistral_text::{
-    ChatError, ChatMessage, ChatTemplate, ChatTemplateArgs, DetokenizeError, StopChecker,
-    StopCriteria, StopError, StopReason, StopStep, StopStringMatcher, StreamingDetokenizer,
-    TokenBytes, Tokenizer, TokenizerError,
+    ChatError, ChatMessage, ChatTemplate, ChatTemplateArgs, DetokenizeError, MistralTokenizer,
+    StopChecker, StopCriteria, StopError, StopReason, StopStep, StopStringMatcher,
+    StreamingDetokenizer, TokenBytes, Tokenizer, TokenizerError,
 };
 pub use model_dir::ModelDir;
 pub use native::WeightsLayout;
 pub use plan::{ComputeDtype, LoadPlan};
 pub use safetensors_files::{discover_checkpoint, CheckpointFiles, CheckpointLayout};
 pub use safetensors_weights::{FileAccess, SafetensorsWeights, TensorMeta};
-pub use tokenizer::{check_tokenizer_fits, load_special_tokens, load_tokenizer, SpecialTokens};
+pub use tokenizer::{
+    check_tokenizer_fits, load_mistral_tokenizer, load_special_tokens, load_tokenizer,
+    mistral_tokenizer_file, SpecialTokens,
+};

@@ -34,10 +34,51 @@ pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 /// Mistral's own tokenizer file.
 pub const TEKKEN_FILE: &str = "tekken.json";
 
-/// Loads `dir/tokenizer.json`, else `dir/tekken.json` (Mistral's own
-/// layout, through [`mistral_text::tekken::Tekken::to_tokenizer`]), or the
-/// tokenizer in a GGUF file's metadata when `dir` is a GGUF model (see
-/// [`crate::gguf::find_gguf`]).
+/// Mistral's own tokenizer file of `dir`, if it has one: `tekken.json`,
+/// else a SentencePiece `tokenizer.model.vN` (the highest version when there
+/// are several).
+pub fn mistral_tokenizer_file(dir: &Path) -> Option<PathBuf> {
+    let tekken = dir.join(TEKKEN_FILE);
+    if tekken.is_file() {
+        return Some(tekken);
+    }
+    let entries = std::fs::read_dir(dir).ok()?;
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?;
+            let suffix = name.strip_prefix("tokenizer.model.v")?;
+            let version = mistral_text::sentencepiece::file_version(&p).ok()?;
+            Some(((version, suffix.to_owned()), p))
+        })
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, p)| p)
+}
+
+/// Reads Mistral's own tokenizer file at `path`: tekken when its name ends
+/// in `.json`, else SentencePiece.
+pub fn load_mistral_tokenizer(path: &Path) -> Result<mistral_text::MistralTokenizer> {
+    let refused = |message: String| LoadError::Tokenizer {
+        path: path.to_path_buf(),
+        message,
+    };
+    if path.extension().and_then(|e| e.to_str()) == Some("json") {
+        let tekken =
+            mistral_text::tekken::Tekken::from_file(path).map_err(|e| refused(e.to_string()))?;
+        return Ok(tekken.into());
+    }
+    let spm = mistral_text::sentencepiece::SentencePiece::from_file(path)
+        .map_err(|e| refused(e.to_string()))?;
+    Ok(spm.into())
+}
+
+/// Loads `dir/tokenizer.json`, else Mistral's own tokenizer file
+/// ([`mistral_tokenizer_file`]: `tekken.json` through
+/// [`mistral_text::tekken::Tekken::to_tokenizer`], `tokenizer.model.vN`
+/// through [`mistral_text::sentencepiece::SentencePiece::to_tokenizer`]),
+/// or the tokenizer in a GGUF file's metadata when `dir` is a GGUF model
+/// (see [`crate::gguf::find_gguf`]).
 pub fn load_tokenizer(dir: impl AsRef<Path>) -> Result<mistral_text::Tokenizer> {
     let dir = dir.as_ref();
     if let Some(file) = crate::gguf::find_gguf(dir)? {
@@ -46,19 +87,17 @@ pub fn load_tokenizer(dir: impl AsRef<Path>) -> Result<mistral_text::Tokenizer> 
     }
     check_model_dir(dir)?;
     let path = dir.join(TOKENIZER_FILE);
-    let tekken = dir.join(TEKKEN_FILE);
-    if !path.is_file() && tekken.is_file() {
-        let tokenizer =
-            mistral_text::tekken::Tekken::from_file(&tekken).map_err(|e| LoadError::Tokenizer {
-                path: tekken.clone(),
-                message: e.to_string(),
-            })?;
-        return tokenizer.to_tokenizer().map_err(|e| LoadError::Tokenizer {
-            path: tekken,
-            message: e.message,
-        });
-    }
     if !path.is_file() {
+        if let Some(own) = mistral_tokenizer_file(dir) {
+            let converted = match load_mistral_tokenizer(&own)? {
+                mistral_text::MistralTokenizer::Tekken(t) => t.to_tokenizer(),
+                mistral_text::MistralTokenizer::SentencePiece(t) => t.to_tokenizer(),
+            };
+            return converted.map_err(|e| LoadError::Tokenizer {
+                path: own,
+                message: e.message,
+            });
+        }
         return Err(LoadError::MissingFile {
             path,
             what: "tokenizer",
@@ -90,8 +129,8 @@ pub fn check_tokenizer_fits(
     }
     let path = match crate::gguf::find_gguf(dir)? {
         Some(file) => file,
-        None if !dir.join(TOKENIZER_FILE).is_file() && dir.join(TEKKEN_FILE).is_file() => {
-            dir.join(TEKKEN_FILE)
+        None if !dir.join(TOKENIZER_FILE).is_file() => {
+            mistral_tokenizer_file(dir).unwrap_or_else(|| dir.join(TOKENIZER_FILE))
         }
         None => dir.join(TOKENIZER_FILE),
     };

@@ -14,44 +14,8 @@ mod python;
 mod reference;
 
 use mistral_text::tekken::{SpecialTokenPolicy, Tekken};
-use python::{corpus, run_json};
-use serde_json::{json, Value};
-
-fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("an id list")
-        .iter()
-        .map(|i| i.as_u64().expect("an id") as u32)
-        .collect()
-}
-
-/// Seeded random text: ASCII, Latin, Greek, CJK, emoji, combining marks,
-/// digits and whitespace runs, mixed.
-fn random_texts(n: usize) -> Vec<String> {
-    let mut rng = fastrand::Rng::with_seed(2027);
-    let ranges: [(u32, u32); 9] = [
-        (0x20, 0x7e),
-        (0x09, 0x0d),
-        (0xc0, 0x17f),
-        (0x391, 0x3c9),
-        (0x4e00, 0x4fff),
-        (0x1f600, 0x1f64f),
-        (0x300, 0x36f),
-        (0x30, 0x39),
-        (0x600, 0x6ff),
-    ];
-    (0..n)
-        .map(|_| {
-            let len = rng.usize(1..60);
-            (0..len)
-                .map(|_| {
-                    let (lo, hi) = ranges[rng.usize(0..ranges.len())];
-                    char::from_u32(rng.u32(lo..=hi)).unwrap_or(' ')
-                })
-                .collect()
-        })
-        .collect()
-}
+use python::{corpus, ids_of, random_texts, run_json};
+use serde_json::json;
 
 #[test]
 fn tekken_files_encode_and_decode_as_mistral_common() {

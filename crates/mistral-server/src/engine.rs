@@ -153,7 +153,7 @@ pub struct TextSide {
     pub(crate) tokenizer: Tokenizer,
     template: ModelChatTemplate,
     /// mistral-common's protocol, when chat prompts are built with it.
-    protocol: Option<mistral_loader::tekken::Tekken>,
+    protocol: Option<mistral_loader::MistralTokenizer>,
     pub(crate) special: SpecialTokens,
     /// Each token's bytes (log-probabilities).
     pub(crate) token_bytes: TokenBytes,
@@ -176,12 +176,12 @@ impl TextSide {
     ) -> Result<Vec<u32>, ApiError> {
         match prompt {
             Prompt::Chat(messages) if self.protocol.is_some() => {
-                let tekken = self.protocol.as_ref().expect("checked");
+                let mistral = self.protocol.as_ref().expect("checked");
                 let messages: Vec<serde_json::Value> = messages
                     .iter()
                     .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
                     .collect();
-                mistral_loader::mistral_chat::encode_chat(tekken, &messages, &[]).map_err(|e| {
+                mistral_loader::mistral_chat::encode_chat(mistral, &messages, &[]).map_err(|e| {
                     ApiError::bad_request(
                         format!("mistral-common's chat protocol refused it: {e}"),
                         Some("messages"),
@@ -285,7 +285,7 @@ pub struct ModelSpec {
     /// it; `None` for a whole model.
     pub tensor_parallel: Option<TensorParallel>,
     /// How chat prompts become ids: the chat template, or mistral-common's
-    /// protocol from the folder's `tekken.json`.
+    /// protocol from the folder's `tekken.json` or `tokenizer.model.vN`.
     pub tokenizer_mode: mistral_loader::TokenizerMode,
 }
 

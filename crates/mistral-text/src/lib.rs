@@ -12,6 +12,9 @@
 //! - [`token_bytes`]: the bytes each token id stands for (log-probabilities);
 //! - [`chat`]: chat prompts from Jinja `chat_template`s;
 //! - [`tekken`]: Mistral's own `tekken.json` tokenizer, as mistral-common runs it;
+//! - [`sentencepiece`]: Mistral's SentencePiece files (`tokenizer.model.vN`),
+//!   likewise; [`sentencepiece_hf`] their `tokenizer.json` form;
+//! - [`mistral_tokenizer`]: either of the two, as the chat protocol uses them;
 //! - [`mistral_chat`]: prompt ids exactly as mistral-common builds them.
 //!
 //! Nothing model-specific lives here: which files hold the tokenizer, the
@@ -26,6 +29,10 @@ pub mod chat;
 mod contain;
 pub mod detokenizer;
 pub mod mistral_chat;
+pub mod mistral_tokenizer;
+pub mod sentencepiece;
+mod sentencepiece_bpe;
+pub mod sentencepiece_hf;
 pub mod stop;
 pub mod tekken;
 mod tekken_hf;
@@ -34,6 +41,7 @@ pub mod tokenizer;
 
 pub use chat::{ChatError, ChatMessage, ChatTemplate, ChatTemplateArgs};
 pub use detokenizer::{DetokenizeError, StreamingDetokenizer};
+pub use mistral_tokenizer::MistralTokenizer;
 pub use stop::{StopChecker, StopCriteria, StopError, StopReason, StopStep, StopStringMatcher};
 pub use token_bytes::TokenBytes;
 pub use tokenizer::{Tokenizer, TokenizerError};

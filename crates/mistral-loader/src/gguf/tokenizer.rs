@@ -12,7 +12,7 @@
 //!   these two, whole-word vocabulary hits skip the merges and BOS is added
 //!   by default, as llama.cpp does. Other names are refused, naming the key.
 //! - `tokenizer.ggml.model = "llama"`: SentencePiece BPE over `tokens` and
-//!   `scores`, built as `xtask/python/spconvert.py` builds Mistral's
+//!   `scores` ([`mistral_text::sentencepiece_hf`]), built as `xtask/python/spconvert.py` builds Mistral's
 //!   tokenizer.json (proven equal to sentencepiece): every split of a normal
 //!   piece into two normal pieces is a merge, ranked by the merged piece's
 //!   score; byte fallback on `<0xNN>` pieces; the dummy-prefix `▁` added to
@@ -24,21 +24,15 @@
 //!   `tekken`, none for other byte-level BPE) through a template
 //!   post-processor.
 
-use std::collections::HashMap;
-
+use mistral_text::sentencepiece_hf;
 use serde_json::{json, Value};
 
 use super::metadata::Metadata;
 use crate::error::{LoadError, Result};
 
-/// llama.cpp token types.
-const TYPE_UNKNOWN: i32 = 2;
-const TYPE_CONTROL: i32 = 3;
-const TYPE_USER_DEFINED: i32 = 4;
-const TYPE_NORMAL: i32 = 1;
-
-/// SentencePiece's escaped space.
-const SPIECE_UNDERLINE: &str = "\u{2581}";
+/// llama.cpp token types (sentencepiece's numbering).
+const TYPE_UNKNOWN: i32 = sentencepiece_hf::KIND_UNKNOWN;
+const TYPE_NORMAL: i32 = sentencepiece_hf::KIND_NORMAL;
 
 /// Llama 3's pre-tokenizer regex (llama.cpp's `llama-bpe`).
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -99,18 +93,7 @@ pub fn tokenizer_json(meta: &Metadata) -> Result<Value> {
             ))
         }
     };
-    let mut added = Vec::new();
-    for (id, (token, ty)) in tokens.iter().zip(&types).enumerate() {
-        let special = match *ty {
-            TYPE_CONTROL | TYPE_UNKNOWN => true,
-            TYPE_USER_DEFINED => false,
-            _ => continue,
-        };
-        added.push(json!({
-            "id": id, "content": token, "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": special,
-        }));
-    }
+    let added = sentencepiece_hf::added_tokens(&tokens, &types);
     let post_processor = post_processor(meta, &tokens)?;
     Ok(json!({
         "version": "1.0",
@@ -200,7 +183,7 @@ fn byte_level_bpe(meta: &Metadata, tokens: &[&str]) -> Result<(Value, Value)> {
 }
 
 /// The BPE model, normalizer and decoder of a `llama` (SentencePiece)
-/// tokenizer.
+/// tokenizer ([`mistral_text::sentencepiece_hf::bpe_parts`]).
 fn sentencepiece_bpe(
     meta: &Metadata,
     tokens: &[&str],
@@ -216,62 +199,15 @@ fn sentencepiece_bpe(
             format!("has {} entries for {} tokens", scores.len(), tokens.len()),
         ));
     }
-    let normal: HashMap<&str, usize> = tokens
-        .iter()
-        .enumerate()
-        .filter(|(id, _)| types[*id] == TYPE_NORMAL)
-        .map(|(id, t)| (*t, id))
-        .collect();
-    let mut ranked = Vec::new();
-    for (&merged, &merged_id) in &normal {
-        for (cut, _) in merged.char_indices().skip(1) {
-            let (left, right) = merged.split_at(cut);
-            if let (Some(&l), Some(&r)) = (normal.get(left), normal.get(right)) {
-                ranked.push(((-scores[merged_id], merged_id, l, r), left, right));
-            }
-        }
-    }
-    ranked.sort_by(|a, b| {
-        a.0 .0
-            .total_cmp(&b.0 .0)
-            .then((a.0 .1, a.0 .2, a.0 .3).cmp(&(b.0 .1, b.0 .2, b.0 .3)))
-    });
-    let merges: Vec<Value> = ranked.iter().map(|(_, l, r)| json!([l, r])).collect();
     let unk = meta
         .int::<usize>("tokenizer.ggml.unknown_token_id")?
         .or_else(|| types.iter().position(|&t| t == TYPE_UNKNOWN))
         .and_then(|id| tokens.get(id).copied());
-    let byte_fallback = tokens
-        .iter()
-        .any(|t| t.len() == 6 && t.starts_with("<0x") && t.ends_with('>'));
-    let model = json!({
-        "type": "BPE", "dropout": null, "unk_token": unk,
-        "continuing_subword_prefix": null, "end_of_word_suffix": null,
-        "fuse_unk": true, "byte_fallback": byte_fallback, "ignore_merges": false,
-        "vocab": vocab(tokens), "merges": merges,
-    });
     let add_prefix = meta
         .bool("tokenizer.ggml.add_space_prefix")?
         .unwrap_or(true);
-    let replace =
-        json!({"type": "Replace", "pattern": {"String": " "}, "content": SPIECE_UNDERLINE});
-    let normalizer = if add_prefix {
-        json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": SPIECE_UNDERLINE}, replace]})
-    } else {
-        replace
-    };
-    let mut steps = vec![
-        json!({"type": "Replace", "pattern": {"String": SPIECE_UNDERLINE}, "content": " "}),
-        json!({"type": "ByteFallback"}),
-        json!({"type": "Fuse"}),
-    ];
-    if add_prefix {
-        steps.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
-    }
-    Ok((
-        model,
-        normalizer,
-        json!({"type": "Sequence", "decoders": steps}),
+    Ok(sentencepiece_hf::bpe_parts(
+        tokens, &scores, types, unk, add_prefix,
     ))
 }
 
@@ -312,34 +248,8 @@ fn post_processor(meta: &Metadata, tokens: &[&str]) -> Result<Value> {
     let add_eos = meta.bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
     let bos = special(adds_bos(meta)?, "tokenizer.ggml.bos_token_id")?;
     let eos = special(add_eos, "tokenizer.ggml.eos_token_id")?;
-    if bos.is_none() && eos.is_none() {
-        return Ok(Value::Null);
-    }
-    let piece = |t: &(String, usize), type_id: u32| json!({"SpecialToken": {"id": t.0, "type_id": type_id}});
-    let sequence = |name: &str, type_id: u32| json!({"Sequence": {"id": name, "type_id": type_id}});
-    let mut single = Vec::new();
-    let mut pair = Vec::new();
-    if let Some(b) = &bos {
-        single.push(piece(b, 0));
-    }
-    single.push(sequence("A", 0));
-    if let Some(e) = &eos {
-        single.push(piece(e, 0));
-    }
-    pair.extend(single.iter().cloned());
-    if let Some(b) = &bos {
-        pair.push(piece(b, 1));
-    }
-    pair.push(sequence("B", 1));
-    if let Some(e) = &eos {
-        pair.push(piece(e, 1));
-    }
-    let specials: serde_json::Map<String, Value> = bos
-        .iter()
-        .chain(eos.iter())
-        .map(|(t, id)| (t.clone(), json!({"id": t, "ids": [id], "tokens": [t]})))
-        .collect();
-    Ok(
-        json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials}),
-    )
+    Ok(sentencepiece_hf::post_processor(
+        bos.as_ref().map(|t| (t.0.as_str(), t.1 as u32)),
+        eos.as_ref().map(|t| (t.0.as_str(), t.1 as u32)),
+    ))
 }

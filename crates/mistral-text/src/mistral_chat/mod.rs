@@ -1,23 +1,29 @@
 //! [`encode_chat`]: a conversation's prompt ids exactly as mistral-common's
-//! `encode_chat_completion` builds them for a [`Tekken`] tokenizer, rather
-//! than as a Jinja template approximates them; [`parse_assistant`]: a
-//! generated turn read back.
+//! `encode_chat_completion` builds them for one of Mistral's tokenizers
+//! ([`MistralTokenizer`]: tekken or SentencePiece), rather than as a Jinja
+//! template approximates them; [`parse_assistant`]: a generated turn read
+//! back.
 //!
-//! Design notes (mistral-common 1.13.1, protocol versions 3, 7, 11 and 13;
-//! others are refused by name):
+//! Design notes (mistral-common 1.13.1, protocol versions 1, 2, 3, 7, 11
+//! and 13; others are refused by name):
 //! - `normalize` merges the request's messages as mistral-common's
 //!   normalizer does.
-//! - `<s>`, then per message: a user turn `[INST]text[/INST]`, with the tool
-//!   list `[AVAILABLE_TOOLS][...][/AVAILABLE_TOOLS]` before the last user
-//!   turn (before the first from v13), and up to v3 the system prompt
-//!   written before the last user turn's text; from v7 a system message is
-//!   `[SYSTEM_PROMPT]...[/SYSTEM_PROMPT]`. An assistant turn is its text
-//!   (trailing spaces cut), reasoning as `[THINK]...[/THINK]` (v13), then its
-//!   tool calls: `[TOOL_CALLS][{...}]` (v3, v7), or per call
-//!   `[TOOL_CALLS]name[CALL_ID]id[ARGS]{...}` (v11; v13 without the id);
-//!   then `</s>`. A tool result is `[TOOL_RESULTS]{"content", "call_id"}`
-//!   (v3), `[TOOL_RESULTS]id[TOOL_CONTENT]text` (v7, v11) or
-//!   `[TOOL_RESULTS]text` (v13), closed by `[/TOOL_RESULTS]`.
+//! - `<s>`, then per message: a user turn `[INST]text[/INST]` (v1: the text
+//!   `[INST] text [/INST]`, no control tokens), with the tool list
+//!   `[AVAILABLE_TOOLS][...][/AVAILABLE_TOOLS]` before the last user turn
+//!   (before the first from v13; none in v1), and up to v3 the system
+//!   prompt written before the last user turn's text (the first's in v1);
+//!   from v7 a system message is `[SYSTEM_PROMPT]...[/SYSTEM_PROMPT]`. An
+//!   assistant turn is its text (trailing spaces cut from v2), reasoning as
+//!   `[THINK]...[/THINK]` (v13), then its tool calls: `[TOOL_CALLS][{...}]`
+//!   (v2, v3, v7), or per call `[TOOL_CALLS]name[CALL_ID]id[ARGS]{...}`
+//!   (v11; v13 without the id); then `</s>`. A tool result is
+//!   `[TOOL_RESULTS][{"name", "content"}]` (v2), `[TOOL_RESULTS]{"content",
+//!   "call_id"}` (v3), `[TOOL_RESULTS]id[TOOL_CONTENT]text` (v7, v11) or
+//!   `[TOOL_RESULTS]text` (v13), closed by `[/TOOL_RESULTS]`. v2 leaves out
+//!   tool calls and results before the last user turn.
+//! - Text is encoded piece by piece as mistral-common does (SentencePiece
+//!   puts its `▁` in front of each piece).
 //! - JSON is written as Python's `json.dumps(..., ensure_ascii=False)`
 //!   writes it (module `json`), so the text tokenized is mistral-common's. Floats
 //!   are the one place the two may differ (Python writes `1e-05`, this
@@ -29,19 +35,19 @@ mod parse;
 
 use serde_json::{json as value, Value};
 
-use crate::tekken::Tekken;
+use crate::mistral_tokenizer::MistralTokenizer;
 use json::{dumps, parse_json, tool_json};
 use normalize::{normalize, Chunk, Content, Message};
 pub use parse::{parse_assistant, ParsedAssistant, ParsedToolCall};
 
 /// The protocol versions implemented here.
-pub const PROTOCOL_VERSIONS: [u32; 4] = [3, 7, 11, 13];
+pub const PROTOCOL_VERSIONS: [u32; 6] = [1, 2, 3, 7, 11, 13];
 
 /// A conversation that cannot be encoded.
 #[derive(Debug, thiserror::Error)]
 pub enum MistralChatError {
     /// The tokenizer's protocol version is not implemented here.
-    #[error("the chat protocol of tokenizer version v{0} is not supported (supported: v3, v7, v11, v13)")]
+    #[error("the chat protocol of tokenizer version v{0} is not supported (supported: v1, v2, v3, v7, v11, v13)")]
     Version(u32),
     /// A message or tool is malformed; the text names which.
     #[error("{0}")]
@@ -60,14 +66,18 @@ fn invalid(message: impl Into<String>) -> MistralChatError {
 /// The prompt ids of `messages` (OpenAI-style objects: `role`, `content` as
 /// text or text and `thinking` parts, `tool_calls`, `tool_call_id`,
 /// `prefix`) with `tools` (`{"type": "function", "function": {...}}`)
-/// available, for `tekken`'s protocol version (see the module notes).
-pub fn encode_chat(tekken: &Tekken, messages: &[Value], tools: &[Value]) -> Result<Vec<u32>> {
-    let version = tekken.version();
+/// available, for `tokenizer`'s protocol version (see the module notes).
+pub fn encode_chat(
+    tokenizer: &MistralTokenizer,
+    messages: &[Value],
+    tools: &[Value],
+) -> Result<Vec<u32>> {
+    let version = tokenizer.version();
     if !PROTOCOL_VERSIONS.contains(&version) {
         return Err(MistralChatError::Version(version));
     }
     let (messages, system_prompt) = normalize(messages, version)?;
-    let enc = Encoder { tekken, version };
+    let enc = Encoder { tokenizer, version };
     let users: Vec<usize> = messages
         .iter()
         .enumerate()
@@ -79,7 +89,11 @@ pub fn encode_chat(tekken: &Tekken, messages: &[Value], tools: &[Value]) -> Resu
     } else {
         users.last()
     };
-    let tools_text = if tools.is_empty() {
+    let last_user = users.last().copied();
+    if version == 2 {
+        check_v2_results(&messages, last_user)?;
+    }
+    let tools_text = if tools.is_empty() || version == 1 {
         None
     } else {
         Some(dumps(&Value::Array(
@@ -88,7 +102,15 @@ pub fn encode_chat(tekken: &Tekken, messages: &[Value], tools: &[Value]) -> Resu
     };
     let mut ids = vec![enc.special("<s>")?];
     for (i, message) in messages.iter().enumerate() {
+        // v2 leaves tool calls and results before the last user turn out.
+        let dropped = version == 2 && last_user.is_some_and(|l| i < l);
         match message {
+            Message::User(content) if version == 1 => {
+                let system = system_prompt
+                    .as_deref()
+                    .filter(|_| Some(&i) == users.first());
+                ids.extend(enc.v1_user(content, system)?);
+            }
             Message::User(content) => {
                 if let (true, Some(tools)) = (Some(&i) == tools_at, &tools_text) {
                     ids.push(enc.special("[AVAILABLE_TOOLS]")?);
@@ -107,7 +129,19 @@ pub fn encode_chat(tekken: &Tekken, messages: &[Value], tools: &[Value]) -> Resu
                 ids.extend(enc.chunks(content)?);
                 ids.push(enc.special("[/SYSTEM_PROMPT]")?);
             }
-            Message::Tool { content, call_id } => {
+            Message::Tool { .. } if version == 1 => {
+                return Err(invalid("tool messages need protocol v2 or later (v1)"));
+            }
+            Message::Tool { .. } if dropped => {}
+            Message::Tool { content, name, .. } if version == 2 => {
+                let result = value!([{"name": name, "content": parse_json(content)}]);
+                ids.push(enc.special("[TOOL_RESULTS]")?);
+                ids.extend(enc.text(&dumps(&result)));
+                ids.push(enc.special("[/TOOL_RESULTS]")?);
+            }
+            Message::Tool {
+                content, call_id, ..
+            } => {
                 ids.push(enc.special("[TOOL_RESULTS]")?);
                 let call_id = call_id
                     .as_deref()
@@ -126,6 +160,8 @@ pub fn encode_chat(tekken: &Tekken, messages: &[Value], tools: &[Value]) -> Resu
                 }
                 ids.push(enc.special("[/TOOL_RESULTS]")?);
             }
+            Message::Assistant { content, calls, .. }
+                if dropped && !calls.is_empty() && content.is_empty() => {}
             Message::Assistant {
                 content,
                 calls,
@@ -141,21 +177,61 @@ pub fn encode_chat(tekken: &Tekken, messages: &[Value], tools: &[Value]) -> Resu
     Ok(ids)
 }
 
+/// v2 takes one tool result per assistant turn after the last user turn.
+fn check_v2_results(messages: &[Message], last_user: Option<usize>) -> Result<()> {
+    let mut after_calls = false;
+    let mut results = 0;
+    for message in &messages[last_user.unwrap_or(0)..] {
+        match message {
+            Message::Assistant { calls, .. } => {
+                after_calls = !calls.is_empty();
+                results = 0;
+            }
+            Message::Tool { .. } if after_calls => {
+                results += 1;
+                if results > 1 {
+                    return Err(invalid(
+                        "protocol v2 takes one tool result per assistant turn",
+                    ));
+                }
+            }
+            Message::Tool { .. } => {}
+            _ => {
+                after_calls = false;
+                results = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Token helpers of one protocol version.
 struct Encoder<'a> {
-    tekken: &'a Tekken,
+    tokenizer: &'a MistralTokenizer,
     version: u32,
 }
 
 impl Encoder<'_> {
     fn special(&self, text: &'static str) -> Result<u32> {
-        self.tekken
+        self.tokenizer
             .special_id(text)
             .ok_or(MistralChatError::MissingToken(text))
     }
 
     fn text(&self, s: &str) -> Vec<u32> {
-        self.tekken.encode(s, false, false)
+        self.tokenizer.encode(s, false, false)
+    }
+
+    /// A v1 user turn: `[INST] text [/INST]` as text, the system prompt
+    /// first in the first turn.
+    fn v1_user(&self, content: &Content, system: Option<&str>) -> Result<Vec<u32>> {
+        let Content::Text(text) = content else {
+            return Err(invalid("protocol v1 takes text messages only"));
+        };
+        Ok(match system {
+            Some(system) => self.text(&format!("[INST] {system}\n\n{text} [/INST]")),
+            None => self.text(&format!("[INST] {text} [/INST]")),
+        })
     }
 
     /// Content part by part: text as it is, reasoning in `[THINK]` (v13).
@@ -201,12 +277,16 @@ impl Encoder<'_> {
         if content.is_empty() && calls.is_empty() {
             return Err(invalid("an assistant message needs content or tool calls"));
         }
-        if self.version == 3 && !content.is_empty() && !calls.is_empty() {
+        if self.version <= 3 && !content.is_empty() && !calls.is_empty() {
             return Err(invalid(
-                "an assistant message cannot have both content and tool calls (v3)",
+                "an assistant message cannot have both content and tool calls (up to v3)",
             ));
         }
+        if self.version == 1 && !calls.is_empty() {
+            return Err(invalid("tool calls need protocol v2 or later (v1)"));
+        }
         let mut ids = match content {
+            Content::Text(t) if self.version == 1 => self.text(t),
             Content::Text(t) => self.text(t.trim_end_matches(' ')),
             Content::Chunks(_) => self.chunks(content)?,
         };
@@ -214,7 +294,7 @@ impl Encoder<'_> {
             return Ok(ids);
         }
         if self.version <= 7 {
-            let list: Vec<Value> = calls.iter().map(call_json).collect();
+            let list: Vec<Value> = calls.iter().map(|c| call_json(c, self.version)).collect();
             ids.push(self.special("[TOOL_CALLS]")?);
             ids.extend(self.text(&dumps(&Value::Array(list))));
             return Ok(ids);
@@ -236,12 +316,12 @@ impl Encoder<'_> {
     }
 }
 
-/// `{"name", "arguments" (parsed), "id" (unless "null")}`.
-fn call_json(call: &normalize::ToolCall) -> Value {
+/// `{"name", "arguments" (parsed), "id" (unless "null"; not in v2)}`.
+fn call_json(call: &normalize::ToolCall, version: u32) -> Value {
     let mut m = serde_json::Map::new();
     m.insert("name".into(), value!(call.name));
     m.insert("arguments".into(), parse_json(&call.arguments));
-    if !call.id.is_empty() && call.id != "null" {
+    if version > 2 && !call.id.is_empty() && call.id != "null" {
         m.insert("id".into(), value!(call.id));
     }
     Value::Object(m)

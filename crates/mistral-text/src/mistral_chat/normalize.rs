@@ -59,6 +59,8 @@ pub(super) enum Message {
     Tool {
         content: String,
         call_id: Option<String>,
+        /// The function's name (written by v2 only).
+        name: Option<String>,
     },
     System(Content),
 }
@@ -111,7 +113,8 @@ pub(super) fn normalize(
                         .get("tool_call_id")
                         .and_then(Value::as_str)
                         .map(str::to_owned);
-                    tools.push((content, call_id));
+                    let name = m.get("name").and_then(Value::as_str).map(str::to_owned);
+                    tools.push((content, call_id, name));
                 }
                 if version >= 11 {
                     // In the order of the calls they answer, then as given.
@@ -123,13 +126,17 @@ pub(super) fn normalize(
                             .unwrap_or(usize::MAX)
                     };
                     let mut indexed: Vec<_> = tools.into_iter().enumerate().collect();
-                    indexed.sort_by_key(|(k, (_, id))| (rank(id), *k));
+                    indexed.sort_by_key(|(k, (_, id, _))| (rank(id), *k));
                     tools = indexed.into_iter().map(|(_, t)| t).collect();
                 }
                 out.extend(
                     tools
                         .into_iter()
-                        .map(|(content, call_id)| Message::Tool { content, call_id }),
+                        .map(|(content, call_id, name)| Message::Tool {
+                            content,
+                            call_id,
+                            name,
+                        }),
                 );
                 latest_call_ids.clear();
             }

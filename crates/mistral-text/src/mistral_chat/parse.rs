@@ -6,7 +6,8 @@
 use serde_json::{json, Value};
 
 use super::{invalid, Result};
-use crate::tekken::{SpecialTokenPolicy, Tekken};
+use crate::mistral_tokenizer::MistralTokenizer;
+use crate::tekken::SpecialTokenPolicy;
 
 /// A tool call read back from generated ids.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,7 +33,7 @@ pub struct ParsedAssistant {
 
 /// Reads an assistant turn's generated `ids` (see the module notes);
 /// `</s>` and other control tokens are dropped from the texts.
-pub fn parse_assistant(tekken: &Tekken, ids: &[u32]) -> Result<ParsedAssistant> {
+pub fn parse_assistant(tekken: &MistralTokenizer, ids: &[u32]) -> Result<ParsedAssistant> {
     let decode = |ids: &[u32]| {
         tekken
             .decode(ids, SpecialTokenPolicy::Ignore)
@@ -53,7 +54,11 @@ pub fn parse_assistant(tekken: &Tekken, ids: &[u32]) -> Result<ParsedAssistant> 
     parse_rest(tekken, &kept, out)
 }
 
-fn parse_rest(tekken: &Tekken, ids: &[u32], mut out: ParsedAssistant) -> Result<ParsedAssistant> {
+fn parse_rest(
+    tekken: &MistralTokenizer,
+    ids: &[u32],
+    mut out: ParsedAssistant,
+) -> Result<ParsedAssistant> {
     let decode = |ids: &[u32]| {
         tekken
             .decode(ids, SpecialTokenPolicy::Ignore)

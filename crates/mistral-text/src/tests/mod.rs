@@ -4,6 +4,7 @@
 
 mod chat;
 mod detokenizer;
+mod sentencepiece;
 mod stop;
 mod tekken;
 mod token_bytes;
