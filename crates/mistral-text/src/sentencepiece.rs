@@ -9,7 +9,7 @@
 //!   naming the field: a BPE model with byte fallback, the identity
 //!   normalizer (spaces become `▁`, a `▁` goes in front, runs of spaces
 //!   are kept), no unused pieces.
-//! - Encoding is sentencepiece's BPE ([`crate::sentencepiece_bpe`]), not
+//! - Encoding is sentencepiece's BPE (module `sentencepiece_bpe`), not
 //!   the `tokenizers` crate's: pieces of equal score (Mistral's whitespace
 //!   runs all score -1e9) merge leftmost first, and user-defined pieces are
 //!   matched whole; [`SentencePiece::to_tokenizer`] gives the `tokenizers`

@@ -68,7 +68,8 @@ fn a_small_model_round_trips_text() {
 
 #[test]
 fn unsupported_files_name_the_field() {
-    let cases: [(&str, fn(&mut ModelProto)); 6] = [
+    type Change = fn(&mut ModelProto);
+    let cases: [(&str, Change); 6] = [
         ("trainer_spec.model_type", |m| {
             m.trainer_spec.as_mut().unwrap().model_type = Some(1)
         }),
