@@ -43,6 +43,28 @@ fn conversations() -> Vec<Value> {
             }},
         }},
     }});
+    // Floats over every magnitude, written as Python's repr writes them.
+    let mut rng = fastrand::Rng::with_seed(5);
+    let floats: Vec<f64> = [
+        1e-5,
+        1e16,
+        1e15,
+        0.0001,
+        2.5e-7,
+        -0.5,
+        100.0,
+        1.7976931348623157e308,
+        0.1 + 0.2,
+    ]
+    .into_iter()
+    .chain((0..30).map(|_| (rng.f64() - 0.5) * 10f64.powi(rng.i32(-12..24))))
+    .collect();
+    let tune = json!({"type": "function", "function": {
+        "name": "tune",
+        "parameters": {"type": "object", "properties": {
+            "rate": {"type": "number", "minimum": 1e-5, "maximum": 1e16, "enum": floats},
+        }},
+    }});
     let call = |id: &str, name: &str, args: &str| json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}});
     vec![
         json!({"messages": [{"role": "user", "content": "Hello!"}]}),
@@ -102,6 +124,11 @@ fn conversations() -> Vec<Value> {
             {"role": "tool", "tool_call_id": "bbbbbbbbb", "name": "get_weather", "content": "warm"},
             {"role": "tool", "tool_call_id": "aaaaaaaaa", "name": "get_weather", "content": "cold"},
             {"role": "user", "content": "Compare them"}]}),
+        json!({"tools": [tune], "messages": [
+            {"role": "user", "content": "Tune it"},
+            {"role": "assistant", "tool_calls": [call("eeeeeeeee", "tune", r#"{"rate": 1e-05, "n": 3.0, "big": 1e+22}"#)]},
+            {"role": "tool", "tool_call_id": "eeeeeeeee", "name": "tune", "content": r#"{"loss": 0.00012, "step": 2e-07}"#},
+            {"role": "user", "content": "Again"}]}),
         json!({"tools": [weather.clone()], "messages": [
             {"role": "user", "content": "Both, please"},
             {"role": "assistant", "tool_calls": [

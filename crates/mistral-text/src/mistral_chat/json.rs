@@ -90,6 +90,42 @@ impl serde_json::ser::Formatter for PythonFormatter {
     ) -> std::io::Result<()> {
         writer.write_all(b": ")
     }
+
+    fn write_f64<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        value: f64,
+    ) -> std::io::Result<()> {
+        writer.write_all(python_float(value).as_bytes())
+    }
+}
+
+/// `repr(value)` as Python writes a float: the shortest digits that read
+/// back, positional from 1e-4 up to 1e16 (with `.0` when whole), else
+/// `d.ddde±XX`.
+pub(super) fn python_float(value: f64) -> String {
+    let sci = format!("{:e}", value.abs()); // shortest digits, `d.ddde-5`
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let sign = if value.is_sign_negative() { "-" } else { "" };
+    if !(-4..16).contains(&exp) {
+        let (first, rest) = digits.split_at(1);
+        let dot = if rest.is_empty() { "" } else { "." };
+        let exp_sign = if exp < 0 { '-' } else { '+' };
+        return format!("{sign}{first}{dot}{rest}e{exp_sign}{:02}", exp.abs());
+    }
+    if exp < 0 {
+        let zeros = "0".repeat((-exp - 1) as usize);
+        return format!("{sign}0.{zeros}{digits}");
+    }
+    let whole = exp as usize + 1;
+    if digits.len() <= whole {
+        let zeros = "0".repeat(whole - digits.len());
+        format!("{sign}{digits}{zeros}.0")
+    } else {
+        format!("{sign}{}.{}", &digits[..whole], &digits[whole..])
+    }
 }
 
 /// `", "` before every item of a list or an object but the first.

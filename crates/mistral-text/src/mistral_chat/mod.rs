@@ -25,9 +25,8 @@
 //! - Text is encoded piece by piece as mistral-common does (SentencePiece
 //!   puts its `▁` in front of each piece).
 //! - JSON is written as Python's `json.dumps(..., ensure_ascii=False)`
-//!   writes it (module `json`), so the text tokenized is mistral-common's. Floats
-//!   are the one place the two may differ (Python writes `1e-05`, this
-//!   `1e-5`).
+//!   writes it (module `json`, floats as Python's `repr`: `1e-05`, `1e+16`,
+//!   `100.0`), so the text tokenized is mistral-common's.
 
 mod json;
 mod normalize;
