@@ -65,7 +65,7 @@ pub use mistral_model::WeightSource;
 /// The [`Tokenizer`] newtype's module, now `mistral_text::tokenizer` (the
 /// old path keeps working).
 pub use mistral_text::tokenizer as text_tokenizer;
-pub use mistral_text::{mistral_chat, mistral_tokenizer, sentencepiece, tekken};
+pub use mistral_text::{constrain, mistral_chat, mistral_tokenizer, sentencepiece, tekken};
 pub use mistral_text::{
     ChatError, ChatMessage, ChatTemplate, ChatTemplateArgs, DetokenizeError, MistralTokenizer,
     StopChecker, StopCriteria, StopError, StopReason, StopStep, StopStringMatcher,

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use mistral_loader::constrain::{Constraint, ConstraintFactory, OutputFormat};
 use mistral_loader::{
     load_chat_protocol, load_chat_template, load_model_config, load_model_parallel,
     load_model_planned, load_special_tokens, load_tokenizer, ChatMessage, LoadOptions,
@@ -59,6 +60,8 @@ pub struct Sampling {
 pub struct GenerationRequest {
     /// The prompt.
     pub prompt: Prompt,
+    /// What the output must be (`response_format`), if constrained.
+    pub format: Option<OutputFormat>,
     /// Token limit (`None`: up to the model's context).
     pub max_tokens: Option<usize>,
     /// Sampling.
@@ -138,6 +141,8 @@ pub struct Job {
     pub stop: Vec<String>,
     /// Log-probabilities with this many top tokens (`None`: none).
     pub logprobs: Option<usize>,
+    /// The output constraint (`response_format`), if any.
+    pub constraint: Option<Constraint>,
     /// Where the events go (unbounded: the engine never waits on a
     /// client; a request's events are bounded by its `max_tokens`).
     pub events: mpsc::UnboundedSender<Event>,
@@ -158,12 +163,37 @@ pub struct TextSide {
     /// Each token's bytes (log-probabilities).
     pub(crate) token_bytes: TokenBytes,
     context: Option<usize>,
+    /// Whether the model is split over ranks (no constrained output there).
+    tensor_parallel: bool,
+    /// llguidance's view of the tokenizer, built on first use.
+    constraints: OnceLock<Result<ConstraintFactory, String>>,
 }
 
 impl TextSide {
     /// The model's context length (`max_position_embeddings`), if known.
     pub fn context(&self) -> Option<usize> {
         self.context
+    }
+
+    /// A fresh constraint for `format`; a 400 names what cannot be used.
+    pub fn constraint(&self, format: &OutputFormat) -> Result<Constraint, ApiError> {
+        let refused = |message: String| ApiError::bad_request(message, Some("response_format"));
+        if self.tensor_parallel {
+            return Err(refused(
+                "response_format is not supported when the model is split over ranks".into(),
+            ));
+        }
+        let factory = self.constraints.get_or_init(|| {
+            let eos = self.special.eos.first().copied().ok_or_else(|| {
+                "the model has no end-of-sequence token to end a constrained answer".to_owned()
+            })?;
+            ConstraintFactory::new(&self.tokenizer, &self.token_bytes, eos)
+                .map_err(|e| e.to_string())
+        });
+        let factory = factory.as_ref().map_err(|e| refused(e.clone()))?;
+        factory
+            .create(format)
+            .map_err(|e| refused(format!("response_format cannot be used: {e}")))
     }
 
     /// The prompt's token ids: chat messages through the chat template
@@ -433,6 +463,8 @@ impl Loaded {
                 context: config
                     .max_position_embeddings
                     .and_then(|c| usize::try_from(c).ok()),
+                tensor_parallel: spec.tensor_parallel.is_some(),
+                constraints: OnceLock::new(),
             }),
         })
     }

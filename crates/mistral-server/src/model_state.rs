@@ -137,6 +137,7 @@ impl ModelState {
         model: &Mistral,
         admit: &Admit,
         cached: Cached,
+        constraint: Option<Box<dyn mlx_rs_core::TokenConstraint>>,
     ) -> mlx_rs_core::Result<()> {
         let prompt = Array::from_slice(&admit.prompt, &[admit.prompt.len() as i32]);
         let options = options(&admit.sampling);
@@ -146,8 +147,12 @@ impl ModelState {
             }
             None => Prefill::new(model, admit.id, &prompt, &options),
         }?;
-        self.prefills.push_back(match admit.logprobs {
+        let prefill = match admit.logprobs {
             Some(top) => prefill.with_logprobs(top),
+            None => prefill,
+        };
+        self.prefills.push_back(match constraint {
+            Some(c) => prefill.with_constraint(c),
             None => prefill,
         });
         Ok(())
@@ -301,7 +306,8 @@ pub fn follow(
         }
         for admit in &turn.admit {
             let cached = state.take_cached(&admit.prompt);
-            if admit.start && state.start(model, admit, cached).is_ok() {
+            // Constrained output is refused when split over ranks.
+            if admit.start && state.start(model, admit, cached, None).is_ok() {
                 fed.insert(admit.id, admit.prompt.clone());
             }
         }

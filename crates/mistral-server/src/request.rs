@@ -3,7 +3,7 @@
 //!
 //! The body is parsed as JSON whatever its Content-Type. Unknown fields are
 //! ignored, as OpenAI's API does; fields this server cannot honour (`n > 1`,
-//! a `response_format` other than text, `tools`, non-zero
+//! `tools`, non-zero
 //! `frequency_penalty` / `presence_penalty`, a `logit_bias`, `echo`,
 //! `best_of` > 1, a `suffix`) are a 400
 //! naming the field rather than silently dropped. Type errors name the
@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::engine::{GenerationRequest, Prompt, Sampling};
 use crate::error::ApiError;
+use mistral_loader::constrain::OutputFormat;
 use mistral_loader::ChatMessage;
 
 /// Parses `body` as a JSON object.
@@ -123,7 +124,8 @@ pub struct Common {
     pub stream_options: Option<StreamOptions>,
     /// Number of choices; only 1 is supported.
     pub n: Option<i64>,
-    /// Only `{"type": "text"}` is supported.
+    /// `text`, `json_object`, `json_schema` (`json_schema.schema`), and
+    /// the extensions `regex` (`regex`) and `grammar` (Lark, `grammar`).
     pub response_format: Option<Value>,
     /// Tool calling is not supported.
     pub tools: Option<Value>,
@@ -285,14 +287,7 @@ impl Common {
                 ));
             }
         }
-        if let Some(format) = &self.response_format {
-            if format.get("type").and_then(Value::as_str) != Some("text") {
-                return Err(ApiError::bad_request(
-                    "only `response_format: {\"type\": \"text\"}` is supported",
-                    Some("response_format"),
-                ));
-            }
-        }
+        let format = output_format(self.response_format.as_ref())?;
         if self.tools.as_ref().is_some_and(|t| !t.is_null()) {
             return Err(ApiError::bad_request(
                 "tool calling is not supported by this server",
@@ -351,6 +346,7 @@ impl Common {
         }
         Ok(GenerationRequest {
             prompt,
+            format,
             max_tokens,
             sampling: Sampling {
                 temperature: temperature as f32,
@@ -455,5 +451,47 @@ fn in_range(value: Option<f64>, param: &str, lo: f64, hi: f64) -> Result<Option<
             Some(param),
         )),
         other => Ok(other),
+    }
+}
+
+/// The output format `response_format` asks for (`None`: free text).
+fn output_format(format: Option<&Value>) -> Result<Option<OutputFormat>, ApiError> {
+    let Some(format) = format.filter(|f| !f.is_null()) else {
+        return Ok(None);
+    };
+    let bad = |message: String, field: &str| {
+        ApiError::bad_request(message, Some(&format!("response_format{field}")))
+    };
+    let text = |key: &str| {
+        format
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| bad(format!("`{key}` must be a string"), &format!(".{key}")))
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(OutputFormat::JsonObject)),
+        Some("json_schema") => {
+            let schema = format
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .filter(|s| s.is_object() || s.is_boolean())
+                .ok_or_else(|| {
+                    bad(
+                        "a JSON schema object is needed".into(),
+                        ".json_schema.schema",
+                    )
+                })?;
+            Ok(Some(OutputFormat::JsonSchema(schema.clone())))
+        }
+        Some("regex") => Ok(Some(OutputFormat::Regex(text("regex")?))),
+        Some("grammar") => Ok(Some(OutputFormat::Lark(text("grammar")?))),
+        other => Err(bad(
+            format!(
+                "type {other:?} is not supported (text, json_object, json_schema, regex, grammar)"
+            ),
+            ".type",
+        )),
     }
 }

@@ -239,7 +239,13 @@ async fn respond(
     stream: bool,
     usage_wanted: bool,
 ) -> Result<Response, ApiError> {
-    let (prompt_ids, max_tokens) = state.engine.text()?.prepare(&generation)?;
+    let text = state.engine.text()?;
+    let (prompt_ids, max_tokens) = text.prepare(&generation)?;
+    let constraint = generation
+        .format
+        .as_ref()
+        .map(|f| text.constraint(f))
+        .transpose()?;
     let (events, mut rx) = mpsc::unbounded_channel();
     state.engine.submit(Job {
         prompt_ids,
@@ -247,6 +253,7 @@ async fn respond(
         sampling: generation.sampling,
         stop: generation.stop,
         logprobs: generation.logprobs,
+        constraint,
         events,
         received: Instant::now(),
     })?;

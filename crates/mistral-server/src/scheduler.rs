@@ -211,13 +211,17 @@ pub fn serve(
                 start: false,
             };
             let cached = state.take_cached(&job.prompt_ids);
+            let constraint = job
+                .constraint
+                .take()
+                .map(|c| Box::new(Constrained(c)) as Box<dyn mlx_rs_core::TokenConstraint>);
             let admitted = admit_job(text, job, cached.as_ref().map_or(0, |(n, _)| *n), metrics);
             let admit = Admit {
                 start: admitted.is_some(),
                 ..admit
             };
             if let Some(active) = admitted {
-                match state.start(model, &admit, cached) {
+                match state.start(model, &admit, cached, constraint) {
                     Ok(()) => prefilling.push_back(active),
                     Err(err) => active.end(
                         Progress::Failed(ApiError::bad_request(err.to_string(), None)),
@@ -384,4 +388,18 @@ fn admit_job<'t>(
         generated: Vec::new(),
         logprobs: Vec::new(),
     })
+}
+
+/// A request's output constraint as the batch applies it.
+#[derive(Debug)]
+struct Constrained(mistral_loader::constrain::Constraint);
+
+impl mlx_rs_core::TokenConstraint for Constrained {
+    fn consume(&mut self, token: u32) -> Result<(), String> {
+        self.0.consume(token).map_err(|e| e.to_string())
+    }
+
+    fn allowed(&mut self) -> Result<Vec<u32>, String> {
+        self.0.allowed().map_err(|e| e.to_string())
+    }
 }

@@ -11,6 +11,8 @@
 //! - [`stop`]: end-of-sequence ids, stop strings and token limits;
 //! - [`token_bytes`]: the bytes each token id stands for (log-probabilities);
 //! - [`chat`]: chat prompts from Jinja `chat_template`s;
+//! - [`constrain`]: structured output (JSON schema, regex, Lark) through
+//!   llguidance;
 //! - [`tekken`]: Mistral's own `tekken.json` tokenizer, as mistral-common runs it;
 //! - [`sentencepiece`]: Mistral's SentencePiece files (`tokenizer.model.vN`),
 //!   likewise; [`sentencepiece_hf`] their `tokenizer.json` form;
@@ -26,6 +28,7 @@
 #![deny(missing_docs)]
 
 pub mod chat;
+pub mod constrain;
 mod contain;
 pub mod detokenizer;
 pub mod mistral_chat;

@@ -51,6 +51,16 @@ impl TokenBytes {
         TokenBytes { bytes }
     }
 
+    /// The number of ids.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether the vocabulary is empty.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
     /// The bytes of `id` (`None` outside the vocabulary).
     pub fn get(&self, id: u32) -> Option<&[u8]> {
         self.bytes.get(id as usize).map(Vec::as_slice)

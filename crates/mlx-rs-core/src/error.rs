@@ -38,6 +38,11 @@ pub enum Error {
     #[error("distributed: {0}")]
     Distributed(String),
 
+    /// A sequence's output constraint failed or allows no token (see
+    /// [`crate::generate::TokenConstraint`]).
+    #[error("output constraint: {0}")]
+    Constraint(String),
+
     /// The model failed (its own error type, boxed).
     #[error("model: {0}")]
     Model(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -46,7 +46,7 @@ pub use cache::{
 pub use error::{Error, Result};
 pub use generate::{
     BatchGenerate, BatchModel, BatchToken, Generate, GenerateOptions, Prefill, StepTimes,
-    TokenLogprobs,
+    TokenConstraint, TokenLogprobs,
 };
 pub use language_model::{check_token_ids, LanguageModel};
 pub use mask::{

@@ -19,7 +19,11 @@
 //!   with their cache rows and pending tokens;
 //! - a sequence asked for log-probabilities ([`Prefill::with_logprobs`])
 //!   gets its token's and the top ones with each token, computed in the
-//!   step that samples it.
+//!   step that samples it;
+//! - a sequence with an output constraint ([`Prefill::with_constraint`])
+//!   samples only what it allows: a step with such a row reads the fed
+//!   tokens while the device runs the forward, and masks those rows'
+//!   logits (see [`super::constraint`]).
 
 use mlx_rs::{
     ops::{concatenate, indexing::TryIndexOp},
@@ -27,6 +31,7 @@ use mlx_rs::{
     Array,
 };
 
+use super::constraint::{masked, TokenConstraint};
 use super::logprobs::{PendingLogprobs, TokenLogprobs};
 use super::sequence::{checked_prompt, prefill_chunk, SequenceSampler};
 use super::GenerateOptions;
@@ -47,6 +52,7 @@ pub struct Prefill {
     sequence: SequenceSampler,
     step_size: i32,
     top_logprobs: Option<i32>,
+    constraint: Option<Box<dyn TokenConstraint>>,
 }
 
 impl Prefill {
@@ -66,6 +72,7 @@ impl Prefill {
             sequence: SequenceSampler::new(options)?,
             step_size: options.prefill_step_size,
             top_logprobs: None,
+            constraint: None,
         })
     }
 
@@ -117,6 +124,12 @@ impl Prefill {
         self
     }
 
+    /// Samples only the tokens `constraint` allows (from the first).
+    pub fn with_constraint(mut self, constraint: Box<dyn TokenConstraint>) -> Self {
+        self.constraint = Some(constraint);
+        self
+    }
+
     /// The sequence's id.
     pub fn id(&self) -> u64 {
         self.id
@@ -156,12 +169,17 @@ struct Row {
     top_logprobs: Option<i32>,
     /// The log-probabilities of its pending token.
     logprobs: Option<PendingLogprobs>,
+    constraint: Option<Box<dyn TokenConstraint>>,
 }
 
 impl Row {
-    /// Samples from `logits` (`[1, vocab]`); the token's log-probabilities
-    /// become the pending ones, and the previous pending ones are returned.
-    fn sample(&mut self, logits: Array) -> Result<(Array, Option<PendingLogprobs>)> {
+    /// Samples from `logits` (`[1, vocab]`), masked by the row's constraint;
+    /// the token's log-probabilities become the pending ones, and the
+    /// previous pending ones are returned.
+    fn sample(&mut self, mut logits: Array) -> Result<(Array, Option<PendingLogprobs>)> {
+        if let Some(constraint) = self.constraint.as_deref_mut() {
+            logits = masked(&logits, constraint)?;
+        }
         let (token, logprobs) = self.sequence.sample_with_logprobs(logits)?;
         let pending = self
             .top_logprobs
@@ -245,6 +263,7 @@ impl BatchGenerate {
             prompt: last,
             sequence,
             top_logprobs,
+            constraint,
             ..
         } = prefill;
         let mut row = Row {
@@ -252,6 +271,7 @@ impl BatchGenerate {
             sequence,
             top_logprobs,
             logprobs: None,
+            constraint,
         };
         let logits = model.forward(&last.reshape(&[1, -1])?, &mut cache)?;
         row.sequence.remember(&last)?;
@@ -285,6 +305,20 @@ impl BatchGenerate {
         };
         let b = self.rows.len() as i32;
         let logits = model.forward(&fed.reshape(&[b, 1])?, &mut self.cache)?;
+        if self.rows.iter().any(|r| r.constraint.is_some()) {
+            // The constraints take the fed tokens before the next masks
+            // exist: read them while the device runs the forward.
+            async_eval([&logits])?;
+            eval([&fed])?;
+            let tokens = fed
+                .try_as_slice::<u32>()
+                .map_err(|e| Error::InvalidArgument(format!("sampled tokens: {e}")))?;
+            for (row, &token) in self.rows.iter_mut().zip(tokens) {
+                if let Some(c) = row.constraint.as_deref_mut() {
+                    c.consume(token).map_err(Error::Constraint)?;
+                }
+            }
+        }
         let mut next = Vec::with_capacity(self.rows.len());
         let mut fed_logprobs = Vec::with_capacity(self.rows.len());
         for (i, row) in (0..b).zip(self.rows.iter_mut()) {

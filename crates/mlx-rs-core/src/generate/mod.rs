@@ -21,12 +21,14 @@
 //!   it has wrapped.
 
 mod batch;
+mod constraint;
 mod logprobs;
 mod options;
 mod sequence;
 mod step_times;
 
 pub use batch::{BatchGenerate, BatchModel, BatchToken, Prefill};
+pub use constraint::TokenConstraint;
 pub use logprobs::TokenLogprobs;
 pub use options::GenerateOptions;
 pub use step_times::StepTimes;
