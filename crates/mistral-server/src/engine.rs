@@ -60,8 +60,11 @@ pub struct Sampling {
 pub struct GenerationRequest {
     /// The prompt.
     pub prompt: Prompt,
-    /// What the output must be (`response_format`), if constrained.
+    /// What the output must be (`response_format`, or the tool format),
+    /// if constrained.
     pub format: Option<OutputFormat>,
+    /// The tools the answer may call (see [`crate::tools`]).
+    pub tools: Option<crate::tools::ToolRequest>,
     /// Token limit (`None`: up to the model's context).
     pub max_tokens: Option<usize>,
     /// Sampling.
@@ -79,14 +82,17 @@ pub enum FinishReason {
     Stop,
     /// The token limit or the model's context.
     Length,
+    /// The answer calls tools.
+    ToolCalls,
 }
 
 impl FinishReason {
-    /// `"stop"` or `"length"`.
+    /// `"stop"`, `"length"` or `"tool_calls"`.
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 }
@@ -175,9 +181,10 @@ impl TextSide {
         self.context
     }
 
-    /// A fresh constraint for `format`; a 400 names what cannot be used.
-    pub fn constraint(&self, format: &OutputFormat) -> Result<Constraint, ApiError> {
-        let refused = |message: String| ApiError::bad_request(message, Some("response_format"));
+    /// A fresh constraint for `format` (from the request's `field`); a 400
+    /// names what cannot be used.
+    pub fn constraint(&self, format: &OutputFormat, field: &str) -> Result<Constraint, ApiError> {
+        let refused = |message: String| ApiError::bad_request(message, Some(field));
         if self.tensor_parallel {
             return Err(refused(
                 "response_format is not supported when the model is split over ranks".into(),
@@ -193,7 +200,7 @@ impl TextSide {
         let factory = factory.as_ref().map_err(|e| refused(e.clone()))?;
         factory
             .create(format)
-            .map_err(|e| refused(format!("response_format cannot be used: {e}")))
+            .map_err(|e| refused(format!("{field} cannot be used: {e}")))
     }
 
     /// The prompt's token ids: chat messages through the chat template

@@ -35,6 +35,7 @@ pub mod request;
 pub mod response;
 pub mod routes;
 pub mod scheduler;
+pub mod tools;
 
 pub use engine::{EngineHandle, ModelSpec};
 pub use error::ApiError;

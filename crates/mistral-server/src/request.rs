@@ -3,7 +3,7 @@
 //!
 //! The body is parsed as JSON whatever its Content-Type. Unknown fields are
 //! ignored, as OpenAI's API does; fields this server cannot honour (`n > 1`,
-//! `tools`, non-zero
+//! non-zero
 //! `frequency_penalty` / `presence_penalty`, a `logit_bias`, `echo`,
 //! `best_of` > 1, a `suffix`) are a 400
 //! naming the field rather than silently dropped. Type errors name the
@@ -88,10 +88,17 @@ pub struct ContentPart {
 /// One chat message.
 #[derive(Debug, Deserialize)]
 pub struct Message {
-    /// `system`, `user`, `assistant`, ...
+    /// `system`, `user`, `assistant`, `tool`, ...
     pub role: String,
-    /// The message text.
-    pub content: Content,
+    /// The message text (`null` for an assistant message of tool calls).
+    #[serde(default)]
+    pub content: Option<Content>,
+    /// An assistant message's tool calls.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<Value>>,
+    /// A `tool` message: the call it answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
 }
 
 /// The fields both endpoints share.
@@ -143,6 +150,8 @@ pub struct Common {
     pub logit_bias: Option<Value>,
     /// Not supported: only `"none"` (or absent) is accepted.
     pub tool_choice: Option<Value>,
+    /// Whether an answer may call several tools (default true).
+    pub parallel_tool_calls: Option<bool>,
     /// Completions: not supported, only `false` is accepted.
     pub echo: Option<Value>,
     /// Completions: not supported, only 1 is accepted.
@@ -204,8 +213,9 @@ impl ChatRequest {
         let mut messages = Vec::with_capacity(self.messages.len());
         for (i, message) in self.messages.into_iter().enumerate() {
             let text = match message.content {
-                Content::Text(text) => text,
-                Content::Parts(parts) => {
+                None => String::new(),
+                Some(Content::Text(text)) => text,
+                Some(Content::Parts(parts)) => {
                     let mut text = String::new();
                     for (j, part) in parts.into_iter().enumerate() {
                         match (part.kind.as_str(), part.text) {
@@ -229,7 +239,19 @@ impl ChatRequest {
                     text
                 }
             };
-            messages.push(ChatMessage::new(message.role, text));
+            // Earlier tool calls and results, as the tool format writes them.
+            let calls = message.tool_calls.as_deref().unwrap_or_default();
+            let (role, text) = match message.role.as_str() {
+                "assistant" if !calls.is_empty() && text.is_empty() => {
+                    (message.role, crate::tools::calls_text(calls))
+                }
+                "tool" => (
+                    "user".to_owned(),
+                    crate::tools::result_text(message.tool_call_id.as_deref(), &text),
+                ),
+                _ => (message.role, text),
+            };
+            messages.push(ChatMessage::new(role, text));
         }
         Ok(messages)
     }
@@ -287,12 +309,33 @@ impl Common {
                 ));
             }
         }
-        let format = output_format(self.response_format.as_ref())?;
-        if self.tools.as_ref().is_some_and(|t| !t.is_null()) {
-            return Err(ApiError::bad_request(
-                "tool calling is not supported by this server",
-                Some("tools"),
-            ));
+        let mut format = output_format(self.response_format.as_ref())?;
+        let tools = crate::tools::parse(
+            self.tools.as_ref(),
+            self.tool_choice.as_ref(),
+            self.parallel_tool_calls,
+        )?;
+        let mut prompt = prompt;
+        if let Some(tools) = &tools {
+            let Prompt::Chat(messages) = &mut prompt else {
+                return Err(ApiError::bad_request(
+                    "`tools` are for chat completions",
+                    Some("tools"),
+                ));
+            };
+            if format.is_some() {
+                return Err(ApiError::bad_request(
+                    "`response_format` cannot be combined with `tools`",
+                    Some("response_format"),
+                ));
+            }
+            format = Some(OutputFormat::JsonSchema(tools.schema()));
+            match messages.first_mut() {
+                Some(first) if first.role == "system" => {
+                    first.content = format!("{}\n\n{}", first.content, tools.system_text());
+                }
+                _ => messages.insert(0, ChatMessage::system(tools.system_text())),
+            }
         }
         self.check_unsupported()?;
         let logprobs = self.logprobs(&prompt)?;
@@ -347,6 +390,7 @@ impl Common {
         Ok(GenerationRequest {
             prompt,
             format,
+            tools,
             max_tokens,
             sampling: Sampling {
                 temperature: temperature as f32,
@@ -364,7 +408,7 @@ impl Common {
     /// A 400 for a field this server cannot honour given a value that
     /// would change the answer (its neutral value is accepted).
     fn check_unsupported(&self) -> Result<(), ApiError> {
-        let neutral: [(&str, &Option<Value>, IsNeutral); 7] = [
+        let neutral: [(&str, &Option<Value>, IsNeutral); 6] = [
             ("frequency_penalty", &self.frequency_penalty, |v| {
                 v.as_f64() == Some(0.0)
             }),
@@ -374,7 +418,6 @@ impl Common {
             ("logit_bias", &self.logit_bias, |v| {
                 v.as_object().is_some_and(|m| m.is_empty())
             }),
-            ("tool_choice", &self.tool_choice, |v| v == "none"),
             ("echo", &self.echo, |v| *v == Value::Bool(false)),
             ("best_of", &self.best_of, |v| v.as_u64() == Some(1)),
             ("suffix", &self.suffix, |v| v == ""),

@@ -89,6 +89,50 @@ impl Header {
         })
     }
 
+    /// The whole answer of a chat completion that calls tools: `calls` as
+    /// `message.tool_calls`, no content, `finish_reason: "tool_calls"`.
+    pub fn complete_calls(
+        &self,
+        calls: Vec<Value>,
+        logprobs: Option<Value>,
+        usage: Value,
+    ) -> Value {
+        json!({
+            "id": self.id,
+            "object": self.object(false),
+            "created": self.created,
+            "model": self.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": null, "tool_calls": calls},
+                "logprobs": logprobs,
+                "finish_reason": FinishReason::ToolCalls.as_str(),
+            }],
+            "usage": usage,
+        })
+    }
+
+    /// The streamed chunks of tool call `index` as OpenAI streams them: its
+    /// id, type and name (arguments empty), then its arguments.
+    pub fn call_chunks(&self, index: usize, call: &Value) -> [Value; 2] {
+        let delta = |d: Value| {
+            json!({
+                "id": self.id,
+                "object": self.object(true),
+                "created": self.created,
+                "model": self.model,
+                "choices": [{"index": 0, "delta": {"tool_calls": [d]}, "logprobs": null,
+                             "finish_reason": null}],
+            })
+        };
+        [
+            delta(json!({"index": index, "id": call["id"], "type": "function",
+                         "function": {"name": call["function"]["name"], "arguments": ""}})),
+            delta(json!({"index": index,
+                         "function": {"arguments": call["function"]["arguments"]}})),
+        ]
+    }
+
     /// A streamed chunk: `first` carries the role (chat), `text` the new
     /// text with its tokens' `logprobs`, `reason` ends the choice.
     pub fn chunk(

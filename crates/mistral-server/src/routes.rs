@@ -20,7 +20,9 @@ use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use crate::engine::{EngineHandle, Event, GenerationRequest, Job, Prompt, PromptTokens};
+use crate::engine::{
+    EngineHandle, Event, FinishReason, GenerationRequest, Job, Prompt, PromptTokens,
+};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::request::{
@@ -28,6 +30,7 @@ use crate::request::{
     TokenizeRequest,
 };
 use crate::response::{unix_time, usage, Header, Kind};
+use crate::tools::{read_answer, Answer};
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -241,11 +244,16 @@ async fn respond(
 ) -> Result<Response, ApiError> {
     let text = state.engine.text()?;
     let (prompt_ids, max_tokens) = text.prepare(&generation)?;
+    let field = match generation.tools {
+        Some(_) => "tools",
+        None => "response_format",
+    };
     let constraint = generation
         .format
         .as_ref()
-        .map(|f| text.constraint(f))
+        .map(|f| text.constraint(f, field))
         .transpose()?;
+    let tools = generation.tools.is_some();
     let (events, mut rx) = mpsc::unbounded_channel();
     state.engine.submit(Job {
         prompt_ids,
@@ -275,7 +283,14 @@ async fn respond(
     };
     let logprobs_wanted = generation.logprobs.is_some();
     if stream {
-        let events = sse_events(rx, header, prompt_tokens, usage_wanted, logprobs_wanted);
+        let events = sse_events(
+            rx,
+            header,
+            prompt_tokens,
+            usage_wanted,
+            logprobs_wanted,
+            tools,
+        );
         return Ok(Sse::new(events)
             .keep_alive(KeepAlive::new().interval(state.keep_alive))
             .into_response());
@@ -294,7 +309,13 @@ async fn respond(
             }) => {
                 let logprobs = logprobs_wanted.then(|| header.logprobs(&entries, 0));
                 let usage = usage(prompt_tokens, completion_tokens);
-                let body = header.complete(&text, logprobs, reason, usage);
+                let body = match tools.then(|| read_answer(&text)) {
+                    Some(Answer::Calls(calls)) => header.complete_calls(calls, logprobs, usage),
+                    Some(Answer::Content(content)) => {
+                        header.complete(&content, logprobs, reason, usage)
+                    }
+                    None => header.complete(&text, logprobs, reason, usage),
+                };
                 return Ok(Json(body).into_response());
             }
             Some(Event::Failed(err)) => return Err(err),
@@ -312,6 +333,9 @@ struct StreamState {
     logprobs_wanted: bool,
     /// Characters of text streamed so far (text completions' `text_offset`).
     offset: usize,
+    /// Tool mode: the answer is held until it ends, then sent as calls or
+    /// text.
+    held: Option<String>,
     pending: VecDeque<String>,
     done: bool,
 }
@@ -325,6 +349,7 @@ fn sse_events(
     prompt_tokens: PromptTokens,
     usage_wanted: bool,
     logprobs_wanted: bool,
+    tools: bool,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let mut pending = VecDeque::new();
     if header.kind == Kind::Chat {
@@ -337,6 +362,7 @@ fn sse_events(
         usage_wanted,
         logprobs_wanted,
         offset: 0,
+        held: tools.then(String::new),
         pending,
         done: false,
     };
@@ -349,6 +375,9 @@ fn sse_events(
                 return None;
             }
             match s.rx.recv().await {
+                Some(Event::Text { text, .. }) if s.held.is_some() => {
+                    s.held.get_or_insert_with(String::new).push_str(&text);
+                }
                 Some(Event::Text { text, logprobs }) => {
                     let entries = s
                         .logprobs_wanted
@@ -361,6 +390,22 @@ fn sse_events(
                     reason,
                     completion_tokens,
                 }) => {
+                    let reason = match s.held.take().map(|t| read_answer(&t)) {
+                        Some(Answer::Calls(calls)) => {
+                            for (index, call) in calls.iter().enumerate() {
+                                for chunk in s.header.call_chunks(index, call) {
+                                    s.pending.push_back(chunk.to_string());
+                                }
+                            }
+                            FinishReason::ToolCalls
+                        }
+                        Some(Answer::Content(content)) => {
+                            let chunk = s.header.chunk(false, &content, None, None);
+                            s.pending.push_back(chunk.to_string());
+                            reason
+                        }
+                        None => reason,
+                    };
                     s.pending
                         .push_back(s.header.chunk(false, "", None, Some(reason)).to_string());
                     if s.usage_wanted {
@@ -410,7 +455,7 @@ mod tests {
             total: 3,
             cached: 0,
         };
-        let sse = Sse::new(sse_events(rx, header, prompt, true, false));
+        let sse = Sse::new(sse_events(rx, header, prompt, true, false, false));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

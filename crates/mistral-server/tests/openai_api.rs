@@ -270,13 +270,13 @@ fn bad_requests_get_openai_errors_and_the_server_goes_on() {
     rejects(
         r#"{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}"#,
         400,
-        Some("tools"),
+        Some("tools[0].function"),
         None,
     );
     rejects(
-        r#"{"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}"#,
+        r#"{"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "xml"}}"#,
         400,
-        Some("response_format"),
+        Some("response_format.type"),
         None,
     );
     for (field, value) in [

@@ -1,0 +1,267 @@
+//! Tool calls (OpenAI's `tools`, `tool_choice`, `parallel_tool_calls`) for
+//! models whose prompt has no tool format of its own: the tools go into a
+//! system message, and the answer is constrained to one JSON object, either
+//! `{"tool_calls": [{"name", "arguments"}, ...]}` or (with `tool_choice`
+//! `auto`) `{"response": "text"}`, as llama.cpp's generic tool format does.
+//!
+//! Design notes:
+//! - The constraint is a JSON schema built from the tools (each call's
+//!   `name` a constant, its `arguments` the tool's `parameters`), so the
+//!   calls always parse and name a real tool; `required` and a named
+//!   function drop the `response` branch; `parallel_tool_calls: false`
+//!   allows one call.
+//! - The conversation's earlier calls and results are written the same
+//!   way: an assistant message with `tool_calls` becomes that JSON, a `tool`
+//!   message a user message `{"tool_response": {"tool_call_id", "content"}}`
+//!   (templates without tools know only the usual roles).
+//! - Read back: `tool_calls` become OpenAI's `message.tool_calls` (ids
+//!   `call_...`, arguments as a JSON string, `finish_reason: "tool_calls"`),
+//!   `response` the message's content; text that does not parse (an answer
+//!   cut by `max_tokens`) stays content.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+
+/// Which tools the answer may call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolChoice {
+    /// A call or a text answer, as the model chooses.
+    Auto,
+    /// At least one call.
+    Required,
+    /// A call of this function.
+    Named(String),
+}
+
+/// The request's tools.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolRequest {
+    /// Each tool's `function` object (`name`, `description`, `parameters`).
+    pub functions: Vec<Value>,
+    /// `tool_choice`.
+    pub choice: ToolChoice,
+    /// `parallel_tool_calls` (default true).
+    pub parallel: bool,
+}
+
+fn bad(message: impl Into<String>, field: &str) -> ApiError {
+    ApiError::bad_request(message, Some(field))
+}
+
+/// The request's tools, `None` without tools or with `tool_choice: "none"`.
+pub fn parse(
+    tools: Option<&Value>,
+    choice: Option<&Value>,
+    parallel: Option<bool>,
+) -> Result<Option<ToolRequest>, ApiError> {
+    let tools = match tools {
+        None | Some(Value::Null) => &[][..],
+        Some(Value::Array(list)) => list.as_slice(),
+        Some(_) => return Err(bad("`tools` must be a list", "tools")),
+    };
+    let mut functions = Vec::with_capacity(tools.len());
+    for (i, tool) in tools.iter().enumerate() {
+        if tool.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(bad(
+                "only tools of type `function` are supported",
+                &format!("tools[{i}].type"),
+            ));
+        }
+        let function = tool
+            .get("function")
+            .filter(|f| f.is_object())
+            .ok_or_else(|| {
+                bad(
+                    "a tool needs a `function` object",
+                    &format!("tools[{i}].function"),
+                )
+            })?;
+        let name = function
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if name.is_empty() {
+            return Err(bad(
+                "a function needs a name",
+                &format!("tools[{i}].function.name"),
+            ));
+        }
+        if let Some(p) = function.get("parameters").filter(|p| !p.is_object()) {
+            return Err(bad(
+                format!("`parameters` must be a JSON schema object, not {p}"),
+                &format!("tools[{i}].function.parameters"),
+            ));
+        }
+        functions.push(function.clone());
+    }
+    let name_of = |f: &Value| f["name"].as_str().unwrap_or_default().to_owned();
+    let choice_given = choice.is_some_and(|c| !c.is_null());
+    let choice = match choice {
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(Value::String(s)) if s == "none" => return Ok(None),
+        Some(Value::String(s)) if s == "auto" => ToolChoice::Auto,
+        Some(Value::String(s)) if s == "required" => ToolChoice::Required,
+        Some(v) if v.get("type").and_then(Value::as_str) == Some("function") => {
+            let name = v
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("a named tool choice needs `function.name`", "tool_choice"))?;
+            if !functions.iter().any(|f| name_of(f) == name) {
+                return Err(bad(
+                    format!("`tool_choice` names {name:?}, which is not among `tools`"),
+                    "tool_choice",
+                ));
+            }
+            ToolChoice::Named(name.to_owned())
+        }
+        Some(v) => {
+            return Err(bad(
+                format!("`tool_choice` must be none, auto, required or a named function, not {v}"),
+                "tool_choice",
+            ))
+        }
+    };
+    if functions.is_empty() {
+        // As OpenAI: a tool choice (other than none) needs tools.
+        return match choice_given {
+            false => Ok(None),
+            true => Err(bad(
+                "`tool_choice` is only allowed with `tools`",
+                "tool_choice",
+            )),
+        };
+    }
+    Ok(Some(ToolRequest {
+        functions,
+        choice,
+        parallel: parallel.unwrap_or(true),
+    }))
+}
+
+impl ToolRequest {
+    /// The functions the answer may call.
+    fn callable(&self) -> Vec<&Value> {
+        self.functions
+            .iter()
+            .filter(|f| match &self.choice {
+                ToolChoice::Named(n) => f["name"].as_str() == Some(n),
+                _ => true,
+            })
+            .collect()
+    }
+
+    /// The system message that lists the tools and the answer's format.
+    pub fn system_text(&self) -> String {
+        let listed: Vec<Value> = self.callable().into_iter().cloned().collect();
+        let tools = serde_json::to_string(&listed).unwrap_or_default();
+        let calls = r#"{"tool_calls": [{"name": "<tool name>", "arguments": {<its parameters>}}]}"#;
+        let text = r#"{"response": "<your answer>"}"#;
+        match self.choice {
+            ToolChoice::Auto => format!(
+                "You can call these tools:\n{tools}\nAnswer with one JSON object: {calls} to call \
+                 tools, or {text} to answer directly."
+            ),
+            _ => format!(
+                "You can call these tools:\n{tools}\nAnswer with one JSON object that calls tools: \
+                 {calls}"
+            ),
+        }
+    }
+
+    /// The JSON schema of the answer (see the module notes).
+    pub fn schema(&self) -> Value {
+        let calls: Vec<Value> = self
+            .callable()
+            .into_iter()
+            .map(|f| {
+                let parameters = f
+                    .get("parameters")
+                    .cloned()
+                    .unwrap_or(json!({"type": "object"}));
+                json!({"type": "object", "properties": {
+                    "name": {"const": f["name"]}, "arguments": parameters,
+                }, "required": ["name", "arguments"], "additionalProperties": false})
+            })
+            .collect();
+        let mut list = json!({"type": "array", "items": {"anyOf": calls}, "minItems": 1});
+        if !self.parallel {
+            list["maxItems"] = json!(1);
+        }
+        let call = json!({"type": "object", "properties": {"tool_calls": list},
+                          "required": ["tool_calls"], "additionalProperties": false});
+        match self.choice {
+            ToolChoice::Auto => json!({"anyOf": [call, {
+                "type": "object", "properties": {"response": {"type": "string"}},
+                "required": ["response"], "additionalProperties": false,
+            }]}),
+            _ => call,
+        }
+    }
+}
+
+/// An assistant message's earlier `tool_calls` as the answer format writes
+/// them.
+pub fn calls_text(calls: &[Value]) -> String {
+    let calls: Vec<Value> = calls
+        .iter()
+        .map(|c| {
+            let f = &c["function"];
+            let arguments = match &f["arguments"] {
+                Value::String(s) => serde_json::from_str(s).unwrap_or(json!(s)),
+                other => other.clone(),
+            };
+            json!({"name": f["name"], "arguments": arguments})
+        })
+        .collect();
+    json!({"tool_calls": calls}).to_string()
+}
+
+/// A `tool` message's result as the user message that carries it.
+pub fn result_text(call_id: Option<&str>, content: &str) -> String {
+    json!({"tool_response": {"tool_call_id": call_id, "content": content}}).to_string()
+}
+
+/// A generated answer read back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// Text (the `response`, or text that is not the format).
+    Content(String),
+    /// OpenAI `tool_calls` objects.
+    Calls(Vec<Value>),
+}
+
+/// Reads a generated answer (see the module notes).
+pub fn read_answer(text: &str) -> Answer {
+    let Ok(value) = serde_json::from_str::<Value>(text.trim()) else {
+        return Answer::Content(text.to_owned());
+    };
+    if let Some(response) = value.get("response").and_then(Value::as_str) {
+        return Answer::Content(response.to_owned());
+    }
+    let Some(calls) = value.get("tool_calls").and_then(Value::as_array) else {
+        return Answer::Content(text.to_owned());
+    };
+    Answer::Calls(
+        calls
+            .iter()
+            .map(|c| {
+                json!({"id": call_id(), "type": "function", "function": {
+                    "name": c["name"],
+                    "arguments": c.get("arguments").map_or("{}".to_owned(), Value::to_string),
+                }})
+            })
+            .collect(),
+    )
+}
+
+/// A fresh `call_...` id.
+fn call_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = crate::response::unix_time().as_nanos() as u64;
+    format!("call_{nanos:016x}{n:08x}")
+}
