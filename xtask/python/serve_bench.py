@@ -8,7 +8,12 @@ temperature 0, `max_tokens` completion tokens at most. A round's
 throughput is the completion tokens of all clients (from their usage
 chunks) over the wall time from release to the last `[DONE]`. Prints one
 JSON object: per client count the rounds' tokens/s, their median and
-spread, and the ratio of medians to one client.
+spread, and the ratio of medians to one client. With `--schema`, each
+round is also run with every client's answer constrained to a JSON schema
+(`response_format`; an object with one long string, so answers run to
+`max_tokens` as the free ones do), interleaved with the free round of the
+same count; those rounds are keyed `N+schema`, with their ratio to the free
+rounds of N clients.
 
 Standard library only (urllib, threads): it measures the server, not a
 client library.
@@ -66,12 +71,20 @@ def start_server(cli, model, max_batch):
     sys.exit("the model did not load in 300 s")
 
 
-def client(base, prompt, max_tokens, out, index):
-    body = json.dumps({
+SCHEMA = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {
+    "type": "object", "properties": {"text": {"type": "string", "maxLength": 4000}},
+    "required": ["text"], "additionalProperties": False}}}
+
+
+def client(base, prompt, max_tokens, out, index, schema=False):
+    body = {
         "messages": [{"role": "user", "content": prompt}],
         "temperature": 0, "max_tokens": max_tokens, "stream": True,
         "stream_options": {"include_usage": True},
-    }).encode()
+    }
+    if schema:
+        body["response_format"] = SCHEMA
+    body = json.dumps(body).encode()
     req = urllib.request.Request(base + "/v1/chat/completions", data=body,
                                  headers={"Content-Type": "application/json"})
     tokens = 0
@@ -89,10 +102,10 @@ def client(base, prompt, max_tokens, out, index):
     out[index] = tokens
 
 
-def round_(base, clients, max_tokens, offset):
+def round_(base, clients, max_tokens, offset, schema=False):
     out = [0] * clients
     threads = [threading.Thread(target=client, args=(
-        base, PROMPTS[(offset + i) % len(PROMPTS)], max_tokens, out, i)) for i in range(clients)]
+        base, PROMPTS[(offset + i) % len(PROMPTS)], max_tokens, out, i, schema)) for i in range(clients)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -109,29 +122,37 @@ def main():
     ap.add_argument("--clients", default="1,8")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--schema", action="store_true")
     args = ap.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
     proc, base = start_server(args.cli, args.model, max(counts))
     try:
         round_(base, 1, 8, 0)  # warm-up, not counted
-        runs = {c: [] for c in counts}
+        modes = [False, True] if args.schema else [False]
+        if args.schema:
+            round_(base, 1, 8, 0, True)
+        keys = [(c, m) for c in counts for m in modes]
+        runs = {k: [] for k in keys}
         for rep in range(args.reps):
-            for c in counts:
-                tokens, dt = round_(base, c, args.max_tokens, rep * 3)
-                runs[c].append({"tokens": tokens, "seconds": dt, "tok_s": tokens / dt})
-                print(f"rep {rep + 1}: {c} clients: {tokens} tokens in {dt:.2f} s "
-                      f"= {tokens / dt:.1f} tok/s", file=sys.stderr)
+            for c, m in keys:
+                tokens, dt = round_(base, c, args.max_tokens, rep * 3, m)
+                runs[(c, m)].append({"tokens": tokens, "seconds": dt, "tok_s": tokens / dt})
+                print(f"rep {rep + 1}: {c} clients{' (schema)' if m else ''}: {tokens} tokens "
+                      f"in {dt:.2f} s = {tokens / dt:.1f} tok/s", file=sys.stderr)
     finally:
         proc.terminate()
         proc.wait()
     summary = {}
-    base_median = statistics.median(r["tok_s"] for r in runs[counts[0]])
-    for c in counts:
-        values = [r["tok_s"] for r in runs[c]]
-        median = statistics.median(values)
-        summary[str(c)] = {"runs": runs[c], "median_tok_s": median,
-                           "min_tok_s": min(values), "max_tok_s": max(values),
-                           "ratio_to_first": median / base_median}
+    med = {k: statistics.median(r["tok_s"] for r in runs[k]) for k in keys}
+    base_median = med[(counts[0], False)]
+    for c, m in keys:
+        values = [r["tok_s"] for r in runs[(c, m)]]
+        entry = {"runs": runs[(c, m)], "median_tok_s": med[(c, m)],
+                 "min_tok_s": min(values), "max_tok_s": max(values),
+                 "ratio_to_first": med[(c, m)] / base_median}
+        if m:
+            entry["ratio_to_free"] = med[(c, m)] / med[(c, False)]
+        summary[f"{c}+schema" if m else str(c)] = entry
     print(json.dumps({"clients": summary, "max_tokens": args.max_tokens, "reps": args.reps}))
 
 

@@ -22,6 +22,10 @@ pub struct ServeBenchArgs {
     /// Completion tokens per request at most.
     #[arg(long, default_value_t = 128)]
     max_tokens: u32,
+    /// Also run every round with the answers constrained to a JSON schema
+    /// (`<date>-serve-bench-schema.json`).
+    #[arg(long)]
+    schema: bool,
 }
 
 pub fn run(args: &ServeBenchArgs) -> Result<()> {
@@ -38,6 +42,7 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
         .args(["--clients", &args.clients])
         .args(["--reps", &args.reps.to_string()])
         .args(["--max-tokens", &args.max_tokens.to_string()])
+        .args(args.schema.then_some("--schema"))
         .output()
         .with_context(|| format!("running {}", script.display()))?;
     eprint!("{}", String::from_utf8_lossy(&output.stderr));
@@ -54,17 +59,22 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
     let report: Value = serde_json::from_str(line).context("serve_bench.py's JSON")?;
     let results = paths::workspace_root().join("benches/results");
     std::fs::create_dir_all(&results)?;
-    let file = results.join(format!("{}-serve-bench.json", compare::today()));
+    let suffix = if args.schema { "-schema" } else { "" };
+    let file = results.join(format!("{}-serve-bench{suffix}.json", compare::today()));
     std::fs::write(&file, format!("{line}\n"))
         .with_context(|| format!("writing {}", file.display()))?;
     println!("machine: {}", compare::machine());
     for (clients, r) in report["clients"].as_object().context("clients")? {
         println!(
-            "{clients} clients: median {:.1} tok/s (min {:.1}, max {:.1}), {:.2}x the first",
+            "{clients} clients: median {:.1} tok/s (min {:.1}, max {:.1}), {:.2}x the first{}",
             r["median_tok_s"].as_f64().unwrap_or(f64::NAN),
             r["min_tok_s"].as_f64().unwrap_or(f64::NAN),
             r["max_tok_s"].as_f64().unwrap_or(f64::NAN),
             r["ratio_to_first"].as_f64().unwrap_or(f64::NAN),
+            r["ratio_to_free"]
+                .as_f64()
+                .map(|f| format!(", {f:.2}x free decoding"))
+                .unwrap_or_default(),
         );
     }
     println!("written to {}", file.display());
