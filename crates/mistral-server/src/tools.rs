@@ -265,3 +265,97 @@ fn call_id() -> String {
     let nanos = crate::response::unix_time().as_nanos() as u64;
     format!("call_{nanos:016x}{n:08x}")
 }
+
+#[cfg(test)]
+mod tests {
+    //! The request's tool fields and the answers read back, against
+    //! hand-written OpenAI shapes.
+
+    use super::*;
+
+    fn weather() -> Value {
+        json!([{"type": "function", "function": {"name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+               {"type": "function", "function": {"name": "search"}}])
+    }
+
+    #[test]
+    fn tool_fields_parse_or_name_the_field() {
+        let tools = weather();
+        let named = json!({"type": "function", "function": {"name": "search"}});
+        let t = parse(Some(&tools), Some(&named), Some(false))
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.choice, ToolChoice::Named("search".into()));
+        assert!(!t.parallel);
+        // Only the named tool may be called, with no text branch and one call.
+        let schema = t.schema();
+        assert_eq!(schema["properties"]["tool_calls"]["maxItems"], 1);
+        let calls = &schema["properties"]["tool_calls"]["items"]["anyOf"];
+        assert_eq!(calls.as_array().unwrap().len(), 1);
+        assert_eq!(calls[0]["properties"]["name"]["const"], "search");
+        assert_eq!(
+            calls[0]["properties"]["arguments"],
+            json!({"type": "object"})
+        );
+        let auto = parse(Some(&tools), None, None).unwrap().unwrap();
+        assert_eq!(auto.schema()["anyOf"].as_array().unwrap().len(), 2);
+        assert!(parse(Some(&tools), Some(&json!("none")), None)
+            .unwrap()
+            .is_none());
+        assert!(parse(None, None, None).unwrap().is_none());
+        let field = |r: Result<Option<ToolRequest>, ApiError>| {
+            r.expect_err("refused").body()["error"]["param"].clone()
+        };
+        let unknown = json!({"type": "function", "function": {"name": "nope"}});
+        assert_eq!(
+            field(parse(Some(&tools), Some(&unknown), None)),
+            "tool_choice"
+        );
+        assert_eq!(
+            field(parse(None, Some(&json!("required")), None)),
+            "tool_choice"
+        );
+        assert_eq!(field(parse(Some(&json!({})), None, None)), "tools");
+        let no_name = json!([{"type": "function", "function": {"description": "x"}}]);
+        assert_eq!(
+            field(parse(Some(&no_name), None, None)),
+            "tools[0].function.name"
+        );
+        let retrieval = json!([{"type": "retrieval"}]);
+        assert_eq!(field(parse(Some(&retrieval), None, None)), "tools[0].type");
+    }
+
+    #[test]
+    fn answers_read_back_as_calls_or_text() {
+        let Answer::Calls(calls) = read_answer(
+            r#"{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "search", "arguments": {}}]}"#,
+        ) else {
+            panic!("calls expected");
+        };
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0]["function"]["name"], "get_weather");
+        assert_eq!(calls[0]["function"]["arguments"], r#"{"city":"Paris"}"#);
+        assert_eq!(calls[0]["type"], "function");
+        assert!(calls[0]["id"].as_str().unwrap().starts_with("call_"));
+        assert_ne!(calls[0]["id"], calls[1]["id"]);
+        assert_eq!(
+            read_answer(r#"{"response": "Hello"}"#),
+            Answer::Content("Hello".into())
+        );
+        // Cut by max_tokens: the text stays.
+        let cut = r#"{"tool_calls": [{"name": "get_we"#;
+        assert_eq!(read_answer(cut), Answer::Content(cut.into()));
+        // Earlier calls and results as the prompt writes them.
+        let earlier = json!([{"id": "call_1", "type": "function",
+                              "function": {"name": "search", "arguments": "{\"q\": 1}"}}]);
+        assert_eq!(
+            calls_text(earlier.as_array().unwrap()),
+            r#"{"tool_calls":[{"name":"search","arguments":{"q":1}}]}"#
+        );
+        assert_eq!(
+            result_text(Some("call_1"), "sunny"),
+            r#"{"tool_response":{"tool_call_id":"call_1","content":"sunny"}}"#
+        );
+    }
+}
