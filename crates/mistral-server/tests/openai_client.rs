@@ -8,11 +8,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
-use common::test_env::{models_dir, python};
-use common::{start, MODEL_ID};
+use common::test_env::models_dir;
+use common::{run_client_check, start};
 
 /// SmolLM2 as a Hugging Face folder: the float32 conversion of its GGUF
 /// that `cargo xtask test` writes (`gguf-hf/smollm2` in the test models).
@@ -29,25 +28,6 @@ fn smollm2_hf() -> PathBuf {
 #[test]
 fn the_openai_client_gets_what_openai_would_send() {
     let server = start(Some("test-key"), 1 << 20);
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../xtask/python/openai_client_check.py");
-    let output = Command::new(python())
-        .arg(&script)
-        .args([server.base.as_str(), "test-key", MODEL_ID])
-        .arg(smollm2_hf())
-        .output()
-        .expect("running the openai client check (run `cargo xtask test` for the venv)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    eprintln!("{stdout}");
-    assert!(
-        output.status.success(),
-        "openai client check failed:\n{stdout}\n{stderr}"
-    );
-    // Every check printed its line.
-    assert_eq!(
-        stdout.lines().filter(|l| l.starts_with("ok: ")).count(),
-        18,
-        "{stdout}"
-    );
+    let hf = smollm2_hf();
+    run_client_check(&server, "openai_client_check.py", &[hf.as_os_str()], 18);
 }

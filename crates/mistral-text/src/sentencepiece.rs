@@ -395,13 +395,7 @@ impl SentencePiece {
 
     /// This tokenizer as a `tokenizers` one (see the module notes).
     pub fn to_tokenizer(&self) -> Result<crate::Tokenizer, crate::TokenizerError> {
-        self.tokenizer_json()
-            .to_string()
-            .parse::<tokenizers::Tokenizer>()
-            .map(crate::Tokenizer::new)
-            .map_err(|e| crate::TokenizerError {
-                message: format!("the SentencePiece vocabulary does not make a tokenizer: {e}"),
-            })
+        crate::Tokenizer::from_document(&self.tokenizer_json(), "the SentencePiece vocabulary")
     }
 }
 

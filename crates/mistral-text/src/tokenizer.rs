@@ -42,6 +42,21 @@ impl Tokenizer {
             })
     }
 
+    /// Builds a tokenizer from a `tokenizer.json` document made here (from
+    /// `what`, for the error).
+    pub(crate) fn from_document(
+        document: &serde_json::Value,
+        what: &str,
+    ) -> Result<Self, TokenizerError> {
+        document
+            .to_string()
+            .parse::<tokenizers::Tokenizer>()
+            .map(Tokenizer)
+            .map_err(|e| TokenizerError {
+                message: format!("{what} does not make a tokenizer: {e}"),
+            })
+    }
+
     /// The wrapped tokenizer.
     pub fn into_inner(self) -> tokenizers::Tokenizer {
         self.0

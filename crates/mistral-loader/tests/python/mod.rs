@@ -102,3 +102,42 @@ pub fn random_texts(n: usize) -> Vec<String> {
         })
         .collect()
 }
+
+/// Checks `tokenizer` against a reference `answer` of tekken_ref.py or
+/// sentencepiece_ref.py (one file's entry): each of `texts` encodes to its
+/// ids with and without `<s>`/`</s>`, each of `sequences` decodes to its
+/// text under each special-token policy.
+pub fn check_encode_decode(
+    tokenizer: &mistral_text::MistralTokenizer,
+    answer: &Value,
+    texts: &[String],
+    sequences: &[Vec<u32>],
+    path: &str,
+) {
+    use mistral_text::tekken::SpecialTokenPolicy;
+    for (i, text) in texts.iter().enumerate() {
+        assert_eq!(
+            tokenizer.encode(text, false, false),
+            ids_of(&answer["ids"][i]),
+            "{path}: ids of {text:?}"
+        );
+        assert_eq!(
+            tokenizer.encode(text, true, true),
+            ids_of(&answer["ids_bos_eos"][i]),
+            "{path}: ids with <s> and </s> of {text:?}"
+        );
+    }
+    for (i, ids) in sequences.iter().enumerate() {
+        for (policy, key) in [
+            (SpecialTokenPolicy::Ignore, "decode_ignore"),
+            (SpecialTokenPolicy::Keep, "decode_keep"),
+            (SpecialTokenPolicy::Raise, "decode_raise"),
+        ] {
+            assert_eq!(
+                tokenizer.decode(ids, policy).ok(),
+                answer[key][i].as_str().map(str::to_owned),
+                "{path}: {key} of {ids:?}"
+            );
+        }
+    }
+}

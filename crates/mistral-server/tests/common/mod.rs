@@ -235,3 +235,37 @@ pub fn stream_and_leave(server: &Server, path: &str, body: &Value) {
     let n = socket.read(&mut first).expect("first bytes");
     assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
 }
+
+/// Runs `xtask/python/SCRIPT BASE_URL test-key MODEL_ID [extra]` with the
+/// reference interpreter against `server` (started with the key
+/// `test-key`), asserts it succeeded and printed `checks` lines `ok: ...`
+/// (one per check passed), and returns its output.
+pub fn run_client_check(
+    server: &Server,
+    script: &str,
+    extra: &[&std::ffi::OsStr],
+    checks: usize,
+) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../xtask/python")
+        .join(script);
+    let output = std::process::Command::new(test_env::python())
+        .arg(&path)
+        .args([server.base.as_str(), "test-key", MODEL_ID])
+        .args(extra)
+        .output()
+        .unwrap_or_else(|e| panic!("running {script} (run `cargo xtask test` for the venv): {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{stdout}");
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{stdout}\n{stderr}"
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok: ")).count(),
+        checks,
+        "{stdout}"
+    );
+    stdout
+}
