@@ -262,7 +262,9 @@ pub fn read_answer(text: &str) -> Answer {
 fn call_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let nanos = crate::response::unix_time().as_nanos() as u64;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     format!("call_{nanos:016x}{n:08x}")
 }
 
