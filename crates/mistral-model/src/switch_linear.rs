@@ -249,11 +249,16 @@ impl SwitchLinear {
         Ok(match self {
             SwitchLinear::Dense(w) if transpose => x.matmul(w.swap_axes(-1, -2)?)?,
             SwitchLinear::Dense(w) => x.matmul(w)?,
-            // MLX 0.32.2's CUDA backend has no untransposed quantized
-            // product for these shapes ("No implementation for problem
-            // shape"): the stack is dequantized for it there.
-            SwitchLinear::Quantized { .. } if !transpose && computes_on_gpu() => {
-                x.matmul(self.dense_weight()?)?
+            // MLX 0.32.2's CUDA backend has no quantized product for these
+            // small stacks (Mistral 4's embed_q, K = 32, group 32, either
+            // way: "No implementation for problem shape"): the stack is
+            // dequantized for it there.
+            SwitchLinear::Quantized { .. } if computes_on_gpu() => {
+                let w = self.dense_weight()?;
+                match transpose {
+                    true => x.matmul(w.swap_axes(-1, -2)?)?,
+                    false => x.matmul(w)?,
+                }
             }
             SwitchLinear::Quantized {
                 weight,
