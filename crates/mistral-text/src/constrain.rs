@@ -178,9 +178,4 @@ impl Constraint {
             .map(|mask| mask.as_slice().to_vec())
             .map_err(|e| ConstraintError(e.to_string()))
     }
-
-    /// Whether the grammar has ended (only the end token is allowed).
-    pub fn is_done(&self) -> bool {
-        self.matcher.is_stopped()
-    }
 }

@@ -437,12 +437,6 @@ pub fn file_version(path: &Path) -> Result<u32, String> {
     }
 }
 
-/// Whether `name` is a SentencePiece file name mistral-common reads
-/// (`tokenizer.model.v3`, `*.model.v7m1`).
-pub fn is_sentencepiece_name(name: &str) -> bool {
-    name.contains(".model") && file_version(Path::new(name)).is_ok()
-}
-
 fn file_error(path: &Path, field: &str, message: impl ToString) -> SentencePieceError {
     SentencePieceError::File {
         path: path.to_path_buf(),

@@ -25,6 +25,8 @@ pub(crate) struct Bpe {
     user_defined: Vec<String>,
     /// The id of each byte's `<0xNN>` piece.
     byte_ids: Box<[u32; 256]>,
+    /// The byte of each `<0xNN>` piece's id (decoding).
+    byte_of: HashMap<u32, u8>,
     add_prefix: bool,
 }
 
@@ -78,10 +80,12 @@ impl Bpe {
         add_prefix: bool,
     ) -> Self {
         user_defined.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        let byte_of = (0..=255u8).map(|b| (byte_ids[b as usize], b)).collect();
         Bpe {
             pieces,
             user_defined,
             byte_ids: Box::new(byte_ids),
+            byte_of,
             add_prefix,
         }
     }
@@ -93,10 +97,7 @@ impl Bpe {
 
     /// The byte a `<0xNN>` piece stands for (0 for other ids).
     pub(crate) fn byte_value(&self, id: u32) -> u8 {
-        self.byte_ids
-            .iter()
-            .position(|&b| b == id)
-            .map_or(0, |b| b as u8)
+        self.byte_of.get(&id).copied().unwrap_or(0)
     }
 
     /// The ids of `text` (see the module notes).
