@@ -50,6 +50,43 @@ fn run_python(args: &[&str], stdin: Option<&Value>) -> String {
     String::from_utf8(out.stdout).expect("UTF-8")
 }
 
+/// The path of `name` in mistral-common's data folder (its wheel's
+/// tokenizer files).
+fn mistral_common_file(name: &str) -> String {
+    let code = format!(
+        "import mistral_common, os; print(os.path.join(os.path.dirname(mistral_common.__file__), 'data', {name:?}))"
+    );
+    run_python(&["-c", &code], None).trim().to_owned()
+}
+
+/// `generate --json` in chat mode with `system` and `user` on `model`,
+/// two greedy tokens, with `--tokenizer-mode mode` when given.
+fn chat_json(model: &str, system: &str, user: &str, mode: Option<&str>) -> Value {
+    let mut args = vec![
+        "generate",
+        "--model",
+        model,
+        "--system",
+        system,
+        "--prompt",
+        user,
+        "--chat",
+        "--max-tokens",
+        "2",
+        "--temp",
+        "0",
+        "--json",
+    ];
+    args.extend(mode.iter().flat_map(|m| ["--tokenizer-mode", m]));
+    let out = cli(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
 /// A tiny random model in Mistral's layout with a `vocab`-id vocabulary.
 fn write_model(dir: &Path, vocab: i32) {
     let (dim, hidden) = (32, 64);
@@ -89,47 +126,20 @@ fn write_model(dir: &Path, vocab: i32) {
 
 #[test]
 fn chat_prompts_of_a_mistral_folder_are_mistral_commons_ids() {
-    let tekken = run_python(
-        &["-c", "import mistral_common, os; print(os.path.join(os.path.dirname(mistral_common.__file__), 'data', 'tekken_240911.json'))"],
-        None,
-    );
+    let tekken = mistral_common_file("tekken_240911.json");
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(tekken.trim(), dir.path().join("tekken.json")).expect("copy tekken.json");
+    std::fs::copy(&tekken, dir.path().join("tekken.json")).expect("copy tekken.json");
     write_model(dir.path(), 131_072);
     let model = dir.path().display().to_string();
     let (system, user) = ("Be brief.", "Hello there, ünïcödé 123");
-    let generate = |mode: &str| -> Value {
-        let out = cli(&[
-            "generate",
-            "--model",
-            &model,
-            "--system",
-            system,
-            "--prompt",
-            user,
-            "--chat",
-            "--max-tokens",
-            "2",
-            "--temp",
-            "0",
-            "--json",
-            "--tokenizer-mode",
-            mode,
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("JSON")
-    };
+    let generate = |mode: &str| chat_json(&model, system, user, Some(mode));
     let ours = generate("auto");
     assert_eq!(ours["chat_protocol"], "mistral");
     let refs = tempfile::tempdir().expect("tempdir");
     let answer: Value = serde_json::from_str(&run_python(
         &["mistral_chat_ref.py"],
         Some(
-            &json!({"file": tekken.trim(), "versions": ["v3"], "out_dir": refs.path(),
+            &json!({"file": tekken, "versions": ["v3"], "out_dir": refs.path(),
                      "conversations": [{"messages": [
                          {"role": "system", "content": system},
                          {"role": "user", "content": user}]}]}),
@@ -171,44 +181,20 @@ fn chat_prompts_of_a_mistral_folder_are_mistral_commons_ids() {
 
 #[test]
 fn chat_prompts_of_a_sentencepiece_folder_are_mistral_commons_ids() {
-    let spm = run_python(
-        &["-c", "import mistral_common, os; print(os.path.join(os.path.dirname(mistral_common.__file__), 'data', 'mistral_instruct_tokenizer_241114.model.v7'))"],
-        None,
-    );
+    let spm = mistral_common_file("mistral_instruct_tokenizer_241114.model.v7");
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(spm.trim(), dir.path().join("tokenizer.model.v7")).expect("copy");
+    std::fs::copy(&spm, dir.path().join("tokenizer.model.v7")).expect("copy");
     write_model(dir.path(), 32_768);
     let model = dir.path().display().to_string();
     let (system, user) = ("Be brief.", "Hello  there, ünïcödé 123 ");
-    let out = cli(&[
-        "generate",
-        "--model",
-        &model,
-        "--system",
-        system,
-        "--prompt",
-        user,
-        "--chat",
-        "--max-tokens",
-        "2",
-        "--temp",
-        "0",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ours: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    // No --tokenizer-mode: auto picks the protocol from the file.
+    let ours = chat_json(&model, system, user, None);
     assert_eq!(ours["chat_protocol"], "mistral");
     let answer: Value = serde_json::from_str(&run_python(
         &["mistral_chat_ref.py"],
-        Some(
-            &json!({"spm_files": [spm.trim()], "conversations": [{"messages": [
+        Some(&json!({"spm_files": [spm], "conversations": [{"messages": [
             {"role": "system", "content": system},
-            {"role": "user", "content": user}]}]}),
-        ),
+            {"role": "user", "content": user}]}]})),
     ))
     .expect("answer");
     assert_eq!(answer["versions"][0]["version"], "v7");
