@@ -23,9 +23,10 @@ library), independent of the Rust code. Run as
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+
+from tekken_ref import answer_request, encode_decode
 
 
 def shipped_files() -> list[str]:
@@ -36,18 +37,10 @@ def shipped_files() -> list[str]:
 
 
 def answer_for(path: str, texts: list[str], ids: list[list[int]]) -> dict:
-    from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
     from mistral_common.tokens.tokenizers.sentencepiece import SentencePieceTokenizer
 
     tok = SentencePieceTokenizer(path)
     ids = [[i for i in seq if i < tok.n_words] for seq in ids]
-
-    def decode_raise(seq):
-        try:
-            return tok.decode(seq, special_token_policy=SpecialTokenPolicy.RAISE)
-        except ValueError:
-            return None
-
     return {
         "path": path,
         "version": tok.version.value,
@@ -55,21 +48,9 @@ def answer_for(path: str, texts: list[str], ids: list[list[int]]) -> dict:
         "bos": tok.bos_id,
         "eos": tok.eos_id,
         "controls": sorted(tok.special_ids),
-        "ids": [tok.encode(t, bos=False, eos=False) for t in texts],
-        "ids_bos_eos": [tok.encode(t, bos=True, eos=True) for t in texts],
-        "decode_ignore": [tok.decode(seq) for seq in ids],
-        "decode_keep": [tok.decode(seq, special_token_policy=SpecialTokenPolicy.KEEP) for seq in ids],
-        "decode_raise": [decode_raise(seq) for seq in ids],
+        **encode_decode(tok, texts, ids),
     }
 
 
-def main() -> int:
-    request = json.load(sys.stdin)
-    files = request.get("files") or shipped_files()
-    answer = {"files": [answer_for(f, request.get("texts", []), request.get("ids", [])) for f in files]}
-    json.dump(answer, sys.stdout)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(answer_request(answer_for, shipped_files))

@@ -33,11 +33,11 @@ def shipped_files() -> list[str]:
     return sorted(os.path.join(data, f) for f in os.listdir(data) if f.startswith("tekken") and f.endswith(".json"))
 
 
-def answer_for(path: str, texts: list[str], ids: list[list[int]]) -> dict:
+def encode_decode(tok, texts: list[str], ids: list[list[int]]) -> dict:
+    """A mistral-common tokenizer's ids of `texts` (without and with
+    `<s>`/`</s>`) and its decodes of `ids` under each special-token policy
+    (RAISE: null where it raised). Shared with sentencepiece_ref.py."""
     from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
-    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
-
-    tok = Tekkenizer.from_file(path)
 
     def decode_raise(seq):
         try:
@@ -46,13 +46,6 @@ def answer_for(path: str, texts: list[str], ids: list[list[int]]) -> dict:
             return None
 
     return {
-        "path": path,
-        "version": tok.version.value,
-        "vocab_size": tok.n_words,
-        "num_special": tok.num_special_tokens,
-        "bos": tok.bos_id,
-        "eos": tok.eos_id,
-        "specials": [t["token_str"] for t in tok._all_special_tokens],
         "ids": [tok.encode(t, bos=False, eos=False) for t in texts],
         "ids_bos_eos": [tok.encode(t, bos=True, eos=True) for t in texts],
         "decode_ignore": [tok.decode(seq) for seq in ids],
@@ -61,12 +54,33 @@ def answer_for(path: str, texts: list[str], ids: list[list[int]]) -> dict:
     }
 
 
-def main() -> int:
+def answer_for(path: str, texts: list[str], ids: list[list[int]]) -> dict:
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
+    tok = Tekkenizer.from_file(path)
+    return {
+        "path": path,
+        "version": tok.version.value,
+        "vocab_size": tok.n_words,
+        "num_special": tok.num_special_tokens,
+        "bos": tok.bos_id,
+        "eos": tok.eos_id,
+        "specials": [t["token_str"] for t in tok._all_special_tokens],
+        **encode_decode(tok, texts, ids),
+    }
+
+
+def answer_request(answer_for, shipped_files) -> int:
+    """Reads the request on stdin, writes each file's answer on stdout."""
     request = json.load(sys.stdin)
     files = request.get("files") or shipped_files()
     answer = {"files": [answer_for(f, request.get("texts", []), request.get("ids", [])) for f in files]}
     json.dump(answer, sys.stdout)
     return 0
+
+
+def main() -> int:
+    return answer_request(answer_for, shipped_files)
 
 
 if __name__ == "__main__":
