@@ -17,6 +17,7 @@
 //! - [`sentencepiece`]: Mistral's SentencePiece files (`tokenizer.model.vN`),
 //!   likewise; [`sentencepiece_hf`] their `tokenizer.json` form;
 //! - [`mistral_tokenizer`]: either of the two, as the chat protocol uses them;
+//! - [`tokenizer_file_error`]: the error both files report;
 //! - [`mistral_chat`]: prompt ids exactly as mistral-common builds them.
 //!
 //! Nothing model-specific lives here: which files hold the tokenizer, the
@@ -41,6 +42,7 @@ pub mod tekken;
 mod tekken_hf;
 pub mod token_bytes;
 pub mod tokenizer;
+pub mod tokenizer_file_error;
 
 pub use chat::{ChatError, ChatMessage, ChatTemplate, ChatTemplateArgs};
 pub use detokenizer::{DetokenizeError, StreamingDetokenizer};

@@ -2,19 +2,12 @@
 //! ([`Tekken`]) or SentencePiece ([`SentencePiece`]), behind the few
 //! operations mistral-common's chat protocol uses.
 
-use crate::sentencepiece::{SentencePiece, SentencePieceError};
-use crate::tekken::{SpecialTokenPolicy, Tekken, TekkenError};
+use crate::sentencepiece::SentencePiece;
+use crate::tekken::{SpecialTokenPolicy, Tekken};
+pub use crate::tokenizer_file_error::TokenizerFileError;
 
 /// Ids that one of Mistral's tokenizers cannot decode.
-#[derive(Debug, thiserror::Error)]
-pub enum MistralTokenizerError {
-    /// From a tekken file.
-    #[error(transparent)]
-    Tekken(#[from] TekkenError),
-    /// From a SentencePiece file.
-    #[error(transparent)]
-    SentencePiece(#[from] SentencePieceError),
-}
+pub type MistralTokenizerError = TokenizerFileError;
 
 /// One of Mistral's own tokenizers.
 #[derive(Debug, Clone)]
@@ -84,9 +77,9 @@ impl MistralTokenizer {
         ids: &[u32],
         policy: SpecialTokenPolicy,
     ) -> Result<String, MistralTokenizerError> {
-        Ok(match self {
-            MistralTokenizer::Tekken(t) => t.decode(ids, policy)?,
-            MistralTokenizer::SentencePiece(t) => t.decode(ids, policy)?,
-        })
+        match self {
+            MistralTokenizer::Tekken(t) => t.decode(ids, policy),
+            MistralTokenizer::SentencePiece(t) => t.decode(ids, policy),
+        }
     }
 }

@@ -23,7 +23,7 @@
 //!   (`.model.v3`, `.model.v7m1`; a bare `.model` is v1).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use prost::Message;
 
@@ -32,27 +32,11 @@ use crate::sentencepiece_hf::{
     self, KIND_BYTE, KIND_CONTROL, KIND_NORMAL, KIND_UNKNOWN, KIND_USER_DEFINED, SPACE,
 };
 pub use crate::tekken::SpecialTokenPolicy;
+use crate::tokenizer_file_error::file_error;
+pub use crate::tokenizer_file_error::TokenizerFileError;
 
 /// A SentencePiece file that cannot be used, or ids that cannot be decoded.
-#[derive(Debug, thiserror::Error)]
-pub enum SentencePieceError {
-    /// The file could not be read or parsed, or a field is wrong.
-    #[error("{path}: {field}: {message}")]
-    File {
-        /// The tokenizer file.
-        path: PathBuf,
-        /// The field at fault (`trainer_spec.model_type`, `pieces[12]`, ...).
-        field: String,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// An id past the vocabulary.
-    #[error("token id {0} is outside the vocabulary")]
-    UnknownId(u32),
-    /// A control token met while decoding with [`SpecialTokenPolicy::Raise`].
-    #[error("token id {0} is a control token, and the policy refuses them")]
-    SpecialToken(u32),
-}
+pub type SentencePieceError = TokenizerFileError;
 
 // sentencepiece_model.proto, the fields read here.
 #[derive(Clone, PartialEq, Message)]
@@ -434,13 +418,5 @@ pub fn file_version(path: &Path) -> Result<u32, String> {
             "{name:?} does not end in .model or .model.vN (N one of 1, 2, 3, 7, 11, 13, 15, \
              optionally followed by m1)"
         )),
-    }
-}
-
-fn file_error(path: &Path, field: &str, message: impl ToString) -> SentencePieceError {
-    SentencePieceError::File {
-        path: path.to_path_buf(),
-        field: field.to_owned(),
-        message: message.to_string(),
     }
 }

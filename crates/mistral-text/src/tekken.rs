@@ -21,32 +21,17 @@
 //!   file and the field, never a panic.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::Engine;
 use serde::Deserialize;
 use tiktoken_rs::CoreBPE;
 
+use crate::tokenizer_file_error::file_error;
+pub use crate::tokenizer_file_error::TokenizerFileError;
+
 /// A `tekken.json` that cannot be used, or ids that cannot be decoded.
-#[derive(Debug, thiserror::Error)]
-pub enum TekkenError {
-    /// The file could not be read or parsed, or a field is wrong.
-    #[error("{path}: {field}: {message}")]
-    File {
-        /// The tokenizer file.
-        path: PathBuf,
-        /// The field at fault (`config.version`, `vocab[12]`, ...).
-        field: String,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// An id past the vocabulary.
-    #[error("token id {0} is outside the vocabulary")]
-    UnknownId(u32),
-    /// A control token met while decoding with [`SpecialTokenPolicy::Raise`].
-    #[error("token id {0} is a control token, and the policy refuses them")]
-    SpecialToken(u32),
-}
+pub type TekkenError = TokenizerFileError;
 
 /// What decoding does with control tokens (mistral-common's
 /// `SpecialTokenPolicy`).
@@ -312,14 +297,6 @@ impl Tekken {
         }
         out.push_str(&String::from_utf8_lossy(&run));
         Ok(out)
-    }
-}
-
-fn file_error(path: &Path, field: &str, message: impl ToString) -> TekkenError {
-    TekkenError::File {
-        path: path.to_path_buf(),
-        field: field.to_owned(),
-        message: message.to_string(),
     }
 }
 
