@@ -40,6 +40,9 @@ The models (hidden 128 unless said; vocab 32768 of the v3 tokenizer):
   native_gqa4_bf16, native_gqa4_f32, native_mixtral_f32   Mistral's own
                  layout (params.json, consolidated*.safetensors, interleaved
                  wq/wk rows) of gqa4_bf16, gqa4_f32 (two files) and mixtral_f32
+  native_ministral3_f32   the same of twin_ministral3_full_f32 (ministral3's
+                 shapes, seed 21, every layer full, mscale 1): params.json yarn and
+                 llama_4_scaling as Ministral 3 publishes them
   mistral4_q4_g32   mlx_lm.convert -q (4-bit, group 32) of mistral4_f32:
                  embed_q / unembed_out quantized (QuantizedMultiLinear)
   mistral3_mistral4_fp8   mistral4_f32's weights in a mistral3 wrapper
@@ -66,6 +69,7 @@ normal for matrices, 1 + 0.1 * normal for RMSNorm weights.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -223,10 +227,11 @@ CHAT_TEMPLATE_JINJA = (
 )
 
 
-def ministral3_weights(tied: bool) -> dict[str, np.ndarray]:
+def ministral3_weights(tied: bool, seed: int | None = None) -> dict[str, np.ndarray]:
     """The Ministral 3 text weights; the tied variant is the untied one
     without lm_head.weight (make_weights draws the head last)."""
-    w = make_models.make_weights(MINISTRAL3_SPEC)
+    spec = MINISTRAL3_SPEC if seed is None else dataclasses.replace(MINISTRAL3_SPEC, seed=seed)
+    w = make_models.make_weights(spec)
     if tied:
         del w["lm_head.weight"]
     return w
@@ -1150,7 +1155,7 @@ def build(root: str, tokenizer_dir: str) -> list[tuple[dict, object]]:
 
     # 11-13. Mistral 4.
     plans.extend(build_mistral4(root, tokenizer_dir))
-    plans.extend(build_native(root))
+    plans.extend(build_native(root, tokenizer_dir))
 
     for e, _ in plans:
         e["vision_bytes"], e["text_bytes"] = tensor_bytes(os.path.join(root, e["dir"]))
@@ -1249,10 +1254,23 @@ def write_native(root: str, name: str, twin: str, shards: int) -> dict:
     with open(os.path.join(twin, "config.json")) as f:
         c = json.load(f)
     heads, kv = c["num_attention_heads"], c["num_key_value_heads"]
+    rope = c.get("rope_parameters") or {}
     params = {"dim": c["hidden_size"], "n_layers": c["num_hidden_layers"],
               "head_dim": c.get("head_dim") or c["hidden_size"] // heads, "hidden_dim": c["intermediate_size"],
               "n_heads": heads, "n_kv_heads": kv, "norm_eps": c["rms_norm_eps"], "vocab_size": c["vocab_size"],
-              "rope_theta": c["rope_theta"], "max_position_embeddings": c["max_position_embeddings"]}
+              "rope_theta": c.get("rope_theta", rope.get("rope_theta")),
+              "max_position_embeddings": c["max_position_embeddings"]}
+    if c["model_type"] == "ministral3":
+        # The inverse of transformers' convert_ministral3_weights_to_hf.py
+        # (beta_fast <- yarn.beta, beta_slow <- yarn.alpha; it writes mscale
+        # = mscale_all_dim = 1), laid out as Ministral 3's own params.json.
+        assert rope["mscale"] == rope["mscale_all_dim"] == 1.0 and not c.get("sliding_window"), name
+        original = rope["original_max_position_embeddings"]
+        params["yarn"] = {"original_max_position_embeddings": original, "factor": rope["factor"],
+                          "apply_scale": False, "beta": rope["beta_fast"], "alpha": rope["beta_slow"]}
+        params["llama_4_scaling"] = {"original_max_position_embeddings": original,
+                                     "beta": rope["llama_4_scaling_beta"]}
+        params["tied_embeddings"] = c["tie_word_embeddings"]
     if c.get("num_local_experts"):
         params["moe"] = {"num_experts": c["num_local_experts"], "num_experts_per_tok": c["num_experts_per_tok"]}
     weights = mx.load(os.path.join(twin, "model.safetensors"))
@@ -1274,11 +1292,21 @@ def write_native(root: str, name: str, twin: str, shards: int) -> dict:
     return params
 
 
-def build_native(root: str) -> list[tuple[dict, object]]:
-    """Mistral's own layout of three models whose Hugging Face twins exist:
+def build_native(root: str, tokenizer_dir: str) -> list[tuple[dict, object]]:
+    """Mistral's own layout of four models whose Hugging Face twins exist:
     the references are mlx-lm on the twins (same weights)."""
     plans = []
     parent = os.path.dirname(os.path.abspath(root))
+    # Ministral 3 as its params.json can say it: every layer full, no
+    # window, no attention factor (mscale = mscale_all_dim = 1); the twin is
+    # not itself a test model. Seed 21, untied: with ministral3_f32's weights
+    # (seed 12) and every layer full, greedy decoding repeats one token.
+    config = ministral3_config(False, "float32")
+    config.pop("sliding_window")
+    config["layer_types"] = ["full_attention"] * MINISTRAL3_SPEC.num_hidden_layers
+    config["rope_parameters"]["mscale"] = 1.0
+    ministral3_twin = new_model_dir(root, "twin_ministral3_full_f32", config, tokenizer_dir)
+    make_models.save_weights(ministral3_twin, ministral3_weights(tied=False, seed=21), "float32", 1)
     for name, twin, shards, desc in (
         ("native_gqa4_bf16", os.path.join(parent, "gqa4_bf16"), 1,
          "gqa4_bf16 in Mistral's layout: params.json + consolidated.safetensors, tok_embeddings / "
@@ -1288,16 +1316,23 @@ def build_native(root: str) -> list[tuple[dict, object]]:
         ("native_mixtral_f32", os.path.join(root, "mixtral_f32"), 1,
          "mixtral_f32 in Mistral's layout: params.json moe {num_experts 4, num_experts_per_tok 2}, "
          "layers.N.feed_forward.gate and feed_forward.experts.E.w1-3"),
+        ("native_ministral3_f32", ministral3_twin, 1,
+         "Ministral 3 in Mistral's layout: params.json yarn {factor 16, beta 32, alpha 1, apply_scale "
+         "false} + llama_4_scaling {beta 0.1}, original length 16 (the query scale changes inside the "
+         "long prompt), untied output; its twin has every layer full"),
     ):
         if not os.path.isdir(twin):
             raise SystemExit(f"{twin}: the Hugging Face twin of {name} is missing (run make_models.py first)")
         params = write_native(root, name, twin, shards)
         with open(os.path.join(twin, "config.json")) as f:
             c = json.load(f)
-        arch = "mixtral" if "moe" in params else "mistral"
+        arch = "mixtral" if "moe" in params else "ministral3" if "yarn" in params else "mistral"
         dtype = c["torch_dtype"]
         kw = dict(experts=params["moe"]["num_experts"], top_k=params["moe"]["num_experts_per_tok"],
                   seed=MIXTRAL["seed"]) if arch == "mixtral" else {}
+        if arch == "ministral3":
+            kw = dict(layer_types=c["layer_types"], rope_type="yarn", rope=dict(c["rope_parameters"]),
+                      tied=False, layers=c["num_hidden_layers"], seed=21)
         e = entry(name, desc, arch, "native", dtype, rope_theta=params["rope_theta"],
                   head_dim=params["head_dim"], source=os.path.relpath(twin, root),
                   reference_approach="mlx-lm load_model on the Hugging Face twin (the same weights)", **kw)

@@ -6,10 +6,13 @@
 //! - [`native_config_json`] turns `params.json` into the `config.json`
 //!   transformers' converter writes for it (`dim` -> `hidden_size`, ...);
 //!   the model is then built from that as from any `config.json`, and
-//!   `convert` writes it out. Fields whose meaning here is not checked
-//!   against a reference (`yarn`, `llama_4_scaling`, `q_lora_rank`, ...) are
-//!   refused by name rather than guessed; a `vision_encoder` is set aside
-//!   (its weights are never read, as for `mistral3`).
+//!   `convert` writes it out. `yarn` with `llama_4_scaling` (Ministral 3,
+//!   Mistral Small 3.2, Devstral 2) makes a `ministral3` config as
+//!   transformers' `convert_ministral3_weights_to_hf.py` does. Fields whose
+//!   meaning here is not checked against a reference (`q_lora_rank`,
+//!   `yarn.apply_scale: true`, ...) are refused by name rather than guessed;
+//!   a `vision_encoder` is set aside (its weights are never read, as for
+//!   `mistral3`).
 //! - [`NativeWeights`] hands the tensors to the model under Hugging Face
 //!   names (`layers.0.attention.wq` is `model.layers.0.self_attn.q_proj`),
 //!   and puts `wq`/`wk` rows in the rotate-half order the model's RoPE
@@ -125,14 +128,7 @@ fn params_to_config(params: &Value) -> std::result::Result<Value, (String, Strin
             "params.json must be a JSON object".to_owned(),
         )
     })?;
-    const REFUSED: [&str; 6] = [
-        "yarn",
-        "llama_4_scaling",
-        "q_lora_rank",
-        "kv_lora_rank",
-        "lora",
-        "quantization",
-    ];
+    const REFUSED: [&str; 4] = ["q_lora_rank", "kv_lora_rank", "lora", "quantization"];
     if let Some(field) = REFUSED
         .iter()
         .find(|f| p.get(**f).is_some_and(|v| !v.is_null()))
@@ -161,10 +157,18 @@ fn params_to_config(params: &Value) -> std::result::Result<Value, (String, Strin
     };
     let mut c = Map::new();
     let moe = p.get("moe").filter(|m| !m.is_null());
-    let (model_type, arch) = if moe.is_some() {
-        ("mixtral", "MixtralForCausalLM")
-    } else {
-        ("mistral", "MistralForCausalLM")
+    let theta = number("rope_theta")?;
+    let yarn = yarn_rope(p, theta.clone())?;
+    let (model_type, arch) = match (&yarn, moe) {
+        (Some(_), Some(_)) => {
+            return Err((
+                "yarn".to_owned(),
+                "together with moe is not supported in Mistral's layout yet".to_owned(),
+            ))
+        }
+        (Some(_), None) => ("ministral3", "Ministral3ForCausalLM"),
+        (None, Some(_)) => ("mixtral", "MixtralForCausalLM"),
+        (None, None) => ("mistral", "MistralForCausalLM"),
     };
     c.insert("architectures".into(), json!([arch]));
     c.insert("model_type".into(), json!(model_type));
@@ -183,11 +187,28 @@ fn params_to_config(params: &Value) -> std::result::Result<Value, (String, Strin
         "rms_norm_eps".into(),
         number("norm_eps")?.ok_or(("norm_eps".to_owned(), "is missing".to_owned()))?,
     );
-    // mistral-inference's default base when params.json has none.
-    c.insert(
-        "rope_theta".into(),
-        number("rope_theta")?.unwrap_or(json!(10000.0)),
-    );
+    // mistral-inference's default base when params.json has none
+    // (transformers' Ministral 3 converter's with yarn).
+    if let Some(rope) = yarn {
+        c.insert("rope_parameters".into(), Value::Object(rope));
+        let layers = c["num_hidden_layers"].as_u64().unwrap_or(0) as usize;
+        c.insert("layer_types".into(), json!(vec!["full_attention"; layers]));
+        // The converter's default: Ministral 3's params.json has no length.
+        if int("max_position_embeddings")?
+            .or(int("max_seq_len")?)
+            .is_none()
+        {
+            c.insert("max_position_embeddings".into(), json!(262144));
+        }
+        if p.get("sliding_window").is_some_and(|v| !v.is_null()) {
+            return Err((
+                "sliding_window".into(),
+                "together with yarn is not supported in Mistral's layout yet".to_owned(),
+            ));
+        }
+    } else {
+        c.insert("rope_theta".into(), theta.unwrap_or(json!(10000.0)));
+    }
     if let Some(window) = int("sliding_window")? {
         c.insert("sliding_window".into(), window);
     } else if let Some(v) = p.get("sliding_window").filter(|v| !v.is_null()) {
@@ -230,6 +251,101 @@ fn params_to_config(params: &Value) -> std::result::Result<Value, (String, Strin
     c.insert("eos_token_id".into(), json!(2));
     c.insert("hidden_act".into(), json!("silu"));
     Ok(Value::Object(c))
+}
+
+/// The `rope_parameters` of `yarn` and `llama_4_scaling` (both or
+/// neither), as transformers' Ministral 3 converter writes them: `beta` is
+/// `beta_fast`, `alpha` is `beta_slow`, `mscale` = `mscale_all_dim` = 1
+/// (no attention factor, what `apply_scale: false` asks vLLM for), the
+/// base `theta` or the converter's default.
+fn yarn_rope(
+    p: &Map<String, Value>,
+    theta: Option<Value>,
+) -> std::result::Result<Option<Map<String, Value>>, (String, String)> {
+    let present = |key: &str| p.get(key).filter(|v| !v.is_null());
+    let (yarn, scaling) = match (present("yarn"), present("llama_4_scaling")) {
+        (None, None) => return Ok(None),
+        (Some(y), Some(s)) => (y, s),
+        (Some(_), None) => {
+            return Err((
+                "llama_4_scaling".to_owned(),
+                "is missing (yarn is only read together with it)".to_owned(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err((
+                "yarn".to_owned(),
+                "is missing (llama_4_scaling is only read together with it)".to_owned(),
+            ))
+        }
+    };
+    let field = |obj: &Value, name: &str, key: &str, integer: bool| {
+        let v = obj.get(key).filter(|v| !v.is_null());
+        match v {
+            Some(v) if v.is_number() && (!integer || v.is_u64()) => Ok(v.clone()),
+            _ => Err((
+                format!("{name}.{key}"),
+                format!(
+                    "is missing or not {}",
+                    if integer {
+                        "a positive integer"
+                    } else {
+                        "a number"
+                    }
+                ),
+            )),
+        }
+    };
+    if !yarn.is_object() || !scaling.is_object() {
+        let name = if yarn.is_object() {
+            "llama_4_scaling"
+        } else {
+            "yarn"
+        };
+        return Err((name.to_owned(), "must be a JSON object".to_owned()));
+    }
+    match yarn.get("apply_scale") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+        Some(v) => {
+            return Err((
+                "yarn.apply_scale".to_owned(),
+                format!("{v} is not supported (only false, as Mistral's checkpoints have it)"),
+            ))
+        }
+    }
+    let original = field(yarn, "yarn", "original_max_position_embeddings", true)?;
+    if let Some(n) = scaling.get("original_max_position_embeddings") {
+        if n != &original {
+            return Err((
+                "llama_4_scaling.original_max_position_embeddings".to_owned(),
+                format!("{n} differs from yarn's {original}"),
+            ));
+        }
+    }
+    let float = |v: Value| json!(v.as_f64().unwrap_or_default());
+    let mut rope = Map::new();
+    rope.insert("rope_type".into(), json!("yarn"));
+    rope.insert("rope_theta".into(), theta.unwrap_or(json!(1000000.0)));
+    rope.insert(
+        "factor".into(),
+        float(field(yarn, "yarn", "factor", false)?),
+    );
+    rope.insert("original_max_position_embeddings".into(), original);
+    rope.insert(
+        "beta_fast".into(),
+        float(field(yarn, "yarn", "beta", false)?),
+    );
+    rope.insert(
+        "beta_slow".into(),
+        float(field(yarn, "yarn", "alpha", false)?),
+    );
+    rope.insert("mscale".into(), json!(1.0));
+    rope.insert("mscale_all_dim".into(), json!(1.0));
+    rope.insert(
+        "llama_4_scaling_beta".into(),
+        field(scaling, "llama_4_scaling", "beta", false)?,
+    );
+    Ok(Some(rope))
 }
 
 /// Whether `name` (as stored) belongs to a vision encoder and its adapter,

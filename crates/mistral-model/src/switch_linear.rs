@@ -160,6 +160,17 @@ impl SwitchLinear {
         })
     }
 
+    /// The stack as [`SwitchLinear::matmul_each`] can use it on this device:
+    /// MLX 0.32.2's CUDA backend has no quantized product for Mistral 4's
+    /// small per-head stacks (`embed_q`, K = 32, group 32: "No implementation
+    /// for problem shape"), so on a GPU a quantized one is held dequantized.
+    pub(crate) fn for_matmul_each(self) -> Result<Self, ModelError> {
+        match self {
+            SwitchLinear::Quantized { .. } if computes_on_gpu() => self.dequantized(),
+            other => Ok(other),
+        }
+    }
+
     /// The dense form of a quantized stack (itself when dense).
     fn dequantized(self) -> Result<Self, ModelError> {
         let w = self.dense_weight()?;
@@ -249,17 +260,6 @@ impl SwitchLinear {
         Ok(match self {
             SwitchLinear::Dense(w) if transpose => x.matmul(w.swap_axes(-1, -2)?)?,
             SwitchLinear::Dense(w) => x.matmul(w)?,
-            // MLX 0.32.2's CUDA backend has no quantized product for these
-            // small stacks (Mistral 4's embed_q, K = 32, group 32, either
-            // way: "No implementation for problem shape"): the stack is
-            // dequantized for it there.
-            SwitchLinear::Quantized { .. } if computes_on_gpu() => {
-                let w = self.dense_weight()?;
-                match transpose {
-                    true => x.matmul(w.swap_axes(-1, -2)?)?,
-                    false => x.matmul(w)?,
-                }
-            }
             SwitchLinear::Quantized {
                 weight,
                 scales,
