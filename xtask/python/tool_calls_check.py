@@ -5,7 +5,18 @@ crates/mistral-server/src/tools.rs). crates/mistral-server/tests/tool_calls.rs
 starts the server and runs this script.
 
 Usage:
-    python tool_calls_check.py BASE_URL API_KEY MODEL_ID
+    python tool_calls_check.py BASE_URL API_KEY MODEL_ID [--mistral TEKKEN_JSON [--thinking]]
+
+With `--mistral`, the server's model is one whose prompts go through
+mistral-common's protocol (Mistral's own tool format, its grammar in
+crates/mistral-server/src/mistral_tools.rs) and TEKKEN_JSON is its
+tokenizer file: call ids are nine letters and digits instead of `call_...`,
+and a first check asks `POST /tokenize` for the prompt ids of conversations
+with tools, tool calls and tool results, which must be mistral-common's
+`encode_chat_completion` ids for the same messages and tools. With
+`--thinking` (protocol v13, whose grammar lets a forced call follow
+`[THINK]...[/THINK]`, which a random model never closes) the named and
+required checks are left out.
 
 Checks, each printed as it passes (the first failure raises and exits 1):
 - a named `tool_choice`: finish_reason "tool_calls", one call of that
@@ -26,7 +37,9 @@ Checks, each printed as it passes (the first failure raises and exits 1):
 from __future__ import annotations
 
 import json
+import re
 import sys
+import types
 
 import jsonschema
 import openai
@@ -48,18 +61,72 @@ PARAMS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 ASK = [{"role": "user", "content": "What is the weather in Paris and in Rome?"}]
 
 
+CALL_ID = re.compile(r"call_[0-9a-f]+")
+MISTRAL_CALL_ID = re.compile(r"[a-zA-Z0-9]{9}")
+ID = CALL_ID  # the form this run expects (main sets it)
+# How a free-text answer may end: SmolLM2 ends its answers; the random
+# model of the --mistral runs writes text until max_tokens.
+TEXT_ENDS = {"stop"}
+# Extra fields for the named and required requests: under Mistral's v11+
+# format one call may follow another, and the random model never stops
+# calling, so those runs allow one call (the v7 list ends by itself).
+ENDED = {}
+
+# Conversations for the /tokenize check (OpenAI shapes, as both take them).
+NESTED = {"type": "function", "function": {
+    "name": "book_trip", "description": "Book a trip: vols, hôtels, 東京",
+    "parameters": {"type": "object", "properties": {
+        "legs": {"type": "array", "items": {"type": "object", "properties": {
+            "from": {"type": "string"}, "to": {"type": "string"}, "budget": {"type": "number", "minimum": 0.5}}}},
+        "travellers": {"type": "integer", "maximum": 1e3}}, "required": ["legs"]}}}
+CALLS = [{"id": "a1b2c3d4e", "type": "function",
+          "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+         {"id": "Z9y8X7w6v", "type": "function",
+          "function": {"name": "get_weather", "arguments": '{"city": "Rome", "unit": "celsius"}'}}]
+CONVERSATIONS = [
+    [{"role": "system", "content": "You help with travel."},
+     {"role": "user", "content": "What is the weather in Paris and in Rome?"}],
+    [{"role": "user", "content": "What is the weather in Paris and in Rome?"},
+     {"role": "assistant", "content": None, "tool_calls": CALLS},
+     {"role": "tool", "tool_call_id": "a1b2c3d4e", "name": "get_weather", "content": "Sunny, 24 C"},
+     {"role": "tool", "tool_call_id": "Z9y8X7w6v", "name": "get_weather", "content": "Rain,  18 C"},
+     {"role": "assistant", "content": "Paris is sunny; Rome is rainy."},
+     {"role": "user", "content": "Book me   a trip to 東京, budget 1e-05 then 2.5 ünïcödé"}],
+]
+
+
+def check_tokenize(base: str, key: str, tekken: str) -> None:
+    """Our prompt ids (POST /tokenize) against mistral-common's."""
+    import urllib.request
+
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    reference = MistralTokenizer.from_file(tekken)
+    for messages in CONVERSATIONS:
+        for tools in (TOOLS, TOOLS + [NESTED]):
+            body = json.dumps({"messages": messages, "tools": tools}).encode()
+            req = urllib.request.Request(base + "/tokenize", data=body, headers={
+                "Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+            with urllib.request.urlopen(req) as reply:
+                ours = json.load(reply)["tokens"]
+            theirs = reference.encode_chat_completion(
+                ChatCompletionRequest(messages=messages, tools=tools)).tokens
+            assert ours == theirs, (messages, ours, theirs)
+    print(f"ok: /tokenize gives mistral-common's ids for {len(CONVERSATIONS) * 2} conversations with tools")
+
+
 def check_call(call) -> None:
-    assert call.id.startswith("call_"), call
+    assert ID.fullmatch(call.id), call
     assert call.type == "function", call
     jsonschema.validate(json.loads(call.function.arguments), PARAMS[call.function.name])
 
 
-def main() -> int:
-    base, key, model = sys.argv[1:4]
-    c = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=300)
+def forced_calls(c, model):
+    """Named and required tool choices; returns the named answer's choice."""
     named = {"type": "function", "function": {"name": "get_weather"}}
     r = c.chat.completions.create(model=model, messages=ASK, tools=TOOLS, tool_choice=named,
-                                  temperature=0, max_tokens=200)
+                                  temperature=0, max_tokens=200, **ENDED)
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls", choice
     assert choice.message.content is None and len(choice.message.tool_calls) >= 1, choice.message
@@ -70,7 +137,7 @@ def main() -> int:
 
     calls, finish = {}, None
     for chunk in c.chat.completions.create(model=model, messages=ASK, tools=TOOLS, tool_choice=named,
-                                           temperature=0, max_tokens=200, stream=True):
+                                           temperature=0, max_tokens=200, stream=True, **ENDED):
         for ch in chunk.choices:
             finish = ch.finish_reason or finish
             for d in ch.delta.tool_calls or []:
@@ -83,12 +150,12 @@ def main() -> int:
     streamed = [(calls[i]["name"], calls[i]["arguments"]) for i in sorted(calls)]
     whole = [(t.function.name, t.function.arguments) for t in choice.message.tool_calls]
     assert streamed == whole, (streamed, whole)
-    assert all(calls[i]["id"].startswith("call_") for i in calls)
+    assert all(ID.fullmatch(calls[i]["id"]) for i in calls)
     print(f"ok: streamed deltas assemble into the same calls: {streamed}")
 
     for temperature, seed in [(0.0, None), (0.8, 7)]:
         r = c.chat.completions.create(model=model, messages=ASK, tools=TOOLS, tool_choice="required",
-                                      temperature=temperature, seed=seed, max_tokens=200)
+                                      temperature=temperature, seed=seed, max_tokens=200, **ENDED)
         assert r.choices[0].finish_reason == "tool_calls", r.choices[0]
         for call in r.choices[0].message.tool_calls:
             check_call(call)
@@ -99,17 +166,36 @@ def main() -> int:
     check_call(r.choices[0].message.tool_calls[0])
     print("ok: parallel_tool_calls false: one call")
 
+    return choice
+
+
+def main() -> int:
+    global ID, TEXT_ENDS, ENDED
+    base, key, model = sys.argv[1:4]
+    thinking = "--thinking" in sys.argv
+    if sys.argv[4:5] == ["--mistral"]:
+        ID, TEXT_ENDS, ENDED = MISTRAL_CALL_ID, {"stop", "length"}, {"parallel_tool_calls": False}
+        check_tokenize(base, key, sys.argv[5])
+    c = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=300)
+    if thinking:
+        # A forced call may follow [THINK]...[/THINK] (v13), and the random
+        # model never closes its thinking: the call layout is v11's, checked
+        # there; the round trip sends a call written here.
+        first = CALLS[0]
+        call = types.SimpleNamespace(id=first["id"], function=types.SimpleNamespace(**first["function"]))
+    else:
+        call = forced_calls(c, model).message.tool_calls[0]
+
     r = c.chat.completions.create(model=model, messages=ASK, tools=TOOLS, temperature=0, max_tokens=200)
     msg = r.choices[0].message
     if msg.tool_calls:
         assert r.choices[0].finish_reason == "tool_calls"
-        for call in msg.tool_calls:
-            check_call(call)
+        for made in msg.tool_calls:
+            check_call(made)
     else:
-        assert isinstance(msg.content, str) and r.choices[0].finish_reason == "stop", r.choices[0]
+        assert isinstance(msg.content, str) and r.choices[0].finish_reason in TEXT_ENDS, r.choices[0]
     print(f"ok: auto: {'calls' if msg.tool_calls else 'text'}")
 
-    call = choice.message.tool_calls[0]
     history = ASK + [
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": call.id, "type": "function",

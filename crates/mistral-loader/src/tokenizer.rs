@@ -189,6 +189,12 @@ pub fn load_special_tokens(
             push_unique(&mut eos, vec![id]);
         }
     }
+    // A folder as Mistral publishes it names them nowhere but in its
+    // tokenizer file (tekken.json, tokenizer.model.vN): `<s>` and `</s>`.
+    if eos.is_empty() && mistral_tokenizer_file(dir).is_some() {
+        bos = bos.or_else(|| tokenizer.token_to_id("<s>"));
+        eos.extend(tokenizer.token_to_id("</s>"));
+    }
     Ok(SpecialTokens { bos, eos })
 }
 

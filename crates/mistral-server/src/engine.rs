@@ -28,14 +28,28 @@ use crate::error::ApiError;
 use crate::logprobs::TokenLogprob;
 use crate::metrics::Metrics;
 use crate::scheduler;
+use crate::tools::{Answer, ToolRequest};
+use mistral_loader::mistral_chat::encode_chat;
 
 /// What to generate from.
 #[derive(Debug, Clone)]
 pub enum Prompt {
-    /// Messages, rendered with the model's chat template.
-    Chat(Vec<ChatMessage>),
+    /// Messages, through the model's chat template or mistral-common's
+    /// protocol.
+    Chat(ChatPrompt),
     /// Plain text, encoded with the tokenizer's special tokens (BOS).
     Text(String),
+}
+
+/// A conversation, in the two forms the prompt builders take.
+#[derive(Debug, Clone)]
+pub struct ChatPrompt {
+    /// The messages as the chat template takes them (earlier tool calls and
+    /// results written in the generic tool format, see [`crate::tools`]).
+    pub messages: Vec<ChatMessage>,
+    /// The messages as OpenAI objects (text content, `tool_calls`,
+    /// `tool_call_id`, `name`), as mistral-common's protocol takes them.
+    pub raw: Vec<serde_json::Value>,
 }
 
 /// Sampling options of one request.
@@ -60,11 +74,10 @@ pub struct Sampling {
 pub struct GenerationRequest {
     /// The prompt.
     pub prompt: Prompt,
-    /// What the output must be (`response_format`, or the tool format),
-    /// if constrained.
+    /// What the output must be (`response_format`), if constrained.
     pub format: Option<OutputFormat>,
     /// The tools the answer may call (see [`crate::tools`]).
-    pub tools: Option<crate::tools::ToolRequest>,
+    pub tools: Option<ToolRequest>,
     /// Token limit (`None`: up to the model's context).
     pub max_tokens: Option<usize>,
     /// Sampling.
@@ -129,6 +142,8 @@ pub enum Event {
         reason: FinishReason,
         /// Generated tokens.
         completion_tokens: usize,
+        /// The generated ids (the tool formats read them back).
+        ids: Vec<u32>,
     },
     /// The request failed (a 4xx before `Started`, a 500 after).
     Failed(ApiError),
@@ -203,42 +218,93 @@ impl TextSide {
             .map_err(|e| refused(format!("{field} cannot be used: {e}")))
     }
 
-    /// The prompt's token ids: chat messages through the chat template
-    /// (`add_generation_prompt`), plain text with the tokenizer's special
-    /// tokens.
+    /// The prompt's token ids: chat messages through mistral-common's
+    /// protocol or the chat template (`add_generation_prompt`), with
+    /// `tools` in the model's tool format; plain text with the tokenizer's
+    /// special tokens.
     pub fn encode(
         &self,
         prompt: &Prompt,
         add_generation_prompt: bool,
+        tools: Option<&ToolRequest>,
     ) -> Result<Vec<u32>, ApiError> {
         match prompt {
-            Prompt::Chat(messages) if self.protocol.is_some() => {
-                let mistral = self.protocol.as_ref().expect("checked");
-                let messages: Vec<serde_json::Value> = messages
-                    .iter()
-                    .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
-                    .collect();
-                mistral_loader::mistral_chat::encode_chat(mistral, &messages, &[]).map_err(|e| {
-                    ApiError::bad_request(
-                        format!("mistral-common's chat protocol refused it: {e}"),
-                        Some("messages"),
-                    )
-                })
-            }
-            Prompt::Chat(messages) => {
-                let rendered = self
-                    .template
-                    .render(messages, add_generation_prompt)
-                    .map_err(|e| {
+            Prompt::Chat(chat) => match &self.protocol {
+                Some(mistral) => {
+                    let listed = match tools {
+                        Some(_) if mistral.version() < 2 => {
+                            return Err(ApiError::bad_request(
+                                format!(
+                                    "this model's chat protocol (v{}) has no tool format",
+                                    mistral.version()
+                                ),
+                                Some("tools"),
+                            ))
+                        }
+                        Some(tools) => crate::mistral_tools::tool_list(tools),
+                        None => Vec::new(),
+                    };
+                    encode_chat(mistral, &chat.raw, &listed).map_err(|e| {
                         ApiError::bad_request(
-                            format!("the chat template failed: {e}"),
+                            format!("mistral-common's chat protocol refused it: {e}"),
                             Some("messages"),
                         )
-                    })?;
-                // The template writes the special tokens itself.
-                self.encode_text(&rendered, false)
-            }
+                    })
+                }
+                None => {
+                    let mut messages = chat.messages.clone();
+                    if let Some(tools) = tools {
+                        match messages.first_mut() {
+                            Some(first) if first.role == "system" => {
+                                first.content =
+                                    format!("{}\n\n{}", first.content, tools.system_text());
+                            }
+                            _ => messages.insert(0, ChatMessage::system(tools.system_text())),
+                        }
+                    }
+                    let rendered = self
+                        .template
+                        .render(&messages, add_generation_prompt)
+                        .map_err(|e| {
+                            ApiError::bad_request(
+                                format!("the chat template failed: {e}"),
+                                Some("messages"),
+                            )
+                        })?;
+                    // The template writes the special tokens itself.
+                    self.encode_text(&rendered, false)
+                }
+            },
             Prompt::Text(text) => self.encode_text(text, true),
+        }
+    }
+
+    /// What `request`'s output must be, with the request field it comes
+    /// from: its `response_format`, or its tools in the model's format.
+    pub fn output_format(
+        &self,
+        request: &GenerationRequest,
+    ) -> Result<Option<(OutputFormat, &'static str)>, ApiError> {
+        Ok(match (&request.tools, &self.protocol) {
+            (Some(tools), Some(mistral)) => {
+                let grammar = crate::mistral_tools::grammar(mistral, tools)
+                    .map_err(|e| ApiError::bad_request(e, Some("tools")))?;
+                Some((OutputFormat::Lark(grammar), "tools"))
+            }
+            (Some(tools), None) => Some((OutputFormat::JsonSchema(tools.schema()), "tools")),
+            (None, _) => request
+                .format
+                .clone()
+                .map(|format| (format, "response_format")),
+        })
+    }
+
+    /// A finished answer to a request with tools (its `text` and generated
+    /// `ids`) read back as calls or text, in the model's tool format.
+    pub fn read_tool_answer(&self, text: &str, ids: &[u32]) -> Answer {
+        match &self.protocol {
+            Some(mistral) => crate::mistral_tools::read(mistral, ids),
+            None => crate::tools::read_answer(text),
         }
     }
 
@@ -274,7 +340,7 @@ impl TextSide {
     /// engine, less its event channel. A 400 `context_length_exceeded`
     /// when the prompt (with `max_tokens`) does not fit.
     pub fn prepare(&self, request: &GenerationRequest) -> Result<(Vec<u32>, usize), ApiError> {
-        let ids = self.encode(&request.prompt, true)?;
+        let ids = self.encode(&request.prompt, true, request.tools.as_ref())?;
         if ids.is_empty() {
             return Err(ApiError::bad_request("The prompt is empty", None));
         }

@@ -29,6 +29,7 @@ pub mod engine;
 pub mod error;
 pub mod logprobs;
 pub mod metrics;
+pub mod mistral_tools;
 pub mod model_state;
 pub mod prompt_cache;
 pub mod request;

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::engine::{GenerationRequest, Prompt, Sampling};
+use crate::engine::{ChatPrompt, GenerationRequest, Prompt, Sampling};
 use crate::error::ApiError;
 use mistral_loader::constrain::OutputFormat;
 use mistral_loader::ChatMessage;
@@ -99,6 +99,10 @@ pub struct Message {
     /// A `tool` message: the call it answers.
     #[serde(default)]
     pub tool_call_id: Option<String>,
+    /// A `tool` message: the function that answered (Mistral's v2 protocol
+    /// writes it).
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// The fields both endpoints share.
@@ -180,6 +184,13 @@ pub struct TokenizeRequest {
     /// With `messages`: end with the assistant's turn opening.
     #[serde(default = "yes")]
     pub add_generation_prompt: bool,
+    /// With `messages`: the tools, written into the prompt as for a chat
+    /// completion.
+    #[serde(default)]
+    pub tools: Option<Value>,
+    /// With `tools`: `tool_choice` (`none` leaves the tools out).
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
 }
 
 fn yes() -> bool {
@@ -201,9 +212,8 @@ pub struct CompletionRequest {
 }
 
 impl ChatRequest {
-    /// The messages as the chat template takes them, or a 400 naming the
-    /// field.
-    pub fn into_messages(self) -> Result<Vec<ChatMessage>, ApiError> {
+    /// The conversation as the engine takes it, or a 400 naming the field.
+    pub fn into_prompt(self) -> Result<ChatPrompt, ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::bad_request(
                 "`messages` must hold at least one message",
@@ -211,10 +221,11 @@ impl ChatRequest {
             ));
         }
         let mut messages = Vec::with_capacity(self.messages.len());
+        let mut raw = Vec::with_capacity(self.messages.len());
         for (i, message) in self.messages.into_iter().enumerate() {
             let text = match message.content {
-                None => String::new(),
-                Some(Content::Text(text)) => text,
+                None => None,
+                Some(Content::Text(text)) => Some(text),
                 Some(Content::Parts(parts)) => {
                     let mut text = String::new();
                     for (j, part) in parts.into_iter().enumerate() {
@@ -236,10 +247,27 @@ impl ChatRequest {
                             }
                         }
                     }
-                    text
+                    Some(text)
                 }
             };
-            // Earlier tool calls and results, as the tool format writes them.
+            let mut object = serde_json::Map::new();
+            object.insert("role".into(), Value::String(message.role.clone()));
+            if let Some(text) = &text {
+                object.insert("content".into(), Value::String(text.clone()));
+            }
+            if let Some(calls) = &message.tool_calls {
+                object.insert("tool_calls".into(), Value::Array(calls.clone()));
+            }
+            if let Some(id) = &message.tool_call_id {
+                object.insert("tool_call_id".into(), Value::String(id.clone()));
+            }
+            if let Some(name) = &message.name {
+                object.insert("name".into(), Value::String(name.clone()));
+            }
+            raw.push(Value::Object(object));
+            let text = text.unwrap_or_default();
+            // Earlier tool calls and results, as the generic tool format
+            // writes them (for chat templates).
             let calls = message.tool_calls.as_deref().unwrap_or_default();
             let (role, text) = match message.role.as_str() {
                 "assistant" if !calls.is_empty() && text.is_empty() => {
@@ -253,14 +281,14 @@ impl ChatRequest {
             };
             messages.push(ChatMessage::new(role, text));
         }
-        Ok(messages)
+        Ok(ChatPrompt { messages, raw })
     }
 }
 
 impl Endpoint for ChatRequest {
     fn into_generation(self, common: Common, served: &str) -> Result<GenerationRequest, ApiError> {
-        let messages = self.into_messages()?;
-        common.into_generation(Prompt::Chat(messages), served)
+        let chat = self.into_prompt()?;
+        common.into_generation(Prompt::Chat(chat), served)
     }
 }
 
@@ -309,32 +337,24 @@ impl Common {
                 ));
             }
         }
-        let mut format = output_format(self.response_format.as_ref())?;
+        let format = output_format(self.response_format.as_ref())?;
         let tools = crate::tools::parse(
             self.tools.as_ref(),
             self.tool_choice.as_ref(),
             self.parallel_tool_calls,
         )?;
-        let mut prompt = prompt;
-        if let Some(tools) = &tools {
-            let Prompt::Chat(messages) = &mut prompt else {
+        if tools.is_some() {
+            if !matches!(prompt, Prompt::Chat(_)) {
                 return Err(ApiError::bad_request(
                     "`tools` are for chat completions",
                     Some("tools"),
                 ));
-            };
+            }
             if format.is_some() {
                 return Err(ApiError::bad_request(
                     "`response_format` cannot be combined with `tools`",
                     Some("response_format"),
                 ));
-            }
-            format = Some(OutputFormat::JsonSchema(tools.schema()));
-            match messages.first_mut() {
-                Some(first) if first.role == "system" => {
-                    first.content = format!("{}\n\n{}", first.content, tools.system_text());
-                }
-                _ => messages.insert(0, ChatMessage::system(tools.system_text())),
             }
         }
         self.check_unsupported()?;

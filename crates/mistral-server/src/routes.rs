@@ -20,6 +20,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
+use crate::engine::TextSide;
 use crate::engine::{
     EngineHandle, Event, FinishReason, GenerationRequest, Job, Prompt, PromptTokens,
 };
@@ -30,7 +31,7 @@ use crate::request::{
     TokenizeRequest,
 };
 use crate::response::{unix_time, usage, Header, Kind};
-use crate::tools::{read_answer, Answer};
+use crate::tools::Answer;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -183,8 +184,14 @@ async fn tokenize(State(state): State<Arc<AppState>>, body: Body) -> Result<Json
     let tokens = match (request.prompt, request.messages) {
         (Some(prompt), None) => text.encode_text(&prompt, request.add_special_tokens)?,
         (None, Some(messages)) => {
-            let chat = ChatRequest { messages }.into_messages()?;
-            text.encode(&Prompt::Chat(chat), request.add_generation_prompt)?
+            let chat = ChatRequest { messages }.into_prompt()?;
+            let tools =
+                crate::tools::parse(request.tools.as_ref(), request.tool_choice.as_ref(), None)?;
+            text.encode(
+                &Prompt::Chat(chat),
+                request.add_generation_prompt,
+                tools.as_ref(),
+            )?
         }
         _ => {
             return Err(ApiError::bad_request(
@@ -244,16 +251,11 @@ async fn respond(
 ) -> Result<Response, ApiError> {
     let text = state.engine.text()?;
     let (prompt_ids, max_tokens) = text.prepare(&generation)?;
-    let field = match generation.tools {
-        Some(_) => "tools",
-        None => "response_format",
-    };
-    let constraint = generation
-        .format
-        .as_ref()
-        .map(|f| text.constraint(f, field))
+    let constraint = text
+        .output_format(&generation)?
+        .map(|(format, field)| text.constraint(&format, field))
         .transpose()?;
-    let tools = generation.tools.is_some();
+    let tools = generation.tools.is_some().then(|| text.clone());
     let (events, mut rx) = mpsc::unbounded_channel();
     state.engine.submit(Job {
         prompt_ids,
@@ -306,10 +308,11 @@ async fn respond(
             Some(Event::Finished {
                 reason,
                 completion_tokens,
+                ids,
             }) => {
                 let logprobs = logprobs_wanted.then(|| header.logprobs(&entries, 0));
                 let usage = usage(prompt_tokens, completion_tokens);
-                let body = match tools.then(|| read_answer(&text)) {
+                let body = match tools.as_ref().map(|t| t.read_tool_answer(&text, &ids)) {
                     Some(Answer::Calls(calls)) => header.complete_calls(calls, logprobs, usage),
                     Some(Answer::Content(content)) => {
                         header.complete(&content, logprobs, reason, usage)
@@ -333,9 +336,9 @@ struct StreamState {
     logprobs_wanted: bool,
     /// Characters of text streamed so far (text completions' `text_offset`).
     offset: usize,
-    /// Tool mode: the answer is held until it ends, then sent as calls or
-    /// text.
-    held: Option<String>,
+    /// Tool mode: the answer is held until it ends, then read back (by the
+    /// text side) as calls or text.
+    held: Option<(String, Arc<TextSide>)>,
     pending: VecDeque<String>,
     done: bool,
 }
@@ -349,7 +352,7 @@ fn sse_events(
     prompt_tokens: PromptTokens,
     usage_wanted: bool,
     logprobs_wanted: bool,
-    tools: bool,
+    tools: Option<Arc<TextSide>>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let mut pending = VecDeque::new();
     if header.kind == Kind::Chat {
@@ -362,7 +365,7 @@ fn sse_events(
         usage_wanted,
         logprobs_wanted,
         offset: 0,
-        held: tools.then(String::new),
+        held: tools.map(|t| (String::new(), t)),
         pending,
         done: false,
     };
@@ -376,7 +379,9 @@ fn sse_events(
             }
             match s.rx.recv().await {
                 Some(Event::Text { text, .. }) if s.held.is_some() => {
-                    s.held.get_or_insert_with(String::new).push_str(&text);
+                    if let Some((held, _)) = s.held.as_mut() {
+                        held.push_str(&text);
+                    }
                 }
                 Some(Event::Text { text, logprobs }) => {
                     let entries = s
@@ -389,8 +394,13 @@ fn sse_events(
                 Some(Event::Finished {
                     reason,
                     completion_tokens,
+                    ids,
                 }) => {
-                    let reason = match s.held.take().map(|t| read_answer(&t)) {
+                    let answer = s
+                        .held
+                        .take()
+                        .map(|(t, side)| side.read_tool_answer(&t, &ids));
+                    let reason = match answer {
                         Some(Answer::Calls(calls)) => {
                             for (index, call) in calls.iter().enumerate() {
                                 for chunk in s.header.call_chunks(index, call) {
@@ -455,7 +465,7 @@ mod tests {
             total: 3,
             cached: 0,
         };
-        let sse = Sse::new(sse_events(rx, header, prompt, true, false, false));
+        let sse = Sse::new(sse_events(rx, header, prompt, true, false, None));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -507,6 +517,7 @@ mod tests {
             Some(Event::Finished {
                 reason: FinishReason::Stop,
                 completion_tokens: 1,
+                ids: vec![1],
             }),
         ]);
         assert_eq!(data.last().map(String::as_str), Some("[DONE]"));

@@ -143,9 +143,11 @@ impl<'t> Active<'t> {
             Some(StopReason::Eos(_)) | Some(StopReason::StopString { .. }) => FinishReason::Stop,
             Some(StopReason::MaxTokens) | None => FinishReason::Length,
         };
+        let ids = std::mem::take(&mut self.generated);
         let _ = self.send(Event::Finished {
             reason,
             completion_tokens: self.checker.token_count(),
+            ids,
         });
     }
 }

@@ -144,7 +144,7 @@ pub fn parse(
 
 impl ToolRequest {
     /// The functions the answer may call.
-    fn callable(&self) -> Vec<&Value> {
+    pub(crate) fn callable(&self) -> Vec<&Value> {
         self.functions
             .iter()
             .filter(|f| match &self.choice {

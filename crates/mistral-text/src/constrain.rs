@@ -137,7 +137,7 @@ impl ConstraintFactory {
 /// `schema` with llguidance's layout options set, unless it sets its own
 /// (`x-guidance`): JSON on one line with `", "` and `": "` between items,
 /// so a sampled answer cannot run on in whitespace.
-fn single_line(schema: &Value) -> Value {
+pub fn single_line(schema: &Value) -> Value {
     let mut schema = schema.clone();
     if let Value::Object(map) = &mut schema {
         map.entry("x-guidance").or_insert_with(|| {

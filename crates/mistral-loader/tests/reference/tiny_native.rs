@@ -1,0 +1,45 @@
+//! A tiny random model in Mistral's own layout (`params.json`,
+//! `consolidated.safetensors`), for tests that need a folder as Mistral
+//! publishes it beside one of mistral-common's tokenizer files.
+
+use std::path::Path;
+
+use mlx_rs::{random, Array, Dtype};
+use serde_json::json;
+
+/// Writes a one-layer bf16 model with a `vocab`-id vocabulary into `dir`.
+pub fn write_model(dir: &Path, vocab: i32) {
+    let (dim, hidden) = (32, 64);
+    let params = json!({"dim": dim, "n_layers": 1, "head_dim": 16, "hidden_dim": hidden,
+                        "n_heads": 2, "n_kv_heads": 1, "norm_eps": 1e-5, "vocab_size": vocab,
+                        "rope_theta": 1e6});
+    std::fs::write(dir.join("params.json"), params.to_string()).expect("params.json");
+    random::seed(3).expect("seed");
+    let matrix = |rows: i32, cols: i32| {
+        random::normal::<f32>(&[rows, cols], None, Some(0.05), None)
+            .expect("normal")
+            .as_dtype(Dtype::Bfloat16)
+            .expect("bf16")
+    };
+    let ones = |n: i32| {
+        Array::ones::<f32>(&[n])
+            .expect("ones")
+            .as_dtype(Dtype::Bfloat16)
+            .expect("bf16")
+    };
+    let tensors: Vec<(&str, Array)> = vec![
+        ("tok_embeddings.weight", matrix(vocab, dim)),
+        ("layers.0.attention.wq.weight", matrix(32, dim)),
+        ("layers.0.attention.wk.weight", matrix(16, dim)),
+        ("layers.0.attention.wv.weight", matrix(16, dim)),
+        ("layers.0.attention.wo.weight", matrix(dim, 32)),
+        ("layers.0.attention_norm.weight", ones(dim)),
+        ("layers.0.ffn_norm.weight", ones(dim)),
+        ("layers.0.feed_forward.w1.weight", matrix(hidden, dim)),
+        ("layers.0.feed_forward.w2.weight", matrix(dim, hidden)),
+        ("layers.0.feed_forward.w3.weight", matrix(hidden, dim)),
+        ("norm.weight", ones(dim)),
+        ("output.weight", matrix(vocab, dim)),
+    ];
+    Array::save_safetensors(tensors, None, dir.join("consolidated.safetensors")).expect("save");
+}
