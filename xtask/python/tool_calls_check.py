@@ -16,7 +16,9 @@ with tools, tool calls and tool results, which must be mistral-common's
 `encode_chat_completion` ids for the same messages and tools. With
 `--thinking` (protocol v13, whose grammar lets a forced call follow
 `[THINK]...[/THINK]`, which a random model never closes) the named and
-required checks are left out.
+required checks are left out, and a grammar makes the model think to check
+that `[THINK]...[/THINK]` comes back as `reasoning_content`, whole and
+streamed.
 
 Checks, each printed as it passes (the first failure raises and exits 1):
 - a named `tool_choice`: finish_reason "tool_calls", one call of that
@@ -116,6 +118,33 @@ def check_tokenize(base: str, key: str, tekken: str) -> None:
     print(f"ok: /tokenize gives mistral-common's ids for {len(CONVERSATIONS) * 2} conversations with tools")
 
 
+def check_reasoning(c, model: str, tekken: str) -> None:
+    """A v13 model's [THINK]...[/THINK] comes back as reasoning_content, not
+    content, whole and streamed. The random model is made to think by a
+    grammar (the `grammar` response_format) naming the two control tokens."""
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    inner = MistralTokenizer.from_file(tekken).instruct_tokenizer.tokenizer
+    think, end = inner.get_special_token("[THINK]"), inner.get_special_token("[/THINK]")
+    grammar = f"start: <[{think}]> /[a-z]{{3,12}}/ <[{end}]> /[a-z]{{3,12}}/"
+    fmt = {"type": "grammar", "grammar": grammar}
+    r = c.chat.completions.create(model=model, messages=ASK, temperature=0, max_tokens=40,
+                                  extra_body={"response_format": fmt})
+    msg = r.choices[0].message
+    thought = getattr(msg, "reasoning_content", None) or (msg.model_extra or {}).get("reasoning_content")
+    assert r.choices[0].finish_reason == "stop", r.choices[0]
+    assert thought and thought.isalpha() and msg.content and msg.content.isalpha(), msg
+    parts = {"reasoning_content": "", "content": ""}
+    for chunk in c.chat.completions.create(model=model, messages=ASK, temperature=0, max_tokens=40,
+                                           stream=True, extra_body={"response_format": fmt}):
+        for ch in chunk.choices:
+            extra = ch.delta.model_extra or {}
+            parts["reasoning_content"] += extra.get("reasoning_content") or ""
+            parts["content"] += ch.delta.content or ""
+    assert parts == {"reasoning_content": thought, "content": msg.content}, (parts, thought, msg.content)
+    print(f"ok: reasoning_content {thought!r}, content {msg.content!r}, streamed the same")
+
+
 def check_call(call) -> None:
     assert ID.fullmatch(call.id), call
     assert call.type == "function", call
@@ -183,6 +212,7 @@ def main() -> int:
         # there; the round trip sends a call written here.
         first = CALLS[0]
         call = types.SimpleNamespace(id=first["id"], function=types.SimpleNamespace(**first["function"]))
+        check_reasoning(c, model, sys.argv[5])
     else:
         call = forced_calls(c, model).message.tool_calls[0]
 

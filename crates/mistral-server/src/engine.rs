@@ -136,6 +136,9 @@ pub enum Event {
         /// The tokens' log-probabilities.
         logprobs: Vec<TokenLogprob>,
     },
+    /// The answer enters (`true`) or leaves reasoning: the text before
+    /// this event belongs to the phase before it.
+    Reasoning(bool),
     /// The end.
     Finished {
         /// Why it ended.
@@ -188,6 +191,53 @@ pub struct TextSide {
     tensor_parallel: bool,
     /// llguidance's view of the tokenizer, built on first use.
     constraints: OnceLock<Result<ConstraintFactory, String>>,
+    /// The tokens that open and close reasoning, if the model has them.
+    pub(crate) reasoning: Option<ReasoningMarkers>,
+}
+
+/// The tokens around a model's reasoning: `[THINK]`/`[/THINK]` (Mistral's
+/// protocol from v13) or `<think>`/`</think>` (chat templates), single
+/// tokens of the vocabulary. What the model writes between them is
+/// `reasoning_content`, not `content`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReasoningMarkers {
+    /// Opens the reasoning.
+    pub open: u32,
+    /// Closes it.
+    pub close: u32,
+}
+
+impl ReasoningMarkers {
+    /// The markers of a model with `protocol` (if its chat prompts go
+    /// through mistral-common's) and `tokenizer`.
+    fn of(
+        protocol: Option<&mistral_loader::MistralTokenizer>,
+        tokenizer: &Tokenizer,
+    ) -> Option<Self> {
+        let (open, close) = match protocol {
+            Some(mistral) if mistral.version() >= 13 => (
+                mistral.special_id("[THINK]")?,
+                mistral.special_id("[/THINK]")?,
+            ),
+            Some(_) => return None,
+            None => (
+                tokenizer.token_to_id("<think>")?,
+                tokenizer.token_to_id("</think>")?,
+            ),
+        };
+        Some(ReasoningMarkers { open, close })
+    }
+
+    /// Whether an answer to `prompt` starts inside reasoning: the prompt
+    /// opened it (a template that ends with `<think>`) without closing it.
+    pub fn open_after(&self, prompt: &[u32]) -> bool {
+        let last = |id: u32| prompt.iter().rposition(|&t| t == id);
+        match (last(self.open), last(self.close)) {
+            (Some(open), Some(close)) => open > close,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
 }
 
 impl TextSide {
@@ -520,6 +570,7 @@ impl Loaded {
         let special = load_special_tokens(path, Some(&tokenizer)).map_err(|e| e.to_string())?;
         let template = load_chat_template(path, &tokenizer).map_err(|e| e.to_string())?;
         let protocol = load_chat_protocol(path, spec.tokenizer_mode).map_err(|e| e.to_string())?;
+        let reasoning = ReasoningMarkers::of(protocol.as_ref(), &tokenizer);
         let (model, _plan) = match &spec.tensor_parallel {
             Some(parallel) => load_model_parallel(path, &spec.options, parallel.clone()),
             None => load_model_planned(path, &spec.options),
@@ -538,7 +589,27 @@ impl Loaded {
                     .and_then(|c| usize::try_from(c).ok()),
                 tensor_parallel: spec.tensor_parallel.is_some(),
                 constraints: OnceLock::new(),
+                reasoning,
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Where an answer's reasoning starts, on hand-written prompt ids.
+
+    use super::ReasoningMarkers;
+
+    #[test]
+    fn an_answer_starts_in_reasoning_when_the_prompt_left_it_open() {
+        let m = ReasoningMarkers { open: 7, close: 8 };
+        assert!(!m.open_after(&[1, 2, 3]));
+        assert!(m.open_after(&[1, 7]), "a template that ends with <think>");
+        assert!(
+            !m.open_after(&[1, 7, 4, 8, 5]),
+            "an earlier turn's closed reasoning"
+        );
+        assert!(m.open_after(&[1, 7, 8, 2, 7, 3]));
     }
 }

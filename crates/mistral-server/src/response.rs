@@ -174,6 +174,14 @@ impl Header {
         })
     }
 
+    /// A streamed chunk of a chat answer's reasoning:
+    /// `delta.reasoning_content` (vLLM's and DeepSeek's field).
+    pub fn reasoning_chunk(&self, text: &str, logprobs: Option<Value>) -> Value {
+        let mut chunk = self.chunk(false, "", logprobs, None);
+        chunk["choices"][0]["delta"] = json!({"reasoning_content": text});
+        chunk
+    }
+
     /// The last chunk of a stream with `stream_options.include_usage`.
     pub fn usage_chunk(&self, usage: Value) -> Value {
         json!({

@@ -256,6 +256,12 @@ async fn respond(
         .map(|(format, field)| text.constraint(&format, field))
         .transpose()?;
     let tools = generation.tools.is_some().then(|| text.clone());
+    // Chat answers split reasoning from content (see ReasoningMarkers):
+    // whether the answer starts inside it.
+    let reasoning = match kind {
+        Kind::Chat => text.reasoning.map(|m| m.open_after(&prompt_ids)),
+        Kind::Text => None,
+    };
     let (events, mut rx) = mpsc::unbounded_channel();
     state.engine.submit(Job {
         prompt_ids,
@@ -292,19 +298,26 @@ async fn respond(
             usage_wanted,
             logprobs_wanted,
             tools,
+            reasoning,
         );
         return Ok(Sse::new(events)
             .keep_alive(KeepAlive::new().interval(state.keep_alive))
             .into_response());
     }
     let mut text = String::new();
+    let mut thought = String::new();
+    let mut thinking = reasoning == Some(true);
     let mut entries = Vec::new();
     loop {
         match rx.recv().await {
             Some(Event::Text { text: t, logprobs }) => {
-                text.push_str(&t);
+                match thinking {
+                    true => thought.push_str(&t),
+                    false => text.push_str(&t),
+                }
                 entries.extend(logprobs);
             }
+            Some(Event::Reasoning(on)) => thinking = on && reasoning.is_some(),
             Some(Event::Finished {
                 reason,
                 completion_tokens,
@@ -312,13 +325,16 @@ async fn respond(
             }) => {
                 let logprobs = logprobs_wanted.then(|| header.logprobs(&entries, 0));
                 let usage = usage(prompt_tokens, completion_tokens);
-                let body = match tools.as_ref().map(|t| t.read_tool_answer(&text, &ids)) {
+                let mut body = match tools.as_ref().map(|t| t.read_tool_answer(&text, &ids)) {
                     Some(Answer::Calls(calls)) => header.complete_calls(calls, logprobs, usage),
                     Some(Answer::Content(content)) => {
                         header.complete(&content, logprobs, reason, usage)
                     }
                     None => header.complete(&text, logprobs, reason, usage),
                 };
+                if reasoning.is_some() && !thought.is_empty() {
+                    body["choices"][0]["message"]["reasoning_content"] = Value::String(thought);
+                }
                 return Ok(Json(body).into_response());
             }
             Some(Event::Failed(err)) => return Err(err),
@@ -339,6 +355,8 @@ struct StreamState {
     /// Tool mode: the answer is held until it ends, then read back (by the
     /// text side) as calls or text.
     held: Option<(String, Arc<TextSide>)>,
+    /// Whether the answer is inside its reasoning now (`None`: not split).
+    reasoning: Option<bool>,
     pending: VecDeque<String>,
     done: bool,
 }
@@ -353,6 +371,7 @@ fn sse_events(
     usage_wanted: bool,
     logprobs_wanted: bool,
     tools: Option<Arc<TextSide>>,
+    reasoning: Option<bool>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let mut pending = VecDeque::new();
     if header.kind == Kind::Chat {
@@ -366,6 +385,7 @@ fn sse_events(
         logprobs_wanted,
         offset: 0,
         held: tools.map(|t| (String::new(), t)),
+        reasoning,
         pending,
         done: false,
     };
@@ -378,6 +398,19 @@ fn sse_events(
                 return None;
             }
             match s.rx.recv().await {
+                Some(Event::Reasoning(on)) => {
+                    if s.reasoning.is_some() {
+                        s.reasoning = Some(on);
+                    }
+                }
+                Some(Event::Text { text, logprobs }) if s.reasoning == Some(true) => {
+                    let entries = s
+                        .logprobs_wanted
+                        .then(|| s.header.logprobs(&logprobs, s.offset));
+                    s.offset += crate::logprobs::text_chars(&logprobs);
+                    let chunk = s.header.reasoning_chunk(&text, entries);
+                    s.pending.push_back(chunk.to_string());
+                }
                 Some(Event::Text { text, .. }) if s.held.is_some() => {
                     if let Some((held, _)) = s.held.as_mut() {
                         held.push_str(&text);
@@ -465,7 +498,7 @@ mod tests {
             total: 3,
             cached: 0,
         };
-        let sse = Sse::new(sse_events(rx, header, prompt, true, false, None));
+        let sse = Sse::new(sse_events(rx, header, prompt, true, false, None, None));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -107,6 +107,16 @@ impl<'t> Active<'t> {
         if !step.text.is_empty() && !self.send_text(step.text) {
             return Progress::Left;
         }
+        if let Some(markers) = text.reasoning {
+            let phase = (id == markers.open)
+                .then_some(true)
+                .or((id == markers.close).then_some(false));
+            if let Some(on) = phase {
+                if !self.send(Event::Reasoning(on)) {
+                    return Progress::Left;
+                }
+            }
+        }
         match step.stop {
             Some(_) => Progress::Stopped,
             None => Progress::Continue,

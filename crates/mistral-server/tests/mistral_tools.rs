@@ -7,7 +7,8 @@
 //! `encode_chat_completion` ids (`POST /tokenize`), and the grammar-made
 //! calls (named, required, one or several, auto) parse and follow each
 //! tool's schema, streamed or not; the round trip and the 400s as for the
-//! generic format. Under v13 the forced calls are left out (see below).
+//! generic format. Under v13 the forced calls are left out (see below),
+//! and `[THINK]...[/THINK]` comes back as `reasoning_content`.
 
 mod common;
 #[path = "../../mistral-loader/tests/reference/tiny_native.rs"]
@@ -72,7 +73,7 @@ fn mistral_models_call_tools_in_their_own_format() {
             &server,
             "tool_calls_check.py",
             &args,
-            if thinking { 4 } else { 9 },
+            if thinking { 5 } else { 9 },
         );
     }
 }
