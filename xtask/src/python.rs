@@ -22,13 +22,14 @@ pub const SMOLLM2_ENV_VAR: &str = "MISTRAL_MLX_SMOLLM2";
 
 /// Scripts that write no test model or reference (the harnesses and the
 /// server's client check): editing them does not regenerate the test models.
-const NOT_MODEL_INPUTS: [&str; 9] = [
+const NOT_MODEL_INPUTS: [&str; 10] = [
     "bench_models.py",
     "mlx_lm_bench.py",
     "gpu_bench_models.py",
     "openai_client_check.py",
     "structured_output_check.py",
     "tool_calls_check.py",
+    "anthropic_check.py",
     "tekken_ref.py",
     "sentencepiece_ref.py",
     "mistral_chat_ref.py",

@@ -147,6 +147,8 @@ pub enum Event {
         completion_tokens: usize,
         /// The generated ids (the tool formats read them back).
         ids: Vec<u32>,
+        /// The stop string that ended it, if one did.
+        matched: Option<String>,
     },
     /// The request failed (a 4xx before `Started`, a 500 after).
     Failed(ApiError),

@@ -25,6 +25,7 @@
 
 #![deny(missing_docs)]
 
+pub mod anthropic;
 pub mod engine;
 pub mod error;
 pub mod logprobs;
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod mistral_tools;
 pub mod model_state;
 pub mod prompt_cache;
+pub mod queue;
 pub mod request;
 pub mod response;
 pub mod routes;

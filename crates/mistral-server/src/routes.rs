@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -21,11 +21,10 @@ use tokio::sync::mpsc;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::engine::TextSide;
-use crate::engine::{
-    EngineHandle, Event, FinishReason, GenerationRequest, Job, Prompt, PromptTokens,
-};
+use crate::engine::{EngineHandle, Event, FinishReason, GenerationRequest, Prompt, PromptTokens};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::queue::{queue, Queued};
 use crate::request::{
     fields, parse_body, ChatRequest, Common, CompletionRequest, DetokenizeRequest, Endpoint,
     TokenizeRequest,
@@ -61,6 +60,7 @@ pub fn router(state: Arc<AppState>, origins: &[String]) -> Result<Router, String
         .route("/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/models", get(models))
+        .route("/v1/messages", post(messages))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .route_layer(middleware::from_fn_with_state(
@@ -90,23 +90,35 @@ pub fn router(state: Arc<AppState>, origins: &[String]) -> Result<Router, String
             CorsLayer::new()
                 .allow_origin(allow)
                 .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    header::HeaderName::from_static("x-api-key"),
+                    header::HeaderName::from_static("anthropic-version"),
+                ]),
         );
     }
     Ok(app)
 }
 
-/// 401 unless the request carries the key (compared in constant time).
+/// 401 unless the request carries the key (compared in constant time), as
+/// `Authorization: Bearer <key>` or (Anthropic's header) `x-api-key`.
 async fn require_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     if let Some(key) = &state.api_key {
-        let given = request
-            .headers()
+        let headers = request.headers();
+        let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let given = bearer
+            .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
             .unwrap_or("");
         if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
-            return ApiError::unauthorized().into_response();
+            let err = ApiError::unauthorized();
+            return match request.uri().path() {
+                "/v1/messages" => crate::anthropic::error_response(&err),
+                _ => err.into_response(),
+            };
         }
     }
     next.run(request).await
@@ -150,6 +162,23 @@ async fn chat(State(state): State<Arc<AppState>>, body: Body) -> Response {
 
 async fn completions(State(state): State<Arc<AppState>>, body: Body) -> Response {
     generate::<CompletionRequest>(&state, body, Kind::Text).await
+}
+
+/// `POST /v1/messages`: Anthropic's Messages API (see [`crate::anthropic`]).
+async fn messages(State(state): State<Arc<AppState>>, body: Body) -> Response {
+    let result = async {
+        let body = json_body(body, state.max_body_bytes).await?;
+        let (openai, stream) = crate::anthropic::to_openai(&body)?;
+        let common: Common = fields(&openai)?;
+        let request: ChatRequest = fields(&openai)?;
+        let generation = request.into_generation(common, &state.model_id)?;
+        let queued = queue(&state.engine, &generation, true).await?;
+        crate::anthropic::respond(queued, state.model_id.clone(), stream).await
+    };
+    result.await.unwrap_or_else(|err| {
+        Metrics::bump(&state.metrics.rejected);
+        crate::anthropic::error_response(&err)
+    })
 }
 
 /// Both completion endpoints: read and check the body (`R` holds the
@@ -249,40 +278,12 @@ async fn respond(
     stream: bool,
     usage_wanted: bool,
 ) -> Result<Response, ApiError> {
-    let text = state.engine.text()?;
-    let (prompt_ids, max_tokens) = text.prepare(&generation)?;
-    let constraint = text
-        .output_format(&generation)?
-        .map(|(format, field)| text.constraint(&format, field))
-        .transpose()?;
-    let tools = generation.tools.is_some().then(|| text.clone());
-    // Chat answers split reasoning from content (see ReasoningMarkers):
-    // whether the answer starts inside it.
-    let reasoning = match kind {
-        Kind::Chat => text.reasoning.map(|m| m.open_after(&prompt_ids)),
-        Kind::Text => None,
-    };
-    let (events, mut rx) = mpsc::unbounded_channel();
-    state.engine.submit(Job {
-        prompt_ids,
-        max_tokens,
-        sampling: generation.sampling,
-        stop: generation.stop,
-        logprobs: generation.logprobs,
-        constraint,
-        events,
-        received: Instant::now(),
-    })?;
-    let prompt_tokens = match rx.recv().await {
-        Some(Event::Started { prompt_tokens }) => prompt_tokens,
-        Some(Event::Failed(err)) => return Err(err),
-        Some(other) => {
-            return Err(ApiError::internal(format!(
-                "engine out of order: {other:?}"
-            )))
-        }
-        None => return Err(ApiError::internal("the engine dropped the request")),
-    };
+    let Queued {
+        mut rx,
+        prompt_tokens,
+        tools,
+        reasoning,
+    } = queue(&state.engine, &generation, kind == Kind::Chat).await?;
     let header = Header {
         id: response_id(kind),
         created: unix_time().as_secs(),
@@ -322,6 +323,7 @@ async fn respond(
                 reason,
                 completion_tokens,
                 ids,
+                ..
             }) => {
                 let logprobs = logprobs_wanted.then(|| header.logprobs(&entries, 0));
                 let usage = usage(prompt_tokens, completion_tokens);
@@ -428,6 +430,7 @@ fn sse_events(
                     reason,
                     completion_tokens,
                     ids,
+                    ..
                 }) => {
                     let answer = s
                         .held
@@ -551,6 +554,7 @@ mod tests {
                 reason: FinishReason::Stop,
                 completion_tokens: 1,
                 ids: vec![1],
+                matched: None,
             }),
         ]);
         assert_eq!(data.last().map(String::as_str), Some("[DONE]"));

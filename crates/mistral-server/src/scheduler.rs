@@ -154,10 +154,15 @@ impl<'t> Active<'t> {
             Some(StopReason::MaxTokens) | None => FinishReason::Length,
         };
         let ids = std::mem::take(&mut self.generated);
+        let matched = match self.checker.stopped() {
+            Some(StopReason::StopString { text, .. }) => Some(text.clone()),
+            _ => None,
+        };
         let _ = self.send(Event::Finished {
             reason,
             completion_tokens: self.checker.token_count(),
             ids,
+            matched,
         });
     }
 }

@@ -1,0 +1,73 @@
+//! Queuing a generation: tokenize and check it, hand it to the engine, and
+//! wait until the engine starts on it. Both APIs (OpenAI's, Anthropic's)
+//! answer from what this returns.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::engine::{EngineHandle, Event, GenerationRequest, Job, PromptTokens, TextSide};
+use crate::error::ApiError;
+
+/// A request the engine has started on.
+pub struct Queued {
+    /// Its events after `Started`.
+    pub rx: mpsc::UnboundedReceiver<Event>,
+    /// The prompt's tokens.
+    pub prompt_tokens: PromptTokens,
+    /// The model's text side, when the answer is read back in its tool
+    /// format.
+    pub tools: Option<Arc<TextSide>>,
+    /// Whether the answer starts inside reasoning (`None`: not split; see
+    /// `ReasoningMarkers`).
+    pub reasoning: Option<bool>,
+}
+
+/// Tokenizes `generation`, queues it and waits until the engine starts on
+/// it; `chat` answers split their reasoning. Errors found before
+/// generation starts (context length, ...) come back here.
+pub async fn queue(
+    engine: &EngineHandle,
+    generation: &GenerationRequest,
+    chat: bool,
+) -> Result<Queued, ApiError> {
+    let text = engine.text()?;
+    let (prompt_ids, max_tokens) = text.prepare(generation)?;
+    let constraint = text
+        .output_format(generation)?
+        .map(|(format, field)| text.constraint(&format, field))
+        .transpose()?;
+    let tools = generation.tools.is_some().then(|| text.clone());
+    let reasoning = match chat {
+        true => text.reasoning.map(|m| m.open_after(&prompt_ids)),
+        false => None,
+    };
+    let (events, mut rx) = mpsc::unbounded_channel();
+    engine.submit(Job {
+        prompt_ids,
+        max_tokens,
+        sampling: generation.sampling.clone(),
+        stop: generation.stop.clone(),
+        logprobs: generation.logprobs,
+        constraint,
+        events,
+        received: Instant::now(),
+    })?;
+    let prompt_tokens = match rx.recv().await {
+        Some(Event::Started { prompt_tokens }) => prompt_tokens,
+        Some(Event::Failed(err)) => return Err(err),
+        Some(other) => {
+            return Err(ApiError::internal(format!(
+                "engine out of order: {other:?}"
+            )))
+        }
+        None => return Err(ApiError::internal("the engine dropped the request")),
+    };
+    Ok(Queued {
+        rx,
+        prompt_tokens,
+        tools,
+        reasoning,
+    })
+}
