@@ -6,6 +6,16 @@ starts the server and runs this script.
 
 Usage:
     python tool_calls_check.py BASE_URL API_KEY MODEL_ID [--mistral TEKKEN_JSON [--thinking]]
+    python tool_calls_check.py BASE_URL API_KEY MODEL_ID --template JINJA
+
+With `--template`, the server runs with the chat template JINJA (one that
+declares the Hermes `<tool_call>` format; crates/mistral-server/src/
+template_tools.rs): a first check renders conversations with tools, calls
+and results with transformers' `render_jinja_template` (earlier calls'
+arguments as objects, as vLLM passes them) and asks `POST /tokenize` to
+encode that text, which must give the ids the server's own rendering of
+the same messages and tools gives; the other checks run as for the generic
+format.
 
 With `--mistral`, the server's model is one whose prompts go through
 mistral-common's protocol (Mistral's own tool format, its grammar in
@@ -118,6 +128,39 @@ def check_tokenize(base: str, key: str, tekken: str) -> None:
     print(f"ok: /tokenize gives mistral-common's ids for {len(CONVERSATIONS) * 2} conversations with tools")
 
 
+def post_json(base: str, key: str, path: str, body: dict) -> dict:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(base + path, data=json.dumps(body).encode(), headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(req) as reply:
+            return json.load(reply)
+    except urllib.error.HTTPError as err:
+        raise AssertionError(f"{path}: {err.code} {err.read().decode()}") from None
+
+
+def check_template_render(base: str, key: str, template: str) -> None:
+    """The server's render of messages with tools against transformers'."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    with open(template) as f:
+        text = f.read()
+    for messages in CONVERSATIONS:
+        as_objects = json.loads(json.dumps(messages))
+        for m in as_objects:
+            for call in m.get("tool_calls") or []:
+                call["function"]["arguments"] = json.loads(call["function"]["arguments"])
+        for tools in (TOOLS, TOOLS + [NESTED]):
+            rendered, _ = render_jinja_template(conversations=[as_objects], tools=tools, chat_template=text,
+                                                add_generation_prompt=True)
+            theirs = post_json(base, key, "/tokenize", {"prompt": rendered[0], "add_special_tokens": False})
+            ours = post_json(base, key, "/tokenize", {"messages": messages, "tools": tools})
+            assert ours["tokens"] == theirs["tokens"], (rendered[0], ours, theirs)
+    print(f"ok: the template renders {len(CONVERSATIONS) * 2} conversations with tools as transformers does")
+
+
 def check_reasoning(c, model: str, tekken: str) -> None:
     """A v13 model's [THINK]...[/THINK] comes back as reasoning_content, not
     content, whole and streamed. The random model is made to think by a
@@ -205,6 +248,8 @@ def main() -> int:
     if sys.argv[4:5] == ["--mistral"]:
         ID, TEXT_ENDS, ENDED = MISTRAL_CALL_ID, {"stop", "length"}, {"parallel_tool_calls": False}
         check_tokenize(base, key, sys.argv[5])
+    if sys.argv[4:5] == ["--template"]:
+        check_template_render(base, key, sys.argv[5])
     c = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=300)
     if thinking:
         # A forced call may follow [THINK]...[/THINK] (v13), and the random

@@ -24,6 +24,11 @@ pub struct ServeArgs {
     /// else `hf`.
     #[arg(long, value_enum, default_value_t = TokenizerModeArg::Auto)]
     tokenizer_mode: TokenizerModeArg,
+    /// A Jinja chat template that replaces the model's (as vLLM's
+    /// `--chat-template`); a template that declares a tool-call format
+    /// (Hermes `<tool_call>`, Llama 3 JSON) gets tools in that format.
+    #[arg(long)]
+    chat_template: Option<std::path::PathBuf>,
     /// The address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -92,6 +97,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             options: args.model.load_options(),
             tensor_parallel: parallel,
             tokenizer_mode: args.tokenizer_mode.into(),
+            chat_template: args.chat_template.clone(),
         },
         model_id,
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),

@@ -130,6 +130,43 @@ pub struct ModelChatTemplate {
 }
 
 impl ModelChatTemplate {
+    /// This model's template replaced by the Jinja file `file` (vLLM's
+    /// `--chat-template`, llama-server's `--chat-template-file`), with the
+    /// same BOS/EOS texts; errors name the file.
+    pub fn replaced_by(self, file: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(file).map_err(|source| LoadError::Io {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        let dir = file.parent().unwrap_or(file);
+        compile(
+            text,
+            ChatTemplateSource::JinjaFile(file.to_path_buf()),
+            dir,
+            self.bos_token,
+            self.eos_token,
+        )
+    }
+
+    /// Renders the prompt for OpenAI-style `messages` with `tools` (see
+    /// [`ChatTemplate::render_with_tools`]).
+    pub fn render_with_tools(
+        &self,
+        messages: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> std::result::Result<String, mistral_text::ChatError> {
+        self.template.render_with_tools(
+            messages,
+            tools,
+            &ChatTemplateArgs {
+                bos_token: self.bos_token.clone(),
+                eos_token: self.eos_token.clone(),
+                add_generation_prompt,
+            },
+        )
+    }
+
     /// Renders the prompt for `messages` (it starts with BOS: encode it
     /// without adding special tokens).
     pub fn render(

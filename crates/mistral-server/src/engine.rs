@@ -22,12 +22,14 @@ use mistral_loader::{
     ModelChatTemplate, SpecialTokens, TokenBytes, Tokenizer,
 };
 use mistral_model::{Mistral, TensorParallel};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApiError;
 use crate::logprobs::TokenLogprob;
 use crate::metrics::Metrics;
 use crate::scheduler;
+use crate::template_tools::TemplateTools;
 use crate::tools::{Answer, ToolRequest};
 use mistral_loader::mistral_chat::encode_chat;
 
@@ -195,6 +197,8 @@ pub struct TextSide {
     constraints: OnceLock<Result<ConstraintFactory, String>>,
     /// The tokens that open and close reasoning, if the model has them.
     pub(crate) reasoning: Option<ReasoningMarkers>,
+    /// The tool-call format the chat template writes, if it has one.
+    template_tools: Option<TemplateTools>,
 }
 
 /// The tokens around a model's reasoning: `[THINK]`/`[/THINK]` (Mistral's
@@ -303,6 +307,20 @@ impl TextSide {
                         )
                     })
                 }
+                None if self.template_tools.is_some() => {
+                    let listed = tools.map(|t| Value::Array(crate::mistral_tools::tool_list(t)));
+                    let messages = crate::template_tools::template_messages(&chat.raw);
+                    let rendered = self
+                        .template
+                        .render_with_tools(&messages, listed.as_ref(), add_generation_prompt)
+                        .map_err(|e| {
+                            ApiError::bad_request(
+                                format!("the chat template failed: {e}"),
+                                Some("messages"),
+                            )
+                        })?;
+                    self.encode_text(&rendered, false)
+                }
                 None => {
                     let mut messages = chat.messages.clone();
                     if let Some(tools) = tools {
@@ -343,7 +361,10 @@ impl TextSide {
                     .map_err(|e| ApiError::bad_request(e, Some("tools")))?;
                 Some((OutputFormat::Lark(grammar), "tools"))
             }
-            (Some(tools), None) => Some((OutputFormat::JsonSchema(tools.schema()), "tools")),
+            (Some(tools), None) => match self.template_tools {
+                Some(format) => Some((OutputFormat::Lark(format.grammar(tools)), "tools")),
+                None => Some((OutputFormat::JsonSchema(tools.schema()), "tools")),
+            },
             (None, _) => request
                 .format
                 .clone()
@@ -354,9 +375,20 @@ impl TextSide {
     /// A finished answer to a request with tools (its `text` and generated
     /// `ids`) read back as calls or text, in the model's tool format.
     pub fn read_tool_answer(&self, text: &str, ids: &[u32]) -> Answer {
-        match &self.protocol {
-            Some(mistral) => crate::mistral_tools::read(mistral, ids),
-            None => crate::tools::read_answer(text),
+        match (&self.protocol, self.template_tools) {
+            (Some(mistral), _) => crate::mistral_tools::read(mistral, ids),
+            (None, Some(format)) => {
+                // The markers may be special tokens: decoded with them,
+                // less the end-of-sequence token.
+                let kept: Vec<u32> = ids
+                    .iter()
+                    .copied()
+                    .filter(|id| !self.special.eos.contains(id))
+                    .collect();
+                let whole = self.tokenizer.decode(&kept, false);
+                format.read(whole.as_deref().unwrap_or(text))
+            }
+            (None, None) => crate::tools::read_answer(text),
         }
     }
 
@@ -442,6 +474,8 @@ pub struct ModelSpec {
     /// How chat prompts become ids: the chat template, or mistral-common's
     /// protocol from the folder's `tekken.json` or `tokenizer.model.vN`.
     pub tokenizer_mode: mistral_loader::TokenizerMode,
+    /// A Jinja file that replaces the model's chat template, if given.
+    pub chat_template: Option<PathBuf>,
 }
 
 /// The HTTP side's handle on the engine.
@@ -570,7 +604,11 @@ impl Loaded {
         mistral_loader::check_tokenizer_fits(&tokenizer, config.vocab_size, path)
             .map_err(|e| e.to_string())?;
         let special = load_special_tokens(path, Some(&tokenizer)).map_err(|e| e.to_string())?;
-        let template = load_chat_template(path, &tokenizer).map_err(|e| e.to_string())?;
+        let mut template = load_chat_template(path, &tokenizer).map_err(|e| e.to_string())?;
+        if let Some(file) = &spec.chat_template {
+            template = template.replaced_by(file).map_err(|e| e.to_string())?;
+        }
+        let template_tools = TemplateTools::of(&template.text);
         let protocol = load_chat_protocol(path, spec.tokenizer_mode).map_err(|e| e.to_string())?;
         let reasoning = ReasoningMarkers::of(protocol.as_ref(), &tokenizer);
         let (model, _plan) = match &spec.tensor_parallel {
@@ -592,6 +630,7 @@ impl Loaded {
                 tensor_parallel: spec.tensor_parallel.is_some(),
                 constraints: OnceLock::new(),
                 reasoning,
+                template_tools,
             }),
         })
     }

@@ -38,6 +38,7 @@ pub mod request;
 pub mod response;
 pub mod routes;
 pub mod scheduler;
+pub mod template_tools;
 pub mod tools;
 
 pub use engine::{EngineHandle, ModelSpec};

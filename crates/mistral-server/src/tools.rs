@@ -249,13 +249,19 @@ pub fn read_answer(text: &str) -> Answer {
         calls
             .iter()
             .map(|c| {
-                json!({"id": call_id(), "type": "function", "function": {
-                    "name": c["name"],
-                    "arguments": c.get("arguments").map_or("{}".to_owned(), Value::to_string),
-                }})
+                let name = c["name"].as_str().unwrap_or_default();
+                openai_call(name, c.get("arguments").unwrap_or(&json!({})))
             })
             .collect(),
     )
+}
+
+/// An OpenAI `tool_calls` entry with a fresh id: `arguments` as a JSON
+/// string.
+pub fn openai_call(name: &str, arguments: &Value) -> Value {
+    json!({"id": call_id(), "type": "function", "function": {
+        "name": name, "arguments": arguments.to_string(),
+    }})
 }
 
 /// A fresh `call_...` id.

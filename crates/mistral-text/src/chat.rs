@@ -9,7 +9,8 @@
 //!   `lstrip_blocks` on, a `raise_exception(message)` function that fails the
 //!   render with the template's message, and Python string/dict methods
 //!   (`.strip()`, `.startswith()`, `.items()`, ...) through minijinja-contrib's
-//!   `pycompat`, which HF templates use as if they were Python.
+//!   `pycompat`, which HF templates use as if they were Python, and
+//!   transformers' `tojson` (Python's `json.dumps`, keys in order).
 //! - Nothing model-specific lives here; which template a model uses, and the
 //!   Mistral fallback, are mistral-loader's job.
 
@@ -98,11 +99,39 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
+        env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, source.into())
             .map_err(|e| ChatError::Syntax {
                 message: format!("{e:#}"),
             })?;
         Ok(ChatTemplate { env })
+    }
+
+    /// Renders the prompt for `messages` (OpenAI-style objects, with
+    /// `tool_calls` and `tool` messages as templates with tools read them)
+    /// and `tools` (`{"type": "function", "function": {...}}` objects, the
+    /// template's `tools`; `None` leaves it undefined), as transformers'
+    /// `apply_chat_template(messages, tools=tools)` does.
+    pub fn render_with_tools(
+        &self,
+        messages: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+        args: &ChatTemplateArgs,
+    ) -> Result<String, ChatError> {
+        let render_error = |e: minijinja::Error| ChatError::Render {
+            message: format!("{e:#}"),
+        };
+        let template = self.env.get_template(TEMPLATE_NAME).map_err(render_error)?;
+        let tools = tools.map(minijinja::Value::from_serialize);
+        template
+            .render(minijinja::context! {
+                messages => minijinja::Value::from_serialize(messages),
+                tools => tools,
+                bos_token => args.bos_token,
+                eos_token => args.eos_token,
+                add_generation_prompt => args.add_generation_prompt,
+            })
+            .map_err(render_error)
     }
 
     /// Renders the prompt for `messages`.
@@ -124,6 +153,23 @@ impl ChatTemplate {
             })
             .map_err(render_error)
     }
+}
+
+/// `value | tojson(indent=n)`: JSON as transformers' chat templates get it
+/// (Python's `json.dumps(value, ensure_ascii=False, indent=n)`; its other
+/// arguments are accepted and ignored).
+fn tojson(
+    value: minijinja::Value,
+    kwargs: minijinja::value::Kwargs,
+) -> Result<String, minijinja::Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    for other in ["ensure_ascii", "separators", "sort_keys"] {
+        let _: Option<minijinja::Value> = kwargs.get(other)?;
+    }
+    kwargs.assert_all_used()?;
+    let json = serde_json::to_value(&value)
+        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    Ok(crate::python_json::dumps(&json, indent))
 }
 
 /// `raise_exception(message)`: fails the render with the template's message.

@@ -34,6 +34,7 @@ mod contain;
 pub mod detokenizer;
 pub mod mistral_chat;
 pub mod mistral_tokenizer;
+pub mod python_json;
 pub mod sentencepiece;
 mod sentencepiece_bpe;
 pub mod sentencepiece_hf;

@@ -57,6 +57,7 @@ pub fn start_configured(change: impl FnOnce(&mut ServerConfig)) -> Server {
             options: mistral_loader::LoadOptions::default(),
             tensor_parallel: None,
             tokenizer_mode: mistral_loader::TokenizerMode::Auto,
+            chat_template: None,
         },
         model_id: MODEL_ID.to_owned(),
         api_key: None,
