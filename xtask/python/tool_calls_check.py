@@ -269,7 +269,20 @@ def main() -> int:
             check_call(made)
     else:
         assert isinstance(msg.content, str) and r.choices[0].finish_reason in TEXT_ENDS, r.choices[0]
-    print(f"ok: auto: {'calls' if msg.tool_calls else 'text'}")
+    pieces, names = [], []
+    for chunk in c.chat.completions.create(model=model, messages=ASK, tools=TOOLS, temperature=0,
+                                           max_tokens=200, stream=True):
+        for ch in chunk.choices:
+            if ch.delta.content:
+                pieces.append(ch.delta.content)
+            names += [d.function.name for d in ch.delta.tool_calls or [] if d.function.name]
+    if msg.tool_calls:
+        assert names == [t.function.name for t in msg.tool_calls], (names, msg.tool_calls)
+    else:
+        assert "".join(pieces) == msg.content, (pieces, msg.content)
+        # Mistral's format has a call token: text before it streams as it comes.
+        assert ID is not MISTRAL_CALL_ID or len(pieces) > 1, pieces
+    print(f"ok: auto: {'calls' if msg.tool_calls else 'text'}, streamed the same ({len(pieces)} text chunks)")
 
     history = ASK + [
         {"role": "assistant", "content": None, "tool_calls": [

@@ -342,6 +342,7 @@ pub async fn respond(queued: Queued, model: String, stream: bool) -> Result<Resp
                 false => pieces.text.push_str(&text),
             },
             Some(Event::Reasoning(on)) => thinking = on && reasoning.is_some(),
+            Some(Event::CallsStart) => {}
             Some(Event::Finished {
                 reason,
                 completion_tokens,
@@ -489,6 +490,7 @@ fn events(queued: Queued, model: String) -> impl Stream<Item = Result<SseEvent, 
             }
             match s.queued.rx.recv().await {
                 Some(Event::Reasoning(on)) => s.thinking = on && s.queued.reasoning.is_some(),
+                Some(Event::CallsStart) => {}
                 Some(Event::Text { text, .. }) if s.thinking => s.write(Block::Thinking, &text),
                 Some(Event::Text { text, .. }) => match s.held.as_mut() {
                     Some(held) => held.push_str(&text),

@@ -141,6 +141,9 @@ pub enum Event {
     /// The answer enters (`true`) or leaves reasoning: the text before
     /// this event belongs to the phase before it.
     Reasoning(bool),
+    /// The answer's tool calls start here (the tool format's call token):
+    /// the text before this event is content.
+    CallsStart,
     /// The end.
     Finished {
         /// Why it ended.
@@ -199,6 +202,10 @@ pub struct TextSide {
     pub(crate) reasoning: Option<ReasoningMarkers>,
     /// The tool-call format the chat template writes, if it has one.
     template_tools: Option<TemplateTools>,
+    /// The single token that starts a call in the model's tool format
+    /// (`[TOOL_CALLS]`, a one-token `<tool_call>`), if it has one: text
+    /// before it streams as content.
+    pub(crate) call_marker: Option<u32>,
 }
 
 /// The tokens around a model's reasoning: `[THINK]`/`[/THINK]` (Mistral's
@@ -611,6 +618,11 @@ impl Loaded {
         let template_tools = TemplateTools::of(&template.text);
         let protocol = load_chat_protocol(path, spec.tokenizer_mode).map_err(|e| e.to_string())?;
         let reasoning = ReasoningMarkers::of(protocol.as_ref(), &tokenizer);
+        let call_marker = match (&protocol, template_tools) {
+            (Some(mistral), _) => mistral.special_id("[TOOL_CALLS]"),
+            (None, Some(TemplateTools::Hermes)) => tokenizer.token_to_id("<tool_call>"),
+            _ => None,
+        };
         let (model, _plan) = match &spec.tensor_parallel {
             Some(parallel) => load_model_parallel(path, &spec.options, parallel.clone()),
             None => load_model_planned(path, &spec.options),
@@ -631,6 +643,7 @@ impl Loaded {
                 constraints: OnceLock::new(),
                 reasoning,
                 template_tools,
+                call_marker,
             }),
         })
     }

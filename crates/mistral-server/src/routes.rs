@@ -319,6 +319,7 @@ async fn respond(
                 entries.extend(logprobs);
             }
             Some(Event::Reasoning(on)) => thinking = on && reasoning.is_some(),
+            Some(Event::CallsStart) => {}
             Some(Event::Finished {
                 reason,
                 completion_tokens,
@@ -359,6 +360,9 @@ struct StreamState {
     held: Option<(String, Arc<TextSide>)>,
     /// Whether the answer is inside its reasoning now (`None`: not split).
     reasoning: Option<bool>,
+    /// Tool mode with a call token: text streams as content until the
+    /// calls start, and only what follows is held.
+    free_until_call: bool,
     pending: VecDeque<String>,
     done: bool,
 }
@@ -386,6 +390,7 @@ fn sse_events(
         usage_wanted,
         logprobs_wanted,
         offset: 0,
+        free_until_call: tools.as_ref().is_some_and(|t| t.call_marker.is_some()),
         held: tools.map(|t| (String::new(), t)),
         reasoning,
         pending,
@@ -413,7 +418,8 @@ fn sse_events(
                     let chunk = s.header.reasoning_chunk(&text, entries);
                     s.pending.push_back(chunk.to_string());
                 }
-                Some(Event::Text { text, .. }) if s.held.is_some() => {
+                Some(Event::CallsStart) => s.free_until_call = false,
+                Some(Event::Text { text, .. }) if s.held.is_some() && !s.free_until_call => {
                     if let Some((held, _)) = s.held.as_mut() {
                         held.push_str(&text);
                     }
@@ -432,6 +438,12 @@ fn sse_events(
                     ids,
                     ..
                 }) => {
+                    let marker = s
+                        .held
+                        .as_ref()
+                        .is_some_and(|(_, side)| side.call_marker.is_some());
+                    let held_after_marker =
+                        s.held.as_ref().filter(|_| marker).map(|(t, _)| t.clone());
                     let answer = s
                         .held
                         .take()
@@ -445,9 +457,18 @@ fn sse_events(
                             }
                             FinishReason::ToolCalls
                         }
+                        // With a call token, the text before it has been
+                        // streamed; what was held (after a call token that
+                        // did not parse) follows.
                         Some(Answer::Content(content)) => {
-                            let chunk = s.header.chunk(false, &content, None, None);
-                            s.pending.push_back(chunk.to_string());
+                            let content = match &held_after_marker {
+                                Some(held) => held.clone(),
+                                None => content,
+                            };
+                            if !content.is_empty() {
+                                let chunk = s.header.chunk(false, &content, None, None);
+                                s.pending.push_back(chunk.to_string());
+                            }
                             reason
                         }
                         None => reason,

@@ -117,6 +117,9 @@ impl<'t> Active<'t> {
                 }
             }
         }
+        if text.call_marker == Some(id) && !self.send(Event::CallsStart) {
+            return Progress::Left;
+        }
         match step.stop {
             Some(_) => Progress::Stopped,
             None => Progress::Continue,
