@@ -208,6 +208,11 @@ pub struct TextSide {
     pub(crate) call_marker: Option<u32>,
 }
 
+/// A 400 for a chat template that failed to render the messages.
+fn template_failed(e: mistral_loader::ChatError) -> ApiError {
+    ApiError::bad_request(format!("the chat template failed: {e}"), Some("messages"))
+}
+
 /// The tokens around a model's reasoning: `[THINK]`/`[/THINK]` (Mistral's
 /// protocol from v13) or `<think>`/`</think>` (chat templates), single
 /// tokens of the vocabulary. What the model writes between them is
@@ -320,12 +325,7 @@ impl TextSide {
                     let rendered = self
                         .template
                         .render_with_tools(&messages, listed.as_ref(), add_generation_prompt)
-                        .map_err(|e| {
-                            ApiError::bad_request(
-                                format!("the chat template failed: {e}"),
-                                Some("messages"),
-                            )
-                        })?;
+                        .map_err(template_failed)?;
                     self.encode_text(&rendered, false)
                 }
                 None => {
@@ -342,12 +342,7 @@ impl TextSide {
                     let rendered = self
                         .template
                         .render(&messages, add_generation_prompt)
-                        .map_err(|e| {
-                            ApiError::bad_request(
-                                format!("the chat template failed: {e}"),
-                                Some("messages"),
-                            )
-                        })?;
+                        .map_err(template_failed)?;
                     // The template writes the special tokens itself.
                     self.encode_text(&rendered, false)
                 }

@@ -25,7 +25,7 @@ use mistral_loader::mistral_chat::parse_assistant;
 use mistral_loader::MistralTokenizer;
 use serde_json::{json, Value};
 
-use crate::tools::{Answer, ToolChoice, ToolRequest};
+use crate::tools::{parameters, Answer, ToolChoice, ToolRequest};
 
 /// The tools as mistral-common's request lists them.
 pub fn tool_list(tools: &ToolRequest) -> Vec<Value> {
@@ -100,14 +100,6 @@ pub fn grammar(tokenizer: &MistralTokenizer, tools: &ToolRequest) -> Result<Stri
     Ok(format!(
         "start: {body}\nfcalls: {fcalls}\ncontent: (/(.|\\n)+/)+\n{think}SAFE_WS: /[ \\t\\r\\n]{{1,8}}/\n"
     ))
-}
-
-/// A tool's `parameters` (any object when it has none).
-fn parameters(function: &Value) -> Value {
-    function
-        .get("parameters")
-        .cloned()
-        .unwrap_or(json!({"type": "object"}))
 }
 
 /// A generated answer (its `ids`) read back: calls, or text.

@@ -18,7 +18,7 @@
 
 use serde_json::{json, Value};
 
-use crate::tools::{Answer, ToolChoice, ToolRequest};
+use crate::tools::{parameters, Answer, ToolChoice, ToolRequest};
 use mistral_loader::constrain::single_line;
 
 /// A chat template's tool-call format.
@@ -55,13 +55,9 @@ impl TemplateTools {
             .callable()
             .into_iter()
             .map(|f| {
-                let parameters = f
-                    .get("parameters")
-                    .cloned()
-                    .unwrap_or(json!({"type": "object"}));
                 let mut properties = serde_json::Map::new();
                 properties.insert("name".into(), json!({"const": f["name"]}));
-                properties.insert(key.into(), parameters);
+                properties.insert(key.into(), parameters(f));
                 json!({"type": "object", "properties": properties,
                        "required": ["name", key], "additionalProperties": false})
             })

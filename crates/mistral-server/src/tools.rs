@@ -178,12 +178,8 @@ impl ToolRequest {
             .callable()
             .into_iter()
             .map(|f| {
-                let parameters = f
-                    .get("parameters")
-                    .cloned()
-                    .unwrap_or(json!({"type": "object"}));
                 json!({"type": "object", "properties": {
-                    "name": {"const": f["name"]}, "arguments": parameters,
+                    "name": {"const": f["name"]}, "arguments": parameters(f),
                 }, "required": ["name", "arguments"], "additionalProperties": false})
             })
             .collect();
@@ -201,6 +197,14 @@ impl ToolRequest {
             _ => call,
         }
     }
+}
+
+/// A tool's `parameters` schema (any object when it has none).
+pub fn parameters(function: &Value) -> Value {
+    function
+        .get("parameters")
+        .cloned()
+        .unwrap_or(json!({"type": "object"}))
 }
 
 /// An assistant message's earlier `tool_calls` as the answer format writes
