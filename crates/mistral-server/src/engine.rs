@@ -174,6 +174,9 @@ pub struct Job {
     pub logprobs: Option<usize>,
     /// The output constraint (`response_format`), if any.
     pub constraint: Option<Constraint>,
+    /// The model's reasoning markers, when the constraint starts after
+    /// the reasoning, and whether the answer starts inside it.
+    pub reasoning_gate: Option<(ReasoningMarkers, bool)>,
     /// Where the events go (unbounded: the engine never waits on a
     /// client; a request's events are bounded by its `max_tokens`).
     pub events: mpsc::UnboundedSender<Event>,
@@ -259,6 +262,11 @@ impl ReasoningMarkers {
 }
 
 impl TextSide {
+    /// Whether chat prompts go through mistral-common's protocol.
+    pub fn has_protocol(&self) -> bool {
+        self.protocol.is_some()
+    }
+
     /// The model's context length (`max_position_embeddings`), if known.
     pub fn context(&self) -> Option<usize> {
         self.context

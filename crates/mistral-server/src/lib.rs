@@ -34,6 +34,7 @@ pub mod mistral_tools;
 pub mod model_state;
 pub mod prompt_cache;
 pub mod queue;
+pub mod reasoning_gate;
 pub mod request;
 pub mod response;
 pub mod routes;

@@ -7,8 +7,11 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::engine::{EngineHandle, Event, GenerationRequest, Job, PromptTokens, TextSide};
+use crate::engine::{
+    EngineHandle, Event, GenerationRequest, Job, PromptTokens, ReasoningMarkers, TextSide,
+};
 use crate::error::ApiError;
+use mistral_loader::constrain::OutputFormat;
 
 /// A request the engine has started on.
 pub struct Queued {
@@ -34,14 +37,31 @@ pub async fn queue(
 ) -> Result<Queued, ApiError> {
     let text = engine.text()?;
     let (prompt_ids, max_tokens) = text.prepare(generation)?;
-    let constraint = text
-        .output_format(generation)?
-        .map(|(format, field)| text.constraint(&format, field))
+    let format = text.output_format(generation)?;
+    let constraint = format
+        .as_ref()
+        .map(|(format, field)| text.constraint(format, field))
         .transpose()?;
     let tools = generation.tools.is_some().then(|| text.clone());
     let reasoning = match chat {
         true => text.reasoning.map(|m| m.open_after(&prompt_ids)),
         false => None,
+    };
+    // Constraints start after the reasoning, but for Mistral's tool grammar
+    // and a Lark grammar that names the reasoning tokens: those govern the
+    // reasoning themselves.
+    let own_reasoning = |markers: ReasoningMarkers| match &format {
+        _ if generation.tools.is_some() && text.has_protocol() => true,
+        Some((OutputFormat::Lark(grammar), _)) => [markers.open, markers.close]
+            .iter()
+            .any(|id| grammar.contains(&format!("<[{id}]>"))),
+        _ => false,
+    };
+    let reasoning_gate = match (text.reasoning, reasoning, &constraint) {
+        (Some(markers), Some(inside), Some(_)) if !own_reasoning(markers) => {
+            Some((markers, inside))
+        }
+        _ => None,
     };
     let (events, mut rx) = mpsc::unbounded_channel();
     engine.submit(Job {
@@ -51,6 +71,7 @@ pub async fn queue(
         stop: generation.stop.clone(),
         logprobs: generation.logprobs,
         constraint,
+        reasoning_gate,
         events,
         received: Instant::now(),
     })?;

@@ -43,6 +43,7 @@ use crate::error::ApiError;
 use crate::logprobs::TokenLogprob;
 use crate::metrics::Metrics;
 use crate::model_state::{Admit, Advanced, Leader, Leave, ModelState, PrefillOp, Turn};
+use crate::reasoning_gate::ReasoningGate;
 
 pub use crate::model_state::PREFILL_CHUNK;
 
@@ -231,10 +232,16 @@ pub fn serve(
                 start: false,
             };
             let cached = state.take_cached(&job.prompt_ids);
-            let constraint = job
-                .constraint
-                .take()
-                .map(|c| Box::new(Constrained(c)) as Box<dyn mlx_rs_core::TokenConstraint>);
+            let constraint = job.constraint.take().map(|c| {
+                let vocab = text.tokenizer.get_vocab_size(true);
+                match job.reasoning_gate {
+                    Some((markers, inside)) => {
+                        Box::new(ReasoningGate::new(Constrained(c), markers, vocab, inside))
+                            as Box<dyn mlx_rs_core::TokenConstraint>
+                    }
+                    None => Box::new(Constrained(c)),
+                }
+            });
             let admitted = admit_job(text, job, cached.as_ref().map_or(0, |(n, _)| *n), metrics);
             let admit = Admit {
                 start: admitted.is_some(),
