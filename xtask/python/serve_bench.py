@@ -72,7 +72,7 @@ def start_server(cli, model, max_batch):
 
 
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {
-    "type": "object", "properties": {"text": {"type": "string", "maxLength": 4000}},
+    "type": "object", "properties": {"text": {"type": "string", "minLength": 2000, "maxLength": 4000}},
     "required": ["text"], "additionalProperties": False}}}
 
 
