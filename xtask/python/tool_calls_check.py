@@ -76,6 +76,9 @@ ASK = [{"role": "user", "content": "What is the weather in Paris and in Rome?"}]
 CALL_ID = re.compile(r"call_[0-9a-f]+")
 MISTRAL_CALL_ID = re.compile(r"[a-zA-Z0-9]{9}")
 ID = CALL_ID  # the form this run expects (main sets it)
+# The `auto` answers' token limit: the generic format's answer is one JSON
+# object, which must end to parse; elsewhere text may stop at the limit.
+AUTO_TOKENS = 200
 # How a free-text answer may end: SmolLM2 ends its answers under its own
 # template; the random model of the --mistral runs writes text until
 # max_tokens, and so may SmolLM2 under the --template ones.
@@ -243,16 +246,17 @@ def forced_calls(c, model):
 
 
 def main() -> int:
-    global ID, TEXT_ENDS, ENDED
+    global ID, TEXT_ENDS, ENDED, AUTO_TOKENS
     base, key, model = sys.argv[1:4]
     thinking = "--thinking" in sys.argv
     if sys.argv[4:5] == ["--mistral"]:
         ID, TEXT_ENDS, ENDED = MISTRAL_CALL_ID, {"stop", "length"}, {"parallel_tool_calls": False}
+        AUTO_TOKENS = 64
         check_tokenize(base, key, sys.argv[5])
     if sys.argv[4:5] == ["--template"]:
         # SmolLM2's text answers under these test templates may run past
         # max_tokens (200).
-        TEXT_ENDS = {"stop", "length"}
+        TEXT_ENDS, AUTO_TOKENS = {"stop", "length"}, 64
         check_template_render(base, key, sys.argv[5])
     c = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=300)
     if thinking:
@@ -265,7 +269,7 @@ def main() -> int:
     else:
         call = forced_calls(c, model).message.tool_calls[0]
 
-    r = c.chat.completions.create(model=model, messages=ASK, tools=TOOLS, temperature=0, max_tokens=200)
+    r = c.chat.completions.create(model=model, messages=ASK, tools=TOOLS, temperature=0, max_tokens=AUTO_TOKENS)
     msg = r.choices[0].message
     if msg.tool_calls:
         assert r.choices[0].finish_reason == "tool_calls"
@@ -275,7 +279,7 @@ def main() -> int:
         assert isinstance(msg.content, str) and r.choices[0].finish_reason in TEXT_ENDS, r.choices[0]
     pieces, names = [], []
     for chunk in c.chat.completions.create(model=model, messages=ASK, tools=TOOLS, temperature=0,
-                                           max_tokens=200, stream=True):
+                                           max_tokens=AUTO_TOKENS, stream=True):
         for ch in chunk.choices:
             if ch.delta.content:
                 pieces.append(ch.delta.content)
