@@ -11,54 +11,23 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::cli;
+#[path = "../../mistral-loader/tests/reference/test_env.rs"]
+mod test_env;
 #[path = "../../mistral-loader/tests/reference/tiny_native.rs"]
 mod tiny_native;
 use serde_json::{json, Value};
 use tiny_native::write_model;
 
-fn python() -> PathBuf {
-    std::env::var_os("MISTRAL_MLX_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/xtask/venv/bin/python")
-        })
-}
-
+/// Runs the reference Python (see [`tiny_native::run_python`]).
 fn run_python(args: &[&str], stdin: Option<&Value>) -> String {
-    use std::io::Write;
-    let mut child = Command::new(python())
-        .args(args)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../xtask/python"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run the reference python (cargo xtask test makes it)");
-    if let Some(v) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(v.to_string().as_bytes())
-            .expect("write");
-    } else {
-        drop(child.stdin.take());
-    }
-    let out = child.wait_with_output().expect("python");
-    assert!(out.status.success(), "python {args:?} failed");
-    String::from_utf8(out.stdout).expect("UTF-8")
+    tiny_native::run_python(&test_env::python(), args, stdin)
 }
 
-/// The path of `name` in mistral-common's data folder (its wheel's
-/// tokenizer files).
+/// The path of `name` in mistral-common's data folder.
 fn mistral_common_file(name: &str) -> String {
-    let code = format!(
-        "import mistral_common, os; print(os.path.join(os.path.dirname(mistral_common.__file__), 'data', {name:?}))"
-    );
-    run_python(&["-c", &code], None).trim().to_owned()
+    tiny_native::mistral_common_file(&test_env::python(), name)
 }
 
 /// `generate --json` in chat mode with `system` and `user` on `model`,

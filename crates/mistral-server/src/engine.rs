@@ -18,8 +18,8 @@ use std::time::Instant;
 use mistral_loader::constrain::{Constraint, ConstraintFactory, OutputFormat};
 use mistral_loader::{
     load_chat_protocol, load_chat_template, load_model_config, load_model_parallel,
-    load_model_planned, load_special_tokens, load_tokenizer, ChatMessage, LoadOptions,
-    ModelChatTemplate, SpecialTokens, TokenBytes, Tokenizer,
+    load_model_planned, load_special_tokens, load_tokenizer, LoadOptions, ModelChatTemplate,
+    SpecialTokens, TokenBytes, Tokenizer,
 };
 use mistral_model::{Mistral, TensorParallel};
 use serde_json::Value;
@@ -36,22 +36,12 @@ use mistral_loader::mistral_chat::encode_chat;
 /// What to generate from.
 #[derive(Debug, Clone)]
 pub enum Prompt {
-    /// Messages, through the model's chat template or mistral-common's
-    /// protocol.
-    Chat(ChatPrompt),
+    /// Messages (OpenAI objects: text content, `tool_calls`,
+    /// `tool_call_id`, `name`), through mistral-common's protocol or the
+    /// model's chat template.
+    Chat(Vec<Value>),
     /// Plain text, encoded with the tokenizer's special tokens (BOS).
     Text(String),
-}
-
-/// A conversation, in the two forms the prompt builders take.
-#[derive(Debug, Clone)]
-pub struct ChatPrompt {
-    /// The messages as the chat template takes them (earlier tool calls and
-    /// results written in the generic tool format, see [`crate::tools`]).
-    pub messages: Vec<ChatMessage>,
-    /// The messages as OpenAI objects (text content, `tool_calls`,
-    /// `tool_call_id`, `name`), as mistral-common's protocol takes them.
-    pub raw: Vec<serde_json::Value>,
 }
 
 /// Sampling options of one request.
@@ -317,10 +307,10 @@ impl TextSide {
                                 Some("tools"),
                             ))
                         }
-                        Some(tools) => crate::mistral_tools::tool_list(tools),
+                        Some(tools) => tools.listed(),
                         None => Vec::new(),
                     };
-                    encode_chat(mistral, &chat.raw, &listed).map_err(|e| {
+                    encode_chat(mistral, chat, &listed).map_err(|e| {
                         ApiError::bad_request(
                             format!("mistral-common's chat protocol refused it: {e}"),
                             Some("messages"),
@@ -328,8 +318,8 @@ impl TextSide {
                     })
                 }
                 None if self.template_tools.is_some() => {
-                    let listed = tools.map(|t| Value::Array(crate::mistral_tools::tool_list(t)));
-                    let messages = crate::template_tools::template_messages(&chat.raw);
+                    let listed = tools.map(|t| Value::Array(t.listed()));
+                    let messages = crate::template_tools::template_messages(chat);
                     let rendered = self
                         .template
                         .render_with_tools(&messages, listed.as_ref(), add_generation_prompt)
@@ -337,16 +327,7 @@ impl TextSide {
                     self.encode_text(&rendered, false)
                 }
                 None => {
-                    let mut messages = chat.messages.clone();
-                    if let Some(tools) = tools {
-                        match messages.first_mut() {
-                            Some(first) if first.role == "system" => {
-                                first.content =
-                                    format!("{}\n\n{}", first.content, tools.system_text());
-                            }
-                            _ => messages.insert(0, ChatMessage::system(tools.system_text())),
-                        }
-                    }
+                    let messages = crate::tools::generic_prompt(chat, tools);
                     let rendered = self
                         .template
                         .render(&messages, add_generation_prompt)

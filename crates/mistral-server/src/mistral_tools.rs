@@ -27,15 +27,6 @@ use serde_json::{json, Value};
 
 use crate::tools::{parameters, Answer, ToolChoice, ToolRequest};
 
-/// The tools as mistral-common's request lists them.
-pub fn tool_list(tools: &ToolRequest) -> Vec<Value> {
-    tools
-        .functions
-        .iter()
-        .map(|f| json!({"type": "function", "function": f}))
-        .collect()
-}
-
 /// The Lark grammar of an answer to a request with `tools` (see the module
 /// notes); an error when the tokenizer lacks a control token it needs.
 pub fn grammar(tokenizer: &MistralTokenizer, tools: &ToolRequest) -> Result<String, String> {
@@ -67,19 +58,12 @@ pub fn grammar(tokenizer: &MistralTokenizer, tools: &ToolRequest) -> Result<Stri
             false => format!("({one})"),
         }
     } else {
-        let items: Vec<Value> = callable
-            .iter()
-            .map(|f| {
-                json!({"type": "object", "properties": {
-                    "name": {"const": f["name"]}, "arguments": parameters(f),
-                    "id": {"type": "string", "pattern": "^[a-zA-Z0-9]{9}$"},
-                }, "required": ["name", "arguments"], "additionalProperties": false})
-            })
-            .collect();
-        let mut list = json!({"type": "array", "items": {"anyOf": items}, "minItems": 1});
-        if !tools.parallel {
-            list["maxItems"] = json!(1);
+        // Each call may carry the id mistral-common writes back.
+        let mut call = tools.any_call("arguments");
+        for item in call["anyOf"].as_array_mut().into_iter().flatten() {
+            item["properties"]["id"] = json!({"type": "string", "pattern": "^[a-zA-Z0-9]{9}$"});
         }
+        let list = tools.call_list(call);
         format!("{calls_token} SAFE_WS? %json {}", single_line(&list))
     };
     let think = match (

@@ -7,10 +7,13 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use crate::engine::FinishReason;
 use crate::engine::{
     EngineHandle, Event, GenerationRequest, Job, PromptTokens, ReasoningMarkers, TextSide,
 };
 use crate::error::ApiError;
+use crate::logprobs::TokenLogprob;
+use crate::tools::Answer;
 use mistral_loader::constrain::OutputFormat;
 
 /// A request the engine has started on.
@@ -91,4 +94,66 @@ pub async fn queue(
         tools,
         reasoning,
     })
+}
+
+/// A whole answer, read from a queued request's events.
+pub struct Whole {
+    /// The answer: text, or (read back in the tool format) calls.
+    pub answer: Answer,
+    /// The reasoning, apart from the answer (empty when none or not split).
+    pub reasoning: String,
+    /// The tokens' log-probabilities (if asked for).
+    pub logprobs: Vec<TokenLogprob>,
+    /// Why it ended.
+    pub reason: FinishReason,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+    /// The stop string that ended it, if one did.
+    pub matched: Option<String>,
+}
+
+impl Queued {
+    /// Waits for the whole answer (the non-streamed responses of both
+    /// APIs).
+    pub async fn collect(mut self) -> Result<Whole, ApiError> {
+        let (mut text, mut reasoning, mut logprobs) = (String::new(), String::new(), Vec::new());
+        let mut thinking = self.reasoning == Some(true);
+        loop {
+            match self.rx.recv().await {
+                Some(Event::Text {
+                    text: t,
+                    logprobs: l,
+                }) => {
+                    match thinking {
+                        true => reasoning.push_str(&t),
+                        false => text.push_str(&t),
+                    }
+                    logprobs.extend(l);
+                }
+                Some(Event::Reasoning(on)) => thinking = on && self.reasoning.is_some(),
+                Some(Event::CallsStart) | Some(Event::Started { .. }) => {}
+                Some(Event::Finished {
+                    reason,
+                    completion_tokens,
+                    ids,
+                    matched,
+                }) => {
+                    let answer = match &self.tools {
+                        Some(side) => side.read_tool_answer(&text, &ids),
+                        None => Answer::Content(text),
+                    };
+                    return Ok(Whole {
+                        answer,
+                        reasoning,
+                        logprobs,
+                        reason,
+                        completion_tokens,
+                        matched,
+                    });
+                }
+                Some(Event::Failed(err)) => return Err(err),
+                None => return Err(ApiError::internal("the engine dropped the request")),
+            }
+        }
+    }
 }

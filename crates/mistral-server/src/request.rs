@@ -13,10 +13,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::engine::{ChatPrompt, GenerationRequest, Prompt, Sampling};
+use crate::engine::{GenerationRequest, Prompt, Sampling};
 use crate::error::ApiError;
 use mistral_loader::constrain::OutputFormat;
-use mistral_loader::ChatMessage;
 
 /// Parses `body` as a JSON object.
 pub fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
@@ -212,8 +211,9 @@ pub struct CompletionRequest {
 }
 
 impl ChatRequest {
-    /// The conversation as the engine takes it, or a 400 naming the field.
-    pub fn into_prompt(self) -> Result<ChatPrompt, ApiError> {
+    /// The conversation as the engine takes it (OpenAI message objects,
+    /// content parts joined into text), or a 400 naming the field.
+    pub fn into_prompt(self) -> Result<Vec<Value>, ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::bad_request(
                 "`messages` must hold at least one message",
@@ -221,7 +221,6 @@ impl ChatRequest {
             ));
         }
         let mut messages = Vec::with_capacity(self.messages.len());
-        let mut raw = Vec::with_capacity(self.messages.len());
         for (i, message) in self.messages.into_iter().enumerate() {
             let text = match message.content {
                 None => None,
@@ -251,37 +250,22 @@ impl ChatRequest {
                 }
             };
             let mut object = serde_json::Map::new();
-            object.insert("role".into(), Value::String(message.role.clone()));
-            if let Some(text) = &text {
-                object.insert("content".into(), Value::String(text.clone()));
+            object.insert("role".into(), Value::String(message.role));
+            if let Some(text) = text {
+                object.insert("content".into(), Value::String(text));
             }
-            if let Some(calls) = &message.tool_calls {
-                object.insert("tool_calls".into(), Value::Array(calls.clone()));
+            if let Some(calls) = message.tool_calls {
+                object.insert("tool_calls".into(), Value::Array(calls));
             }
-            if let Some(id) = &message.tool_call_id {
-                object.insert("tool_call_id".into(), Value::String(id.clone()));
+            if let Some(id) = message.tool_call_id {
+                object.insert("tool_call_id".into(), Value::String(id));
             }
-            if let Some(name) = &message.name {
-                object.insert("name".into(), Value::String(name.clone()));
+            if let Some(name) = message.name {
+                object.insert("name".into(), Value::String(name));
             }
-            raw.push(Value::Object(object));
-            let text = text.unwrap_or_default();
-            // Earlier tool calls and results, as the generic tool format
-            // writes them (for chat templates).
-            let calls = message.tool_calls.as_deref().unwrap_or_default();
-            let (role, text) = match message.role.as_str() {
-                "assistant" if !calls.is_empty() && text.is_empty() => {
-                    (message.role, crate::tools::calls_text(calls))
-                }
-                "tool" => (
-                    "user".to_owned(),
-                    crate::tools::result_text(message.tool_call_id.as_deref(), &text),
-                ),
-                _ => (message.role, text),
-            };
-            messages.push(ChatMessage::new(role, text));
+            messages.push(Value::Object(object));
         }
-        Ok(ChatPrompt { messages, raw })
+        Ok(messages)
     }
 }
 

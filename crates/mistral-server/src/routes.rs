@@ -278,12 +278,7 @@ async fn respond(
     stream: bool,
     usage_wanted: bool,
 ) -> Result<Response, ApiError> {
-    let Queued {
-        mut rx,
-        prompt_tokens,
-        tools,
-        reasoning,
-    } = queue(&state.engine, &generation, kind == Kind::Chat).await?;
+    let queued = queue(&state.engine, &generation, kind == Kind::Chat).await?;
     let header = Header {
         id: response_id(kind),
         created: unix_time().as_secs(),
@@ -292,59 +287,23 @@ async fn respond(
     };
     let logprobs_wanted = generation.logprobs.is_some();
     if stream {
-        let events = sse_events(
-            rx,
-            header,
-            prompt_tokens,
-            usage_wanted,
-            logprobs_wanted,
-            tools,
-            reasoning,
-        );
+        let events = sse_events(queued, header, usage_wanted, logprobs_wanted);
         return Ok(Sse::new(events)
             .keep_alive(KeepAlive::new().interval(state.keep_alive))
             .into_response());
     }
-    let mut text = String::new();
-    let mut thought = String::new();
-    let mut thinking = reasoning == Some(true);
-    let mut entries = Vec::new();
-    loop {
-        match rx.recv().await {
-            Some(Event::Text { text: t, logprobs }) => {
-                match thinking {
-                    true => thought.push_str(&t),
-                    false => text.push_str(&t),
-                }
-                entries.extend(logprobs);
-            }
-            Some(Event::Reasoning(on)) => thinking = on && reasoning.is_some(),
-            Some(Event::CallsStart) => {}
-            Some(Event::Finished {
-                reason,
-                completion_tokens,
-                ids,
-                ..
-            }) => {
-                let logprobs = logprobs_wanted.then(|| header.logprobs(&entries, 0));
-                let usage = usage(prompt_tokens, completion_tokens);
-                let mut body = match tools.as_ref().map(|t| t.read_tool_answer(&text, &ids)) {
-                    Some(Answer::Calls(calls)) => header.complete_calls(calls, logprobs, usage),
-                    Some(Answer::Content(content)) => {
-                        header.complete(&content, logprobs, reason, usage)
-                    }
-                    None => header.complete(&text, logprobs, reason, usage),
-                };
-                if reasoning.is_some() && !thought.is_empty() {
-                    body["choices"][0]["message"]["reasoning_content"] = Value::String(thought);
-                }
-                return Ok(Json(body).into_response());
-            }
-            Some(Event::Failed(err)) => return Err(err),
-            Some(Event::Started { .. }) => {}
-            None => return Err(ApiError::internal("the engine dropped the request")),
-        }
+    let queued_tokens = queued.prompt_tokens;
+    let whole = queued.collect().await?;
+    let logprobs = logprobs_wanted.then(|| header.logprobs(&whole.logprobs, 0));
+    let usage = usage(queued_tokens, whole.completion_tokens);
+    let mut body = match whole.answer {
+        Answer::Calls(calls) => header.complete_calls(calls, logprobs, usage),
+        Answer::Content(content) => header.complete(&content, logprobs, whole.reason, usage),
+    };
+    if !whole.reasoning.is_empty() {
+        body["choices"][0]["message"]["reasoning_content"] = Value::String(whole.reasoning);
     }
+    Ok(Json(body).into_response())
 }
 
 struct StreamState {
@@ -371,14 +330,17 @@ struct StreamState {
 /// piece of text, a chunk with `finish_reason`, the usage chunk if asked,
 /// then `[DONE]`; an error ends the stream with an error event.
 fn sse_events(
-    rx: mpsc::UnboundedReceiver<Event>,
+    queued: Queued,
     header: Header,
-    prompt_tokens: PromptTokens,
     usage_wanted: bool,
     logprobs_wanted: bool,
-    tools: Option<Arc<TextSide>>,
-    reasoning: Option<bool>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let Queued {
+        rx,
+        prompt_tokens,
+        tools,
+        reasoning,
+    } = queued;
     let mut pending = VecDeque::new();
     if header.kind == Kind::Chat {
         pending.push_back(header.chunk(true, "", None, None).to_string());
@@ -410,27 +372,23 @@ fn sse_events(
                         s.reasoning = Some(on);
                     }
                 }
-                Some(Event::Text { text, logprobs }) if s.reasoning == Some(true) => {
-                    let entries = s
-                        .logprobs_wanted
-                        .then(|| s.header.logprobs(&logprobs, s.offset));
-                    s.offset += crate::logprobs::text_chars(&logprobs);
-                    let chunk = s.header.reasoning_chunk(&text, entries);
-                    s.pending.push_back(chunk.to_string());
-                }
                 Some(Event::CallsStart) => s.free_until_call = false,
-                Some(Event::Text { text, .. }) if s.held.is_some() && !s.free_until_call => {
-                    if let Some((held, _)) = s.held.as_mut() {
-                        held.push_str(&text);
-                    }
-                }
                 Some(Event::Text { text, logprobs }) => {
-                    let entries = s
-                        .logprobs_wanted
-                        .then(|| s.header.logprobs(&logprobs, s.offset));
-                    s.offset += crate::logprobs::text_chars(&logprobs);
-                    let chunk = s.header.chunk(false, &text, entries, None);
-                    s.pending.push_back(chunk.to_string());
+                    let thinking = s.reasoning == Some(true);
+                    match s.held.as_mut() {
+                        Some((held, _)) if !thinking && !s.free_until_call => held.push_str(&text),
+                        _ => {
+                            let entries = s
+                                .logprobs_wanted
+                                .then(|| s.header.logprobs(&logprobs, s.offset));
+                            s.offset += crate::logprobs::text_chars(&logprobs);
+                            let chunk = match thinking {
+                                true => s.header.reasoning_chunk(&text, entries),
+                                false => s.header.chunk(false, &text, entries, None),
+                            };
+                            s.pending.push_back(chunk.to_string());
+                        }
+                    }
                 }
                 Some(Event::Finished {
                     reason,
@@ -438,39 +396,31 @@ fn sse_events(
                     ids,
                     ..
                 }) => {
-                    let marker = s
-                        .held
-                        .as_ref()
-                        .is_some_and(|(_, side)| side.call_marker.is_some());
-                    let held_after_marker =
-                        s.held.as_ref().filter(|_| marker).map(|(t, _)| t.clone());
-                    let answer = s
-                        .held
-                        .take()
-                        .map(|(t, side)| side.read_tool_answer(&t, &ids));
-                    let reason = match answer {
-                        Some(Answer::Calls(calls)) => {
-                            for (index, call) in calls.iter().enumerate() {
-                                for chunk in s.header.call_chunks(index, call) {
+                    let reason = match s.held.take() {
+                        Some((held, side)) => match side.read_tool_answer(&held, &ids) {
+                            Answer::Calls(calls) => {
+                                for (index, call) in calls.iter().enumerate() {
+                                    for chunk in s.header.call_chunks(index, call) {
+                                        s.pending.push_back(chunk.to_string());
+                                    }
+                                }
+                                FinishReason::ToolCalls
+                            }
+                            // With a call token, the text before it has been
+                            // streamed; what was held (after a call token
+                            // that did not parse) follows.
+                            Answer::Content(content) => {
+                                let rest = match side.call_marker {
+                                    Some(_) => held,
+                                    None => content,
+                                };
+                                if !rest.is_empty() {
+                                    let chunk = s.header.chunk(false, &rest, None, None);
                                     s.pending.push_back(chunk.to_string());
                                 }
+                                reason
                             }
-                            FinishReason::ToolCalls
-                        }
-                        // With a call token, the text before it has been
-                        // streamed; what was held (after a call token that
-                        // did not parse) follows.
-                        Some(Answer::Content(content)) => {
-                            let content = match &held_after_marker {
-                                Some(held) => held.clone(),
-                                None => content,
-                            };
-                            if !content.is_empty() {
-                                let chunk = s.header.chunk(false, &content, None, None);
-                                s.pending.push_back(chunk.to_string());
-                            }
-                            reason
-                        }
+                        },
                         None => reason,
                     };
                     s.pending
@@ -522,7 +472,13 @@ mod tests {
             total: 3,
             cached: 0,
         };
-        let sse = Sse::new(sse_events(rx, header, prompt, true, false, None, None));
+        let queued = Queued {
+            rx,
+            prompt_tokens: prompt,
+            tools: None,
+            reasoning: None,
+        };
+        let sse = Sse::new(sse_events(queued, header, true, false));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -18,7 +18,7 @@
 
 use serde_json::{json, Value};
 
-use crate::tools::{parameters, Answer, ToolChoice, ToolRequest};
+use crate::tools::{Answer, ToolChoice, ToolRequest};
 use mistral_loader::constrain::single_line;
 
 /// A chat template's tool-call format.
@@ -51,18 +51,7 @@ impl TemplateTools {
             TemplateTools::Hermes => "arguments",
             TemplateTools::Llama3 => "parameters",
         };
-        let calls: Vec<Value> = tools
-            .callable()
-            .into_iter()
-            .map(|f| {
-                let mut properties = serde_json::Map::new();
-                properties.insert("name".into(), json!({"const": f["name"]}));
-                properties.insert(key.into(), parameters(f));
-                json!({"type": "object", "properties": properties,
-                       "required": ["name", key], "additionalProperties": false})
-            })
-            .collect();
-        let call = single_line(&json!({"anyOf": calls}));
+        let call = single_line(&tools.any_call(key));
         let fcalls = match self {
             TemplateTools::Hermes => {
                 let one = format!(

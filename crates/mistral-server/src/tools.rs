@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use mistral_loader::ChatMessage;
 
 /// Which tools the answer may call.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,6 +144,15 @@ pub fn parse(
 }
 
 impl ToolRequest {
+    /// The tools as a request lists them (`{"type": "function", "function":
+    /// ...}`): what mistral-common's protocol and chat templates take.
+    pub fn listed(&self) -> Vec<Value> {
+        self.functions
+            .iter()
+            .map(|f| json!({"type": "function", "function": f}))
+            .collect()
+    }
+
     /// The functions the answer may call.
     pub(crate) fn callable(&self) -> Vec<&Value> {
         self.functions
@@ -172,21 +182,37 @@ impl ToolRequest {
         }
     }
 
-    /// The JSON schema of the answer (see the module notes).
-    pub fn schema(&self) -> Value {
+    /// The JSON schema of one call of a function the answer may call:
+    /// `{"name": the function's name, key: its parameters}` (each tool
+    /// format names the arguments its own way).
+    pub fn any_call(&self, key: &str) -> Value {
         let calls: Vec<Value> = self
             .callable()
             .into_iter()
             .map(|f| {
-                json!({"type": "object", "properties": {
-                    "name": {"const": f["name"]}, "arguments": parameters(f),
-                }, "required": ["name", "arguments"], "additionalProperties": false})
+                let mut properties = serde_json::Map::new();
+                properties.insert("name".into(), json!({"const": f["name"]}));
+                properties.insert(key.into(), parameters(f));
+                json!({"type": "object", "properties": properties,
+                       "required": ["name", key], "additionalProperties": false})
             })
             .collect();
-        let mut list = json!({"type": "array", "items": {"anyOf": calls}, "minItems": 1});
+        json!({"anyOf": calls})
+    }
+
+    /// The JSON schema of a list of `call`s: one or more, or exactly one
+    /// when parallel calls are off.
+    pub fn call_list(&self, call: Value) -> Value {
+        let mut list = json!({"type": "array", "items": call, "minItems": 1});
         if !self.parallel {
             list["maxItems"] = json!(1);
         }
+        list
+    }
+
+    /// The JSON schema of the answer (see the module notes).
+    pub fn schema(&self) -> Value {
+        let list = self.call_list(self.any_call("arguments"));
         let call = json!({"type": "object", "properties": {"tool_calls": list},
                           "required": ["tool_calls"], "additionalProperties": false});
         match self.choice {
@@ -207,9 +233,40 @@ pub fn parameters(function: &Value) -> Value {
         .unwrap_or(json!({"type": "object"}))
 }
 
+/// The conversation `messages` (OpenAI objects) as a chat template without
+/// tools takes them: earlier calls and results written in this format (see
+/// the module notes), and `tools`' system text, if any, in the first
+/// system message or a new one before the rest.
+pub fn generic_prompt(messages: &[Value], tools: Option<&ToolRequest>) -> Vec<ChatMessage> {
+    let mut out: Vec<ChatMessage> = messages
+        .iter()
+        .map(|m| {
+            let role = m["role"].as_str().unwrap_or_default();
+            let text = m["content"].as_str().unwrap_or_default();
+            let calls = m["tool_calls"].as_array().map_or(&[][..], Vec::as_slice);
+            match role {
+                "assistant" if !calls.is_empty() && text.is_empty() => {
+                    ChatMessage::new(role, calls_text(calls))
+                }
+                "tool" => ChatMessage::new("user", result_text(m["tool_call_id"].as_str(), text)),
+                _ => ChatMessage::new(role, text),
+            }
+        })
+        .collect();
+    if let Some(tools) = tools {
+        match out.first_mut() {
+            Some(first) if first.role == "system" => {
+                first.content = format!("{}\n\n{}", first.content, tools.system_text());
+            }
+            _ => out.insert(0, ChatMessage::system(tools.system_text())),
+        }
+    }
+    out
+}
+
 /// An assistant message's earlier `tool_calls` as the answer format writes
 /// them.
-pub fn calls_text(calls: &[Value]) -> String {
+fn calls_text(calls: &[Value]) -> String {
     let calls: Vec<Value> = calls
         .iter()
         .map(|c| {
@@ -225,7 +282,7 @@ pub fn calls_text(calls: &[Value]) -> String {
 }
 
 /// A `tool` message's result as the user message that carries it.
-pub fn result_text(call_id: Option<&str>, content: &str) -> String {
+fn result_text(call_id: Option<&str>, content: &str) -> String {
     json!({"tool_response": {"tool_call_id": call_id, "content": content}}).to_string()
 }
 

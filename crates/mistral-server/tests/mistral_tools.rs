@@ -17,39 +17,20 @@ mod tiny_native;
 use common::{run_client_check, start_configured, test_env};
 use serde_json::{json, Value};
 
-/// Runs `xtask/python/SCRIPT` with `stdin`, returning its stdout.
-fn python(script_and_args: &[&str], stdin: &Value) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new(test_env::python())
-        .args(script_and_args)
-        .current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../xtask/python"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run the reference python (cargo xtask test makes it)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.to_string().as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("python");
-    assert!(out.status.success(), "python {script_and_args:?} failed");
-    String::from_utf8(out.stdout).expect("UTF-8")
-}
-
 #[test]
 fn mistral_models_call_tools_in_their_own_format() {
-    let code = "import mistral_common, os, sys; print(os.path.join(os.path.dirname(\
-                mistral_common.__file__), 'data', 'tekken_240911.json'))";
-    let tekken = python(&["-c", code], &json!(null)).trim().to_owned();
+    let python = test_env::python();
+    let tekken = tiny_native::mistral_common_file(&python, "tekken_240911.json");
     // Copies of the file under each protocol version (mistral_chat_ref.py
     // writes them as mistral-common wants them past v7).
     let refs = tempfile::tempdir().expect("tempdir");
-    let answer: Value = serde_json::from_str(&python(
+    let answer: Value = serde_json::from_str(&tiny_native::run_python(
+        &python,
         &["mistral_chat_ref.py"],
-        &json!({"file": tekken, "versions": ["v7", "v11", "v13"], "out_dir": refs.path(),
+        Some(
+            &json!({"file": tekken, "versions": ["v7", "v11", "v13"], "out_dir": refs.path(),
                 "conversations": []}),
+        ),
     ))
     .expect("answer");
     for version in answer["versions"].as_array().expect("versions") {

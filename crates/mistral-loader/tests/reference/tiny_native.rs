@@ -1,11 +1,45 @@
 //! A tiny random model in Mistral's own layout (`params.json`,
 //! `consolidated.safetensors`), for tests that need a folder as Mistral
-//! publishes it beside one of mistral-common's tokenizer files.
+//! publishes it beside one of mistral-common's tokenizer files; and the
+//! reference Python run for those files (shared by the CLI and server tests
+//! through `#[path]`).
+
+#![allow(dead_code)]
 
 use std::path::Path;
 
 use mlx_rs::{random, Array, Dtype};
-use serde_json::json;
+use serde_json::{json, Value};
+
+/// Runs the reference interpreter `python` in `xtask/python` with `args`
+/// and `stdin` (JSON) written to it; returns its output.
+pub fn run_python(python: &Path, args: &[&str], stdin: Option<&Value>) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(python)
+        .args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../xtask/python"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the reference python (cargo xtask test makes it)");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(v) = stdin {
+        input.write_all(v.to_string().as_bytes()).expect("write");
+    }
+    drop(input);
+    let out = child.wait_with_output().expect("python");
+    assert!(out.status.success(), "python {args:?} failed");
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// The path of `name` in mistral-common's data folder (its wheel's
+/// tokenizer files).
+pub fn mistral_common_file(python: &Path, name: &str) -> String {
+    let code = format!(
+        "import mistral_common, os; print(os.path.join(os.path.dirname(mistral_common.__file__), 'data', {name:?}))"
+    );
+    run_python(python, &["-c", &code], None).trim().to_owned()
+}
 
 /// Writes a one-layer bf16 model with a `vocab`-id vocabulary into `dir`.
 pub fn write_model(dir: &Path, vocab: i32) {

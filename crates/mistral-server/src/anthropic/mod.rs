@@ -57,13 +57,6 @@ pub(super) fn error_body(err: &ApiError) -> Value {
     json!({"type": "error", "error": {"type": kind, "message": message}})
 }
 
-/// What the answer's pieces are while it is read.
-#[derive(Default)]
-struct Pieces {
-    thinking: String,
-    text: String,
-}
-
 /// The message's `usage`.
 fn usage(prompt: PromptTokens, output: usize) -> Value {
     json!({"input_tokens": prompt.total - prompt.cached,
@@ -110,58 +103,36 @@ pub async fn respond(queued: Queued, model: String, stream: bool) -> Result<Resp
             .keep_alive(KeepAlive::new())
             .into_response());
     }
-    let Queued {
-        mut rx,
-        prompt_tokens,
-        tools,
-        reasoning,
-    } = queued;
-    let mut pieces = Pieces::default();
-    let mut thinking = reasoning == Some(true);
-    loop {
-        match rx.recv().await {
-            Some(Event::Text { text, .. }) => match thinking {
-                true => pieces.thinking.push_str(&text),
-                false => pieces.text.push_str(&text),
-            },
-            Some(Event::Reasoning(on)) => thinking = on && reasoning.is_some(),
-            Some(Event::CallsStart) => {}
-            Some(Event::Finished {
-                reason,
-                completion_tokens,
-                ids,
-                matched,
-            }) => {
-                let mut content = Vec::new();
-                if !pieces.thinking.is_empty() {
-                    content.push(json!({"type": "thinking", "thinking": pieces.thinking,
-                                        "signature": ""}));
-                }
-                let (text, calls) = match tools.map(|t| t.read_tool_answer(&pieces.text, &ids)) {
-                    Some(Answer::Calls(calls)) => (String::new(), calls),
-                    Some(Answer::Content(text)) => (text, Vec::new()),
-                    None => (pieces.text, Vec::new()),
-                };
-                if !text.is_empty() || (content.is_empty() && calls.is_empty()) {
-                    content.push(json!({"type": "text", "text": text}));
-                }
-                content.extend(calls.iter().map(tool_use));
-                let reason = match calls.is_empty() {
-                    true => reason,
-                    false => FinishReason::ToolCalls,
-                };
-                let mut m = message(&message_id(), &model);
-                m.insert("content".into(), Value::Array(content));
-                m.insert("stop_reason".into(), json!(stop_reason(reason, &matched)));
-                m.insert("stop_sequence".into(), json!(matched));
-                m.insert("usage".into(), usage(prompt_tokens, completion_tokens));
-                return Ok(Json(Value::Object(m)).into_response());
-            }
-            Some(Event::Failed(err)) => return Err(err),
-            Some(Event::Started { .. }) => {}
-            None => return Err(ApiError::internal("the engine dropped the request")),
-        }
+    let prompt_tokens = queued.prompt_tokens;
+    let whole = queued.collect().await?;
+    let mut content = Vec::new();
+    if !whole.reasoning.is_empty() {
+        content.push(json!({"type": "thinking", "thinking": whole.reasoning, "signature": ""}));
     }
+    let (text, calls) = match whole.answer {
+        Answer::Calls(calls) => (String::new(), calls),
+        Answer::Content(text) => (text, Vec::new()),
+    };
+    if !text.is_empty() || (content.is_empty() && calls.is_empty()) {
+        content.push(json!({"type": "text", "text": text}));
+    }
+    content.extend(calls.iter().map(tool_use));
+    let reason = match calls.is_empty() {
+        true => whole.reason,
+        false => FinishReason::ToolCalls,
+    };
+    let mut m = message(&message_id(), &model);
+    m.insert("content".into(), Value::Array(content));
+    m.insert(
+        "stop_reason".into(),
+        json!(stop_reason(reason, &whole.matched)),
+    );
+    m.insert("stop_sequence".into(), json!(whole.matched));
+    m.insert(
+        "usage".into(),
+        usage(prompt_tokens, whole.completion_tokens),
+    );
+    Ok(Json(Value::Object(m)).into_response())
 }
 
 /// The open content block of a stream.
@@ -188,14 +159,19 @@ impl StreamState {
         self.pending.push_back(event);
     }
 
-    /// Closes the open block, if any.
+    /// Ends the block at `index` and moves to the next.
+    fn stop_block(&mut self) {
+        self.push(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": self.index}),
+        );
+        self.index += 1;
+    }
+
+    /// Closes the open text or thinking block, if any.
     fn close(&mut self) {
         if self.open.take().is_some() {
-            self.push(
-                "content_block_stop",
-                json!({"type": "content_block_stop", "index": self.index}),
-            );
-            self.index += 1;
+            self.stop_block();
         }
     }
 
@@ -238,8 +214,7 @@ impl StreamState {
             json!({"type": "content_block_delta", "index": self.index,
                    "delta": {"type": "input_json_delta", "partial_json": input}}),
         );
-        self.open = Some(Block::Text);
-        self.close();
+        self.stop_block();
     }
 }
 
