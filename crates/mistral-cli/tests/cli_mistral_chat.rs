@@ -11,7 +11,6 @@
 
 mod common;
 
-
 use common::cli;
 #[path = "../../mistral-loader/tests/reference/test_env.rs"]
 mod test_env;

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::ApiError;
 use crate::logprobs::TokenLogprob;
 use crate::metrics::Metrics;
+pub use crate::reasoning_gate::ReasoningMarkers;
 use crate::scheduler;
 use crate::template_tools::TemplateTools;
 use crate::tools::{Answer, ToolRequest};
@@ -204,51 +205,6 @@ pub struct TextSide {
 /// A 400 for a chat template that failed to render the messages.
 fn template_failed(e: mistral_loader::ChatError) -> ApiError {
     ApiError::bad_request(format!("the chat template failed: {e}"), Some("messages"))
-}
-
-/// The tokens around a model's reasoning: `[THINK]`/`[/THINK]` (Mistral's
-/// protocol from v13) or `<think>`/`</think>` (chat templates), single
-/// tokens of the vocabulary. What the model writes between them is
-/// `reasoning_content`, not `content`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReasoningMarkers {
-    /// Opens the reasoning.
-    pub open: u32,
-    /// Closes it.
-    pub close: u32,
-}
-
-impl ReasoningMarkers {
-    /// The markers of a model with `protocol` (if its chat prompts go
-    /// through mistral-common's) and `tokenizer`.
-    fn of(
-        protocol: Option<&mistral_loader::MistralTokenizer>,
-        tokenizer: &Tokenizer,
-    ) -> Option<Self> {
-        let (open, close) = match protocol {
-            Some(mistral) if mistral.version() >= 13 => (
-                mistral.special_id("[THINK]")?,
-                mistral.special_id("[/THINK]")?,
-            ),
-            Some(_) => return None,
-            None => (
-                tokenizer.token_to_id("<think>")?,
-                tokenizer.token_to_id("</think>")?,
-            ),
-        };
-        Some(ReasoningMarkers { open, close })
-    }
-
-    /// Whether an answer to `prompt` starts inside reasoning: the prompt
-    /// opened it (a template that ends with `<think>`) without closing it.
-    pub fn open_after(&self, prompt: &[u32]) -> bool {
-        let last = |id: u32| prompt.iter().rposition(|&t| t == id);
-        match (last(self.open), last(self.close)) {
-            (Some(open), Some(close)) => open > close,
-            (Some(_), None) => true,
-            _ => false,
-        }
-    }
 }
 
 impl TextSide {

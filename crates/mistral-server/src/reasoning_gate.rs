@@ -7,7 +7,52 @@
 
 use mlx_rs_core::TokenConstraint;
 
-use crate::engine::ReasoningMarkers;
+use mistral_loader::Tokenizer;
+
+/// The tokens around a model's reasoning: `[THINK]`/`[/THINK]` (Mistral's
+/// protocol from v13) or `<think>`/`</think>` (chat templates), single
+/// tokens of the vocabulary. What the model writes between them is
+/// `reasoning_content`, not `content`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReasoningMarkers {
+    /// Opens the reasoning.
+    pub open: u32,
+    /// Closes it.
+    pub close: u32,
+}
+
+impl ReasoningMarkers {
+    /// The markers of a model with `protocol` (if its chat prompts go
+    /// through mistral-common's) and `tokenizer`.
+    pub(crate) fn of(
+        protocol: Option<&mistral_loader::MistralTokenizer>,
+        tokenizer: &Tokenizer,
+    ) -> Option<Self> {
+        let (open, close) = match protocol {
+            Some(mistral) if mistral.version() >= 13 => (
+                mistral.special_id("[THINK]")?,
+                mistral.special_id("[/THINK]")?,
+            ),
+            Some(_) => return None,
+            None => (
+                tokenizer.token_to_id("<think>")?,
+                tokenizer.token_to_id("</think>")?,
+            ),
+        };
+        Some(ReasoningMarkers { open, close })
+    }
+
+    /// Whether an answer to `prompt` starts inside reasoning: the prompt
+    /// opened it (a template that ends with `<think>`) without closing it.
+    pub fn open_after(&self, prompt: &[u32]) -> bool {
+        let last = |id: u32| prompt.iter().rposition(|&t| t == id);
+        match (last(self.open), last(self.close)) {
+            (Some(open), Some(close)) => open > close,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+}
 
 /// `inner` gated by the reasoning markers (see the module notes).
 #[derive(Debug)]
