@@ -39,10 +39,14 @@ pub struct ServeArgs {
     /// name).
     #[arg(long)]
     model_id: Option<String>,
-    /// Require `Authorization: Bearer KEY` on every route but /health (or
-    /// set MISTRAL_MLX_API_KEY).
+    /// Require the key (`Authorization: Bearer KEY` or `x-api-key: KEY`) on
+    /// every route but /health, /health/ready and /health/live (or set
+    /// MISTRAL_MLX_API_KEY).
     #[arg(long, env = "MISTRAL_MLX_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Let /metrics answer without the API key.
+    #[arg(long)]
+    metrics_public: bool,
     /// Requests that may wait while the batch is full; more get a 503.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     max_queue: u32,
@@ -55,6 +59,23 @@ pub struct ServeArgs {
     /// first out; 0 keeps none.
     #[arg(long, default_value_t = 1 << 30)]
     prompt_cache_bytes: u64,
+    /// Bytes the running requests' key/value caches and the prompt cache
+    /// may hold together; a request reserves what its prompt and
+    /// max_tokens may need and waits for room (default: half of the memory
+    /// left after the weights, printed at start).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_kv_bytes: Option<u64>,
+    /// Seconds running requests may go on after Ctrl-C or SIGTERM before
+    /// they are cut off (a second signal exits at once).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86400))]
+    shutdown_grace_secs: u64,
+    /// Keep serving (with /health at 503 and the reason) when the engine
+    /// fails, instead of exiting with an error for a supervisor to restart.
+    #[arg(long)]
+    keep_running_on_engine_failure: bool,
+    /// Test hook: the engine panics after this many decode steps.
+    #[arg(long, hide = true)]
+    test_fail_after_steps: Option<u64>,
     /// The largest request body accepted (bytes; 413 beyond).
     #[arg(long, default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     max_body_bytes: u64,
@@ -101,6 +122,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         },
         model_id,
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        metrics_public: args.metrics_public,
+        max_kv_bytes: args.max_kv_bytes,
+        shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
+        keep_running_on_engine_failure: args.keep_running_on_engine_failure,
+        fail_after_steps: args.test_fail_after_steps,
         max_queue: args.max_queue as usize,
         max_batch: args.max_batch as usize,
         prompt_cache_bytes: args.prompt_cache_bytes,
@@ -122,10 +148,36 @@ pub fn run(args: ServeArgs) -> Result<()> {
             "serving {} on http://{bound} (OpenAI API under /v1; /health is 200 once loaded)",
             config.model_id
         );
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
+        let grace = args.shutdown_grace_secs;
+        let shutdown = async move {
+            signal().await;
+            eprintln!(
+                "shutting down: no new requests; running ones have {grace} s to finish \
+                 (a second Ctrl-C exits at once)"
+            );
+            tokio::spawn(async {
+                signal().await;
+                eprintln!("second signal: exiting now");
+                std::process::exit(130);
+            });
         };
         serve(listener, config, shutdown).await?;
         Ok(())
     })
+}
+
+/// Ctrl-C, or (on Unix) SIGTERM, as a supervisor sends to stop a process.
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -1,411 +1,33 @@
-//! The engine: one thread that owns the model, its tokenizer and chat
-//! template, and MLX's per-thread state (default stream, random state),
-//! and runs generation requests from a bounded queue.
+//! The engine: one thread that owns the model and MLX's per-thread state
+//! (default stream, random state) and runs generation requests from a
+//! bounded queue, continuously batched (see [`crate::scheduler`], its loop).
 //!
 //! MLX arrays are `Send` but not `Sync`, and MLX's default stream and
 //! random state are thread-local, so the HTTP side never touches MLX: it
-//! sends a [`Job`] (plain Rust values) and receives [`Event`]s over a
-//! channel of its own. A job whose event channel is closed (the client went
-//! away) ends at its next token, or between prefill chunks.
+//! sends a [`Job`] (plain Rust values, see [`crate::job`]) and receives
+//! [`Event`](crate::job::Event)s over a channel of its own. A job whose
+//! event channel is closed (the client went away) ends at its next token,
+//! or between prefill chunks.
 //!
-//! Up to `max_batch` requests run at once, continuously batched (see
-//! [`crate::scheduler`]).
+//! The thread's state is published as a [`Health`]: loading, serving, or
+//! failed with the reason (a load error, a panic, a lost rank), which
+//! `/health` reports and [`crate::serve`] watches.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
 
-use mistral_loader::constrain::{Constraint, ConstraintFactory, OutputFormat};
-use mistral_loader::{
-    load_chat_protocol, load_chat_template, load_model_config, load_model_parallel,
-    load_model_planned, load_special_tokens, load_tokenizer, LoadOptions, ModelChatTemplate,
-    SpecialTokens, TokenBytes, Tokenizer,
-};
-use mistral_model::{Mistral, TensorParallel};
-use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use mistral_loader::{load_model_parallel, load_model_planned, LoadOptions};
+use mistral_model::TensorParallel;
+use tokio::sync::{mpsc, watch};
 
 use crate::error::ApiError;
-use crate::logprobs::TokenLogprob;
+use crate::job::Job;
+use crate::kv_budget::KvBudget;
 use crate::metrics::Metrics;
-pub use crate::reasoning_gate::ReasoningMarkers;
-use crate::scheduler;
-use crate::template_tools::TemplateTools;
-use crate::tools::{Answer, ToolRequest};
-use mistral_loader::mistral_chat::encode_chat;
-
-/// What to generate from.
-#[derive(Debug, Clone)]
-pub enum Prompt {
-    /// Messages (OpenAI objects: text content, `tool_calls`,
-    /// `tool_call_id`, `name`), through mistral-common's protocol or the
-    /// model's chat template.
-    Chat(Vec<Value>),
-    /// Plain text, encoded with the tokenizer's special tokens (BOS).
-    Text(String),
-}
-
-/// Sampling options of one request.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Sampling {
-    /// Temperature (0: greedy).
-    pub temperature: f32,
-    /// Nucleus mass (applied when below 1).
-    pub top_p: f32,
-    /// Keep the k most likely tokens (0: off).
-    pub top_k: i32,
-    /// Min-p filter (0: off).
-    pub min_p: f32,
-    /// Repetition penalty over the last 20 tokens, as mlx-lm's default.
-    pub repetition_penalty: Option<f32>,
-    /// Seed of the request's own random state.
-    pub seed: Option<u64>,
-}
-
-/// One generation, as the HTTP side hands it over.
-#[derive(Debug, Clone)]
-pub struct GenerationRequest {
-    /// The prompt.
-    pub prompt: Prompt,
-    /// What the output must be (`response_format`), if constrained.
-    pub format: Option<OutputFormat>,
-    /// The tools the answer may call (see [`crate::tools`]).
-    pub tools: Option<ToolRequest>,
-    /// Token limit (`None`: up to the model's context).
-    pub max_tokens: Option<usize>,
-    /// Sampling.
-    pub sampling: Sampling,
-    /// Stop strings (not included in the text).
-    pub stop: Vec<String>,
-    /// Log-probabilities with this many top tokens (`None`: none).
-    pub logprobs: Option<usize>,
-}
-
-/// Why a generation ended, in OpenAI's words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// An end-of-sequence token or a stop string.
-    Stop,
-    /// The token limit or the model's context.
-    Length,
-    /// The answer calls tools.
-    ToolCalls,
-}
-
-impl FinishReason {
-    /// `"stop"`, `"length"` or `"tool_calls"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-            FinishReason::ToolCalls => "tool_calls",
-        }
-    }
-}
-
-/// A prompt's token counts, for `usage`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PromptTokens {
-    /// All prompt tokens.
-    pub total: usize,
-    /// Those taken from the prompt cache instead of prefilled.
-    pub cached: usize,
-}
-
-/// What the engine reports about a job, in order: `Started`, any number of
-/// `Text`, then `Finished`; or `Failed` at any point.
-#[derive(Debug)]
-pub enum Event {
-    /// The prompt is tokenized and accepted.
-    Started {
-        /// Prompt tokens.
-        prompt_tokens: PromptTokens,
-    },
-    /// Text that became final, with the log-probabilities (if asked
-    /// for) of the tokens returned since the last `Text`.
-    Text {
-        /// The text.
-        text: String,
-        /// The tokens' log-probabilities.
-        logprobs: Vec<TokenLogprob>,
-    },
-    /// The answer enters (`true`) or leaves reasoning: the text before
-    /// this event belongs to the phase before it.
-    Reasoning(bool),
-    /// The answer's tool calls start here (the tool format's call token):
-    /// the text before this event is content.
-    CallsStart,
-    /// The end.
-    Finished {
-        /// Why it ended.
-        reason: FinishReason,
-        /// Generated tokens.
-        completion_tokens: usize,
-        /// The generated ids (the tool formats read them back).
-        ids: Vec<u32>,
-        /// The stop string that ended it, if one did.
-        matched: Option<String>,
-    },
-    /// The request failed (a 4xx before `Started`, a 500 after).
-    Failed(ApiError),
-}
-
-/// A tokenized request and where its events go.
-#[derive(Debug)]
-pub struct Job {
-    /// The prompt's token ids (checked against the context).
-    pub prompt_ids: Vec<u32>,
-    /// Token limit (fits the context).
-    pub max_tokens: usize,
-    /// Sampling.
-    pub sampling: Sampling,
-    /// Stop strings.
-    pub stop: Vec<String>,
-    /// Log-probabilities with this many top tokens (`None`: none).
-    pub logprobs: Option<usize>,
-    /// The output constraint (`response_format`), if any.
-    pub constraint: Option<Constraint>,
-    /// The model's reasoning markers, when the constraint starts after
-    /// the reasoning, and whether the answer starts inside it.
-    pub reasoning_gate: Option<(ReasoningMarkers, bool)>,
-    /// Where the events go (unbounded: the engine never waits on a
-    /// client; a request's events are bounded by its `max_tokens`).
-    pub events: mpsc::UnboundedSender<Event>,
-    /// When the request arrived (time to first token counts from here).
-    pub received: Instant,
-}
-
-/// The model's text side (tokenizer, chat template, end ids, context),
-/// shared with the HTTP side once loaded: requests are tokenized and
-/// checked there, before they queue.
-#[derive(Debug)]
-pub struct TextSide {
-    pub(crate) tokenizer: Tokenizer,
-    template: ModelChatTemplate,
-    /// mistral-common's protocol, when chat prompts are built with it.
-    protocol: Option<mistral_loader::MistralTokenizer>,
-    pub(crate) special: SpecialTokens,
-    /// Each token's bytes (log-probabilities).
-    pub(crate) token_bytes: TokenBytes,
-    context: Option<usize>,
-    /// Whether the model is split over ranks (no constrained output there).
-    tensor_parallel: bool,
-    /// llguidance's view of the tokenizer, built on first use.
-    constraints: OnceLock<Result<ConstraintFactory, String>>,
-    /// The tokens that open and close reasoning, if the model has them.
-    pub(crate) reasoning: Option<ReasoningMarkers>,
-    /// The tool-call format the chat template writes, if it has one.
-    template_tools: Option<TemplateTools>,
-    /// The single token that starts a call in the model's tool format
-    /// (`[TOOL_CALLS]`, a one-token `<tool_call>`), if it has one: text
-    /// before it streams as content.
-    pub(crate) call_marker: Option<u32>,
-}
-
-/// A 400 for a chat template that failed to render the messages.
-fn template_failed(e: mistral_loader::ChatError) -> ApiError {
-    ApiError::bad_request(format!("the chat template failed: {e}"), Some("messages"))
-}
-
-impl TextSide {
-    /// Whether chat prompts go through mistral-common's protocol.
-    pub fn has_protocol(&self) -> bool {
-        self.protocol.is_some()
-    }
-
-    /// The model's context length (`max_position_embeddings`), if known.
-    pub fn context(&self) -> Option<usize> {
-        self.context
-    }
-
-    /// A fresh constraint for `format` (from the request's `field`); a 400
-    /// names what cannot be used.
-    pub fn constraint(&self, format: &OutputFormat, field: &str) -> Result<Constraint, ApiError> {
-        let refused = |message: String| ApiError::bad_request(message, Some(field));
-        if self.tensor_parallel {
-            return Err(refused(
-                "response_format is not supported when the model is split over ranks".into(),
-            ));
-        }
-        let factory = self.constraints.get_or_init(|| {
-            let eos = self.special.eos.first().copied().ok_or_else(|| {
-                "the model has no end-of-sequence token to end a constrained answer".to_owned()
-            })?;
-            ConstraintFactory::new(&self.tokenizer, &self.token_bytes, eos)
-                .map_err(|e| e.to_string())
-        });
-        let factory = factory.as_ref().map_err(|e| refused(e.clone()))?;
-        factory
-            .create(format)
-            .map_err(|e| refused(format!("{field} cannot be used: {e}")))
-    }
-
-    /// The prompt's token ids: chat messages through mistral-common's
-    /// protocol or the chat template (`add_generation_prompt`), with
-    /// `tools` in the model's tool format; plain text with the tokenizer's
-    /// special tokens.
-    pub fn encode(
-        &self,
-        prompt: &Prompt,
-        add_generation_prompt: bool,
-        tools: Option<&ToolRequest>,
-    ) -> Result<Vec<u32>, ApiError> {
-        match prompt {
-            Prompt::Chat(chat) => match &self.protocol {
-                Some(mistral) => {
-                    let listed = match tools {
-                        Some(_) if mistral.version() < 2 => {
-                            return Err(ApiError::bad_request(
-                                format!(
-                                    "this model's chat protocol (v{}) has no tool format",
-                                    mistral.version()
-                                ),
-                                Some("tools"),
-                            ))
-                        }
-                        Some(tools) => tools.listed(),
-                        None => Vec::new(),
-                    };
-                    encode_chat(mistral, chat, &listed).map_err(|e| {
-                        ApiError::bad_request(
-                            format!("mistral-common's chat protocol refused it: {e}"),
-                            Some("messages"),
-                        )
-                    })
-                }
-                None if self.template_tools.is_some() => {
-                    let listed = tools.map(|t| Value::Array(t.listed()));
-                    let messages = crate::template_tools::template_messages(chat);
-                    let rendered = self
-                        .template
-                        .render_with_tools(&messages, listed.as_ref(), add_generation_prompt)
-                        .map_err(template_failed)?;
-                    self.encode_text(&rendered, false)
-                }
-                None => {
-                    let messages = crate::tools::generic_prompt(chat, tools);
-                    let rendered = self
-                        .template
-                        .render(&messages, add_generation_prompt)
-                        .map_err(template_failed)?;
-                    // The template writes the special tokens itself.
-                    self.encode_text(&rendered, false)
-                }
-            },
-            Prompt::Text(text) => self.encode_text(text, true),
-        }
-    }
-
-    /// What `request`'s output must be, with the request field it comes
-    /// from: its `response_format`, or its tools in the model's format.
-    pub fn output_format(
-        &self,
-        request: &GenerationRequest,
-    ) -> Result<Option<(OutputFormat, &'static str)>, ApiError> {
-        Ok(match (&request.tools, &self.protocol) {
-            (Some(tools), Some(mistral)) => {
-                let grammar = crate::mistral_tools::grammar(mistral, tools)
-                    .map_err(|e| ApiError::bad_request(e, Some("tools")))?;
-                Some((OutputFormat::Lark(grammar), "tools"))
-            }
-            (Some(tools), None) => match self.template_tools {
-                Some(format) => Some((OutputFormat::Lark(format.grammar(tools)), "tools")),
-                None => Some((OutputFormat::JsonSchema(tools.schema()), "tools")),
-            },
-            (None, _) => request
-                .format
-                .clone()
-                .map(|format| (format, "response_format")),
-        })
-    }
-
-    /// A finished answer to a request with tools (its `text` and generated
-    /// `ids`) read back as calls or text, in the model's tool format.
-    pub fn read_tool_answer(&self, text: &str, ids: &[u32]) -> Answer {
-        match (&self.protocol, self.template_tools) {
-            (Some(mistral), _) => crate::mistral_tools::read(mistral, ids),
-            (None, Some(format)) => {
-                // The markers may be special tokens: decoded with them,
-                // less the end-of-sequence token.
-                let kept: Vec<u32> = ids
-                    .iter()
-                    .copied()
-                    .filter(|id| !self.special.eos.contains(id))
-                    .collect();
-                let whole = self.tokenizer.decode(&kept, false);
-                format.read(whole.as_deref().unwrap_or(text))
-            }
-            (None, None) => crate::tools::read_answer(text),
-        }
-    }
-
-    /// `text`'s token ids, with the tokenizer's special tokens (BOS) or
-    /// without.
-    pub fn encode_text(&self, text: &str, special: bool) -> Result<Vec<u32>, ApiError> {
-        let encoding = self
-            .tokenizer
-            .encode(text, special)
-            .map_err(|e| ApiError::internal(format!("tokenizing: {e}")))?;
-        Ok(encoding.get_ids().to_vec())
-    }
-
-    /// The text of `ids` (special tokens skipped); a 400 for ids outside
-    /// the vocabulary.
-    pub fn decode(&self, ids: &[u32]) -> Result<String, ApiError> {
-        let size = self.tokenizer.get_vocab_size(true);
-        if let Some(bad) = ids.iter().position(|&id| id as usize >= size) {
-            return Err(ApiError::bad_request(
-                format!(
-                    "token id {} is outside the vocabulary (0..{size})",
-                    ids[bad]
-                ),
-                Some(&format!("tokens[{bad}]")),
-            ));
-        }
-        self.tokenizer
-            .decode(ids, true)
-            .map_err(|e| ApiError::internal(format!("detokenizing: {e}")))
-    }
-
-    /// Tokenizes `request` and fits it to the context: the job for the
-    /// engine, less its event channel. A 400 `context_length_exceeded`
-    /// when the prompt (with `max_tokens`) does not fit.
-    pub fn prepare(&self, request: &GenerationRequest) -> Result<(Vec<u32>, usize), ApiError> {
-        let ids = self.encode(&request.prompt, true, request.tools.as_ref())?;
-        if ids.is_empty() {
-            return Err(ApiError::bad_request("The prompt is empty", None));
-        }
-        let param = match request.prompt {
-            Prompt::Chat(_) => "messages",
-            Prompt::Text(_) => "prompt",
-        };
-        let max_tokens = match (self.context, request.max_tokens) {
-            (Some(context), _) if ids.len() >= context => {
-                return Err(ApiError::context_length(
-                    format!(
-                        "This model's context is {context} tokens; the prompt is {} tokens",
-                        ids.len()
-                    ),
-                    param,
-                ))
-            }
-            (Some(context), Some(max)) if ids.len() + max > context => {
-                return Err(ApiError::context_length(
-                    format!(
-                        "This model's context is {context} tokens; the prompt ({} tokens) and \
-                         max_tokens ({max}) exceed it",
-                        ids.len()
-                    ),
-                    "max_tokens",
-                ))
-            }
-            (Some(context), None) => context - ids.len(),
-            (_, Some(max)) => max,
-            (None, None) => usize::MAX,
-        };
-        Ok((ids, max_tokens))
-    }
-}
+use crate::scheduler::{self, Limits};
+use crate::text_side::TextSide;
 
 /// How the engine loads its model.
 #[derive(Debug, Clone)]
@@ -425,34 +47,76 @@ pub struct ModelSpec {
     pub chat_template: Option<PathBuf>,
 }
 
+/// What the engine thread is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Loading the model.
+    Loading,
+    /// Serving requests.
+    Serving,
+    /// Stopped serving because of the reason given (it will not recover).
+    Failed(String),
+    /// Stopped after a shutdown.
+    Stopped,
+}
+
 /// The HTTP side's handle on the engine.
 #[derive(Debug, Clone)]
 pub struct EngineHandle {
     jobs: mpsc::Sender<Job>,
     /// Set once the model is loaded.
     text: Arc<OnceLock<Arc<TextSide>>>,
+    health: watch::Receiver<Health>,
+    /// Set at the end of a shutdown's grace period: running requests end.
+    abort: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
 }
 
 impl EngineHandle {
-    /// Whether the model is loaded.
-    pub fn is_ready(&self) -> bool {
-        self.text.get().is_some()
+    /// What the engine is doing now.
+    pub fn health(&self) -> Health {
+        self.health.borrow().clone()
     }
 
-    /// The text side, or a 503 while the model loads.
+    /// Whether the engine is serving.
+    pub fn is_ready(&self) -> bool {
+        *self.health.borrow() == Health::Serving
+    }
+
+    /// A receiver that sees every change of the engine's [`Health`].
+    pub fn watch(&self) -> watch::Receiver<Health> {
+        self.health.clone()
+    }
+
+    /// Ends every running and queued request with an error (the end of a
+    /// shutdown's grace period).
+    pub fn abort(&self) {
+        self.abort.store(true, Ordering::Relaxed);
+    }
+
+    /// The text side, or a 503 while the model loads or once the engine
+    /// has failed.
     pub fn text(&self) -> Result<Arc<TextSide>, ApiError> {
+        match self.health() {
+            Health::Serving => {}
+            Health::Loading => return Err(ApiError::unavailable("The model is still loading")),
+            Health::Failed(reason) => {
+                return Err(ApiError::unavailable(format!(
+                    "The engine failed: {reason}"
+                )))
+            }
+            Health::Stopped => return Err(ApiError::unavailable("The server is shutting down")),
+        }
         self.text
             .get()
             .cloned()
             .ok_or_else(|| ApiError::unavailable("The model is still loading"))
     }
 
-    /// Queues `job`; a 503 while loading or when the queue is full.
+    /// Queues `job`; a 503 when the engine is not serving or the queue is
+    /// full.
     pub fn submit(&self, job: Job) -> Result<(), ApiError> {
-        if !self.is_ready() {
-            return Err(ApiError::unavailable("The model is still loading"));
-        }
+        self.text()?;
         // Counted before it can be picked up, so the gauge never dips below.
         Metrics::bump(&self.metrics.queued);
         self.jobs.try_send(job).map_err(|err| {
@@ -462,7 +126,7 @@ impl EngineHandle {
                     ApiError::unavailable("The server is busy: its queue is full; retry later")
                 }
                 mpsc::error::TrySendError::Closed(_) => {
-                    ApiError::internal("The engine has stopped")
+                    ApiError::unavailable("The engine has stopped")
                 }
             }
         })?;
@@ -471,51 +135,120 @@ impl EngineHandle {
     }
 }
 
-/// Starts the engine thread: it loads `spec`, then serves jobs from a
-/// queue of `queue` places, running up to `max_batch` at once. `loaded`
-/// receives the outcome of the load.
+/// How the engine runs, besides its model.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Places in the queue of waiting requests.
+    pub queue: usize,
+    /// Requests generating at once.
+    pub max_batch: usize,
+    /// Bytes of finished requests' caches kept for later prompts.
+    pub prompt_cache_bytes: u64,
+    /// Bytes of key/value cache the running requests may hold (`None`: a
+    /// share of the memory left after the weights).
+    pub max_kv_bytes: Option<u64>,
+    /// Test hook: the engine panics after this many decode steps.
+    pub fail_after_steps: Option<u64>,
+}
+
+/// Starts the engine thread: it loads `spec`, then serves jobs; its
+/// [`Health`] says how that goes.
 pub fn start(
     spec: ModelSpec,
-    queue: usize,
-    max_batch: usize,
-    prompt_cache_bytes: u64,
+    options: EngineOptions,
     metrics: Arc<Metrics>,
-    loaded: oneshot::Sender<Result<(), String>>,
 ) -> std::io::Result<(EngineHandle, EngineThread)> {
-    let (jobs_tx, jobs_rx) = mpsc::channel(queue.max(1));
+    let (jobs_tx, jobs_rx) = mpsc::channel(options.queue.max(1));
     let text = Arc::new(OnceLock::new());
-    let (shared, counters) = (Arc::clone(&text), Arc::clone(&metrics));
+    let (health_tx, health_rx) = watch::channel(Health::Loading);
+    let abort = Arc::new(AtomicBool::new(false));
+    let (shared, counters, stop) = (Arc::clone(&text), Arc::clone(&metrics), Arc::clone(&abort));
     let thread = std::thread::Builder::new()
         .name("mlx-engine".into())
-        .spawn(move || match Loaded::load(&spec) {
-            Ok(engine) => {
-                let _ = shared.set(Arc::clone(&engine.text));
-                let _ = loaded.send(Ok(()));
-                let Loaded { mut model, text } = engine;
-                scheduler::serve(
-                    &mut model,
-                    &text,
-                    jobs_rx,
-                    &counters,
-                    max_batch,
-                    prompt_cache_bytes,
-                    spec.tensor_parallel.clone(),
-                );
-            }
-            Err(err) => {
-                let _ = loaded.send(Err(err));
-            }
+        .spawn(move || {
+            let run = || {
+                run(
+                    &spec, &options, jobs_rx, &shared, &health_tx, &counters, &stop,
+                )
+            };
+            let health = match catch_unwind(AssertUnwindSafe(run)) {
+                Ok(Ok(())) => Health::Stopped,
+                Ok(Err(reason)) => Health::Failed(reason),
+                Err(panic) => {
+                    Health::Failed(format!("the engine panicked: {}", panic_text(&panic)))
+                }
+            };
+            health_tx.send_replace(health);
         })?;
-    let engine_thread = EngineThread {
-        thread,
-        text: Arc::clone(&text),
-    };
     let handle = EngineHandle {
         jobs: jobs_tx,
         text,
+        health: health_rx.clone(),
+        abort,
         metrics,
     };
-    Ok((handle, engine_thread))
+    Ok((
+        handle,
+        EngineThread {
+            thread,
+            health: health_rx,
+        },
+    ))
+}
+
+/// The engine thread's work: load, publish the text side, serve.
+fn run(
+    spec: &ModelSpec,
+    options: &EngineOptions,
+    jobs: mpsc::Receiver<Job>,
+    shared: &OnceLock<Arc<TextSide>>,
+    health: &watch::Sender<Health>,
+    metrics: &Metrics,
+    abort: &AtomicBool,
+) -> Result<(), String> {
+    let loading = |e: String| format!("loading the model failed: {e}");
+    let mut text = TextSide::load(
+        &spec.path,
+        spec.tokenizer_mode,
+        spec.chat_template.as_deref(),
+        spec.tensor_parallel.is_some(),
+    )
+    .map_err(loading)?;
+    let (mut model, _plan) = match &spec.tensor_parallel {
+        Some(parallel) => load_model_parallel(&spec.path, &spec.options, parallel.clone()),
+        None => load_model_planned(&spec.path, &spec.options),
+    }
+    .map_err(|e| loading(e.to_string()))?;
+    text.kv = KvBudget::measure(&model, options.max_kv_bytes).map_err(loading)?;
+    eprintln!("{}", text.kv.describe());
+    // The peak that `/metrics` reports counts from here, not the load's.
+    let _ = mlx_rs::memory::reset_peak_memory();
+    let text = Arc::new(text);
+    let _ = shared.set(Arc::clone(&text));
+    health.send_replace(Health::Serving);
+    let limits = Limits {
+        max_batch: options.max_batch,
+        prompt_cache_bytes: options.prompt_cache_bytes,
+        fail_after_steps: options.fail_after_steps,
+    };
+    scheduler::serve(
+        &mut model,
+        &text,
+        jobs,
+        metrics,
+        &limits,
+        abort,
+        spec.tensor_parallel.clone(),
+    )
+}
+
+/// The message of a panic's payload.
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// The engine thread, to wait for at shutdown: MLX must not be freeing
@@ -523,7 +256,7 @@ pub fn start(
 #[derive(Debug)]
 pub struct EngineThread {
     thread: std::thread::JoinHandle<()>,
-    text: Arc<OnceLock<Arc<TextSide>>>,
+    health: watch::Receiver<Health>,
 }
 
 impl EngineThread {
@@ -531,79 +264,8 @@ impl EngineThread {
     /// dropped and its running requests end (their clients are gone by
     /// then). A model still loading is not waited for.
     pub fn join(self) {
-        if self.text.get().is_some() {
+        if *self.health.borrow() != Health::Loading {
             let _ = self.thread.join();
         }
-    }
-}
-
-/// Everything the engine thread owns.
-struct Loaded {
-    model: Mistral,
-    text: Arc<TextSide>,
-}
-
-impl Loaded {
-    fn load(spec: &ModelSpec) -> Result<Self, String> {
-        let path = &spec.path;
-        let config = load_model_config(path).map_err(|e| e.to_string())?;
-        let tokenizer = load_tokenizer(path).map_err(|e| e.to_string())?;
-        mistral_loader::check_tokenizer_fits(&tokenizer, config.vocab_size, path)
-            .map_err(|e| e.to_string())?;
-        let special = load_special_tokens(path, Some(&tokenizer)).map_err(|e| e.to_string())?;
-        let mut template = load_chat_template(path, &tokenizer).map_err(|e| e.to_string())?;
-        if let Some(file) = &spec.chat_template {
-            template = template.replaced_by(file).map_err(|e| e.to_string())?;
-        }
-        let template_tools = TemplateTools::of(&template.text);
-        let protocol = load_chat_protocol(path, spec.tokenizer_mode).map_err(|e| e.to_string())?;
-        let reasoning = ReasoningMarkers::of(protocol.as_ref(), &tokenizer);
-        let call_marker = match (&protocol, template_tools) {
-            (Some(mistral), _) => mistral.special_id("[TOOL_CALLS]"),
-            (None, Some(TemplateTools::Hermes)) => tokenizer.token_to_id("<tool_call>"),
-            _ => None,
-        };
-        let (model, _plan) = match &spec.tensor_parallel {
-            Some(parallel) => load_model_parallel(path, &spec.options, parallel.clone()),
-            None => load_model_planned(path, &spec.options),
-        }
-        .map_err(|e| e.to_string())?;
-        Ok(Loaded {
-            model,
-            text: Arc::new(TextSide {
-                token_bytes: TokenBytes::new(&tokenizer),
-                tokenizer,
-                template,
-                protocol,
-                special,
-                context: config
-                    .max_position_embeddings
-                    .and_then(|c| usize::try_from(c).ok()),
-                tensor_parallel: spec.tensor_parallel.is_some(),
-                constraints: OnceLock::new(),
-                reasoning,
-                template_tools,
-                call_marker,
-            }),
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    //! Where an answer's reasoning starts, on hand-written prompt ids.
-
-    use super::ReasoningMarkers;
-
-    #[test]
-    fn an_answer_starts_in_reasoning_when_the_prompt_left_it_open() {
-        let m = ReasoningMarkers { open: 7, close: 8 };
-        assert!(!m.open_after(&[1, 2, 3]));
-        assert!(m.open_after(&[1, 7]), "a template that ends with <think>");
-        assert!(
-            !m.open_after(&[1, 7, 4, 8, 5]),
-            "an earlier turn's closed reasoning"
-        );
-        assert!(m.open_after(&[1, 7, 8, 2, 7, 3]));
     }
 }

@@ -102,6 +102,11 @@ impl ApiError {
         }
     }
 
+    /// 400: the body could not be read (the connection broke, a bad chunk).
+    pub fn unreadable(err: impl std::fmt::Display) -> Self {
+        Self::bad_request(format!("The request body could not be read: {err}"), None)
+    }
+
     /// 500: a fault in the engine itself.
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError {
@@ -126,8 +131,18 @@ impl ApiError {
     }
 }
 
+/// Seconds a client told 503 (busy, loading) should wait before retrying.
+const RETRY_AFTER_SECS: &str = "2";
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }

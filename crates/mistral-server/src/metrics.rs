@@ -49,8 +49,12 @@ pub struct Metrics {
     pub mlx_active_bytes: AtomicU64,
     /// Gauge: bytes MLX's allocator keeps for reuse.
     pub mlx_cache_bytes: AtomicU64,
-    /// Gauge: MLX's peak active memory since the start.
+    /// Gauge: MLX's peak active memory since the model loaded.
     pub mlx_peak_bytes: AtomicU64,
+    /// Gauge: the key/value cache budget (`--max-kv-bytes`).
+    pub kv_budget_bytes: AtomicU64,
+    /// Gauge: cache bytes the running requests reserved.
+    pub kv_reserved_bytes: AtomicU64,
 }
 
 impl Metrics {
@@ -211,8 +215,20 @@ impl Metrics {
         metric(
             "mistral_mlx_peak_memory_bytes",
             "gauge",
-            "MLX's peak active memory since the start.",
+            "MLX's peak active memory since the model loaded.",
             get(&self.mlx_peak_bytes).to_string(),
+        );
+        metric(
+            "mistral_kv_budget_bytes",
+            "gauge",
+            "The key/value cache budget of the running requests and the prompt cache.",
+            get(&self.kv_budget_bytes).to_string(),
+        );
+        metric(
+            "mistral_kv_reserved_bytes",
+            "gauge",
+            "Key/value cache bytes the running requests reserved.",
+            get(&self.kv_reserved_bytes).to_string(),
         );
         metric("mistral_decode_tokens_total", "counter", "Tokens generated after each first token (decode tok/s = this / mistral_decode_seconds_sum).", get(&self.decode_tokens).to_string());
         out

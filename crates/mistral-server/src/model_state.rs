@@ -37,7 +37,7 @@ use mlx_rs_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::engine::Sampling;
+use crate::job::Sampling;
 use crate::prompt_cache::PromptCache;
 
 /// Prompt tokens prefilled per chunk (one chunk between decode steps).
@@ -88,6 +88,12 @@ pub(crate) struct Turn {
     pub prefill: Option<PrefillOp>,
     /// Rank 0 has stopped serving.
     pub end: bool,
+    /// The prompt cache shrinks to this many bytes first (room for an
+    /// admitted request).
+    pub evict_to: Option<u64>,
+    /// Every running and prefilling sequence is dropped first (the end of
+    /// a shutdown's grace period).
+    pub clear: bool,
 }
 
 /// What a turn's prefill did.
@@ -119,6 +125,12 @@ impl ModelState {
             prefills: VecDeque::new(),
             kept: PromptCache::new(prompt_cache_bytes),
         }
+    }
+
+    /// Drops every running and prefilling sequence.
+    pub fn clear(&mut self) {
+        self.batch = BatchGenerate::new();
+        self.prefills.clear();
     }
 
     /// Whether nothing runs or waits to.
@@ -301,8 +313,15 @@ pub fn follow(
         // Failures here are rank 0's failures too (the same work on the same
         // state): it tells its clients; this rank goes on as it does.
         let _ = state.leave(&turn.leave);
+        if turn.clear {
+            state.clear();
+            fed.clear();
+        }
         if turn.end {
             return Ok(());
+        }
+        if let Some(bytes) = turn.evict_to {
+            state.kept.evict_to(bytes);
         }
         for admit in &turn.admit {
             let cached = state.take_cached(&admit.prompt);

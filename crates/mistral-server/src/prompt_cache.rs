@@ -91,6 +91,18 @@ impl PromptCache {
         Ok(Some((n, cache)))
     }
 
+    /// Evicts the least recently used entries until at most `bytes` are
+    /// kept.
+    pub fn evict_to(&mut self, bytes: u64) {
+        while self.used > bytes {
+            let Some(oldest) = (0..self.entries.len()).min_by_key(|&i| self.entries[i].used_at)
+            else {
+                break;
+            };
+            self.used -= self.entries.swap_remove(oldest).bytes;
+        }
+    }
+
     /// Keeps `cache`, which holds `tokens`, evicting the least recently
     /// used entries to stay within the limit (an entry larger than the
     /// limit is not kept). Entries whose tokens `tokens` extends go.
@@ -106,13 +118,7 @@ impl PromptCache {
             }
             !redundant
         });
-        while self.used + bytes > self.limit {
-            let Some(oldest) = (0..self.entries.len()).min_by_key(|&i| self.entries[i].used_at)
-            else {
-                break;
-            };
-            self.used -= self.entries.swap_remove(oldest).bytes;
-        }
+        self.evict_to(self.limit - bytes);
         self.clock += 1;
         self.used += bytes;
         self.entries.push(Entry {

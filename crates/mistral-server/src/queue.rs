@@ -1,18 +1,18 @@
-//! Queuing a generation: tokenize and check it, hand it to the engine, and
-//! wait until the engine starts on it. Both APIs (OpenAI's, Anthropic's)
-//! answer from what this returns.
+//! Queuing a generation: tokenize and check it (on a blocking thread),
+//! hand it to the engine, and wait until the engine starts on it. Both
+//! APIs (OpenAI's, Anthropic's) answer from what this returns.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::engine::FinishReason;
-use crate::engine::{
-    EngineHandle, Event, GenerationRequest, Job, PromptTokens, ReasoningMarkers, TextSide,
-};
+use crate::engine::EngineHandle;
 use crate::error::ApiError;
+use crate::job::{Event, FinishReason, GenerationRequest, Job, PromptTokens};
 use crate::logprobs::TokenLogprob;
+use crate::reasoning_gate::ReasoningMarkers;
+use crate::text_side::TextSide;
 use crate::tools::Answer;
 use mistral_loader::constrain::OutputFormat;
 
@@ -38,14 +38,60 @@ pub async fn queue(
     generation: &GenerationRequest,
     chat: bool,
 ) -> Result<Queued, ApiError> {
+    submit(engine, generation, chat).await?.started().await
+}
+
+/// Tokenizes and checks `generation` on a blocking thread and queues it:
+/// every error the request can get before it runs comes back here; what
+/// is returned has not started yet (its `prompt_tokens` are zero until
+/// [`Queued::started`] or the stream's `Started` event).
+pub async fn submit(
+    engine: &EngineHandle,
+    generation: &GenerationRequest,
+    chat: bool,
+) -> Result<Queued, ApiError> {
     let text = engine.text()?;
+    let generation = generation.clone();
+    let side = text.clone();
+    let prepared = tokio::task::spawn_blocking(move || job(&side, &generation, chat))
+        .await
+        .map_err(|e| ApiError::internal(format!("preparing the request failed: {e}")))??;
+    let Prepared {
+        job,
+        rx,
+        reasoning,
+        tools_read_back,
+    } = prepared;
+    let tools = tools_read_back.then_some(text);
+    engine.submit(job)?;
+    Ok(Queued {
+        rx,
+        prompt_tokens: PromptTokens {
+            total: 0,
+            cached: 0,
+        },
+        tools,
+        reasoning,
+    })
+}
+
+/// A job ready to queue, its event receiver, where its reasoning starts
+/// and whether its answer is read back in the tool format.
+struct Prepared {
+    job: Job,
+    rx: mpsc::UnboundedReceiver<Event>,
+    reasoning: Option<bool>,
+    tools_read_back: bool,
+}
+
+/// The job of `generation` (see [`submit`]).
+fn job(text: &TextSide, generation: &GenerationRequest, chat: bool) -> Result<Prepared, ApiError> {
     let (prompt_ids, max_tokens) = text.prepare(generation)?;
     let format = text.output_format(generation)?;
     let constraint = format
         .as_ref()
         .map(|(format, field)| text.constraint(format, field))
         .transpose()?;
-    let tools = generation.tools.is_some().then(|| text.clone());
     let reasoning = match chat {
         true => text.reasoning.map(|m| m.open_after(&prompt_ids)),
         false => None,
@@ -66,8 +112,8 @@ pub async fn queue(
         }
         _ => None,
     };
-    let (events, mut rx) = mpsc::unbounded_channel();
-    engine.submit(Job {
+    let (events, rx) = mpsc::unbounded_channel();
+    let job = Job {
         prompt_ids,
         max_tokens,
         sampling: generation.sampling.clone(),
@@ -77,22 +123,12 @@ pub async fn queue(
         reasoning_gate,
         events,
         received: Instant::now(),
-    })?;
-    let prompt_tokens = match rx.recv().await {
-        Some(Event::Started { prompt_tokens }) => prompt_tokens,
-        Some(Event::Failed(err)) => return Err(err),
-        Some(other) => {
-            return Err(ApiError::internal(format!(
-                "engine out of order: {other:?}"
-            )))
-        }
-        None => return Err(ApiError::internal("the engine dropped the request")),
     };
-    Ok(Queued {
+    Ok(Prepared {
+        job,
         rx,
-        prompt_tokens,
-        tools,
         reasoning,
+        tools_read_back: generation.tools.is_some(),
     })
 }
 
@@ -113,6 +149,22 @@ pub struct Whole {
 }
 
 impl Queued {
+    /// Waits until the engine starts on the request (a queued request
+    /// waits for room in the batch and the cache budget).
+    pub async fn started(mut self) -> Result<Queued, ApiError> {
+        match self.rx.recv().await {
+            Some(Event::Started { prompt_tokens }) => {
+                self.prompt_tokens = prompt_tokens;
+                Ok(self)
+            }
+            Some(Event::Failed(err)) => Err(err),
+            Some(other) => Err(ApiError::internal(format!(
+                "engine out of order: {other:?}"
+            ))),
+            None => Err(ApiError::internal("the engine dropped the request")),
+        }
+    }
+
     /// Waits for the whole answer (the non-streamed responses of both
     /// APIs).
     pub async fn collect(mut self) -> Result<Whole, ApiError> {

@@ -170,4 +170,16 @@ mod tests {
         assert!(gate.inner.taken.is_empty());
         assert!(!allows(&mut gate, 7));
     }
+
+    #[test]
+    fn an_answer_starts_in_reasoning_when_the_prompt_left_it_open() {
+        let m = ReasoningMarkers { open: 7, close: 8 };
+        assert!(!m.open_after(&[1, 2, 3]));
+        assert!(m.open_after(&[1, 7]), "a template that ends with <think>");
+        assert!(
+            !m.open_after(&[1, 7, 4, 8, 5]),
+            "an earlier turn's closed reasoning"
+        );
+        assert!(m.open_after(&[1, 7, 8, 2, 7, 3]));
+    }
 }

@@ -13,8 +13,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::engine::{GenerationRequest, Prompt, Sampling};
 use crate::error::ApiError;
+use crate::job::{GenerationRequest, Prompt, Sampling};
 use mistral_loader::constrain::OutputFormat;
 
 /// Parses `body` as a JSON object.

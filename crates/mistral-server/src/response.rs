@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::engine::{FinishReason, PromptTokens};
+use crate::job::{FinishReason, PromptTokens};
 use crate::logprobs::{self, TokenLogprob};
 
 /// Time since the Unix epoch (`created` fields, response ids).

@@ -16,20 +16,22 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use crate::engine::TextSide;
-use crate::engine::{EngineHandle, Event, FinishReason, GenerationRequest, Prompt, PromptTokens};
+use crate::engine::{EngineHandle, Health};
 use crate::error::ApiError;
+use crate::job::{Event, FinishReason, GenerationRequest, Prompt, PromptTokens};
 use crate::metrics::Metrics;
-use crate::queue::{queue, Queued};
+use crate::queue::{queue, submit, Queued};
 use crate::request::{
     fields, parse_body, ChatRequest, Common, CompletionRequest, DetokenizeRequest, Endpoint,
     TokenizeRequest,
 };
 use crate::response::{unix_time, usage, Header, Kind};
+use crate::text_side::TextSide;
 use crate::tools::Answer;
 
 /// What every handler shares.
@@ -42,7 +44,9 @@ pub struct AppState {
     /// The served model id.
     pub model_id: String,
     /// The API key, if one is required.
-    pub api_key: Option<String>,
+    pub api_key: Option<ApiKey>,
+    /// `/metrics` answers without the key.
+    pub metrics_public: bool,
     /// Largest body accepted.
     pub max_body_bytes: usize,
     /// Keep-alive interval of streams.
@@ -51,9 +55,35 @@ pub struct AppState {
     pub created: u64,
 }
 
-/// The router: every route, the API-key check, CORS for `origins`.
+/// The API key, kept as its SHA-256 digest: a request's key is hashed and
+/// the digests compared in constant time, so neither the time of the
+/// comparison nor an early exit tells the key's length or its bytes.
+#[derive(Clone)]
+pub struct ApiKey([u8; 32]);
+
+impl ApiKey {
+    /// The key `key`.
+    pub fn new(key: &str) -> Self {
+        ApiKey(Sha256::digest(key.as_bytes()).into())
+    }
+
+    /// Whether `given` is the key.
+    pub fn matches(&self, given: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        digest.ct_eq(&self.0).into()
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(..)")
+    }
+}
+
+/// The router: every route, the API-key check (all but the health
+/// probes, and `/metrics` when public), CORS for `origins`.
 pub fn router(state: Arc<AppState>, origins: &[String]) -> Result<Router, String> {
-    let api = Router::new()
+    let mut api = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
@@ -63,16 +93,20 @@ pub fn router(state: Arc<AppState>, origins: &[String]) -> Result<Router, String
         .route("/v1/messages", post(messages))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
-        .route_layer(middleware::from_fn_with_state(
-            Arc::clone(&state),
-            require_key,
-        ));
-    let mut app = Router::new()
+        .fallback(|request: Request| async move { ApiError::no_route(request.uri().path()) });
+    let mut open = Router::new()
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .merge(api)
-        .fallback(|request: Request| async move { ApiError::no_route(request.uri().path()) })
-        .with_state(state);
+        .route("/health/ready", get(health))
+        .route("/health/live", get(live));
+    match state.metrics_public {
+        true => open = open.route("/metrics", get(metrics)),
+        false => api = api.route("/metrics", get(metrics)),
+    }
+    let api = api.layer(middleware::from_fn_with_state(
+        Arc::clone(&state),
+        require_key,
+    ));
+    let mut app = open.merge(api).with_state(state);
     if !origins.is_empty() {
         let allow = if origins.iter().any(|o| o == "*") {
             AllowOrigin::from(Any)
@@ -101,19 +135,21 @@ pub fn router(state: Arc<AppState>, origins: &[String]) -> Result<Router, String
     Ok(app)
 }
 
-/// 401 unless the request carries the key (compared in constant time), as
-/// `Authorization: Bearer <key>` or (Anthropic's header) `x-api-key`.
+/// 401 unless the request carries the key, as `Authorization: Bearer
+/// <key>` (the scheme in any case) or (Anthropic's header) `x-api-key`.
 async fn require_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     if let Some(key) = &state.api_key {
         let headers = request.headers();
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
         let given = bearer
             .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
             .unwrap_or("");
-        if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
+        if !key.matches(given) {
             let err = ApiError::unauthorized();
             return match request.uri().path() {
                 "/v1/messages" => crate::anthropic::error_response(&err),
@@ -124,15 +160,37 @@ async fn require_key(State(state): State<Arc<AppState>>, request: Request, next:
     next.run(request).await
 }
 
+/// `/health` and `/health/ready`: 200 while the engine serves; 503 with
+/// the state (and the reason of a failure) otherwise.
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    if state.engine.is_ready() {
-        (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
-    } else {
-        (
+    let (status, body) = match state.engine.health() {
+        Health::Serving => (StatusCode::OK, json!({"status": "ok"})),
+        Health::Loading => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "loading"})),
+            json!({"status": "loading"}),
+        ),
+        Health::Stopped => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "stopping"}),
+        ),
+        Health::Failed(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "failed", "reason": reason}),
+        ),
+    };
+    (status, Json(body)).into_response()
+}
+
+/// `/health/live`: 200 unless the engine has failed (a model still loading
+/// is alive), for a supervisor's liveness probe.
+async fn live(State(state): State<Arc<AppState>>) -> Response {
+    match state.engine.health() {
+        Health::Failed(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "failed", "reason": reason})),
         )
-            .into_response()
+            .into_response(),
+        _ => (StatusCode::OK, Json(json!({"status": "alive"}))).into_response(),
     }
 }
 
@@ -210,8 +268,9 @@ async fn tokenize(State(state): State<Arc<AppState>>, body: Body) -> Result<Json
     let body = json_body(body, state.max_body_bytes).await?;
     let request: TokenizeRequest = fields(&body)?;
     let text = state.engine.text()?;
-    let tokens = match (request.prompt, request.messages) {
-        (Some(prompt), None) => text.encode_text(&prompt, request.add_special_tokens)?,
+    let context = text.context();
+    let tokens = blocking(move || match (request.prompt, request.messages) {
+        (Some(prompt), None) => text.encode_text(&prompt, request.add_special_tokens),
         (None, Some(messages)) => {
             let chat = ChatRequest { messages }.into_prompt()?;
             let tools =
@@ -220,19 +279,18 @@ async fn tokenize(State(state): State<Arc<AppState>>, body: Body) -> Result<Json
                 &Prompt::Chat(chat),
                 request.add_generation_prompt,
                 tools.as_ref(),
-            )?
+            )
         }
-        _ => {
-            return Err(ApiError::bad_request(
-                "give exactly one of `prompt` and `messages`",
-                Some("prompt"),
-            ))
-        }
-    };
+        _ => Err(ApiError::bad_request(
+            "give exactly one of `prompt` and `messages`",
+            Some("prompt"),
+        )),
+    })
+    .await?;
     Ok(Json(json!({
         "tokens": tokens,
         "count": tokens.len(),
-        "max_model_len": text.context(),
+        "max_model_len": context,
     })))
 }
 
@@ -243,17 +301,35 @@ async fn detokenize(
 ) -> Result<Json<Value>, ApiError> {
     let body = json_body(body, state.max_body_bytes).await?;
     let request: DetokenizeRequest = fields(&body)?;
-    let text = state.engine.text()?.decode(&request.tokens)?;
+    let side = state.engine.text()?;
+    let text = blocking(move || side.decode(&request.tokens)).await?;
     Ok(Json(json!({"prompt": text})))
 }
 
-/// The body as a JSON object: a 413 beyond `limit` bytes, a 400 if it is
-/// not one.
+/// The body as a JSON object: a 413 beyond `limit` bytes, a 400 if it
+/// cannot be read or is not one.
 async fn json_body(body: Body, limit: usize) -> Result<Value, ApiError> {
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::too_large(limit))?;
+    use futures_util::StreamExt;
+    let mut chunks = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(ApiError::unreadable)?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(ApiError::too_large(limit));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
     parse_body(&bytes)
+}
+
+/// Runs `work` (tokenizing, a chat template) on a blocking thread, off the
+/// async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal(format!("a blocking task failed: {e}")))?
 }
 
 /// A fresh response id.
@@ -268,9 +344,11 @@ fn response_id(kind: Kind) -> String {
     format!("{prefix}-{nanos:x}{n:04x}")
 }
 
-/// Queues the request and answers from the engine's events. Errors found
-/// before generation starts (context length, ...) are the response's
-/// status; later ones end the stream with an error event.
+/// Queues the request and answers from the engine's events. Every error a
+/// request can get before it runs (context length, ...) is the response's
+/// status; later ones end the stream with an error event. A stream starts
+/// as soon as the request is queued, with keep-alive comments while it
+/// waits.
 async fn respond(
     state: &AppState,
     kind: Kind,
@@ -278,7 +356,7 @@ async fn respond(
     stream: bool,
     usage_wanted: bool,
 ) -> Result<Response, ApiError> {
-    let queued = queue(&state.engine, &generation, kind == Kind::Chat).await?;
+    let chat = kind == Kind::Chat;
     let header = Header {
         id: response_id(kind),
         created: unix_time().as_secs(),
@@ -287,11 +365,13 @@ async fn respond(
     };
     let logprobs_wanted = generation.logprobs.is_some();
     if stream {
+        let queued = submit(&state.engine, &generation, chat).await?;
         let events = sse_events(queued, header, usage_wanted, logprobs_wanted);
         return Ok(Sse::new(events)
             .keep_alive(KeepAlive::new().interval(state.keep_alive))
             .into_response());
     }
+    let queued = queue(&state.engine, &generation, chat).await?;
     let queued_tokens = queued.prompt_tokens;
     let whole = queued.collect().await?;
     let logprobs = logprobs_wanted.then(|| header.logprobs(&whole.logprobs, 0));
@@ -436,7 +516,7 @@ fn sse_events(
                     s.pending.push_back(err.body().to_string());
                     s.done = true;
                 }
-                Some(Event::Started { .. }) => {}
+                Some(Event::Started { prompt_tokens }) => s.prompt_tokens = prompt_tokens,
                 None => {
                     let err = ApiError::internal("the engine dropped the request");
                     s.pending.push_back(err.body().to_string());
@@ -453,7 +533,6 @@ mod tests {
     //! model does not do on demand: the events are fed by hand.
 
     use super::*;
-    use crate::engine::FinishReason;
 
     /// The `data:` payloads of a stream fed `events`.
     fn stream_of(events: Vec<Option<Event>>) -> Vec<String> {

@@ -31,6 +31,7 @@
 //! (see [`model_state`](crate::model_state)).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use mistral_loader::{StopChecker, StopCriteria, StopReason, StreamingDetokenizer};
@@ -38,12 +39,13 @@ use mistral_model::{Mistral, TensorParallel};
 use mlx_rs_core::BatchToken;
 use tokio::sync::mpsc;
 
-use crate::engine::{Event, FinishReason, Job, PromptTokens, TextSide};
 use crate::error::ApiError;
+use crate::job::{Event, FinishReason, Job, PromptTokens};
 use crate::logprobs::TokenLogprob;
 use crate::metrics::Metrics;
 use crate::model_state::{Admit, Advanced, Leader, Leave, ModelState, PrefillOp, Turn};
 use crate::reasoning_gate::ReasoningGate;
+use crate::text_side::TextSide;
 
 pub use crate::model_state::PREFILL_CHUNK;
 
@@ -56,6 +58,8 @@ struct Active<'t> {
     generated: Vec<u32>,
     /// Log-probabilities of tokens whose text is still held back.
     logprobs: Vec<TokenLogprob>,
+    /// The cache bytes reserved for it (see [`crate::kv_budget`]).
+    reserved: u64,
 }
 
 /// What a token did to its job.
@@ -179,46 +183,132 @@ fn stop_checker<'t>(job: &Job, text: &'t TextSide) -> Result<StopChecker<'t>, Ap
         max_tokens: Some(job.max_tokens),
     };
     StopChecker::new(criteria, StreamingDetokenizer::new(&text.tokenizer, true))
-        .map_err(|e| ApiError::bad_request(e.to_string(), Some("stop")))
+        .map_err(|e| ApiError::internal(format!("stop strings: {e}")))
+}
+
+/// How much the loop runs at once.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Requests generating at once.
+    pub max_batch: usize,
+    /// Bytes of finished requests' caches kept for later prompts.
+    pub prompt_cache_bytes: u64,
+    /// Test hook: panic after this many decode steps.
+    pub fail_after_steps: Option<u64>,
+}
+
+/// The running and waiting jobs.
+#[derive(Default)]
+struct Jobs<'t> {
+    /// The jobs of `state.prefills`, in the same order.
+    prefilling: VecDeque<Active<'t>>,
+    running: HashMap<u64, Active<'t>>,
+    /// A job taken from the queue that waits for cache memory.
+    waiting: Option<Job>,
+}
+
+impl<'t> Jobs<'t> {
+    /// The cache bytes the running and prefilling jobs reserved.
+    fn reserved(&self) -> u64 {
+        let prefilling = self.prefilling.iter().map(|a| a.reserved);
+        prefilling
+            .chain(self.running.values().map(|a| a.reserved))
+            .sum()
+    }
+
+    /// Ends every job (and the waiting one) with `err`.
+    fn fail_all(&mut self, err: &ApiError, metrics: &Metrics) {
+        for active in self
+            .prefilling
+            .drain(..)
+            .chain(self.running.drain().map(|(_, a)| a))
+        {
+            active.end(Progress::Failed(err.clone()), metrics);
+        }
+        if let Some(job) = self.waiting.take() {
+            Metrics::drop_one(&metrics.queued);
+            let _ = job.events.send(Event::Failed(err.clone()));
+        }
+    }
+}
+
+/// The error of requests cut off at the end of a shutdown's grace period.
+fn aborted() -> ApiError {
+    ApiError::unavailable("The server is shutting down: the request was cut off")
 }
 
 /// Serves jobs until the queue closes (see the module notes), leading
-/// the other ranks of `parallel` when the model is split.
+/// the other ranks of `parallel` when the model is split; running requests
+/// end with an error once `abort` is set. An error when the ranks can no
+/// longer agree.
 pub fn serve(
     model: &mut Mistral,
     text: &TextSide,
     mut jobs: mpsc::Receiver<Job>,
     metrics: &Metrics,
-    max_batch: usize,
-    prompt_cache_bytes: u64,
+    limits: &Limits,
+    abort: &AtomicBool,
     parallel: Option<TensorParallel>,
-) {
-    let max_batch = max_batch.max(1);
+) -> Result<(), String> {
+    let max_batch = limits.max_batch.max(1);
     let mut leader = Leader::new(parallel);
-    let mut state = ModelState::new(prompt_cache_bytes);
-    // The jobs of `state.prefills`, in the same order.
-    let mut prefilling: VecDeque<Active<'_>> = VecDeque::new();
-    let mut running: HashMap<u64, Active<'_>> = HashMap::new();
+    let mut state = ModelState::new(limits.prompt_cache_bytes);
+    let mut work = Jobs::default();
     let mut next_id = 0u64;
+    let mut steps = 0u64;
     let mut open = true;
     let mut turn = Turn::default();
+    metrics
+        .kv_budget_bytes
+        .store(text.kv.limit(), Ordering::Relaxed);
     loop {
         metrics.sample_mlx_memory();
+        if abort.load(Ordering::Relaxed) {
+            // The grace period is over: end everything, running or queued.
+            let err = aborted();
+            work.fail_all(&err, metrics);
+            if !state.is_idle() {
+                turn.clear = true;
+                state.clear();
+            }
+            while let Ok(job) = jobs.try_recv() {
+                Metrics::drop_one(&metrics.queued);
+                let _ = job.events.send(Event::Failed(err.clone()));
+            }
+        }
         // 1. Admit.
         while open && state.batch.len() + state.prefills.len() < max_batch {
-            let job = if state.is_idle() {
-                jobs.blocking_recv()
-            } else {
-                match jobs.try_recv() {
+            let job = match work.waiting.take() {
+                Some(job) => Some(job),
+                None if state.is_idle() => jobs.blocking_recv(),
+                None => match jobs.try_recv() {
                     Ok(job) => Some(job),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => None,
-                }
+                },
             };
             let Some(mut job) = job else {
                 open = false;
                 break;
             };
+            // The cache it may grow to must fit beside the running ones';
+            // the prompt cache gives way first.
+            let need = text
+                .kv
+                .cost(job.prompt_ids.len().saturating_add(job.max_tokens));
+            let reserved = work.reserved();
+            let room = text
+                .kv
+                .limit()
+                .saturating_sub(reserved.saturating_add(need));
+            if state.kept.bytes() > room {
+                state.kept.evict_to(room);
+                turn.evict_to = Some(room);
+            }
+            if reserved.saturating_add(need) > text.kv.limit() && !state.is_idle() {
+                work.waiting = Some(job);
+                break;
+            }
             Metrics::drop_one(&metrics.queued);
             next_id += 1;
             if let Some(leader) = leader.as_mut() {
@@ -242,41 +332,42 @@ pub fn serve(
                     None => Box::new(Constrained(c)),
                 }
             });
-            let admitted = admit_job(text, job, cached.as_ref().map_or(0, |(n, _)| *n), metrics);
+            let reused = cached.as_ref().map_or(0, |(n, _)| *n);
+            let admitted = admit_job(text, job, reused, need, metrics);
             let admit = Admit {
                 start: admitted.is_some(),
                 ..admit
             };
             if let Some(active) = admitted {
                 match state.start(model, &admit, cached, constraint) {
-                    Ok(()) => prefilling.push_back(active),
+                    Ok(()) => work.prefilling.push_back(active),
                     Err(err) => active.end(
-                        Progress::Failed(ApiError::bad_request(err.to_string(), None)),
+                        Progress::Failed(fault("starting the request failed", &err)),
                         metrics,
                     ),
                 }
             }
             turn.admit.push(admit);
         }
+        metrics
+            .kv_reserved_bytes
+            .store(work.reserved(), Ordering::Relaxed);
         let end = !open && state.is_idle();
         // 2. What happens to the oldest prefill; then the other ranks hear
         // of the turn, before its first forward pass.
-        let op = turn_prefill(&prefilling);
+        let op = turn_prefill(&work.prefilling);
         turn.prefill = op;
         turn.end = end;
         if let Some(leader) = &leader {
             if let Err(err) = leader.send(&std::mem::take(&mut turn)) {
                 // The ranks cannot agree any more: stop serving.
-                let err = ApiError::internal(err);
-                for active in prefilling.drain(..).chain(running.drain().map(|(_, a)| a)) {
-                    active.end(Progress::Failed(err.clone()), metrics);
-                }
-                return;
+                work.fail_all(&ApiError::internal(err.clone()), metrics);
+                return Err(err);
             }
         }
         turn = Turn::default();
         if end {
-            return;
+            return Ok(());
         }
         let (front, before) = state
             .prefills
@@ -285,7 +376,7 @@ pub fn serve(
         match op.map(|op| state.prefill(model, op)) {
             None | Some(Advanced::Idle) => {}
             Some(Advanced::Dropped) => {
-                let active = prefilling.pop_front().expect("front exists");
+                let active = work.prefilling.pop_front().expect("front exists");
                 active.end(Progress::Left, metrics);
             }
             Some(Advanced::Continues) => {
@@ -294,16 +385,23 @@ pub fn serve(
             }
             Some(Advanced::Joined) => {
                 Metrics::add(&metrics.prefilled_tokens, before as usize);
-                let active = prefilling.pop_front().expect("front exists");
-                running.insert(front, active);
+                let active = work.prefilling.pop_front().expect("front exists");
+                work.running.insert(front, active);
             }
             Some(Advanced::Failed(err)) => {
-                let active = prefilling.pop_front().expect("front exists");
+                let active = work.prefilling.pop_front().expect("front exists");
                 active.end(Progress::Failed(fault("prefill failed", &err)), metrics);
             }
         }
         // 3. One decode step.
-        match state.step(model) {
+        let stepped = state.step(model);
+        if stepped.is_some() {
+            steps += 1;
+            if limits.fail_after_steps.is_some_and(|n| steps >= n) {
+                panic!("test hook: the engine fails after {steps} decode steps");
+            }
+        }
+        match stepped {
             None => {}
             Some(Ok(tokens)) => {
                 Metrics::bump(&metrics.batch_steps);
@@ -311,7 +409,7 @@ pub fn serve(
                 let mut done = Vec::new();
                 for token in tokens {
                     let id = token.id;
-                    let Some(active) = running.get_mut(&id) else {
+                    let Some(active) = work.running.get_mut(&id) else {
                         continue;
                     };
                     match active.push(token, text, metrics) {
@@ -325,7 +423,7 @@ pub fn serve(
                 turn.leave = done
                     .iter()
                     .filter_map(|(id, _)| {
-                        let active = running.get(id)?;
+                        let active = work.running.get(id)?;
                         let mut tokens = active.job.prompt_ids.clone();
                         tokens.extend(&active.generated);
                         Some(Leave {
@@ -338,17 +436,25 @@ pub fn serve(
                 let removed = state.leave(&turn.leave);
                 metrics
                     .prompt_cache_bytes
-                    .store(state.kept.bytes(), std::sync::atomic::Ordering::Relaxed);
+                    .store(state.kept.bytes(), Ordering::Relaxed);
                 for (id, progress) in done {
-                    if let Some(active) = running.remove(&id) {
+                    if let Some(active) = work.running.remove(&id) {
                         active.end(progress, metrics);
                     }
                 }
                 if let Err(err) = removed {
-                    fail_all(&mut running, &fault("batch update failed", &err), metrics);
+                    fail_all(
+                        &mut work.running,
+                        &fault("batch update failed", &err),
+                        metrics,
+                    );
                 }
             }
-            Some(Err(err)) => fail_all(&mut running, &fault("generation failed", &err), metrics),
+            Some(Err(err)) => fail_all(
+                &mut work.running,
+                &fault("generation failed", &err),
+                metrics,
+            ),
         }
     }
 }
@@ -376,13 +482,15 @@ fn fail_all(running: &mut HashMap<u64, Active<'_>>, err: &ApiError, metrics: &Me
     }
 }
 
-/// Starts `job` (its cached prefix of `reused` tokens taken): `Started`,
+/// Starts `job` (its cached prefix of `reused` tokens taken, `reserved`
+/// cache bytes set aside): `Started`,
 /// its stop checker. `None` when its client already left or it failed (its
 /// events say so).
 fn admit_job<'t>(
     text: &'t TextSide,
     job: Job,
     reused: usize,
+    reserved: u64,
     metrics: &Metrics,
 ) -> Option<Active<'t>> {
     let started = Event::Started {
@@ -414,6 +522,7 @@ fn admit_job<'t>(
         first_at: None,
         generated: Vec::new(),
         logprobs: Vec::new(),
+        reserved,
     })
 }
 

@@ -249,6 +249,18 @@ fn bad_requests_get_openai_errors_and_the_server_goes_on() {
         Some("top_p"),
         None,
     );
+    // What the engine would refuse is refused before the 200, streamed or
+    // not.
+    for stream in [false, true] {
+        rejects(
+            &format!(
+                r#"{{"messages": [{{"role": "user", "content": "hi"}}], "top_k": 100000000, "stream": {stream}}}"#
+            ),
+            400,
+            Some("top_k"),
+            None,
+        );
+    }
     rejects(
         r#"{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}"#,
         400,
@@ -334,7 +346,9 @@ fn bad_requests_get_openai_errors_and_the_server_goes_on() {
 #[test]
 fn an_api_key_guards_everything_but_health() {
     let keyed = start(Some("sesame"), BODY_LIMIT);
-    assert_eq!(get(&keyed, "/health", None).0, 200);
+    for probe in ["/health", "/health/ready", "/health/live"] {
+        assert_eq!(get(&keyed, probe, None).0, 200, "{probe}");
+    }
     let (status, text) = get(&keyed, "/v1/models", None);
     assert_eq!(status, 401);
     assert_eq!(
@@ -342,10 +356,26 @@ fn an_api_key_guards_everything_but_health() {
         "authentication_error"
     );
     assert_eq!(get(&keyed, "/v1/models", Some("wrong")).0, 401);
+    assert_eq!(get(&keyed, "/v1/models", Some("sesam")).0, 401, "a prefix");
+    assert_eq!(get(&keyed, "/v1/models", Some("sesame!")).0, 401, "longer");
     assert_eq!(get(&keyed, "/v1/models", Some("sesame")).0, 200);
+    for path in ["/metrics", "/models", "/v1/unknown"] {
+        assert_eq!(get(&keyed, path, None).0, 401, "{path} without the key");
+    }
+    assert_eq!(get(&keyed, "/metrics", Some("sesame")).0, 200);
     let ok = r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}"#;
-    let (status, _) = post_raw(&keyed, "/v1/chat/completions", ok, "application/json", None);
-    assert_eq!(status, 401);
+    for path in [
+        "/v1/chat/completions",
+        "/chat/completions",
+        "/v1/completions",
+        "/completions",
+        "/v1/messages",
+        "/tokenize",
+        "/detokenize",
+    ] {
+        let (status, text) = post_raw(&keyed, path, ok, "application/json", None);
+        assert_eq!(status, 401, "{path} without the key: {text}");
+    }
     let (status, text) = post_raw(
         &keyed,
         "/v1/chat/completions",
@@ -354,6 +384,26 @@ fn an_api_key_guards_everything_but_health() {
         Some("sesame"),
     );
     assert_eq!(status, 200, "{text}");
+    // The scheme in any case, and Anthropic's header.
+    for (name, value) in [
+        ("Authorization", "bearer sesame"),
+        ("Authorization", "BEARER  sesame"),
+        ("x-api-key", "sesame"),
+    ] {
+        let status = common::get_with(&keyed, "/v1/models", name, value).0;
+        assert_eq!(status, 200, "{name}: {value}");
+    }
+    assert_eq!(
+        common::get_with(&keyed, "/v1/models", "Authorization", "Basic sesame").0,
+        401
+    );
+    // `--metrics-public` opens /metrics alone.
+    let open = common::start_configured(|c| {
+        c.api_key = Some("sesame".into());
+        c.metrics_public = true;
+    });
+    assert_eq!(get(&open, "/metrics", None).0, 200);
+    assert_eq!(get(&open, "/v1/models", None).0, 401);
 }
 
 #[test]

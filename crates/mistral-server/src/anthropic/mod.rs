@@ -25,8 +25,8 @@ use axum::Json;
 use futures_util::stream::{self, Stream};
 use serde_json::{json, Map, Value};
 
-use crate::engine::{Event, FinishReason, PromptTokens};
 use crate::error::ApiError;
+use crate::job::{Event, FinishReason, PromptTokens};
 use crate::queue::Queued;
 use crate::tools::Answer;
 

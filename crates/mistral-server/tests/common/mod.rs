@@ -17,7 +17,33 @@ pub struct Server {
     /// `http://127.0.0.1:<port>`.
     pub base: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl Server {
+    /// Asks the server to shut down (as a signal would), without waiting.
+    pub fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// What `serve` returned, once it returns within `timeout`.
+    pub fn ended_within(&mut self, timeout: Duration) -> Option<Result<(), String>> {
+        let deadline = Instant::now() + timeout;
+        while self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let thread = self.thread.take()?;
+        Some(
+            thread
+                .join()
+                .unwrap_or_else(|_| Err("the server thread panicked".into())),
+        )
+    }
 }
 
 impl Drop for Server {
@@ -61,12 +87,17 @@ pub fn start_configured(change: impl FnOnce(&mut ServerConfig)) -> Server {
         },
         model_id: MODEL_ID.to_owned(),
         api_key: None,
+        metrics_public: false,
         max_queue: 16,
         max_batch: 8,
         prompt_cache_bytes: 1 << 30,
+        max_kv_bytes: None,
         max_body_bytes: 1 << 20,
         allowed_origins: Vec::new(),
         keep_alive: std::time::Duration::from_secs(10),
+        shutdown_grace: std::time::Duration::from_secs(30),
+        keep_running_on_engine_failure: false,
+        fail_after_steps: None,
     };
     change(&mut config);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -85,8 +116,8 @@ pub fn start_configured(change: impl FnOnce(&mut ServerConfig)) -> Server {
                 let _ = stopped.await;
             })
             .await
-            .expect("serve");
-        });
+            .map_err(|e| e.to_string())
+        })
     });
     let server = Server {
         base,
@@ -131,6 +162,20 @@ pub fn get(server: &Server, path: &str, key: Option<&str>) -> (u16, String) {
         // Not yet listening.
         Err(_) => (503, String::new()),
     }
+}
+
+/// GET `path` with the header `name: value`: status and body text.
+pub fn get_with(server: &Server, path: &str, name: &str, value: &str) -> (u16, String) {
+    let mut response = agent()
+        .get(format!("{}{path}", server.base))
+        .header(name, value)
+        .call()
+        .expect("GET");
+    let status = response.status().as_u16();
+    (
+        status,
+        response.body_mut().read_to_string().unwrap_or_default(),
+    )
 }
 
 /// POST `body` (raw text) to `path` with `content_type`: status and body.

@@ -1,0 +1,150 @@
+//! [`KvBudget`]: what a sequence's key/value cache costs on this model, and
+//! the bytes the running requests' caches (with the prompt cache) may hold
+//! (`--max-kv-bytes`).
+//!
+//! The cost is measured, not derived from the config: one token is fed
+//! through a fresh cache of every layer, whose bytes per position are read
+//! back (this covers the dtype, grouped or latent heads and a split over
+//! ranks alike). A sequence of `n` positions then holds, per layer, its
+//! positions rounded up to the cache's growth step, or the layer's sliding
+//! window if that is smaller. Admission reserves a request's whole cost
+//! (prompt and `max_tokens`) before it starts, so the caches stay within
+//! the budget whatever the requests generate.
+
+use mistral_model::Mistral;
+use mlx_rs::Array;
+use mlx_rs_core::{BatchKVCache, KVCache};
+
+/// The share of the memory left after the weights that the default budget
+/// takes.
+const DEFAULT_SHARE: f64 = 0.5;
+
+/// Key/value cache costs and the budget (see the module notes).
+#[derive(Debug, Clone, Default)]
+pub struct KvBudget {
+    /// Per layer: bytes per position and sliding window.
+    layers: Vec<(u64, Option<usize>)>,
+    /// The budget in bytes.
+    limit: u64,
+    /// Whether the limit was given (else it is the default share).
+    given: bool,
+}
+
+impl KvBudget {
+    /// Measures `model`'s cost per position; the budget is `limit`, or by
+    /// default half of what MLX's memory limit leaves after the weights.
+    pub fn measure(model: &Mistral, limit: Option<u64>) -> Result<Self, String> {
+        let failed = |e: &dyn std::fmt::Display| format!("measuring the cache's size: {e}");
+        let mut cache: Vec<Option<BatchKVCache>> = model.new_cache();
+        let token = Array::from_slice(&[0u32], &[1, 1]);
+        let logits = model.forward(&token, &mut cache).map_err(|e| failed(&e))?;
+        logits.eval().map_err(|e| failed(&e))?;
+        let config = model.config();
+        let layers = cache
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let bytes = c.as_ref().map_or(0, |c| c.nbytes() as u64);
+                let window = config.attention_mask(i).window();
+                (bytes, window.and_then(|w| usize::try_from(w).ok()))
+            })
+            .collect();
+        drop(cache);
+        let (limit, given) = match limit {
+            Some(limit) => (limit, true),
+            None => {
+                let total = mlx_rs::memory::memory_limit().map_err(|e| failed(&e))? as u64;
+                let weights = mlx_rs::memory::active_memory().map_err(|e| failed(&e))? as u64;
+                let left = total.saturating_sub(weights) as f64;
+                ((left * DEFAULT_SHARE) as u64, false)
+            }
+        };
+        Ok(KvBudget {
+            layers,
+            limit,
+            given,
+        })
+    }
+
+    /// A budget of `limit` bytes over layers of the given bytes per
+    /// position and windows (tests).
+    pub fn with_layers(layers: Vec<(u64, Option<usize>)>, limit: u64) -> Self {
+        KvBudget {
+            layers,
+            limit,
+            given: true,
+        }
+    }
+
+    /// The budget in bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// The bytes a sequence of `positions` holds at most.
+    pub fn cost(&self, positions: usize) -> u64 {
+        let step = KVCache::STEP as usize;
+        let grown = positions.div_ceil(step) * step;
+        self.layers
+            .iter()
+            .map(|&(bytes, window)| bytes * window.map_or(grown, |w| grown.min(w)) as u64)
+            .sum()
+    }
+
+    /// The most positions a sequence alone can hold within the budget.
+    pub fn longest(&self) -> usize {
+        if self.cost(1) > self.limit {
+            return 0;
+        }
+        // The cost grows with the positions: the last length that fits.
+        let (mut fits, mut over) = (1usize, 2usize);
+        while self.cost(over) <= self.limit {
+            if over >= usize::MAX / 4 {
+                return over; // only sliding windows: any length fits
+            }
+            fits = over;
+            over *= 2;
+        }
+        while over - fits > 1 {
+            let mid = fits + (over - fits) / 2;
+            match self.cost(mid) <= self.limit {
+                true => fits = mid,
+                false => over = mid,
+            }
+        }
+        fits
+    }
+
+    /// One line for the server's start: the budget and where it comes
+    /// from.
+    pub fn describe(&self) -> String {
+        let gib = self.limit as f64 / (1u64 << 30) as f64;
+        let source = match self.given {
+            true => "--max-kv-bytes",
+            false => "half of the memory left after the weights; --max-kv-bytes sets it",
+        };
+        format!(
+            "key/value cache budget: {} bytes ({gib:.2} GiB, {source}); one request holds at \
+             most {} tokens",
+            self.limit,
+            self.longest()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cost_grows_by_steps_and_stops_at_each_window() {
+        let step = KVCache::STEP as usize;
+        let budget = KvBudget::with_layers(vec![(10, None), (3, Some(step + 5))], 1 << 20);
+        assert_eq!(budget.cost(1), 10 * step as u64 + 3 * step as u64);
+        assert_eq!(budget.cost(step), budget.cost(1));
+        let long = 10 * step;
+        assert_eq!(budget.cost(long), 10 * long as u64 + 3 * (step as u64 + 5));
+        let n = budget.longest();
+        assert!(budget.cost(n) <= budget.limit() && budget.cost(n + 1) > budget.limit());
+    }
+}
