@@ -33,23 +33,12 @@ pub struct KvBudget {
 impl KvBudget {
     /// Measures `model`'s cost per position; the budget is `limit`, or by
     /// default half of what MLX's memory limit leaves after the weights.
+    ///
+    /// On a model split over ranks, every rank must measure too: the probe
+    /// is a forward pass, whose collectives pair across the ranks.
     pub fn measure(model: &Mistral, limit: Option<u64>) -> Result<Self, String> {
         let failed = |e: &dyn std::fmt::Display| format!("measuring the cache's size: {e}");
-        let mut cache: Vec<Option<BatchKVCache>> = model.new_cache();
-        let token = Array::from_slice(&[0u32], &[1, 1]);
-        let logits = model.forward(&token, &mut cache).map_err(|e| failed(&e))?;
-        logits.eval().map_err(|e| failed(&e))?;
-        let config = model.config();
-        let layers = cache
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let bytes = c.as_ref().map_or(0, |c| c.nbytes() as u64);
-                let window = config.attention_mask(i).window();
-                (bytes, window.and_then(|w| usize::try_from(w).ok()))
-            })
-            .collect();
-        drop(cache);
+        let layers = probe(model).map_err(|e| failed(&e))?;
         let (limit, given) = match limit {
             Some(limit) => (limit, true),
             None => {
@@ -130,6 +119,24 @@ impl KvBudget {
             self.longest()
         )
     }
+}
+
+/// Per layer of `model`: the bytes of one position in a fresh cache, and
+/// the layer's sliding window.
+fn probe(model: &Mistral) -> Result<Vec<(u64, Option<usize>)>, Box<dyn std::error::Error>> {
+    let mut cache: Vec<Option<BatchKVCache>> = model.new_cache();
+    let token = Array::from_slice(&[0u32], &[1, 1]);
+    model.forward(&token, &mut cache)?.eval()?;
+    let config = model.config();
+    Ok(cache
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let bytes = c.as_ref().map_or(0, |c| c.nbytes() as u64);
+            let window = config.attention_mask(i).window();
+            (bytes, window.and_then(|w| usize::try_from(w).ok()))
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -291,6 +291,8 @@ pub fn follow(
     parallel: &TensorParallel,
     prompt_cache_bytes: u64,
 ) -> Result<(), String> {
+    // Rank 0 measures its cache with a forward pass; this rank's pairs with it.
+    crate::kv_budget::KvBudget::measure(model, Some(0))?;
     let mut state = ModelState::new(prompt_cache_bytes);
     // Each running sequence's tokens, to check against rank 0's.
     let mut fed: HashMap<u64, Vec<u32>> = HashMap::new();
