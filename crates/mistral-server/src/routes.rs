@@ -230,7 +230,11 @@ async fn messages(State(state): State<Arc<AppState>>, body: Body) -> Response {
         let common: Common = fields(&openai)?;
         let request: ChatRequest = fields(&openai)?;
         let generation = request.into_generation(common, &state.model_id)?;
-        let queued = queue(&state.engine, &generation, true).await?;
+        // A stream opens once queued (keep-alives while it waits).
+        let queued = match stream {
+            true => submit(&state.engine, &generation, true).await?,
+            false => queue(&state.engine, &generation, true).await?,
+        };
         crate::anthropic::respond(queued, state.model_id.clone(), stream).await
     };
     result.await.unwrap_or_else(|err| {

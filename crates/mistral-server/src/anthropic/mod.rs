@@ -96,7 +96,8 @@ pub fn message_id() -> String {
     format!("msg_{nanos:x}")
 }
 
-/// The answer to a queued request: one message, or its event stream.
+/// The answer to a queued request: one message (started), or its event
+/// stream (from when it was queued).
 pub async fn respond(queued: Queued, model: String, stream: bool) -> Result<Response, ApiError> {
     if stream {
         return Ok(Sse::new(events(queued, model))
@@ -220,12 +221,7 @@ impl StreamState {
 
 /// The event stream of a queued request (see the module notes).
 fn events(queued: Queued, model: String) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    let mut m = message(&message_id(), &model);
-    m.insert("content".into(), json!([]));
-    m.insert("stop_reason".into(), Value::Null);
-    m.insert("stop_sequence".into(), Value::Null);
-    m.insert("usage".into(), usage(queued.prompt_tokens, 0));
-    let mut state = StreamState {
+    let state = StreamState {
         held: queued.tools.as_ref().map(|_| String::new()),
         thinking: queued.reasoning == Some(true),
         queued,
@@ -234,72 +230,83 @@ fn events(queued: Queued, model: String) -> impl Stream<Item = Result<SseEvent, 
         pending: VecDeque::new(),
         done: false,
     };
-    state.push(
-        "message_start",
-        json!({"type": "message_start", "message": Value::Object(m)}),
-    );
-    stream::unfold(state, |mut s| async move {
-        loop {
-            if let Some(event) = s.pending.pop_front() {
-                return Some((Ok(event), s));
-            }
-            if s.done {
-                return None;
-            }
-            match s.queued.rx.recv().await {
-                Some(Event::Reasoning(on)) => s.thinking = on && s.queued.reasoning.is_some(),
-                Some(Event::CallsStart) => {}
-                Some(Event::Text { text, .. }) if s.thinking => s.write(Block::Thinking, &text),
-                Some(Event::Text { text, .. }) => match s.held.as_mut() {
-                    Some(held) => held.push_str(&text),
-                    None => s.write(Block::Text, &text),
-                },
-                Some(Event::Finished {
-                    reason,
-                    completion_tokens,
-                    ids,
-                    matched,
-                }) => {
-                    let answer = match (s.held.take(), &s.queued.tools) {
-                        (Some(held), Some(side)) => Some(side.read_tool_answer(&held, &ids)),
-                        _ => None,
-                    };
-                    let reason = match answer {
-                        Some(Answer::Calls(calls)) => {
-                            for call in &calls {
-                                s.tool_use(call);
+    stream::unfold(state, move |mut s| {
+        let model = model.clone();
+        async move {
+            loop {
+                if let Some(event) = s.pending.pop_front() {
+                    return Some((Ok(event), s));
+                }
+                if s.done {
+                    return None;
+                }
+                match s.queued.rx.recv().await {
+                    Some(Event::Reasoning(on)) => s.thinking = on && s.queued.reasoning.is_some(),
+                    Some(Event::CallsStart) => {}
+                    Some(Event::Text { text, .. }) if s.thinking => s.write(Block::Thinking, &text),
+                    Some(Event::Text { text, .. }) => match s.held.as_mut() {
+                        Some(held) => held.push_str(&text),
+                        None => s.write(Block::Text, &text),
+                    },
+                    Some(Event::Finished {
+                        reason,
+                        completion_tokens,
+                        ids,
+                        matched,
+                    }) => {
+                        let answer = match (s.held.take(), &s.queued.tools) {
+                            (Some(held), Some(side)) => Some(side.read_tool_answer(&held, &ids)),
+                            _ => None,
+                        };
+                        let reason = match answer {
+                            Some(Answer::Calls(calls)) => {
+                                for call in &calls {
+                                    s.tool_use(call);
+                                }
+                                FinishReason::ToolCalls
                             }
-                            FinishReason::ToolCalls
+                            Some(Answer::Content(text)) => {
+                                s.write(Block::Text, &text);
+                                reason
+                            }
+                            None => reason,
+                        };
+                        if s.index == 0 && s.open.is_none() {
+                            s.write(Block::Text, "");
                         }
-                        Some(Answer::Content(text)) => {
-                            s.write(Block::Text, &text);
-                            reason
-                        }
-                        None => reason,
-                    };
-                    if s.index == 0 && s.open.is_none() {
-                        s.write(Block::Text, "");
-                    }
-                    s.close();
-                    s.push(
-                        "message_delta",
-                        json!({"type": "message_delta",
+                        s.close();
+                        s.push(
+                            "message_delta",
+                            json!({"type": "message_delta",
                                "delta": {"stop_reason": stop_reason(reason, &matched),
                                          "stop_sequence": matched},
                                "usage": {"output_tokens": completion_tokens}}),
-                    );
-                    s.push("message_stop", json!({"type": "message_stop"}));
-                    s.done = true;
-                }
-                Some(Event::Failed(err)) => {
-                    s.push("error", error_body(&err));
-                    s.done = true;
-                }
-                Some(Event::Started { .. }) => {}
-                None => {
-                    let err = ApiError::internal("the engine dropped the request");
-                    s.push("error", error_body(&err));
-                    s.done = true;
+                        );
+                        s.push("message_stop", json!({"type": "message_stop"}));
+                        s.done = true;
+                    }
+                    Some(Event::Failed(err)) => {
+                        s.push("error", error_body(&err));
+                        s.done = true;
+                    }
+                    // The stream opened when the request was queued; the message
+                    // starts with its prompt's count once the engine takes it.
+                    Some(Event::Started { prompt_tokens }) => {
+                        let mut m = message(&message_id(), &model);
+                        m.insert("content".into(), json!([]));
+                        m.insert("stop_reason".into(), Value::Null);
+                        m.insert("stop_sequence".into(), Value::Null);
+                        m.insert("usage".into(), usage(prompt_tokens, 0));
+                        s.push(
+                            "message_start",
+                            json!({"type": "message_start", "message": Value::Object(m)}),
+                        );
+                    }
+                    None => {
+                        let err = ApiError::internal("the engine dropped the request");
+                        s.push("error", error_body(&err));
+                        s.done = true;
+                    }
                 }
             }
         }
