@@ -19,11 +19,14 @@ use mlx_rs_core::{BatchKVCache, KVCache};
 /// takes.
 const DEFAULT_SHARE: f64 = 0.5;
 
+/// One layer's cache: bytes per position, and its sliding window.
+pub type LayerCost = (u64, Option<usize>);
+
 /// Key/value cache costs and the budget (see the module notes).
 #[derive(Debug, Clone, Default)]
 pub struct KvBudget {
     /// Per layer: bytes per position and sliding window.
-    layers: Vec<(u64, Option<usize>)>,
+    layers: Vec<LayerCost>,
     /// The budget in bytes.
     limit: u64,
     /// Whether the limit was given (else it is the default share).
@@ -57,7 +60,7 @@ impl KvBudget {
 
     /// A budget of `limit` bytes over layers of the given bytes per
     /// position and windows (tests).
-    pub fn with_layers(layers: Vec<(u64, Option<usize>)>, limit: u64) -> Self {
+    pub fn with_layers(layers: Vec<LayerCost>, limit: u64) -> Self {
         KvBudget {
             layers,
             limit,
@@ -123,7 +126,7 @@ impl KvBudget {
 
 /// Per layer of `model`: the bytes of one position in a fresh cache, and
 /// the layer's sliding window.
-fn probe(model: &Mistral) -> Result<Vec<(u64, Option<usize>)>, Box<dyn std::error::Error>> {
+fn probe(model: &Mistral) -> Result<Vec<LayerCost>, Box<dyn std::error::Error>> {
     let mut cache: Vec<Option<BatchKVCache>> = model.new_cache();
     let token = Array::from_slice(&[0u32], &[1, 1]);
     model.forward(&token, &mut cache)?.eval()?;
