@@ -7,7 +7,9 @@
 //! natively, so keys and values are never repeated. A decode step's one row
 //! through the stacked q/k/v projection (see `FusedLinear`) keeps queries
 //! and keys side by side for one RoPE call: on a GPU each graph node costs
-//! the host time at every step.
+//! the host time at every step. The cache runs the attention
+//! (`KeyValueCache::attend`): once, or row by row for a batch of rows of
+//! different lengths.
 
 use mlx_rs::{ops::split_at_indices, Array};
 use mlx_rs_core::{
@@ -141,15 +143,18 @@ impl Attention {
 
     /// Attends over `x` `[B, L, hidden_size]` whose first position is at the
     /// cache's offset (0 without a cache), storing the new keys and values in
-    /// `cache`, and returns `[B, L, hidden_size]`.
+    /// `cache`, and returns `[B, L, hidden_size]`. `mask` comes from the
+    /// cache for the layer's sliding `window`, which a cache of rows of
+    /// different lengths uses to make each row's own mask.
     pub fn forward<C: KeyValueCache>(
         &self,
         x: &Array,
         mask: &SdpaMask,
+        window: Option<i32>,
         cache: Option<&mut C>,
     ) -> Result<Array, ModelError> {
         on_rows(x, "attention input", |rows, shape| {
-            self.forward_rows(rows, shape, mask, cache)
+            self.forward_rows(rows, shape, mask, window, cache)
         })
     }
 
@@ -163,6 +168,7 @@ impl Attention {
         x: &Array,
         (b, l): (i32, i32),
         mask: &SdpaMask,
+        window: Option<i32>,
         cache: Option<&mut C>,
     ) -> Result<Array, ModelError> {
         if x.ndim() != 2 || i64::from(x.dim(0)) != i64::from(b) * i64::from(l) {
@@ -183,11 +189,13 @@ impl Attention {
             }
             None => queries,
         };
-        let (keys, values) = match cache {
-            Some(cache) => cache.update_and_fetch(&keys, &values)?,
-            None => (keys, values),
+        let mut attend = |q: &Array, k: &Array, v: &Array, m: &SdpaMask| {
+            scaled_dot_product_attention(q, k, v, self.scale, m)
         };
-        let out = scaled_dot_product_attention(&queries, &keys, &values, self.scale, mask)?;
+        let out = match cache {
+            Some(cache) => cache.attend(&queries, &keys, &values, mask, window, &mut attend)?,
+            None => attend(&queries, &keys, &values, mask)?,
+        };
         // [B, heads, L, head_dim] to rows [B * L, heads * head_dim]; with
         // L = 1 the transpose moves nothing, and a reshape alone does.
         let out = if l == 1 {

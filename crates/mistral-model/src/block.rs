@@ -55,17 +55,19 @@ impl SelfAttention {
         }
     }
 
-    /// Applies it to rows `[B * L, hidden_size]` of a batch `(B, L)`.
+    /// Applies it to rows `[B * L, hidden_size]` of a batch `(B, L)`, for a
+    /// layer of sliding `window` (see [`Attention::forward`]).
     pub fn forward_rows<C: KeyValueCache>(
         &self,
         x: &Array,
         shape: (i32, i32),
         mask: &SdpaMask,
+        window: Option<i32>,
         cache: Option<&mut C>,
     ) -> Result<Array, ModelError> {
         match self {
-            SelfAttention::Grouped(a) => a.forward_rows(x, shape, mask, cache),
-            SelfAttention::Latent(a) => a.forward_rows(x, shape, mask, cache),
+            SelfAttention::Grouped(a) => a.forward_rows(x, shape, mask, window, cache),
+            SelfAttention::Latent(a) => a.forward_rows(x, shape, mask, window, cache),
         }
     }
 }
@@ -179,9 +181,13 @@ impl DecoderLayer {
         mask: &SdpaMask,
         cache: Option<&mut C>,
     ) -> Result<Array, ModelError> {
-        let r =
-            self.self_attn
-                .forward_rows(&self.input_layernorm.forward(x)?, shape, mask, cache)?;
+        let r = self.self_attn.forward_rows(
+            &self.input_layernorm.forward(x)?,
+            shape,
+            mask,
+            self.mask.window(),
+            cache,
+        )?;
         let h = x.add(&r)?;
         let r = self
             .ffn

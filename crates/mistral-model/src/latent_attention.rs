@@ -11,7 +11,9 @@
 //! queries) and `unembed_out` (`[heads, v_head_dim, kv_lora_rank]`, applied
 //! to the attention output), as mlx-lm's sanitize does. A one-token step
 //! attends over the latent directly, with the rotated parts' scores as an
-//! additive mask; a longer input expands keys and values per head.
+//! additive mask; a longer input expands keys and values per head. That
+//! math runs as the closure of `KeyValueCache::attend`, so a batch of rows
+//! of different lengths runs it row by row over each row's own latents.
 
 use mlx_rs::{
     ops::{broadcast_to, concatenate, dequantize, quantize, split_at_indices},
@@ -160,12 +162,15 @@ impl LatentAttention {
 
     /// Attends over the rows `x` `[B * L, hidden_size]` of a batch `(B, L)`
     /// whose first position is at the cache's offset, storing the new
-    /// latents in `cache`; gives `[B * L, hidden_size]`.
+    /// latents in `cache`; gives `[B * L, hidden_size]`. `mask` and
+    /// `window` as [`Attention::forward`](crate::Attention::forward) takes
+    /// them.
     pub fn forward_rows<C: KeyValueCache>(
         &self,
         x: &Array,
         (b, l): (i32, i32),
         mask: &SdpaMask,
+        window: Option<i32>,
         cache: Option<&mut C>,
     ) -> Result<Array, ModelError> {
         let q = match &self.queries {
@@ -203,15 +208,33 @@ impl LatentAttention {
             }
             None => (q_nope, q_rope),
         };
-        let (kv_latent, k_rope) = match cache {
-            Some(cache) => cache.update_and_fetch(&kv_latent, &k_rope)?,
-            None => (kv_latent, k_rope),
-        };
-        let out = if l == 1 {
-            self.attend_latent(&q_nope, &q_rope, &kv_latent, &k_rope, mask)?
+        // Several rows: queries `[q_nope | q_rope]` on the last axis, so
+        // that a cache attending row by row cuts both with the latents. One
+        // row is never cut: `q_nope` alone goes through (no extra nodes).
+        let joined = b > 1;
+        let queries = if joined {
+            concatenate(&[&q_nope, &q_rope], -1)?
         } else {
-            self.attend_expanded(b, &q_nope, &q_rope, &kv_latent, &k_rope, mask)?
+            q_nope.clone()
         };
+        let mut attend = |q: &Array, latent: &Array, k_rope: &Array, m: &SdpaMask| {
+            let [q_nope, q_rope] = if joined {
+                two(split_at_indices(q, &[self.nope], -1)?)?
+            } else {
+                [q.clone(), q_rope.clone()]
+            };
+            let out = if l == 1 {
+                self.attend_latent(&q_nope, &q_rope, latent, k_rope, m)
+            } else {
+                self.attend_expanded(q.dim(0), &q_nope, &q_rope, latent, k_rope, m)
+            };
+            Ok(out?)
+        };
+        let out = match cache {
+            Some(cache) => cache.attend(&queries, &kv_latent, &k_rope, mask, window, &mut attend),
+            None => attend(&queries, &kv_latent, &k_rope, mask),
+        }
+        .map_err(model_error)?;
         let out = out
             .transpose_axes(&[0, 2, 1, 3])?
             .reshape(&[b * l, self.heads * self.v_dim])?;
@@ -321,6 +344,18 @@ fn absorbed_kv_b(
         }
     };
     Ok(Some((pack(wk)?, pack(wv)?)))
+}
+
+/// `e` with a model error that went through a cache's attention closure
+/// taken back out.
+fn model_error(e: mlx_rs_core::Error) -> ModelError {
+    match e {
+        mlx_rs_core::Error::Model(inner) => match inner.downcast::<ModelError>() {
+            Ok(own) => *own,
+            Err(other) => ModelError::Core(mlx_rs_core::Error::Model(other)),
+        },
+        e => ModelError::Core(e),
+    }
 }
 
 /// The two parts of a split.

@@ -6,7 +6,10 @@
 //! The model holds no KV state: [`Mistral::forward`] takes one cache slot per
 //! layer and fills an empty list itself (each cache told its layer's window).
 //! Masks come from the caches (which know their key layout), built once per
-//! distinct (cache offset, mask kind) in a call and shared by the layers.
+//! distinct (cache offset, mask kind) in a call and shared by the layers. A
+//! batch of rows of different lengths gives a placeholder there: its cache
+//! makes each row's own mask when the layer attends through it
+//! (`KeyValueCache::attend`).
 
 use mlx_rs::{Array, Dtype};
 use mlx_rs_core::{AttentionMask, KeyValueCache, SdpaMask};

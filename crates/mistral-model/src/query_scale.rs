@@ -11,8 +11,8 @@ use crate::error::ModelError;
 
 /// The scale to multiply `[B, heads, L, head_dim]` queries by, for `len`
 /// new positions starting at `positions`: `[L, 1]` for shared positions,
-/// `[B, 1, L, 1]` per row. A left-padded row's negative positions count
-/// as 0 (their outputs are masked out; a log of 0 would make them NaN).
+/// `[B, 1, L, 1]` per row. A negative position counts as 0 (a log of 0
+/// would give NaN; the caches give none).
 pub(crate) fn query_scale(
     positions: &Positions,
     len: i32,

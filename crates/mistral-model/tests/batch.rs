@@ -7,7 +7,7 @@
 mod common;
 
 use common::{all_configs, assert_close, host, random_weights, tiny_config};
-use mistral_model::Mistral;
+use mistral_model::{Mistral, MistralConfig};
 use mlx_rs::{ops::indexing::IndexOp, Array};
 use mlx_rs_core::{
     BatchGenerate, BatchKVCache, BatchToken, Generate, GenerateOptions, KVCache, KeyValueCache,
@@ -112,16 +112,11 @@ fn joining_and_leaving_rows_get_their_solo_logits() {
             cache.retain(&[1, 2]).unwrap();
         }
         rows.remove(0);
-        let padding = batch[0].as_ref().unwrap().left_padding();
-        assert_eq!(
-            padding.iter().min(),
-            Some(&0),
-            "{name}: shared padding is cut"
-        );
+        assert_eq!(batch[0].as_ref().unwrap().rows(), 2, "{name}: rows kept");
         for _ in 0..3 {
             step(&mut batch, &mut rows);
         }
-        // Each row taken out alone (its own buffers, padding cut) goes on
+        // Each row taken out alone (its own buffers) goes on
         // as its solo run; trimmed back one position, it redoes that step.
         for (i, &(p, s)) in rows.iter().enumerate() {
             let mut alone: Vec<Option<BatchKVCache>> = batch
@@ -145,6 +140,130 @@ fn joining_and_leaving_rows_get_their_solo_logits() {
                 }
                 let got = feed(&mut alone, FED[s]);
                 assert_close(&got, &want[p][s + 1], 1e-5, 1e-5, &what);
+            }
+        }
+    }
+}
+
+/// Bytes of one position in a layer's cache: keys and values of
+/// `num_key_value_heads × head_dim` float32 each.
+fn position_bytes(cfg: &MistralConfig) -> usize {
+    (cfg.num_key_value_heads() * cfg.head_dim() * 2 * 4) as usize
+}
+
+/// A batch of a long row and two short ones stores, per layer, each row's
+/// own positions (capped at the window on sliding-window layers), not
+/// rows × longest as a padded layout would, while every row gets its solo
+/// logits at each step, the short rows generating past the window.
+#[test]
+fn rows_hold_their_own_positions_and_windowed_rows_only_their_window() {
+    let long: Vec<i32> = (0..1000).map(|i| (i * 37 + 11) % 96).collect();
+    let prompts: [&[i32]; 3] = [&long, PROMPTS[0], PROMPTS[1]];
+    let steps = FED.len();
+    let configs = [
+        ("full", tiny_config(json!({}))),
+        ("window 8", tiny_config(json!({"sliding_window": 8}))),
+        (
+            "layer types",
+            tiny_config(json!({"sliding_window": 8,
+                "layer_types": ["sliding_attention", "full_attention"]})),
+        ),
+    ];
+    for (name, cfg) in configs {
+        let model = Mistral::new(&cfg, &mut random_weights(&cfg), None).unwrap();
+        let mut batch: Vec<Option<BatchKVCache>> = Vec::new();
+        let mut want = Vec::new();
+        for (p, prompt) in prompts.iter().enumerate() {
+            want.push(solo(&model, prompt, steps));
+            let (cache, logits) = prefill(&model, prompt);
+            assert_close(&logits, &want[p][0], 1e-4, 1e-4, &format!("{name}: {p}"));
+            if batch.is_empty() {
+                batch = cache;
+                continue;
+            }
+            for (mine, theirs) in batch.iter_mut().zip(&cache) {
+                mine.as_mut()
+                    .unwrap()
+                    .extend(theirs.as_ref().unwrap())
+                    .unwrap();
+            }
+        }
+        for s in 0..steps {
+            let fed = [FED[s]; 3];
+            let logits = model
+                .forward(&Array::from_slice(&fed, &[3, 1]), &mut batch)
+                .unwrap();
+            for (p, want) in want.iter().enumerate() {
+                let what = format!("{name}: row {p} step {s}");
+                assert_close(&last(&logits, p as i32), &want[s + 1], 1e-4, 1e-4, &what);
+            }
+        }
+        let lens: Vec<usize> = prompts.iter().map(|p| p.len() + steps).collect();
+        let per = position_bytes(&cfg);
+        let padded = lens.len() * lens.iter().max().unwrap() * per;
+        for (layer, cache) in batch.iter().enumerate() {
+            let cache = cache.as_ref().unwrap();
+            let window = cfg.attention_mask(layer).window();
+            let what = format!("{name}: layer {layer} (window {window:?})");
+            // Positions each row must hold; a row copy holds exactly those.
+            let own: Vec<usize> = lens
+                .iter()
+                .map(|&n| window.map_or(n, |w| n.min(w as usize)))
+                .collect();
+            for (i, &n) in own.iter().enumerate() {
+                assert_eq!(cache.row(i).unwrap().nbytes(), n * per, "{what}: row {i}");
+            }
+            // The batch: a windowed row's ring is exactly its window; an
+            // unbounded row (prefilled in one chunk, then fed one token at
+            // a time) grows in whole steps of KVCache::STEP from empty.
+            let step = KVCache::STEP as usize;
+            let held: usize = match window {
+                Some(_) => own.iter().sum(),
+                None => own.iter().map(|n| n.div_ceil(step) * step).sum(),
+            };
+            assert_eq!(cache.nbytes(), held * per, "{what}: batch");
+            assert!(cache.nbytes() < padded, "{what}: below rows × longest");
+        }
+    }
+}
+
+/// Rows of different lengths fed a chunk of several tokens at once each
+/// attend with their own mask: every position's logits are those of their
+/// solo runs fed one token at a time.
+#[test]
+fn a_ragged_batch_takes_chunks_with_each_rows_own_mask() {
+    let chunk = 4;
+    for (name, cfg) in all_configs() {
+        let model = Mistral::new(&cfg, &mut random_weights(&cfg), None).unwrap();
+        let mut batch: Vec<Option<BatchKVCache>> = Vec::new();
+        for prompt in PROMPTS {
+            let (cache, _) = prefill(&model, prompt);
+            if batch.is_empty() {
+                batch = cache;
+                continue;
+            }
+            for (mine, theirs) in batch.iter_mut().zip(&cache) {
+                mine.as_mut()
+                    .unwrap()
+                    .extend(theirs.as_ref().unwrap())
+                    .unwrap();
+            }
+        }
+        let fed: Vec<i32> = (0..PROMPTS.len())
+            .flat_map(|_| FED[..chunk].to_vec())
+            .collect();
+        let logits = model
+            .forward(
+                &Array::from_slice(&fed, &[PROMPTS.len() as i32, chunk as i32]),
+                &mut batch,
+            )
+            .unwrap();
+        for (p, prompt) in PROMPTS.iter().enumerate() {
+            let want = solo(&model, prompt, chunk);
+            for j in 0..chunk {
+                let got = host(&logits.index((p as i32, j as i32)));
+                let what = format!("{name}: row {p} chunk position {j}");
+                assert_close(&got, &want[j + 1], 1e-4, 1e-4, &what);
             }
         }
     }

@@ -40,8 +40,8 @@ pub mod sample;
 pub mod streams;
 
 pub use cache::{
-    cache_offset, trim_cache, BatchKVCache, ConcatKeyValueCache, KVCache, KeyValueCache, Positions,
-    RotatingKVCache,
+    cache_offset, trim_cache, AttendFn, BatchKVCache, ConcatKeyValueCache, KVCache, KeyValueCache,
+    Positions, RotatingKVCache,
 };
 pub use error::{Error, Result};
 pub use generate::{

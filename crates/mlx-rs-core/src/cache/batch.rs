@@ -1,38 +1,39 @@
 //! [`BatchKVCache`]: one layer's keys and values for a batch of sequences
-//! of different lengths, as mlx-lm's `BatchKVCache` keeps them.
+//! of different lengths, for continuous batching.
 //!
-//! Layout: rows are right-aligned in one [`KVCache`] `[B, H, S, D]`; row
-//! `b`'s first `left_padding[b]` slots are padding. All rows write their
-//! next token at the same slot `S`, so one decode step is one batched
-//! forward. Per row:
-//! - RoPE positions start at `S - left_padding[b]` ([`Positions::PerRow`]);
-//! - the mask hides the padding slots from every query (and applies the
-//!   causal order and sliding window in slot space, which equals position
-//!   space within a row).
+//! Layout: one cache per row, each a [`RotatingKVCache`] made for the
+//! layer's window (without one it stores every position, as
+//! [`KVCache`](super::KVCache)).
+//! A row holds only its own positions (no padding to the longest row), and
+//! a sliding-window row only its last `W` ones, so a batch costs the sum of
+//! its rows' lengths (each capped at `W`), not rows × longest.
 //!
-//! Rows join with [`BatchKVCache::extend`] (the shorter side is padded on
-//! the left) and leave with [`BatchKVCache::retain`] (padding every
-//! remaining row shares is cut). The cache stores every position: a
-//! sliding window is applied by the mask, as [`KVCache`] does.
+//! A forward over several rows goes through [`KeyValueCache::attend`]: row
+//! by row, the row's own mask (from its cache, before its update), its
+//! update, and the attention over what it holds; the outputs are joined on
+//! the batch axis. Everything else (projections, RoPE at each row's own
+//! [`Positions::PerRow`] offset, the MLP) stays one batched operation. A
+//! single row is the plain path: one update, one attention call.
+//!
+//! Rows join with [`BatchKVCache::extend`] and leave with
+//! [`BatchKVCache::retain`]; neither copies the other rows' buffers.
 
 use mlx_rs::{
-    ops::{arange, concatenate, indexing::TryIndexOp, zeros_dtype},
-    transforms::eval,
+    ops::{concatenate, indexing::TryIndexOp},
     Array,
 };
 
-use super::{KVCache, KeyValueCache, Positions};
+use super::{check_update, AttendFn, KeyValueCache, Positions, RotatingKVCache};
 use crate::error::{Error, Result};
-use crate::mask::{create_attention_mask, create_causal_mask, SdpaMask};
+use crate::mask::SdpaMask;
 
-/// A key/value cache for a batch of right-aligned rows (see the module
-/// notes).
+/// A key/value cache for a batch of rows of their own lengths (see the
+/// module notes).
 #[derive(Debug, Clone, Default)]
 pub struct BatchKVCache {
-    inner: KVCache,
-    /// Padding slots at the start of each row; empty means one row or
-    /// none, unpadded (a fresh cache).
-    left_padding: Vec<i32>,
+    /// The layer's sliding window, given to each new row's cache.
+    window: Option<i32>,
+    rows: Vec<RotatingKVCache>,
 }
 
 impl BatchKVCache {
@@ -42,149 +43,121 @@ impl BatchKVCache {
         Self::default()
     }
 
-    /// Padding slots at the start of each row (all 0 for a fresh cache).
-    pub fn left_padding(&self) -> Vec<i32> {
-        match self.rows() {
-            0 => Vec::new(),
-            n if self.left_padding.is_empty() => vec![0; n],
-            _ => self.left_padding.clone(),
-        }
-    }
-
     /// Number of rows (0 while empty).
     pub fn rows(&self) -> usize {
-        self.inner
-            .state()
-            .first()
-            .map_or(0, |k| k.dim(0).max(0) as usize)
+        self.rows.len()
     }
 
-    fn padded(&self) -> bool {
-        self.left_padding.iter().any(|&p| p > 0)
-    }
-
-    /// The filled slots, each side padded on the left to `len` slots.
-    fn filled_to(&self, len: i32) -> Result<Option<(Array, Array)>> {
-        let Some((k, v)) = self.inner.filled()? else {
-            return Ok(None);
-        };
-        let extra = len - k.dim(2);
-        if extra == 0 {
-            return Ok(Some((k, v)));
-        }
-        let pad = |a: &Array| -> Result<Array> {
-            let shape = [a.dim(0), a.dim(1), extra, a.dim(3)];
-            Ok(concatenate(
-                &[zeros_dtype(&shape, a.dtype())?, a.clone()],
-                2,
-            )?)
-        };
-        Ok(Some((pad(&k)?, pad(&v)?)))
-    }
-
-    /// Row `index` alone: a one-row cache of its own positions (its padding
-    /// cut), in buffers of its own, evaluated (multiplied by one: MLX's
-    /// `copy` and `contiguous` may share the batch's buffers, which would
-    /// keep them alive).
+    /// Row `index` alone: a one-row cache of its own positions, in buffers
+    /// of its own, evaluated (see [`RotatingKVCache::compacted`]).
     pub fn row(&self, index: usize) -> Result<BatchKVCache> {
-        let rows = self.rows();
-        if index >= rows {
-            return Err(Error::InvalidArgument(format!(
-                "row {index} is not in a batch of {rows}"
-            )));
-        }
-        let Some((k, v)) = self.inner.filled()? else {
-            return Ok(BatchKVCache::new());
-        };
-        let pad = self.left_padding()[index];
-        let at = index as i32;
-        let own = |a: &Array| -> Result<Array> {
-            let one = Array::from_f32(1.0).as_dtype(a.dtype())?;
-            Ok(a.try_index((at..at + 1, .., pad.., ..))?.multiply(&one)?)
-        };
-        let (k, v) = (own(&k)?, own(&v)?);
-        // Evaluated now: a lazy copy would keep the batch's graph alive.
-        eval([&k, &v])?;
+        let row = self.rows.get(index).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "row {index} is not in a batch of {}",
+                self.rows.len()
+            ))
+        })?;
         Ok(BatchKVCache {
-            inner: KVCache::from_filled(k, v)?,
-            left_padding: Vec::new(),
+            window: self.window,
+            rows: vec![row.compacted()?],
         })
     }
 
-    /// The bytes of the keys and values stored (the filled positions).
+    /// The bytes of the key and value buffers the rows hold: their own
+    /// positions (capped at the window), plus each unbounded row's
+    /// preallocated tail (under [`KVCache::STEP`](super::KVCache::STEP)
+    /// positions; none in a
+    /// [`row`](BatchKVCache::row) copy).
     pub fn nbytes(&self) -> usize {
-        match self.inner.filled() {
-            Ok(Some((k, v))) => k.nbytes() + v.nbytes(),
-            _ => 0,
-        }
+        self.rows
+            .iter()
+            .flat_map(KeyValueCache::state)
+            .map(|a| a.nbytes())
+            .sum()
     }
 
-    /// Appends `other`'s rows after this cache's, padding the shorter side
-    /// on the left so that both end at the same slot.
+    /// Appends `other`'s rows after this cache's (their caches are shared,
+    /// nothing is copied). Both must be made for the same window and hold
+    /// keys and values of the same heads and head dimensions.
     pub fn extend(&mut self, other: &BatchKVCache) -> Result<()> {
-        let (len, olen) = (self.offset(), other.offset());
-        let s = len.max(olen);
-        let (mine, theirs) = match (self.filled_to(s)?, other.filled_to(s)?) {
-            (_, None) => return Ok(()),
-            (None, Some(_)) => {
-                *self = other.clone();
-                return Ok(());
-            }
-            (Some(a), Some(b)) => (a, b),
-        };
-        let shape = |a: &Array| (a.dim(1), a.dim(3));
-        if shape(&mine.0) != shape(&theirs.0) || shape(&mine.1) != shape(&theirs.1) {
-            return Err(Error::CacheShape {
-                what: format!(
-                    "rows joining a batch differ in kv_heads or head_dim from the batch's \
-                     (keys {:?}, values {:?})",
-                    mine.0.shape(),
-                    mine.1.shape()
-                ),
-                keys: theirs.0.shape().to_vec(),
-                values: theirs.1.shape().to_vec(),
-            });
+        if other.rows.is_empty() {
+            return Ok(());
         }
-        let mut padding: Vec<i32> = self.left_padding().iter().map(|p| p + s - len).collect();
-        padding.extend(other.left_padding().iter().map(|p| p + s - olen));
-        self.inner = KVCache::from_filled(
-            concatenate(&[mine.0, theirs.0], 0)?,
-            concatenate(&[mine.1, theirs.1], 0)?,
-        )?;
-        self.left_padding = padding;
+        if self.rows.is_empty() {
+            *self = other.clone();
+            return Ok(());
+        }
+        if self.window != other.window {
+            return Err(Error::InvalidArgument(format!(
+                "rows of window {:?} cannot join a batch of window {:?}",
+                other.window, self.window
+            )));
+        }
+        let dims = |c: &BatchKVCache| -> Vec<(i32, i32)> {
+            let state = c
+                .rows
+                .iter()
+                .find_map(|r| Some(r.state()).filter(|s| !s.is_empty()));
+            state
+                .iter()
+                .flatten()
+                .map(|a| (a.dim(1), a.dim(3)))
+                .collect()
+        };
+        let (mine, theirs) = (dims(self), dims(other));
+        if !mine.is_empty() && !theirs.is_empty() && mine != theirs {
+            return Err(Error::InvalidArgument(format!(
+                "rows joining a batch differ in kv_heads or head_dim (heads, dim) from the \
+                 batch's: {theirs:?} against {mine:?}"
+            )));
+        }
+        self.rows.extend(other.rows.iter().cloned());
         Ok(())
     }
 
     /// Keeps the rows at `keep` (indices into the current rows, in the
-    /// order given) and cuts the padding they all share.
+    /// order given).
     pub fn retain(&mut self, keep: &[usize]) -> Result<()> {
-        let rows = self.rows();
+        let rows = self.rows.len();
         if let Some(&bad) = keep.iter().find(|&&i| i >= rows) {
             return Err(Error::InvalidArgument(format!(
                 "row {bad} is not in a batch of {rows}"
             )));
         }
-        let Some((k, v)) = self.inner.filled()? else {
-            return Ok(());
-        };
-        if keep.is_empty() {
-            *self = BatchKVCache::new();
-            return Ok(());
-        }
-        let padding = self.left_padding();
-        let padding: Vec<i32> = keep.iter().map(|&i| padding[i]).collect();
-        let cut = padding.iter().copied().min().unwrap_or(0);
-        let index = Array::from_slice(
-            &keep.iter().map(|&i| i as i32).collect::<Vec<_>>(),
-            &[keep.len() as i32],
-        );
-        let pick = |a: &Array| -> Result<Array> {
-            Ok(a.take_axis(&index, 0)?.try_index((.., .., cut.., ..))?)
-        };
-        self.inner = KVCache::from_filled(pick(&k)?, pick(&v)?)?;
-        self.left_padding = padding.iter().map(|p| p - cut).collect();
+        self.rows = keep.iter().map(|&i| self.rows[i].clone()).collect();
         Ok(())
     }
+
+    /// Whether the rows' offsets differ.
+    fn ragged(&self) -> bool {
+        let mut offsets = self.rows.iter().map(KeyValueCache::offset);
+        let first = offsets.next();
+        offsets.any(|o| Some(o) != first)
+    }
+
+    /// Makes one empty row per batch entry of `keys` if there are none yet,
+    /// and checks that `keys` has one entry per row.
+    fn rows_for(&mut self, keys: &Array, values: &Array) -> Result<usize> {
+        check_update(keys, values, None)?;
+        let b = keys.dim(0).max(0) as usize;
+        if self.rows.is_empty() {
+            self.rows = vec![RotatingKVCache::with_window(self.window); b];
+        }
+        if b != self.rows.len() {
+            return Err(Error::CacheShape {
+                what: format!("an update of {b} rows for a batch of {}", self.rows.len()),
+                keys: keys.shape().to_vec(),
+                values: values.shape().to_vec(),
+            });
+        }
+        Ok(b)
+    }
+}
+
+/// Row `i` of `a` (`[B, ...]`), as `[1, ...]`.
+fn row_of(a: &Array, i: usize) -> Result<Array> {
+    let i = i as i32;
+    Ok(a.try_index(i..i + 1)?)
 }
 
 impl KeyValueCache for BatchKVCache {
@@ -192,63 +165,113 @@ impl KeyValueCache for BatchKVCache {
         Self::default()
     }
 
-    /// The slot the next token of every row is written to.
-    fn offset(&self) -> i32 {
-        self.inner.offset()
+    fn with_window(window: Option<i32>) -> Self {
+        BatchKVCache {
+            window,
+            rows: Vec::new(),
+        }
     }
 
+    /// The longest row's offset (every row's for one row).
+    fn offset(&self) -> i32 {
+        self.rows
+            .iter()
+            .map(KeyValueCache::offset)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Updates every row; the rows' keys and values are joined on the batch
+    /// axis, so their offsets must be equal (then their layouts are, and
+    /// [`mask`](KeyValueCache::mask) is every row's). Rows of different
+    /// lengths go through [`attend`](KeyValueCache::attend).
     fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
-        self.inner.update_and_fetch(keys, values)
+        let b = self.rows_for(keys, values)?;
+        if b == 1 {
+            return self.rows[0].update_and_fetch(keys, values);
+        }
+        if self.ragged() {
+            return Err(Error::InvalidArgument(
+                "rows of different lengths cannot be fetched as one array; use attend".into(),
+            ));
+        }
+        let mut ks = Vec::with_capacity(b);
+        let mut vs = Vec::with_capacity(b);
+        for (i, row) in self.rows.iter_mut().enumerate() {
+            let (k, v) = row.update_and_fetch(&row_of(keys, i)?, &row_of(values, i)?)?;
+            ks.push(k);
+            vs.push(v);
+        }
+        Ok((concatenate(&ks, 0)?, concatenate(&vs, 0)?))
     }
 
     fn positions(&self) -> Result<Positions> {
-        if !self.padded() {
+        if !self.ragged() {
             return Ok(Positions::Shared(self.offset()));
         }
-        let at: Vec<i32> = self
-            .left_padding
-            .iter()
-            .map(|p| self.offset() - p)
-            .collect();
+        let at: Vec<i32> = self.rows.iter().map(KeyValueCache::offset).collect();
         Ok(Positions::PerRow(Array::from_slice(
             &at,
             &[at.len() as i32],
         )))
     }
 
+    /// The rows' mask while their offsets are equal (one row's, which is
+    /// every row's). Rows of different lengths get no mask here, cheaply:
+    /// [`attend`](KeyValueCache::attend) makes each row's own.
     fn mask(&self, query_len: i32, window: Option<i32>) -> Result<SdpaMask> {
-        let offset = self.offset();
-        if !self.padded() {
-            return create_attention_mask(query_len, offset, window);
+        match self.rows.first() {
+            None => RotatingKVCache::with_window(self.window).mask(query_len, window),
+            Some(_) if self.ragged() => Ok(SdpaMask::None),
+            Some(row) => row.mask(query_len, window),
         }
-        let total = offset + query_len;
-        let b = self.left_padding.len() as i32;
-        let order =
-            create_causal_mask(query_len, offset, window)?.reshape(&[1, 1, query_len, total])?;
-        let slots = arange::<i32, i32>(0, total, 1)?.reshape(&[1, 1, 1, total])?;
-        let padding = Array::from_slice(&self.left_padding, &[b, 1, 1, 1]);
-        Ok(SdpaMask::Array(order.logical_and(slots.ge(&padding)?)?))
     }
 
-    /// Unpadded rows trim together; padded rows cannot be trimmed one by
-    /// one, so a padded batch does not trim.
+    /// With several rows: per row, its own mask, update and attention
+    /// (see the module notes); `mask` is not used then.
+    fn attend(
+        &mut self,
+        queries: &Array,
+        keys: &Array,
+        values: &Array,
+        mask: &SdpaMask,
+        window: Option<i32>,
+        attend: &mut AttendFn<'_>,
+    ) -> Result<Array> {
+        let b = self.rows_for(keys, values)?;
+        if b == 1 {
+            let (k, v) = self.rows[0].update_and_fetch(keys, values)?;
+            return attend(queries, &k, &v, mask);
+        }
+        let len = keys.dim(2);
+        let mut outs = Vec::with_capacity(b);
+        for (i, row) in self.rows.iter_mut().enumerate() {
+            let own_mask = row.mask(len, window)?;
+            let (k, v) = row.update_and_fetch(&row_of(keys, i)?, &row_of(values, i)?)?;
+            outs.push(attend(&row_of(queries, i)?, &k, &v, &own_mask)?);
+        }
+        Ok(concatenate(&outs, 0)?)
+    }
+
+    /// The most every row can trim.
     fn max_trim(&self) -> i32 {
-        if self.padded() {
-            0
-        } else {
-            self.inner.max_trim()
-        }
+        self.rows
+            .iter()
+            .map(KeyValueCache::max_trim)
+            .min()
+            .unwrap_or(0)
     }
 
+    /// Trims every row by the same `min(n, max_trim())` positions.
     fn trim(&mut self, n: i32) -> Result<i32> {
-        if self.padded() {
-            Ok(0)
-        } else {
-            self.inner.trim(n)
+        let n = n.clamp(0, self.max_trim());
+        for row in &mut self.rows {
+            row.trim(n)?;
         }
+        Ok(n)
     }
 
     fn state(&self) -> Vec<Array> {
-        self.inner.state()
+        self.rows.iter().flat_map(KeyValueCache::state).collect()
     }
 }

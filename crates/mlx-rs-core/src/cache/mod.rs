@@ -19,8 +19,12 @@
 //!   mlx-lm's `KVCache`;
 //! - [`RotatingKVCache`]: for sliding-window layers, keeps only the last
 //!   `W` positions in a ring buffer, so memory stays bounded by the window;
-//! - [`BatchKVCache`]: a batch of sequences of different lengths, right-aligned
-//!   over left padding, for continuous batching (per-row positions and masks).
+//! - [`BatchKVCache`]: a batch of sequences of different lengths, one cache
+//!   per row, for continuous batching (per-row positions, masks, attention).
+//!
+//! [`KeyValueCache::attend`] stores the new keys and values and runs the
+//! caller's attention over them: one call for most caches, one per row for
+//! a [`BatchKVCache`] whose rows hold different numbers of positions.
 
 mod batch;
 mod concat;
@@ -51,6 +55,10 @@ pub enum Positions {
     /// One start per row, `[B]` int32 (a batch of different lengths).
     PerRow(Array),
 }
+
+/// The attention a layer runs over a cache: `(queries, keys, values, mask)`
+/// to its output, `[B, heads, L, dim]` for `B` rows of queries.
+pub type AttendFn<'a> = dyn FnMut(&Array, &Array, &Array, &SdpaMask) -> Result<Array> + 'a;
 
 /// A per-layer store of attention keys and values.
 pub trait KeyValueCache {
@@ -99,6 +107,27 @@ pub trait KeyValueCache {
     /// for caches that return every position in order.
     fn mask(&self, query_len: i32, window: Option<i32>) -> Result<SdpaMask> {
         create_attention_mask(query_len, self.offset(), window)
+    }
+
+    /// Stores `keys` and `values` and gives `attend(queries, all_keys,
+    /// all_values, mask)`, `mask` having come from
+    /// [`mask`](KeyValueCache::mask) for this update and the layer's
+    /// `window`. The default is one
+    /// [`update_and_fetch`](KeyValueCache::update_and_fetch) and one call;
+    /// a cache whose rows differ in length overrides it to attend row by
+    /// row with each row's own mask.
+    fn attend(
+        &mut self,
+        queries: &Array,
+        keys: &Array,
+        values: &Array,
+        mask: &SdpaMask,
+        window: Option<i32>,
+        attend: &mut AttendFn<'_>,
+    ) -> Result<Array> {
+        let _ = window;
+        let (keys, values) = self.update_and_fetch(keys, values)?;
+        attend(queries, &keys, &values, mask)
     }
 
     /// How many of the newest positions [`trim`](KeyValueCache::trim) can

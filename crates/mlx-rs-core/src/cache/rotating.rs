@@ -73,6 +73,45 @@ impl RotatingKVCache {
         }
     }
 
+    /// A copy in buffers of its own, evaluated, holding only what is still
+    /// needed: the filled positions (no preallocated tail) until the ring
+    /// has wrapped, the whole ring after. Multiplied by one: MLX's `copy`
+    /// and `contiguous` may share the source's buffers, keeping them alive.
+    pub fn compacted(&self) -> Result<Self> {
+        let own = |a: &Array, len: i32| -> Result<Array> {
+            let one = Array::from_f32(1.0).as_dtype(a.dtype())?;
+            let a = a.try_index((Ellipsis, ..len, ..))?.multiply(&one)?;
+            a.eval()?;
+            Ok(a)
+        };
+        let fresh = Self::with_window(self.window);
+        if self.offset() == 0 {
+            return Ok(fresh);
+        }
+        let (Some(k), Some(v)) = (&self.keys, &self.values) else {
+            // No window: the unbounded cache's filled prefix.
+            let Some((k, v)) = self.unbounded.filled()? else {
+                return Ok(fresh);
+            };
+            let len = k.dim(2);
+            return Ok(RotatingKVCache {
+                unbounded: KVCache::from_filled(own(&k, len)?, own(&v, len)?)?,
+                ..fresh
+            });
+        };
+        // Unwrapped (oldest 0, phase 0): positions sit in order from slot 0.
+        let len = if self.oldest == 0 {
+            self.offset.min(k.dim(2))
+        } else {
+            k.dim(2)
+        };
+        Ok(RotatingKVCache {
+            keys: Some(own(k, len)?),
+            values: Some(own(v, len)?),
+            ..self.clone()
+        })
+    }
+
     /// The last `min(offset, W - 1)` stored positions in temporal order.
     fn recent(&self, w: i32) -> Result<Option<(Array, Array)>> {
         let (Some(k), Some(v)) = (&self.keys, &self.values) else {

@@ -7,7 +7,7 @@
 //!   can interleave with decode steps of the batch), over a one-row
 //!   [`BatchKVCache`]; [`BatchGenerate::join`] feeds its last prompt token,
 //!   samples its first token and appends its cache rows to the batch's
-//!   (right-aligned over left padding);
+//!   (each row keeps its own cache, see [`BatchKVCache`]);
 //! - [`BatchGenerate::step`] feeds every row's pending token in one forward
 //!   of `[B, 1]` and samples each row's next token from its own logits row
 //!   with its own sampler, penalty and random state (so greedy rows get the

@@ -1,6 +1,7 @@
 //! Unit tests. Each result is compared with an independent computation
 //! written here (plain loops over host data).
 
+mod batch_cache;
 mod cache;
 mod mask;
 mod rope;
