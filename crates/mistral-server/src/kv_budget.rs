@@ -131,15 +131,18 @@ fn probe(model: &Mistral) -> Result<Vec<LayerCost>, Box<dyn std::error::Error>> 
     let token = Array::from_slice(&[0u32], &[1, 1]);
     model.forward(&token, &mut cache)?.eval()?;
     let config = model.config();
-    Ok(cache
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let bytes = c.as_ref().map_or(0, |c| c.nbytes() as u64);
-            let window = config.attention_mask(i).window();
-            (bytes, window.and_then(|w| usize::try_from(w).ok()))
-        })
-        .collect())
+    let mut layers = Vec::with_capacity(cache.len());
+    for (i, c) in cache.iter().enumerate() {
+        // The row alone holds exactly its one position (the batch's
+        // buffers are preallocated ahead).
+        let bytes = match c {
+            Some(c) => c.row(0)?.nbytes() as u64,
+            None => 0,
+        };
+        let window = config.attention_mask(i).window();
+        layers.push((bytes, window.and_then(|w| usize::try_from(w).ok())));
+    }
+    Ok(layers)
 }
 
 #[cfg(test)]

@@ -39,6 +39,17 @@ impl std::fmt::Debug for PromptCache {
     }
 }
 
+/// Whether every layer of `cache` can be cut back to its first `n`
+/// positions exactly (a sliding-window layer whose ring has wrapped cannot
+/// give back what it overwrote).
+fn trims_to(cache: &[Option<BatchKVCache>], n: usize) -> bool {
+    let n = i32::try_from(n).unwrap_or(i32::MAX);
+    cache
+        .iter()
+        .flatten()
+        .all(|c| c.offset() - c.max_trim() <= n)
+}
+
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
@@ -74,7 +85,7 @@ impl PromptCache {
             .entries
             .iter_mut()
             .map(|e| (common_prefix(&e.tokens, prompt).min(cap), e))
-            .filter(|(n, _)| *n > 0)
+            .filter(|(n, e)| *n > 0 && trims_to(&e.cache, *n))
             .max_by_key(|(n, e)| (*n, e.used_at));
         let Some((n, entry)) = best else {
             return Ok(None);
@@ -85,7 +96,7 @@ impl PromptCache {
         for layer in cache.iter_mut().flatten() {
             let extra = layer.offset() - n as i32;
             if layer.trim(extra)? != extra {
-                return Ok(None); // cannot happen for a one-row cache
+                return Ok(None); // `trims_to` checked it can
             }
         }
         Ok(Some((n, cache)))
@@ -127,5 +138,46 @@ impl PromptCache {
             bytes,
             used_at: self.clock,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Which kept caches a prompt may start from, on caches fed by hand.
+
+    use super::*;
+    use mlx_rs::Array;
+    use mlx_rs_core::KeyValueCache;
+
+    /// A one-layer cache (sliding `window`) fed `len` positions one at a
+    /// time.
+    fn fed(window: Option<i32>, len: usize) -> Vec<Option<BatchKVCache>> {
+        let mut cache = BatchKVCache::with_window(window);
+        for i in 0..len {
+            let kv = Array::from_slice(&[i as f32; 4], &[1, 1, 1, 4]);
+            cache.update_and_fetch(&kv, &kv).expect("update");
+        }
+        vec![Some(cache)]
+    }
+
+    #[test]
+    fn a_wrapped_window_is_not_cut_back_past_what_it_kept() {
+        let tokens: Vec<u32> = (0..10).collect();
+        let mut kept = PromptCache::new(1 << 20);
+        // An older full-history entry and a newer sliding-window one share
+        // the prompt's first 8 tokens.
+        let mut other = tokens[..8].to_vec();
+        other.extend([77, 76, 75]);
+        kept.insert(other, fed(None, 11));
+        kept.insert(tokens.clone(), fed(Some(4), 10));
+        let mut prompt = tokens[..8].to_vec();
+        prompt.extend([99, 98]);
+        // The window's ring overwrote positions 8 needs: the full entry
+        // serves.
+        let (n, cache) = kept.take(&prompt).expect("take").expect("a prefix");
+        assert_eq!(n, 8);
+        let layer = cache[0].as_ref().expect("layer");
+        assert_eq!(layer.offset(), 8);
+        assert_eq!(layer.max_trim(), 8, "the full-history entry");
     }
 }
