@@ -37,6 +37,20 @@ fn solo(model: &Mistral, prompt: &[i32], steps: usize) -> Vec<Vec<f32>> {
     out
 }
 
+/// Appends `cache`'s rows to `batch` (taking it whole while empty).
+fn join(batch: &mut Vec<Option<BatchKVCache>>, cache: Vec<Option<BatchKVCache>>) {
+    if batch.is_empty() {
+        *batch = cache;
+        return;
+    }
+    for (mine, theirs) in batch.iter_mut().zip(&cache) {
+        mine.as_mut()
+            .unwrap()
+            .extend(theirs.as_ref().unwrap())
+            .unwrap();
+    }
+}
+
 fn last(logits: &Array, row: i32) -> Vec<f32> {
     let l = logits.dim(1);
     host(&logits.index((row, l - 1)))
@@ -63,7 +77,7 @@ fn joining_and_leaving_rows_get_their_solo_logits() {
         // joins, 2 steps, row 0 leaves, 3 steps.
         let mut batch: Vec<Option<BatchKVCache>> = Vec::new();
         let mut rows: Vec<(usize, usize)> = Vec::new(); // (prompt, steps fed)
-        let join =
+        let add_row =
             |batch: &mut Vec<Option<BatchKVCache>>, rows: &mut Vec<(usize, usize)>, p: usize| {
                 let (cache, logits) = prefill(&model, PROMPTS[p]);
                 assert_close(
@@ -73,16 +87,7 @@ fn joining_and_leaving_rows_get_their_solo_logits() {
                     1e-5,
                     &format!("{name}: row {p} prefill"),
                 );
-                if batch.is_empty() {
-                    *batch = cache;
-                } else {
-                    for (mine, theirs) in batch.iter_mut().zip(&cache) {
-                        mine.as_mut()
-                            .unwrap()
-                            .extend(theirs.as_ref().unwrap())
-                            .unwrap();
-                    }
-                }
+                join(batch, cache);
                 rows.push((p, 0));
             };
         let step = |batch: &mut Vec<Option<BatchKVCache>>, rows: &mut Vec<(usize, usize)>| {
@@ -96,15 +101,15 @@ fn joining_and_leaving_rows_get_their_solo_logits() {
                 assert_close(&last(&logits, i as i32), &want[*p][*s], 1e-5, 1e-5, &what);
             }
         };
-        join(&mut batch, &mut rows, 0);
+        add_row(&mut batch, &mut rows, 0);
         for _ in 0..2 {
             step(&mut batch, &mut rows);
         }
-        join(&mut batch, &mut rows, 1);
+        add_row(&mut batch, &mut rows, 1);
         for _ in 0..2 {
             step(&mut batch, &mut rows);
         }
-        join(&mut batch, &mut rows, 2);
+        add_row(&mut batch, &mut rows, 2);
         for _ in 0..2 {
             step(&mut batch, &mut rows);
         }
@@ -177,16 +182,7 @@ fn rows_hold_their_own_positions_and_windowed_rows_only_their_window() {
             want.push(solo(&model, prompt, steps));
             let (cache, logits) = prefill(&model, prompt);
             assert_close(&logits, &want[p][0], 1e-4, 1e-4, &format!("{name}: {p}"));
-            if batch.is_empty() {
-                batch = cache;
-                continue;
-            }
-            for (mine, theirs) in batch.iter_mut().zip(&cache) {
-                mine.as_mut()
-                    .unwrap()
-                    .extend(theirs.as_ref().unwrap())
-                    .unwrap();
-            }
+            join(&mut batch, cache);
         }
         for s in 0..steps {
             let fed = [FED[s]; 3];
@@ -238,16 +234,7 @@ fn a_ragged_batch_takes_chunks_with_each_rows_own_mask() {
         let mut batch: Vec<Option<BatchKVCache>> = Vec::new();
         for prompt in PROMPTS {
             let (cache, _) = prefill(&model, prompt);
-            if batch.is_empty() {
-                batch = cache;
-                continue;
-            }
-            for (mine, theirs) in batch.iter_mut().zip(&cache) {
-                mine.as_mut()
-                    .unwrap()
-                    .extend(theirs.as_ref().unwrap())
-                    .unwrap();
-            }
+            join(&mut batch, cache);
         }
         let fed: Vec<i32> = (0..PROMPTS.len())
             .flat_map(|_| FED[..chunk].to_vec())
