@@ -186,8 +186,10 @@ for m in json.load(open(os.path.join(root, "manifest.json")))["models"]:
     test=$work/tests/$name
     # A time limit per binary: one that stalls (seen once, 2026-11-28, in
     # decode_graph) must not take the rest of the call with it.
+    # MISTRAL_MLX_TEST_WRAP: a command the binary runs under (e.g.
+    # compute-sanitizer), word-split.
     LD_LIBRARY_PATH="$work/bundle/lib/mlx/lib:$LD_LIBRARY_PATH" timeout "${MISTRAL_MLX_TEST_TIMEOUT:-300}" \
-      "$test" --test-threads 1 --nocapture "${skip[@]}" ${4:-} >"$out/test-$name.log" 2>&1 || {
+      ${MISTRAL_MLX_TEST_WRAP:-} "$test" --test-threads 1 --nocapture "${skip[@]}" ${4:-} >"$out/test-$name.log" 2>&1 || {
       status=1
       echo "$name: failed or stopped after ${MISTRAL_MLX_TEST_TIMEOUT:-300} s (MISTRAL_MLX_TEST_TIMEOUT)"
     }

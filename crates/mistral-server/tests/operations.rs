@@ -76,6 +76,13 @@ fn a_failed_engine_kept_running_answers_503_with_the_reason() {
     assert_eq!(get(&server, "/health/live", None).0, 200);
     let (status, _) = post(&server, "/v1/chat/completions", &chat("Hi.", 20, false));
     assert_eq!(status, 500);
+    // The request ends as the engine thread unwinds; its health is set once
+    // the unwinding is over.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&server, "/health", None).0 == 200 {
+        assert!(Instant::now() < deadline, "/health still 200 after 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     for probe in ["/health", "/health/ready", "/health/live"] {
         let (status, text) = get(&server, probe, None);
         assert_eq!(status, 503, "{probe}: {text}");
