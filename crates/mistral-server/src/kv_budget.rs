@@ -31,6 +31,8 @@ pub struct KvBudget {
     limit: u64,
     /// Whether the limit was given (else it is the default share).
     given: bool,
+    /// The most positions one sequence alone holds within the limit.
+    longest: usize,
 }
 
 impl KvBudget {
@@ -51,21 +53,24 @@ impl KvBudget {
                 ((left * DEFAULT_SHARE) as u64, false)
             }
         };
-        Ok(KvBudget {
+        Ok(KvBudget::new(layers, limit, given))
+    }
+
+    fn new(layers: Vec<LayerCost>, limit: u64, given: bool) -> Self {
+        let mut budget = KvBudget {
             layers,
             limit,
             given,
-        })
+            longest: 0,
+        };
+        budget.longest = budget.fit_longest();
+        budget
     }
 
     /// A budget of `limit` bytes over layers of the given bytes per
     /// position and windows (tests).
     pub fn with_layers(layers: Vec<LayerCost>, limit: u64) -> Self {
-        KvBudget {
-            layers,
-            limit,
-            given: true,
-        }
+        KvBudget::new(layers, limit, true)
     }
 
     /// The budget in bytes.
@@ -85,6 +90,11 @@ impl KvBudget {
 
     /// The most positions a sequence alone can hold within the budget.
     pub fn longest(&self) -> usize {
+        self.longest
+    }
+
+    /// [`longest`](Self::longest), searched for.
+    fn fit_longest(&self) -> usize {
         if self.cost(1) > self.limit {
             return 0;
         }

@@ -53,9 +53,7 @@ pub async fn submit(
     let text = engine.text()?;
     let generation = generation.clone();
     let side = text.clone();
-    let prepared = tokio::task::spawn_blocking(move || job(&side, &generation, chat))
-        .await
-        .map_err(|e| ApiError::internal(format!("preparing the request failed: {e}")))??;
+    let prepared = blocking(move || job(&side, &generation, chat)).await?;
     let Prepared {
         job,
         rx,
@@ -73,6 +71,16 @@ pub async fn submit(
         tools,
         reasoning,
     })
+}
+
+/// Runs `work` (tokenizing, a chat template) on a blocking thread, off the
+/// async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal(format!("a blocking task failed: {e}")))?
 }
 
 /// A job ready to queue, its event receiver, where its reasoning starts

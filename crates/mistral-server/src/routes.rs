@@ -25,7 +25,7 @@ use crate::engine::{EngineHandle, Health};
 use crate::error::ApiError;
 use crate::job::{Event, FinishReason, GenerationRequest, Prompt, PromptTokens};
 use crate::metrics::Metrics;
-use crate::queue::{queue, submit, Queued};
+use crate::queue::{blocking, queue, submit, Queued};
 use crate::request::{
     fields, parse_body, ChatRequest, Common, CompletionRequest, DetokenizeRequest, Endpoint,
     TokenizeRequest,
@@ -185,11 +185,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 /// is alive), for a supervisor's liveness probe.
 async fn live(State(state): State<Arc<AppState>>) -> Response {
     match state.engine.health() {
-        Health::Failed(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "failed", "reason": reason})),
-        )
-            .into_response(),
+        Health::Failed(_) => health(State(state)).await,
         _ => (StatusCode::OK, Json(json!({"status": "alive"}))).into_response(),
     }
 }
@@ -324,16 +320,6 @@ async fn json_body(body: Body, limit: usize) -> Result<Value, ApiError> {
         bytes.extend_from_slice(&chunk);
     }
     parse_body(&bytes)
-}
-
-/// Runs `work` (tokenizing, a chat template) on a blocking thread, off the
-/// async workers.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ApiError::internal(format!("a blocking task failed: {e}")))?
 }
 
 /// A fresh response id.

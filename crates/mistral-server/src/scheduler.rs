@@ -226,10 +226,15 @@ impl<'t> Jobs<'t> {
             active.end(Progress::Failed(err.clone()), metrics);
         }
         if let Some(job) = self.waiting.take() {
-            Metrics::drop_one(&metrics.queued);
-            let _ = job.events.send(Event::Failed(err.clone()));
+            refuse(job, err, metrics);
         }
     }
+}
+
+/// Ends a job that was still queued with `err`.
+fn refuse(job: Job, err: &ApiError, metrics: &Metrics) {
+    Metrics::drop_one(&metrics.queued);
+    let _ = job.events.send(Event::Failed(err.clone()));
 }
 
 /// The error of requests cut off at the end of a shutdown's grace period.
@@ -272,8 +277,7 @@ pub fn serve(
                 state.clear();
             }
             while let Ok(job) = jobs.try_recv() {
-                Metrics::drop_one(&metrics.queued);
-                let _ = job.events.send(Event::Failed(err.clone()));
+                refuse(job, &err, metrics);
             }
         }
         // 1. Admit.
@@ -296,16 +300,13 @@ pub fn serve(
             let need = text
                 .kv
                 .cost(job.prompt_ids.len().saturating_add(job.max_tokens));
-            let reserved = work.reserved();
-            let room = text
-                .kv
-                .limit()
-                .saturating_sub(reserved.saturating_add(need));
+            let wanted = work.reserved().saturating_add(need);
+            let room = text.kv.limit().saturating_sub(wanted);
             if state.kept.bytes() > room {
                 state.kept.evict_to(room);
                 turn.evict_to = Some(room);
             }
-            if reserved.saturating_add(need) > text.kv.limit() && !state.is_idle() {
+            if wanted > text.kv.limit() && !state.is_idle() {
                 work.waiting = Some(job);
                 break;
             }

@@ -287,57 +287,55 @@ impl TextSide {
             Prompt::Chat(_) => "messages",
             Prompt::Text(_) => "prompt",
         };
-        let max_tokens = match (self.context, request.max_tokens) {
-            (Some(context), _) if ids.len() >= context => {
-                return Err(ApiError::context_length(
-                    format!(
-                        "This model's context is {context} tokens; the prompt is {} tokens",
-                        ids.len()
-                    ),
+        // The model's context, then the cache one request may hold (the
+        // server's whole budget): each caps the prompt and max_tokens.
+        let context = self
+            .context
+            .map(|c| {
+                fit(
+                    &ids,
+                    request.max_tokens,
+                    c,
+                    &format!("This model's context is {c}"),
                     param,
-                ))
-            }
-            (Some(context), Some(max)) if ids.len() + max > context => {
-                return Err(ApiError::context_length(
-                    format!(
-                        "This model's context is {context} tokens; the prompt ({} tokens) and \
-                         max_tokens ({max}) exceed it",
-                        ids.len()
-                    ),
-                    "max_tokens",
-                ))
-            }
-            (Some(context), None) => context - ids.len(),
-            (_, Some(max)) => max,
-            (None, None) => usize::MAX,
-        };
-        // The cache one request may hold: the server's whole budget.
-        let longest = self.kv.longest();
-        let budget = self.kv.limit();
-        if ids.len() >= longest {
-            return Err(ApiError::context_length(
-                format!(
-                    "The server's key/value cache budget ({budget} bytes) holds {longest} \
-                     tokens; the prompt is {} tokens",
-                    ids.len()
-                ),
-                param,
-            ));
-        }
-        let max_tokens = match request.max_tokens {
-            Some(max) if ids.len() + max > longest => {
-                return Err(ApiError::context_length(
-                    format!(
-                        "The server's key/value cache budget ({budget} bytes) holds {longest} \
-                         tokens; the prompt ({} tokens) and max_tokens ({max}) exceed it",
-                        ids.len()
-                    ),
-                    "max_tokens",
-                ))
-            }
-            Some(max) => max,
-            None => max_tokens.min(longest - ids.len()),
-        };
+                )
+            })
+            .transpose()?;
+        let (longest, budget) = (self.kv.longest(), self.kv.limit());
+        let held = fit(
+            &ids,
+            request.max_tokens,
+            longest,
+            &format!("The server's key/value cache budget ({budget} bytes) holds {longest}"),
+            param,
+        )?;
+        let max_tokens = request
+            .max_tokens
+            .unwrap_or_else(|| context.map_or(held, |c| c.min(held)));
         Ok((ids, max_tokens))
+    }
+}
+
+/// The tokens `ids` leave for the answer within `limit` tokens; a 400
+/// `context_length_exceeded` (on `param`, or on `max_tokens` when that is
+/// what does not fit) whose message starts with `limit_is`.
+fn fit(
+    ids: &[u32],
+    max_tokens: Option<usize>,
+    limit: usize,
+    limit_is: &str,
+    param: &str,
+) -> Result<usize, ApiError> {
+    let n = ids.len();
+    if n >= limit {
+        let message = format!("{limit_is} tokens; the prompt is {n} tokens");
+        return Err(ApiError::context_length(message, param));
+    }
+    match max_tokens {
+        Some(max) if n + max > limit => Err(ApiError::context_length(
+            format!("{limit_is} tokens; the prompt ({n} tokens) and max_tokens ({max}) exceed it"),
+            "max_tokens",
+        )),
+        _ => Ok(limit - n),
     }
 }
