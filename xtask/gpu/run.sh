@@ -34,6 +34,13 @@
 #            (MISTRAL_MLX_QMV=ours), for the large matrices only (=ours-large),
 #            with MLX's only (=mlx, the default), and mlx-lm, REPS rounds
 #            (default 2)
+#   qmv-check  the kernel's correctness cases alone (qmv_kernel_check.py
+#            --quick), under compute-sanitizer's memcheck where the machine
+#            has it (its report in $OUT/qmv-sanitizer.log)
+#   dispatch [REPS]  where a decode step's host time goes: the 7B-shape
+#            4-bit model (m7b_q4) decoded by ours (MLX's kernel and ours)
+#            and mlx-lm under MLX's CUDA-graph settings (MLX_MAX_OPS_PER_BUFFER,
+#            MLX_USE_CUDA_GRAPHS), REPS rounds (default 1)
 #   py SCRIPT [ARGS]  unpack; run a Python script with the CUDA mlx and
 #            mlx-lm (e.g. xtask/python/mla_cuda_probe.py), its output in
 #            $OUT/py.log
@@ -228,6 +235,38 @@ qmv)
     MISTRAL_MLX_QMV=$qmv timeout 60 "$cli" generate --model "$model" --prompt "The capital of France is" \
       --no-chat --temp 0 --max-tokens 32 --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["ids"])' \
       | tee "$out/qmv-ids-$qmv.txt" || true
+  done
+  ;;
+qmv-check)
+  sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1 || true)
+  echo "compute-sanitizer: ${sanitizer:-none}"
+  timeout 200 python3 xtask/python/qmv_kernel_check.py --quick | tee "$out/qmv-check.jsonl" | grep -v '"ok": true' || true
+  if [ -n "$sanitizer" ]; then
+    timeout 300 "$sanitizer" --tool memcheck python3 xtask/python/qmv_kernel_check.py --quick >"$out/qmv-sanitizer.log" 2>&1 || true
+    grep -E "ERROR SUMMARY|Invalid|failures" "$out/qmv-sanitizer.log" | head -20
+  fi
+  ;;
+dispatch)
+  models=$work/bench-models
+  [ -f "$models/m7b_q4/config.json" ] || timeout 200 python3 xtask/python/gpu_bench_models.py "$models" --only m7b_q4 >"$out/models.log" 2>&1
+  model=$models/m7b_q4
+  cli=$work/bundle/bin/mistral-cli
+  results=$out/dispatch.jsonl
+  for rep in $(seq "${2:-1}"); do
+    for setting in default MLX_MAX_OPS_PER_BUFFER=60 MLX_MAX_OPS_PER_BUFFER=120 MLX_MAX_OPS_PER_BUFFER=240 MLX_USE_CUDA_GRAPHS=0; do
+      vars=()
+      [ "$setting" = default ] || vars=("$setting")
+      for engine in mlx ours mlx-lm; do
+        if [ "$engine" = mlx-lm ]; then
+          line=$(env "${vars[@]}" timeout 120 python3 xtask/python/mlx_lm_bench.py --device gpu --model "$model" \
+            --prompt-tokens 512 --gen-tokens 128 --warmup-full) || line='{"error": "failed"}'
+        else
+          line=$(env "${vars[@]}" timeout 120 "$cli" bench --model "$model" --dtype checkpoint --qmv "$engine" \
+            --prompt-tokens 512 --gen-tokens 128 --iterations 3 --warmup 1 --warmup-full --json) || line='{"error": "failed"}'
+        fi
+        echo "{\"rep\": $rep, \"setting\": \"$setting\", \"engine\": \"$engine\", \"run\": $line}" | tee -a "$results" | cut -c1-300
+      done
+    done
   done
   ;;
 bench)

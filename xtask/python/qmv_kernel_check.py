@@ -21,6 +21,7 @@ all, and of building the graph alone (the CPU's share, which the decode
 loop overlaps with the GPU's work only while it is the smaller).
 
 Prints one JSON line per case and a summary; exits 1 if a case fails.
+`--quick`: the correctness cases only.
 """
 
 from __future__ import annotations
@@ -86,12 +87,25 @@ def ours(x, w, scales, biases, group, tiling_=None, warps_per_block=4):
     )[0]
 
 
-def case(n, k, m, group, dtype, seed):
+def layout(x, how):
+    """`x` [1, m, k] as the model may hand it over: fresh ("plain"), as a
+    transposed view (not row-contiguous: MLX copies it first), or as rows
+    1.. of a larger array (row-contiguous, at an offset)."""
+    if how == "transposed":
+        return mx.swapaxes(mx.swapaxes(x, 1, 2) + 0, 1, 2)
+    if how == "offset":
+        padded = mx.concatenate([x[:, :1], x], axis=1) + 0
+        mx.eval(padded)
+        return padded[:, 1:]
+    return x
+
+
+def case(n, k, m, group, dtype, seed, how="plain"):
     mx.random.seed(seed)
     wf = mx.random.normal((n, k)) * 0.02
     w, scales, biases = mx.quantize(wf, group_size=group, bits=4)
     scales, biases = scales.astype(dtype), biases.astype(dtype)
-    x = mx.random.normal((1, m, k)).astype(dtype)
+    x = layout(mx.random.normal((1, m, k)).astype(dtype), how)
     exact = mx.dequantize(w, scales.astype(mx.float32), biases.astype(mx.float32),
                           group_size=group, bits=4)
     ref = x.astype(mx.float32) @ exact.T
@@ -108,7 +122,7 @@ def case(n, k, m, group, dtype, seed):
     scale = mx.abs(ref).max().item()
     step = {mx.bfloat16: 2.0 ** -8, mx.float16: 2.0 ** -11, mx.float32: 2.0 ** -24}[dtype] * scale
     bound = max(2 * err_mlx if err_mlx is not None else 0.0, step)
-    row = dict(n=n, k=k, m=m, group=group, dtype=str(dtype), ours_err=err, mlx_err=err_mlx,
+    row = dict(n=n, k=k, m=m, group=group, dtype=str(dtype), layout=how, ours_err=err, mlx_err=err_mlx,
                ref_scale=scale, bound=bound, ok=bool(err <= bound))
     if err_mlx is None:
         row["mlx_error"] = mlx_error
@@ -199,12 +213,20 @@ def main() -> int:
               (4096, 4096, 2, 64, bf), (4096, 4096, 4, 64, bf),
               (1536, 576, 1, 64, bf), (1536, 576, 4, 32, f16), (100, 256, 1, 64, bf),
               (100, 256, 2, 128, f16), (72, 64, 1, 64, bf), (72, 64, 4, 64, bf)]
-    for (n, k, m, group, dtype) in cases:
+    # The test model gqa4_q4_g64_bf16's products (hidden 128, MLP 256,
+    # stacked q/k/v 256 rows, stacked gate/up 512, vocabulary 32768) at the
+    # 1 to 4 rows of a short prompt's one pass, in each layout.
+    tiny = [(256, 128), (128, 128), (512, 128), (128, 256), (32768, 128)]
+    cases = [(n, k, m, 64, bf, how) for (n, k) in tiny for m in (1, 2, 3, 4)
+             for how in ("plain", "transposed", "offset")] + [c + ("plain",) for c in cases]
+    for (n, k, m, group, dtype, how) in cases:
         seed += 1
-        row = case(n, k, m, group, dtype, seed)
+        row = case(n, k, m, group, dtype, seed, how)
         failures += not row["ok"]
         print(json.dumps(row), flush=True)
     print(json.dumps({"cases": len(cases), "failures": failures}), flush=True)
+    if "--quick" in sys.argv:
+        return 1 if failures else 0
     # Group 128 with many rows (prefill), where MLX 0.32.2's CUDA
     # quantized_matmul fails: does dequantize-then-matmul run, and how far
     # is it from the float32 reference? (A possible way around; not a check.)
