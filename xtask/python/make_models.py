@@ -107,7 +107,8 @@ CAST_MODELS = [("gqa4_bf16", "gqa4_f32", "bfloat16"), ("gqa4_f16", "gqa4_f32", "
 # the non-quantized parameters and of scales/biases).
 QUANT_MODELS = [
     (f"gqa4_q{bits}_g{group}", bits, group, "float32") for bits in (4, 8) for group in (32, 64, 128)
-] + [("gqa4_q4_g64_bf16", 4, 64, "bfloat16")]  # the usual mlx-community layout
+] + [("gqa4_q4_g64_bf16", 4, 64, "bfloat16"),  # the usual mlx-community layout
+       ("gqa4_q8_g64_f16", 8, 64, "float16")]  # 8 bits with half-precision scales
 
 
 def make_config(spec: Spec) -> dict:

@@ -11,7 +11,7 @@ to MLX's own `quantized_matmul` error against the same reference. It
 passes where our largest error is within max(2 x MLX's, the output
 dtype's half step at the reference's scale).
 
-Speed: the 7B decode shapes (bf16, group 64, one row), each product run 200
+Speed: the 7B decode shapes (4- and 8-bit, bf16, group 64, one row), each product run 200
 times in one evaluation, ours and MLX's alternately over 5 rounds; the
 median time and the weight bytes read per second.
 
@@ -53,11 +53,11 @@ KERNEL = mx.fast.cuda_kernel(
 SEVEN_B = [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (32768, 4096)]
 
 
-def tiling(m: int, n: int, k: int) -> tuple[int, int]:
+def tiling(m: int, n: int, k: int, bits: int = 4) -> tuple[int, int]:
     """The same choice as quantized_matvec.rs's `Plan::tiling`."""
     max_rows = 2 if m > 1 else 4
     rows = next((r for r in (4, 2, 1) if r <= max_rows and n // r >= 2048), 1)
-    chunks = k // 32
+    chunks = k // (128 // bits)
     per_lane = (chunks + 31) // 32
     unroll = max(1, min(8 // rows, per_lane))
     if chunks % 32 == 0:
@@ -66,7 +66,7 @@ def tiling(m: int, n: int, k: int) -> tuple[int, int]:
     return rows, unroll
 
 
-def ours(x, w, scales, biases, group, tiling_=None, warps_per_block=4):
+def ours(x, w, scales, biases, group, tiling_=None, warps_per_block=4, bits=4):
     """Our kernel's product, with `tiling`'s choice of (rows, unroll) unless
     `tiling_` gives one (qmv_tiling_sweep.py tries others)."""
     *lead, k = x.shape
@@ -74,11 +74,11 @@ def ours(x, w, scales, biases, group, tiling_=None, warps_per_block=4):
     for d in lead:
         m *= d
     n = w.shape[0]
-    rows, unroll = tiling_ or tiling(m, n, k)
+    rows, unroll = tiling_ or tiling(m, n, k, bits)
     warps = (n + rows - 1) // rows
     return KERNEL(
         inputs=[x, w, scales, biases],
-        template=[("T", x.dtype), ("K", k), ("N", n), ("GROUP", group), ("ROWS", rows),
+        template=[("T", x.dtype), ("BITS", bits), ("K", k), ("N", n), ("GROUP", group), ("ROWS", rows),
                   ("M", m), ("UNROLL", unroll)],
         grid=(32, warps, 1),
         threadgroup=(32, min(warps_per_block, warps), 1),
@@ -100,18 +100,18 @@ def layout(x, how):
     return x
 
 
-def case(n, k, m, group, dtype, seed, how="plain"):
+def case(n, k, m, group, dtype, seed, how="plain", bits=4):
     mx.random.seed(seed)
     wf = mx.random.normal((n, k)) * 0.02
-    w, scales, biases = mx.quantize(wf, group_size=group, bits=4)
+    w, scales, biases = mx.quantize(wf, group_size=group, bits=bits)
     scales, biases = scales.astype(dtype), biases.astype(dtype)
     x = layout(mx.random.normal((1, m, k)).astype(dtype), how)
     exact = mx.dequantize(w, scales.astype(mx.float32), biases.astype(mx.float32),
-                          group_size=group, bits=4)
+                          group_size=group, bits=bits)
     ref = x.astype(mx.float32) @ exact.T
-    got = ours(x, w, scales, biases, group)
+    got = ours(x, w, scales, biases, group, bits=bits)
     try:
-        theirs = mx.quantized_matmul(x, w, scales, biases, transpose=True, group_size=group, bits=4)
+        theirs = mx.quantized_matmul(x, w, scales, biases, transpose=True, group_size=group, bits=bits)
         mx.eval(theirs)
         err_mlx = mx.abs(theirs.astype(mx.float32) - ref).max().item()
     except Exception as e:  # MLX 0.32.2 fails on some shapes on CUDA
@@ -122,7 +122,7 @@ def case(n, k, m, group, dtype, seed, how="plain"):
     scale = mx.abs(ref).max().item()
     step = {mx.bfloat16: 2.0 ** -8, mx.float16: 2.0 ** -11, mx.float32: 2.0 ** -24}[dtype] * scale
     bound = max(2 * err_mlx if err_mlx is not None else 0.0, step)
-    row = dict(n=n, k=k, m=m, group=group, dtype=str(dtype), layout=how, ours_err=err, mlx_err=err_mlx,
+    row = dict(n=n, k=k, m=m, bits=bits, group=group, dtype=str(dtype), layout=how, ours_err=err, mlx_err=err_mlx,
                ref_scale=scale, bound=bound, ok=bool(err <= bound))
     if err_mlx is None:
         row["mlx_error"] = mlx_error
@@ -138,20 +138,20 @@ def timed(fn, reps=200):
     return (time.perf_counter() - start) / reps
 
 
-def speed(n, k, group=64, rounds=5):
+def speed(n, k, group=64, rounds=5, bits=4):
     mx.random.seed(1)
-    w, scales, biases = mx.quantize(mx.random.normal((n, k)) * 0.02, group_size=group, bits=4)
+    w, scales, biases = mx.quantize(mx.random.normal((n, k)) * 0.02, group_size=group, bits=bits)
     scales, biases = scales.astype(mx.bfloat16), biases.astype(mx.bfloat16)
     xs = [mx.random.normal((1, 1, k)).astype(mx.bfloat16) for _ in range(200)]
     mx.eval(w, scales, biases, xs)
     nbytes = w.nbytes + scales.nbytes + biases.nbytes
     t_ours, t_mlx = [], []
     for _ in range(rounds):
-        t_ours.append(timed(lambda i: ours(xs[i], w, scales, biases, group)))
+        t_ours.append(timed(lambda i: ours(xs[i], w, scales, biases, group, bits=bits)))
         t_mlx.append(timed(lambda i: mx.quantized_matmul(xs[i], w, scales, biases, transpose=True,
-                                                         group_size=group, bits=4)))
+                                                         group_size=group, bits=bits)))
     mo, mm = statistics.median(t_ours), statistics.median(t_mlx)
-    return dict(n=n, k=k, weight_mb=nbytes / 1e6, ours_us=mo * 1e6, mlx_us=mm * 1e6,
+    return dict(n=n, k=k, bits=bits, weight_mb=nbytes / 1e6, ours_us=mo * 1e6, mlx_us=mm * 1e6,
                 ours_gbs=nbytes / mo / 1e9, mlx_gbs=nbytes / mm / 1e9, speedup=mm / mo,
                 ours_us_all=[round(t * 1e6, 2) for t in t_ours],
                 mlx_us_all=[round(t * 1e6, 2) for t in t_mlx])
@@ -217,11 +217,17 @@ def main() -> int:
     # stacked q/k/v 256 rows, stacked gate/up 512, vocabulary 32768) at the
     # 1 to 4 rows of a short prompt's one pass, in each layout.
     tiny = [(256, 128), (128, 128), (512, 128), (128, 256), (32768, 128)]
-    cases = [(n, k, m, 64, bf, how) for (n, k) in tiny for m in (1, 2, 3, 4)
-             for how in ("plain", "transposed", "offset")] + [c + ("plain",) for c in cases]
-    for (n, k, m, group, dtype, how) in cases:
+    cases = [(n, k, m, 64, bf, how, 4) for (n, k) in tiny for m in (1, 2, 3, 4)
+             for how in ("plain", "transposed", "offset")] + [c + ("plain", 4) for c in cases]
+    # 8-bit: the 7B shapes, other groups and dtypes, several rows, the test
+    # models' widths.
+    cases += [(n, k, 1, 64, bf, "plain", 8) for (n, k) in SEVEN_B]
+    cases += [(4096, 4096, 1, 32, bf, "plain", 8), (4096, 4096, 1, 128, f16, "plain", 8),
+              (4096, 4096, 3, 64, bf, "offset", 8), (512, 128, 2, 64, bf, "transposed", 8),
+              (32768, 128, 4, 64, bf, "plain", 8), (100, 256, 2, 32, f16, "plain", 8)]
+    for (n, k, m, group, dtype, how, bits) in cases:
         seed += 1
-        row = case(n, k, m, group, dtype, seed, how)
+        row = case(n, k, m, group, dtype, seed, how, bits)
         failures += not row["ok"]
         print(json.dumps(row), flush=True)
     print(json.dumps({"cases": len(cases), "failures": failures}), flush=True)
@@ -252,8 +258,9 @@ def main() -> int:
         except Exception as e:
             row["mlx_qmm_error"] = str(e).splitlines()[0][:300]
         print(json.dumps(row), flush=True)
-    for (n, k) in SEVEN_B:
-        print(json.dumps({"speed": speed(n, k)}), flush=True)
+    for bits in (4, 8):
+        for (n, k) in SEVEN_B:
+            print(json.dumps({"speed": speed(n, k, bits=bits)}), flush=True)
     print(json.dumps({"call_cost": call_cost()}), flush=True)
     return 1 if failures else 0
 

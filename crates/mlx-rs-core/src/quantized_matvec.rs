@@ -30,6 +30,9 @@
 //! the matrix's height; see `mistral_model::fused`); `ours-large` may not,
 //! where a stack is above the threshold and its parts below.
 //!
+//! The same kernel takes 8-bit matrices (16 elements per 16-byte chunk,
+//! each unpacked exactly).
+//!
 //! [`quantized_matvec`] returns `None` wherever it does not apply (not
 //! asked for, not MLX's CUDA build on a GPU, other bit widths, more rows,
 //! float32, odd shapes), and the caller uses MLX's `quantized_matmul`.
@@ -153,12 +156,12 @@ pub fn takes_one_row(
     n > 0 && kind_supported(k, group_size, bits, scales_dtype) && kernel.wants(n, k)
 }
 
-/// The products the kernel computes: 4-bit, groups of 32, 64 or 128, `x`
-/// and scales in bf16 or f16 (not float32: the kernel's 128 + q trick costs
-/// float32 inputs a few bits, measured 13x MLX's error there; MLX's kernel
-/// is exact), rows of whole groups.
+/// The products the kernel computes: 4- or 8-bit, groups of 32, 64 or
+/// 128, `x` and scales in bf16 or f16 (not float32: the kernel's 128 + q
+/// trick costs float32 inputs a few bits, measured 13x MLX's error there;
+/// MLX's kernel is exact), rows of whole groups.
 fn kind_supported(k: i32, group_size: i32, bits: i32, dtype: Dtype) -> bool {
-    bits == 4
+    matches!(bits, 4 | 8)
         && matches!(group_size, 32 | 64 | 128)
         && matches!(dtype, Dtype::Bfloat16 | Dtype::Float16)
         && k > 0
@@ -192,6 +195,7 @@ struct Plan {
     m: i32,
     n: i32,
     k: i32,
+    bits: i32,
     group: i32,
     rows: i32,
     unroll: i32,
@@ -222,7 +226,7 @@ impl Plan {
         let n = w_shape[0];
         if !(1..=MAX_ROWS).contains(&m)
             || !kind_supported(k, group, bits, dtype)
-            || w_shape[1] != k / 8
+            || w_shape[1] != k / (32 / bits)
             || s_shape != [n, k / group]
             || n <= 0
         {
@@ -230,13 +234,14 @@ impl Plan {
         }
         let mut out_shape = lead.to_vec();
         out_shape.push(n);
-        let (rows, unroll) = Self::tiling(m, n, k);
+        let (rows, unroll) = Self::tiling(m, n, k, bits);
         Some(Plan {
             dtype,
             out_shape,
             m,
             n,
             k,
+            bits,
             group,
             rows,
             unroll,
@@ -249,13 +254,14 @@ impl Plan {
     /// to 8 chunks in flight per lane in all, as many as divide the row's
     /// chunks into whole rounds (no bounds checks), and no more than a
     /// lane's share of the row. (The best of a sweep on one H200.)
-    fn tiling(m: i32, n: i32, k: i32) -> (i32, i32) {
+    fn tiling(m: i32, n: i32, k: i32, bits: i32) -> (i32, i32) {
         let max_rows = if m > 1 { 2 } else { 4 };
         let rows = [4, 2, 1]
             .into_iter()
             .find(|&r| r <= max_rows && n / r >= 2048)
             .unwrap_or(1);
-        let chunks = k / 32;
+        // A chunk is 16 bytes: 32 elements at 4 bits, 16 at 8.
+        let chunks = k / (128 / bits);
         let per_lane = (chunks + 31) / 32;
         let mut unroll = (8 / rows).min(per_lane).max(1);
         if chunks % 32 == 0 {
@@ -274,6 +280,7 @@ impl Plan {
             thread_group: (32, WARPS.min(warps), 1),
             template_args: vec![
                 ("T", TemplateArg::Dtype(self.dtype)),
+                ("BITS", TemplateArg::Int(self.bits)),
                 ("K", TemplateArg::Int(self.k)),
                 ("N", TemplateArg::Int(self.n)),
                 ("GROUP", TemplateArg::Int(self.group)),
@@ -290,11 +297,15 @@ mod tests {
     use super::*;
 
     fn arrays(m: i32, n: i32, k: i32, group: i32, dtype: Dtype) -> [Array; 4] {
+        arrays_bits(m, n, k, group, dtype, 4)
+    }
+
+    fn arrays_bits(m: i32, n: i32, k: i32, group: i32, dtype: Dtype, bits: i32) -> [Array; 4] {
         let x = Array::zeros::<f32>(&[1, m, k])
             .unwrap()
             .as_dtype(dtype)
             .unwrap();
-        let w = Array::zeros::<u32>(&[n, k / 8]).unwrap();
+        let w = Array::zeros::<u32>(&[n, k * bits / 32]).unwrap();
         let s = Array::zeros::<f32>(&[n, k / group])
             .unwrap()
             .as_dtype(dtype)
@@ -331,9 +342,25 @@ mod tests {
     }
 
     #[test]
-    fn declines_what_it_does_not_do() {
+    fn plans_eight_bit_products_in_chunks_of_16_elements() {
+        let [x, w, s, b] = arrays_bits(1, 14336, 4096, 64, Dtype::Bfloat16, 8);
+        let plan = Plan::new(&x, &w, &s, &b, 64, 8).expect("applies");
+        // 256 chunks of 16 elements: 8 per lane, 2 in flight per row of 4.
+        assert_eq!((plan.bits, plan.rows, plan.unroll), (8, 4, 2));
+        assert!(plan
+            .launch()
+            .template_args
+            .contains(&("BITS", TemplateArg::Int(8))));
+        // A 4-bit matrix's width is not an 8-bit one's.
         let [x, w, s, b] = arrays(1, 64, 256, 64, Dtype::Bfloat16);
-        assert!(Plan::new(&x, &w, &s, &b, 64, 8).is_none(), "8-bit");
+        assert!(Plan::new(&x, &w, &s, &b, 64, 8).is_none(), "4-bit words");
+    }
+
+    #[test]
+    fn declines_what_it_does_not_do() {
+        let [x, w, s, b] = arrays_bits(1, 64, 256, 64, Dtype::Bfloat16, 2);
+        assert!(Plan::new(&x, &w, &s, &b, 64, 2).is_none(), "2-bit");
+        let [x, w, s, b] = arrays(1, 64, 256, 64, Dtype::Bfloat16);
         assert!(Plan::new(&x, &w, &s, &b, 16, 4).is_none(), "group 16");
         let [x, w, s, b] = arrays(5, 64, 256, 64, Dtype::Bfloat16);
         assert!(Plan::new(&x, &w, &s, &b, 64, 4).is_none(), "5 rows of x");

@@ -1,26 +1,27 @@
-// y = x W^T for a 4-bit affine-quantized W (MLX's layout: w uint32
-// [N, K/8], scales and biases [N, K/GROUP]) and a few rows of x (M <= 4):
-// the decode step's matrix-vector products. The body of an MLX CUDA custom
-// kernel; MLX writes the signature:
-//   x [M, K] (T), w [N, K/8] (uint32), scales, biases [N, K/GROUP] (T)
-//   -> out [M, N] (T)
-// and the compile-time constants T, K, N, GROUP, ROWS, M, UNROLL.
+// y = x W^T for a 4- or 8-bit affine-quantized W (MLX's layout: w uint32
+// [N, K * BITS / 32], scales and biases [N, K/GROUP]) and a few rows of x
+// (M <= 4): the decode step's matrix-vector products. The body of an MLX
+// CUDA custom kernel; MLX writes the signature:
+//   x [M, K] (T), w [N, K * BITS / 32] (uint32), scales, biases [N, K/GROUP]
+//   (T) -> out [M, N] (T)
+// and the compile-time constants T, BITS, K, N, GROUP, ROWS, M, UNROLL.
 //
-// One warp computes ROWS rows of W. A row is read in chunks of 16 bytes
-// (32 elements, 4 packed words, always inside one group since GROUP >= 32):
-// lane l reads chunks l, l+32, l+64, ... of each row, so each warp-wide
-// load is 512 contiguous bytes. UNROLL chunks per lane and row are loaded
-// before any is used, to keep enough bytes in flight.
+// One warp computes ROWS rows of W. A row is read in chunks of 16 bytes (4
+// packed words: 32 elements at 4 bits, 16 at 8, always inside one group
+// since GROUP >= 32): lane l reads chunks l, l+32, l+64, ... of each row,
+// so each warp-wide load is 512 contiguous bytes. UNROLL chunks per lane
+// and row are loaded before any is used, to keep enough bytes in flight.
 //
-// The arithmetic is what bounds this kernel (one H200 streams 4-bit weights
-// faster than it can unpack them), so it is counted per packed word: 3
-// integer operations to split the word's nibbles, 8 byte permutes to make
-// the floats 128 + q (qmv_unpack4), 8 multiply-adds; the 8 elements of x
-// and their sum are shared by the ROWS rows. Per chunk the row's sum gains
-// s d + (b - 128 s) xs = sum_k x_k (s q_k + b), with d = sum_k x_k (128 +
-// q_k) and xs = sum_k x_k, in float; then the lanes' sums are added with
-// shuffles.
-constexpr int CHUNKS = K / 32;
+// The arithmetic bounds this kernel (one H200 streams 4-bit weights faster
+// than it can unpack them), so unpacking is a few integer operations per
+// word (qmv_unpack): 4-bit elements become the floats 128 + q, 8-bit ones
+// q exactly. Per chunk the row's sum gains s d + (b - OFFSET s) xs =
+// sum_k x_k (s q_k + b), with d = sum_k x_k (OFFSET + q_k) and xs = sum_k
+// x_k, in float; then the lanes' sums are added with shuffles.
+constexpr int PER_WORD = 32 / BITS;
+constexpr int PER_CHUNK = 4 * PER_WORD;
+constexpr float OFFSET = BITS == 4 ? 128.0f : 0.0f;
+constexpr int CHUNKS = K / PER_CHUNK;
 constexpr int GROUPS = K / GROUP;
 constexpr bool WHOLE_ROUNDS = CHUNKS % (32 * UNROLL) == 0;
 constexpr bool WHOLE_ROWS = N % ROWS == 0;
@@ -58,7 +59,7 @@ for (int base = lane; base < CHUNKS; base += 32 * UNROLL) {
   for (int u = 0; u < UNROLL; ++u) {
     const int c = base + 32 * u;
     if (WHOLE_ROUNDS || c < CHUNKS) {
-      const int g = (32 * c) / GROUP;
+      const int g = (PER_CHUNK * c) / GROUP;
       float s[ROWS];
       float b[ROWS];
 #pragma unroll
@@ -79,12 +80,12 @@ for (int base = lane; base < CHUNKS; base += 32 * UNROLL) {
       }
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        float xv[M][8];
+        float xv[M][PER_WORD];
 #pragma unroll
         for (int m = 0; m < M; ++m) {
-          qmv_load8(x + (size_t)m * K + 32 * c + 8 * i, xv[m]);
+          qmv_load<PER_WORD>(x + (size_t)m * K + PER_CHUNK * c + PER_WORD * i, xv[m]);
 #pragma unroll
-          for (int k = 0; k < 8; ++k) {
+          for (int k = 0; k < PER_WORD; ++k) {
             xs[m] += xv[m][k];
           }
         }
@@ -94,12 +95,12 @@ for (int base = lane; base < CHUNKS; base += 32 * UNROLL) {
               : i == 1              ? q[u][j].y
               : i == 2              ? q[u][j].z
                                     : q[u][j].w;
-          float f[8];
-          qmv_unpack4(word, f);
+          float f[PER_WORD];
+          qmv_unpack<BITS>(word, f);
 #pragma unroll
           for (int m = 0; m < M; ++m) {
 #pragma unroll
-            for (int k = 0; k < 8; ++k) {
+            for (int k = 0; k < PER_WORD; ++k) {
               d[m][j] = fmaf(xv[m][k], f[k], d[m][j]);
             }
           }
@@ -107,7 +108,7 @@ for (int base = lane; base < CHUNKS; base += 32 * UNROLL) {
       }
 #pragma unroll
       for (int j = 0; j < ROWS; ++j) {
-        const float bb = b[j] - 128.0f * s[j];
+        const float bb = b[j] - OFFSET * s[j];
 #pragma unroll
         for (int m = 0; m < M; ++m) {
           acc[m][j] = fmaf(s[j], d[m][j], fmaf(bb, xs[m], acc[m][j]));

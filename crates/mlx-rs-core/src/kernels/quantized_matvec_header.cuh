@@ -17,6 +17,28 @@ __device__ __forceinline__ void qmv_store(__nv_bfloat16* p, float v) {
   *p = __float2bfloat16_rn(v);
 }
 
+// Four half-precision values (8 bytes) as floats.
+__device__ __forceinline__ void qmv_load4(const __nv_bfloat16* p, float* v) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  v[0] = __uint_as_float(u.x << 16);
+  v[1] = __uint_as_float(u.x & 0xffff0000u);
+  v[2] = __uint_as_float(u.y << 16);
+  v[3] = __uint_as_float(u.y & 0xffff0000u);
+}
+
+__device__ __forceinline__ void qmv_load4(const __half* p, float* v) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  const __half2* h = reinterpret_cast<const __half2*>(&u);
+  const float2 a = __half22float2(h[0]);
+  const float2 b = __half22float2(h[1]);
+  v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y;
+}
+
+__device__ __forceinline__ void qmv_load4(const float* p, float* v) {
+  const float4 a = *reinterpret_cast<const float4*>(p);
+  v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+}
+
 // The 8 values at p (16-byte aligned) as floats: one 16-byte load.
 __device__ __forceinline__ void qmv_load8(const __nv_bfloat16* p, float* v) {
   const uint4 u = *reinterpret_cast<const uint4*>(p);
@@ -65,4 +87,34 @@ __device__ __forceinline__ void qmv_unpack4(uint32_t q, float* f) {
   f[5] = __uint_as_float(__byte_perm(hi, 0x4300u, 0x5244u));
   f[6] = __uint_as_float(__byte_perm(lo, 0x4300u, 0x5344u));
   f[7] = __uint_as_float(__byte_perm(hi, 0x4300u, 0x5344u));
+}
+
+// The 4 eight-bit elements of a packed word (element k in byte k), each
+// exactly as a float: a byte permute puts it under 2^23's exponent (0x4b,
+// mantissa step 1), and 2^23 is taken off again.
+__device__ __forceinline__ void qmv_unpack8(uint32_t q, float* f) {
+  f[0] = __uint_as_float(__byte_perm(q, 0x4b000000u, 0x7540u)) - 8388608.0f;
+  f[1] = __uint_as_float(__byte_perm(q, 0x4b000000u, 0x7541u)) - 8388608.0f;
+  f[2] = __uint_as_float(__byte_perm(q, 0x4b000000u, 0x7542u)) - 8388608.0f;
+  f[3] = __uint_as_float(__byte_perm(q, 0x4b000000u, 0x7543u)) - 8388608.0f;
+}
+
+// The N (4 or 8) values at p as floats, in one load (p aligned to it).
+template <int N, typename T>
+__device__ __forceinline__ void qmv_load(const T* p, float* v) {
+  if constexpr (N == 8) {
+    qmv_load8(p, v);
+  } else {
+    qmv_load4(p, v);
+  }
+}
+
+// A word's elements at BITS (4 or 8) bits: see qmv_unpack4 and qmv_unpack8.
+template <int BITS>
+__device__ __forceinline__ void qmv_unpack(uint32_t q, float* f) {
+  if constexpr (BITS == 4) {
+    qmv_unpack4(q, f);
+  } else {
+    qmv_unpack8(q, f);
+  }
 }
