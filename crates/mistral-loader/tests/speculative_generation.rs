@@ -177,3 +177,54 @@ fn greedy_speculative_equals_greedy_on_smollm2() {
     let name = "SmolLM2 (draft: its checkpoint dtypes)";
     compare::<RotatingKVCache>(name, &mut model, &mut draft, &prompt, 16);
 }
+
+/// The sampled path end to end: with top-k 1 the target's distribution is
+/// a point mass on its greedy token, so sampled speculative output (draft
+/// model and prompt lookup, temperature 1) must be the greedy output; and
+/// greedy with a repetition penalty must match `Generate`'s.
+#[test]
+fn sampled_and_penalized_speculative_follow_the_target() {
+    let all = test_models();
+    let spec = all.iter().find(|m| m.name == "gqa4_f32").expect("gqa4_f32");
+    let mut model = load(spec, ComputeDtype::Checkpoint);
+    let (_, mut draft) = draft_for(spec, &all);
+    let prompt_ids = prompt(model.config().vocab_size as u32);
+    let prompt = Array::from_slice(&prompt_ids, &[1, prompt_ids.len() as i32]);
+    let run = |model: &mut Mistral, draft: Option<&mut Mistral>, options: GenerateOptions| {
+        let mut cache: Vec<Option<KVCache>> = Vec::new();
+        let mut draft_cache: Vec<Option<KVCache>> = Vec::new();
+        let drafter = match draft {
+            Some(draft) => Drafter::model(draft, &mut draft_cache, DRAFTS),
+            None => Drafter::prompt_lookup(DRAFTS),
+        };
+        ids(SpeculativeGenerate::with_options(
+            model, &mut cache, drafter, &prompt, options,
+        ))
+    };
+    let plain = greedy::<KVCache>(&mut model, &prompt_ids, TOKENS);
+    let mut top1 = options(TOKENS);
+    top1.sampling.temperature = 1.0;
+    top1.sampling.top_k = 1;
+    top1.seed = Some(7);
+    assert_eq!(run(&mut model, Some(&mut draft), top1.clone()), plain);
+    assert_eq!(run(&mut model, None, top1), plain);
+
+    let mut penalized = options(TOKENS);
+    penalized.repetition_penalty = Some(mlx_rs_core::RepetitionPenalty {
+        penalty: 1.5,
+        context_size: 20,
+    });
+    let mut cache: Vec<Option<KVCache>> = Vec::new();
+    let expected = ids(Generate::with_options(
+        &mut model,
+        &mut cache,
+        &prompt,
+        penalized.clone(),
+    ));
+    assert_ne!(expected, plain, "the penalty changes nothing here");
+    assert_eq!(
+        run(&mut model, Some(&mut draft), penalized.clone()),
+        expected
+    );
+    assert_eq!(run(&mut model, None, penalized), expected);
+}

@@ -33,7 +33,7 @@ mod prompt_lookup;
 mod sequence;
 mod speculative;
 mod step_times;
-mod verify;
+pub(crate) mod verify;
 
 pub use batch::{BatchGenerate, BatchModel, BatchToken, Prefill};
 pub use constraint::TokenConstraint;
