@@ -13,12 +13,13 @@ use clap::{Args, ValueEnum};
 use std::time::Instant;
 
 use mlx_rs::{ops::indexing::argmax_axis, transforms::async_eval, Array};
-use mlx_rs_core::{Generate, LanguageModel, RotatingKVCache, StepTimes};
+use mlx_rs_core::{Generate, GenerateOptions, LanguageModel, RotatingKVCache, StepTimes};
 
 use crate::args::ModelArgs;
 use crate::model_source;
 use crate::ranks;
 use crate::report::GenerationStats;
+use crate::speculative::{SpeculativeArgs, Tokens};
 use crate::stats::Summary;
 
 /// Prompt tokens of a warm-up run (at most; fewer for shorter prompts).
@@ -79,6 +80,9 @@ pub struct BenchArgs {
     /// are its own share.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     ranks: u32,
+    /// Decode speculatively (an `acceptance` column is added).
+    #[command(flatten)]
+    speculative: SpeculativeArgs,
 }
 
 /// All runs of one (prompt, depth) setting.
@@ -95,6 +99,8 @@ struct Sample {
     steps: StepTimes,
     /// Seconds of a decode step's `async_eval` with the device idle.
     idle_dispatch: f64,
+    /// Accepted over drafted tokens, when decoding speculatively.
+    acceptance: Option<f64>,
 }
 
 /// What the run measured about the model itself, printed with the rows.
@@ -114,6 +120,7 @@ struct ModelFacts {
 /// Runs `bench`: loads the model once (timed), then runs every setting
 /// `--warmup` times unrecorded and `--iterations` times recorded.
 pub fn run(args: BenchArgs) -> Result<()> {
+    args.speculative.check()?;
     let prompt_lengths: Vec<usize> = args.prompt_tokens.iter().map(|&n| n as usize).collect();
     let depths: Vec<usize> = args.depth.iter().map(|&n| n as usize).collect();
     let dir = model_source::resolve(&args.model.model)?;
@@ -123,11 +130,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ranks::Role::Launcher => return Ok(()),
         ranks::Role::Worker(parallel) => parallel,
     };
+    if args.speculative.enabled() && (parallel.is_some() || depths.iter().any(|&d| d > 0)) {
+        anyhow::bail!("--draft-model and --prompt-lookup do not work with --ranks or --depth yet");
+    }
     let quiet = !ranks::prints(&parallel);
 
     let _ = mlx_rs::memory::reset_peak_memory();
     let start = Instant::now();
     let (mut model, plan) = ranks::load_model(&dir, &options, parallel)?;
+    let mut draft = args.speculative.load_draft(&dir, &options)?;
     let load_seconds = start.elapsed().as_secs_f64();
     let facts = ModelFacts {
         path: dir.display().to_string(),
@@ -154,7 +165,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             (row.prompt_tokens.min(WARMUP_PROMPT), WARMUP_GEN)
         };
         for _ in 0..args.warmup {
-            measure(&mut model, vocab, warm_prompt, row.depth, warm_gen).with_context(context)?;
+            let spec = (&args.speculative, draft.as_mut());
+            measure(&mut model, vocab, warm_prompt, row.depth, warm_gen, spec)
+                .with_context(context)?;
         }
         for _ in 0..args.iterations {
             let sample = measure(
@@ -163,6 +176,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 row.prompt_tokens,
                 row.depth,
                 args.gen_tokens,
+                (&args.speculative, draft.as_mut()),
             )
             .with_context(context)?;
             row.samples.push(sample);
@@ -198,6 +212,7 @@ fn measure(
     prompt_tokens: usize,
     depth: usize,
     gen_tokens: u32,
+    (speculative, draft): (&SpeculativeArgs, Option<&mut mistral_model::Mistral>),
 ) -> Result<Sample> {
     // Bounded by the window for sliding-window models, a plain cache otherwise.
     let mut cache: Vec<Option<RotatingKVCache>> = Vec::new();
@@ -217,8 +232,13 @@ fn measure(
     let mut first = None;
     let mut last = start;
     let mut count = 0usize;
-    let mut generator =
-        Generate::new(model, &mut cache, 0.0, &prompt).max_tokens(gen_tokens as usize);
+    let options = GenerateOptions {
+        max_tokens: Some(gen_tokens as usize),
+        ..Default::default()
+    };
+    let mut draft_cache = Vec::new();
+    let drafter = speculative.drafter(draft, &mut draft_cache);
+    let mut generator = Tokens::new(model, &mut cache, &prompt, options, drafter);
     for token in generator.by_ref() {
         token?.eval()?;
         // The clock stops at the last token, as mlx-lm's: dropping the
@@ -228,6 +248,7 @@ fn measure(
         count += 1;
     }
     let steps = generator.step_times();
+    let acceptance = generator.speculative_stats().map(|s| s.acceptance_rate());
     drop(generator);
     let peak = mlx_rs::memory::peak_memory().unwrap_or(0);
     let idle_dispatch = idle_dispatch(model, &mut cache, ids[0])?;
@@ -247,6 +268,7 @@ fn measure(
         stats,
         steps,
         idle_dispatch,
+        acceptance,
     })
 }
 
@@ -306,8 +328,23 @@ const METRICS: [Metric; 8] = [
     ("decode_idle_dispatch", "ms", |s| s.idle_dispatch * 1e3),
 ];
 
-fn summaries(row: &Row) -> Vec<(&'static str, &'static str, Option<Summary>)> {
-    METRICS
+/// The share of drafted tokens accepted, for speculative runs.
+const ACCEPTANCE: Metric = ("acceptance", "%", |s| s.acceptance.unwrap_or(0.0) * 100.0);
+
+/// The metric columns of `rows`: [`METRICS`], and [`ACCEPTANCE`] for
+/// speculative runs.
+fn metrics(rows: &[Row]) -> Vec<Metric> {
+    let speculative = rows
+        .iter()
+        .flat_map(|r| &r.samples)
+        .any(|s| s.acceptance.is_some());
+    let mut all = METRICS.to_vec();
+    all.extend(speculative.then_some(ACCEPTANCE));
+    all
+}
+
+fn summaries(row: &Row, metrics: &[Metric]) -> Vec<(&'static str, &'static str, Option<Summary>)> {
+    metrics
         .iter()
         .map(|(name, unit, read)| {
             let values: Vec<f64> = row.samples.iter().map(read).collect();
@@ -330,8 +367,11 @@ fn render(format: Format, facts: &ModelFacts, load: f64, rows: &[Row], gen: u32)
                         "gen_tokens": gen,
                         "iterations": row.samples.len(),
                     });
-                    for (name, unit, summary) in summaries(row) {
-                        let key = format!("{name}_{}", unit.replace("tok/s", "tps"));
+                    for (name, unit, summary) in summaries(row, &metrics(rows)) {
+                        let key = format!(
+                            "{name}_{}",
+                            unit.replace("tok/s", "tps").replace('%', "pct")
+                        );
                         object[key] = summary.map_or(serde_json::Value::Null, Summary::to_json);
                     }
                     object
@@ -353,7 +393,7 @@ fn render(format: Format, facts: &ModelFacts, load: f64, rows: &[Row], gen: u32)
         }
         Format::Csv | Format::Md | Format::Table => {
             let mut header = vec!["prompt".to_owned(), "depth".to_owned(), "gen".to_owned()];
-            for (name, unit, _) in METRICS {
+            for (name, unit, _) in metrics(rows) {
                 header.push(format!("{name} {unit} (median [min, max])"));
             }
             let mut lines: Vec<Vec<String>> = vec![header];
@@ -363,7 +403,7 @@ fn render(format: Format, facts: &ModelFacts, load: f64, rows: &[Row], gen: u32)
                     row.depth.to_string(),
                     gen.to_string(),
                 ];
-                for (_, _, summary) in summaries(row) {
+                for (_, _, summary) in summaries(row, &metrics(rows)) {
                     cells.push(summary.map_or("-".to_owned(), |s| {
                         format!("{:.3} [{:.3}, {:.3}]", s.median, s.min, s.max)
                     }));

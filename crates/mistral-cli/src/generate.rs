@@ -26,6 +26,7 @@ use crate::args::{ModelArgs, PromptArgs, SamplingArgs, TokenizerModeArg};
 use crate::model_source;
 use crate::ranks;
 use crate::report::GenerationStats;
+use crate::speculative::{SpeculativeArgs, Tokens};
 
 /// Arguments of `generate`.
 #[derive(Args, Debug)]
@@ -39,6 +40,8 @@ pub struct GenerateArgs {
     max_tokens: u32,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    speculative: SpeculativeArgs,
     /// A system message (chat mode).
     #[arg(long)]
     system: Option<String>,
@@ -72,6 +75,7 @@ pub struct GenerateArgs {
 
 /// Runs `generate`.
 pub fn run(args: GenerateArgs) -> Result<()> {
+    args.speculative.check()?;
     if args.no_chat && args.system.is_some() {
         bail!("--system needs chat mode; drop --no-chat");
     }
@@ -79,6 +83,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         ranks::Role::Launcher => return Ok(()),
         ranks::Role::Worker(parallel) => parallel,
     };
+    if parallel.is_some() && args.speculative.enabled() {
+        bail!("--draft-model and --prompt-lookup do not work with --ranks yet");
+    }
     let quiet = !ranks::prints(&parallel);
     let prompt_text = read_prompt(&args.prompt)?;
     let dir = model_source::resolve(&args.model.model)?;
@@ -98,6 +105,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let special = load_special_tokens(&dir, Some(&tokenizer))?;
     let options = args.model.load_options();
     let (mut model, plan) = ranks::load_model(&dir, &options, parallel.clone())?;
+    let mut draft = args.speculative.load_draft(&dir, &options)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
 
     let template = load_chat_template(&dir, &tokenizer)?;
@@ -180,13 +188,18 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let Some(seed) = seed {
         generator = generator.seed(seed);
     }
+    let generate_options = generator.options().clone();
+    drop(generator);
+    let mut draft_cache = Vec::new();
+    let drafter = args.speculative.drafter(draft.as_mut(), &mut draft_cache);
+    let mut generator = Tokens::new(&mut model, &mut cache, &prompt, generate_options, drafter);
 
     let start = Instant::now();
     let mut first_token_at = None;
     let mut generated = Vec::new();
     let mut text = String::new();
     let mut stdout = std::io::stdout().lock();
-    for token in generator {
+    for token in generator.by_ref() {
         let id = token?.item_exact::<u32>();
         first_token_at.get_or_insert_with(Instant::now);
         generated.push(id);
@@ -196,6 +209,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             break;
         }
     }
+    let speculative = generator.speculative_stats();
+    drop(generator);
     let tail = checker.finish()?;
     emit(&mut stdout, &mut text, &tail, args.json || quiet)?;
     let end = Instant::now();
@@ -218,7 +233,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         return Ok(());
     }
     if args.json {
-        let object = serde_json::json!({
+        let mut object = serde_json::json!({
             "prompt_ids": ids,
             "ids": generated,
             "text": text,
@@ -228,11 +243,28 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             "dtype": plan.summary,
             "stats": stats.to_json(),
         });
+        if let Some(s) = speculative {
+            object["speculative"] = serde_json::json!({
+                "steps": s.steps,
+                "drafted": s.drafted,
+                "accepted": s.accepted,
+                "acceptance_rate": s.acceptance_rate(),
+            });
+        }
         writeln!(stdout, "{object}")?;
     } else {
         writeln!(stdout)?;
         eprintln!("{}", stats.summary());
         eprintln!("Weights: {}", plan.summary);
+        if let Some(s) = speculative {
+            eprintln!(
+                "Speculative: {} of {} drafted tokens accepted ({:.1}%), {} model steps",
+                s.accepted,
+                s.drafted,
+                100.0 * s.acceptance_rate(),
+                s.steps
+            );
+        }
     }
     Ok(())
 }

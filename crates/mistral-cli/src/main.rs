@@ -12,6 +12,7 @@ mod model_source;
 mod ranks;
 mod report;
 mod serve;
+mod speculative;
 mod stats;
 
 use clap::{Parser, Subcommand};

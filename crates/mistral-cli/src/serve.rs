@@ -92,10 +92,23 @@ pub struct ServeArgs {
     /// each of its steps.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     ranks: u32,
+    /// Not supported by `serve` yet (refused at start): speculative
+    /// decoding is in `generate` and `bench`.
+    #[arg(long, hide = true)]
+    draft_model: Option<String>,
+    /// Not supported by `serve` yet (refused at start).
+    #[arg(long, hide = true)]
+    prompt_lookup: Option<String>,
 }
 
 /// Runs `serve`.
 pub fn run(args: ServeArgs) -> Result<()> {
+    if args.draft_model.is_some() || args.prompt_lookup.is_some() {
+        anyhow::bail!(
+            "--draft-model and --prompt-lookup are not supported by serve yet \
+             (continuous batching does not verify drafts); use generate or bench"
+        );
+    }
     let path = model_source::resolve(&args.model.model)?;
     let parallel = match ranks::role(args.ranks)? {
         ranks::Role::Launcher => return Ok(()),

@@ -45,8 +45,9 @@ pub use cache::{
 };
 pub use error::{Error, Result};
 pub use generate::{
-    BatchGenerate, BatchModel, BatchToken, Generate, GenerateOptions, Prefill, StepTimes,
-    TokenConstraint, TokenLogprobs,
+    BatchGenerate, BatchModel, BatchToken, DraftModel, Drafter, Generate, GenerateOptions, Prefill,
+    PromptLookup, SpeculativeGenerate, SpeculativeStats, StepTimes, TokenConstraint, TokenLogprobs,
+    TrimAhead,
 };
 pub use language_model::{check_token_ids, LanguageModel};
 pub use mask::{

@@ -19,18 +19,29 @@
 //!   (those after [`cache_offset`](crate::cache_offset)) with the same cache.
 //!   The rotating cache makes this exact for sliding-window models also after
 //!   it has wrapped.
+//!
+//! [`SpeculativeGenerate`] gives the same items, verifying several tokens
+//! per forward pass where a [`Drafter`] (a draft model, or prompt lookup)
+//! guesses them.
 
 mod batch;
 mod constraint;
+mod draft;
 mod logprobs;
 mod options;
+mod prompt_lookup;
 mod sequence;
+mod speculative;
 mod step_times;
+pub(crate) mod verify;
 
 pub use batch::{BatchGenerate, BatchModel, BatchToken, Prefill};
 pub use constraint::TokenConstraint;
+pub use draft::{DraftModel, Drafter};
 pub use logprobs::TokenLogprobs;
 pub use options::GenerateOptions;
+pub use prompt_lookup::PromptLookup;
+pub use speculative::{SpeculativeGenerate, SpeculativeStats, TrimAhead};
 pub use step_times::StepTimes;
 
 use std::time::Instant;

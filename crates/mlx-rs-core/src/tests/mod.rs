@@ -7,6 +7,7 @@ mod mask;
 mod rope;
 mod rotating;
 mod sample;
+mod speculative;
 
 use mlx_rs::{Array, Dtype};
 
