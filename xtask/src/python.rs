@@ -22,8 +22,11 @@ pub const SMOLLM2_ENV_VAR: &str = "MISTRAL_MLX_SMOLLM2";
 
 /// Scripts that write no test model or reference (the harnesses and the
 /// server's client check): editing them does not regenerate the test models.
-const NOT_MODEL_INPUTS: [&str; 10] = [
+const NOT_MODEL_INPUTS: [&str; 13] = [
     "bench_models.py",
+    "qmv_kernel_check.py",
+    "qmv_tiling_sweep.py",
+    "speculative_bench.py",
     "mlx_lm_bench.py",
     "gpu_bench_models.py",
     "openai_client_check.py",

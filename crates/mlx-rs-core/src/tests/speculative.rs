@@ -145,7 +145,14 @@ fn prompt_lookup_continues_the_latest_longest_match() {
     // A longer match beats a later shorter one.
     assert_eq!(lookup.propose(&[1, 2, 3, 8, 3, 9, 1, 2, 3], 2), vec![8, 3]);
     // The continuation stops at the end of the history.
-    assert_eq!(lookup.propose(&[4, 5, 4], 3), vec![5, 4]);
+    assert_eq!(lookup.propose(&[4, 5, 4, 5], 3), vec![4, 5]);
+    // A one-token match is not enough by default; it is with min_ngram 1.
+    assert!(lookup.propose(&[4, 5, 4], 3).is_empty());
+    let single = PromptLookup {
+        min_ngram: 1,
+        ..lookup
+    };
+    assert_eq!(single.propose(&[4, 5, 4], 3), vec![5, 4]);
     assert!(lookup.propose(&[1, 2, 3], 3).is_empty());
     assert!(lookup.propose(&[1, 2, 1], 0).is_empty());
 }
