@@ -1,10 +1,11 @@
-//! Command-line arguments of `generate` and `bench`, with their checks.
+//! Command-line arguments of `generate`, `bench` and `serve`, with their
+//! checks.
 //!
 //! Every bad value is rejected by clap's value parsers, so the user gets one
 //! `error:` line and exit status 2 before any model is loaded.
 
 use clap::{Args, ValueEnum};
-use mlx_rs_core::quantized_matvec::QmvKernel;
+use mlx_rs_core::{quantized_matvec::QmvKernel, KvQuantization};
 use std::path::PathBuf;
 
 /// Sampling options shared by `generate` (and usable by `bench`).
@@ -35,6 +36,33 @@ pub struct SamplingArgs {
     /// Random seed, for reproducible sampling.
     #[arg(long)]
     pub seed: Option<u64>,
+}
+
+/// The quantized key/value cache (mlx-lm's `--kv-bits`, `--kv-group-size`
+/// and `--quantized-kv-start`).
+#[derive(Args, Debug, Clone)]
+pub struct KvCacheArgs {
+    /// Store keys and values quantized to this many bits (4 or 8; also 2,
+    /// 3, 5 or 6); default: as they come.
+    #[arg(long, value_parser = kv_bits)]
+    pub kv_bits: Option<i32>,
+    /// Elements sharing one scale and bias in the quantized cache (32, 64 or
+    /// 128; must divide the model's head dimension).
+    #[arg(long, default_value_t = 64, value_parser = kv_group_size)]
+    pub kv_group_size: i32,
+    /// Quantize a layer's cache once it holds this many positions (as
+    /// mlx-lm, 5000 by default; 0: from the first forward call on).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(i32).range(0..))]
+    pub quantized_kv_start: i32,
+}
+
+impl KvCacheArgs {
+    /// The cache quantization asked for (`None` without `--kv-bits`).
+    pub fn quantization(&self) -> Option<KvQuantization> {
+        let bits = self.kv_bits?;
+        // The value parsers checked every field.
+        KvQuantization::new(bits, self.kv_group_size, self.quantized_kv_start).ok()
+    }
 }
 
 /// The dtype to compute in.
@@ -223,6 +251,28 @@ pub struct PromptArgs {
     /// Read the prompt from this file.
     #[arg(long)]
     pub prompt_file: Option<PathBuf>,
+}
+
+fn kv_bits(text: &str) -> Result<i32, String> {
+    let bits: i32 = text
+        .parse()
+        .map_err(|_| format!("not an integer: {text}"))?;
+    if KvQuantization::BITS.contains(&bits) {
+        Ok(bits)
+    } else {
+        Err(format!("must be one of {:?}", KvQuantization::BITS))
+    }
+}
+
+fn kv_group_size(text: &str) -> Result<i32, String> {
+    let size: i32 = text
+        .parse()
+        .map_err(|_| format!("not an integer: {text}"))?;
+    if KvQuantization::GROUP_SIZES.contains(&size) {
+        Ok(size)
+    } else {
+        Err(format!("must be one of {:?}", KvQuantization::GROUP_SIZES))
+    }
 }
 
 #[cfg(test)]

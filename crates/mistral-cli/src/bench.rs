@@ -13,9 +13,11 @@ use clap::{Args, ValueEnum};
 use std::time::Instant;
 
 use mlx_rs::{ops::indexing::argmax_axis, transforms::async_eval, Array};
-use mlx_rs_core::{Generate, GenerateOptions, LanguageModel, RotatingKVCache, StepTimes};
+use mlx_rs_core::{
+    Generate, GenerateOptions, KvQuantization, LanguageModel, RotatingKVCache, StepTimes,
+};
 
-use crate::args::ModelArgs;
+use crate::args::{KvCacheArgs, ModelArgs};
 use crate::model_source;
 use crate::ranks;
 use crate::report::GenerationStats;
@@ -55,6 +57,8 @@ pub struct BenchArgs {
     /// Tokens already in the cache before the prompt, comma-separated.
     #[arg(long, default_value = "0", value_delimiter = ',')]
     depth: Vec<u32>,
+    #[command(flatten)]
+    kv: KvCacheArgs,
     /// Measured runs per setting.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     iterations: u32,
@@ -157,6 +161,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             samples: Vec::new(),
         })
         .collect();
+    let kv = args.kv.quantization();
     for row in rows.iter_mut() {
         let context = || format!("prompt {} tokens, depth {}", row.prompt_tokens, row.depth);
         let (warm_prompt, warm_gen) = if args.warmup_full {
@@ -166,8 +171,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         };
         for _ in 0..args.warmup {
             let spec = (&args.speculative, draft.as_mut());
-            measure(&mut model, vocab, warm_prompt, row.depth, warm_gen, spec)
-                .with_context(context)?;
+            measure(
+                &mut model,
+                vocab,
+                warm_prompt,
+                row.depth,
+                warm_gen,
+                spec,
+                kv,
+            )
+            .with_context(context)?;
         }
         for _ in 0..args.iterations {
             let sample = measure(
@@ -177,6 +190,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 row.depth,
                 args.gen_tokens,
                 (&args.speculative, draft.as_mut()),
+                kv,
             )
             .with_context(context)?;
             row.samples.push(sample);
@@ -213,14 +227,20 @@ fn measure(
     depth: usize,
     gen_tokens: u32,
     (speculative, draft): (&SpeculativeArgs, Option<&mut mistral_model::Mistral>),
+    kv: Option<KvQuantization>,
 ) -> Result<Sample> {
+    let options = |max_tokens: usize| GenerateOptions {
+        max_tokens: Some(max_tokens),
+        kv_quantization: kv,
+        ..GenerateOptions::default()
+    };
     // Bounded by the window for sliding-window models, a plain cache otherwise.
     let mut cache: Vec<Option<RotatingKVCache>> = Vec::new();
     if depth > 0 {
         let context = synthetic_ids(depth, vocab, 1);
         let context = Array::from_slice(&context, &[1, depth as i32]);
         // Untimed: fill the cache, then evaluate its state.
-        let mut fill = Generate::new(model, &mut cache, 0.0, &context).max_tokens(1);
+        let mut fill = Generate::with_options(model, &mut cache, &context, options(1));
         if let Some(token) = fill.next() {
             token?.eval()?;
         }
@@ -232,13 +252,15 @@ fn measure(
     let mut first = None;
     let mut last = start;
     let mut count = 0usize;
-    let options = GenerateOptions {
-        max_tokens: Some(gen_tokens as usize),
-        ..Default::default()
-    };
     let mut draft_cache = Vec::new();
     let drafter = speculative.drafter(draft, &mut draft_cache);
-    let mut generator = Tokens::new(model, &mut cache, &prompt, options, drafter);
+    let mut generator = Tokens::new(
+        model,
+        &mut cache,
+        &prompt,
+        options(gen_tokens as usize),
+        drafter,
+    );
     for token in generator.by_ref() {
         token?.eval()?;
         // The clock stops at the last token, as mlx-lm's: dropping the

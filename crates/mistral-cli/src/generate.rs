@@ -22,7 +22,7 @@ use mistral_loader::{
 use mlx_rs::Array;
 use mlx_rs_core::{Generate, RotatingKVCache};
 
-use crate::args::{ModelArgs, PromptArgs, SamplingArgs, TokenizerModeArg};
+use crate::args::{KvCacheArgs, ModelArgs, PromptArgs, SamplingArgs, TokenizerModeArg};
 use crate::model_source;
 use crate::ranks;
 use crate::report::GenerationStats;
@@ -42,6 +42,8 @@ pub struct GenerateArgs {
     sampling: SamplingArgs,
     #[command(flatten)]
     speculative: SpeculativeArgs,
+    #[command(flatten)]
+    kv: KvCacheArgs,
     /// A system message (chat mode).
     #[arg(long)]
     system: Option<String>,
@@ -174,6 +176,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         .top_k(args.sampling.top_k)
         .min_p(args.sampling.min_p)
         .max_tokens(args.max_tokens as usize);
+    if let Some(quantization) = args.kv.quantization() {
+        generator = generator.kv_quantization(quantization);
+    }
     if let Some(penalty) = args.sampling.repetition_penalty {
         generator =
             generator.repetition_penalty(penalty, args.sampling.repetition_context_size as usize);

@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use mistral_server::{serve, ModelSpec, ServerConfig};
 
-use crate::args::ModelArgs;
 use crate::args::TokenizerModeArg;
+use crate::args::{KvCacheArgs, ModelArgs};
 use crate::model_source;
 use crate::ranks;
 
@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// left after the weights, printed at start).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     max_kv_bytes: Option<u64>,
+    /// Every request's keys and values stored quantized (the budget counts
+    /// the quantized bytes).
+    #[command(flatten)]
+    kv: KvCacheArgs,
     /// Seconds running requests may go on after Ctrl-C or SIGTERM before
     /// they are cut off (a second signal exits at once).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86400))]
@@ -117,7 +121,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if let Some(parallel) = parallel.as_ref().filter(|p| p.rank() != 0) {
         let options = args.model.load_options();
         let (mut model, _) = ranks::load_model(&path, &options, Some(parallel.clone()))?;
-        return mistral_server::follow(&mut model, parallel, args.prompt_cache_bytes)
+        let kv = args.kv.quantization();
+        return mistral_server::follow(&mut model, parallel, args.prompt_cache_bytes, kv)
             .map_err(|e| anyhow::anyhow!("rank {}: {e}", parallel.rank()));
     }
     let model_id = args.model_id.clone().unwrap_or_else(|| {
@@ -137,6 +142,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         metrics_public: args.metrics_public,
         max_kv_bytes: args.max_kv_bytes,
+        kv_quantization: args.kv.quantization(),
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
         keep_running_on_engine_failure: args.keep_running_on_engine_failure,
         fail_after_steps: args.test_fail_after_steps,

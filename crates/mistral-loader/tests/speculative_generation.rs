@@ -228,3 +228,45 @@ fn sampled_and_penalized_speculative_follow_the_target() {
     );
     assert_eq!(run(&mut model, None, penalized), expected);
 }
+
+/// With a quantized KV cache (8 bits, groups of 32, from the first
+/// position) on both sides, speculative greedy ids are the plain greedy
+/// ids: the target's cache is quantized as `Generate` quantizes it.
+#[test]
+fn greedy_speculative_with_a_quantized_cache_equals_greedy() {
+    let all = test_models();
+    let spec = all
+        .iter()
+        .find(|m| m.name == "headdim_f32")
+        .expect("headdim_f32");
+    let mut model = load(spec, ComputeDtype::Checkpoint);
+    let prompt_ids = prompt(model.config().vocab_size as u32);
+    let prompt = Array::from_slice(&prompt_ids, &[1, prompt_ids.len() as i32]);
+    let quantized = GenerateOptions {
+        kv_quantization: Some(mlx_rs_core::KvQuantization::new(8, 32, 0).expect("settings")),
+        ..options(TOKENS)
+    };
+    let mut cache: Vec<Option<KVCache>> = Vec::new();
+    let plain = ids(Generate::with_options(
+        &mut model,
+        &mut cache,
+        &prompt,
+        quantized.clone(),
+    ));
+    assert!(
+        cache.iter().flatten().all(|c| c.quantization().is_some()),
+        "the plain run's cache is not quantized"
+    );
+    let mut cache: Vec<Option<KVCache>> = Vec::new();
+    let drafter = Drafter::prompt_lookup(DRAFTS);
+    let mut run =
+        SpeculativeGenerate::with_options(&mut model, &mut cache, drafter, &prompt, quantized);
+    let looked_up = ids(run.by_ref());
+    assert!(run.stats().accepted > 0, "no draft accepted");
+    drop(run);
+    assert!(
+        cache.iter().flatten().all(|c| c.quantization().is_some()),
+        "the speculative run's cache is not quantized"
+    );
+    assert_eq!(looked_up, plain, "quantized-cache ids differ from greedy");
+}

@@ -12,9 +12,7 @@
 //! different lengths.
 
 use mlx_rs::{ops::split_at_indices, Array};
-use mlx_rs_core::{
-    initialize_rope, scaled_dot_product_attention, KeyValueCache, Positions, Rope, SdpaMask,
-};
+use mlx_rs_core::{attention, initialize_rope, KeyValueCache, Positions, Rope, SdpaMask, StoredKv};
 
 use crate::config::MistralConfig;
 use crate::error::ModelError;
@@ -189,12 +187,13 @@ impl Attention {
             }
             None => queries,
         };
-        let mut attend = |q: &Array, k: &Array, v: &Array, m: &SdpaMask| {
-            scaled_dot_product_attention(q, k, v, self.scale, m)
-        };
+        let mut attend = |q: &Array, kv: &StoredKv, m: &SdpaMask| attention(q, kv, self.scale, m);
         let out = match cache {
             Some(cache) => cache.attend(&queries, &keys, &values, mask, window, &mut attend)?,
-            None => attend(&queries, &keys, &values, mask)?,
+            None => {
+                let kv = StoredKv::Dense { keys, values };
+                attend(&queries, &kv, mask)?
+            }
         };
         // [B, heads, L, head_dim] to rows [B * L, heads * head_dim]; with
         // L = 1 the transpose moves nothing, and a reshape alone does.

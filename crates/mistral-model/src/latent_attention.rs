@@ -19,7 +19,7 @@ use mlx_rs::{
     ops::{broadcast_to, concatenate, dequantize, quantize, split_at_indices},
     Array, Dtype,
 };
-use mlx_rs_core::{initialize_rope, KeyValueCache, Positions, Rope, SdpaMask};
+use mlx_rs_core::{initialize_rope, KeyValueCache, Positions, Rope, SdpaMask, StoredKv};
 
 use crate::config::MistralConfig;
 use crate::config_mistral4::LatentConfig;
@@ -217,7 +217,11 @@ impl LatentAttention {
         } else {
             q_nope.clone()
         };
-        let mut attend = |q: &Array, latent: &Array, k_rope: &Array, m: &SdpaMask| {
+        // Quantized storage: the latents and rotated keys are dequantized
+        // for this attention (the memory stays saved, not the compute).
+        let mut attend = |q: &Array, stored: &StoredKv, m: &SdpaMask| {
+            let (latent, k_rope) = stored.dense()?;
+            let (latent, k_rope) = (&latent, &k_rope);
             let [q_nope, q_rope] = if joined {
                 two(split_at_indices(q, &[self.nope], -1)?)?
             } else {
@@ -232,7 +236,13 @@ impl LatentAttention {
         };
         let out = match cache {
             Some(cache) => cache.attend(&queries, &kv_latent, &k_rope, mask, window, &mut attend),
-            None => attend(&queries, &kv_latent, &k_rope, mask),
+            None => {
+                let stored = StoredKv::Dense {
+                    keys: kv_latent,
+                    values: k_rope,
+                };
+                attend(&queries, &stored, mask)
+            }
         }
         .map_err(model_error)?;
         let out = out

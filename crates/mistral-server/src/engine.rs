@@ -147,6 +147,8 @@ pub struct EngineOptions {
     /// Bytes of key/value cache the running requests may hold (`None`: a
     /// share of the memory left after the weights).
     pub max_kv_bytes: Option<u64>,
+    /// Quantized keys and values for every request, if asked for.
+    pub kv_quantization: Option<mlx_rs_core::KvQuantization>,
     /// Test hook: the engine panics after this many decode steps.
     pub fail_after_steps: Option<u64>,
 }
@@ -219,7 +221,8 @@ fn run(
         None => load_model_planned(&spec.path, &spec.options),
     }
     .map_err(|e| loading(e.to_string()))?;
-    text.kv = KvBudget::measure(&model, options.max_kv_bytes).map_err(loading)?;
+    text.kv = KvBudget::measure(&model, options.max_kv_bytes, options.kv_quantization)
+        .map_err(loading)?;
     eprintln!("{}", text.kv.describe());
     // The peak that `/metrics` reports counts from here, not the load's.
     let _ = mlx_rs::memory::reset_peak_memory();
@@ -229,6 +232,7 @@ fn run(
     let limits = Limits {
         max_batch: options.max_batch,
         prompt_cache_bytes: options.prompt_cache_bytes,
+        kv_quantization: options.kv_quantization,
         fail_after_steps: options.fail_after_steps,
     };
     scheduler::serve(

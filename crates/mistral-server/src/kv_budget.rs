@@ -10,10 +10,17 @@
 //! window if that is smaller. Admission reserves a request's whole cost
 //! (prompt and `max_tokens`) before it starts, so the caches stay within
 //! the budget whatever the requests generate.
+//!
+//! With a quantized cache (`--kv-bits`) the probe's cache is also quantized
+//! and measured again. A sequence's cache is dense until a forward call
+//! brings it to the quantization start (so up to a prefill chunk past it),
+//! quantized after: per layer its cost is the larger of the two.
 
 use mistral_model::Mistral;
 use mlx_rs::Array;
-use mlx_rs_core::{BatchKVCache, KVCache};
+use mlx_rs_core::{BatchKVCache, KVCache, KeyValueCache, KvQuantization};
+
+use crate::model_state::PREFILL_CHUNK;
 
 /// The share of the memory left after the weights that the default budget
 /// takes.
@@ -33,6 +40,9 @@ pub struct KvBudget {
     given: bool,
     /// The most positions one sequence alone holds within the limit.
     longest: usize,
+    /// With a quantized cache: per layer the bytes of a quantized position,
+    /// and up to how many positions a cache may still be dense.
+    quantized: Option<(Vec<u64>, usize)>,
 }
 
 impl KvBudget {
@@ -41,9 +51,13 @@ impl KvBudget {
     ///
     /// On a model split over ranks, every rank must measure too: the probe
     /// is a forward pass, whose collectives pair across the ranks.
-    pub fn measure(model: &Mistral, limit: Option<u64>) -> Result<Self, String> {
+    pub fn measure(
+        model: &Mistral,
+        limit: Option<u64>,
+        quantization: Option<KvQuantization>,
+    ) -> Result<Self, String> {
         let failed = |e: &dyn std::fmt::Display| format!("measuring the cache's size: {e}");
-        let layers = probe(model).map_err(|e| failed(&e))?;
+        let (layers, quantized) = probe(model, quantization).map_err(|e| failed(&e))?;
         let (limit, given) = match limit {
             Some(limit) => (limit, true),
             None => {
@@ -53,15 +67,25 @@ impl KvBudget {
                 ((left * DEFAULT_SHARE) as u64, false)
             }
         };
-        Ok(KvBudget::new(layers, limit, given))
+        let quantized = quantized.zip(quantization).map(|(bytes, q)| {
+            let start = usize::try_from(q.start).unwrap_or(0);
+            (bytes, start + PREFILL_CHUNK as usize)
+        });
+        Ok(KvBudget::new(layers, limit, given, quantized))
     }
 
-    fn new(layers: Vec<LayerCost>, limit: u64, given: bool) -> Self {
+    fn new(
+        layers: Vec<LayerCost>,
+        limit: u64,
+        given: bool,
+        quantized: Option<(Vec<u64>, usize)>,
+    ) -> Self {
         let mut budget = KvBudget {
             layers,
             limit,
             given,
             longest: 0,
+            quantized,
         };
         budget.longest = budget.fit_longest();
         budget
@@ -70,7 +94,7 @@ impl KvBudget {
     /// A budget of `limit` bytes over layers of the given bytes per
     /// position and windows (tests).
     pub fn with_layers(layers: Vec<LayerCost>, limit: u64) -> Self {
-        KvBudget::new(layers, limit, true)
+        KvBudget::new(layers, limit, true, None)
     }
 
     /// The budget in bytes.
@@ -81,10 +105,21 @@ impl KvBudget {
     /// The bytes a sequence of `positions` holds at most.
     pub fn cost(&self, positions: usize) -> u64 {
         let step = KVCache::STEP as usize;
-        let grown = positions.div_ceil(step) * step;
+        let held = |n: usize, window: Option<usize>| {
+            let grown = n.div_ceil(step) * step;
+            window.map_or(grown, |w| grown.min(w)) as u64
+        };
         self.layers
             .iter()
-            .map(|&(bytes, window)| bytes * window.map_or(grown, |w| grown.min(w)) as u64)
+            .enumerate()
+            .map(|(i, &(bytes, window))| match &self.quantized {
+                None => bytes * held(positions, window),
+                Some((quantized, dense_until)) => {
+                    let dense = bytes * held(positions.min(*dense_until), window);
+                    let q = quantized.get(i).copied().unwrap_or(bytes);
+                    dense.max(q * held(positions, window))
+                }
+            })
             .sum()
     }
 
@@ -134,9 +169,17 @@ impl KvBudget {
     }
 }
 
+/// What [`probe`] measures: per layer its cost, and with a quantized cache
+/// the bytes of a quantized position.
+type Probed = (Vec<LayerCost>, Option<Vec<u64>>);
+
 /// Per layer of `model`: the bytes of one position in a fresh cache, and
-/// the layer's sliding window.
-fn probe(model: &Mistral) -> Result<Vec<LayerCost>, Box<dyn std::error::Error>> {
+/// the layer's sliding window; with `quantization`, also the bytes of the
+/// position quantized.
+fn probe(
+    model: &Mistral,
+    quantization: Option<KvQuantization>,
+) -> Result<Probed, Box<dyn std::error::Error>> {
     let mut cache: Vec<Option<BatchKVCache>> = model.new_cache();
     let token = Array::from_slice(&[0u32], &[1, 1]);
     model.forward(&token, &mut cache)?.eval()?;
@@ -152,7 +195,21 @@ fn probe(model: &Mistral) -> Result<Vec<LayerCost>, Box<dyn std::error::Error>> 
         let window = config.attention_mask(i).window();
         layers.push((bytes, window.and_then(|w| usize::try_from(w).ok())));
     }
-    Ok(layers)
+    let Some(q) = quantization else {
+        return Ok((layers, None));
+    };
+    let now = KvQuantization { start: 0, ..q };
+    let mut quantized = Vec::with_capacity(cache.len());
+    for c in cache.iter_mut() {
+        quantized.push(match c {
+            Some(c) => {
+                c.quantize(&now)?;
+                c.row(0)?.nbytes() as u64
+            }
+            None => 0,
+        });
+    }
+    Ok((layers, Some(quantized)))
 }
 
 #[cfg(test)]
@@ -169,5 +226,21 @@ mod tests {
         assert_eq!(budget.cost(long), 10 * long as u64 + 3 * (step as u64 + 5));
         let n = budget.longest();
         assert!(budget.cost(n) <= budget.limit() && budget.cost(n + 1) > budget.limit());
+    }
+
+    #[test]
+    fn a_quantized_cache_costs_its_dense_bytes_until_it_is_quantized() {
+        let step = KVCache::STEP as usize;
+        let layers = vec![(16, None), (16, Some(2 * step))];
+        let budget = KvBudget::new(layers, 1 << 30, true, Some((vec![4, 4], 3 * step)));
+        // Dense up to 3 steps: the dense bytes; past them, the larger of the
+        // dense prefix and the quantized whole.
+        assert_eq!(budget.cost(step), 16 * step as u64 * 2);
+        assert_eq!(
+            budget.cost(10 * step),
+            16 * 3 * step as u64 + 16 * 2 * step as u64
+        );
+        let long = 100 * step;
+        assert_eq!(budget.cost(long), 4 * long as u64 + 16 * 2 * step as u64);
     }
 }

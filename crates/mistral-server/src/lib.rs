@@ -82,6 +82,9 @@ pub struct ServerConfig {
     /// may hold together (`None`: half of the memory left after the
     /// weights); requests wait for room.
     pub max_kv_bytes: Option<u64>,
+    /// Store every request's keys and values quantized (`--kv-bits`) once
+    /// its cache holds the given start; the prompt cache keeps them so.
+    pub kv_quantization: Option<mlx_rs_core::KvQuantization>,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
     /// Origins allowed by CORS (`*` for any); empty: no CORS headers.
@@ -133,6 +136,7 @@ pub async fn serve(
         max_batch: config.max_batch,
         prompt_cache_bytes: config.prompt_cache_bytes,
         max_kv_bytes: config.max_kv_bytes,
+        kv_quantization: config.kv_quantization,
         fail_after_steps: config.fail_after_steps,
     };
     let (engine, engine_thread) =

@@ -32,8 +32,8 @@ use mistral_model::{Mistral, TensorParallel};
 use mlx_rs::Array;
 use mlx_rs_core::distributed::broadcast_bytes;
 use mlx_rs_core::{
-    BatchGenerate, BatchKVCache, BatchToken, GenerateOptions, Prefill, RepetitionPenalty,
-    SamplingOptions,
+    BatchGenerate, BatchKVCache, BatchToken, GenerateOptions, KvQuantization, Prefill,
+    RepetitionPenalty, SamplingOptions,
 };
 use serde::{Deserialize, Serialize};
 
@@ -116,14 +116,17 @@ pub(crate) struct ModelState {
     pub batch: BatchGenerate,
     pub prefills: VecDeque<Prefill>,
     pub kept: PromptCache,
+    /// Every request's cache quantization (the server's setting).
+    pub kv_quantization: Option<KvQuantization>,
 }
 
 impl ModelState {
-    pub fn new(prompt_cache_bytes: u64) -> Self {
+    pub fn new(prompt_cache_bytes: u64, kv_quantization: Option<KvQuantization>) -> Self {
         ModelState {
             batch: BatchGenerate::new(),
             prefills: VecDeque::new(),
             kept: PromptCache::new(prompt_cache_bytes),
+            kv_quantization,
         }
     }
 
@@ -152,7 +155,7 @@ impl ModelState {
         constraint: Option<Box<dyn mlx_rs_core::TokenConstraint>>,
     ) -> mlx_rs_core::Result<()> {
         let prompt = Array::from_slice(&admit.prompt, &[admit.prompt.len() as i32]);
-        let options = options(&admit.sampling);
+        let options = options(&admit.sampling, self.kv_quantization);
         let prefill = match cached {
             Some((n, cache)) => {
                 Prefill::with_cache(model, admit.id, &prompt, &options, cache, n as i32)
@@ -225,8 +228,12 @@ impl ModelState {
     }
 }
 
-/// The generation options of a request.
-pub(crate) fn options(sampling: &Sampling) -> GenerateOptions {
+/// The generation options of a request, its cache quantized as
+/// `kv_quantization` says.
+pub(crate) fn options(
+    sampling: &Sampling,
+    kv_quantization: Option<KvQuantization>,
+) -> GenerateOptions {
     GenerateOptions {
         sampling: SamplingOptions {
             temperature: sampling.temperature,
@@ -243,6 +250,7 @@ pub(crate) fn options(sampling: &Sampling) -> GenerateOptions {
         seed: sampling.seed,
         prefill_step_size: PREFILL_CHUNK,
         max_tokens: None,
+        kv_quantization,
     }
 }
 
@@ -290,10 +298,11 @@ pub fn follow(
     model: &mut Mistral,
     parallel: &TensorParallel,
     prompt_cache_bytes: u64,
+    kv_quantization: Option<KvQuantization>,
 ) -> Result<(), String> {
     // Rank 0 measures its cache with a forward pass; this rank's pairs with it.
-    crate::kv_budget::KvBudget::measure(model, Some(0))?;
-    let mut state = ModelState::new(prompt_cache_bytes);
+    crate::kv_budget::KvBudget::measure(model, Some(0), kv_quantization)?;
+    let mut state = ModelState::new(prompt_cache_bytes, kv_quantization);
     // Each running sequence's tokens, to check against rank 0's.
     let mut fed: HashMap<u64, Vec<u32>> = HashMap::new();
     loop {

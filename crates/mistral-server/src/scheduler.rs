@@ -193,6 +193,8 @@ pub struct Limits {
     pub max_batch: usize,
     /// Bytes of finished requests' caches kept for later prompts.
     pub prompt_cache_bytes: u64,
+    /// Quantized keys and values for every request, if asked for.
+    pub kv_quantization: Option<mlx_rs_core::KvQuantization>,
     /// Test hook: panic after this many decode steps.
     pub fail_after_steps: Option<u64>,
 }
@@ -257,7 +259,7 @@ pub fn serve(
 ) -> Result<(), String> {
     let max_batch = limits.max_batch.max(1);
     let mut leader = Leader::new(parallel);
-    let mut state = ModelState::new(limits.prompt_cache_bytes);
+    let mut state = ModelState::new(limits.prompt_cache_bytes, limits.kv_quantization);
     let mut work = Jobs::default();
     let mut next_id = 0u64;
     let mut steps = 0u64;

@@ -121,3 +121,32 @@ fn the_cache_stays_under_its_limit() {
         assert!(held > 0.0, "nothing kept after request {i}");
     }
 }
+
+/// With a quantized cache (`--kv-bits 4 --kv-group-size 32
+/// --quantized-kv-start 0`) a finished request's cache is kept quantized:
+/// the prompt cache holds well under half the bytes it holds for the same
+/// request on a dense server (4 bits and a 16-bit scale and bias per 32
+/// elements: under a third of bf16, under a fifth of f32).
+#[test]
+fn a_quantized_cache_is_kept_quantized() {
+    let q = mlx_rs_core::KvQuantization::new(4, 32, 0).expect("settings");
+    let dense = start_configured(|c| c.prompt_cache_bytes = 1 << 30);
+    let quantized = start_configured(|c| c.kv_quantization = Some(q));
+    let request = json!({
+        "model": MODEL_ID,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "temperature": 0,
+        "max_tokens": 4,
+    });
+    for server in [&dense, &quantized] {
+        let (status, answer) = post(server, "/v1/chat/completions", &request);
+        assert_eq!(status, 200, "{answer}");
+    }
+    let held = |s: &Server| metric(s, "mistral_prompt_cache_bytes");
+    let (dense_bytes, quantized_bytes) = (held(&dense), held(&quantized));
+    eprintln!("prompt cache: {dense_bytes} bytes dense, {quantized_bytes} quantized");
+    assert!(
+        quantized_bytes > 0.0 && quantized_bytes < 0.35 * dense_bytes,
+        "{quantized_bytes} bytes quantized against {dense_bytes} dense"
+    );
+}

@@ -113,7 +113,7 @@ fn rank_child() {
             parallel.clone(),
         )
         .expect("load this rank's share");
-        mistral_server::follow(&mut model, &parallel, 1 << 30).expect("follow rank 0");
+        mistral_server::follow(&mut model, &parallel, 1 << 30, None).expect("follow rank 0");
         report("followed", &[1.0]);
         return;
     }

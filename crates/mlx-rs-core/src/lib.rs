@@ -40,8 +40,8 @@ pub mod sample;
 pub mod streams;
 
 pub use cache::{
-    cache_offset, trim_cache, AttendFn, BatchKVCache, ConcatKeyValueCache, KVCache, KeyValueCache,
-    Positions, RotatingKVCache,
+    attention, cache_offset, trim_cache, AttendFn, BatchKVCache, ConcatKeyValueCache, KVCache,
+    KeyValueCache, KvQuantization, Positions, QuantizedArray, RotatingKVCache, StoredKv,
 };
 pub use error::{Error, Result};
 pub use generate::{

@@ -92,6 +92,7 @@ pub fn start_configured(change: impl FnOnce(&mut ServerConfig)) -> Server {
         max_batch: 8,
         prompt_cache_bytes: 1 << 30,
         max_kv_bytes: None,
+        kv_quantization: None,
         max_body_bytes: 1 << 20,
         allowed_origins: Vec::new(),
         keep_alive: std::time::Duration::from_secs(10),

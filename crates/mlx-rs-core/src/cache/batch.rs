@@ -17,13 +17,15 @@
 //!
 //! Rows join with [`BatchKVCache::extend`] and leave with
 //! [`BatchKVCache::retain`]; neither copies the other rows' buffers.
+//! [`KeyValueCache::quantize`] quantizes each row on its own, once that row
+//! holds enough positions; rows stored dense and quantized may share a batch.
 
 use mlx_rs::{
     ops::{concatenate, indexing::TryIndexOp},
     Array,
 };
 
-use super::{check_update, AttendFn, KeyValueCache, Positions, RotatingKVCache};
+use super::{check_update, AttendFn, KeyValueCache, KvQuantization, Positions, RotatingKVCache};
 use crate::error::{Error, Result};
 use crate::mask::SdpaMask;
 
@@ -34,6 +36,8 @@ pub struct BatchKVCache {
     /// The layer's sliding window, given to each new row's cache.
     window: Option<i32>,
     rows: Vec<RotatingKVCache>,
+    /// Set by [`KeyValueCache::quantize`]: also applied to rows made later.
+    quantization: Option<KvQuantization>,
 }
 
 impl BatchKVCache {
@@ -60,6 +64,7 @@ impl BatchKVCache {
         Ok(BatchKVCache {
             window: self.window,
             rows: vec![row.compacted()?],
+            quantization: self.quantization,
         })
     }
 
@@ -94,14 +99,12 @@ impl BatchKVCache {
             )));
         }
         let dims = |c: &BatchKVCache| -> Vec<(i32, i32)> {
-            let state = c
-                .rows
+            c.rows
                 .iter()
-                .find_map(|r| Some(r.state()).filter(|s| !s.is_empty()));
-            state
+                .find_map(RotatingKVCache::stored_shapes)
                 .iter()
                 .flatten()
-                .map(|a| (a.dim(1), a.dim(3)))
+                .map(|shape| (shape[1], shape[3]))
                 .collect()
         };
         let (mine, theirs) = (dims(self), dims(other));
@@ -128,6 +131,16 @@ impl BatchKVCache {
         Ok(())
     }
 
+    /// Quantizes row `index` as [`KeyValueCache::quantize`] does a whole
+    /// batch, leaving the other rows as they are.
+    pub fn quantize_row(&mut self, index: usize, quantization: &KvQuantization) -> Result<()> {
+        let rows = self.rows.len();
+        let row = self.rows.get_mut(index).ok_or_else(|| {
+            Error::InvalidArgument(format!("row {index} is not in a batch of {rows}"))
+        })?;
+        row.quantize(quantization)
+    }
+
     /// Whether the rows' offsets differ.
     fn ragged(&self) -> bool {
         let mut offsets = self.rows.iter().map(KeyValueCache::offset);
@@ -141,7 +154,11 @@ impl BatchKVCache {
         check_update(keys, values, None)?;
         let b = keys.dim(0).max(0) as usize;
         if self.rows.is_empty() {
-            self.rows = vec![RotatingKVCache::with_window(self.window); b];
+            let mut row = RotatingKVCache::with_window(self.window);
+            if let Some(q) = &self.quantization {
+                row.quantize(q)?;
+            }
+            self.rows = vec![row; b];
         }
         if b != self.rows.len() {
             return Err(Error::CacheShape {
@@ -169,6 +186,7 @@ impl KeyValueCache for BatchKVCache {
         BatchKVCache {
             window,
             rows: Vec::new(),
+            quantization: None,
         }
     }
 
@@ -240,17 +258,28 @@ impl KeyValueCache for BatchKVCache {
     ) -> Result<Array> {
         let b = self.rows_for(keys, values)?;
         if b == 1 {
-            let (k, v) = self.rows[0].update_and_fetch(keys, values)?;
-            return attend(queries, &k, &v, mask);
+            let stored = self.rows[0].update_and_fetch_stored(keys, values)?;
+            return attend(queries, &stored, mask);
         }
         let len = keys.dim(2);
         let mut outs = Vec::with_capacity(b);
         for (i, row) in self.rows.iter_mut().enumerate() {
             let own_mask = row.mask(len, window)?;
-            let (k, v) = row.update_and_fetch(&row_of(keys, i)?, &row_of(values, i)?)?;
-            outs.push(attend(&row_of(queries, i)?, &k, &v, &own_mask)?);
+            let stored = row.update_and_fetch_stored(&row_of(keys, i)?, &row_of(values, i)?)?;
+            outs.push(attend(&row_of(queries, i)?, &stored, &own_mask)?);
         }
         Ok(concatenate(&outs, 0)?)
+    }
+
+    /// Quantizes every row holding at least `quantization.start`
+    /// positions, and each later one once it does (rows made by the next
+    /// update included).
+    fn quantize(&mut self, quantization: &KvQuantization) -> Result<()> {
+        self.quantization = Some(*quantization);
+        for row in &mut self.rows {
+            row.quantize(quantization)?;
+        }
+        Ok(())
     }
 
     /// The most every row can trim.

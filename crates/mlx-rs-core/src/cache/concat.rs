@@ -41,7 +41,7 @@ impl KeyValueCache for ConcatKeyValueCache {
 
     fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
         let stored = self.keys.as_ref().zip(self.values.as_ref());
-        check_update(keys, values, stored)?;
+        check_update(keys, values, stored.map(|(k, v)| (k.shape(), v.shape())))?;
         let (all_keys, all_values) = match stored {
             Some((k, v)) => (concatenate(&[k, keys], 2)?, concatenate(&[v, values], 2)?),
             None => (keys.clone(), values.clone()),

@@ -25,11 +25,19 @@
 //! [`KeyValueCache::attend`] stores the new keys and values and runs the
 //! caller's attention over them: one call for most caches, one per row for
 //! a [`BatchKVCache`] whose rows hold different numbers of positions.
+//!
+//! Quantized storage (mlx-lm's `QuantizedKVCache`): [`KeyValueCache::quantize`]
+//! switches a [`KVCache`], a [`RotatingKVCache`] (windowed too) or every row
+//! of a [`BatchKVCache`] to keys and values stored quantized; the attention
+//! then receives a [`StoredKv::Quantized`] and [`attention`] runs it through
+//! quantized matrix products.
 
 mod batch;
+mod buffer;
 mod concat;
 mod list;
 mod preallocated;
+mod quantized;
 mod rotating;
 mod slice_write;
 
@@ -37,12 +45,10 @@ pub use batch::BatchKVCache;
 pub use concat::ConcatKeyValueCache;
 pub use list::{cache_offset, trim_cache};
 pub use preallocated::KVCache;
+pub use quantized::{attention, KvQuantization, QuantizedArray, StoredKv};
 pub use rotating::RotatingKVCache;
 
-use mlx_rs::{
-    ops::{concatenate, zeros_dtype},
-    Array,
-};
+use mlx_rs::Array;
 
 use crate::error::{Error, Result};
 use crate::mask::{create_attention_mask, SdpaMask};
@@ -56,9 +62,10 @@ pub enum Positions {
     PerRow(Array),
 }
 
-/// The attention a layer runs over a cache: `(queries, keys, values, mask)`
-/// to its output, `[B, heads, L, dim]` for `B` rows of queries.
-pub type AttendFn<'a> = dyn FnMut(&Array, &Array, &Array, &SdpaMask) -> Result<Array> + 'a;
+/// The attention a layer runs over a cache: `(queries, stored keys and
+/// values, mask)` to its output, `[B, heads, L, dim]` for `B` rows of
+/// queries ([`attention`] handles both kinds of [`StoredKv`]).
+pub type AttendFn<'a> = dyn FnMut(&Array, &StoredKv, &SdpaMask) -> Result<Array> + 'a;
 
 /// A per-layer store of attention keys and values.
 pub trait KeyValueCache {
@@ -73,8 +80,30 @@ pub trait KeyValueCache {
 
     /// Appends `keys` and `values` (each `[B, n_kv_heads, L, head_dim]`) and
     /// returns all keys and values stored so far, `[B, n_kv_heads, offset, head_dim]`
-    /// where `offset` is the new [`offset`](KeyValueCache::offset).
+    /// where `offset` is the new [`offset`](KeyValueCache::offset)
+    /// (dequantized if the cache stores them quantized).
     fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)>;
+
+    /// As [`update_and_fetch`](KeyValueCache::update_and_fetch), returning
+    /// the keys and values as stored (quantized after
+    /// [`quantize`](KeyValueCache::quantize)). The default wraps
+    /// `update_and_fetch` in [`StoredKv::Dense`].
+    fn update_and_fetch_stored(&mut self, keys: &Array, values: &Array) -> Result<StoredKv> {
+        let (keys, values) = self.update_and_fetch(keys, values)?;
+        Ok(StoredKv::Dense { keys, values })
+    }
+
+    /// Switches to quantized storage as `quantization` says, if the cache
+    /// holds at least `quantization.start` positions (each row on its own
+    /// for a batch) and is not quantized yet; otherwise does nothing. What
+    /// is stored is quantized at once, later updates as they come. The
+    /// default: an error (the cache has no quantized storage).
+    fn quantize(&mut self, quantization: &KvQuantization) -> Result<()> {
+        let _ = quantization;
+        Err(Error::InvalidArgument(
+            "this key/value cache cannot store keys and values quantized".into(),
+        ))
+    }
 
     /// The position of the next token written, per row if rows differ (the
     /// default: [`offset`](KeyValueCache::offset) for every row).
@@ -109,11 +138,12 @@ pub trait KeyValueCache {
         create_attention_mask(query_len, self.offset(), window)
     }
 
-    /// Stores `keys` and `values` and gives `attend(queries, all_keys,
-    /// all_values, mask)`, `mask` having come from
+    /// Stores `keys` and `values` and gives `attend(queries, stored, mask)`
+    /// over all keys and values as stored, `mask` having come from
     /// [`mask`](KeyValueCache::mask) for this update and the layer's
     /// `window`. The default is one
-    /// [`update_and_fetch`](KeyValueCache::update_and_fetch) and one call;
+    /// [`update_and_fetch_stored`](KeyValueCache::update_and_fetch_stored)
+    /// and one call;
     /// a cache whose rows differ in length overrides it to attend row by
     /// row with each row's own mask.
     fn attend(
@@ -126,8 +156,8 @@ pub trait KeyValueCache {
         attend: &mut AttendFn<'_>,
     ) -> Result<Array> {
         let _ = window;
-        let (keys, values) = self.update_and_fetch(keys, values)?;
-        attend(queries, &keys, &values, mask)
+        let stored = self.update_and_fetch_stored(keys, values)?;
+        attend(queries, &stored, mask)
     }
 
     /// How many of the newest positions [`trim`](KeyValueCache::trim) can
@@ -146,31 +176,13 @@ pub trait KeyValueCache {
     fn state(&self) -> Vec<Array>;
 }
 
-/// `buffers` (keys, values) extended by `n` zero positions on the sequence
-/// axis, or new buffers of `n` positions where there are none; batch, heads,
-/// head dimensions and dtypes as the update `keys` and `values` have them.
-fn extend_with_zeros(
-    buffers: Option<(Array, Array)>,
-    keys: &Array,
-    values: &Array,
-    n: i32,
-) -> Result<(Array, Array)> {
-    let (b, h) = (keys.dim(0), keys.dim(1));
-    let new_k = zeros_dtype(&[b, h, n, keys.dim(3)], keys.dtype())?;
-    let new_v = zeros_dtype(&[b, h, n, values.dim(3)], values.dtype())?;
-    Ok(match buffers {
-        Some((k, v)) => (concatenate(&[k, new_k], 2)?, concatenate(&[v, new_v], 2)?),
-        None => (new_k, new_v),
-    })
-}
-
 /// Checks that `keys` and `values` are `[B, H, L, D]` with equal `B`, `H`
-/// and `L`, and, when `stored` is given, that `B`, `H` and the head
-/// dimensions agree with what the cache already holds.
+/// and `L`, and, when the shapes of what the cache stores are given (as
+/// unquantized), that `B`, `H` and the head dimensions agree with them.
 pub(crate) fn check_update(
     keys: &Array,
     values: &Array,
-    stored: Option<(&Array, &Array)>,
+    stored: Option<(&[i32], &[i32])>,
 ) -> Result<()> {
     let fail = |what: &str| Error::CacheShape {
         what: what.to_owned(),
@@ -187,8 +199,7 @@ pub(crate) fn check_update(
         return Err(fail("keys and values differ in batch, kv_heads or length"));
     }
     if let Some((sk, sv)) = stored {
-        let (sk, sv) = (sk.shape(), sv.shape());
-        if sk[..2] != k[..2] || sk[3] != k[3] || sv[3] != v[3] {
+        if sk.len() != 4 || sv.len() != 4 || sk[..2] != k[..2] || sk[3] != k[3] || sv[3] != v[3] {
             return Err(fail(
                 "batch, kv_heads or head_dim differ from those already cached",
             ));

@@ -27,19 +27,15 @@
 //!
 //! [`KeyValueCache::mask`] gives the mask matching each case; it depends only
 //! on `(offset, L, W)`. Without a window (`with_window(None)`, `new()`) the
-//! cache behaves as [`KVCache`].
+//! cache behaves as [`KVCache`]. After [`KeyValueCache::quantize`] the ring
+//! holds quantized keys and values, in the same slots (mlx-lm has no
+//! quantized rotating cache).
 
-use mlx_rs::{
-    ops::{
-        concatenate,
-        indexing::{Ellipsis, TryIndexOp},
-    },
-    Array,
-};
+use mlx_rs::Array;
 
-use super::{
-    check_update, extend_with_zeros, slice_write::write_positions, KVCache, KeyValueCache,
-};
+use super::buffer::KvBuffer;
+use super::quantized::{KvQuantization, StoredKv};
+use super::{check_update, KVCache, KeyValueCache};
 use crate::error::{Error, Result};
 use crate::mask::{create_attention_mask, SdpaMask};
 
@@ -48,13 +44,15 @@ use crate::mask::{create_attention_mask, SdpaMask};
 pub struct RotatingKVCache {
     window: Option<i32>,
     unbounded: KVCache,
-    keys: Option<Array>,
-    values: Option<Array>,
+    keys: Option<KvBuffer>,
+    values: Option<KvBuffer>,
     offset: i32,
     phase: i32,
     /// The oldest position the buffers still hold: `max(0, end - W)` over
     /// every update (a trim does not bring overwritten positions back).
     oldest: i32,
+    /// With a window: set once the ring stores quantized keys and values.
+    quantization: Option<KvQuantization>,
 }
 
 impl RotatingKVCache {
@@ -63,13 +61,21 @@ impl RotatingKVCache {
         self.window
     }
 
+    /// How keys and values are quantized (`None`: stored as they come).
+    pub fn quantization(&self) -> Option<KvQuantization> {
+        match self.window {
+            None => self.unbounded.quantization(),
+            Some(_) => self.quantization,
+        }
+    }
+
     /// Number of positions the buffers hold (their length on the sequence
     /// axis): with a window, at most `W`, and `W` once the offset has
     /// reached it.
     pub fn buffer_len(&self) -> i32 {
         match self.window {
             None => self.unbounded.capacity(),
-            Some(_) => self.keys.as_ref().map_or(0, |k| k.dim(2)),
+            Some(_) => self.keys.as_ref().map_or(0, KvBuffer::len),
         }
     }
 
@@ -78,11 +84,13 @@ impl RotatingKVCache {
     /// has wrapped, the whole ring after. Multiplied by one: MLX's `copy`
     /// and `contiguous` may share the source's buffers, keeping them alive.
     pub fn compacted(&self) -> Result<Self> {
-        let own = |a: &Array, len: i32| -> Result<Array> {
-            let one = Array::from_f32(1.0).as_dtype(a.dtype())?;
-            let a = a.try_index((Ellipsis, ..len, ..))?.multiply(&one)?;
-            a.eval()?;
-            Ok(a)
+        let own = |b: &KvBuffer, len: i32| -> Result<KvBuffer> {
+            b.prefix(len)?.map(|a| {
+                let one = Array::from_f32(1.0).as_dtype(a.dtype())?;
+                let a = a.multiply(&one)?;
+                a.eval()?;
+                Ok(a)
+            })
         };
         let fresh = Self::with_window(self.window);
         if self.offset() == 0 {
@@ -90,20 +98,21 @@ impl RotatingKVCache {
         }
         let (Some(k), Some(v)) = (&self.keys, &self.values) else {
             // No window: the unbounded cache's filled prefix.
-            let Some((k, v)) = self.unbounded.filled()? else {
+            let Some((k, v)) = self.unbounded.filled_buffers()? else {
                 return Ok(fresh);
             };
-            let len = k.dim(2);
+            let len = k.len();
+            let quantization = self.unbounded.quantization();
             return Ok(RotatingKVCache {
-                unbounded: KVCache::from_filled(own(&k, len)?, own(&v, len)?)?,
+                unbounded: KVCache::from_buffers(own(&k, len)?, own(&v, len)?, quantization)?,
                 ..fresh
             });
         };
         // Unwrapped (oldest 0, phase 0): positions sit in order from slot 0.
         let len = if self.oldest == 0 {
-            self.offset.min(k.dim(2))
+            self.offset.min(k.len())
         } else {
-            k.dim(2)
+            k.len()
         };
         Ok(RotatingKVCache {
             keys: Some(own(k, len)?),
@@ -112,8 +121,18 @@ impl RotatingKVCache {
         })
     }
 
+    /// The unquantized shapes of the stored keys and values buffers
+    /// (`None` while nothing is stored).
+    pub(crate) fn stored_shapes(&self) -> Option<[Vec<i32>; 2]> {
+        let (k, v) = match self.window {
+            None => self.unbounded.buffers()?,
+            Some(_) => (self.keys.as_ref()?, self.values.as_ref()?),
+        };
+        Some([k.shape(), v.shape()])
+    }
+
     /// The last `min(offset, W - 1)` stored positions in temporal order.
-    fn recent(&self, w: i32) -> Result<Option<(Array, Array)>> {
+    fn recent(&self, w: i32) -> Result<Option<(KvBuffer, KvBuffer)>> {
         let (Some(k), Some(v)) = (&self.keys, &self.values) else {
             return Ok(None);
         };
@@ -121,36 +140,30 @@ impl RotatingKVCache {
         if prev == 0 {
             return Ok(None);
         }
-        let pick = |a: &Array| -> Result<Array> {
+        let pick = |a: &KvBuffer| -> Result<KvBuffer> {
             if prev < w {
-                return Ok(a.try_index((Ellipsis, ..prev, ..))?);
+                return a.prefix(prev);
             }
             // Positions prev-W+1 .. prev-1 sit in slots s+1..W, then 0..s,
             // where s is the slot of the oldest position, prev - W.
             let s = (prev - self.phase).rem_euclid(w);
-            Ok(if s + 1 == w {
-                a.try_index((Ellipsis, ..s, ..))?
+            if s + 1 == w {
+                a.prefix(s)
             } else if s == 0 {
-                a.try_index((Ellipsis, 1.., ..))?
+                a.positions(1, None)
             } else {
-                concatenate(
-                    &[
-                        a.try_index((Ellipsis, (s + 1).., ..))?,
-                        a.try_index((Ellipsis, ..s, ..))?,
-                    ],
-                    2,
-                )?
-            })
+                a.positions(s + 1, None)?.concat(&a.prefix(s)?)
+            }
         };
         Ok(Some((pick(k)?, pick(v)?)))
     }
 
     /// Stores the last `W` positions of `all` (temporal order, its last
     /// position at `end - 1`) as they are: slot 0 holds position `end - W`.
-    fn store_last(&mut self, all_k: &Array, all_v: &Array, end: i32, w: i32) -> Result<()> {
-        let total = all_k.dim(2);
-        self.keys = Some(all_k.try_index((Ellipsis, (total - w).., ..))?);
-        self.values = Some(all_v.try_index((Ellipsis, (total - w).., ..))?);
+    fn store_last(&mut self, all_k: &KvBuffer, all_v: &KvBuffer, end: i32, w: i32) -> Result<()> {
+        let total = all_k.len();
+        self.keys = Some(all_k.positions(total - w, None)?);
+        self.values = Some(all_v.positions(total - w, None)?);
         self.phase = end.rem_euclid(w);
         Ok(())
     }
@@ -160,21 +173,35 @@ impl RotatingKVCache {
     /// a single token, or to the end of a longer chunk; never past `W`. A
     /// buffer shorter than `W` holds positions in order from slot 0
     /// (nothing has wrapped), so the new slots go at its end.
-    fn grown(&mut self, keys: &Array, values: &Array, need: i32, w: i32) -> Result<(Array, Array)> {
+    fn grown(
+        &mut self,
+        keys: &KvBuffer,
+        values: &KvBuffer,
+        need: i32,
+        w: i32,
+    ) -> Result<(KvBuffer, KvBuffer)> {
         let kept = match (self.keys.take(), self.values.take()) {
-            (Some(k), Some(v)) if k.dim(2) >= need => return Ok((k, v)),
+            (Some(k), Some(v)) if k.len() >= need => return Ok((k, v)),
             (Some(k), Some(v)) => Some((k, v)),
             _ => None,
         };
-        let held = kept.as_ref().map_or(0, |(k, _)| k.dim(2));
-        let len = (self.offset + KVCache::STEP.max(keys.dim(2))).min(w);
-        extend_with_zeros(kept, keys, values, len - held)
+        let held = kept.as_ref().map_or(0, |(k, _)| k.len());
+        let len = (self.offset + KVCache::STEP.max(keys.len())).min(w);
+        let (kept_k, kept_v) = kept.unzip();
+        Ok((
+            KvBuffer::extended(kept_k, keys, len - held)?,
+            KvBuffer::extended(kept_v, values, len - held)?,
+        ))
     }
 
-    fn update_windowed(&mut self, keys: &Array, values: &Array, w: i32) -> Result<(Array, Array)> {
-        check_update(keys, values, self.keys.as_ref().zip(self.values.as_ref()))?;
+    fn update_windowed(&mut self, keys: &Array, values: &Array, w: i32) -> Result<StoredKv> {
+        let stored_k = self.keys.as_ref().map(KvBuffer::shape);
+        let stored_v = self.values.as_ref().map(KvBuffer::shape);
+        check_update(keys, values, stored_k.as_deref().zip(stored_v.as_deref()))?;
+        let q = self.quantization.as_ref();
+        let (keys, values) = (&KvBuffer::new(keys, q)?, &KvBuffer::new(values, q)?);
         let prev = self.offset;
-        let len = keys.dim(2);
+        let len = keys.len();
         let end = prev + len;
         if self.keys.is_none() && len > 1 && end <= w {
             // A first chunk inside the window is kept as it is (as mlx-lm
@@ -182,20 +209,17 @@ impl RotatingKVCache {
             self.keys = Some(keys.clone());
             self.values = Some(values.clone());
             self.offset = end;
-            return Ok((keys.clone(), values.clone()));
+            return KvBuffer::stored(keys.clone(), values.clone());
         }
         if end <= w || len == 1 {
             let (k, v) = self.grown(keys, values, end.min(w), w)?;
             let start = (prev - self.phase).rem_euclid(w);
-            let k = write_positions(&k, keys, start)?;
-            let v = write_positions(&v, values, start)?;
+            let k = k.write(keys, start)?;
+            let v = v.write(values, start)?;
             let out = if end <= w {
-                (
-                    k.try_index((Ellipsis, ..end, ..))?,
-                    v.try_index((Ellipsis, ..end, ..))?,
-                )
+                KvBuffer::stored(k.prefix(end)?, v.prefix(end)?)?
             } else {
-                (k.clone(), v.clone())
+                KvBuffer::stored(k.clone(), v.clone())?
             };
             self.keys = Some(k);
             self.values = Some(v);
@@ -204,16 +228,13 @@ impl RotatingKVCache {
             return Ok(out);
         }
         let (all_k, all_v) = match self.recent(w)? {
-            Some((k, v)) => (
-                concatenate(&[k, keys.clone()], 2)?,
-                concatenate(&[v, values.clone()], 2)?,
-            ),
+            Some((k, v)) => (k.concat(keys)?, v.concat(values)?),
             None => (keys.clone(), values.clone()),
         };
         self.store_last(&all_k, &all_v, end, w)?;
         self.offset = end;
         self.oldest = self.oldest.max(end - w);
-        Ok((all_k, all_v))
+        KvBuffer::stored(all_k, all_v)
     }
 }
 
@@ -237,13 +258,35 @@ impl KeyValueCache for RotatingKVCache {
     }
 
     fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
+        self.update_and_fetch_stored(keys, values)?.dense()
+    }
+
+    fn update_and_fetch_stored(&mut self, keys: &Array, values: &Array) -> Result<StoredKv> {
         match self.window {
-            None => self.unbounded.update_and_fetch(keys, values),
+            None => self.unbounded.update_and_fetch_stored(keys, values),
             Some(w) if w < 1 => Err(Error::InvalidMask(format!(
                 "sliding window must be at least 1, got {w}"
             ))),
             Some(w) => self.update_windowed(keys, values, w),
         }
+    }
+
+    /// Quantizes what the ring holds, in place (slots unchanged), once
+    /// `offset >= start`; without a window, as [`KVCache`] does.
+    fn quantize(&mut self, quantization: &KvQuantization) -> Result<()> {
+        if self.window.is_none() {
+            return self.unbounded.quantize(quantization);
+        }
+        if self.quantization.is_some() || self.offset < quantization.start {
+            return Ok(());
+        }
+        if let (Some(k), Some(v)) = (&self.keys, &self.values) {
+            let (k, v) = (k.quantized(quantization)?, v.quantized(quantization)?);
+            self.keys = Some(k);
+            self.values = Some(v);
+        }
+        self.quantization = Some(*quantization);
+        Ok(())
     }
 
     fn mask(&self, query_len: i32, window: Option<i32>) -> Result<SdpaMask> {
@@ -286,7 +329,12 @@ impl KeyValueCache for RotatingKVCache {
     fn state(&self) -> Vec<Array> {
         match self.window {
             None => self.unbounded.state(),
-            Some(_) => self.keys.iter().chain(&self.values).cloned().collect(),
+            Some(_) => self
+                .keys
+                .iter()
+                .chain(&self.values)
+                .flat_map(KvBuffer::arrays)
+                .collect(),
         }
     }
 }

@@ -23,7 +23,11 @@
 //! - a sequence with an output constraint ([`Prefill::with_constraint`])
 //!   samples only what it allows: a step with such a row reads the fed
 //!   tokens while the device runs the forward, and masks those rows'
-//!   logits (see [`super::constraint`]).
+//!   logits (see [`super::constraint`]);
+//! - a sequence whose options ask for quantized keys and values
+//!   ([`GenerateOptions::kv_quantization`]) has its cache rows quantized
+//!   after each forward call once they hold enough positions, as
+//!   [`Generate`](super::Generate) does; other rows stay dense.
 
 use mlx_rs::{
     ops::{concatenate, indexing::TryIndexOp},
@@ -33,9 +37,9 @@ use mlx_rs::{
 
 use super::constraint::{masked, TokenConstraint};
 use super::logprobs::{PendingLogprobs, TokenLogprobs};
-use super::sequence::{checked_prompt, prefill_chunk, SequenceSampler};
+use super::sequence::{checked_prompt, maybe_quantize, prefill_chunk, SequenceSampler};
 use super::GenerateOptions;
-use crate::cache::{BatchKVCache, KeyValueCache};
+use crate::cache::{BatchKVCache, KeyValueCache, KvQuantization};
 use crate::error::{Error, Result};
 use crate::language_model::LanguageModel;
 
@@ -53,6 +57,7 @@ pub struct Prefill {
     step_size: i32,
     top_logprobs: Option<i32>,
     constraint: Option<Box<dyn TokenConstraint>>,
+    kv_quantization: Option<KvQuantization>,
 }
 
 impl Prefill {
@@ -73,6 +78,7 @@ impl Prefill {
             step_size: options.prefill_step_size,
             top_logprobs: None,
             constraint: None,
+            kv_quantization: options.kv_quantization,
         })
     }
 
@@ -153,6 +159,7 @@ impl Prefill {
                 &mut self.sequence,
                 &mut self.prompt,
                 n,
+                self.kv_quantization.as_ref(),
             )?;
             left -= n;
         }
@@ -170,6 +177,7 @@ struct Row {
     /// The log-probabilities of its pending token.
     logprobs: Option<PendingLogprobs>,
     constraint: Option<Box<dyn TokenConstraint>>,
+    kv_quantization: Option<KvQuantization>,
 }
 
 impl Row {
@@ -264,6 +272,7 @@ impl BatchGenerate {
             sequence,
             top_logprobs,
             constraint,
+            kv_quantization,
             ..
         } = prefill;
         let mut row = Row {
@@ -272,8 +281,10 @@ impl BatchGenerate {
             top_logprobs,
             logprobs: None,
             constraint,
+            kv_quantization,
         };
         let logits = model.forward(&last.reshape(&[1, -1])?, &mut cache)?;
+        maybe_quantize(&mut cache, kv_quantization.as_ref())?;
         row.sequence.remember(&last)?;
         let (first, _) = row.sample(logits.try_index((.., -1, ..))?)?;
         let mut started = vec![&first];
@@ -305,6 +316,13 @@ impl BatchGenerate {
         };
         let b = self.rows.len() as i32;
         let logits = model.forward(&fed.reshape(&[b, 1])?, &mut self.cache)?;
+        for (i, row) in self.rows.iter().enumerate() {
+            if let Some(q) = &row.kv_quantization {
+                for cache in self.cache.iter_mut().flatten() {
+                    cache.quantize_row(i, q)?;
+                }
+            }
+        }
         if self.rows.iter().any(|r| r.constraint.is_some()) {
             // The constraints take the fed tokens before the next masks
             // exist: read them while the device runs the forward.
@@ -385,5 +403,18 @@ impl BatchGenerate {
             keep.contains(&(i - 1))
         });
         Ok(())
+    }
+}
+
+/// Waits for the step still in flight, as [`Generate`](super::Generate)'s
+/// drop does (MLX 0.32 can corrupt its heap when a thread or the process
+/// ends while a stream still runs work); also when
+/// [`remove`](BatchGenerate::remove) empties the batch.
+impl Drop for BatchGenerate {
+    fn drop(&mut self) {
+        if let Some(pending) = &self.pending {
+            // An error here already reached the caller or cannot be acted on.
+            let _ = eval([pending]);
+        }
     }
 }

@@ -18,7 +18,12 @@
 //!   prompt and every token returned; a next chat turn passes only the new tokens
 //!   (those after [`cache_offset`](crate::cache_offset)) with the same cache.
 //!   The rotating cache makes this exact for sliding-window models also after
-//!   it has wrapped.
+//!   it has wrapped;
+//! - quantized keys and values: with
+//!   [`GenerateOptions::kv_quantization`], after every forward call each
+//!   cache holding at least `start` positions switches to quantized storage
+//!   (mlx-lm's `maybe_quantize_kv_cache`), so the first call, at least, runs
+//!   on dense keys as mlx-lm's does.
 //!
 //! [`SpeculativeGenerate`] gives the same items, verifying several tokens
 //! per forward pass where a [`Drafter`] (a draft model, or prompt lookup)
@@ -52,11 +57,11 @@ use mlx_rs::{
     Array,
 };
 
-use crate::cache::KeyValueCache;
+use crate::cache::{KeyValueCache, KvQuantization};
 use crate::error::{Error, Result};
 use crate::language_model::LanguageModel;
 use crate::sample::{RepetitionPenalty, SamplingOptions};
-use sequence::{checked_prompt, prefill_chunk, SequenceSampler};
+use sequence::{checked_prompt, maybe_quantize, prefill_chunk, SequenceSampler};
 
 enum Stage {
     /// Not started: the prompt (1-D, ids) is still to be prefilled.
@@ -169,6 +174,13 @@ impl<'a, C: KeyValueCache> Generate<'a, C> {
         self
     }
 
+    /// Store keys and values quantized as `quantization` says (see
+    /// [`GenerateOptions::kv_quantization`]).
+    pub fn kv_quantization(mut self, quantization: KvQuantization) -> Self {
+        self.options.kv_quantization = Some(quantization);
+        self
+    }
+
     /// The options in effect.
     pub fn options(&self) -> &GenerateOptions {
         &self.options
@@ -189,6 +201,7 @@ impl<'a, C: KeyValueCache> Generate<'a, C> {
     fn step(&mut self, tokens: &Array) -> Result<Array> {
         let input = tokens.reshape(&[1, -1])?;
         let logits = self.model.forward(&input, self.cache)?;
+        maybe_quantize(self.cache, self.options.kv_quantization.as_ref())?;
         let sequence = match self.sequence.as_mut() {
             Some(s) => s,
             None => return Err(Error::InvalidArgument("sampler not set up".into())),
@@ -204,7 +217,15 @@ impl<'a, C: KeyValueCache> Generate<'a, C> {
         // As mlx-lm: prefill all but the last token in chunks.
         while prompt.dim(0) > 1 {
             let n = self.options.prefill_step_size.min(prompt.dim(0) - 1);
-            prefill_chunk(&mut *self.model, self.cache, &mut sequence, &mut prompt, n)?;
+            let quantization = self.options.kv_quantization.as_ref();
+            prefill_chunk(
+                &mut *self.model,
+                self.cache,
+                &mut sequence,
+                &mut prompt,
+                n,
+                quantization,
+            )?;
         }
         self.sequence = Some(sequence);
         let y = self.step(&prompt)?;

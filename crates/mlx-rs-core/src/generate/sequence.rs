@@ -12,7 +12,7 @@ use mlx_rs::{
 };
 
 use super::GenerateOptions;
-use crate::cache::KeyValueCache;
+use crate::cache::{KeyValueCache, KvQuantization};
 use crate::error::{Error, Result};
 use crate::language_model::LanguageModel;
 use crate::sample::{RepetitionPenalty, Sampler};
@@ -126,12 +126,28 @@ pub(crate) fn prefill_chunk<C: KeyValueCache>(
     sequence: &mut SequenceSampler,
     prompt: &mut Array,
     n: i32,
+    quantization: Option<&KvQuantization>,
 ) -> Result<()> {
     let chunk = prompt.try_index(..n)?;
     model.forward(&chunk.reshape(&[1, -1])?, cache)?;
+    maybe_quantize(cache, quantization)?;
     let state: Vec<Array> = cache.iter().flatten().flat_map(|c| c.state()).collect();
     eval(&state)?;
     sequence.remember(&chunk)?;
     *prompt = prompt.try_index(n..)?;
+    Ok(())
+}
+
+/// Switches every cache holding enough positions to quantized storage
+/// (mlx-lm's `maybe_quantize_kv_cache`, after each forward call).
+pub(crate) fn maybe_quantize<C: KeyValueCache>(
+    cache: &mut [Option<C>],
+    quantization: Option<&KvQuantization>,
+) -> Result<()> {
+    if let Some(q) = quantization {
+        for c in cache.iter_mut().flatten() {
+            c.quantize(q)?;
+        }
+    }
     Ok(())
 }

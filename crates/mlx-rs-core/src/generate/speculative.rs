@@ -21,6 +21,10 @@
 //! would take a windowed layer past its window, at most one token is
 //! drafted ([`TrimAhead`]).
 //!
+//! A quantized KV cache ([`GenerateOptions::kv_quantization`]) applies to
+//! the target's cache, switched after each forward call as in
+//! [`Generate`](super::Generate); a draft model's cache stays dense.
+//!
 //! The cache: after a run the target's cache holds the prompt and every
 //! token returned except the last (which the next step would have fed);
 //! each step ends with its tokens evaluated, nothing left in flight.
@@ -30,7 +34,7 @@ use std::collections::VecDeque;
 use mlx_rs::{ops::indexing::TryIndexOp, transforms::eval, Array, Dtype};
 
 use super::draft::Drafter;
-use super::sequence::checked_prompt;
+use super::sequence::{checked_prompt, maybe_quantize};
 use super::verify::{draw, judge, Scorer};
 use super::GenerateOptions;
 use crate::cache::{trim_cache, ConcatKeyValueCache, KVCache, KeyValueCache, RotatingKVCache};
@@ -171,6 +175,7 @@ impl<'a, C: KeyValueCache + TrimAhead> SpeculativeGenerate<'a, C> {
         let body = &self.tokens[..self.tokens.len() - 1];
         for chunk in body.chunks(step) {
             self.model.forward(&row(chunk), self.cache)?;
+            maybe_quantize(self.cache, self.options.kv_quantization.as_ref())?;
             let state: Vec<Array> = self
                 .cache
                 .iter()
@@ -216,6 +221,7 @@ impl<'a, C: KeyValueCache + TrimAhead> SpeculativeGenerate<'a, C> {
         input.extend(self.tokens.last().copied());
         input.extend_from_slice(drafts);
         let logits = self.model.forward(&row(&input), self.cache)?;
+        maybe_quantize(self.cache, self.options.kv_quantization.as_ref())?;
         let logprobs = scorer.logprobs(&logits, &self.tokens, drafts)?;
         let (accepted, next) = if scorer.greedy() {
             let best =

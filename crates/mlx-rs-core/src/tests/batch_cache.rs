@@ -4,7 +4,7 @@
 use mlx_rs::{ops::indexing::TryIndexOp, random, Array};
 
 use super::host;
-use crate::cache::{BatchKVCache, KVCache, KeyValueCache, Positions};
+use crate::cache::{BatchKVCache, KVCache, KeyValueCache, Positions, StoredKv};
 use crate::mask::SdpaMask;
 
 const H: i32 = 2;
@@ -41,7 +41,8 @@ fn attend_gives_each_row_its_own_keys_and_mask() {
     }
     let new = kv(2, 3, 7);
     let mut seen = Vec::new();
-    let mut attend = |q: &Array, k: &Array, _: &Array, m: &SdpaMask| {
+    let mut attend = |q: &Array, kv: &StoredKv, m: &SdpaMask| {
+        let (k, _) = kv.dense()?;
         seen.push((q.dim(0), k.dim(2), matches!(m, SdpaMask::None)));
         Ok(k.sum_axes(&[2], true)?)
     };
@@ -76,7 +77,7 @@ fn windowed_rows_hold_only_their_window_and_rows_copy_compactly() {
     for step in 0..3 {
         let new = kv(2, 1, 20 + step);
         let mut attend =
-            |_: &Array, k: &Array, _: &Array, _: &SdpaMask| Ok(k.sum_axes(&[2], true)?);
+            |_: &Array, kv: &StoredKv, _: &SdpaMask| Ok(kv.dense()?.0.sum_axes(&[2], true)?);
         batch
             .attend(&new, &new, &new, &SdpaMask::None, Some(w), &mut attend)
             .unwrap();

@@ -4,6 +4,7 @@
 mod batch_cache;
 mod cache;
 mod mask;
+mod quantized;
 mod rope;
 mod rotating;
 mod sample;
