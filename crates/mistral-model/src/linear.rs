@@ -110,7 +110,7 @@ impl QuantizedWeight {
         let scales = check_scales(weights, "scales", scales, &groups)?;
         let biases = weights.float("biases", &groups)?;
         Ok(QuantizedWeight {
-            weight: packed,
+            weight: mlx_rs_core::read_slack::with_read_slack(&packed)?,
             scales,
             biases,
             params,
@@ -352,7 +352,7 @@ impl LinearWeight {
             return Ok(None);
         };
         Ok(Some(LinearWeight::Quantized(QuantizedWeight {
-            weight,
+            weight: mlx_rs_core::read_slack::with_read_slack(&weight)?,
             scales,
             biases,
             params: first.params,

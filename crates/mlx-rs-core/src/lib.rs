@@ -17,7 +17,8 @@
 //! - [`distributed`]: MLX's distributed layer (process groups, collectives);
 //! - [`runtime`]: which MLX this process runs on;
 //! - [`cuda_kernel`]: MLX's CUDA custom kernels, and
-//!   [`quantized_matvec`], our 4-bit decode kernel for NVIDIA GPUs;
+//!   [`quantized_matvec`], our 4- and 8-bit decode kernel for NVIDIA GPUs,
+//!   and [`read_slack`], room after packed weights for MLX's CUDA kernel;
 //! - [`streams`]: side streams, to spread independent work over CPU cores;
 //! - [`error`]: the crate's error type.
 //!
@@ -34,6 +35,7 @@ pub mod generate;
 pub mod language_model;
 pub mod mask;
 pub mod quantized_matvec;
+pub mod read_slack;
 pub mod rope;
 pub mod runtime;
 pub mod sample;

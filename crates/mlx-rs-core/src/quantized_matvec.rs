@@ -23,9 +23,9 @@
 //! It is still off unless the caller asks for it ([`QmvKernel::Ours`], or
 //! [`QmvKernel::OursLarge`] for the products of more than [`LARGE_ELEMENTS`]
 //! elements only; a load option, `mistral-cli --qmv`): the parity tests
-//! against mlx-lm have not yet run with it on a
-//! 4-bit model it takes (the 4-bit test model they ran on has float32
-//! scales, which it declines). `ours` keeps a stacked matrix's product
+//! with it on a model it takes aborted on an H100, in MLX's own many-row
+//! kernel reading past the weights (see [`crate::read_slack`]), and have
+//! not yet run since that was worked around. `ours` keeps a stacked matrix's product
 //! equal to its parts' own (each output row is computed alone, whatever
 //! the matrix's height; see `mistral_model::fused`); `ours-large` may not,
 //! where a stack is above the threshold and its parts below.
