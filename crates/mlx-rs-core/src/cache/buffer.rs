@@ -42,6 +42,28 @@ impl KvBuffer {
         }
     }
 
+    /// Quantizes a cache's `keys` and `values` with `q` once `offset >=
+    /// start` and records `q` in `state` (nothing when already quantized or
+    /// not yet long enough): the switch mlx-lm's `to_quantized` makes.
+    pub(crate) fn quantize_pair(
+        keys: &mut Option<KvBuffer>,
+        values: &mut Option<KvBuffer>,
+        state: &mut Option<KvQuantization>,
+        offset: i32,
+        q: &KvQuantization,
+    ) -> Result<()> {
+        if state.is_some() || offset < q.start {
+            return Ok(());
+        }
+        if let (Some(k), Some(v)) = (keys.as_ref(), values.as_ref()) {
+            let (k, v) = (k.quantized(q)?, v.quantized(q)?);
+            *keys = Some(k);
+            *values = Some(v);
+        }
+        *state = Some(*q);
+        Ok(())
+    }
+
     /// Number of positions (the length of axis 2).
     pub(crate) fn len(&self) -> i32 {
         self.first().dim(2)

@@ -158,16 +158,13 @@ impl KeyValueCache for KVCache {
     /// Quantizes the whole buffers once `offset >= start` (as mlx-lm's
     /// `KVCache.to_quantized`); later updates are stored quantized.
     fn quantize(&mut self, quantization: &KvQuantization) -> Result<()> {
-        if self.quantization.is_some() || self.offset < quantization.start {
-            return Ok(());
-        }
-        if let (Some(k), Some(v)) = (&self.keys, &self.values) {
-            let (k, v) = (k.quantized(quantization)?, v.quantized(quantization)?);
-            self.keys = Some(k);
-            self.values = Some(v);
-        }
-        self.quantization = Some(*quantization);
-        Ok(())
+        KvBuffer::quantize_pair(
+            &mut self.keys,
+            &mut self.values,
+            &mut self.quantization,
+            self.offset,
+            quantization,
+        )
     }
 
     fn trim(&mut self, n: i32) -> Result<i32> {

@@ -277,16 +277,13 @@ impl KeyValueCache for RotatingKVCache {
         if self.window.is_none() {
             return self.unbounded.quantize(quantization);
         }
-        if self.quantization.is_some() || self.offset < quantization.start {
-            return Ok(());
-        }
-        if let (Some(k), Some(v)) = (&self.keys, &self.values) {
-            let (k, v) = (k.quantized(quantization)?, v.quantized(quantization)?);
-            self.keys = Some(k);
-            self.values = Some(v);
-        }
-        self.quantization = Some(*quantization);
-        Ok(())
+        KvBuffer::quantize_pair(
+            &mut self.keys,
+            &mut self.values,
+            &mut self.quantization,
+            self.offset,
+            quantization,
+        )
     }
 
     fn mask(&self, query_len: i32, window: Option<i32>) -> Result<SdpaMask> {

@@ -3,11 +3,12 @@
 
 use mlx_rs::{
     ops::{concatenate, indexing::TryIndexOp},
-    transforms::{async_eval, eval},
+    transforms::async_eval,
     Array,
 };
 
 use super::prompt_lookup::PromptLookup;
+use super::sequence::eval_caches;
 use super::speculative::TrimAhead;
 use super::verify::Scorer;
 use crate::cache::{cache_offset, trim_cache, KeyValueCache};
@@ -162,13 +163,7 @@ impl<C: KeyValueCache + TrimAhead> DraftModel<'_, C> {
         while fresh.len() as i32 > prefill_step_size {
             let (chunk, rest) = fresh.split_at(prefill_step_size as usize);
             self.model.forward(&row(chunk), self.cache)?;
-            let state: Vec<Array> = self
-                .cache
-                .iter()
-                .flatten()
-                .flat_map(|c| c.state())
-                .collect();
-            eval(&state)?;
+            eval_caches(self.cache)?;
             self.cached.extend_from_slice(chunk);
             fresh = rest;
         }

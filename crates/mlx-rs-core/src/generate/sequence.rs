@@ -131,8 +131,7 @@ pub(crate) fn prefill_chunk<C: KeyValueCache>(
     let chunk = prompt.try_index(..n)?;
     model.forward(&chunk.reshape(&[1, -1])?, cache)?;
     maybe_quantize(cache, quantization)?;
-    let state: Vec<Array> = cache.iter().flatten().flat_map(|c| c.state()).collect();
-    eval(&state)?;
+    eval_caches(cache)?;
     sequence.remember(&chunk)?;
     *prompt = prompt.try_index(n..)?;
     Ok(())
@@ -149,5 +148,13 @@ pub(crate) fn maybe_quantize<C: KeyValueCache>(
             c.quantize(q)?;
         }
     }
+    Ok(())
+}
+
+/// Evaluates what `cache` holds (after a prefill chunk whose logits are not
+/// needed).
+pub(crate) fn eval_caches<C: KeyValueCache>(cache: &[Option<C>]) -> Result<()> {
+    let state: Vec<Array> = cache.iter().flatten().flat_map(|c| c.state()).collect();
+    eval(&state)?;
     Ok(())
 }

@@ -34,7 +34,7 @@ use std::collections::VecDeque;
 use mlx_rs::{ops::indexing::TryIndexOp, transforms::eval, Array, Dtype};
 
 use super::draft::Drafter;
-use super::sequence::{checked_prompt, maybe_quantize};
+use super::sequence::{checked_prompt, eval_caches, maybe_quantize};
 use super::verify::{draw, judge, Scorer};
 use super::GenerateOptions;
 use crate::cache::{trim_cache, ConcatKeyValueCache, KVCache, KeyValueCache, RotatingKVCache};
@@ -176,13 +176,7 @@ impl<'a, C: KeyValueCache + TrimAhead> SpeculativeGenerate<'a, C> {
         for chunk in body.chunks(step) {
             self.model.forward(&row(chunk), self.cache)?;
             maybe_quantize(self.cache, self.options.kv_quantization.as_ref())?;
-            let state: Vec<Array> = self
-                .cache
-                .iter()
-                .flatten()
-                .flat_map(|c| c.state())
-                .collect();
-            eval(&state)?;
+            eval_caches(self.cache)?;
         }
         Ok(())
     }
