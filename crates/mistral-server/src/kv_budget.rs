@@ -20,7 +20,9 @@ use mistral_model::Mistral;
 use mlx_rs::Array;
 use mlx_rs_core::{BatchKVCache, KVCache, KeyValueCache, KvQuantization};
 
-use crate::model_state::PREFILL_CHUNK;
+/// Prompt tokens prefilled per chunk (one chunk between decode steps); a
+/// sequence is dense for up to one chunk past the quantization start.
+pub const PREFILL_CHUNK: i32 = 512;
 
 /// The share of the memory left after the weights that the default budget
 /// takes.

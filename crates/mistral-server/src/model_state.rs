@@ -38,10 +38,8 @@ use mlx_rs_core::{
 use serde::{Deserialize, Serialize};
 
 use crate::job::Sampling;
+use crate::kv_budget::PREFILL_CHUNK;
 use crate::prompt_cache::PromptCache;
-
-/// Prompt tokens prefilled per chunk (one chunk between decode steps).
-pub const PREFILL_CHUNK: i32 = 512;
 
 /// Repetition penalty context, as mlx-lm's default.
 const PENALTY_CONTEXT: usize = 20;

@@ -47,7 +47,7 @@ use crate::model_state::{Admit, Advanced, Leader, Leave, ModelState, PrefillOp, 
 use crate::reasoning_gate::ReasoningGate;
 use crate::text_side::TextSide;
 
-pub use crate::model_state::PREFILL_CHUNK;
+pub use crate::kv_budget::PREFILL_CHUNK;
 
 /// A job with its stop checker and timing.
 struct Active<'t> {

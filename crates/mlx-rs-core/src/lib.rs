@@ -43,13 +43,12 @@ pub mod streams;
 
 pub use cache::{
     attention, cache_offset, trim_cache, AttendFn, BatchKVCache, ConcatKeyValueCache, KVCache,
-    KeyValueCache, KvQuantization, Positions, QuantizedArray, RotatingKVCache, StoredKv,
+    KeyValueCache, KvQuantization, Positions, QuantizedArray, RotatingKVCache, StoredKv, TrimAhead,
 };
 pub use error::{Error, Result};
 pub use generate::{
     BatchGenerate, BatchModel, BatchToken, DraftModel, Drafter, Generate, GenerateOptions, Prefill,
     PromptLookup, SpeculativeGenerate, SpeculativeStats, StepTimes, TokenConstraint, TokenLogprobs,
-    TrimAhead,
 };
 pub use language_model::{check_token_ids, LanguageModel};
 pub use mask::{

@@ -40,6 +40,7 @@ mod preallocated;
 mod quantized;
 mod rotating;
 mod slice_write;
+mod trim_ahead;
 
 pub use batch::BatchKVCache;
 pub use concat::ConcatKeyValueCache;
@@ -47,6 +48,7 @@ pub use list::{cache_offset, trim_cache};
 pub use preallocated::KVCache;
 pub use quantized::{attention, KvQuantization, QuantizedArray, StoredKv};
 pub use rotating::RotatingKVCache;
+pub use trim_ahead::TrimAhead;
 
 use mlx_rs::Array;
 

@@ -9,9 +9,8 @@ use mlx_rs::{
 
 use super::prompt_lookup::PromptLookup;
 use super::sequence::eval_caches;
-use super::speculative::TrimAhead;
 use super::verify::Scorer;
-use crate::cache::{cache_offset, trim_cache, KeyValueCache};
+use crate::cache::{cache_offset, trim_cache, KeyValueCache, TrimAhead};
 use crate::error::{Error, Result};
 use crate::language_model::LanguageModel;
 

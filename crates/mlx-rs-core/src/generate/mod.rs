@@ -46,7 +46,7 @@ pub use draft::{DraftModel, Drafter};
 pub use logprobs::TokenLogprobs;
 pub use options::GenerateOptions;
 pub use prompt_lookup::PromptLookup;
-pub use speculative::{SpeculativeGenerate, SpeculativeStats, TrimAhead};
+pub use speculative::{SpeculativeGenerate, SpeculativeStats};
 pub use step_times::StepTimes;
 
 use std::time::Instant;
