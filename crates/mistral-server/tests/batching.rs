@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{metric, post, post_raw, post_stream, start_configured, stream_and_leave, MODEL_ID};
+use common::{
+    metric, post, post_raw, post_stream, start_configured, stream_and_leave_once_started, MODEL_ID,
+};
 use serde_json::{json, Value};
 
 const PROMPTS: [&str; 8] = [
@@ -111,7 +113,7 @@ fn eight_concurrent_streams_get_their_solo_answers() {
 fn a_client_that_leaves_during_prefill_stops_it() {
     let server = start_configured(|c| c.prompt_cache_bytes = 0);
     let request = long_prompt_stream(300, 8);
-    stream_and_leave(&server, "/v1/chat/completions", &request); // the prefill has just begun
+    stream_and_leave_once_started(&server, "/v1/chat/completions", &request);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     while metric(&server, "mistral_requests_running") > 0.0 {
         assert!(

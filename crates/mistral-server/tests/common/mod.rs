@@ -267,7 +267,32 @@ pub fn metric(server: &Server, name: &str) -> f64 {
 
 /// POSTs `body` (a streaming request) over a raw socket, reads the start
 /// of the `200` answer, and closes the connection: a client that leaves.
+/// A stream opens once queued, so the client may leave before the engine
+/// takes the request (see [`stream_and_leave_once_started`]).
 pub fn stream_and_leave(server: &Server, path: &str, body: &Value) {
+    drop(open_stream(server, path, body));
+}
+
+/// [`stream_and_leave`], leaving only once the engine has taken the
+/// request (`mistral_prompt_tokens_total` grew): a client that leaves
+/// during the prefill.
+pub fn stream_and_leave_once_started(server: &Server, path: &str, body: &Value) {
+    let before = metric(server, "mistral_prompt_tokens_total");
+    let socket = open_stream(server, path, body);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while metric(server, "mistral_prompt_tokens_total") <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine never took the request"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(socket);
+}
+
+/// POSTs `body` over a raw socket and reads the start of the `200` answer;
+/// the connection stays open while the socket lives.
+fn open_stream(server: &Server, path: &str, body: &Value) -> std::net::TcpStream {
     use std::io::{Read, Write};
     let address = server.base.trim_start_matches("http://");
     let body = body.to_string();
@@ -281,6 +306,7 @@ pub fn stream_and_leave(server: &Server, path: &str, body: &Value) {
     let mut first = [0u8; 256];
     let n = socket.read(&mut first).expect("first bytes");
     assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    socket
 }
 
 /// Runs `xtask/python/SCRIPT BASE_URL test-key MODEL_ID [extra]` with the
