@@ -10,7 +10,7 @@ mod rotating;
 mod sample;
 mod speculative;
 
-use mlx_rs::{Array, Dtype};
+use mlx_rs::{ops::concatenate, Array, Dtype};
 
 /// Host copy of an array as `f32`, row-major.
 fn host(a: &Array) -> Vec<f32> {
@@ -22,4 +22,26 @@ fn host(a: &Array) -> Vec<f32> {
 fn host_bool(a: &Array) -> Vec<bool> {
     let a = a.contiguous().unwrap();
     a.try_as_slice::<bool>().unwrap().to_vec()
+}
+
+/// `history` (keys, values) with `k` and `v` appended on the sequence axis.
+fn append_history(history: Option<(Array, Array)>, k: Array, v: Array) -> (Array, Array) {
+    match history {
+        Some((hk, hv)) => (
+            concatenate(&[hk, k], 2).unwrap(),
+            concatenate(&[hv, v], 2).unwrap(),
+        ),
+        None => (k, v),
+    }
+}
+
+/// The largest difference between `got`'s host values and `expected`
+/// (asserting they have as many elements).
+fn max_abs_diff(got: &Array, expected: &[f32], what: &str) -> f32 {
+    let got = host(got);
+    assert_eq!(got.len(), expected.len(), "{what}: element count");
+    got.iter()
+        .zip(expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
 }

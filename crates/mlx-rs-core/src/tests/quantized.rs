@@ -4,10 +4,10 @@
 //! quantizing the whole), with and without a sliding window, through chunks
 //! and single tokens around the wrap; and the checks on the settings.
 
-use mlx_rs::{ops::concatenate, random, Array};
+use mlx_rs::{random, Array};
 
-use super::host;
 use super::mask::reference_attention;
+use super::{append_history, max_abs_diff};
 use crate::cache::{
     attention, BatchKVCache, KeyValueCache, KvQuantization, RotatingKVCache, StoredKv,
 };
@@ -50,21 +50,9 @@ fn run(window: Option<i32>, steps: &[i32], bits: i32, seed: u64) {
         );
         let out = attention(&q, &stored, scale, &mask).unwrap();
         let (k, v) = if n > 0 { (dq(&k), dq(&v)) } else { (k, v) };
-        let (hk, hv) = match history.take() {
-            Some((hk, hv)) => (
-                concatenate(&[hk, k], 2).unwrap(),
-                concatenate(&[hv, v], 2).unwrap(),
-            ),
-            None => (k, v),
-        };
+        let (hk, hv) = append_history(history.take(), k, v);
         let expected = reference_attention(&q, &hk, &hv, offset, window, scale);
-        let got = host(&out);
-        assert_eq!(got.len(), expected.len(), "step {n}: element count");
-        let worst = got
-            .iter()
-            .zip(&expected)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = max_abs_diff(&out, &expected, &format!("step {n}"));
         assert!(
             worst < 1e-4,
             "step {n} (len {len} at {offset}): off by {worst}"

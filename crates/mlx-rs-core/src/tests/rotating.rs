@@ -5,10 +5,10 @@
 //! with a window longer than [`KVCache::STEP`], buffers that grow by steps
 //! as mlx-lm's do before the window fills.
 
-use mlx_rs::{ops::concatenate, random, Array};
+use mlx_rs::{random, Array};
 
-use super::host;
 use super::mask::reference_attention;
+use super::{append_history, max_abs_diff};
 use crate::cache::{KVCache, KeyValueCache, RotatingKVCache};
 use crate::mask::scaled_dot_product_attention;
 
@@ -58,23 +58,11 @@ fn run_with_window(w: i32, steps: &[i32], seed: u64) {
         let mask = cache.mask(len, Some(w)).unwrap();
         let (ck, cv) = cache.update_and_fetch(&k, &v).unwrap();
         let out = scaled_dot_product_attention(&q, &ck, &cv, scale, &mask).unwrap();
-        let (hk, hv) = match history.take() {
-            Some((hk, hv)) => (
-                concatenate(&[hk, k], 2).unwrap(),
-                concatenate(&[hv, v], 2).unwrap(),
-            ),
-            None => (k, v),
-        };
+        let (hk, hv) = append_history(history.take(), k, v);
         let expected = reference_attention(&q, &hk, &hv, offset, Some(w), scale);
         high_water = high_water.max(hk.dim(2));
         history = Some((hk, hv));
-        let got = host(&out);
-        assert_eq!(got.len(), expected.len(), "step {n}: element count");
-        let worst = got
-            .iter()
-            .zip(&expected)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = max_abs_diff(&out, &expected, &format!("step {n}"));
         assert!(
             worst < 1e-5,
             "step {n} (len {len} at {offset}): off by {worst}"
