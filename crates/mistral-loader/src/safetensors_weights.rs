@@ -592,7 +592,7 @@ fn new_array(
     dtype: Dtype,
     mlx_error: impl Fn(&str) -> LoadError,
 ) -> Result<Array> {
-    install_mlx_error_handler();
+    mlx_rs_core::runtime::ensure_mlx_error_handler();
     // SAFETY: `ptr` points to the tensor's readable bytes (a map slice or
     // an owned buffer the caller keeps alive), aligned for `dtype`, and the
     // header check made their length the element count of `shape` times the
@@ -603,18 +603,6 @@ fn new_array(
         return Err(mlx_error("mlx_array_new_data failed (out of memory?)"));
     }
     Ok(array)
-}
-
-/// Makes sure mlx-rs's error handler is installed before calling mlx-c
-/// directly: mlx-c's own default handler calls `exit(-1)` on any error (e.g.
-/// an allocation failure in `mlx_array_new_data`). mlx-rs installs its
-/// handler, which only records the message, on its first fallible
-/// operation; evaluating a scalar is one.
-pub(crate) fn install_mlx_error_handler() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = Array::from_int(0).eval();
-    });
 }
 
 /// Drops the resident pages of a tensor that has been copied out.

@@ -108,7 +108,9 @@ impl Attention {
         };
         let [queries, keys, values]: [Array; 3] =
             self.qkv.forward(x)?.try_into().map_err(|_| {
-                ModelError::Input("the fused q/k/v projection gave other than 3 outputs".to_owned())
+                ModelError::Internal(
+                    "the fused q/k/v projection gave other than 3 outputs".to_owned(),
+                )
             })?;
         let queries = split(queries, self.n_heads)?;
         let keys = split(keys, self.n_kv_heads)?;
@@ -220,6 +222,6 @@ enum QueriesKeys {
 /// The two parts of a split.
 fn two(parts: Vec<Array>) -> Result<[Array; 2], ModelError> {
     parts.try_into().map_err(|_| {
-        ModelError::Input("a split of attention heads gave other than 2 parts".to_owned())
+        ModelError::Internal("a split of attention heads gave other than 2 parts".to_owned())
     })
 }

@@ -112,6 +112,10 @@ pub enum ModelError {
     #[error("invalid input: {0}")]
     Input(String),
 
+    /// A broken internal invariant (a bug here, not bad input).
+    #[error("internal error (a bug in mistral-model): {0}")]
+    Internal(String),
+
     /// An error from the caches, masks or attention of `mlx-rs-core`.
     #[error(transparent)]
     Core(#[from] mlx_rs_core::Error),

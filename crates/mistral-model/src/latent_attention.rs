@@ -372,5 +372,5 @@ fn model_error(e: mlx_rs_core::Error) -> ModelError {
 fn two(parts: Vec<Array>) -> Result<[Array; 2], ModelError> {
     parts
         .try_into()
-        .map_err(|_| ModelError::Input("a split gave other than 2 parts".to_owned()))
+        .map_err(|_| ModelError::Internal("a split gave other than 2 parts".to_owned()))
 }

@@ -54,7 +54,9 @@ impl Mlp {
     /// Applies the block to `x` `[B, L, hidden_size]`.
     pub fn forward(&self, x: &Array) -> Result<Array, ModelError> {
         let [gate, up]: [Array; 2] = self.gate_up.forward(x)?.try_into().map_err(|_| {
-            ModelError::Input("the fused gate/up projection gave other than 2 outputs".to_owned())
+            ModelError::Internal(
+                "the fused gate/up projection gave other than 2 outputs".to_owned(),
+            )
         })?;
         self.down_proj.forward(&swiglu(&gate, &up)?)
     }

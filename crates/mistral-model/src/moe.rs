@@ -64,7 +64,7 @@ impl SparseMoe {
     /// module `weights` points at.
     pub fn new(cfg: &MistralConfig, weights: &mut Weights) -> Result<Self, ModelError> {
         let (experts, top_k) = cfg.experts().ok_or_else(|| {
-            ModelError::Input("a mixture-of-experts layer needs num_local_experts".to_owned())
+            ModelError::Internal("a mixture-of-experts layer needs num_local_experts".to_owned())
         })?;
         let dims = (cfg.hidden_size, cfg.intermediate_size);
         let projections = load_experts(cfg, weights, experts, dims, ["w1", "w3", "w2"])?;
@@ -88,7 +88,7 @@ impl SparseMoe {
         weights: &mut Weights,
     ) -> Result<Self, ModelError> {
         let experts = latent.n_routed_experts.ok_or_else(|| {
-            ModelError::Input("a mixture-of-experts layer needs n_routed_experts".to_owned())
+            ModelError::Internal("a mixture-of-experts layer needs n_routed_experts".to_owned())
         })?;
         let (dim, hidden) = (cfg.hidden_size, latent.moe_intermediate_size);
         let projections = match weights.take("experts.gate_up_proj") {
@@ -266,7 +266,9 @@ fn load_experts(
 fn stacked_part(parts: &[Array], i: usize) -> Result<Array, ModelError> {
     let part = parts
         .get(i)
-        .ok_or_else(|| ModelError::Input("a split of fused experts gave too few parts".to_owned()))?
+        .ok_or_else(|| {
+            ModelError::Internal("a split of fused experts gave too few parts".to_owned())
+        })?
         .contiguous()?;
     part.eval()?;
     Ok(part)

@@ -51,6 +51,7 @@ impl Backend {
 
     /// Whether this MLX build has the backend.
     pub fn is_available(self) -> bool {
+        // SAFETY: the name is a static NUL-terminated string; mlx-c only reads it.
         unsafe { mlx_sys::mlx_distributed_is_available(self.name().as_ptr()) }
     }
 }
@@ -67,13 +68,17 @@ pub struct Group {
     raw: mlx_distributed_group,
 }
 
-// The group is an immutable handle on MLX's shared group object (a
-// reference-counted C++ group); operations only read it.
+// SAFETY: the group is an immutable handle on MLX's shared group object (a
+// reference-counted C++ group); no operation mutates it, so it may move to
+// and be read from any thread.
 unsafe impl Send for Group {}
+// SAFETY: as for `Send`: every use only reads the shared group.
 unsafe impl Sync for Group {}
 
 impl Drop for Group {
     fn drop(&mut self) {
+        // SAFETY: `raw` came from a successful init or split, is owned by this
+        // `Group` alone and is freed exactly once, here.
         unsafe {
             mlx_sys::mlx_distributed_group_free(self.raw);
         }
@@ -129,6 +134,8 @@ impl Group {
         let mut raw = mlx_distributed_group {
             ctx: std::ptr::null_mut(),
         };
+        // SAFETY: `raw` is a valid out-handle and the backend name a static
+        // NUL-terminated string; on failure the status and null ctx say so.
         let status =
             unsafe { mlx_sys::mlx_distributed_init(&mut raw, strict, backend.name().as_ptr()) };
         if status != 0 || raw.ctx.is_null() {
@@ -145,11 +152,13 @@ impl Group {
 
     /// This process's rank.
     pub fn rank(&self) -> i32 {
+        // SAFETY: `self.raw` is a live group handle (freed only on drop).
         unsafe { mlx_sys::mlx_distributed_group_rank(self.raw) }
     }
 
     /// The number of processes.
     pub fn size(&self) -> i32 {
+        // SAFETY: `self.raw` is a live group handle (freed only on drop).
         unsafe { mlx_sys::mlx_distributed_group_size(self.raw) }
     }
 
@@ -159,6 +168,8 @@ impl Group {
         let mut raw = mlx_distributed_group {
             ctx: std::ptr::null_mut(),
         };
+        // SAFETY: `raw` is a valid out-handle and `self.raw` a live group;
+        // on failure the status and null ctx say so.
         let status =
             unsafe { mlx_sys::mlx_distributed_group_split(&mut raw, self.raw, color, key) };
         if status != 0 || raw.ctx.is_null() {
@@ -234,6 +245,9 @@ fn check_ring_environment() -> Result<()> {
 fn array_op(what: &str, op: impl FnOnce(*mut mlx_array, mlx_stream) -> c_int) -> Result<Array> {
     crate::runtime::ensure_mlx_error_handler();
     let stream = Stream::thread_local_or_default();
+    // SAFETY: `res` is a fresh mlx-c array that `op` writes into; on failure
+    // it is freed here, on success its ownership passes to the `Array`.
+    // The stream outlives the call.
     unsafe {
         let mut res = mlx_sys::mlx_array_new();
         if op(&mut res, stream.as_ptr()) != 0 {
@@ -246,6 +260,8 @@ fn array_op(what: &str, op: impl FnOnce(*mut mlx_array, mlx_stream) -> c_int) ->
 
 /// The element-wise sum of `x` over every process of `group`.
 pub fn all_sum(x: &Array, group: &Group) -> Result<Array> {
+    // SAFETY: `res` is the out-handle `array_op` owns; the inputs are live
+    // arrays and `group.raw` a live group, all borrowed for the call.
     array_op("all_sum", |res, s| unsafe {
         mlx_sys::mlx_distributed_all_sum(res, x.as_ptr(), group.raw, s)
     })
@@ -308,6 +324,8 @@ pub fn shared_seed(group: &Group) -> Result<u64> {
 
 /// The element-wise maximum of `x` over every process of `group`.
 pub fn all_max(x: &Array, group: &Group) -> Result<Array> {
+    // SAFETY: `res` is the out-handle `array_op` owns; the inputs are live
+    // arrays and `group.raw` a live group, all borrowed for the call.
     array_op("all_max", |res, s| unsafe {
         mlx_sys::mlx_distributed_all_max(res, x.as_ptr(), group.raw, s)
     })
@@ -315,6 +333,8 @@ pub fn all_max(x: &Array, group: &Group) -> Result<Array> {
 
 /// The element-wise minimum of `x` over every process of `group`.
 pub fn all_min(x: &Array, group: &Group) -> Result<Array> {
+    // SAFETY: `res` is the out-handle `array_op` owns; the inputs are live
+    // arrays and `group.raw` a live group, all borrowed for the call.
     array_op("all_min", |res, s| unsafe {
         mlx_sys::mlx_distributed_all_min(res, x.as_ptr(), group.raw, s)
     })
@@ -327,6 +347,8 @@ pub fn all_gather(x: &Array, group: &Group) -> Result<Array> {
             "all_gather needs an array with at least one axis".into(),
         ));
     }
+    // SAFETY: `res` is the out-handle `array_op` owns; the inputs are live
+    // arrays and `group.raw` a live group, all borrowed for the call.
     array_op("all_gather", |res, s| unsafe {
         mlx_sys::mlx_distributed_all_gather(res, x.as_ptr(), group.raw, s)
     })
@@ -343,6 +365,8 @@ pub fn sum_scatter(x: &Array, group: &Group) -> Result<Array> {
             x.shape()
         )));
     }
+    // SAFETY: `res` is the out-handle `array_op` owns; the inputs are live
+    // arrays and `group.raw` a live group, all borrowed for the call.
     array_op("sum_scatter", |res, s| unsafe {
         mlx_sys::mlx_distributed_sum_scatter(res, x.as_ptr(), group.raw, s)
     })
@@ -362,6 +386,8 @@ fn check_peer(what: &str, peer: i32, group: &Group) -> Result<()> {
 /// Sends `x` to rank `dst`; evaluate the returned array to send.
 pub fn send(x: &Array, dst: i32, group: &Group) -> Result<Array> {
     check_peer("send", dst, group)?;
+    // SAFETY: `res` is the out-handle `array_op` owns; the inputs are live
+    // arrays and `group.raw` a live group, all borrowed for the call.
     array_op("send", |res, s| unsafe {
         mlx_sys::mlx_distributed_send(res, x.as_ptr(), dst, group.raw, s)
     })
@@ -370,6 +396,8 @@ pub fn send(x: &Array, dst: i32, group: &Group) -> Result<Array> {
 /// Receives an array of `shape` and `dtype` from rank `src`.
 pub fn recv(shape: &[i32], dtype: Dtype, src: i32, group: &Group) -> Result<Array> {
     check_peer("recv", src, group)?;
+    // SAFETY: `res` is the out-handle `array_op` owns; the inputs are live
+    // arrays and `group.raw` a live group, all borrowed for the call.
     array_op("recv", |res, s| unsafe {
         mlx_sys::mlx_distributed_recv(
             res,
@@ -386,6 +414,8 @@ pub fn recv(shape: &[i32], dtype: Dtype, src: i32, group: &Group) -> Result<Arra
 /// Receives an array shaped and typed as `like` from rank `src`.
 pub fn recv_like(like: &Array, src: i32, group: &Group) -> Result<Array> {
     check_peer("recv_like", src, group)?;
+    // SAFETY: `res` is the out-handle `array_op` owns; the inputs are live
+    // arrays and `group.raw` a live group, all borrowed for the call.
     array_op("recv_like", |res, s| unsafe {
         mlx_sys::mlx_distributed_recv_like(res, like.as_ptr(), src, group.raw, s)
     })

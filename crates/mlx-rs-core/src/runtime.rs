@@ -52,10 +52,11 @@ pub fn synchronize() -> crate::error::Result<()> {
     Ok(())
 }
 
-/// Makes sure `mlx-rs`'s MLX error handler is installed before this crate
-/// calls mlx-c directly: mlx-c's default handler ends the process. `mlx-rs`
-/// installs its own on its first checked op; this runs one.
-pub(crate) fn ensure_mlx_error_handler() {
+/// Makes sure `mlx-rs`'s MLX error handler is installed before calling
+/// mlx-c directly: mlx-c's default handler ends the process (`exit(-1)`).
+/// `mlx-rs` installs its own, which records the message, on its first
+/// checked op; this runs one. Call it before any direct mlx-c call.
+pub fn ensure_mlx_error_handler() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let _ = mlx_rs::Array::from_int(0).as_dtype(mlx_rs::Dtype::Int32);

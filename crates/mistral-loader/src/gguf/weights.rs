@@ -187,7 +187,7 @@ fn tensor_error(file: &GgufFile, info: &TensorInfo, message: impl Into<String>) 
 
 /// Copies and converts one tensor, undoing the row permutation by `heads`.
 fn convert(file: &GgufFile, info: &TensorInfo, heads: Option<i32>) -> Result<Converted> {
-    crate::safetensors_weights::install_mlx_error_handler();
+    mlx_rs_core::runtime::ensure_mlx_error_handler();
     let fail = |message: String| tensor_error(file, info, message);
     let ty = info
         .ggml_type()
