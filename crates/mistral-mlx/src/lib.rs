@@ -6,7 +6,8 @@
 //! [`load_tokenizer`]), the model ([`Mistral`]), and generation
 //! ([`Generate`] over a [`KVCache`], or a [`RotatingKVCache`] for
 //! sliding-window models, with [`cache_offset`]/[`trim_cache`] for reusing a
-//! prompt cache across chat turns). The README's Quick Start:
+//! prompt cache across chat turns). The seed README's Quick Start (the
+//! original API, which keeps working; today's README shows it too):
 //!
 //! ```no_run
 //! use mistral_mlx::{load_model, load_tokenizer, Generate, KVCache};
@@ -30,7 +31,7 @@
 //! }
 //! ```
 //!
-//! Decoding token by token as above is the original README's; it drops the
+//! Decoding token by token as above is the seed README's; it drops the
 //! spaces SentencePiece marks on tokens and splits multi-byte characters.
 //! [`StreamingDetokenizer`] (or [`StopChecker`]) prints exactly the one-shot
 //! decode instead.
