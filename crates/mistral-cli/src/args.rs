@@ -122,8 +122,8 @@ pub struct ModelArgs {
     /// (SIGBUS). GGUF files are always mapped.
     #[arg(long)]
     pub no_mmap: bool,
-    /// Which one-row 4-bit products our CUDA kernel computes instead of
-    /// MLX's: `mlx` (none, the default), `ours` (all it can take),
+    /// Which 4- and 8-bit products of 1 to 4 rows our CUDA kernel computes
+    /// instead of MLX's: `mlx` (none, the default), `ours` (all it can take),
     /// `ours-large` (the large matrices only). Only on an NVIDIA GPU.
     #[arg(long, env = "MISTRAL_MLX_QMV", default_value = "mlx", value_parser = parse_qmv)]
     pub qmv: QmvKernel,

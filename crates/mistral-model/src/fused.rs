@@ -15,7 +15,7 @@
 //! stacking could change its rounding. For the same reason quantized
 //! matrices stack only up to 16384 rows: past that MLX's CUDA backend
 //! computes even one row with a matrix-matrix kernel (on sm90 GPUs), unless
-//! our own 4-bit kernel (`WeightOptions::qmv`) takes the stack's product.
+//! our own quantized kernel (`WeightOptions::qmv`) takes the stack's product.
 
 use mlx_rs::{ops::split_at_indices, Array};
 
