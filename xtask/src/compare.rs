@@ -19,31 +19,52 @@
 //!   Results: a Markdown table on stdout and in
 //!   `<target>/xtask/compare/compare.md`, with the raw numbers in
 //!   `compare.json` beside it; both are rewritten after every repetition.
+//! - `--vs llama.cpp` compares with llama.cpp's `llama-bench` on GGUF files
+//!   instead: `compare_llama.rs`.
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::compare_llama::{self, LlamaArgs};
 use crate::paths::{target_dir, workspace_root, xtask_dir};
 use crate::python;
 
 /// Arguments of `compare`.
 #[derive(Args, Debug)]
 pub struct CompareArgs {
-    /// Measured runs of each engine per case (at least 5 for a report).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
-    reps: u32,
-    /// Only the cases of these models (comma-separated, e.g. m150_bf16).
+    /// The engine to compare with.
+    #[arg(long, value_enum, default_value_t = Versus::MlxLm)]
+    vs: Versus,
+    /// Measured runs of each engine per case (default 5 against mlx-lm, at
+    /// least 5 for a report; 3 against llama.cpp).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    reps: Option<u32>,
+    /// Only the cases of these models (comma-separated, e.g. m150_bf16; with
+    /// --vs llama.cpp: smollm2_q4_1, 1b_q4_0, 7bw_q8_0, ... or .gguf paths).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Every model at prompts 16, 512 and 2048, 128 generated tokens, every
     /// engine (hours on a small CPU).
     #[arg(long)]
     full: bool,
+    #[command(flatten)]
+    llama: LlamaArgs,
+}
+
+/// The engine `compare` measures ours against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Versus {
+    /// mlx-lm 0.32.2 on the random-weight Mistral shapes and SmolLM2.
+    #[value(name = "mlx-lm")]
+    MlxLm,
+    /// llama.cpp's llama-bench on the same GGUF files.
+    #[value(name = "llama.cpp")]
+    LlamaCpp,
 }
 
 /// Who runs a case.
@@ -128,7 +149,14 @@ struct Sample {
 }
 
 /// Runs `compare`.
-pub fn run(args: CompareArgs) -> Result<()> {
+pub fn run(mut args: CompareArgs) -> Result<()> {
+    if args.vs == Versus::LlamaCpp {
+        if args.full {
+            bail!("--full is for --vs mlx-lm");
+        }
+        return compare_llama::run(&args.llama, args.reps.unwrap_or(3), &args.only);
+    }
+    let reps = *args.reps.get_or_insert(5);
     let mut cases = plan(args.full);
     if !args.only.is_empty() {
         if let Some(unknown) = args.only.iter().find(|m| !MODELS.contains(&m.as_str())) {
@@ -151,7 +179,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         .map(|c| vec![Vec::new(); c.engines.len()])
         .collect();
     let mut raw = Vec::new();
-    for rep in 0..args.reps {
+    for rep in 0..reps {
         for (case, per_engine) in cases.iter().zip(samples.iter_mut()) {
             for (engine, runs) in case.engines.iter().zip(per_engine.iter_mut()) {
                 let dir = models.join(case.model);
@@ -163,7 +191,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
                 eprintln!(
                     "rep {}/{} {} p{} g{} {:<24} prefill {:>8.2} tok/s  decode {:>7.2} tok/s",
                     rep + 1,
-                    args.reps,
+                    reps,
                     case.model,
                     case.prompt,
                     case.gen,
@@ -196,7 +224,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         bandwidth: (bandwidth_before, Some(bandwidth_after)),
         raw: &raw,
         out_dir: &out_dir,
-        reps_done: args.reps,
+        reps_done: reps,
     })
 }
 
@@ -228,7 +256,7 @@ fn write_report(report: &Report) -> Result<()> {
         before,
         after_text,
         report.reps_done,
-        report.args.reps,
+        report.args.reps.unwrap_or(5),
         if report.args.full { " --full" } else { "" },
     );
     let table = render(report.cases, report.samples, bandwidth);
@@ -241,7 +269,7 @@ fn write_report(report: &Report) -> Result<()> {
     fs::write(&md, &text).with_context(|| format!("writing {}", md.display()))?;
     let raw_path = report.out_dir.join("compare.json");
     let document = json!({
-        "date": today(), "machine": machine(), "reps": report.args.reps,
+        "date": today(), "machine": machine(), "reps": report.args.reps.unwrap_or(5),
         "reps_done": report.reps_done,
         "bandwidth_GBps": { "before": before, "after": after },
         "runs": report.raw,
@@ -356,7 +384,7 @@ fn bandwidth(python: &Path) -> Result<f64> {
 }
 
 /// Median, min and max.
-fn summary(values: &[f64]) -> (f64, f64, f64) {
+pub(crate) fn summary(values: &[f64]) -> (f64, f64, f64) {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let n = sorted.len();

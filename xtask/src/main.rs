@@ -9,7 +9,9 @@
 //! - `bench`: the criterion benchmarks (`benches/`), on the demo model unless
 //!   `MISTRAL_MLX_BENCH_MODEL` names another.
 //! - `compare`: our `mistral-cli bench` against mlx-lm on the same files,
-//!   interleaved, with the machine's memory bandwidth (see `compare.rs`).
+//!   interleaved, with the machine's memory bandwidth (see `compare.rs`);
+//!   `compare --vs llama.cpp`: against llama.cpp's `llama-bench` on the same
+//!   GGUF files (`compare_llama.rs`, `llama_cpp.rs`).
 //! - `serve-bench`: the server's throughput with 1 and 8 concurrent clients
 //!   (`serve_bench.rs`).
 //! - `download`: a model from the Hugging Face hub into its cache (or a
@@ -27,6 +29,7 @@
 #[allow(dead_code)]
 mod blas_choice;
 mod compare;
+mod compare_llama;
 mod dist;
 mod download;
 mod gpu_pack;
@@ -35,6 +38,7 @@ mod serve_bench;
 // without making xtask build MLX.
 #[path = "../../crates/mistral-loader/src/hf_cache.rs"]
 mod hf_cache;
+mod llama_cpp;
 mod paths;
 mod python;
 mod relocation;
@@ -84,7 +88,8 @@ enum Task {
         bench_args: Vec<String>,
     },
     /// Benchmark ours against mlx-lm 0.32.2 side by side (random-weight
-    /// Mistral shapes and SmolLM2; see BENCHMARKS.md).
+    /// Mistral shapes and SmolLM2), or with `--vs llama.cpp` against
+    /// llama.cpp's llama-bench on the same GGUF files (see BENCHMARKS.md).
     Compare(compare::CompareArgs),
     /// The server's throughput with 1 and 8 concurrent streaming clients
     /// on the demo model (`benches/results/<date>-serve-bench.json`).

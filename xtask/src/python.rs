@@ -22,8 +22,9 @@ pub const SMOLLM2_ENV_VAR: &str = "MISTRAL_MLX_SMOLLM2";
 
 /// Scripts that write no test model or reference (the harnesses and the
 /// server's client check): editing them does not regenerate the test models.
-const NOT_MODEL_INPUTS: [&str; 13] = [
+const NOT_MODEL_INPUTS: [&str; 14] = [
     "bench_models.py",
+    "llama_gguf_models.py",
     "qmv_kernel_check.py",
     "qmv_tiling_sweep.py",
     "speculative_bench.py",
@@ -221,6 +222,62 @@ pub fn ensure_bench_models() -> Result<PathBuf> {
         .arg("--smollm2")
         .arg(&smollm2))
     .context("generating the benchmark models")?;
+    fs::write(&stamp, hash)?;
+    Ok(out)
+}
+
+/// The random-weight GGUF files of `compare --vs llama.cpp`
+/// (`llama_gguf_models.py`) in `<target>/xtask/llama-gguf`: the ones of
+/// `names` that are missing are written, and all are removed first when the
+/// generator changed since the stamp was written (files there without a
+/// stamp, from running the script by hand, are kept).
+pub fn ensure_llama_gguf(names: &[&str]) -> Result<PathBuf> {
+    let out = xtask_dir().join("llama-gguf");
+    if names.is_empty() {
+        return Ok(out);
+    }
+    let python = ensure_env()?;
+    let inputs: Vec<PathBuf> = [
+        "llama_gguf_models.py",
+        "make_gguf_models.py",
+        "make_models.py",
+        "gguf_to_hf.py",
+        "spconvert.py",
+        "requirements.txt",
+    ]
+    .iter()
+    .map(|name| python_dir().join(name))
+    .collect();
+    let stamp = out.join(".generator-hash");
+    let hash = hash_files(&inputs)?;
+    if fs::read_to_string(&stamp).is_ok_and(|old| old != hash) {
+        eprintln!(
+            "xtask: the GGUF generator changed; removing {}",
+            out.display()
+        );
+        fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
+    }
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|name| !out.join(format!("{name}.gguf")).is_file())
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "xtask: writing {} into {} (minutes each at these widths)",
+            missing.join(", "),
+            out.display()
+        );
+        let smollm2 = crate::smollm2::for_tests()?;
+        run(Command::new(&python)
+            .arg(python_dir().join("llama_gguf_models.py"))
+            .arg(&out)
+            .arg("--smollm2")
+            .arg(&smollm2)
+            .arg("--only")
+            .arg(missing.join(",")))
+        .context("writing the GGUF files for the llama.cpp comparison")?;
+    }
     fs::write(&stamp, hash)?;
     Ok(out)
 }
