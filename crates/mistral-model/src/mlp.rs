@@ -51,7 +51,8 @@ impl Mlp {
         })
     }
 
-    /// Applies the block to `x` `[B, L, hidden_size]`.
+    /// Applies the block to `x` `[..., hidden_size]` (the decoder layers pass
+    /// rows, `[B * L, hidden_size]`).
     pub fn forward(&self, x: &Array) -> Result<Array, ModelError> {
         let [gate, up]: [Array; 2] = self.gate_up.forward(x)?.try_into().map_err(|_| {
             ModelError::Internal(
@@ -66,12 +67,8 @@ impl Mlp {
 type Compiled = Box<dyn FnMut(&[Array]) -> Result<Vec<Array>, Exception>>;
 
 thread_local! {
-    /// The one compiled `swiglu` of this thread. MLX caches a compiled
-    /// function's traced and fused graph under the function's id, and
-    /// mlx-rs gives every `compile` a fresh id (erased when dropped): a
-    /// `compile` per call would trace, simplify and fuse the function anew at
-    /// every layer of every step, host time mlx-lm (one module-level
-    /// `mx.compile`) does not spend.
+    /// The one compiled `swiglu` of this thread: MLX caches a trace per
+    /// compiled function, so compiling once avoids re-tracing every call.
     static SWIGLU: std::cell::RefCell<Compiled> = std::cell::RefCell::new(Box::new(compile(
         |args: &[Array]| -> Result<Vec<Array>, Exception> {
             Ok(vec![silu(&args[0])?.multiply(&args[1])?])

@@ -3,22 +3,11 @@
 //! through [`crate::cuda_kernel`].
 //!
 //! Why: at one token per step every weight is read once per token, so
-//! decode speed is the speed at which the products stream the weights.
-//! MLX 0.32.2's CUDA `quantized_matmul` reads 4-bit weights at about a
-//! quarter of the card's bandwidth (mlx-lm's 4-bit 7B decode is no faster
-//! than its bf16 one). This kernel reads each row in 16-byte chunks and
-//! spends about 7 instructions per weight byte (see the kernel's notes):
-//! its first version spent 13 and ran at 1.2-1.7 TB/s on the large
-//! matrices, bounded by its arithmetic.
-//!
-//! Measured on one H200 (2026-11-28; BENCHMARKS.md, section "Our 4-bit
-//! kernel, second version"): against MLX's kernel alone, 1.4-2.2x on
-//! Mistral 7B's gate/up, down and head matrices (2.1-2.6 TB/s on the
-//! largest); on the small ones the timing is mostly the per-call cost,
-//! higher for a custom kernel. In 4-bit 7B decode ours ran at 1.28x
-//! mlx-lm's speed with it on every product (1 round of 5 runs) and 1.43x
-//! with it on the large ones (2 rounds), against 1.19x with MLX's kernel
-//! earlier that day.
+//! decode speed is the speed at which the products stream the weights, and
+//! MLX 0.32.2's CUDA `quantized_matmul` streams 4-bit weights far below the
+//! card's bandwidth. This kernel reads each row in 16-byte chunks with few
+//! instructions per weight byte (see the kernel's notes). Its speed against
+//! MLX's is in BENCHMARKS.md ("Our 4-bit kernel").
 //!
 //! It is still off unless the caller asks for it ([`QmvKernel::Ours`], or
 //! [`QmvKernel::OursLarge`] for the products of more than [`LARGE_ELEMENTS`]
