@@ -2,7 +2,7 @@
 //! checkpoint (vision-language) holds them as `language_model.model.*` and
 //! `language_model.lm_head.*` (Mistral's and mlx-community's layout) or as
 //! `model.language_model.*` and `lm_head.*` (transformers 5). The model
-//! asks for its own names (`model.*`, `lm_head.*`); [`WrapperNames`] finds
+//! asks for its own names (`model.*`, `lm_head.*`); `WrapperNames` finds
 //! them under either layout. The vision tower and projector are never asked
 //! for, so never read ([`is_vision_tensor`]).
 

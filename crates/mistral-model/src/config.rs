@@ -24,7 +24,7 @@ use crate::error::ConfigError;
 use crate::quantization::{QuantParams, QuantizationConfig};
 
 /// Model types this crate implements (the text model's; a `mistral3`
-/// wrapper's `text_config` is read as its model, see [`crate::config_json`]).
+/// wrapper's `text_config` is read as its model, see [`WRAPPER_MODEL_TYPES`](crate::WRAPPER_MODEL_TYPES)).
 pub const SUPPORTED_MODEL_TYPES: [&str; 6] = [
     "mistral",
     "llama",

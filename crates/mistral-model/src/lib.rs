@@ -19,35 +19,36 @@
 
 #![deny(missing_docs)]
 
-pub mod attention;
-pub mod block;
+mod attention;
+mod block;
 pub mod checkpoint_names;
-pub mod config;
-pub mod config_json;
-pub mod config_mistral4;
-pub mod embedding;
-pub mod error;
-pub mod fused;
-pub mod language_model;
-pub mod latent_attention;
-pub mod linear;
-pub mod mlp;
-pub mod model;
-pub mod moe;
-pub mod norm;
-pub mod quantization;
+mod config;
+mod config_json;
+mod config_mistral4;
+mod embedding;
+mod error;
+mod fused;
+mod language_model;
+mod latent_attention;
+mod linear;
+mod mlp;
+mod model;
+mod moe;
+mod norm;
+mod quantization;
 mod query_scale;
-pub mod rope_config;
-pub mod routing;
-pub mod row_split;
+mod rope_config;
+mod routing;
+mod row_split;
 mod rows;
-pub mod switch_linear;
-pub mod tensor_parallel;
-pub mod weights;
+mod switch_linear;
+mod tensor_parallel;
+mod weights;
 
 pub use attention::Attention;
 pub use block::{DecoderLayer, FeedForward, SelfAttention};
-pub use config::{EosTokenId, LayerType, MistralConfig};
+pub use config::{EosTokenId, LayerType, MistralConfig, DEFAULT_ROPE_THETA, SUPPORTED_MODEL_TYPES};
+pub use config_json::WRAPPER_MODEL_TYPES;
 pub use config_mistral4::LatentConfig;
 pub use embedding::Embedding;
 pub use error::{ConfigError, ModelError};
@@ -58,7 +59,11 @@ pub use mlp::Mlp;
 pub use model::{Mistral, MistralModel};
 pub use moe::SparseMoe;
 pub use norm::RmsNorm;
-pub use quantization::{LayerQuantization, QuantParams, QuantizationConfig};
+pub use quantization::{
+    LayerQuantization, QuantParams, QuantizationConfig, SUPPORTED_BITS, SUPPORTED_GROUP_SIZES,
+};
+pub use rope_config::SUPPORTED_ROPE_TYPES;
+pub use routing::Routing;
 pub use row_split::RowSplit;
 pub use switch_linear::SwitchLinear;
 pub use tensor_parallel::{Split, TensorParallel};

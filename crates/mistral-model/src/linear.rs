@@ -453,7 +453,7 @@ impl Linear {
     }
 
     /// The layer `name` of the module `weights` points at, split over the
-    /// model's ranks by `split` (see [`crate::tensor_parallel`]); as
+    /// model's ranks by `split` (see [`TensorParallel`](crate::TensorParallel)); as
     /// [`Linear::new`] when the model is not split.
     pub fn sharded(
         cfg: &MistralConfig,

@@ -216,7 +216,7 @@ impl Mistral {
 
     /// Like [`with_options`](Self::with_options), this process holding its
     /// share of the model split over `parallel`'s ranks (see
-    /// [`crate::tensor_parallel`]); every rank runs the same calls with the
+    /// [`TensorParallel`](crate::TensorParallel)); every rank runs the same calls with the
     /// same inputs and gets the whole model's logits.
     pub fn with_tensor_parallel(
         cfg: &MistralConfig,

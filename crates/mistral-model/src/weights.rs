@@ -171,7 +171,7 @@ impl<'a> Weights<'a> {
     }
 
     /// This view, splitting the model over `parallel`'s ranks (see
-    /// [`crate::tensor_parallel`]); a group of one splits nothing.
+    /// [`TensorParallel`](crate::TensorParallel)); a group of one splits nothing.
     pub fn with_tensor_parallel(mut self, parallel: TensorParallel) -> Self {
         self.parallel = (parallel.size() > 1).then_some(parallel);
         self
