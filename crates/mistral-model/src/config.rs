@@ -314,14 +314,6 @@ impl MistralConfig {
         }
     }
 
-    /// The RoPE position scale (1 / linear scaling factor).
-    pub fn rope_scale(&self) -> f32 {
-        match self.rope_scaling() {
-            RopeScaling::Linear { factor } => 1.0 / factor,
-            _ => 1.0,
-        }
-    }
-
     /// Llama 4's query scaling, which `ministral3` and `mistral4` use: queries at
     /// position `p` are multiplied by `1 + beta * ln(1 + floor(p / n))`;
     /// `(beta, n)` from `rope_parameters.llama_4_scaling_beta` and

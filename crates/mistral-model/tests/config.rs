@@ -1,7 +1,7 @@
 //! Config parsing and validation on texts shaped like real checkpoints.
 
 use mistral_model::{ConfigError, EosTokenId, LayerType, MistralConfig, QuantParams};
-use mlx_rs_core::AttentionMask;
+use mlx_rs_core::{AttentionMask, RopeScaling};
 use serde_json::{json, Value};
 
 const MISTRAL_7B_V01: &str = r#"{
@@ -130,7 +130,7 @@ fn mistral_7b_v01() {
             AttentionMask::SlidingWindow(4096)
         );
     }
-    assert_eq!(cfg.rope_scale(), 1.0);
+    assert_eq!(cfg.rope_scaling(), RopeScaling::None);
 }
 
 #[test]
@@ -258,7 +258,10 @@ fn linear_rope_scaling() {
         MISTRAL_7B_V01,
         json!({"rope_scaling": {"type": "linear", "factor": 4.0}}),
     );
-    assert_eq!(parse(&text).rope_scale(), 0.25);
+    assert_eq!(
+        parse(&text).rope_scaling(),
+        RopeScaling::Linear { factor: 4.0 }
+    );
     let text = patched(
         MISTRAL_7B_V01,
         json!({"rope_scaling": {"rope_type": "longrope", "factor": 4.0}}),
@@ -275,13 +278,16 @@ fn transformers_v5_rope_parameters() {
     );
     let cfg = parse(&text);
     assert_eq!(cfg.rope_theta(), 1e6);
-    assert_eq!(cfg.rope_scale(), 1.0);
+    assert_eq!(cfg.rope_scaling(), RopeScaling::None);
     let text = patched(
         MISTRAL_NEMO,
         json!({"rope_theta": null,
                "rope_parameters": {"rope_theta": 1e6, "rope_type": "linear", "factor": 8.0}}),
     );
-    assert_eq!(parse(&text).rope_scale(), 0.125);
+    assert_eq!(
+        parse(&text).rope_scaling(),
+        RopeScaling::Linear { factor: 8.0 }
+    );
     let text = patched(
         MISTRAL_NEMO,
         json!({"rope_parameters": {"rope_theta": 1e6, "rope_type": "su", "factor": 8.0}}),

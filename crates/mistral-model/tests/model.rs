@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use common::{assert_close, configs, host, random_weights, tiny_config};
 use mistral_model::{Mistral, MistralConfig, ModelError};
 use mlx_rs::{ops::quantize, Array, Dtype};
-use mlx_rs_core::{ConcatKeyValueCache, KVCache, KeyValueCache};
+use mlx_rs_core::{ConcatKeyValueCache, KVCache, KeyValueCache, RopeScaling};
 use serde_json::json;
 
 /// Host reference of the model's math, over host copies of the weights.
@@ -61,7 +61,11 @@ impl<'a> Reference<'a> {
         let hd = v.len();
         let half = hd / 2;
         let theta = self.cfg.rope_theta();
-        let p = pos as f64 * self.cfg.rope_scale() as f64;
+        let scale = match self.cfg.rope_scaling() {
+            RopeScaling::Linear { factor } => 1.0 / factor as f64,
+            _ => 1.0,
+        };
+        let p = pos as f64 * scale;
         for i in 0..half {
             let freq = theta.powf(-(2.0 * i as f64) / hd as f64);
             let (s, c) = ((p * freq).sin() as f32, (p * freq).cos() as f32);
