@@ -36,7 +36,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::compare::{build_cli, machine, summary, today};
+use crate::bench_env::{build_cli, machine, summary, today};
 use crate::llama_cpp;
 use crate::paths::{workspace_root, xtask_dir};
 use crate::python;

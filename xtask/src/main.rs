@@ -25,6 +25,7 @@
 
 // Shared with mlx-sys's build script: the reference venv's mlx-lm must use
 // the OpenBLAS our build links.
+mod bench_env;
 #[path = "../../crates/mlx-sys/build/blas_choice.rs"]
 #[allow(dead_code)]
 mod blas_choice;

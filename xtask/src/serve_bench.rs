@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 use std::process::Command;
 
-use crate::{compare, paths, python, smollm2};
+use crate::{bench_env, paths, python, smollm2};
 
 /// `cargo xtask serve-bench` arguments.
 #[derive(clap::Args)]
@@ -29,7 +29,7 @@ pub struct ServeBenchArgs {
 }
 
 pub fn run(args: &ServeBenchArgs) -> Result<()> {
-    let cli = compare::build_cli()?;
+    let cli = bench_env::build_cli()?;
     let model = smollm2::for_tests()?;
     let python = python::ensure_env()?;
     let script = paths::workspace_root().join("xtask/python/serve_bench.py");
@@ -60,10 +60,10 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
     let results = paths::workspace_root().join("benches/results");
     std::fs::create_dir_all(&results)?;
     let suffix = if args.schema { "-schema" } else { "" };
-    let file = results.join(format!("{}-serve-bench{suffix}.json", compare::today()));
+    let file = results.join(format!("{}-serve-bench{suffix}.json", bench_env::today()));
     std::fs::write(&file, format!("{line}\n"))
         .with_context(|| format!("writing {}", file.display()))?;
-    println!("machine: {}", compare::machine());
+    println!("machine: {}", bench_env::machine());
     for (clients, r) in report["clients"].as_object().context("clients")? {
         println!(
             "{clients} clients: median {:.1} tok/s (min {:.1}, max {:.1}), {:.2}x the first{}",
