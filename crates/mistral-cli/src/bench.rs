@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use std::time::Instant;
 
+use mistral_loader::Loader;
 use mlx_rs::{ops::indexing::argmax_axis, transforms::async_eval, Array};
 use mlx_rs_core::{
     Generate, GenerateOptions, KvQuantization, LanguageModel, RotatingKVCache, StepTimes,
@@ -141,7 +142,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     let _ = mlx_rs::memory::reset_peak_memory();
     let start = Instant::now();
-    let (mut model, plan) = ranks::load_model(&dir, &options, parallel)?;
+    let (mut model, plan) = Loader::new(&dir)
+        .options(options)
+        .ranks(parallel)
+        .load_planned()?;
     let mut draft = args.speculative.load_draft(&dir, &options)?;
     let load_seconds = start.elapsed().as_secs_f64();
     let facts = ModelFacts {

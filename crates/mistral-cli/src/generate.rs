@@ -17,7 +17,7 @@ use std::time::Instant;
 use mistral_loader::chat_template::ChatTemplateSource;
 use mistral_loader::{
     check_tokenizer_fits, load_chat_template, load_model_config, load_special_tokens,
-    load_tokenizer, ChatMessage, StopChecker, StopCriteria, StreamingDetokenizer,
+    load_tokenizer, ChatMessage, Loader, StopChecker, StopCriteria, StreamingDetokenizer,
 };
 use mlx_rs::Array;
 use mlx_rs_core::{Generate, RotatingKVCache};
@@ -106,7 +106,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     check_tokenizer_fits(&tokenizer, config.vocab_size, &dir)?;
     let special = load_special_tokens(&dir, Some(&tokenizer))?;
     let options = args.model.load_options();
-    let (mut model, plan) = ranks::load_model(&dir, &options, parallel.clone())?;
+    let (mut model, plan) = Loader::new(&dir)
+        .options(options)
+        .ranks(parallel.clone())
+        .load_planned()?;
     let mut draft = args.speculative.load_draft(&dir, &options)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
 

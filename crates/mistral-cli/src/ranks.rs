@@ -17,11 +17,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use std::path::Path;
-
 use anyhow::{bail, Context, Result};
-use mistral_loader::{load_model_parallel, load_model_planned, LoadOptions, LoadPlan};
-use mistral_model::{Mistral, TensorParallel};
+use mistral_model::TensorParallel;
 use mlx_rs_core::distributed::{write_loopback_hostfile, Backend, Group};
 
 /// How long the ranks wait for each other to join.
@@ -49,18 +46,6 @@ pub fn role(n: u32) -> Result<Role> {
 /// the same tokens).
 pub fn prints(parallel: &Option<TensorParallel>) -> bool {
     parallel.as_ref().is_none_or(|p| p.rank() == 0)
-}
-
-/// The model at `dir` whole, or this rank's share of it.
-pub fn load_model(
-    dir: &Path,
-    options: &LoadOptions,
-    parallel: Option<TensorParallel>,
-) -> Result<(Mistral, LoadPlan)> {
-    Ok(match parallel {
-        Some(parallel) => load_model_parallel(dir, options, parallel)?,
-        None => load_model_planned(dir, options)?,
-    })
 }
 
 /// Whether this process was started as a rank (by [`launch`] or MLX's

@@ -5,6 +5,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
+use mistral_loader::Loader;
 use mistral_server::{serve, ModelSpec, ServerConfig};
 
 use crate::args::TokenizerModeArg;
@@ -120,7 +121,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     if let Some(parallel) = parallel.as_ref().filter(|p| p.rank() != 0) {
         let options = args.model.load_options();
-        let (mut model, _) = ranks::load_model(&path, &options, Some(parallel.clone()))?;
+        let (mut model, _) = Loader::new(&path)
+            .options(options)
+            .ranks(Some(parallel.clone()))
+            .load_planned()?;
         let kv = args.kv.quantization();
         return mistral_server::follow(&mut model, parallel, args.prompt_cache_bytes, kv)
             .map_err(|e| anyhow::anyhow!("rank {}: {e}", parallel.rank()));

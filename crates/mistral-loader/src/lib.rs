@@ -15,7 +15,6 @@
 //!   [`StopChecker`], [`ChatTemplate`], ...) is `mistral-text`'s, which has
 //!   no MLX dependency; it is re-exported here, so one dependency on the
 //!   loader gives both.
-//! - [`ModelDir::open`] does all of the above for one directory.
 //! - [`gguf`] loads llama.cpp's GGUF files directly (config from the
 //!   metadata, quantized tensors kept exact, the tokenizer rebuilt from the
 //!   metadata); the `load_*` functions accept a GGUF path wherever they
@@ -27,7 +26,7 @@
 //! - [`plan`] decides the dtype: the checkpoint's, a forced one, or
 //!   [`ComputeDtype::Auto`] (float32 on the CPU, quantized matrices
 //!   dequantized when they fit).
-//! - [`load_model`] puts it together: `config.json` into `MistralConfig`,
+//! - [`Loader`] puts it together (and [`load_model`] with its defaults): `config.json` into `MistralConfig`,
 //!   the tensors into `Mistral`, and every model error mapped to the file
 //!   that holds the tensor; tensors the model did not use are an error.
 
@@ -42,7 +41,7 @@ mod fp8;
 pub mod gguf;
 pub mod hf_cache;
 pub mod load;
-pub mod model_dir;
+mod loader;
 pub mod native;
 pub mod plan;
 mod rope_rows;
@@ -57,10 +56,8 @@ pub use chat_template::{load_chat_template, ChatTemplateSource, ModelChatTemplat
 pub use config::{load_config, read_config_str};
 pub use convert::{convert_model, ConvertOptions, ConvertReport};
 pub use error::{LoadError, Result};
-pub use load::{
-    load_model, load_model_config, load_model_parallel, load_model_planned, load_model_with,
-    LoadOptions,
-};
+pub use load::{load_model, load_model_config, load_model_with, LoadOptions};
+pub use loader::Loader;
 pub use mistral_model::WeightSource;
 /// The [`Tokenizer`] newtype's module, now `mistral_text::tokenizer` (the
 /// old path keeps working).
@@ -71,7 +68,6 @@ pub use mistral_text::{
     StopChecker, StopCriteria, StopError, StopReason, StopStep, StopStringMatcher,
     StreamingDetokenizer, TokenBytes, Tokenizer, TokenizerError,
 };
-pub use model_dir::ModelDir;
 pub use native::WeightsLayout;
 pub use plan::{ComputeDtype, LoadPlan};
 pub use safetensors_files::{discover_checkpoint, CheckpointFiles, CheckpointLayout};

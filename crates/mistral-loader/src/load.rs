@@ -19,6 +19,7 @@ use mlx_rs_core::quantized_matvec::QmvKernel;
 use crate::config::read_config_str;
 use crate::error::{LoadError, Result};
 use crate::gguf::{self, GgufFile, GgufWeights};
+use crate::loader::Loader;
 use crate::native::{self, NativeWeights, WeightsLayout, PARAMS_FILE};
 use crate::plan::{ComputeDtype, LoadPlan};
 use crate::safetensors_files::{discover_checkpoint, CONFIG_FILE, INDEX_FILE};
@@ -47,33 +48,13 @@ pub struct LoadOptions {
 /// `config.json` and safetensors weights, or a GGUF file (or a directory
 /// holding one, see [`gguf::find_gguf`]).
 pub fn load_model(dir: impl AsRef<Path>) -> Result<Mistral> {
-    load_model_with(dir, &LoadOptions::default())
+    Loader::new(dir).load()
 }
 
-/// Loads the model at `path` (see [`load_model`]) with `options`.
+/// Loads the model at `path` (see [`load_model`]) with `options`: a
+/// shorthand for `Loader::new(path).options(*options).load()`.
 pub fn load_model_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Mistral> {
-    Ok(load_tapped(path.as_ref(), options, None, None)?.0)
-}
-
-/// Loads the model at `path` like [`load_model_with`], and also says what
-/// [`ComputeDtype::Auto`] chose (the [`LoadPlan`]), for reports.
-pub fn load_model_planned(
-    path: impl AsRef<Path>,
-    options: &LoadOptions,
-) -> Result<(Mistral, LoadPlan)> {
-    load_tapped(path.as_ref(), options, None, None)
-}
-
-/// Loads this process's share of the model at `path` split over
-/// `parallel`'s ranks (see `mistral_model::tensor_parallel`): every rank
-/// loads the same files with the same options and keeps its block of each
-/// split matrix.
-pub fn load_model_parallel(
-    path: impl AsRef<Path>,
-    options: &LoadOptions,
-    parallel: TensorParallel,
-) -> Result<(Mistral, LoadPlan)> {
-    load_tapped(path.as_ref(), options, None, Some(parallel))
+    Loader::new(path).options(*options).load()
 }
 
 /// Loads the model at `path` like [`load_model_with`], and also returns
@@ -176,7 +157,7 @@ fn gguf_model_config(path: &Path, file: &GgufFile) -> Result<MistralConfig> {
     Ok(config)
 }
 
-fn load_tapped(
+pub(crate) fn load_tapped(
     path: &Path,
     options: &LoadOptions,
     seen: Option<&mut Vec<(String, Array)>>,
@@ -185,8 +166,7 @@ fn load_tapped(
     if let Some(file) = gguf::find_gguf(path)? {
         return load_gguf(&file, options, seen, parallel);
     }
-    // Config and checkpoint only: the tokenizer is the caller's business
-    // (`ModelDir::open` would parse `tokenizer.json` too).
+    // Config and checkpoint only: the tokenizer is the caller's business.
     let dir = path;
     let native = native::use_native(dir, options.layout);
     let (config_path, config_json) = config_text(dir, native)?;

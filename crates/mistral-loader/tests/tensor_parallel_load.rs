@@ -24,7 +24,7 @@ mod reference;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use mistral_loader::{load_model_parallel, FileAccess, LoadOptions};
+use mistral_loader::{FileAccess, LoadOptions, Loader};
 use mistral_model::TensorParallel;
 use mlx_rs::Array;
 use mlx_rs_core::distributed::{Backend, Group};
@@ -80,7 +80,10 @@ fn rank_child() {
         ..LoadOptions::default()
     };
     let before = bytes_read();
-    let loaded = load_model_parallel(&model.dir, &options, TensorParallel::new(group));
+    let loaded = Loader::new(&model.dir)
+        .options(options)
+        .ranks(Some(TensorParallel::new(group)))
+        .load_planned();
     let read = bytes_read() - before;
     let mistral = match loaded {
         Ok((mistral, _)) => mistral,

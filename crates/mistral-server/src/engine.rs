@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use mistral_loader::{load_model_parallel, load_model_planned, LoadOptions};
+use mistral_loader::{LoadOptions, Loader};
 use mistral_model::TensorParallel;
 use tokio::sync::{mpsc, watch};
 
@@ -216,11 +216,11 @@ fn run(
         spec.tensor_parallel.is_some(),
     )
     .map_err(loading)?;
-    let (mut model, _plan) = match &spec.tensor_parallel {
-        Some(parallel) => load_model_parallel(&spec.path, &spec.options, parallel.clone()),
-        None => load_model_planned(&spec.path, &spec.options),
-    }
-    .map_err(|e| loading(e.to_string()))?;
+    let (mut model, _plan) = Loader::new(&spec.path)
+        .options(spec.options)
+        .ranks(spec.tensor_parallel.clone())
+        .load_planned()
+        .map_err(|e| loading(e.to_string()))?;
     text.kv = KvBudget::measure(&model, options.max_kv_bytes, options.kv_quantization)
         .map_err(loading)?;
     eprintln!("{}", text.kv.describe());

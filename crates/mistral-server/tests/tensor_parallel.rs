@@ -107,12 +107,10 @@ fn rank_child() {
         .expect("join the ring");
     let parallel = TensorParallel::new(group);
     if parallel.rank() != 0 {
-        let (mut model, _) = mistral_loader::load_model_parallel(
-            model_dir(),
-            &mistral_loader::LoadOptions::default(),
-            parallel.clone(),
-        )
-        .expect("load this rank's share");
+        let mut model = mistral_loader::Loader::new(model_dir())
+            .ranks(Some(parallel.clone()))
+            .load()
+            .expect("load this rank's share");
         mistral_server::follow(&mut model, &parallel, 1 << 30, None).expect("follow rank 0");
         report("followed", &[1.0]);
         return;

@@ -1,11 +1,15 @@
-//! `ModelDir::open` on a directory written by the test.
+//! The parts of a model directory, each read on its own, on a directory
+//! written by the test: config, checkpoint, special tokens, tokenizer.
 
 mod common;
 
 use std::collections::BTreeMap;
 
 use common::*;
-use mistral_loader::{CheckpointLayout, LoadError, ModelDir, WeightSource};
+use mistral_loader::{
+    discover_checkpoint, load_special_tokens, load_tokenizer, read_config_str, CheckpointLayout,
+    LoadError, SafetensorsWeights, WeightSource,
+};
 
 #[test]
 fn opens_config_weights_and_special_tokens() {
@@ -15,8 +19,8 @@ fn opens_config_weights_and_special_tokens() {
     t.insert("lm_head.weight".to_string(), u32_tensor(&[2, 2], 2));
     write_safetensors(&dir.path().join("model.safetensors"), &t);
 
-    // No config.json: an error naming it, before touching the weights.
-    let err = ModelDir::open(dir.path()).unwrap_err();
+    // No config.json: an error naming it.
+    let err = read_config_str(dir.path()).unwrap_err();
     assert!(
         matches!(&err, LoadError::MissingFile { path, .. } if path == &dir.path().join("config.json")),
         "{err}"
@@ -30,16 +34,17 @@ fn opens_config_weights_and_special_tokens() {
         r#"{"eos_token": "<x>"}"#,
     )
     .unwrap();
-    let mut md = ModelDir::open(dir.path()).unwrap();
-    assert_eq!(md.config_json, config);
-    assert_eq!(md.layout, CheckpointLayout::Single);
-    assert!(md.tokenizer.is_none());
-    assert_eq!(md.special_tokens.bos, Some(1));
-    assert_eq!(md.special_tokens.eos, vec![2, 7]);
+    assert_eq!(read_config_str(dir.path()).unwrap(), config);
+    let checkpoint = discover_checkpoint(dir.path()).unwrap();
+    assert_eq!(checkpoint.layout, CheckpointLayout::Single);
+    let special = load_special_tokens(dir.path(), None).unwrap();
+    assert_eq!(special.bos, Some(1));
+    assert_eq!(special.eos, vec![2, 7]);
 
-    let a = md.weights.take("model.norm.weight").unwrap();
+    let mut weights = SafetensorsWeights::from_checkpoint(&checkpoint).unwrap();
+    let a = weights.take("model.norm.weight").unwrap();
     assert_eq!(array_bytes(&a), t["model.norm.weight"].bytes);
-    let left = md.weights.finish().unwrap();
+    let left = weights.finish().unwrap();
     assert_eq!(
         left,
         vec![(
@@ -50,6 +55,6 @@ fn opens_config_weights_and_special_tokens() {
 
     // A tokenizer.json that exists but is broken is an error.
     std::fs::write(dir.path().join("tokenizer.json"), "{}").unwrap();
-    let err = ModelDir::open(dir.path()).unwrap_err();
+    let err = load_tokenizer(dir.path()).unwrap_err();
     assert!(matches!(err, LoadError::Tokenizer { .. }), "{err}");
 }
