@@ -75,6 +75,24 @@ impl LoadPlan {
         self
     }
 
+    /// This plan with our CPU kernel taking the quantized products on the
+    /// CPU (see [`mlx_rs_core::cpu_qmm`]) when `kernel` asks: no row
+    /// blocks for them (the kernel uses every core), and where `Auto` had
+    /// chosen to dequantize at load, the weights stay quantized (float32
+    /// scales, as `Auto` computes in float32 on the CPU).
+    pub fn with_cpu_qmm(mut self, kernel: mlx_rs_core::cpu_qmm::CpuQmm) -> Self {
+        self.weights.cpu_qmm = kernel;
+        // `dequantize` is set only by `Auto` on the CPU.
+        if kernel == mlx_rs_core::cpu_qmm::CpuQmm::Ours && self.weights.dequantize {
+            self.weights.dequantize = false;
+            // What the plan added after the dtype's own note (FP8, wrapper).
+            let tail = self.summary.split_once(')').map_or("", |(_, tail)| tail);
+            self.summary =
+                format!("float32 scales, weights kept quantized (auto: CPU, our kernel){tail}");
+        }
+        self
+    }
+
     fn resolve_dtype(
         choice: ComputeDtype,
         config: &MistralConfig,
@@ -93,6 +111,8 @@ impl LoadPlan {
                 fuse_projections: on_gpu,
                 // MLX's kernel unless the caller asks (`with_qmv`).
                 qmv: Default::default(),
+                // MLX's kernel unless the caller asks (`with_cpu_qmm`).
+                cpu_qmm: Default::default(),
             },
             summary,
         };
