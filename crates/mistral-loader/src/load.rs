@@ -203,7 +203,8 @@ fn load_tapped(
     };
     let config = dir_model_config(&config_path, &config_json)?;
     let mut weights = SafetensorsWeights::from_checkpoint_with(&checkpoint, options.file_access)?;
-    let mut plan = LoadPlan::resolve(options.dtype, &config).with_qmv(options.qmv)
+    let mut plan = LoadPlan::resolve(options.dtype, &config)
+        .with_qmv(options.qmv)
         .with_cpu_qmm(options.cpu_qmm);
     let built = if native {
         plan.summary
@@ -256,7 +257,8 @@ fn load_gguf(
         config.num_attention_heads,
         config.num_key_value_heads(),
     );
-    let plan = LoadPlan::resolve(options.dtype, &config).with_qmv(options.qmv)
+    let plan = LoadPlan::resolve(options.dtype, &config)
+        .with_qmv(options.qmv)
         .with_cpu_qmm(options.cpu_qmm);
     let built = build(&config, &mut weights, seen, &plan, parallel);
     let model = built.map_err(|source| match source {

@@ -234,7 +234,9 @@ pub fn cpu_quantized_matmul_with(
         );
         if status != 0 {
             mlx_sys::mlx_array_free(res);
-            let text = CStr::from_ptr(message.as_ptr()).to_string_lossy().into_owned();
+            let text = CStr::from_ptr(message.as_ptr())
+                .to_string_lossy()
+                .into_owned();
             return Err(CpuQmmError::Kernel(text));
         }
         Ok(Array::from_ptr(res))
