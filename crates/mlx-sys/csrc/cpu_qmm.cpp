@@ -21,7 +21,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -63,8 +62,12 @@ enum class Half { F32, F16, BF16 };
 // ---------------------------------------------------------------- threads
 
 // A persistent pool: `run(n, fn)` calls fn(0..n-1) on the caller and the
-// workers. Workers spin a little after a job (a decode step runs ~100
-// products a few microseconds apart), then sleep.
+// workers, which sleep between jobs. Only products of at least
+// kParallelElements weights use it: waking a worker and waiting for it to
+// check in costs tens of microseconds, and on a loaded machine (this
+// project's 2 shared cores) up to milliseconds, more than a small product
+// takes on one core (measured: a chain of 576x576 4-bit products took
+// 38 us each on one thread, 430-500 us each on two with the pool).
 class Pool {
  public:
   explicit Pool(int workers) {
@@ -78,9 +81,7 @@ class Pool {
     return workers_ + 1;
   }
 
-  // `linger`: whether workers spin for the next job before sleeping (off
-  // before a BLAS call, which wants the cores).
-  void run(int tasks, const std::function<void(int)>& fn, bool linger) {
+  void run(int tasks, const std::function<void(int)>& fn) {
     if (workers_ == 0 || tasks <= 1) {
       for (int i = 0; i < tasks; ++i) {
         fn(i);
@@ -90,7 +91,6 @@ class Pool {
     std::lock_guard<std::mutex> one_job(job_mu_);
     fn_ = &fn;
     tasks_ = tasks;
-    linger_ = linger;
     next_.store(0, std::memory_order_relaxed);
     pending_.store(workers_, std::memory_order_relaxed);
     {
@@ -99,8 +99,13 @@ class Pool {
     }
     cv_.notify_all();
     work();
-    while (pending_.load(std::memory_order_acquire) != 0) {
-      pause();
+    // Spin briefly, then let a worker that has not run yet have the core.
+    for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+      if (spins < 2000) {
+        pause();
+      } else {
+        std::this_thread::yield();
+      }
     }
   }
 
@@ -124,18 +129,7 @@ class Pool {
     // Generation 0 is the pool's start: a job posted before this thread
     // first runs is still seen as new.
     uint64_t seen = 0;
-    bool linger = false;
     for (;;) {
-      if (linger) {
-        auto until = std::chrono::steady_clock::now() + kSpin;
-        int spins = 0;
-        while (gen_.load(std::memory_order_acquire) == seen) {
-          pause();
-          if (++spins % 64 == 0 && std::chrono::steady_clock::now() > until) {
-            break;
-          }
-        }
-      }
       if (gen_.load(std::memory_order_acquire) == seen) {
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait(lock, [&] {
@@ -143,13 +137,11 @@ class Pool {
         });
       }
       seen = gen_.load(std::memory_order_acquire);
-      linger = linger_;
       work();
       pending_.fetch_sub(1, std::memory_order_acq_rel);
     }
   }
 
-  static constexpr std::chrono::microseconds kSpin{200};
   int workers_ = 0;
   std::mutex job_mu_;
   std::mutex mu_;
@@ -159,7 +151,6 @@ class Pool {
   std::atomic<int> pending_{0};
   const std::function<void(int)>* fn_ = nullptr;
   int tasks_ = 0;
-  bool linger_ = false;
 };
 
 Pool& pool() {
@@ -193,6 +184,9 @@ constexpr int kCblasRowMajor = 101;
 constexpr int kCblasNoTrans = 111;
 constexpr int kCblasTrans = 112;
 constexpr int kDefaultGemmRows = 16;
+// The fewest weights (rows x columns) a product, or a tile of one, must
+// have to be shared among the pool's threads (see Pool).
+constexpr int64_t kParallelElements = int64_t{1} << 21;
 
 // ---------------------------------------------------------------- scalars
 
@@ -667,13 +661,15 @@ void compute(
       const int chunk = 16;
       const int tasks = (t1 - t0 + chunk - 1) / chunk;
       float* tp = tile.data();
-      threads.run(
-          tasks,
-          [&](int i) {
-            int a = t0 + i * chunk, b = std::min(t1, a + chunk);
-            dequant(p, isa, a, b, tp + static_cast<size_t>(a - t0) * k);
-          },
-          false);
+      auto part = [&](int i) {
+        int a = t0 + i * chunk, b = std::min(t1, a + chunk);
+        dequant(p, isa, a, b, tp + static_cast<size_t>(a - t0) * k);
+      };
+      if (int64_t{t1 - t0} * k >= kParallelElements) {
+        threads.run(tasks, part);
+      } else {
+        for (int i = 0; i < tasks; ++i) part(i);
+      }
       gemm(kCblasRowMajor, kCblasNoTrans, kCblasTrans, m, t1 - t0, k, 1.0f, xp, k, tp, k, 0.0f,
            y + t0, n);
     }
@@ -682,18 +678,19 @@ void compute(
               bits == 4 && isa != MLX_SYS_CPU_QMM_ISA_SCALAR, xf, xsum);
     p.x = xf.data();
     p.xsum = xsum.data();
-    // About 8 tasks per thread, at least 8 rows each.
-    const int per = std::max(8, n / (threads.size() * 8));
-    const int tasks = (n + per - 1) / per;
-    threads.run(
-        tasks,
-        [&](int i) {
-          int a = i * per, b = std::min(n, a + per);
-          for (int m0 = 0; m0 < m; m0 += 4) {
-            rows(p, isa, a, b, m0, std::min(4, m - m0));
-          }
-        },
-        true);
+    auto part = [&](int a, int b) {
+      for (int m0 = 0; m0 < m; m0 += 4) {
+        rows(p, isa, a, b, m0, std::min(4, m - m0));
+      }
+    };
+    if (int64_t{n} * k < kParallelElements) {
+      part(0, n);
+    } else {
+      // About 8 tasks per thread, at least 8 rows each.
+      const int per = std::max(8, n / (threads.size() * 8));
+      const int tasks = (n + per - 1) / per;
+      threads.run(tasks, [&](int i) { part(i * per, std::min(n, (i + 1) * per)); });
+    }
   }
   if (!out_f32) {
     const size_t count = static_cast<size_t>(m) * n;
