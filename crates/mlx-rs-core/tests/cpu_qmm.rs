@@ -133,6 +133,20 @@ fn every_format_matches_dequantize_and_matmul() {
     eprintln!("largest relative error: {worst:e}");
 }
 
+/// Products of at least 2^21 weights are shared among the kernel's
+/// threads (smaller ones run on one): 1100 x 2048, both paths.
+#[test]
+fn large_products_shared_among_threads_match() {
+    for bits in [4, 8] {
+        let q = Quantized::new(1100, 2048, 64, bits, Dtype::Bfloat16, 20 + bits as u64);
+        for m in [1, 3, 20] {
+            let x = normal(&[m, 2048], 30);
+            let err = relative(&q.ours(&x, Tuning::default()), &q.reference(&x));
+            assert!(err <= 1e-5, "{bits}-bit, {m} rows: {err:e}");
+        }
+    }
+}
+
 #[test]
 fn half_precision_inputs_give_their_dtype_within_one_rounding() {
     for (dtype, allowed) in [

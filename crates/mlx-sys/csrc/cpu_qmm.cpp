@@ -665,7 +665,9 @@ void compute(
         int a = t0 + i * chunk, b = std::min(t1, a + chunk);
         dequant(p, isa, a, b, tp + static_cast<size_t>(a - t0) * k);
       };
-      if (int64_t{t1 - t0} * k >= kParallelElements) {
+      // A tile is followed by a BLAS call of far more work: worth sharing
+      // from a quarter of the threshold.
+      if (int64_t{t1 - t0} * k >= kParallelElements / 4) {
         threads.run(tasks, part);
       } else {
         for (int i = 0; i < tasks; ++i) part(i);
