@@ -5,7 +5,7 @@
 //! `error:` line and exit status 2 before any model is loaded.
 
 use clap::{Args, ValueEnum};
-use mlx_rs_core::{quantized_matvec::QmvKernel, KvQuantization};
+use mlx_rs_core::{cpu_qmm::CpuQmm, quantized_matvec::QmvKernel, KvQuantization};
 use std::path::PathBuf;
 
 /// Sampling options shared by `generate` (and usable by `bench`).
@@ -127,6 +127,12 @@ pub struct ModelArgs {
     /// `ours-large` (the large matrices only). Only on an NVIDIA GPU.
     #[arg(long, env = "MISTRAL_MLX_QMV", default_value = "mlx", value_parser = parse_qmv)]
     pub qmv: QmvKernel,
+    /// Which kernel computes quantized products on the CPU: `mlx` (MLX's
+    /// `quantized_matmul`, the default) or `ours` (SIMD and multi-threaded,
+    /// see mlx_rs_core::cpu_qmm). With `ours`, `--dtype auto` keeps
+    /// quantized weights quantized on the CPU instead of dequantizing them.
+    #[arg(long, default_value = "mlx", value_parser = parse_cpu_qmm)]
+    pub cpu_qmm: CpuQmm,
     /// Which layout of a folder to read: `hf` (config.json and
     /// model*.safetensors), `mistral` (Mistral's params.json and
     /// consolidated*.safetensors), or `auto`: the Hugging Face one when
@@ -172,6 +178,10 @@ fn parse_qmv(text: &str) -> Result<QmvKernel, String> {
     text.parse()
 }
 
+fn parse_cpu_qmm(text: &str) -> Result<CpuQmm, String> {
+    text.parse()
+}
+
 impl ModelArgs {
     /// The loader options these arguments ask for.
     pub fn load_options(&self) -> mistral_loader::LoadOptions {
@@ -183,6 +193,7 @@ impl ModelArgs {
                 mistral_loader::FileAccess::Mmap
             },
             qmv: self.qmv,
+            cpu_qmm: self.cpu_qmm,
             layout: match self.layout {
                 LayoutArg::Auto => mistral_loader::WeightsLayout::Auto,
                 LayoutArg::Hf => mistral_loader::WeightsLayout::HuggingFace,

@@ -14,6 +14,7 @@ use mistral_model::checkpoint_names::is_vision_tensor;
 use mistral_model::{Block, MistralConfig, ModelError, TensorParallel, WeightSource};
 use mlx_rs::Array;
 
+use mlx_rs_core::cpu_qmm::CpuQmm;
 use mlx_rs_core::quantized_matvec::QmvKernel;
 
 use crate::config::read_config_str;
@@ -39,6 +40,11 @@ pub struct LoadOptions {
     /// Which one-row 4-bit products our CUDA kernel takes (default: none,
     /// MLX's; see [`mlx_rs_core::quantized_matvec`]).
     pub qmv: QmvKernel,
+    /// Whether quantized products on the CPU use our kernel (default: MLX's;
+    /// see [`mlx_rs_core::cpu_qmm`]). With [`ComputeDtype::Auto`] on the
+    /// CPU it also keeps quantized weights quantized (float32 scales)
+    /// instead of dequantizing them at load.
+    pub cpu_qmm: CpuQmm,
     /// Which layout of a folder to read (default: the Hugging Face one when
     /// present, else Mistral's `params.json` + `consolidated.safetensors`).
     pub layout: WeightsLayout,
@@ -177,7 +183,9 @@ pub(crate) fn load_tapped(
     };
     let config = dir_model_config(&config_path, &config_json)?;
     let mut weights = SafetensorsWeights::from_checkpoint_with(&checkpoint, options.file_access)?;
-    let mut plan = LoadPlan::resolve(options.dtype, &config).with_qmv(options.qmv);
+    let mut plan = LoadPlan::resolve(options.dtype, &config)
+        .with_qmv(options.qmv)
+        .with_cpu_qmm(options.cpu_qmm);
     let built = if native {
         plan.summary
             .push_str("; Mistral's layout (params.json, consolidated safetensors)");
@@ -229,7 +237,9 @@ fn load_gguf(
         config.num_attention_heads,
         config.num_key_value_heads(),
     );
-    let plan = LoadPlan::resolve(options.dtype, &config).with_qmv(options.qmv);
+    let plan = LoadPlan::resolve(options.dtype, &config)
+        .with_qmv(options.qmv)
+        .with_cpu_qmm(options.cpu_qmm);
     let built = build(&config, &mut weights, seen, &plan, parallel);
     let model = built.map_err(|source| match source {
         ModelError::Config(source) => config_error(source),

@@ -75,6 +75,31 @@ impl LoadPlan {
         self
     }
 
+    /// This plan with our CPU kernel taking the quantized products on the
+    /// CPU (see [`mlx_rs_core::cpu_qmm`]) when `kernel` asks: no row
+    /// blocks for them (the kernel uses every core), projections of one
+    /// input stacked (as on a GPU), and where `Auto` had
+    /// chosen to dequantize at load, the weights stay quantized (float32
+    /// scales, as `Auto` computes in float32 on the CPU).
+    pub fn with_cpu_qmm(mut self, kernel: mlx_rs_core::cpu_qmm::CpuQmm) -> Self {
+        self.weights.cpu_qmm = kernel;
+        if kernel == mlx_rs_core::cpu_qmm::CpuQmm::Ours {
+            // q/k/v and gate/up as one product each: fewer operations per
+            // decode step; each output row is computed alone, so a stack's
+            // products equal its parts'.
+            self.weights.fuse_projections = true;
+        }
+        // `dequantize` is set only by `Auto` on the CPU.
+        if kernel == mlx_rs_core::cpu_qmm::CpuQmm::Ours && self.weights.dequantize {
+            self.weights.dequantize = false;
+            // What the plan added after the dtype's own note (FP8, wrapper).
+            let tail = self.summary.split_once(')').map_or("", |(_, tail)| tail);
+            self.summary =
+                format!("float32 scales, weights kept quantized (auto: CPU, our kernel){tail}");
+        }
+        self
+    }
+
     fn resolve_dtype(
         choice: ComputeDtype,
         config: &MistralConfig,
@@ -93,6 +118,8 @@ impl LoadPlan {
                 fuse_projections: on_gpu,
                 // MLX's kernel unless the caller asks (`with_qmv`).
                 qmv: Default::default(),
+                // MLX's kernel unless the caller asks (`with_cpu_qmm`).
+                cpu_qmm: Default::default(),
             },
             summary,
         };
@@ -239,6 +266,26 @@ mod tests {
         let layer = 2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64;
         let expected = 2 * layer + 2 * 1000 * 64 + 64;
         assert_eq!(dense_f32_bytes(&cfg), 4 * expected as u64);
+    }
+
+    /// Our CPU kernel: `Auto` keeps quantized weights quantized (float32
+    /// scales) and stacks projections; MLX's leaves the plan as it was.
+    #[test]
+    fn cpu_qmm_keeps_auto_quantized_and_fuses() {
+        use mlx_rs_core::cpu_qmm::CpuQmm;
+        let q = config(true);
+        let roomy = || LoadPlan::resolve_for(ComputeDtype::Auto, &q, false, Some(1 << 40));
+        let ours = roomy().with_cpu_qmm(CpuQmm::Ours);
+        assert_eq!(ours.weights.dtype, Some(Dtype::Float32));
+        assert!(!ours.weights.dequantize);
+        assert!(ours.weights.fuse_projections);
+        assert_eq!(ours.weights.cpu_qmm, CpuQmm::Ours);
+        assert!(ours.summary.contains("kept quantized"), "{}", ours.summary);
+        assert_eq!(roomy().with_cpu_qmm(CpuQmm::Mlx).weights, roomy().weights);
+        let checkpoint = LoadPlan::resolve_for(ComputeDtype::Checkpoint, &q, false, None)
+            .with_cpu_qmm(CpuQmm::Ours);
+        assert_eq!(checkpoint.weights.dtype, None);
+        assert!(!checkpoint.weights.dequantize);
     }
 
     #[test]

@@ -112,6 +112,7 @@ fn ours<C: KeyValueCache>(spec: &TestModel, fuse: bool) -> [BTreeMap<String, usi
         row_split: 1,
         fuse_projections: fuse,
         qmv: reference::qmv(),
+        cpu_qmm: Default::default(),
     };
     let mut model = Mistral::with_options(&config, &mut weights, options).expect("model");
     let mut cache: Vec<Option<C>> = Vec::new();

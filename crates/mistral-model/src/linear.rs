@@ -12,6 +12,7 @@ use mlx_rs::{
     Array, Dtype,
 };
 
+use mlx_rs_core::cpu_qmm::CpuQmm;
 use mlx_rs_core::quantized_matvec::QmvKernel;
 
 use crate::config::MistralConfig;
@@ -70,6 +71,9 @@ pub struct QuantizedWeight {
     pub params: QuantParams,
     /// Which one-row products our CUDA kernel takes (the load's option).
     pub kernel: QmvKernel,
+    /// Whether our CPU kernel computes its products on the CPU (the load's
+    /// option).
+    pub cpu: CpuQmm,
 }
 
 impl QuantizedWeight {
@@ -115,13 +119,28 @@ impl QuantizedWeight {
             biases,
             params,
             kernel: weights.options().qmv,
+            cpu: weights.options().cpu_qmm,
         })
     }
 
-    /// `x Wᵀ` with the fused quantized kernel: MLX's, or on NVIDIA GPUs,
-    /// when asked for, our own for decode's few rows
-    /// ([`mlx_rs_core::quantized_matvec`]).
+    /// `x Wᵀ` with the fused quantized kernel: MLX's, or when asked for,
+    /// our own: on NVIDIA GPUs for decode's few rows
+    /// ([`mlx_rs_core::quantized_matvec`]), on the CPU for any number of
+    /// rows ([`mlx_rs_core::cpu_qmm`]).
     pub fn matmul_t(&self, x: &Array) -> Result<Array, ModelError> {
+        if let Some(y) = mlx_rs_core::cpu_qmm::cpu_quantized_matmul(
+            x,
+            &self.weight,
+            &self.scales,
+            &self.biases,
+            self.params.group_size,
+            self.params.bits,
+            self.cpu,
+        )
+        .map_err(mlx_rs_core::error::Error::from)?
+        {
+            return Ok(y);
+        }
         if let Some(y) = mlx_rs_core::quantized_matvec::quantized_matvec(
             x,
             &self.weight,
@@ -269,6 +288,7 @@ impl LinearWeight {
                             biases,
                             params: q.params,
                             kernel: q.kernel,
+                            cpu: q.cpu,
                         })
                     })
                     .collect()
@@ -357,6 +377,7 @@ impl LinearWeight {
             biases,
             params: first.params,
             kernel: first.kernel,
+            cpu: first.cpu,
         })))
     }
 

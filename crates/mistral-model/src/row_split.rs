@@ -11,6 +11,7 @@
 //! parts are views of the matrix (no extra memory).
 
 use mlx_rs::{ops::concatenate, Array, Dtype};
+use mlx_rs_core::cpu_qmm::CpuQmm;
 use mlx_rs_core::streams::on_side_stream;
 
 use crate::error::ModelError;
@@ -33,6 +34,8 @@ impl RowSplit {
     pub fn new(weight: &LinearWeight, parts: usize) -> Result<Option<RowSplit>, ModelError> {
         let rows = match weight {
             LinearWeight::Dense(w) if w.dtype() != Dtype::Float32 => w.shape()[0],
+            // Our CPU kernel uses every core itself.
+            LinearWeight::Quantized(q) if q.cpu == CpuQmm::Ours => return Ok(None),
             LinearWeight::Quantized(q) => q.weight.shape()[0],
             _ => return Ok(None),
         };
@@ -124,6 +127,7 @@ mod tests {
                     bits,
                 },
                 kernel: Default::default(),
+                cpu: Default::default(),
             });
             let x = matrix(5, 256, Dtype::Bfloat16);
             assert_same_product(&weight, 2, &x);

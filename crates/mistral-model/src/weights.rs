@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fmt::Display;
 
 use mlx_rs::{Array, Dtype};
+use mlx_rs_core::cpu_qmm::CpuQmm;
 use mlx_rs_core::quantized_matvec::QmvKernel;
 
 use crate::error::ModelError;
@@ -128,6 +129,11 @@ pub struct WeightOptions {
     /// Which one-row 4-bit products our CUDA kernel takes instead of MLX's
     /// (see [`mlx_rs_core::quantized_matvec`]); it takes none off a GPU.
     pub qmv: QmvKernel,
+    /// Whether quantized products on the CPU use our kernel instead of
+    /// MLX's (see [`mlx_rs_core::cpu_qmm`]); with it, quantized matrices
+    /// are not cut into row blocks ([`row_split`](Self::row_split)): the
+    /// kernel uses every core itself.
+    pub cpu_qmm: CpuQmm,
 }
 
 /// A view of a [`WeightSource`] under a module path, with the compute dtype.

@@ -37,6 +37,7 @@ fn quantized(rows: i32, seed: u64) -> Linear {
         biases,
         params,
         kernel: Default::default(),
+        cpu: Default::default(),
     };
     Linear::from_parts(LinearWeight::Quantized(q), None).unwrap()
 }

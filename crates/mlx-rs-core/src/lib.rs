@@ -28,6 +28,7 @@
 #![deny(missing_docs)]
 
 pub mod cache;
+pub mod cpu_qmm;
 pub mod cuda_kernel;
 pub mod distributed;
 pub mod error;

@@ -6,7 +6,17 @@ use std::path::Path;
 
 pub fn generate(mlx_c: &Path, out_dir: &Path) {
     println!("cargo:rerun-if-env-changed=LIBCLANG_PATH");
-    let headers = crate::mlx_c::files(mlx_c, "h");
+    let mut headers = crate::mlx_c::files(mlx_c, "h");
+    // Our shims' C entry points (`csrc/*.h`), beside mlx-c's.
+    let shims = crate::compile::shim_dir();
+    if let Ok(entries) = std::fs::read_dir(&shims) {
+        let mut ours: Vec<_> = entries
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "h"))
+            .collect();
+        ours.sort();
+        headers.extend(ours);
+    }
     let builder = headers.iter().fold(
         bindgen::Builder::default()
             .rust_target("1.73.0".parse().expect("a valid Rust version"))

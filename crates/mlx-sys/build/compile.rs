@@ -1,7 +1,8 @@
 //! Compiles mlx-c's C++ sources into `libmlxc.a` with the `cc` crate.
 //!
 //! The file list is mlx-c's `mlx/c/*.cpp` less `object.cpp`, which mlx-c's
-//! own CMake build leaves out too.
+//! own CMake build leaves out too, plus our own C++ shims in `csrc/` (see
+//! [`shims`]), which use MLX's C++ API where mlx-c has no call.
 
 use crate::fail::fail;
 use crate::mlx_dist::MlxDist;
@@ -11,11 +12,13 @@ use std::path::{Path, PathBuf};
 pub fn mlx_c(mlx_c: &Path, mlx: &MlxDist, out_dir: &Path) {
     let mut sources = crate::mlx_c::files(mlx_c, "cpp");
     sources.retain(|path| !path.ends_with("object.cpp"));
+    sources.extend(shims());
     let mut build = cc::Build::new();
     build
         .cpp(true)
         .std("c++20")
         .include(mlx_c)
+        .include(shim_dir())
         .include(&mlx.include_dir)
         .files(&sources)
         .warnings(false)
@@ -40,6 +43,27 @@ pub fn mlx_c(mlx_c: &Path, mlx: &MlxDist, out_dir: &Path) {
         build.flag("-include").flag(shim.to_string_lossy().as_ref());
     }
     build.compile("mlxc");
+}
+
+/// Our C++ shims' folder (`csrc/`): their C headers are bound too (see
+/// `bindings.rs`).
+pub fn shim_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("csrc")
+}
+
+/// Our C++ shims: `csrc/*.cpp` (today `cpu_qmm.cpp`, the CPU quantized
+/// product as an MLX primitive). Instruction-set-specific code in them
+/// uses per-function target attributes, so no global `-m` flag is needed.
+pub fn shims() -> Vec<PathBuf> {
+    println!("cargo:rerun-if-changed=csrc");
+    let dir = shim_dir();
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|err| fail(&format!("cannot list {}: {err}", dir.display())))
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "cpp"))
+        .collect();
+    files.sort();
+    files
 }
 
 fn check_compiler(build: &cc::Build, out_dir: &Path) {

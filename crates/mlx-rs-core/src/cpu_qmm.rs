@@ -1,0 +1,244 @@
+//! Quantized matrix products on the CPU by a kernel of our own
+//! (`crates/mlx-sys/csrc/cpu_qmm.cpp`), run inside MLX's lazy graph as an
+//! MLX primitive on the CPU stream.
+//!
+//! Why: MLX 0.32's CPU `quantized_matmul` is scalar code on one thread
+//! (0.1-0.2 GB/s of weights), so a quantized checkpoint either runs about
+//! 10x slower than float32 or is dequantized at load (6.6x the file's
+//! memory for 4-bit). Ours takes MLX's affine 4- and 8-bit format as it is
+//! (packed `uint32` weights, per-group scales and biases in float32,
+//! float16 or bfloat16, groups of 32, 64 or 128; our GGUF loader gives
+//! Q4_0/Q4_1/Q8_0 in exactly that form):
+//! - a few rows (decode): the weights are unpacked to float32 in SIMD
+//!   registers (AVX-512, or AVX2+FMA+F16C, chosen at run time; a portable
+//!   scalar path elsewhere) and multiplied by FMA, output rows shared among
+//!   a small persistent thread pool;
+//! - many rows (prefill, at least [`DEFAULT_GEMM_ROWS`]): tiles of the
+//!   matrix are dequantized to float32 and multiplied by the BLAS `sgemm`
+//!   MLX itself links (OpenBLAS on our Linux builds).
+//!
+//! Accumulation is float32; activations are not quantized. The result has
+//! the dtype MLX's `quantized_matmul` gives (x's and the scales' promoted).
+//!
+//! It is used where the caller asks for it ([`CpuQmm::Ours`], a load
+//! option: `mistral-cli --cpu-qmm ours`) and the product runs on a CPU
+//! stream ([`cpu_quantized_matmul`] returns `None` elsewhere, and the
+//! caller uses MLX's `quantized_matmul`). The primitive has no GPU
+//! implementation.
+
+use std::ffi::CStr;
+use std::os::raw::c_char;
+
+use mlx_rs::{Array, Dtype, Stream};
+
+/// The fewest rows of `x` that go through the dequantize-and-`sgemm` path
+/// by default (fewer take the SIMD matrix-vector kernel).
+pub const DEFAULT_GEMM_ROWS: i32 = 16;
+
+/// Errors of our CPU quantized product.
+#[derive(Debug, thiserror::Error)]
+pub enum CpuQmmError {
+    /// The arrays or parameters are not a product the kernel computes.
+    #[error("CPU quantized product: {0}")]
+    Unsupported(String),
+    /// The kernel's C++ side refused the arrays (its message).
+    #[error("CPU quantized product refused: {0}")]
+    Kernel(String),
+}
+
+impl From<CpuQmmError> for crate::error::Error {
+    fn from(err: CpuQmmError) -> Self {
+        crate::error::Error::Mlx(mlx_rs::error::Exception::custom(err.to_string()))
+    }
+}
+
+/// Whether quantized products on the CPU use our kernel (a load option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuQmm {
+    /// MLX's `quantized_matmul` (the default).
+    #[default]
+    Mlx,
+    /// Ours, wherever it applies (CPU stream, supported format).
+    Ours,
+}
+
+impl std::str::FromStr for CpuQmm {
+    type Err = String;
+
+    /// `mlx` or `ours`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "mlx" => Ok(CpuQmm::Mlx),
+            "ours" => Ok(CpuQmm::Ours),
+            other => Err(format!("{other:?} is not one of mlx, ours")),
+        }
+    }
+}
+
+/// The instruction set the kernel uses (a cap where passed in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Portable scalar code.
+    Scalar,
+    /// AVX2 with FMA and F16C (x86-64).
+    Avx2,
+    /// AVX-512 F/BW/VL (x86-64).
+    Avx512,
+}
+
+impl Isa {
+    fn raw(self) -> i32 {
+        match self {
+            Isa::Scalar => mlx_sys::MLX_SYS_CPU_QMM_ISA_SCALAR as i32,
+            Isa::Avx2 => mlx_sys::MLX_SYS_CPU_QMM_ISA_AVX2 as i32,
+            Isa::Avx512 => mlx_sys::MLX_SYS_CPU_QMM_ISA_AVX512 as i32,
+        }
+    }
+
+    fn from_raw(raw: i32) -> Isa {
+        match raw {
+            r if r == Isa::Avx512.raw() => Isa::Avx512,
+            r if r == Isa::Avx2.raw() => Isa::Avx2,
+            _ => Isa::Scalar,
+        }
+    }
+}
+
+/// The best instruction set the kernel uses on this CPU.
+pub fn best_isa() -> Isa {
+    // SAFETY: takes and returns plain integers.
+    Isa::from_raw(unsafe { mlx_sys::mlx_sys_cpu_qmm_isa(mlx_sys::MLX_SYS_CPU_QMM_ISA_BEST as i32) })
+}
+
+/// Whether the BLAS `sgemm` (for many rows) was found in this process.
+pub fn has_sgemm() -> bool {
+    // SAFETY: no arguments; looks a symbol up once.
+    unsafe { mlx_sys::mlx_sys_cpu_qmm_has_sgemm() != 0 }
+}
+
+/// How to run one product (tests vary these; the model uses the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// The best instruction set allowed.
+    pub max_isa: Isa,
+    /// The fewest rows of `x` that go through `sgemm`.
+    pub gemm_rows: i32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            max_isa: Isa::Avx512,
+            gemm_rows: DEFAULT_GEMM_ROWS,
+        }
+    }
+}
+
+/// Whether `stream` computes on the CPU.
+fn is_cpu(stream: &Stream) -> bool {
+    // SAFETY: mlx-c fills `device` (a handle we free) from a valid stream
+    // and `kind` from that device; both calls report failure by status.
+    unsafe {
+        let mut device = mlx_sys::mlx_device_new();
+        let mut kind = mlx_sys::mlx_device_type__MLX_GPU;
+        let ok = mlx_sys::mlx_stream_get_device(&mut device, stream.as_ptr()) == 0
+            && mlx_sys::mlx_device_get_type(&mut kind, device) == 0;
+        mlx_sys::mlx_device_free(device);
+        ok && kind == mlx_sys::mlx_device_type__MLX_CPU
+    }
+}
+
+/// Whether the kernel computes this format: 4 or 8 bits, groups of 32, 64
+/// or 128, `x` and the scales in float32, float16 or bfloat16.
+pub fn supports(x_dtype: Dtype, scales_dtype: Dtype, group_size: i32, bits: i32) -> bool {
+    let float = |d| matches!(d, Dtype::Float32 | Dtype::Float16 | Dtype::Bfloat16);
+    matches!(bits, 4 | 8)
+        && matches!(group_size, 32 | 64 | 128)
+        && float(x_dtype)
+        && float(scales_dtype)
+}
+
+/// `x Wᵀ` for the affine-quantized `W` (`w`, `scales`, `biases` as MLX
+/// lays them out) by our kernel, when `kernel` asks for it and the
+/// thread's default stream is a CPU stream; `None` otherwise (the caller
+/// then uses MLX's `quantized_matmul`).
+pub fn cpu_quantized_matmul(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    group_size: i32,
+    bits: i32,
+    kernel: CpuQmm,
+) -> Result<Option<Array>, CpuQmmError> {
+    if kernel != CpuQmm::Ours || !supports(x.dtype(), scales.dtype(), group_size, bits) {
+        return Ok(None);
+    }
+    let stream = Stream::thread_local_or_default();
+    if !is_cpu(&stream) {
+        return Ok(None);
+    }
+    cpu_quantized_matmul_with(
+        x,
+        w,
+        scales,
+        biases,
+        group_size,
+        bits,
+        Tuning::default(),
+        &stream,
+    )
+    .map(Some)
+}
+
+/// `x Wᵀ` by our kernel on `stream` (a CPU stream) with `tuning`; an error
+/// where the arrays are not a product it computes (see [`supports`]; the
+/// shapes must be `x [..., K]`, `w [N, K * bits / 32]` uint32, `scales`
+/// and `biases` `[N, K / group_size]` of one dtype).
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_quantized_matmul_with(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    group_size: i32,
+    bits: i32,
+    tuning: Tuning,
+    stream: &Stream,
+) -> Result<Array, CpuQmmError> {
+    if !is_cpu(stream) {
+        return Err(CpuQmmError::Unsupported(
+            "the stream is not a CPU stream".to_owned(),
+        ));
+    }
+    let mut message = [0 as c_char; 512];
+    // SAFETY: every handle is a live array or stream owned by the caller
+    // (the shim copies what it keeps); `res` is a fresh handle that the
+    // shim fills on success and we free on failure; `message` is a
+    // writable buffer of the length passed, which the shim NUL-terminates.
+    unsafe {
+        let mut res = mlx_sys::mlx_array_new();
+        let status = mlx_sys::mlx_sys_cpu_qmm(
+            &mut res,
+            x.as_ptr(),
+            w.as_ptr(),
+            scales.as_ptr(),
+            biases.as_ptr(),
+            group_size,
+            bits,
+            tuning.max_isa.raw(),
+            tuning.gemm_rows,
+            stream.as_ptr(),
+            message.as_mut_ptr(),
+            message.len(),
+        );
+        if status != 0 {
+            mlx_sys::mlx_array_free(res);
+            let text = CStr::from_ptr(message.as_ptr())
+                .to_string_lossy()
+                .into_owned();
+            return Err(CpuQmmError::Kernel(text));
+        }
+        Ok(Array::from_ptr(res))
+    }
+}
