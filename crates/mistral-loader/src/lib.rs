@@ -56,8 +56,8 @@ pub use chat_template::{load_chat_template, ChatTemplateSource, ModelChatTemplat
 pub use config::{load_config, read_config_str};
 pub use convert::{convert_model, ConvertOptions, ConvertReport};
 pub use error::{LoadError, Result};
-pub use load::{load_model, load_model_config, load_model_with, LoadOptions};
-pub use loader::Loader;
+pub use load::{load_model_config, LoadOptions};
+pub use loader::{load_model, load_model_with, Loader};
 pub use mistral_model::WeightSource;
 /// The [`Tokenizer`] newtype's module, now `mistral_text::tokenizer` (the
 /// old path keeps working).

@@ -20,7 +20,6 @@ use mlx_rs_core::quantized_matvec::QmvKernel;
 use crate::config::read_config_str;
 use crate::error::{LoadError, Result};
 use crate::gguf::{self, GgufFile, GgufWeights};
-use crate::loader::Loader;
 use crate::native::{self, NativeWeights, WeightsLayout, PARAMS_FILE};
 use crate::plan::{ComputeDtype, LoadPlan};
 use crate::safetensors_files::{discover_checkpoint, CONFIG_FILE, INDEX_FILE};
@@ -50,20 +49,7 @@ pub struct LoadOptions {
     pub layout: WeightsLayout,
 }
 
-/// Loads the model at `path` in the checkpoint's own dtype: a directory of
-/// `config.json` and safetensors weights, or a GGUF file (or a directory
-/// holding one, see [`gguf::find_gguf`]).
-pub fn load_model(dir: impl AsRef<Path>) -> Result<Mistral> {
-    Loader::new(dir).load()
-}
-
-/// Loads the model at `path` (see [`load_model`]) with `options`: a
-/// shorthand for `Loader::new(path).options(*options).load()`.
-pub fn load_model_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Mistral> {
-    Loader::new(path).options(*options).load()
-}
-
-/// Loads the model at `path` like [`load_model_with`], and also returns
+/// Loads the model at `path` like [`crate::load_model_with`], and also returns
 /// every tensor the model took, as the source held it (Hugging Face names,
 /// before any dtype cast): what `convert` writes out.
 pub(crate) fn load_with_tensors(

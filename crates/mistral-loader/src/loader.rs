@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use mistral_model::{Mistral, TensorParallel};
-use mlx_rs_core::quantized_matvec::QmvKernel;
+use mlx_rs_core::{cpu_qmm::CpuQmm, quantized_matvec::QmvKernel};
 
 use crate::error::Result;
 use crate::load::{load_tapped, LoadOptions};
@@ -60,6 +60,13 @@ impl Loader {
         self
     }
 
+    /// Whether quantized products on the CPU use our kernel
+    /// ([`LoadOptions::cpu_qmm`]).
+    pub fn cpu_qmm(mut self, kernel: CpuQmm) -> Self {
+        self.options.cpu_qmm = kernel;
+        self
+    }
+
     /// Which layout of a folder to read ([`LoadOptions::layout`]).
     pub fn layout(mut self, layout: WeightsLayout) -> Self {
         self.options.layout = layout;
@@ -84,4 +91,17 @@ impl Loader {
     pub fn load_planned(self) -> Result<(Mistral, LoadPlan)> {
         load_tapped(&self.path, &self.options, None, self.parallel)
     }
+}
+
+/// Loads the model at `path` in the checkpoint's own dtype: a directory of
+/// `config.json` and safetensors weights, or a GGUF file (or a directory
+/// holding one, see [`crate::gguf::find_gguf`]).
+pub fn load_model(dir: impl AsRef<Path>) -> Result<Mistral> {
+    Loader::new(dir).load()
+}
+
+/// Loads the model at `path` (see [`load_model`]) with `options`: a
+/// shorthand for `Loader::new(path).options(*options).load()`.
+pub fn load_model_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Mistral> {
+    Loader::new(path).options(*options).load()
 }

@@ -12,7 +12,7 @@ use mlx_rs::{
 
 use crate::config::MistralConfig;
 use crate::error::ModelError;
-use crate::linear::LinearWeight;
+use crate::linear_weight::LinearWeight;
 use crate::row_split::RowSplit;
 use crate::weights::Weights;
 

@@ -15,7 +15,7 @@ use mlx_rs_core::cpu_qmm::CpuQmm;
 use mlx_rs_core::streams::on_side_stream;
 
 use crate::error::ModelError;
-use crate::linear::LinearWeight;
+use crate::linear_weight::LinearWeight;
 
 /// Fewest rows a part may have: below this the extra operation costs more
 /// than the core it gains.
@@ -81,7 +81,7 @@ mod tests {
     use mlx_rs::{ops::quantize, random};
 
     use super::*;
-    use crate::linear::QuantizedWeight;
+    use crate::linear_weight::QuantizedWeight;
     use crate::quantization::QuantParams;
 
     fn matrix(rows: i32, cols: i32, dtype: Dtype) -> Array {

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 use crate::config::MistralConfig;
 use crate::error::ModelError;
-use crate::linear::LinearWeight;
+use crate::linear_weight::LinearWeight;
 use crate::quantization::QuantParams;
 use crate::tensor_parallel::{Split, TensorParallel};
 use crate::weights::Weights;
@@ -147,11 +147,12 @@ impl SwitchLinear {
                 message: "the experts of one projection are not all stored alike".to_owned(),
             });
         };
-        let pick = |f: fn(&crate::linear::QuantizedWeight) -> &Array| -> Result<Array, ModelError> {
-            let a = stack(&quantized.iter().map(|q| f(q)).collect::<Vec<_>>(), 0)?;
-            a.eval()?;
-            Ok(a)
-        };
+        let pick =
+            |f: fn(&crate::linear_weight::QuantizedWeight) -> &Array| -> Result<Array, ModelError> {
+                let a = stack(&quantized.iter().map(|q| f(q)).collect::<Vec<_>>(), 0)?;
+                a.eval()?;
+                Ok(a)
+            };
         Ok(SwitchLinear::Quantized {
             weight: pick(|q| &q.weight)?,
             scales: pick(|q| &q.scales)?,
