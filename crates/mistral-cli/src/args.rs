@@ -69,8 +69,9 @@ impl KvCacheArgs {
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DtypeArg {
     /// What is fastest on the device: the checkpoint's dtypes on a GPU;
-    /// float32 on the CPU, quantized weights dequantized when they fit in
-    /// half of the available memory (for `convert`: keep the dtypes).
+    /// float32 on the CPU, quantized weights kept quantized for our CPU
+    /// kernel (with `--cpu-qmm mlx`: dequantized when they fit in half of
+    /// the available memory) (for `convert`: keep the dtypes).
     Auto,
     /// The checkpoint's own dtypes, quantized weights kept quantized (what
     /// mlx-lm runs).
@@ -127,11 +128,12 @@ pub struct ModelArgs {
     /// `ours-large` (the large matrices only). Only on an NVIDIA GPU.
     #[arg(long, env = "MISTRAL_MLX_QMV", default_value = "mlx", value_parser = parse_qmv)]
     pub qmv: QmvKernel,
-    /// Which kernel computes quantized products on the CPU: `mlx` (MLX's
-    /// `quantized_matmul`, the default) or `ours` (SIMD and multi-threaded,
-    /// see mlx_rs_core::cpu_qmm). With `ours`, `--dtype auto` keeps
-    /// quantized weights quantized on the CPU instead of dequantizing them.
-    #[arg(long, default_value = "mlx", value_parser = parse_cpu_qmm)]
+    /// Which kernel computes quantized products on the CPU: `ours` (SIMD and
+    /// multi-threaded, the default; see mlx_rs_core::cpu_qmm) or `mlx`
+    /// (MLX's `quantized_matmul`). With `ours`, `--dtype auto` keeps
+    /// quantized weights quantized on the CPU instead of dequantizing them
+    /// to float32. No effect on a GPU.
+    #[arg(long, default_value = "ours", value_parser = parse_cpu_qmm)]
     pub cpu_qmm: CpuQmm,
     /// Which layout of a folder to read: `hf` (config.json and
     /// model*.safetensors), `mistral` (Mistral's params.json and
