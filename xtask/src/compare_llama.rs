@@ -82,7 +82,7 @@ impl Engine {
         match self {
             Engine::LlamaCpp => "llama.cpp",
             Engine::OursCheckpoint => "ours (checkpoint)",
-            Engine::OursAuto => "ours (auto: f32)",
+            Engine::OursAuto => "ours (auto)",
         }
     }
 }
