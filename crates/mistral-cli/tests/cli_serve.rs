@@ -83,6 +83,11 @@ fn signal(child: &Child, name: &str) {
 
 const CHAT: &str = r#"{"messages": [{"role": "user", "content": "Count from 1 to 2000."}], "temperature": 0, "max_tokens": 4000, "stream": true}"#;
 
+/// A stream that runs for many seconds: the demo model goes on counting
+/// (greedy, 1500 tokens without an end-of-sequence on 2026-12-07), where a
+/// chat answer stops after about 120 tokens.
+const COUNTING: &str = r#"{"prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "temperature": 0, "max_tokens": 4000, "stream": true}"#;
+
 #[test]
 fn a_dead_engine_ends_the_process_with_an_error() {
     let (mut child, port) = serve(&["--test-fail-after-steps", "3"]);
@@ -99,7 +104,7 @@ fn a_dead_engine_ends_the_process_with_an_error() {
 fn a_second_signal_exits_at_once() {
     let (mut child, port) = serve(&["--shutdown-grace-secs", "600"]);
     // A long stream keeps the first shutdown waiting.
-    let open = std::thread::spawn(move || request(port, "POST /v1/chat/completions", CHAT));
+    let open = std::thread::spawn(move || request(port, "POST /v1/completions", COUNTING));
     std::thread::sleep(Duration::from_secs(2));
     signal(&child, "TERM");
     assert!(
