@@ -1,11 +1,11 @@
 //! What every benchmark run of xtask records beside its numbers: the
-//! machine and the date, the release CLI it measures, and medians with
-//! their range. Shared by `compare` (ours against mlx-lm) and
+//! machine and the date, the release CLI it measures and how it is run,
+//! and medians with their range. Shared by `compare` (ours against mlx-lm) and
 //! `compare_llama` (ours against llama.cpp).
 
 use anyhow::{bail, Context, Result};
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,6 +23,28 @@ pub fn build_cli() -> Result<PathBuf> {
         bail!("cargo build --release -p mistral-cli failed ({status})");
     }
     Ok(target_dir().join("release/mistral-cli"))
+}
+
+/// `cli bench` on `model` as the comparisons run it: one measured run
+/// after one short warm-up, `prompt` tokens then `gen`, a JSON report.
+pub fn ours_bench(cli: &Path, model: &Path, dtype: &str, prompt: u32, gen: u32) -> Command {
+    let mut command = Command::new(cli);
+    command
+        .arg("bench")
+        .arg("--model")
+        .arg(model)
+        .args([
+            "--dtype",
+            dtype,
+            "--iterations",
+            "1",
+            "--warmup",
+            "1",
+            "--json",
+        ])
+        .args(["--prompt-tokens", &prompt.to_string()])
+        .args(["--gen-tokens", &gen.to_string()]);
+    command
 }
 
 /// Median, min and max.

@@ -29,7 +29,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use crate::bench_env::{build_cli, machine, summary, today};
+use crate::bench_env::{build_cli, machine, ours_bench, summary, today};
 use crate::compare_llama::{self, LlamaArgs};
 use crate::paths::xtask_dir;
 use crate::python;
@@ -307,23 +307,7 @@ fn number(value: &Value, what: &str) -> Result<f64> {
 }
 
 fn run_ours(cli: &Path, dir: &Path, case: &Case, dtype: &str) -> Result<(Sample, Value)> {
-    let json = json_output(
-        Command::new(cli)
-            .arg("bench")
-            .arg("--model")
-            .arg(dir)
-            .args([
-                "--dtype",
-                dtype,
-                "--iterations",
-                "1",
-                "--warmup",
-                "1",
-                "--json",
-            ])
-            .args(["--prompt-tokens", &case.prompt.to_string()])
-            .args(["--gen-tokens", &case.gen.to_string()]),
-    )?;
+    let json = json_output(&mut ours_bench(cli, dir, dtype, case.prompt, case.gen))?;
     let row = &json["results"][0];
     let median = |key: &str| number(&row[key]["median"], key);
     let sample = Sample {

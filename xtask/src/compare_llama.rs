@@ -36,7 +36,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::bench_env::{build_cli, machine, summary, today};
+use crate::bench_env::{build_cli, machine, ours_bench, summary, today};
 use crate::llama_cpp;
 use crate::paths::{workspace_root, xtask_dir};
 use crate::python;
@@ -284,23 +284,8 @@ fn run_llama(bin: &Path, file: &Path, args: &LlamaArgs, threads: usize) -> (Outc
 }
 
 fn run_ours(cli: &Path, file: &Path, args: &LlamaArgs, dtype: &str) -> (Outcome, Value) {
-    let mut command = Command::new(cli);
-    command
-        .arg("bench")
-        .arg("--model")
-        .arg(file)
-        .args([
-            "--dtype",
-            dtype,
-            "--iterations",
-            "1",
-            "--warmup",
-            "1",
-            "--json",
-        ])
-        .args(["--prompt-tokens", &args.prompt.to_string()])
-        .args(["--gen-tokens", &args.gen.to_string()])
-        .args(args.ours_args.split_whitespace());
+    let mut command = ours_bench(cli, file, dtype, args.prompt, args.gen);
+    command.args(args.ours_args.split_whitespace());
     let (output, rss) = match timed(&command) {
         Ok(x) => x,
         Err(e) => return (Err(format!("{e:#}")), Value::Null),

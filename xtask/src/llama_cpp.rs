@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::paths::xtask_dir;
+use crate::python::run;
 
 /// The pinned sdist (also how reports name this llama.cpp: the build's own
 /// `build_commit` is that of the git repository around the source, ours).
@@ -140,17 +141,6 @@ fn unpack(sdist: &Path, dest: &Path) -> Result<()> {
     }
     fs::rename(&inner, dest)?;
     fs::remove_dir_all(&tmp)?;
-    Ok(())
-}
-
-fn run(command: &mut Command) -> Result<()> {
-    let shown = format!("{command:?}");
-    let status = command
-        .status()
-        .with_context(|| format!("cannot start {shown}"))?;
-    if !status.success() {
-        bail!("{shown} failed ({status})");
-    }
     Ok(())
 }
 

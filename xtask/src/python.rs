@@ -196,18 +196,14 @@ pub fn ensure_test_models() -> Result<PathBuf> {
 pub fn ensure_bench_models() -> Result<PathBuf> {
     let python = ensure_env()?;
     let out = xtask_dir().join("bench-models");
-    let inputs: Vec<PathBuf> = [
+    let stamp = out.join(".generator-hash");
+    let hash = scripts_hash(&[
         "bench_models.py",
         "make_models.py",
         "gguf_to_hf.py",
         "spconvert.py",
         "requirements.txt",
-    ]
-    .iter()
-    .map(|name| python_dir().join(name))
-    .collect();
-    let stamp = out.join(".generator-hash");
-    let hash = hash_files(&inputs)?;
+    ])?;
     if fs::read_to_string(&stamp).ok().as_deref() == Some(hash.as_str()) {
         return Ok(out);
     }
@@ -237,19 +233,15 @@ pub fn ensure_llama_gguf(names: &[&str]) -> Result<PathBuf> {
         return Ok(out);
     }
     let python = ensure_env()?;
-    let inputs: Vec<PathBuf> = [
+    let stamp = out.join(".generator-hash");
+    let hash = scripts_hash(&[
         "llama_gguf_models.py",
         "make_gguf_models.py",
         "make_models.py",
         "gguf_to_hf.py",
         "spconvert.py",
         "requirements.txt",
-    ]
-    .iter()
-    .map(|name| python_dir().join(name))
-    .collect();
-    let stamp = out.join(".generator-hash");
-    let hash = hash_files(&inputs)?;
+    ])?;
     if fs::read_to_string(&stamp).is_ok_and(|old| old != hash) {
         eprintln!(
             "xtask: the GGUF generator changed; removing {}",
@@ -282,6 +274,12 @@ pub fn ensure_llama_gguf(names: &[&str]) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// [`hash_files`] of the files `names` of the Python folder.
+fn scripts_hash(names: &[&str]) -> Result<String> {
+    let files: Vec<PathBuf> = names.iter().map(|name| python_dir().join(name)).collect();
+    hash_files(&files)
+}
+
 fn hash_files(files: &[PathBuf]) -> Result<String> {
     let mut files = files.to_vec();
     files.sort();
@@ -294,7 +292,8 @@ fn hash_files(files: &[PathBuf]) -> Result<String> {
     Ok(format!("{:016x}", hasher.finish()))
 }
 
-fn run(command: &mut Command) -> Result<()> {
+/// Runs `command` to its end; an error names it and says how it ended.
+pub fn run(command: &mut Command) -> Result<()> {
     let shown = format!("{command:?}");
     let status = command
         .status()
