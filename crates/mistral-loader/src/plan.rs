@@ -83,14 +83,15 @@ impl LoadPlan {
     /// scales, as `Auto` computes in float32 on the CPU).
     pub fn with_cpu_qmm(mut self, kernel: mlx_rs_core::cpu_qmm::CpuQmm) -> Self {
         self.weights.cpu_qmm = kernel;
-        if kernel == mlx_rs_core::cpu_qmm::CpuQmm::Ours {
-            // q/k/v and gate/up as one product each: fewer operations per
-            // decode step; each output row is computed alone, so a stack's
-            // products equal its parts'.
-            self.weights.fuse_projections = true;
+        if kernel != mlx_rs_core::cpu_qmm::CpuQmm::Ours {
+            return self;
         }
+        // q/k/v and gate/up as one product each: fewer operations per decode
+        // step; each output row is computed alone, so a stack's products
+        // equal its parts'.
+        self.weights.fuse_projections = true;
         // `dequantize` is set only by `Auto` on the CPU.
-        if kernel == mlx_rs_core::cpu_qmm::CpuQmm::Ours && self.weights.dequantize {
+        if self.weights.dequantize {
             self.weights.dequantize = false;
             // What the plan added after the dtype's own note (FP8, wrapper).
             let tail = self.summary.split_once(')').map_or("", |(_, tail)| tail);
