@@ -281,13 +281,14 @@ fn print_calls(parts: usize) {
     println!(
         "       (Mixtral 8x7B's shapes with 4 layers, ours against mlx-lm: about 80 s on one H100)"
     );
-    println!("Our 4-bit decode kernel (MISTRAL_MLX_QMV=ours): the stash call(s), then");
+    println!("Our decode kernel (the CLI's `--qmv ours`; the parity tests use it with MISTRAL_MLX_QMV=ours): the stash call(s), then");
     println!(
         "  run  carry=[\"target/gpu-pack/{parts}\"]  command=\"bash xtask/gpu/run.sh qmv 2\"  timeout_s=560"
     );
-    println!("  and the parity tests with it, on the 4-bit models whose scales it takes (bf16; not float32):");
+    println!("  and the parity tests with it, on the quantized models whose scales it takes (bf16, f16; not float32;");
+    println!("  mlx-lm's references take most of the first call, the second runs the test):");
     println!(
-        "  run  command=\"MISTRAL_MLX_QMV=ours bash xtask/gpu/run.sh parity gqa4_q4_g64_bf16\"  timeout_s=600"
+        "  run  command=\"MISTRAL_MLX_SKIP_FAMILIES=1 MISTRAL_MLX_QMV=ours bash xtask/gpu/run.sh parity gqa4_q4_g64_bf16,gqa4_q8_g64_f16 mlx_lm_parity\"  timeout_s=420"
     );
     println!("Tensor parallelism on 2 GPUs (kind nvidia-h100-x2 or nvidia-h200-x2): the stash call(s), then");
     println!(

@@ -124,9 +124,9 @@ pub struct ModelArgs {
     #[arg(long)]
     pub no_mmap: bool,
     /// Which 4- and 8-bit products of 1 to 4 rows our CUDA kernel computes
-    /// instead of MLX's: `mlx` (none, the default), `ours` (all it can take),
-    /// `ours-large` (the large matrices only). Only on an NVIDIA GPU.
-    #[arg(long, env = "MISTRAL_MLX_QMV", default_value = "mlx", value_parser = parse_qmv)]
+    /// instead of MLX's: `ours` (all it can take, the default), `ours-large`
+    /// (the large matrices only) or `mlx` (none). Only on an NVIDIA GPU.
+    #[arg(long, env = "MISTRAL_MLX_QMV", default_value = "ours", value_parser = parse_qmv)]
     pub qmv: QmvKernel,
     /// Which kernel computes quantized products on the CPU: `ours` (SIMD and
     /// multi-threaded, the default; see mlx_rs_core::cpu_qmm) or `mlx`

@@ -9,15 +9,14 @@
 //! instructions per weight byte (see the kernel's notes). Its speed against
 //! MLX's is in BENCHMARKS.md ("Our 4-bit kernel").
 //!
-//! It is still off unless the caller asks for it ([`QmvKernel::Ours`], or
-//! [`QmvKernel::OursLarge`] for the products of more than [`LARGE_ELEMENTS`]
-//! elements only; a load option, `mistral-cli --qmv`): the parity tests
-//! with it on a model it takes aborted on an H100, in MLX's own many-row
-//! kernel reading past the weights (see [`crate::read_slack`]), and have
-//! not yet run since that was worked around. `ours` keeps a stacked matrix's product
-//! equal to its parts' own (each output row is computed alone, whatever
-//! the matrix's height; see `mistral_model::fused`); `ours-large` may not,
-//! where a stack is above the threshold and its parts below.
+//! The library leaves it off unless the caller asks for it
+//! ([`QmvKernel::Ours`], or [`QmvKernel::OursLarge`] for the products of
+//! more than [`LARGE_ELEMENTS`] elements only), as mlx-lm's `load` keeps
+//! MLX's kernels; `mistral-cli` asks for `ours` (`--qmv`). `ours` keeps a
+//! stacked matrix's product equal to its parts' own (each output row is
+//! computed alone, whatever the matrix's height; see `mistral_model::fused`);
+//! `ours-large` may not, where a stack is above the threshold and its parts
+//! below. The parity tests with it and its speed are in BENCHMARKS.md.
 //!
 //! The same kernel takes 8-bit matrices (16 elements per 16-byte chunk,
 //! each unpacked exactly).
@@ -50,7 +49,7 @@ pub const LARGE_ELEMENTS: i64 = 1 << 24;
 /// it takes none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QmvKernel {
-    /// None: MLX's `quantized_matmul` (the default).
+    /// None: MLX's `quantized_matmul` (the library's default).
     #[default]
     Mlx,
     /// Every product it can take (`ours`).
