@@ -2,11 +2,12 @@
 evaluating it; the twin of `crates/mistral-loader/examples/graph_build_time.rs`
 (see there).
 
-    python graph_build_time.py --model DIR        # measure
-    python graph_build_time.py --make-model DIR   # write deep32_bf16 there
+    python -m bench.graph_build_time --model DIR        # measure
+    python -m bench.graph_build_time --make-model DIR   # write deep32_bf16 there
 
-The model is loaded as reference.py loads it, on the CPU. After an 8-token
-prompt (evaluated with its cache), each of 300 steps builds
+The model is loaded as the references load it (common/mlx_lm_ref.py), on
+the CPU. After an 8-token prompt (evaluated with its cache), each of 300
+steps builds
 `argmax(model(token, cache)[:, -1, :])` and trims the cache back by one
 (evaluating the cache every 50 steps). Prints one JSON object: the median and
 the 10th and 90th percentiles of the build time, in milliseconds.
@@ -26,12 +27,11 @@ import time
 
 import mlx.core as mx
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 
 def measure(model_dir: str) -> dict:
     from mlx_lm.models.cache import make_prompt_cache
-    from reference import load_model
+
+    from common.mlx_lm_ref import load_model
 
     mx.set_default_device(mx.cpu)
     model, _notes = load_model(model_dir)
@@ -56,7 +56,7 @@ def measure(model_dir: str) -> dict:
 
 
 def make_model(out_dir: str) -> None:
-    import bench_models
+    from models import bench_models
 
     bench_models.float_model(os.path.dirname(os.path.abspath(out_dir)) or ".",
                              os.path.basename(os.path.abspath(out_dir)), seed=7,

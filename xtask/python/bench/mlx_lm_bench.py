@@ -2,13 +2,13 @@
 (or `--iterations N`), mirroring `mistral-cli bench --iterations N --json`.
 
 Usage:
-    python mlx_lm_bench.py --model DIR --prompt-tokens P --gen-tokens G [--warmup N] [--iterations N]
-    python mlx_lm_bench.py --bandwidth
+    python -m bench.mlx_lm_bench --model DIR --prompt-tokens P --gen-tokens G [--warmup N] [--iterations N]
+    python -m bench.mlx_lm_bench --bandwidth
     (add --device gpu on MLX's CUDA build; the default is the CPU)
 
 Run: mlx-lm 0.32.2's own loader (`mlx_lm.utils.load_model`, which evaluates
-the parameters; timed as the load) with reference.py's sliding-window patch,
-then `--warmup` short runs (a prompt of at most 32 tokens, 4 generated, as
+the parameters; timed as the load) with the references' sliding-window patch
+(common/mlx_lm_ref.py), then `--warmup` short runs (a prompt of at most 32 tokens, 4 generated, as
 `mistral-cli bench` warms up; with `--warmup-full` the measured lengths),
 then one run (or `--iterations N` runs) of `mlx_lm.generate.generate_step`
 (greedy, `max_tokens` = G; no EOS check, as ours) on the same pseudo-random
@@ -245,7 +245,7 @@ def main() -> int:
         ap.error("--model and --prompt-tokens are required")
 
     import mlx_lm
-    from reference import load_model  # mlx-lm's loader + the sliding-window patch
+    from common.mlx_lm_ref import load_model  # mlx-lm's loader + the sliding-window patch
 
     start = time.perf_counter()
     model, _notes = load_model(args.model)

@@ -4,7 +4,7 @@ NCCL_HOST_IP, NCCL_PORT; one GPU per rank), it loads the model with mlx-lm,
 splits it with mlx-lm's `shard()` and times `stream_generate` on a random
 prompt as `mlx_lm.benchmark` does; rank 0 prints the trials.
 
-    sharded_bench.py MODEL_DIR PROMPT_TOKENS GEN_TOKENS TRIALS
+    python -m bench.sharded_bench MODEL_DIR PROMPT_TOKENS GEN_TOKENS TRIALS
 
 (`mlx_lm.benchmark` itself, through `sharded_load`, fails over NCCL with
 MLX 0.32.2: its `all_sum(..., stream=mx.cpu)` raises "There is no

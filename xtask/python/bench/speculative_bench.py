@@ -1,5 +1,5 @@
 """Decode tok/s of SmolLM2 with and without --prompt-lookup on a copying and a free prompt
-(BENCHMARKS.md, "Speculative decoding"): python3 xtask/python/speculative_bench.py [RUNS]."""
+(BENCHMARKS.md, "Speculative decoding"): PYTHONPATH=xtask/python python3 -m bench.speculative_bench [RUNS]."""
 import json, subprocess, statistics, sys
 B = "target/release/mistral-cli"  # run from the repository root
 M = "target/xtask/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

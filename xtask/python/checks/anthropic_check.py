@@ -4,7 +4,7 @@ SmolLM2 model. crates/mistral-server/tests/anthropic_api.rs starts the
 server and runs this script.
 
 Usage:
-    python anthropic_check.py BASE_URL API_KEY MODEL_ID
+    python -m checks.anthropic_check BASE_URL API_KEY MODEL_ID
 
 Checks, each printed as it passes (the first failure raises and exits 1):
 - text: a greedy answer is one text block, `end_turn`, with token usage,

@@ -1,7 +1,7 @@
 """Check gguf-py's dequantization against a plain transcription of ggml's C.
 
 Usage:
-    python gguf_quant_check.py GGUF [GGUF ...] [--blocks 64]
+    python -m checks.gguf_quant_check GGUF [GGUF ...] [--blocks 64]
 
 gguf_to_hf.py (and so every GGUF reference) trusts `gguf.quants.dequantize`,
 which is vectorized numpy. This script re-does the dequantization block by
@@ -23,7 +23,7 @@ import numpy as np
 import gguf
 from gguf import GGMLQuantizationType as QT
 
-import gguf_to_hf
+from common import gguf_to_hf
 
 F = np.float32
 

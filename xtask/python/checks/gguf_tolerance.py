@@ -1,7 +1,7 @@
 """How far a quantized-GGUF engine may sit from the dense GGUF reference, measured on SmolLM2.
 
 Usage:
-    python gguf_tolerance.py --smollm2 PATH [--hf DIR] [--refs FILE] [--greedy 64]
+    python -m checks.gguf_tolerance --smollm2 PATH [--hf DIR] [--refs FILE] [--greedy 64]
 
 (a) mlx-lm on the dense float32 folder gguf_to_hf.py writes (every tensor
     dequantized by gguf-py): what gguf_refs.py stores as refs/gguf_smollm2.
@@ -41,7 +41,8 @@ import time
 import numpy as np
 
 import gguf
-import gguf_to_hf
+
+from common import gguf_to_hf
 
 CHAT_QUESTION = "What is the capital of France?"
 
@@ -78,9 +79,9 @@ def quantized_model(hf_dir: str, g: gguf_to_hf.GgufFile, config: dict, scale_dty
     import mlx.nn as nn
     from mlx.utils import tree_flatten
 
-    import reference
+    from common import mlx_lm_ref
 
-    model, _ = reference.load_model(hf_dir)
+    model, _ = mlx_lm_ref.load_model(hf_dir)
     dense = dict(tree_flatten(model.parameters()))
     n_head, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
     params, bits_of = [], {}
@@ -125,7 +126,7 @@ def main() -> int:
 
     import mlx.core as mx
 
-    import reference
+    from common import mlx_lm_ref
 
     mx.set_default_device(mx.cpu)
     t_start = time.time()
@@ -142,13 +143,13 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
-    prompts = reference.standard_prompts(hf_dir)
+    prompts = mlx_lm_ref.standard_prompts(hf_dir)
     chat = tok.apply_chat_template([{"role": "user", "content": CHAT_QUESTION}], add_generation_prompt=True,
                                    tokenize=True)
     chat = chat["input_ids"] if hasattr(chat, "keys") else chat
     prompts.append({"name": "chat", "ids": [int(i) for i in chat]})
 
-    dense, _ = reference.load_model(hf_dir)
+    dense, _ = mlx_lm_ref.load_model(hf_dir)
     quant, exact = quantized_model(hf_dir, g, config)
     print(f"repacked {exact['tensors']} Q4_1/Q8_0 tensors; mx.dequantize vs gguf-py: "
           f"max abs {exact['max_abs_dequantize_vs_gguf_py']:.1e}")
@@ -170,19 +171,19 @@ def main() -> int:
 
     rows = []
     for p in prompts:
-        a = np.array(reference.prompt_logits(dense, p["ids"]))
-        b = np.array(reference.prompt_logits(quant, p["ids"]))
+        a = np.array(mlx_lm_ref.prompt_logits(dense, p["ids"]))
+        b = np.array(mlx_lm_ref.prompt_logits(quant, p["ids"]))
         if p["name"] in ref_greedy:
             ga, ma = ref_greedy[p["name"]]
             ga, ma = ga[: args.greedy], ma[: args.greedy]
         else:
-            ga, ma = reference.greedy(dense, p["ids"], args.greedy)
-        gb, _ = reference.greedy(quant, p["ids"], len(ga))
+            ga, ma = mlx_lm_ref.greedy(dense, p["ids"], args.greedy)
+        gb, _ = mlx_lm_ref.greedy(quant, p["ids"], len(ga))
         follow = next((i for i, (x, y) in enumerate(zip(ga, gb)) if x != y), len(ga))
         d = np.abs(a - b)
         c_rel = None
         if quant16 is not None and len(p["ids"]) <= args.f16_scales_max_tokens:
-            c = np.array(reference.prompt_logits(quant16, p["ids"]))
+            c = np.array(mlx_lm_ref.prompt_logits(quant16, p["ids"]))
             c_rel = float(np.abs(a - c).max() / np.abs(a).max())
         rows.append({
             "f16_scales_max_rel": c_rel,

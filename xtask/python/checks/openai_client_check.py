@@ -3,7 +3,7 @@
 this script).
 
 Usage:
-    python openai_client_check.py BASE_URL API_KEY MODEL_ID [HF_DIR]
+    python -m checks.openai_client_check BASE_URL API_KEY MODEL_ID [HF_DIR]
 
 HF_DIR: the served model as a Hugging Face folder (for SmolLM2, the
 float32 conversion of its GGUF by gguf_to_hf.py). With it, the answers at

@@ -3,7 +3,7 @@
 the server on the real SmolLM2 model and runs this script).
 
 Usage:
-    python structured_output_check.py BASE_URL API_KEY MODEL_ID
+    python -m checks.structured_output_check BASE_URL API_KEY MODEL_ID
 
 Checks, each printed as it passes (the first failure raises and exits 1):
 - every schema of SCHEMAS (nested objects, arrays, enums, integers and

@@ -1,9 +1,9 @@
 """Prove that a tokenizer.json encodes and decodes exactly like sentencepiece.
 
 Usage:
-    python tokenizer_check.py                      # both Mistral models (v1, v3),
+    python -m checks.tokenizer_check               # both Mistral models (v1, v3),
                                                    # tokenizer.json built in memory
-    python tokenizer_check.py --sp FILE.model --json tokenizer.json
+    python -m checks.tokenizer_check --sp FILE.model --json tokenizer.json
 
 Also renders the Mistral chat template (spconvert.chat_template) for a few
 conversations and checks that the JSON encodes it to mistral-common's ids.
@@ -19,8 +19,6 @@ decode. Prints every difference; exits 1 on any mismatch.
 from __future__ import annotations
 
 import argparse
-import os
-import json
 import random
 import sys
 
@@ -28,11 +26,10 @@ import sentencepiece as spm
 from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
-import spconvert
+from common import corpus, spconvert
 
 # The shared corpus (also read by crates/mistral-loader/tests/tokenizer_parity.rs).
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus.json"), encoding="utf-8") as _f:
-    CORPUS = json.load(_f)["texts"]
+CORPUS = corpus.texts()
 
 # Strings whose encodings differ by design (printed, not counted as failures):
 # - the JSON matches special tokens written literally in the text ("<s>", and on

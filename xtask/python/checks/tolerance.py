@@ -1,6 +1,6 @@
 """Measure the logit differences mlx-lm itself shows, to set test tolerances.
 
-    python tolerance.py MODELS_DIR [--json OUT.json]
+    python -m checks.tolerance MODELS_DIR [--json OUT.json]
 
 All numbers come from mlx-lm 0.32.2 on the same weights (make_models.py's
 gqa4_f32 and its bf16/f16/quantized copies), on a few prompts:
@@ -28,7 +28,7 @@ import sys
 import mlx.core as mx
 import numpy as np
 
-import reference
+from common import mlx_lm_ref
 
 VARIANTS = [
     "gqa4_f32", "gqa4_bf16", "gqa4_f16",
@@ -78,13 +78,13 @@ def main() -> int:
     results = {}
     base = None
     for name in VARIANTS:
-        model, _ = reference.load_model(os.path.join(args.models_dir, name))
+        model, _ = mlx_lm_ref.load_model(os.path.join(args.models_dir, name))
         ps = prompts(model.args.vocab_size)
-        one_pass = [np.array(reference.prompt_logits(model, p)) for p in ps]
+        one_pass = [np.array(mlx_lm_ref.prompt_logits(model, p)) for p in ps]
         stepped = [np.array(stepwise_logits(model, p)) for p in ps]
-        greedy = [reference.greedy(model, p, args.greedy)[0] for p in ps]
+        greedy = [mlx_lm_ref.greedy(model, p, args.greedy)[0] for p in ps]
         upcast_to_f32(model)
-        upcast = [np.array(reference.prompt_logits(model, p)) for p in ps]
+        upcast = [np.array(mlx_lm_ref.prompt_logits(model, p)) for p in ps]
         if base is None:
             base = {"logits": one_pass, "greedy": greedy}
         ref_max = max(float(np.abs(x).max()) for x in base["logits"])
@@ -117,7 +117,7 @@ def main() -> int:
           f"{args.greedy} equal to f32's greedy ids, per prompt of 8/32/64 tokens)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"mlx_lm": reference.mlx_lm_version(), "greedy": args.greedy, "results": results}, f, indent=2)
+            json.dump({"mlx_lm": mlx_lm_ref.mlx_lm_version(), "greedy": args.greedy, "results": results}, f, indent=2)
     return 0
 
 

@@ -5,8 +5,8 @@ crates/mistral-server/src/tools.rs). crates/mistral-server/tests/tool_calls.rs
 starts the server and runs this script.
 
 Usage:
-    python tool_calls_check.py BASE_URL API_KEY MODEL_ID [--mistral TEKKEN_JSON [--thinking]]
-    python tool_calls_check.py BASE_URL API_KEY MODEL_ID --template JINJA
+    python -m checks.tool_calls_check BASE_URL API_KEY MODEL_ID [--mistral TEKKEN_JSON [--thinking]]
+    python -m checks.tool_calls_check BASE_URL API_KEY MODEL_ID --template JINJA
 
 With `--template`, the server runs with the chat template JINJA (one that
 declares the Hermes `<tool_call>` format; crates/mistral-server/src/

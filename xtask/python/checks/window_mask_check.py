@@ -1,6 +1,6 @@
 """Check mlx-lm's sliding-window semantics against Hugging Face transformers.
 
-    python window_mask_check.py [--model MODELS_DIR/window_v01_f32]
+    python -m checks.window_mask_check [--model MODELS_DIR/window_v01_f32]
 
 1. Mask semantics, without torch: the mask functions of transformers'
    `masking_utils.py` (`causal_mask_function`, `sliding_window_overlay`,
@@ -10,9 +10,10 @@
    mlx-lm's `create_causal_mask(N, offset, window_size)` for every query /
    key position. Both mean: query i sees key j iff i - window < j <= i
    (the window counts the query itself).
-2. With --model (a windowed model, reference.py's window patch applied): the
-   logits of a prompt longer than the window, fed one token at a time through
-   mlx-lm's cache (RotatingKVCache), must equal the one-pass logits (mask).
+2. With --model (a windowed model, common/mlx_lm_ref.py's window patch
+   applied): the logits of a prompt longer than the window, fed one token at
+   a time through mlx-lm's cache (RotatingKVCache), must equal the one-pass
+   logits (mask).
 
 Exit status 1 on any mismatch.
 """
@@ -71,13 +72,13 @@ def check_masks() -> int:
 def check_cache_path(model_dir: str, length: int = 48) -> int:
     import mlx.core as mx
 
-    import reference
+    from common import mlx_lm_ref
 
-    model, notes = reference.load_model(model_dir)
+    model, notes = mlx_lm_ref.load_model(model_dir)
     window = model.model.sliding_window
     rng = np.random.default_rng(0)
     ids = [1] + rng.integers(3, model.args.vocab_size, length - 1).tolist()
-    full = reference.prompt_logits(model, ids)
+    full = mlx_lm_ref.prompt_logits(model, ids)
     cache = model.make_cache()
     steps = []
     for t in ids:
@@ -98,7 +99,7 @@ def check_cache_path(model_dir: str, length: int = 48) -> int:
     from mlx_lm.utils import load_model
 
     plain, _ = load_model(Path(model_dir))
-    unwindowed = reference.prompt_logits(plain, ids)
+    unwindowed = mlx_lm_ref.prompt_logits(plain, ids)
     before = float(mx.max(mx.abs(unwindowed[:window] - full[:window])))
     after = float(mx.max(mx.abs(unwindowed[window:] - full[window:])))
     print(f"unpatched mlx-lm vs windowed: positions < {window}: {before:.2e}, >= {window}: {after:.2e}")

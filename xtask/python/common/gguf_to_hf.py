@@ -2,7 +2,7 @@
 that mlx-lm 0.32.2 loads, independently of the project's Rust GGUF code.
 
 Usage:
-    python gguf_to_hf.py GGUF OUT_DIR [--force] [--check-reader]
+    python -m common.gguf_to_hf GGUF OUT_DIR [--force] [--check-reader]
 
 What it writes to OUT_DIR:
   model.safetensors   every tensor dequantized to float32 by gguf-py's

@@ -11,7 +11,7 @@ Needs NVIDIA's pip wheels, in the Python that runs it:
     pip install nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12 \\
         nvidia-cuda-nvcc-cu12 nvidia-cuda-cuobjdump
 Usage:
-    python3 xtask/python/cuda_sass_count.py K=4096 N=28672 GROUP=64 ROWS=4 M=1 UNROLL=2 [T=__half]
+    PYTHONPATH=xtask/python python3 -m gpu.cuda_sass_count K=4096 N=28672 GROUP=64 ROWS=4 M=1 UNROLL=2 [T=__half]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import sysconfig
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-KERNELS = os.path.join(HERE, "..", "..", "crates", "mlx-rs-core", "src", "kernels")
+KERNELS = os.path.join(HERE, "..", "..", "..", "crates", "mlx-rs-core", "src", "kernels")
 
 
 def find(pattern: str) -> str:

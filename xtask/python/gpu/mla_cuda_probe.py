@@ -2,9 +2,9 @@
 `mistral4`): each probe runs in its own process (an illegal memory access
 ends the CUDA context) and prints one line.
 
-Usage (on the GPU machine, through `xtask/gpu/run.sh py`):
-    python mla_cuda_probe.py            # every probe
-    python mla_cuda_probe.py NAME...    # some
+Usage (on the GPU machine, through `xtask/gpu/run.sh py gpu.mla_cuda_probe`):
+    python -m gpu.mla_cuda_probe            # every probe
+    python -m gpu.mla_cuda_probe NAME...    # some
 
 Probes:
   sdpa_decode_*   mx.fast.scaled_dot_product_attention as mlx-lm's latent
@@ -219,7 +219,7 @@ def main() -> int:
     for name in names:
         t0 = time.time()
         try:
-            p = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True,
+            p = subprocess.run([sys.executable, "-m", "gpu.mla_cuda_probe", "--one", name], capture_output=True, text=True,
                                timeout=300)
             if p.returncode == 0:
                 line = p.stdout.strip().splitlines()[-1]

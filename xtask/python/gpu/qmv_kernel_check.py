@@ -35,7 +35,7 @@ import time
 import mlx.core as mx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-KERNELS = os.path.join(HERE, "..", "..", "crates", "mlx-rs-core", "src", "kernels")
+KERNELS = os.path.join(HERE, "..", "..", "..", "crates", "mlx-rs-core", "src", "kernels")
 SOURCE = open(os.path.join(KERNELS, "quantized_matvec.cu")).read()
 HEADER = open(os.path.join(KERNELS, "quantized_matvec_header.cuh")).read()
 

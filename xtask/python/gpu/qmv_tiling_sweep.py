@@ -10,7 +10,7 @@ evaluation, the median of 3 rounds, and its error checked against a
 float32 reference (within max(2 x MLX's error, the bf16 half step)).
 
 Run where MLX's CUDA build is importable (xtask/gpu/run.sh sets that up):
-    python3 xtask/python/qmv_tiling_sweep.py > sweep.jsonl
+    PYTHONPATH=xtask/python python3 -m gpu.qmv_tiling_sweep > sweep.jsonl
 One JSON line per tiling and shape, then the best tiling per shape.
 """
 
@@ -22,7 +22,7 @@ import statistics
 
 import mlx.core as mx
 
-from qmv_kernel_check import ours, timed
+from gpu.qmv_kernel_check import ours, timed
 
 # (N, K): q/o, k/v, stacked q/k/v, stacked gate/up, down, the head.
 SHAPES = [(4096, 4096), (1024, 4096), (6144, 4096), (28672, 4096), (4096, 14336), (32768, 4096)]

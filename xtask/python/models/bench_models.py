@@ -1,7 +1,7 @@
 """Write the models `cargo xtask compare` runs, ours and mlx-lm side by side.
 
 Usage:
-    python bench_models.py OUT_DIR --smollm2 GGUF [--only NAME,...]
+    python -m models.bench_models OUT_DIR --smollm2 GGUF [--only NAME,...]
 
 Random weights (make_models.py's generator, std 0.02) in Mistral shapes,
 stored as mlx-community publishes models:
@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import sys
 
-import make_models as mm
+from models import make_models as mm
 
 M150 = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
             num_attention_heads=16, num_key_value_heads=4)
@@ -51,9 +51,7 @@ def convert(root: str, src: str, name: str, **kwargs) -> None:
 
 def smollm2(root: str, gguf: str) -> None:
     f32 = os.path.join(root, "smollm2_f32")
-    here = os.path.dirname(os.path.abspath(__file__))
-    subprocess.run([sys.executable, os.path.join(here, "gguf_to_hf.py"), gguf, f32, "--force"],
-                   check=True)
+    subprocess.run([sys.executable, "-m", "common.gguf_to_hf", gguf, f32, "--force"], check=True)
     convert(root, "smollm2_f32", "smollm2_bf16", dtype="bfloat16")
     shutil.rmtree(f32)
 

@@ -2,7 +2,7 @@
 GPU machine itself (nothing that large can be carried there).
 
 Usage:
-    python gpu_bench_models.py OUT_DIR
+    python -m models.gpu_bench_models OUT_DIR
 
   m7b_bf16   Mistral 7B's shapes (hidden 4096, 32 layers, 32/8 heads, MLP
              14336, vocab 32768): random bf16 weights, std 0.02 (norms 1)
@@ -35,8 +35,8 @@ import sys
 
 import mlx.core as mx
 
-import bench_models as bm
-import make_models as mm
+from models import bench_models as bm
+from models import make_models as mm
 
 M7B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
            num_attention_heads=32, num_key_value_heads=8)

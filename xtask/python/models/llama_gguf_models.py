@@ -2,7 +2,7 @@
 --vs llama.cpp` (our engine and llama.cpp's llama-bench on the same files).
 
 Usage:
-    python llama_gguf_models.py OUT_DIR --smollm2 PATH [--only NAME,...]
+    python -m models.llama_gguf_models OUT_DIR --smollm2 PATH [--only NAME,...]
 
 Writes OUT_DIR/<shape>_<type>.gguf and OUT_DIR/manifest.json. Shapes:
   * `1b`: Llama 3.2 1B's width and depth: hidden 2048, MLP 8192, 16 layers,
@@ -38,7 +38,7 @@ import gguf
 from gguf import GGMLQuantizationType as QT
 from gguf import LlamaFileType as FT
 
-import make_gguf_models as mg
+from models import make_gguf_models as mg
 
 SHAPES = {
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,

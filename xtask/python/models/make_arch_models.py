@@ -2,7 +2,7 @@
 and mlx-lm's reference outputs on them.
 
 Usage:
-    python make_arch_models.py OUT_DIR [--force]
+    python -m models.make_arch_models OUT_DIR [--force]
 
 OUT_DIR/<name>/  config.json, generation_config.json, tokenizer.json and
                  tokenizer_config.json (make_models.write_tokenizer_files, the
@@ -11,7 +11,7 @@ OUT_DIR/manifest.json  {"generator", "models": [entry, ...]}: every model's
                  architecture, layout, dtype, quantization, FP8 kind, window,
                  RoPE type and the bytes of its vision and text tensors
 OUT_DIR/refs/<name>.safetensors  mlx-lm's outputs on the standard prompts, in
-                 exactly reference.py's format (reference.compute/write):
+                 exactly reference.py's format (mlx_lm_ref.compute/write):
                  NAME.prompt_ids, NAME.logits, NAME.chunked_logits,
                  NAME.greedy_ids (64), NAME.greedy_margin; metadata "reference"
 
@@ -84,9 +84,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-import make_models
-import reference
-from make_models import Spec, write_json
+from common import mlx_lm_ref
+from models import make_models
+from models.make_models import Spec, write_json
 
 GENERATOR = "xtask/python/make_arch_models.py"
 N_GREEDY = 64
@@ -721,9 +721,9 @@ def one_line(err: Exception, n: int) -> str:
 def direct_load_note(model_dir: str, model, prompt: list[int]) -> str:
     """What mlx-lm's own loader makes of an FP8 directory (a diagnostic)."""
     try:
-        direct, _ = reference.load_model(model_dir)
-        a = reference.prompt_logits(direct, prompt)
-        b = reference.prompt_logits(model, prompt)
+        direct, _ = mlx_lm_ref.load_model(model_dir)
+        a = mlx_lm_ref.prompt_logits(direct, prompt)
+        b = mlx_lm_ref.prompt_logits(model, prompt)
         return f"mlx-lm load_model runs it but max |logits - reference| = {float(mx.abs(a - b).max()):.3g}"
     except Exception as err:  # noqa: BLE001 - a diagnostic only
         return f"mlx-lm load_model fails: {type(err).__name__}: {one_line(err, 120)}"
@@ -745,7 +745,7 @@ def dequantize_to_f32(model) -> None:
     a float SwitchLinear with the [E, out, in] dequantized weight), float32."""
     from mlx_lm.models.switch_layers import QuantizedSwitchLinear
 
-    reference.to_dense_f32(model)
+    mlx_lm_ref.to_dense_f32(model)
     left = [n for n, m in model.named_modules()
             if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding, QuantizedSwitchLinear))]
     assert not left, f"still quantized: {left}"
@@ -941,13 +941,13 @@ def decode_path_diff(model, prompts: list[dict]) -> float:
         cache = make_prompt_cache(model)
         model(mx.array([ids[:-1]], dtype=mx.int32), cache=cache)
         last = model(mx.array([ids[-1:]], dtype=mx.int32), cache=cache)[0, -1].astype(mx.float32)
-        full = reference.prompt_logits(model, ids)[-1]
+        full = mlx_lm_ref.prompt_logits(model, ids)[-1]
         worst = max(worst, float(mx.abs(last - full).max()))
     return worst
 
 
 def logits_of(model, ids: list[int]) -> np.ndarray:
-    return np.array(reference.prompt_logits(model, ids))
+    return np.array(mlx_lm_ref.prompt_logits(model, ids))
 
 
 def check_results(name: str, results: list[dict]) -> None:
@@ -1013,7 +1013,7 @@ def build(root: str, tokenizer_dir: str) -> list[tuple[dict, object]]:
     plans: list[tuple[dict, object]] = []
 
     def direct(model_dir):
-        return lambda: reference.load_model(model_dir)
+        return lambda: mlx_lm_ref.load_model(model_dir)
 
     # 1-2. Ministral 3, tied.
     tied_w = ministral3_weights(tied=True)
@@ -1045,7 +1045,7 @@ def build(root: str, tokenizer_dir: str) -> list[tuple[dict, object]]:
         d = os.path.join(root, name)
 
         def quantized_ref(d=d):
-            model, notes = reference.load_model(d)
+            model, notes = mlx_lm_ref.load_model(d)
             notes["quantized_run"] = quantized_run_note(model, [1, 2, 3])
             dequantize_to_f32(model)
             notes["compute"] = "dequantized by mlx_lm.utils.dequantize_model, float32"
@@ -1336,7 +1336,7 @@ def build_native(root: str, tokenizer_dir: str) -> list[tuple[dict, object]]:
         e = entry(name, desc, arch, "native", dtype, rope_theta=params["rope_theta"],
                   head_dim=params["head_dim"], source=os.path.relpath(twin, root),
                   reference_approach="mlx-lm load_model on the Hugging Face twin (the same weights)", **kw)
-        plans.append((e, lambda twin=twin: reference.load_model(twin)))
+        plans.append((e, lambda twin=twin: mlx_lm_ref.load_model(twin)))
     return plans
 
 
@@ -1344,7 +1344,7 @@ def build_mistral4(root: str, tokenizer_dir: str) -> list[tuple[dict, object]]:
     plans = []
 
     def direct(model_dir):
-        return lambda: reference.load_model(model_dir)
+        return lambda: mlx_lm_ref.load_model(model_dir)
 
     rope = ("yarn rope (theta 1e4, factor 4, original 16, mscale = mscale_all_dim = 1: softmax scale "
             "48^-0.5 * 1.1386^2) + llama-4 query scaling (beta 0.1, every 16 positions)")
@@ -1374,7 +1374,7 @@ def build_mistral4(root: str, tokenizer_dir: str) -> list[tuple[dict, object]]:
     check_mistral4_mlx_layout(d, m, hf_w)
 
     def mlx_bf16_ref(d=d):
-        model, notes = reference.load_model(d)
+        model, notes = mlx_lm_ref.load_model(d)
         notes["compute"] = "bfloat16"
         try:
             mx.eval(model(mx.array([[1, 2, 3]], dtype=mx.int32)))
@@ -1405,7 +1405,7 @@ def build_mistral4(root: str, tokenizer_dir: str) -> list[tuple[dict, object]]:
     d = os.path.join(root, name)
 
     def q4_ref(d=d):
-        model, notes = reference.load_model(d)
+        model, notes = mlx_lm_ref.load_model(d)
         notes["quantized_run"] = quantized_run_note(model, [1, 2, 3])
         model.set_dtype(mx.float32)
         notes["multi_linear"] = f"{dequantize_multi_linear(model)} QuantizedMultiLinear dequantized"
@@ -1547,7 +1547,7 @@ def check_rope_variants_differ(root: str, prompt: list[int]) -> float:
     max-abs difference."""
     logits = {}
     for name in LLAMA_ROPE_VARIANTS:
-        model, _ = reference.load_model(os.path.join(root, name))
+        model, _ = mlx_lm_ref.load_model(os.path.join(root, name))
         logits[name] = logits_of(model, prompt)
     plain = mlx_model("llama", llama_config(None))
     plain.load_weights(list(mx.load(os.path.join(root, "llama_rope_linear", "model.safetensors")).items()))
@@ -1578,10 +1578,10 @@ def main() -> int:
             return 1
         shutil.rmtree(root)
     os.makedirs(root)
-    if reference.reference_device() != mx.cpu:
+    if mlx_lm_ref.reference_device() != mx.cpu:
         contiguous_splits()
     # The CPU build unless MISTRAL_MLX_REFERENCE_DEVICE=gpu (as reference.py).
-    mx.set_default_device(reference.reference_device())
+    mx.set_default_device(mlx_lm_ref.reference_device())
     t0 = time.time()
 
     with tempfile.TemporaryDirectory() as tokenizer_dir:
@@ -1600,10 +1600,10 @@ def main() -> int:
         model_dir = os.path.join(root, name)
         # Mistral's layout has no tokenizer.json: its twin's gives the prompts.
         prompt_dir = os.path.join(root, e["source"]) if e["layout"] == "native" else model_dir
-        prompts = reference.standard_prompts(prompt_dir)
+        prompts = mlx_lm_ref.standard_prompts(prompt_dir)
         model, notes = make_reference()
         check_rope_modules(name, model)
-        results = reference.compute(model, prompts, N_GREEDY, "float32")
+        results = mlx_lm_ref.compute(model, prompts, N_GREEDY, "float32")
         check_results(name, results)
         extra = ""
         if e["arch"] == "mixtral":
@@ -1632,7 +1632,7 @@ def main() -> int:
             notes["router_min_gap"] = {"prompts": gap, "with_greedy": gap_all}
             diff = decode_path_diff(model, prompts)
             notes["decode_vs_prefill_max_diff"] = diff
-            if e["dtype"] == "float32" and reference.reference_device() == mx.cpu:
+            if e["dtype"] == "float32" and mlx_lm_ref.reference_device() == mx.cpu:
                 assert diff < 1e-4, f"{name}: mlx-lm's decode and prefill paths differ by {diff}"
 
             def groups(g):
@@ -1648,10 +1648,10 @@ def main() -> int:
             diff = check_rope_variants_differ(root, prompts[2]["ids"])
             extra = f", rope variants differ pairwise by >= {diff:.3g}"
         results_of[name] = results
-        meta = {"model": name, "mlx_lm": reference.mlx_lm_version(), "mlx": mx.__version__,
+        meta = {"model": name, "mlx_lm": mlx_lm_ref.mlx_lm_version(), "mlx": mx.__version__,
                 "prompts": [p["name"] for p in prompts], "greedy": N_GREEDY, "logits_dtype": "float32",
                 "approach": e["reference"], **notes}
-        reference.write(os.path.join(refs, f"{name}.safetensors"), results, meta)
+        mlx_lm_ref.write(os.path.join(refs, f"{name}.safetensors"), results, meta)
         print(f"{name}: reference in {time.time() - t1:.2f}s{extra}")
     print(f"{len(plans)} models + references in {time.time() - t0:.1f}s")
     return 0

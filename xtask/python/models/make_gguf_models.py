@@ -1,7 +1,7 @@
 """Write small synthetic GGUF models the way llama.cpp's converter writes them.
 
 Usage:
-    python make_gguf_models.py MODELS_DIR [--smollm2 PATH]
+    python -m models.make_gguf_models MODELS_DIR [--smollm2 PATH]
 
 MODELS_DIR is a make_models.py output directory: most GGUF files are built
 from its float32 Hugging Face test models (config.json + safetensors). The
@@ -75,8 +75,8 @@ import gguf
 from gguf import GGMLQuantizationType as QT
 from gguf import LlamaFileType as FT
 
-import make_models
-import spconvert
+from common import spconvert
+from models import make_models
 
 # llama.cpp's SentencePieceTokenTypes (convert_hf_to_gguf.py) == gguf.TokenType.
 TT_NORMAL, TT_UNKNOWN, TT_CONTROL, TT_USER_DEFINED, TT_UNUSED, TT_BYTE = 1, 2, 3, 4, 5, 6
@@ -398,7 +398,7 @@ def special_vocab(hf_dir: str, n_vocab: int) -> gguf.SpecialVocab:
 def read_smollm2_vocab(path: str) -> dict:
     """The tokenizer.* fields of the SmolLM2 GGUF, as they are (read with
     gguf_to_hf.GgufFile, which is checked against gguf-py's GGUFReader)."""
-    from gguf_to_hf import GgufFile
+    from common.gguf_to_hf import GgufFile
 
     g = GgufFile(path)
     arch = g.get("general.architecture")

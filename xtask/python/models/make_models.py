@@ -1,7 +1,7 @@
 """Write the project's small random-weight Mistral test models.
 
 Usage:
-    python make_models.py OUT_DIR [--force]
+    python -m models.make_models OUT_DIR [--force]
 
 Every model directory looks like a Hugging Face Mistral checkpoint:
 config.json (MistralForCausalLM), tokenizer.json (built from the real Mistral
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from safetensors.numpy import save_file
 
-import spconvert
+from common import spconvert
 
 TOKENIZERS = {"v3": 32768, "v1": 32000}  # tokenizer version -> vocab size
 

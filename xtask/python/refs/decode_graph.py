@@ -1,13 +1,13 @@
 """The primitives in one decode step's graph under mlx-lm 0.32.2, for
 crates/mistral-loader/tests/decode_graph.rs.
 
-    python decode_graph.py --model DIR --prompt-ids 1,2,3 --token 9
+    python -m refs.decode_graph --model DIR --prompt-ids 1,2,3 --token 9
 
-Loads the model as reference.py does, runs the prompt through the model's
-own `make_prompt_cache()` cache and evaluates it, then builds (without
-evaluating) the logits of one more token, `--token`, and counts the
-primitives of that graph by name from `mx.export_to_dot` (one rectangle
-per primitive). Prints one JSON object {"ops": {name: count}} on stdout.
+Loads the model as reference.py does (common/mlx_lm_ref.py), runs the
+prompt through the model's own `make_prompt_cache()` cache and evaluates it,
+then builds (without evaluating) the logits of one more token, `--token`,
+and counts the primitives of that graph by name from `mx.export_to_dot` (one
+rectangle per primitive). Prints one JSON object {"ops": {name: count}} on stdout.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import tempfile
 
 import mlx.core as mx
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reference import load_model, reference_device  # noqa: E402
+from common.mlx_lm_ref import load_model, reference_device
 
 
 def main() -> int:

@@ -3,7 +3,7 @@ conversions, and mlx-lm reference outputs. The one script xtask runs after
 make_models.py and reference.py.
 
 Usage:
-    python gguf_refs.py --models MODELS_DIR [--smollm2 PATH] [--greedy 64]
+    python -m refs.gguf_refs --models MODELS_DIR [--smollm2 PATH] [--greedy 64]
 
 Steps (timings printed):
   1. make_gguf_models.py: MODELS_DIR/gguf/<name>.gguf + MODELS_DIR/gguf/manifest.json
@@ -41,8 +41,7 @@ def reference_one(name: str, path: str, models: str, greedy: int, tokenizer_cach
     """Convert one GGUF to MODELS_DIR/gguf-hf/NAME and write refs/gguf_NAME.safetensors."""
     import mlx.core as mx
 
-    import gguf_to_hf
-    import reference
+    from common import gguf_to_hf, mlx_lm_ref
 
     mx.set_default_device(mx.cpu)
     t0 = time.time()
@@ -52,7 +51,7 @@ def reference_one(name: str, path: str, models: str, greedy: int, tokenizer_cach
     tokenizer_cache.setdefault(fp, out_dir)
     t_conv = time.time() - t0
 
-    prompts = reference.standard_prompts(out_dir)
+    prompts = mlx_lm_ref.standard_prompts(out_dir)
     chat_note = {}
     if name == "smollm2":
         from transformers import AutoTokenizer
@@ -64,8 +63,8 @@ def reference_one(name: str, path: str, models: str, greedy: int, tokenizer_cach
         prompts.append({"name": "chat", "ids": [int(i) for i in ids]})
         chat_note = {"chat_question": CHAT_QUESTION}
 
-    model, notes = reference.load_model(out_dir)
-    results = reference.compute(model, prompts, greedy, "float32")
+    model, notes = mlx_lm_ref.load_model(out_dir)
+    results = mlx_lm_ref.compute(model, prompts, greedy, "float32")
     if name == "smollm2":
         chat = next(r for r in results if r["name"] == "chat")
         chat_note["chat_greedy_text"] = tok.decode(chat["greedy_ids"], skip_special_tokens=False)
@@ -74,10 +73,10 @@ def reference_one(name: str, path: str, models: str, greedy: int, tokenizer_cach
         chat_note["chat_answer"] = tok.decode(answer, skip_special_tokens=True)
     meta = {
         "model": f"gguf_{name}",
-        "mlx_lm": reference.mlx_lm_version(),
+        "mlx_lm": mlx_lm_ref.mlx_lm_version(),
         "mlx": mx.__version__,
         "prompts": [p["name"] for p in prompts],
-        "prompt_texts": {**reference.STANDARD_TEXTS, **({"chat": CHAT_QUESTION} if chat_note else {})},
+        "prompt_texts": {**mlx_lm_ref.STANDARD_TEXTS, **({"chat": CHAT_QUESTION} if chat_note else {})},
         "greedy": greedy,
         "logits_dtype": "float32",
         "gguf": os.path.basename(path),
@@ -89,7 +88,7 @@ def reference_one(name: str, path: str, models: str, greedy: int, tokenizer_cach
         **chat_note,
     }
     out = os.path.join(models, "refs", f"gguf_{name}.safetensors")
-    reference.write(out, results, meta)
+    mlx_lm_ref.write(out, results, meta)
     margins = [min(r["greedy_margin"]) for r in results if r["greedy_margin"]]
     extra = f", chat answer {chat_note['chat_answer']!r}" if name == "smollm2" else ""
     return (f"{name}: convert {t_conv:.1f}s, reference {time.time() - t0 - t_conv:.1f}s, "
@@ -125,11 +124,11 @@ def main() -> int:
     if args.smollm2:
         # SmolLM2 (135M parameters, float32) is most of the work; MLX's CPU
         # matmuls run on one core, so it runs next to the small models.
-        child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--models", models,
+        child = subprocess.Popen([sys.executable, "-m", "refs.gguf_refs", "--models", models,
                                   "--smollm2", args.smollm2, "--greedy", str(args.greedy), "--only-smollm2"])
 
     try:
-        import make_gguf_models
+        from models import make_gguf_models
 
         t0 = time.time()
         entries = make_gguf_models.make_all(models, args.smollm2, quiet=True)

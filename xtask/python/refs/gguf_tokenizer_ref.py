@@ -27,7 +27,7 @@ built from a SentencePiece model (make_gguf_models.py records its path in
 MODELS_DIR/gguf/manifest.json next to the file) the answer also carries
 sentencepiece's own ids and decodes of the same inputs.
 
-Run as `python gguf_tokenizer_ref.py < request.json`, e.g. by a Rust test
+Run as `python -m refs.gguf_tokenizer_ref < request.json`, e.g. by a Rust test
 through MISTRAL_MLX_PYTHON (like sp_corpus.py). Corpus: corpus.json.
 """
 
@@ -37,8 +37,7 @@ import json
 import os
 import sys
 
-import gguf_to_hf
-import spconvert
+from common import gguf_to_hf, spconvert
 
 
 def manifest_entry(gguf_path: str) -> dict | None:

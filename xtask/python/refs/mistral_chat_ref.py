@@ -23,7 +23,7 @@ per version with `config.version` changed, so the same vocabulary is encoded
 under each protocol. Past v7 mistral-common wants the file to list its
 control tokens: those copies list the 20 it uses up to v7 and then [ARGS],
 [CALL_ID], [THINK], [/THINK] (ids 20-23; the rest are its fillers).
-Run as `python mistral_chat_ref.py < request.json`.
+Run as `python -m refs.mistral_chat_ref < request.json`.
 """
 
 from __future__ import annotations

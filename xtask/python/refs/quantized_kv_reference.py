@@ -18,13 +18,11 @@ independent reference for a quantized ring buffer.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import mlx.core as mx
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reference import load_model, reference_device  # noqa: E402
+from common.mlx_lm_ref import load_model, reference_device
 
 
 def main() -> int:

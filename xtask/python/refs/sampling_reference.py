@@ -1,7 +1,7 @@
 """Token ids (and log-probabilities) from mlx-lm 0.32.2's own generation loop
 with its own sampler and logits processors, for the generation tests.
 
-    python sampling_reference.py --model DIR --prompt-ids 1,2,3 --n 64 \
+    python -m refs.sampling_reference --model DIR --prompt-ids 1,2,3 --n 64 \
         [--temp T] [--top-p P] [--min-p M] [--top-k K] \
         [--repetition-penalty R] [--repetition-context-size C] \
         [--seed S] [--prefill-step-size N] [--logprobs-out FILE]
@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import mlx.core as mx
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reference import load_model, reference_device  # noqa: E402
+from common.mlx_lm_ref import load_model, reference_device
 
 
 def main() -> int:

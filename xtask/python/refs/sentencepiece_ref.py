@@ -18,7 +18,7 @@ Reads one JSON request on stdin, writes one JSON answer on stdout:
 Everything is mistral_common.tokens.tokenizers.sentencepiece
 .SentencePieceTokenizer (mistral-common 1.13.1 over the sentencepiece
 library), independent of the Rust code. Run as
-`python sentencepiece_ref.py < request.json`.
+`python -m refs.sentencepiece_ref < request.json`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import sys
 
-from tekken_ref import answer_request, encode_decode
+from refs.tekken_ref import answer_request, encode_decode
 
 
 def shipped_files() -> list[str]:

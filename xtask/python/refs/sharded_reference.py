@@ -2,9 +2,10 @@
 (MLX_RANK and MLX_HOSTFILE set, as `mlx.launch` sets them), loads the model
 as reference.py does (mlx-lm's loader, with its sliding-window fix), splits
 it with mlx-lm's `shard()`, and computes the logits of each reference prompt
-in one pass, as reference.py's `prompt_logits`; rank 0 writes them.
+in one pass, as reference.py does (common/mlx_lm_ref.py's
+`prompt_logits`); rank 0 writes them.
 
-    sharded_reference.py MODEL_DIR REFS_FILE OUT_FILE
+    python -m refs.sharded_reference MODEL_DIR REFS_FILE OUT_FILE
 
 REFS_FILE is the model's `refs/<name>.safetensors` (its `<prompt>.prompt_ids`
 are the prompts); OUT_FILE gets `<prompt>.logits` as float32.
@@ -14,7 +15,7 @@ import sys
 
 import mlx.core as mx
 
-from reference import load_model, prompt_logits
+from common.mlx_lm_ref import load_model, prompt_logits
 
 
 def main():

@@ -28,7 +28,7 @@ import sys
 
 import sentencepiece as spm
 
-import spconvert
+from common import spconvert
 
 
 def chat_ids(version: str, chats: list) -> list[list[int]]:

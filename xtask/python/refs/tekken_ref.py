@@ -16,7 +16,7 @@ Reads one JSON request on stdin, writes one JSON answer on stdout:
 
 Everything is mistral_common.tokens.tokenizers.tekken.Tekkenizer
 (mistral-common 1.13.1, whose tiktoken does the BPE), independent of the
-Rust code. Run as `python tekken_ref.py < request.json`.
+Rust code. Run as `python -m refs.tekken_ref < request.json`.
 """
 
 from __future__ import annotations
