@@ -29,7 +29,7 @@
 #            (comma-separated) runs some of the models only
 #   qmv [REPS]  our 4-bit matrix-vector kernel: checked against a float32
 #            reference and timed against MLX's quantized_matmul
-#            (xtask/python/qmv_kernel_check.py); then decode on a 7B-shape
+#            (xtask/python/gpu/qmv_kernel_check.py); then decode on a 7B-shape
 #            4-bit model (m7b_q4r): ours with it for every product
 #            (MISTRAL_MLX_QMV=ours), for the large matrices only (=ours-large),
 #            with MLX's only (=mlx, the default), and mlx-lm, REPS rounds
@@ -41,9 +41,10 @@
 #            4-bit model (m7b_q4) decoded by ours (MLX's kernel and ours)
 #            and mlx-lm under MLX's CUDA-graph settings (MLX_MAX_OPS_PER_BUFFER,
 #            MLX_USE_CUDA_GRAPHS), REPS rounds (default 1)
-#   py SCRIPT [ARGS]  unpack; run a Python script with the CUDA mlx and
-#            mlx-lm (e.g. xtask/python/mla_cuda_probe.py), its output in
-#            $OUT/py.log
+#   py MODULE [ARGS]  unpack; run a script of xtask/python as a module with
+#            the CUDA mlx and mlx-lm (e.g. gpu.mla_cuda_probe, i.e.
+#            xtask/python/gpu/mla_cuda_probe.py; a path ending in .py runs
+#            as a file), its output in $OUT/py.log
 #   tp check (2 GPUs, device kind nvidia-h100-x2) unpack; `generate
 #            --ranks 2` (NCCL, one GPU per rank) against one process on the
 #            test models: ids and text must be equal
@@ -85,7 +86,8 @@ fi
 ln -sfn "$work/bundle/lib/mlx/lib" "$py/mlx/lib"
 ln -sfn "$work/bundle/lib/mlx/include" "$py/mlx/include"
 ln -sfn "$work/bundle/lib/mlx_cuda_13.libs" "$py/mlx_cuda_13.libs"
-export PYTHONPATH=$py${PYTHONPATH:+:$PYTHONPATH}
+# xtask/python: its scripts run as modules (`python3 -m refs.reference`).
+export PYTHONPATH=$py:$PWD/xtask/python${PYTHONPATH:+:$PYTHONPATH}
 export LD_LIBRARY_PATH=$nvlibs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 # The same rule as the bundle's launcher: a full CUDA toolkit's headers for
 # MLX's run-time kernel compilation, for mlx-lm too; else pip's.
@@ -150,13 +152,13 @@ parity)
     else
       echo "probe: 4-bit group-128 fails with and without CUDA graphs"
     fi
-    [ -f "$models/manifest.json" ] || python3 xtask/python/make_models.py "$models"
+    [ -f "$models/manifest.json" ] || python3 -m models.make_models "$models"
     export MISTRAL_MLX_TEST_MODELS=$models
     # mlx-lm on the GPU (refs/) and on the CPU (refs/cpu/: the GPU's noise).
     if [ ! -f "$models/refs/.gpu-done" ]; then
-      MISTRAL_MLX_REFERENCE_DEVICE=gpu python3 xtask/python/reference.py --all "$models" \
+      MISTRAL_MLX_REFERENCE_DEVICE=gpu python3 -m refs.reference --all "$models" \
         --out-dir "$models/refs" --greedy 64 --keep-going --skip-existing "${only[@]}"
-      MISTRAL_MLX_REFERENCE_DEVICE=cpu python3 xtask/python/reference.py --all "$models" \
+      MISTRAL_MLX_REFERENCE_DEVICE=cpu python3 -m refs.reference --all "$models" \
         --out-dir "$models/refs/cpu" --greedy 64 "${only[@]}"
       touch "$models/refs/.gpu-done"
     fi
@@ -168,9 +170,9 @@ parity)
     # 2026-12-06): a model left without a GPU reference is marked failed.
     # MISTRAL_MLX_SKIP_FAMILIES=1: not these (a short device budget).
     if [ -z "${MISTRAL_MLX_SKIP_FAMILIES:-}" ] && [ ! -f "$models/arch/.gpu-done" ]; then
-      MISTRAL_MLX_REFERENCE_DEVICE=gpu python3 xtask/python/make_arch_models.py "$models/arch" --force ||
+      MISTRAL_MLX_REFERENCE_DEVICE=gpu python3 -m models.make_arch_models "$models/arch" --force ||
         echo "FAILED: mlx-lm on the GPU stopped part-way through the newer-family models"
-      MISTRAL_MLX_REFERENCE_DEVICE=cpu python3 xtask/python/make_arch_models.py "$models/arch-cpu" --force &&
+      MISTRAL_MLX_REFERENCE_DEVICE=cpu python3 -m models.make_arch_models "$models/arch-cpu" --force &&
         mkdir -p "$models/arch/refs/cpu" && cp "$models"/arch-cpu/refs/*.safetensors "$models/arch/refs/cpu/" &&
         python3 -c 'import json, os, sys
 root = sys.argv[1]
@@ -207,14 +209,15 @@ for m in json.load(open(os.path.join(root, "manifest.json")))["models"]:
   exit $status
   ;;
 py)
-  script=${2:?usage: run.sh py SCRIPT [ARGS]}
+  script=${2:?usage: run.sh py MODULE [ARGS]}
   shift 2
-  timeout 500 python3 "$script" "$@" 2>&1 | tee "$out/py.log"
+  if [[ $script == *.py ]]; then run=(python3 "$script"); else run=(python3 -m "$script"); fi
+  timeout 500 "${run[@]}" "$@" 2>&1 | tee "$out/py.log"
   ;;
 qmv)
-  timeout 200 python3 xtask/python/qmv_kernel_check.py | tee "$out/qmv-check.jsonl" || echo "qmv check failed or timed out"
+  timeout 200 python3 -m gpu.qmv_kernel_check | tee "$out/qmv-check.jsonl" || echo "qmv check failed or timed out"
   models=$work/bench-models
-  [ -d "$models/m7b_q4r" ] || timeout 120 python3 xtask/python/gpu_bench_models.py "$models" --only m7b_q4r >"$out/models.log" 2>&1
+  [ -d "$models/m7b_q4r" ] || timeout 120 python3 -m models.gpu_bench_models "$models" --only m7b_q4r >"$out/models.log" 2>&1
   model=$models/m7b_q4r
   cli=$work/bundle/bin/mistral-cli
   results=$out/qmv-bench.jsonl
@@ -225,7 +228,7 @@ qmv)
           --prompt-tokens 512 --gen-tokens 128 --iterations 1 --warmup 1 --warmup-full --json) || line='{"error": "failed"}' ;;
       ours-mlx-qmv) line=$(MISTRAL_MLX_QMV=mlx timeout 120 "$cli" bench --model "$model" --dtype checkpoint \
           --prompt-tokens 512 --gen-tokens 128 --iterations 1 --warmup 1 --warmup-full --json) || line='{"error": "failed"}' ;;
-      mlx-lm) line=$(timeout 120 python3 xtask/python/mlx_lm_bench.py --device gpu --model "$model" \
+      mlx-lm) line=$(timeout 120 python3 -m bench.mlx_lm_bench --device gpu --model "$model" \
           --prompt-tokens 512 --gen-tokens 128 --warmup-full) || line='{"error": "failed"}' ;;
       esac
       echo "{\"rep\": $rep, \"engine\": \"$engine\", \"run\": $line}" | tee -a "$results" | cut -c1-400
@@ -241,15 +244,15 @@ qmv)
 qmv-check)
   sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1 || true)
   echo "compute-sanitizer: ${sanitizer:-none}"
-  timeout 200 python3 xtask/python/qmv_kernel_check.py --quick | tee "$out/qmv-check.jsonl" | grep -v '"ok": true' || true
+  timeout 200 python3 -m gpu.qmv_kernel_check --quick | tee "$out/qmv-check.jsonl" | grep -v '"ok": true' || true
   if [ -n "$sanitizer" ]; then
-    timeout 300 "$sanitizer" --tool memcheck python3 xtask/python/qmv_kernel_check.py --quick >"$out/qmv-sanitizer.log" 2>&1 || true
+    timeout 300 "$sanitizer" --tool memcheck python3 -m gpu.qmv_kernel_check --quick >"$out/qmv-sanitizer.log" 2>&1 || true
     grep -E "ERROR SUMMARY|Invalid|failures" "$out/qmv-sanitizer.log" | head -20
   fi
   ;;
 dispatch)
   models=$work/bench-models
-  [ -f "$models/m7b_q4/config.json" ] || timeout 200 python3 xtask/python/gpu_bench_models.py "$models" --only m7b_q4 >"$out/models.log" 2>&1
+  [ -f "$models/m7b_q4/config.json" ] || timeout 200 python3 -m models.gpu_bench_models "$models" --only m7b_q4 >"$out/models.log" 2>&1
   model=$models/m7b_q4
   cli=$work/bundle/bin/mistral-cli
   results=$out/dispatch.jsonl
@@ -259,7 +262,7 @@ dispatch)
       [ "$setting" = default ] || vars=("$setting")
       for engine in mlx ours mlx-lm; do
         if [ "$engine" = mlx-lm ]; then
-          line=$(env "${vars[@]}" timeout 120 python3 xtask/python/mlx_lm_bench.py --device gpu --model "$model" \
+          line=$(env "${vars[@]}" timeout 120 python3 -m bench.mlx_lm_bench --device gpu --model "$model" \
             --prompt-tokens 512 --gen-tokens 128 --warmup-full) || line='{"error": "failed"}'
         else
           line=$(env "${vars[@]}" timeout 120 "$cli" bench --model "$model" --dtype checkpoint --qmv "$engine" \
@@ -279,18 +282,18 @@ bench)
   names=${MISTRAL_MLX_BENCH_MODELS:-m150_bf16,m7b_bf16,m7b_q8,m7b_q4}
   for name in ${names//,/ }; do
     if [ ! -f "$models/$name/config.json" ]; then
-      python3 xtask/python/gpu_bench_models.py "$models" --only "$names" >"$out/models.log" 2>&1
+      python3 -m models.gpu_bench_models "$models" --only "$names" >"$out/models.log" 2>&1
       break
     fi
   done
   cp "$models/manifest.json" "$out/models.json"
-  python3 xtask/python/mlx_lm_bench.py --bandwidth --device gpu | tee "$out/bandwidth.json"
+  python3 -m bench.mlx_lm_bench --bandwidth --device gpu | tee "$out/bandwidth.json"
   results=$out/bench.jsonl
   : >"$results"
   for rep in $(seq "$reps"); do
     for model in ${names//,/ }; do
       for prompt in 512; do
-        line=$(python3 xtask/python/mlx_lm_bench.py --device gpu --model "$models/$model" \
+        line=$(python3 -m bench.mlx_lm_bench --device gpu --model "$models/$model" \
           --prompt-tokens $prompt --gen-tokens 128 --warmup-full --iterations "$iters") || line='{"error": "mlx-lm failed"}'
         echo "{\"rep\": $rep, \"model\": \"$model\", \"engine\": \"mlx-lm\", \"run\": $line}" >>"$results"
         line=$("$work/bundle/bin/mistral-cli" bench --model "$models/$model" --dtype checkpoint \
@@ -308,7 +311,7 @@ tp)
   case "${2:-check}" in
   check)
     models=$work/test-models
-    [ -f "$models/manifest.json" ] || python3 xtask/python/make_models.py "$models" >"$out/models.log" 2>&1
+    [ -f "$models/manifest.json" ] || python3 -m models.make_models "$models" >"$out/models.log" 2>&1
     status=0
     # The ids and text of a `generate --json` answer (its timings differ).
     pick() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["ids"], repr(d["text"]))' 2>&1; }
@@ -341,7 +344,7 @@ tp)
   bench)
     reps=${3:-1}
     models=$work/bench-models
-    [ -d "$models/m7b_bf16" ] || python3 xtask/python/gpu_bench_models.py "$models" --only m7b_bf16 >"$out/models.log" 2>&1
+    [ -d "$models/m7b_bf16" ] || python3 -m models.gpu_bench_models "$models" --only m7b_bf16 >"$out/models.log" 2>&1
     model=$models/m7b_bf16
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     # Every command has a time limit: a rank whose peer died can wait forever.
@@ -358,7 +361,7 @@ tp)
       echo "== round $rep: mlx-lm shard(), 2 GPUs (NCCL, one GPU per rank)"
       for r in 0 1; do
         CUDA_VISIBLE_DEVICES=$r MLX_RANK=$r MLX_WORLD_SIZE=2 NCCL_HOST_IP=127.0.0.1 NCCL_PORT=$port \
-          timeout 150 python3 xtask/python/sharded_bench.py "$model" 512 128 3 >"$out/tp-mlx-lm-2-rank$r.log" 2>&1 &
+          timeout 150 python3 -m bench.sharded_bench "$model" 512 128 3 >"$out/tp-mlx-lm-2-rank$r.log" 2>&1 &
       done
       wait || true
       grep -E "Trial" "$out/tp-mlx-lm-2-rank0.log" | tee -a "$out/tp-mlx-lm-2.log" || tail -n 5 "$out/tp-mlx-lm-2-rank0.log" "$out/tp-mlx-lm-2-rank1.log"

@@ -3,10 +3,11 @@
 //!
 //! Design notes:
 //! - Every measured run is its own process (ours: `mistral-cli bench
-//!   --iterations 1 --warmup 1 --json`; mlx-lm: `xtask/python/mlx_lm_bench.py`,
-//!   which mirrors it: same pseudo-random prompt ids, same short warm-up,
-//!   greedy, no EOS stop, clock stopped at the last token). So each run also
-//!   times a load, and no engine inherits the other's caches.
+//!   --iterations 1 --warmup 1 --json`; mlx-lm:
+//!   `xtask/python/bench/mlx_lm_bench.py`, which mirrors it: same
+//!   pseudo-random prompt ids, same short warm-up, greedy, no EOS stop,
+//!   clock stopped at the last token). So each run also times a load, and
+//!   no engine inherits the other's caches.
 //! - Runs are interleaved: repetition r runs every engine of a case (mlx-lm,
 //!   then ours with each `--dtype`) before repetition r + 1, so a drift of
 //!   the machine's speed hits every engine alike.
@@ -323,9 +324,7 @@ fn run_ours(cli: &Path, dir: &Path, case: &Case, dtype: &str) -> Result<(Sample,
 
 fn run_mlx_lm(python: &Path, dir: &Path, case: &Case) -> Result<(Sample, Value)> {
     let json = json_output(
-        Command::new(python)
-            .current_dir(python::python_dir())
-            .arg("mlx_lm_bench.py")
+        python::module(python, "bench.mlx_lm_bench")
             .arg("--model")
             .arg(dir)
             .args(["--prompt-tokens", &case.prompt.to_string()])
@@ -345,11 +344,7 @@ fn run_mlx_lm(python: &Path, dir: &Path, case: &Case) -> Result<(Sample, Value)>
 
 /// Memory read bandwidth in GB/s, measured through MLX.
 fn bandwidth(python: &Path) -> Result<f64> {
-    let json = json_output(
-        Command::new(python)
-            .current_dir(python::python_dir())
-            .args(["mlx_lm_bench.py", "--bandwidth"]),
-    )?;
+    let json = json_output(python::module(python, "bench.mlx_lm_bench").arg("--bandwidth"))?;
     number(&json["read_GBps"], "read_GBps")
 }
 

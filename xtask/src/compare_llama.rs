@@ -5,7 +5,7 @@
 //! - The files: the real demo model (SmolLM2-135M-Instruct Q4_1, name
 //!   `smollm2_q4_1`) and random-weight ones at Llama 3.2 1B's shape (`1b_*`)
 //!   and at Mistral 7B's width with 2 of its 32 layers (`7bw_*`), each in
-//!   Q4_0, Q4_1, Q8_0 and Q4_K (`xtask/python/llama_gguf_models.py`, in
+//!   Q4_0, Q4_1, Q8_0 and Q4_K (`xtask/python/models/llama_gguf_models.py`, in
 //!   `<target>/xtask/llama-gguf`, written when missing); `--only` may also
 //!   name any `.gguf` path.
 //! - Every measured run is its own process: llama.cpp

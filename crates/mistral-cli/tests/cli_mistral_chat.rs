@@ -4,7 +4,7 @@
 //! `tekken_240911.json`, no `tokenizer.json` and no `config.json`. In chat
 //! mode the prompt ids are mistral-common's `encode_chat_completion` ids for
 //! the same system and user messages (run live,
-//! `xtask/python/mistral_chat_ref.py`); `--tokenizer-mode hf` uses the chat
+//! `xtask/python/refs/mistral_chat_ref.py`); `--tokenizer-mode hf` uses the chat
 //! template instead. `mistral-cli serve` on the same folder tokenizes chat
 //! messages (`POST /tokenize`) to the same ids. The same holds for a folder
 //! with mistral-common's SentencePiece `tokenizer.model.v7` instead.
@@ -19,9 +19,9 @@ mod tiny_native;
 use serde_json::{json, Value};
 use tiny_native::write_model;
 
-/// Runs the reference Python (see [`tiny_native::run_python`]).
-fn run_python(args: &[&str], stdin: Option<&Value>) -> String {
-    tiny_native::run_python(&test_env::python(), args, stdin)
+/// Runs the reference script `module` (see [`tiny_native::run_python`]).
+fn run_python(module: &str, stdin: Option<&Value>) -> String {
+    tiny_native::run_python(test_env::python_module(module), stdin)
 }
 
 /// The path of `name` in mistral-common's data folder.
@@ -70,7 +70,7 @@ fn chat_prompts_of_a_mistral_folder_are_mistral_commons_ids() {
     assert_eq!(ours["chat_protocol"], "mistral");
     let refs = tempfile::tempdir().expect("tempdir");
     let answer: Value = serde_json::from_str(&run_python(
-        &["mistral_chat_ref.py"],
+        "refs.mistral_chat_ref",
         Some(
             &json!({"file": tekken, "versions": ["v3"], "out_dir": refs.path(),
                      "conversations": [{"messages": [
@@ -124,7 +124,7 @@ fn chat_prompts_of_a_sentencepiece_folder_are_mistral_commons_ids() {
     let ours = chat_json(&model, system, user, None);
     assert_eq!(ours["chat_protocol"], "mistral");
     let answer: Value = serde_json::from_str(&run_python(
-        &["mistral_chat_ref.py"],
+        "refs.mistral_chat_ref",
         Some(&json!({"spm_files": [spm], "conversations": [{"messages": [
             {"role": "system", "content": system},
             {"role": "user", "content": user}]}]})),

@@ -1,6 +1,6 @@
 //! Host time to build one decode step's graph, without evaluating it: the
 //! model's forward pass for one token after an 8-token prompt, and the
-//! greedy pick, as lazy MLX operations. `xtask/python/graph_build_time.py`
+//! greedy pick, as lazy MLX operations. `xtask/python/bench/graph_build_time.py`
 //! measures mlx-lm the same way.
 //!
 //! ```sh

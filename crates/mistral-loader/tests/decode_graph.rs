@@ -1,7 +1,7 @@
 //! One decode step builds the graph mlx-lm builds: for each test model, the
 //! primitives of one more token's logits after a prompt, counted by name,
 //! against mlx-lm 0.32.2's for the same model, prompt and token (live,
-//! `xtask/python/decode_graph.py`); and likewise the prompt's own graph.
+//! `xtask/python/refs/decode_graph.py`); and likewise the prompt's own graph.
 //!
 //! Why: in decode every primitive costs host time on each step (building
 //! the graph, then encoding each node for the device), and on a GPU a
@@ -38,8 +38,7 @@ use mistral_loader::{load_model_config, SafetensorsWeights};
 use mistral_model::{Mistral, WeightOptions};
 use mlx_rs::Array;
 use mlx_rs_core::{KVCache, KeyValueCache, LanguageModel, RotatingKVCache};
-use reference::live::scripts_dir;
-use reference::{python, selected, test_model, TestModel};
+use reference::{python_module, selected, test_model, TestModel};
 
 /// The primitives ours may add: the embedding's id guard, and the two
 /// reshapes to rows and back (which save nothing where every projection is
@@ -132,9 +131,8 @@ fn theirs(spec: &TestModel) -> [BTreeMap<String, usize>; 2] {
 
 fn mlx_lm_ops(spec: &TestModel, prompt_graph: bool) -> BTreeMap<String, usize> {
     let ids: Vec<String> = PROMPT.iter().map(i32::to_string).collect();
-    let mut command = std::process::Command::new(python());
+    let mut command = python_module("refs.decode_graph");
     command
-        .arg(scripts_dir().join("decode_graph.py"))
         .arg("--model")
         .arg(&spec.dir)
         .arg("--prompt-ids")

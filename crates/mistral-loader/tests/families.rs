@@ -1,5 +1,5 @@
 //! The newer Mistral families against mlx-lm 0.32.2, on small random-weight
-//! checkpoints `xtask/python/make_arch_models.py` writes (`arch/` beside the
+//! checkpoints `xtask/python/models/make_arch_models.py` writes (`arch/` beside the
 //! other test models): Ministral 3 (YaRN RoPE with mscale, Llama 4 query
 //! scaling changing inside the prompt, sliding and full layers with a
 //! window shorter than the prompt), Mixtral (Mistral's per-expert layout,

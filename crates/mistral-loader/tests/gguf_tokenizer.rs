@@ -1,6 +1,6 @@
 //! The tokenizer rebuilt from GGUF metadata against independent ones.
 //!
-//! References, run live (`xtask/python/gguf_tokenizer_ref.py`):
+//! References, run live (`xtask/python/refs/gguf_tokenizer_ref.py`):
 //! - SentencePiece vocabularies (`tokenizer.ggml.model = "llama"`, the GGUF
 //!   files `make_gguf_models.py` writes from the real Mistral v0.3 and v0.1
 //!   models as llama.cpp's converter does): sentencepiece itself on the
@@ -89,7 +89,7 @@ fn gguf_tokenizers_match_independent_references() {
         let mut all_ids = corpus_ids.clone();
         all_ids.extend(random_ids.iter().cloned());
         let answer = run_json(
-            "gguf_tokenizer_ref.py",
+            "refs.gguf_tokenizer_ref",
             &json!({"gguf": gguf.file, "texts": texts, "ids": all_ids}),
         );
         let kind = answer["kind"].as_str().expect("kind").to_owned();

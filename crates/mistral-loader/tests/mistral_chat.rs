@@ -1,5 +1,5 @@
 //! `mistral_text::mistral_chat::encode_chat` against mistral-common 1.13.1's
-//! `encode_chat_completion` (run live, `xtask/python/mistral_chat_ref.py`)
+//! `encode_chat_completion` (run live, `xtask/python/refs/mistral_chat_ref.py`)
 //! on its real tokenizer files under every version it accepts for them:
 //! tekken_240911.json under protocol v3, v7, v11 and v13 (past v7 with
 //! [ARGS], [CALL_ID], [THINK] and [/THINK] listed), tekken_240718.json under
@@ -152,7 +152,7 @@ fn conversations() -> Vec<Value> {
 
 /// mistral-common's SentencePiece files.
 fn spm_files() -> Vec<String> {
-    run_json("sentencepiece_ref.py", &json!({"files": null}))["files"]
+    run_json("refs.sentencepiece_ref", &json!({"files": null}))["files"]
         .as_array()
         .expect("files")
         .iter()
@@ -165,7 +165,7 @@ fn spm_files() -> Vec<String> {
 /// tekken_240718.json under v1 and v2, each SentencePiece file under its
 /// own version.
 fn references(convs: &[Value], out: &std::path::Path) -> Vec<Value> {
-    let files = run_json("tekken_ref.py", &json!({"files": null}))["files"]
+    let files = run_json("refs.tekken_ref", &json!({"files": null}))["files"]
         .as_array()
         .expect("files")
         .clone();
@@ -186,7 +186,7 @@ fn references(convs: &[Value], out: &std::path::Path) -> Vec<Value> {
         (tekken("tekken_240718.json"), json!(["v1", "v2"]), json!([])),
     ] {
         let answer = run_json(
-            "mistral_chat_ref.py",
+            "refs.mistral_chat_ref",
             &json!({"file": file, "versions": versions, "spm_files": spm,
                     "conversations": convs, "out_dir": out}),
         );

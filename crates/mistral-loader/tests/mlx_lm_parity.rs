@@ -10,7 +10,7 @@
 //! Tolerances (relative: max |ours - mlx-lm| / max |mlx-lm|), per the dtype
 //! the model computes in. mlx-lm itself, on the same weights, moves logits by
 //! 9.7e-4 relative going from f32 to f16 compute and by 7.7e-3 going to bf16
-//! (measured by `xtask/python/tolerance.py`, see xtask/python/README.md); a
+//! (measured by `xtask/python/checks/tolerance.py`, see xtask/python/README.md); a
 //! difference from mlx-lm within a tenth of that is arithmetic noise, a bug
 //! in our math is far above it. f32, including quantized models with f32
 //! scales: 1e-4 as the issue demands.

@@ -87,7 +87,7 @@ fn mlx_lm_ids(cases: &[Case]) -> Vec<(Vec<u32>, Vec<f32>)> {
             "full_caches": c.full_caches,
         })).collect::<Vec<_>>(),
     });
-    let answer = python::run_json("quantized_kv_reference.py", &request);
+    let answer = python::run_json("refs.quantized_kv_reference", &request);
     let logprobs = answer["logprobs"].as_array().expect("logprobs");
     answer["ids"]
         .as_array()

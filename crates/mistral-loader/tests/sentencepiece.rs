@@ -1,5 +1,5 @@
 //! `mistral_text::sentencepiece` against mistral-common 1.13.1 (run live,
-//! `xtask/python/sentencepiece_ref.py`, over the sentencepiece library) on
+//! `xtask/python/refs/sentencepiece_ref.py`, over the sentencepiece library) on
 //! the real SentencePiece files its wheel ships (`tokenizer.model.v1`,
 //! `*.model.v2`, `.v3`, `.v7`, `.v7m1`): version, size, `<s>`/`</s>` and
 //! control ids; the shared corpus plus control-token and user-defined
@@ -19,7 +19,7 @@ use python::{check_encode_decode, corpus, ids_of, random_texts, run_json};
 use serde_json::{json, Value};
 
 fn shipped() -> Vec<Value> {
-    run_json("sentencepiece_ref.py", &json!({"files": null}))["files"]
+    run_json("refs.sentencepiece_ref", &json!({"files": null}))["files"]
         .as_array()
         .expect("files")
         .clone()
@@ -91,7 +91,7 @@ fn sentencepiece_files_encode_and_decode_as_mistral_common() {
             );
         }
         let answer = run_json(
-            "sentencepiece_ref.py",
+            "refs.sentencepiece_ref",
             &json!({"files": [path], "texts": texts, "ids": sequences}),
         );
         let answer = &answer["files"][0];

@@ -13,7 +13,7 @@ use mlx_rs::{Array, Dtype};
 use mlx_rs_core::{
     cache_offset, trim_cache, ConcatKeyValueCache, Generate, KeyValueCache, RotatingKVCache,
 };
-use reference::live::{mlx_lm_generate, python, scripts_dir, LiveRun};
+use reference::live::{mlx_lm_generate, python_module, LiveRun};
 use reference::{on_gpu, prompt_ids, relative_error, test_model, TestModel};
 
 const WINDOW: i32 = 16;
@@ -182,14 +182,12 @@ fn mlx_lm_logits(spec: &TestModel, ids: &[i32], cpu: bool) -> Vec<f32> {
         "mistral-mlx-turns-{}.safetensors",
         std::process::id()
     ));
-    let script = scripts_dir().join("reference.py");
     let list = ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
-    let mut command = std::process::Command::new(python());
+    let mut command = python_module("refs.reference");
     if cpu {
         command.env("MISTRAL_MLX_REFERENCE_DEVICE", "cpu");
     }
     let status = command
-        .arg(script)
         .arg("--model")
         .arg(&spec.dir)
         .arg("--prompt-ids")

@@ -1,5 +1,5 @@
 //! `mistral_text::tekken` against mistral-common 1.13.1 (run live,
-//! `xtask/python/tekken_ref.py`) on the real tekken files its wheel ships
+//! `xtask/python/refs/tekken_ref.py`) on the real tekken files its wheel ships
 //! (`tekken_240718.json`, `tekken_240911.json`): ids, sizes and control
 //! tokens; the shared corpus plus control-token text, whitespace runs,
 //! digits, non-ASCII text and seeded random strings encoded to the same ids
@@ -19,7 +19,7 @@ use serde_json::json;
 
 #[test]
 fn tekken_files_encode_and_decode_as_mistral_common() {
-    let files = run_json("tekken_ref.py", &json!({"files": null}))["files"]
+    let files = run_json("refs.tekken_ref", &json!({"files": null}))["files"]
         .as_array()
         .expect("files")
         .clone();
@@ -85,7 +85,7 @@ fn tekken_files_encode_and_decode_as_mistral_common() {
             );
         }
         let answer = run_json(
-            "tekken_ref.py",
+            "refs.tekken_ref",
             &json!({"files": [path], "texts": texts, "ids": sequences}),
         );
         let answer = &answer["files"][0];
@@ -144,7 +144,7 @@ fn tekken_files_encode_and_decode_as_mistral_common() {
 /// layout) gets its tokenizer from it.
 #[test]
 fn load_tokenizer_reads_tekken_json_when_there_is_no_tokenizer_json() {
-    let files = run_json("tekken_ref.py", &json!({"files": null}))["files"]
+    let files = run_json("refs.tekken_ref", &json!({"files": null}))["files"]
         .as_array()
         .expect("files")
         .clone();

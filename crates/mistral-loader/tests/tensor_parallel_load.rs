@@ -8,7 +8,7 @@
 //!   computed here from the safetensors headers;
 //! - each rank's logits over every reference prompt equal those of mlx-lm's
 //!   own tensor-parallel run (its `shard()`, two ranks of
-//!   `xtask/python/sharded_reference.py` over the same ring, run live here)
+//!   `xtask/python/refs/sharded_reference.py` over the same ring, run live here)
 //!   within the single-process parity tolerance, and so do its argmaxes
 //!   wherever mlx-lm's top two are further apart than that tolerance
 //!   allows. (Against mlx-lm's single-process logits, float32 models agree
@@ -22,7 +22,7 @@ mod ranks;
 mod reference;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use mistral_loader::{FileAccess, LoadOptions, Loader};
 use mistral_model::TensorParallel;
@@ -30,8 +30,9 @@ use mlx_rs::Array;
 use mlx_rs_core::distributed::{Backend, Group};
 use mlx_rs_core::KVCache;
 use ranks::{report, result, run_ranks, wait_all, CHILD};
-use reference::live::scripts_dir;
-use reference::{models_dir, python, references, test_model, test_models, Reference, TestModel};
+use reference::{
+    models_dir, python_module, references, test_model, test_models, Reference, TestModel,
+};
 use safetensors::SafeTensors;
 
 /// Relative logits tolerance per compute dtype: the single-process parity
@@ -175,8 +176,7 @@ fn mlx_lms_sharded_logits(model: &TestModel, dir: &Path) -> PathBuf {
         .join(format!("{}.safetensors", model.name));
     let mut children: Vec<_> = (0..2)
         .map(|rank| {
-            Command::new(python())
-                .arg(scripts_dir().join("sharded_reference.py"))
+            python_module("refs.sharded_reference")
                 .args([&model.dir, &refs, &out])
                 .env("MLX_RANK", rank.to_string())
                 .env("MLX_HOSTFILE", &hostfile)

@@ -1,6 +1,6 @@
 //! Our tokenizer path against the real Mistral SentencePiece models.
 //!
-//! References, run live (`xtask/python/sp_corpus.py`): sentencepiece with
+//! References, run live (`xtask/python/refs/sp_corpus.py`): sentencepiece with
 //! `mistral_instruct_tokenizer_240323.model.v3` (v0.3) and
 //! `tokenizer.model.v1` (v0.1) from the mistral-common wheel, and
 //! mistral-common's own chat encoder. Ours: the test models' `tokenizer.json`
@@ -150,7 +150,7 @@ fn parity(model: &str, version: &str) {
     decode_requests.extend(randoms.iter().cloned());
     let chats = chat_json();
     let answer = python::run_json(
-        "sp_corpus.py",
+        "refs.sp_corpus",
         &json!({"version": version, "texts": corpus, "decode": decode_requests, "chats": chats,
                 "pieces": true}),
     );
@@ -391,7 +391,10 @@ fn streaming_with_other_sentencepiece_decoders() {
 fn chat_templates_match_mistral_common() {
     let chats = chat_json();
     for version in ["v3", "v1"] {
-        let answer = python::run_json("sp_corpus.py", &json!({"version": version, "chats": chats}));
+        let answer = python::run_json(
+            "refs.sp_corpus",
+            &json!({"version": version, "chats": chats}),
+        );
         let models: &[&str] = if version == "v3" {
             &["gqa4_f32", "gqa4_q4_g64"]
         } else {

@@ -198,7 +198,7 @@ impl LatentAttention {
         };
         // Copied to contiguous memory first: MLX 0.32.2's CUDA RoPE with
         // custom frequencies reads the last-axis part of a split wrongly
-        // (xtask/python/mla_cuda_probe.py, docs/families.md).
+        // (xtask/python/gpu/mla_cuda_probe.py, docs/families.md).
         let q_rope = self.rope.forward_at(&q_rope.contiguous()?, &positions)?;
         let k_rope = self.rope.forward_at(&k_rope.contiguous()?, &positions)?;
         let (q_nope, q_rope) = match self.query_scaling {

@@ -25,8 +25,7 @@ fn mistral_models_call_tools_in_their_own_format() {
     // writes them as mistral-common wants them past v7).
     let refs = tempfile::tempdir().expect("tempdir");
     let answer: Value = serde_json::from_str(&tiny_native::run_python(
-        &python,
-        &["mistral_chat_ref.py"],
+        test_env::python_module("refs.mistral_chat_ref"),
         Some(
             &json!({"file": tekken, "versions": ["v7", "v11", "v13"], "out_dir": refs.path(),
                 "conversations": []}),
@@ -52,7 +51,7 @@ fn mistral_models_call_tools_in_their_own_format() {
         let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
         run_client_check(
             &server,
-            "tool_calls_check.py",
+            "checks.tool_calls_check",
             &args,
             if thinking { 5 } else { 9 },
         );

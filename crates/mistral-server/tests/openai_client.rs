@@ -1,6 +1,6 @@
 //! The official `openai` Python client (pinned in
 //! xtask/python/requirements.txt) against the server with an API key:
-//! xtask/python/openai_client_check.py makes every request and checks the
+//! xtask/python/checks/openai_client_check.py makes every request and checks the
 //! answers, the streamed chunks and the exceptions (see its header), and
 //! the greedy answers against transformers (chat template, tokenizer) with
 //! mlx-lm (generation) on SmolLM2's float32 Hugging Face conversion, and
@@ -29,5 +29,5 @@ fn smollm2_hf() -> PathBuf {
 fn the_openai_client_gets_what_openai_would_send() {
     let server = start(Some("test-key"), 1 << 20);
     let hf = smollm2_hf();
-    run_client_check(&server, "openai_client_check.py", &[hf.as_os_str()], 18);
+    run_client_check(&server, "checks.openai_client_check", &[hf.as_os_str()], 18);
 }

@@ -1,6 +1,6 @@
 //! Structured output (`response_format`: JSON schema, JSON object, regex,
 //! Lark grammar) through the official `openai` Python client on the real
-//! SmolLM2 model: xtask/python/structured_output_check.py asks for each of
+//! SmolLM2 model: xtask/python/checks/structured_output_check.py asks for each of
 //! its schemas at temperature 0 and 0.8 (two seeds, streamed and not) and
 //! validates every answer with the `jsonschema` package, and checks that
 //! unusable formats are a 400 (see its header). Constrained and
@@ -13,7 +13,7 @@ use common::{run_client_check, start, MODEL_ID};
 #[test]
 fn every_constrained_answer_validates() {
     let server = start(Some("test-key"), 1 << 20);
-    run_client_check(&server, "structured_output_check.py", &[], 26);
+    run_client_check(&server, "checks.structured_output_check", &[], 26);
 }
 
 /// Constrained and unconstrained requests decoded in one batch each give

@@ -22,7 +22,7 @@ fn check_template(name: &str) {
         config.api_key = Some("test-key".to_owned());
     });
     let args = [std::ffi::OsStr::new("--template"), template.as_os_str()];
-    run_client_check(&server, "tool_calls_check.py", &args, 9);
+    run_client_check(&server, "checks.tool_calls_check", &args, 9);
 }
 
 #[test]

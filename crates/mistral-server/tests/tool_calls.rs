@@ -1,6 +1,6 @@
 //! Tool calls through the official `openai` Python client on the real
 //! SmolLM2 model (the generic JSON tool format, its template having none):
-//! xtask/python/tool_calls_check.py checks named, required and auto tool
+//! xtask/python/checks/tool_calls_check.py checks named, required and auto tool
 //! choices, streamed deltas against the whole answer, one call when
 //! parallel calls are off, a tool result round trip, and the 400s (see its
 //! header).
@@ -12,5 +12,5 @@ use common::{run_client_check, start};
 #[test]
 fn the_openai_client_gets_valid_tool_calls() {
     let server = start(Some("test-key"), 1 << 20);
-    run_client_check(&server, "tool_calls_check.py", &[], 8);
+    run_client_check(&server, "checks.tool_calls_check", &[], 8);
 }

@@ -12,7 +12,7 @@
 //!   these two, whole-word vocabulary hits skip the merges and BOS is added
 //!   by default, as llama.cpp does. Other names are refused, naming the key.
 //! - `tokenizer.ggml.model = "llama"`: SentencePiece BPE over `tokens` and
-//!   `scores` ([`mistral_text::sentencepiece_hf`]), built as `xtask/python/spconvert.py` builds Mistral's
+//!   `scores` ([`mistral_text::sentencepiece_hf`]), built as `xtask/python/common/spconvert.py` builds Mistral's
 //!   tokenizer.json (proven equal to sentencepiece): every split of a normal
 //!   piece into two normal pieces is a merge, ranked by the merged piece's
 //!   score; byte fallback on `<0xNN>` pieces; the dummy-prefix `▁` added to

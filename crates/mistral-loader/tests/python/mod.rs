@@ -1,4 +1,4 @@
-//! Runs the Python references (`xtask/python/*.py`) live.
+//! Runs the Python references (`xtask/python/refs/*.py`) live.
 //!
 //! The interpreter is `MISTRAL_MLX_PYTHON`, by default the venv that
 //! `cargo xtask test` creates under `target/xtask/venv`. Without it the test
@@ -7,24 +7,20 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::Value;
 
-// The reference interpreter (every test crate with this module also has
-// `reference`).
-pub use crate::reference::python;
+// The reference scripts' command (every test crate with this module also
+// has `reference`).
+pub use crate::reference::python_module;
 
-/// Runs `xtask/python/<script>` with `request` as JSON on stdin; returns its
-/// JSON answer.
-pub fn run_json(script: &str, request: &Value) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../xtask/python")
-        .join(script);
-    let python = python();
-    let mut child = Command::new(&python)
-        .arg(&path)
+/// Runs the reference script `module` (e.g. `refs.tekken_ref`) with
+/// `request` as JSON on stdin; returns its JSON answer.
+pub fn run_json(module: &str, request: &Value) -> Value {
+    let mut command = python_module(module);
+    let python = std::path::PathBuf::from(command.get_program());
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -44,20 +40,20 @@ pub fn run_json(script: &str, request: &Value) -> Value {
     let out = child.wait_with_output().expect("wait for python");
     assert!(
         out.status.success(),
-        "{} {} failed ({}); is the venv complete? run `cargo xtask test`\n{}",
+        "{} -m {module} failed ({}); is the venv complete? run `cargo xtask test`\n{}",
         python.display(),
-        path.display(),
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("JSON answer")
 }
 
-/// The shared tokenizer corpus (`xtask/python/corpus.json`, also used by
-/// tokenizer_check.py).
+/// The shared tokenizer corpus (`xtask/python/common/corpus.json`, also
+/// used by checks/tokenizer_check.py).
 pub fn corpus() -> Vec<String> {
-    let file: Value = serde_json::from_str(include_str!("../../../../xtask/python/corpus.json"))
-        .expect("xtask/python/corpus.json is JSON");
+    let file: Value =
+        serde_json::from_str(include_str!("../../../../xtask/python/common/corpus.json"))
+            .expect("xtask/python/common/corpus.json is JSON");
     file["texts"]
         .as_array()
         .expect("corpus.json: texts")

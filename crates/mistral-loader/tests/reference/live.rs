@@ -1,24 +1,11 @@
-//! mlx-lm run live: `xtask/python/sampling_reference.py` through the Python
+//! mlx-lm run live: `xtask/python/refs/sampling_reference.py` through the Python
 //! named by `MISTRAL_MLX_PYTHON` (`cargo xtask test` sets it; default
 //! `<workspace>/target/xtask/venv/bin/python`). A missing Python fails the
 //! test with the command to run: a parity check is never skipped.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-pub use super::python;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// `xtask/python`, or `MISTRAL_MLX_SCRIPTS` where the test binary runs away
-/// from its source tree (the GPU machine, see `xtask/gpu/run.sh`).
-pub fn scripts_dir() -> PathBuf {
-    std::env::var_os("MISTRAL_MLX_SCRIPTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("xtask/python"))
-}
+pub use super::python_module;
 
 /// Arguments of one mlx-lm generation (`sampling_reference.py`'s flags).
 #[derive(Debug, Clone, Default)]
@@ -41,15 +28,13 @@ pub fn mlx_lm_generate(
     run: &LiveRun,
     logprobs: bool,
 ) -> (Vec<i32>, Option<Vec<f32>>) {
-    let script = scripts_dir().join("sampling_reference.py");
     let ids = prompt
         .iter()
         .map(i32::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    let mut cmd = Command::new(python());
-    cmd.arg(&script)
-        .arg("--model")
+    let mut cmd = python_module("refs.sampling_reference");
+    cmd.arg("--model")
         .arg(dir)
         .arg("--prompt-ids")
         .arg(ids)

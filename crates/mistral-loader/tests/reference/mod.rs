@@ -1,7 +1,7 @@
 //! The generated test models and mlx-lm's outputs on them.
 //!
 //! `cargo xtask test` (the README's test command) generates both with live
-//! mlx-lm 0.32.2 (`xtask/python/make_models.py` and `reference.py`) and
+//! mlx-lm 0.32.2 (`xtask/python/models/make_models.py` and `refs/reference.py`) and
 //! points `MISTRAL_MLX_TEST_MODELS` at them; without the variable the
 //! default location under `target/xtask` is used. Missing files fail the
 //! test with the command to run: a parity check is never skipped.
@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 mod test_env;
-pub use test_env::{models_dir, python, smollm2_path};
+pub use test_env::{models_dir, python_module, smollm2_path};
 
 use safetensors::SafeTensors;
 
@@ -184,7 +184,7 @@ pub fn references_in(model: &TestModel, subdir: &str) -> Vec<Reference> {
 }
 
 /// One of the newer-architecture test models (`arch/manifest.json`, written
-/// by `xtask/python/make_arch_models.py`): the model, and its manifest
+/// by `xtask/python/models/make_arch_models.py`): the model, and its manifest
 /// entry (`arch`, `wrapper`, `layout`, `fp8`, `vision_bytes`, ...).
 #[derive(Debug, Clone)]
 pub struct FamilyModel {

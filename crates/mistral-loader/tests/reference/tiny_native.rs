@@ -2,22 +2,24 @@
 //! `consolidated.safetensors`), for tests that need a folder as Mistral
 //! publishes it beside one of mistral-common's tokenizer files; and the
 //! reference Python run for those files (shared by the CLI and server tests
-//! through `#[path]`).
+//! through `#[path]`, beside `test_env.rs`, whose `python_module` makes the
+//! command for a reference script).
 
 #![allow(dead_code)]
 
 use std::path::Path;
+use std::process::Command;
 
 use mlx_rs::{random, Array, Dtype};
 use serde_json::{json, Value};
 
-/// Runs the reference interpreter `python` in `xtask/python` with `args`
-/// and `stdin` (JSON) written to it; returns its output.
-pub fn run_python(python: &Path, args: &[&str], stdin: Option<&Value>) -> String {
+/// Runs `command`, the reference interpreter (e.g. `test_env::python_module`
+/// of a reference script), with `stdin` (JSON) written to it; returns its
+/// output.
+pub fn run_python(mut command: Command, stdin: Option<&Value>) -> String {
     use std::io::Write;
-    let mut child = std::process::Command::new(python)
-        .args(args)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../xtask/python"))
+    let shown = format!("{command:?}");
+    let mut child = command
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -28,7 +30,7 @@ pub fn run_python(python: &Path, args: &[&str], stdin: Option<&Value>) -> String
     }
     drop(input);
     let out = child.wait_with_output().expect("python");
-    assert!(out.status.success(), "python {args:?} failed");
+    assert!(out.status.success(), "{shown} failed");
     String::from_utf8(out.stdout).expect("UTF-8")
 }
 
@@ -38,7 +40,9 @@ pub fn mistral_common_file(python: &Path, name: &str) -> String {
     let code = format!(
         "import mistral_common, os; print(os.path.join(os.path.dirname(mistral_common.__file__), 'data', {name:?}))"
     );
-    run_python(python, &["-c", &code], None).trim().to_owned()
+    let mut command = Command::new(python);
+    command.args(["-c", &code]);
+    run_python(command, None).trim().to_owned()
 }
 
 /// Writes a one-layer bf16 model with a `vocab`-id vocabulary into `dir`.

@@ -309,31 +309,28 @@ fn open_stream(server: &Server, path: &str, body: &Value) -> std::net::TcpStream
     socket
 }
 
-/// Runs `xtask/python/SCRIPT BASE_URL test-key MODEL_ID [extra]` with the
-/// reference interpreter against `server` (started with the key
+/// Runs the client check `module` (e.g. `checks.tool_calls_check`, in
+/// `xtask/python`) with the reference interpreter as `module BASE_URL
+/// test-key MODEL_ID [extra]` against `server` (started with the key
 /// `test-key`), asserts it succeeded and printed `checks` lines `ok: ...`
 /// (one per check passed), and returns its output.
 pub fn run_client_check(
     server: &Server,
-    script: &str,
+    module: &str,
     extra: &[&std::ffi::OsStr],
     checks: usize,
 ) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../xtask/python")
-        .join(script);
-    let output = std::process::Command::new(test_env::python())
-        .arg(&path)
+    let output = test_env::python_module(module)
         .args([server.base.as_str(), "test-key", MODEL_ID])
         .args(extra)
         .output()
-        .unwrap_or_else(|e| panic!("running {script} (run `cargo xtask test` for the venv): {e}"));
+        .unwrap_or_else(|e| panic!("running {module} (run `cargo xtask test` for the venv): {e}"));
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     eprintln!("{stdout}");
     assert!(
         output.status.success(),
-        "{script} failed:\n{stdout}\n{stderr}"
+        "{module} failed:\n{stdout}\n{stderr}"
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok: ")).count(),

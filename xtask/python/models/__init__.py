@@ -1,0 +1,1 @@
+"""Generators of the random-weight test and benchmark models (see ../README.md)."""
