@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -62,12 +63,10 @@ enum class Half { F32, F16, BF16 };
 // ---------------------------------------------------------------- threads
 
 // A persistent pool: `run(n, fn)` calls fn(0..n-1) on the caller and the
-// workers, which sleep between jobs. Only products of at least
-// kParallelElements weights use it: waking a worker and waiting for it to
-// check in costs tens of microseconds, and on a loaded machine (this
-// project's 2 shared cores) up to milliseconds, more than a small product
-// takes on one core (measured: a chain of 576x576 4-bit products took
-// 38 us each on one thread, 430-500 us each on two with the pool).
+// workers. Waking a sleeping worker costs tens of microseconds (far more on
+// a loaded machine), about what a small product takes on one core, so
+// after a few-row product (decode's, which come one after another) the
+// workers wait awake for the next job for a while before they sleep.
 class Pool {
  public:
   explicit Pool(int workers) {
@@ -81,7 +80,9 @@ class Pool {
     return workers_ + 1;
   }
 
-  void run(int tasks, const std::function<void(int)>& fn) {
+  // `spin_us`: how long the workers then wait awake for the next job
+  // before they sleep (see kRowsSpinUs).
+  void run(int tasks, const std::function<void(int)>& fn, int spin_us = 0) {
     if (workers_ == 0 || tasks <= 1) {
       for (int i = 0; i < tasks; ++i) {
         fn(i);
@@ -91,6 +92,7 @@ class Pool {
     std::lock_guard<std::mutex> one_job(job_mu_);
     fn_ = &fn;
     tasks_ = tasks;
+    spin_us_.store(spin_us, std::memory_order_relaxed);
     next_.store(0, std::memory_order_relaxed);
     pending_.store(workers_, std::memory_order_relaxed);
     {
@@ -129,7 +131,15 @@ class Pool {
     // Generation 0 is the pool's start: a job posted before this thread
     // first runs is still seen as new.
     uint64_t seen = 0;
+    int spin_us = 0;
     for (;;) {
+      if (spin_us > 0) {
+        const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
+        while (gen_.load(std::memory_order_acquire) == seen) {
+          for (int i = 0; i < 16; ++i) pause();
+          if (std::chrono::steady_clock::now() > until) break;
+        }
+      }
       if (gen_.load(std::memory_order_acquire) == seen) {
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait(lock, [&] {
@@ -137,6 +147,7 @@ class Pool {
         });
       }
       seen = gen_.load(std::memory_order_acquire);
+      spin_us = spin_us_.load(std::memory_order_relaxed);
       work();
       pending_.fetch_sub(1, std::memory_order_acq_rel);
     }
@@ -149,6 +160,7 @@ class Pool {
   std::atomic<uint64_t> gen_{0};
   std::atomic<int> next_{0};
   std::atomic<int> pending_{0};
+  std::atomic<int> spin_us_{0};
   const std::function<void(int)>* fn_ = nullptr;
   int tasks_ = 0;
 };
@@ -187,6 +199,10 @@ constexpr int kDefaultGemmRows = 16;
 // The fewest weights (rows x columns) a product, or a tile of one, must
 // have to be shared among the pool's threads (see Pool).
 constexpr int64_t kParallelElements = int64_t{1} << 21;
+// The same for the few-row path, whose workers stay awake between products
+// (see Pool), and how long they do (BENCHMARKS.md, "CPU decode threads").
+constexpr int64_t kRowsParallelElements = int64_t{1} << 16;
+constexpr int kRowsSpinUs = 2000;
 
 // ---------------------------------------------------------------- scalars
 
@@ -349,6 +365,22 @@ QMM_AVX2 void row_to_f32_avx2(const void* src, Half kind, size_t first, int coun
   }
 }
 
+// Row n's scales and biases as float32: read in place when they are
+// float32, converted into the thread's scratch otherwise.
+QMM_AVX2 void scale_rows_avx2(const Problem& p, int n, RowScratch& sc, const float*& s, const float*& b) {
+  const int groups = p.groups();
+  const size_t first = static_cast<size_t>(n) * groups;
+  if (p.sdt == Half::F32) {
+    s = static_cast<const float*>(p.scales) + first;
+    b = static_cast<const float*>(p.biases) + first;
+    return;
+  }
+  row_to_f32_avx2(p.scales, p.sdt, first, groups, sc.s.data());
+  row_to_f32_avx2(p.biases, p.sdt, first, groups, sc.b.data());
+  s = sc.s.data();
+  b = sc.b.data();
+}
+
 QMM_AVX2 inline float hsum256(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -386,8 +418,8 @@ QMM_AVX2 void rows_avx2(const Problem& p, int n0, int n1, int m0) {
   const float* xr[R];
   for (int i = 0; i < R; ++i) xr[i] = p.x + static_cast<size_t>(m0 + i) * p.k;
   for (int n = n0; n < n1; ++n) {
-    row_to_f32_avx2(p.scales, p.sdt, static_cast<size_t>(n) * groups, groups, sc.s.data());
-    row_to_f32_avx2(p.biases, p.sdt, static_cast<size_t>(n) * groups, groups, sc.b.data());
+    const float *rs, *rb;
+    scale_rows_avx2(p, n, sc, rs, rb);
     const uint8_t* wp = p.w + n * p.row_bytes();
     __m256 acc[R];
     for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_ps();
@@ -408,13 +440,13 @@ QMM_AVX2 void rows_avx2(const Problem& p, int n0, int n1, int m0) {
         }
         off += 32;
       }
-      __m256 s = _mm256_set1_ps(sc.s[g]);
+      __m256 s = _mm256_set1_ps(rs[g]);
       for (int i = 0; i < R; ++i) acc[i] = _mm256_fmadd_ps(s, _mm256_add_ps(d0[i], d1[i]), acc[i]);
     }
     for (int i = 0; i < R; ++i) {
       const float* xs = p.xsum + static_cast<size_t>(m0 + i) * groups;
       float bias = 0.0f;
-      for (int g = 0; g < groups; ++g) bias += sc.b[g] * xs[g];
+      for (int g = 0; g < groups; ++g) bias += rb[g] * xs[g];
       p.y[static_cast<size_t>(m0 + i) * p.n + n] = hsum256(acc[i]) + bias;
     }
   }
@@ -428,13 +460,13 @@ QMM_AVX2 void dequant_avx2(const Problem& p, int n0, int n1, float* out) {
   auto& sc = row_scratch();
   sc.fit(groups);
   for (int n = n0; n < n1; ++n) {
-    row_to_f32_avx2(p.scales, p.sdt, static_cast<size_t>(n) * groups, groups, sc.s.data());
-    row_to_f32_avx2(p.biases, p.sdt, static_cast<size_t>(n) * groups, groups, sc.b.data());
+    const float *rs, *rb;
+    scale_rows_avx2(p, n, sc, rs, rb);
     const uint8_t* wp = p.w + n * p.row_bytes();
     float* o = out + static_cast<size_t>(n - n0) * p.k;
     for (int g = 0; g < groups; ++g) {
-      __m256 s = _mm256_set1_ps(sc.s[g]);
-      __m256 b = _mm256_set1_ps(sc.b[g]);
+      __m256 s = _mm256_set1_ps(rs[g]);
+      __m256 b = _mm256_set1_ps(rb[g]);
       for (int blk = 0; blk < blocks; ++blk) {
         __m128i v[2];
         if constexpr (BITS == 4) {
@@ -479,6 +511,9 @@ QMM_AVX512 inline void load32_avx512(const uint8_t* p, __m512& a, __m512& c) {
 
 template <int BITS, int R>
 QMM_AVX512 void rows_avx512(const Problem& p, int n0, int n1, int m0) {
+  // Groups take turns among NA accumulators per x row: one chain of
+  // dependent FMAs per row would make a short row wait on its latency.
+  constexpr int NA = R <= 2 ? 4 : 2;
   const int groups = p.groups();
   const int blocks = p.group / 32;
   auto& sc = row_scratch();
@@ -486,33 +521,47 @@ QMM_AVX512 void rows_avx512(const Problem& p, int n0, int n1, int m0) {
   const float* xr[R];
   for (int i = 0; i < R; ++i) xr[i] = p.x + static_cast<size_t>(m0 + i) * p.k;
   for (int n = n0; n < n1; ++n) {
-    row_to_f32_avx2(p.scales, p.sdt, static_cast<size_t>(n) * groups, groups, sc.s.data());
-    row_to_f32_avx2(p.biases, p.sdt, static_cast<size_t>(n) * groups, groups, sc.b.data());
+    const float *rs, *rb;
+    scale_rows_avx2(p, n, sc, rs, rb);
     const uint8_t* wp = p.w + n * p.row_bytes();
-    __m512 acc[R];
-    for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
+    __m512 acc[NA][R];
+    for (int t = 0; t < NA; ++t)
+      for (int i = 0; i < R; ++i) acc[t][i] = _mm512_setzero_ps();
     int off = 0;
-    for (int g = 0; g < groups; ++g) {
-      __m512 d0[R], d1[R];
-      for (int i = 0; i < R; ++i) d0[i] = d1[i] = _mm512_setzero_ps();
-      for (int b = 0; b < blocks; ++b) {
-        __m512 a, c;
-        load32_avx512<BITS>(wp, a, c);
-        wp += BITS * 4;
-        for (int i = 0; i < R; ++i) {
-          d0[i] = _mm512_fmadd_ps(a, _mm512_loadu_ps(xr[i] + off), d0[i]);
-          d1[i] = _mm512_fmadd_ps(c, _mm512_loadu_ps(xr[i] + off + 16), d1[i]);
+    for (int g0 = 0; g0 < groups; g0 += NA) {
+#pragma GCC unroll 4
+      for (int t = 0; t < NA; ++t) {
+        const int g = g0 + t;
+        if (g >= groups) break;
+        __m512 d0[R], d1[R];
+        for (int i = 0; i < R; ++i) d0[i] = d1[i] = _mm512_setzero_ps();
+        for (int b = 0; b < blocks; ++b) {
+          __m512 a, c;
+          load32_avx512<BITS>(wp, a, c);
+          wp += BITS * 4;
+          for (int i = 0; i < R; ++i) {
+            d0[i] = _mm512_fmadd_ps(a, _mm512_loadu_ps(xr[i] + off), d0[i]);
+            d1[i] = _mm512_fmadd_ps(c, _mm512_loadu_ps(xr[i] + off + 16), d1[i]);
+          }
+          off += 32;
         }
-        off += 32;
+        __m512 s = _mm512_set1_ps(rs[g]);
+        for (int i = 0; i < R; ++i)
+          acc[t][i] = _mm512_fmadd_ps(s, _mm512_add_ps(d0[i], d1[i]), acc[t][i]);
       }
-      __m512 s = _mm512_set1_ps(sc.s[g]);
-      for (int i = 0; i < R; ++i) acc[i] = _mm512_fmadd_ps(s, _mm512_add_ps(d0[i], d1[i]), acc[i]);
     }
     for (int i = 0; i < R; ++i) {
       const float* xs = p.xsum + static_cast<size_t>(m0 + i) * groups;
-      float bias = 0.0f;
-      for (int g = 0; g < groups; ++g) bias += sc.b[g] * xs[g];
-      p.y[static_cast<size_t>(m0 + i) * p.n + n] = _mm512_reduce_add_ps(acc[i]) + bias;
+      // The biases' share, sum_g b_g * sum(x in g), 16 groups at a time.
+      __m512 bias = _mm512_setzero_ps();
+      for (int g = 0; g < groups; g += 16) {
+        const __mmask16 live = groups - g >= 16 ? 0xffff : (1u << (groups - g)) - 1;
+        bias = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(live, rb + g),
+                               _mm512_maskz_loadu_ps(live, xs + g), bias);
+      }
+      __m512 sum = bias;
+      for (int t = 0; t < NA; ++t) sum = _mm512_add_ps(sum, acc[t][i]);
+      p.y[static_cast<size_t>(m0 + i) * p.n + n] = _mm512_reduce_add_ps(sum);
     }
   }
 }
@@ -583,7 +632,8 @@ void prepare_x(
     std::vector<float>& xsum) {
   xf.resize(static_cast<size_t>(m) * k);
   xsum.resize(static_cast<size_t>(m) * (k / group));
-  std::vector<float> row(k);
+  thread_local std::vector<float> row;
+  row.resize(k);
   for (int i = 0; i < m; ++i) {
     row_to_f32_scalar(x, x_kind, static_cast<size_t>(i) * k, k, row.data());
     float* dst = xf.data() + static_cast<size_t>(i) * k;
@@ -685,13 +735,13 @@ void compute(
         rows(p, isa, a, b, m0, std::min(4, m - m0));
       }
     };
-    if (int64_t{n} * k < kParallelElements) {
+    if (int64_t{n} * k < kRowsParallelElements) {
       part(0, n);
     } else {
       // About 8 tasks per thread, at least 8 rows each.
       const int per = std::max(8, n / (threads.size() * 8));
       const int tasks = (n + per - 1) / per;
-      threads.run(tasks, [&](int i) { part(i * per, std::min(n, (i + 1) * per)); });
+      threads.run(tasks, [&](int i) { part(i * per, std::min(n, (i + 1) * per)); }, kRowsSpinUs);
     }
   }
   if (!out_f32) {
