@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use mistral_loader::chat_template::ChatTemplateSource;
+use mistral_loader::ChatTemplateSource;
 use mistral_loader::{
     check_tokenizer_fits, load_chat_template, load_model_config, load_special_tokens,
     load_tokenizer, ChatMessage, Loader, StopChecker, StopCriteria, StreamingDetokenizer,

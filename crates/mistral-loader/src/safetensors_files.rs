@@ -87,7 +87,7 @@ pub fn require_config(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Finds the checkpoint's weight files in `dir` (see the module docs for the
-/// layouts). Does not require `config.json`; see [`require_config`].
+/// layouts). Does not require `config.json`; see `require_config`.
 pub fn discover_checkpoint(dir: &Path) -> Result<CheckpointFiles> {
     check_model_dir(dir)?;
     let single = dir.join(SINGLE_FILE);

@@ -118,7 +118,7 @@ fn auto_dtype_keeps_weights_quantized_and_matches_dense_f32() {
         let model = load_model_with(&spec.dir, &options(ComputeDtype::Auto, CpuQmm::Ours))
             .expect("load auto with our kernel");
         assert!(
-            model.weight_bytes() < mistral_loader::plan::dense_f32_bytes(model.config()) / 2,
+            model.weight_bytes() < mistral_loader::dense_f32_bytes(model.config()) / 2,
             "{}: the weights should stay quantized",
             spec.name
         );

@@ -128,7 +128,7 @@ fn quantized_families_dequantized_at_load_match_mlx_lm() {
         let model = load_model_with(&spec.dir, &options).expect("load_model_with auto");
         assert_eq!(
             model.weight_bytes(),
-            mistral_loader::plan::dense_f32_bytes(model.config()),
+            mistral_loader::dense_f32_bytes(model.config()),
             "{}: weights under auto",
             spec.name
         );

@@ -66,7 +66,7 @@ fn every_test_model_under_auto_dtype_matches_mlx_lm_dense_f32() {
         // transposed table): the model holds exactly what the plan estimated.
         assert_eq!(
             model.weight_bytes(),
-            mistral_loader::plan::dense_f32_bytes(model.config()),
+            mistral_loader::dense_f32_bytes(model.config()),
             "{}: weights under auto",
             spec.name
         );

@@ -404,7 +404,7 @@ fn chat_templates_match_mistral_common() {
             let dir = reference::models_dir().join(model);
             let tokenizer = load_tokenizer(&dir).unwrap();
             let source = chat_parity(&dir, &tokenizer, &answer, model);
-            let jinja = dir.join(mistral_loader::chat_template::CHAT_TEMPLATE_FILE);
+            let jinja = dir.join(mistral_loader::CHAT_TEMPLATE_FILE);
             if jinja.is_file() {
                 assert_eq!(source, ChatTemplateSource::JinjaFile(jinja));
             } else {

@@ -33,7 +33,7 @@ fn mixed_tensors() -> BTreeMap<String, RawTensor> {
 fn check_array(name: &str, a: &mlx_rs::Array, expected: &RawTensor) {
     let shape: Vec<usize> = a.shape().iter().map(|&d| d as usize).collect();
     assert_eq!(shape, expected.shape, "shape of {name}");
-    let want = mistral_loader::safetensors_weights::mlx_dtype(expected.dtype);
+    let want = mistral_loader::mlx_dtype(expected.dtype);
     assert_eq!(Some(a.dtype()), want, "dtype of {name}");
     assert_eq!(array_bytes(a), expected.bytes, "bytes of {name}");
 }
