@@ -389,7 +389,7 @@ fn write_gguf_tokenizer(file: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     let mut settings = json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "clean_up_tokenization_spaces": false,
-        "add_bos_token": gguf::tokenizer::adds_bos(meta)?,
+        "add_bos_token": gguf::adds_bos(meta)?,
         "add_eos_token": meta.bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false),
     });
     let map = settings.as_object_mut().expect("built as an object");

@@ -250,7 +250,7 @@ fn load_gguf(
 fn gguf_tensor_of(tensor: &str) -> Option<String> {
     let (module, kind) = tensor.rsplit_once('.')?;
     let kind = if kind == "bias" { "bias" } else { "weight" };
-    gguf::names::gguf_name(module, kind)
+    gguf::gguf_name(module, kind)
 }
 
 /// Tensors the model never took are an error: the config and the

@@ -241,7 +241,7 @@ fn converted_tokenizer(meta: &gguf_writer::MetaList, dir: &Path) -> Value {
     let path = dir.join("seed.gguf");
     gguf_writer::write_gguf(&path, meta, &gguf_writer::tiny_tensors());
     let file = GgufFile::open(&path).expect("seed GGUF");
-    mistral_loader::gguf::tokenizer::tokenizer_json(file.metadata()).expect("seed tokenizer")
+    mistral_loader::gguf::tokenizer_json(file.metadata()).expect("seed tokenizer")
 }
 
 #[test]

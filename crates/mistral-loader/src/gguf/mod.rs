@@ -6,32 +6,34 @@
 //!   ([`find_gguf`]). `load_model`, `load_tokenizer`, `load_special_tokens`
 //!   and `load_chat_template` all accept such paths, so callers need not
 //!   care which format a model comes in.
-//! - [`reader`] parses the file (bounds-checked, memory-mapped);
-//!   [`config`] turns its metadata into a `MistralConfig`; [`weights`]
-//!   hands its tensors to the model under Hugging Face names (Q4_0, Q4_1,
-//!   Q8_0 and Q4_K kept quantized exactly as MLX affine group-32 matrices,
-//!   other types dequantized by [`dequant`] or refused by name);
-//!   [`tokenizer`] rebuilds the tokenizer from the metadata; the chat
+//! - [`GgufFile`] parses the file (bounds-checked, memory-mapped);
+//!   [`gguf_config`] turns its metadata into a `MistralConfig`;
+//!   [`GgufWeights`] hands its tensors to the model under Hugging Face
+//!   names (Q4_0, Q4_1, Q8_0 and Q4_K kept quantized exactly as MLX affine
+//!   group-32 matrices, other types dequantized or refused by name);
+//!   [`gguf_tokenizer`] rebuilds the tokenizer from the metadata; the chat
 //!   template is `tokenizer.chat_template`.
 //! - Sharded GGUF (`-00001-of-00002.gguf`) is not supported; a directory
 //!   with several GGUF files is an error asking to name one.
 
-pub mod config;
-pub mod dequant;
-pub mod ggml_type;
-pub mod metadata;
-pub mod names;
-pub mod reader;
-pub mod tokenizer;
-pub mod weights;
+mod config;
+mod dequant;
+mod ggml_type;
+mod metadata;
+mod names;
+mod reader;
+mod tokenizer;
+mod weights;
 
 use std::path::{Path, PathBuf};
 
 pub use config::gguf_config;
 pub use ggml_type::GgmlType;
 pub use metadata::{MetaValue, Metadata};
+pub(crate) use names::gguf_name;
 pub use reader::{GgufFile, TensorInfo};
-pub use tokenizer::gguf_tokenizer;
+pub(crate) use tokenizer::adds_bos;
+pub use tokenizer::{gguf_tokenizer, tokenizer_json};
 pub use weights::GgufWeights;
 
 use crate::error::{LoadError, Result};
