@@ -48,7 +48,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     system: Option<String>,
     /// Format the prompt with the model's chat template (Mistral's
-    /// [INST] format when it has none). Default: when the model has one.
+    /// `[INST]` format when it has none). Default: when the model has one.
     #[arg(long, overrides_with = "no_chat")]
     chat: bool,
     /// Use the prompt as plain text, without a chat template.

@@ -136,7 +136,7 @@ impl QuantizedWeight {
             self.params.bits,
             self.cpu,
         )
-        .map_err(mlx_rs_core::error::Error::from)?
+        .map_err(mlx_rs_core::Error::from)?
         {
             return Ok(y);
         }

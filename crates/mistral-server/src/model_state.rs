@@ -7,7 +7,7 @@
 //! forward pass on rank 0 must meet the same forward pass on every rank, or
 //! the collectives inside the model (`all_sum`) would pair wrong. So each
 //! turn of its loop, before the turn's first forward pass, rank 0 sends a
-//! [`Turn`] (JSON, through [`broadcast_bytes`]):
+//! `Turn` (JSON, through [`broadcast_bytes`]):
 //! - the sequences that left the batch after the previous decode step, with
 //!   the tokens they were fed (their caches are kept under them in the
 //!   prompt cache; each following rank also checks them against its own
@@ -24,7 +24,7 @@
 //! Everything else follows from that and the state every rank holds alike:
 //! a prefill whose prompt is in joins the batch, a decode step runs when the
 //! batch has rows, a failed step empties the batch. Every rank applies a
-//! turn through the same [`ModelState`] methods.
+//! turn through the same `ModelState` methods.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -264,7 +264,7 @@ impl Leader {
     /// Leads the other ranks of `parallel` (`None` when the model is whole).
     pub fn new(parallel: Option<TensorParallel>) -> Option<Self> {
         let parallel = parallel.filter(|p| p.size() > 1)?;
-        let next_seed = mlx_rs_core::sample::clock_seed();
+        let next_seed = mlx_rs_core::clock_seed();
         Some(Leader {
             parallel,
             next_seed,

@@ -4,8 +4,8 @@
 //! Each turn of the loop:
 //! 1. admits queued jobs while fewer than `max_batch` run (waiting for one
 //!    when nothing runs): the longest cached prefix of the prompt is taken
-//!    from the [`PromptCache`], `Started` goes out (with the cached count),
-//!    the stop checker and the job's [`Prefill`] are set up;
+//!    from the `PromptCache`, `Started` goes out (with the cached count),
+//!    the stop checker and the job's `Prefill` are set up;
 //! 2. prefills one chunk (the options' `prefill_step_size`) of the oldest
 //!    admitted job, which joins the batch once its prompt is in; a job whose
 //!    client left is dropped between chunks;
@@ -26,7 +26,7 @@
 //! batch (its text is bounded by its `max_tokens`).
 //!
 //! What the loop does to the model goes through
-//! [`ModelState`](crate::model_state::ModelState); when the model is split
+//! `ModelState`; when the model is split
 //! over ranks, each turn is also sent to the other ranks, which do the same
 //! (see [`model_state`](crate::model_state)).
 

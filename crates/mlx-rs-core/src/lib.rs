@@ -1,45 +1,45 @@
 //! MLX building blocks for LLM inference.
 //!
 //! Design: this crate holds the model-independent pieces a decoder needs
-//! around MLX's fused kernels, each in its own module:
-//! - [`cache`]: key/value caches, owned by the caller and passed to the model
+//! around MLX's fused kernels:
+//! - key/value caches ([`KVCache`], [`RotatingKVCache`], ...), owned by the caller and passed to the model
 //!   on every forward call (models hold no state);
-//! - [`mask`]: causal (optionally sliding-window) attention masks in the forms
+//! - masks ([`SdpaMask`]): causal (optionally sliding-window) attention masks in the forms
 //!   `mlx_rs::fast::scaled_dot_product_attention` accepts, and a thin wrapper
 //!   over that kernel taking them;
-//! - [`language_model`]: the [`LanguageModel`] trait a model implements to
+//! - the [`LanguageModel`] trait a model implements to
 //!   be driven by the generator;
-//! - [`sample`]: greedy, temperature, top-p/top-k/min-p sampling and the
+//! - sampling ([`Sampler`]): greedy, temperature, top-p/top-k/min-p sampling and the
 //!   repetition penalty, with mlx-lm's semantics and seeding;
-//! - [`generate`]: the [`Generate`] token iterator (chunked prefill,
+//! - the [`Generate`] token iterator (chunked prefill,
 //!   pipelined steps, prompt-cache reuse);
-//! - [`rope`]: rotary position embeddings ([`initialize_rope`]);
+//! - rotary position embeddings ([`initialize_rope`], [`Rope`]);
 //! - [`distributed`]: MLX's distributed layer (process groups, collectives);
 //! - [`runtime`]: which MLX this process runs on;
 //! - [`cuda_kernel`]: MLX's CUDA custom kernels, and
 //!   [`quantized_matvec`], our 4- and 8-bit decode kernel for NVIDIA GPUs,
 //!   and [`read_slack`], room after packed weights for MLX's CUDA kernel;
 //! - [`streams`]: side streams, to spread independent work over CPU cores;
-//! - [`error`]: the crate's error type.
+//! - [`Error`]: the crate's error type.
 //!
 //! Text (tokenizer, streaming detokenizer, stop strings, chat templates) is
 //! not here: it needs no MLX and lives in `mistral-text`.
 
 #![deny(missing_docs)]
 
-pub mod cache;
+mod cache;
 pub mod cpu_qmm;
 pub mod cuda_kernel;
 pub mod distributed;
-pub mod error;
-pub mod generate;
-pub mod language_model;
-pub mod mask;
+mod error;
+mod generate;
+mod language_model;
+mod mask;
 pub mod quantized_matvec;
 pub mod read_slack;
-pub mod rope;
+mod rope;
 pub mod runtime;
-pub mod sample;
+mod sample;
 pub mod streams;
 
 pub use cache::{
@@ -57,7 +57,7 @@ pub use mask::{
     SdpaMask,
 };
 pub use rope::{initialize_rope, Rope, RopeScaling};
-pub use sample::{RepetitionPenalty, Sampler, SamplingOptions};
+pub use sample::{clock_seed, RepetitionPenalty, Sampler, SamplingOptions};
 
 /// Whether `dtype` holds integers (token ids): not floating point, complex
 /// or boolean.

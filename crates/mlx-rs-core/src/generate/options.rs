@@ -11,7 +11,7 @@ pub struct GenerateOptions {
     pub sampling: SamplingOptions,
     /// Repetition penalty over recent tokens (prompt included), if any.
     pub repetition_penalty: Option<RepetitionPenalty>,
-    /// Seed of the sampler's own random state (see [`crate::sample`]).
+    /// Seed of the sampler's own random state (see [`crate::Sampler`]).
     pub seed: Option<u64>,
     /// Prompt positions per forward call while prefilling (mlx-lm: 2048).
     pub prefill_step_size: i32,
