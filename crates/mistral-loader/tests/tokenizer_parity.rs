@@ -227,7 +227,7 @@ fn parity(model: &str, version: &str) {
         if ids.iter().any(|&id| {
             tokenizer
                 .id_to_token(id)
-                .is_some_and(|t| mistral_text::detokenizer::is_byte_token(&t))
+                .is_some_and(|t| mistral_text::is_byte_token(&t))
         }) {
             byte_runs += 1;
         }

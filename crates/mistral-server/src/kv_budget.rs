@@ -95,6 +95,7 @@ impl KvBudget {
 
     /// A budget of `limit` bytes over layers of the given bytes per
     /// position and windows (tests).
+    #[cfg(test)]
     pub fn with_layers(layers: Vec<LayerCost>, limit: u64) -> Self {
         KvBudget::new(layers, limit, true, None)
     }

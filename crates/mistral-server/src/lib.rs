@@ -2,52 +2,52 @@
 //! `mistral-loader` loads (`mistral-cli serve`).
 //!
 //! Design:
-//! - [`engine`]: one thread owns the model and everything MLX (its streams
+//! - `engine`: one thread owns the model and everything MLX (its streams
 //!   and random state are thread-local; arrays are not `Sync`), publishes
-//!   its [`Health`], and runs the loop of [`scheduler`] over a bounded
-//!   queue. The HTTP side exchanges plain Rust values with it ([`job`]), so
+//!   its [`Health`], and runs the loop of `scheduler` over a bounded
+//!   queue. The HTTP side exchanges plain Rust values with it (`job`), so
 //!   no MLX value crosses threads.
-//! - [`routes`]: axum handlers on tokio. Each request is parsed and checked
-//!   ([`request`]), tokenized and checked against the model ([`text_side`],
-//!   on a blocking thread), queued ([`queue`]), and answered from the
+//! - `routes`: axum handlers on tokio. Each request is parsed and checked
+//!   (`request`), tokenized and checked against the model (`text_side`,
+//!   on a blocking thread), queued (`queue`), and answered from the
 //!   engine's events: a JSON body, or server-sent events when `stream` is
 //!   set. Everything the engine would refuse is refused before the 200.
 //! - Errors are OpenAI's error objects ([`ApiError`]) with their statuses;
 //!   the body is parsed as JSON whatever its Content-Type; a body larger
 //!   than the limit is a 413, one that cannot be read a 400.
 //! - Memory: every request reserves the key/value cache it may grow to
-//!   ([`kv_budget`]); requests wait while the budget is taken.
+//!   (`kv_budget`); requests wait while the budget is taken.
 //! - Operation: the key guards every route but the health probes; an
 //!   engine that fails turns `/health` to 503 and ends [`serve`] with the
 //!   reason; a shutdown stops accepting, lets running requests finish for
 //!   a grace period and cuts off the rest.
 //!
 //! Finished requests' caches serve later prompts with the same start
-//! ([`prompt_cache`]); log-probabilities come in OpenAI's shapes
-//! ([`logprobs`]). A model split over processes is served by its rank 0,
-//! the others following each step ([`model_state`], [`follow`]).
+//! (`prompt_cache`); log-probabilities come in OpenAI's shapes
+//! (`logprobs`). A model split over processes is served by its rank 0,
+//! the others following each step (`model_state`, [`follow`]).
 
 #![deny(missing_docs)]
 
-pub mod anthropic;
-pub mod engine;
-pub mod error;
-pub mod job;
-pub mod kv_budget;
-pub mod logprobs;
-pub mod metrics;
-pub mod mistral_tools;
-pub mod model_state;
-pub mod prompt_cache;
-pub mod queue;
-pub mod reasoning_gate;
-pub mod request;
-pub mod response;
-pub mod routes;
-pub mod scheduler;
-pub mod template_tools;
-pub mod text_side;
-pub mod tools;
+mod anthropic;
+mod engine;
+mod error;
+mod job;
+mod kv_budget;
+mod logprobs;
+mod metrics;
+mod mistral_tools;
+mod model_state;
+mod prompt_cache;
+mod queue;
+mod reasoning_gate;
+mod request;
+mod response;
+mod routes;
+mod scheduler;
+mod template_tools;
+mod text_side;
+mod tools;
 
 pub use engine::{EngineHandle, Health, ModelSpec};
 pub use error::ApiError;

@@ -47,8 +47,6 @@ use crate::model_state::{Admit, Advanced, Leader, Leave, ModelState, PrefillOp, 
 use crate::reasoning_gate::ReasoningGate;
 use crate::text_side::TextSide;
 
-pub use crate::kv_budget::PREFILL_CHUNK;
-
 /// A job with its stop checker and timing.
 struct Active<'t> {
     job: Job,

@@ -4,19 +4,19 @@
 //! Design: these pieces work on strings and token ids only, never on
 //! tensors, so this crate has no MLX dependency (no `mlx-rs`, no `mlx-sys`,
 //! no link build script); it builds and tests anywhere `tokenizers` does.
-//! Each piece is its own module:
-//! - [`tokenizer`]: the [`Tokenizer`] newtype over `tokenizers::Tokenizer`,
+//! The pieces:
+//! - the [`Tokenizer`] newtype over `tokenizers::Tokenizer`,
 //!   whose errors `?` turns into `Box<dyn std::error::Error>`;
-//! - [`detokenizer`]: token ids to text, streamed, equal to one-shot decoding;
-//! - [`stop`]: end-of-sequence ids, stop strings and token limits;
-//! - [`token_bytes`]: the bytes each token id stands for (log-probabilities);
-//! - [`chat`]: chat prompts from Jinja `chat_template`s;
+//! - [`StreamingDetokenizer`]: token ids to text, streamed, equal to one-shot decoding;
+//! - [`StopChecker`]: end-of-sequence ids, stop strings and token limits;
+//! - [`TokenBytes`]: the bytes each token id stands for (log-probabilities);
+//! - [`ChatTemplate`]: chat prompts from Jinja `chat_template`s;
 //! - [`constrain`]: structured output (JSON schema, regex, Lark) through
 //!   llguidance;
 //! - [`tekken`]: Mistral's own `tekken.json` tokenizer, as mistral-common runs it;
 //! - [`sentencepiece`]: Mistral's SentencePiece files (`tokenizer.model.vN`),
 //!   likewise; [`sentencepiece_hf`] their `tokenizer.json` form;
-//! - [`mistral_tokenizer`]: either of the two, as the chat protocol uses them;
+//! - [`MistralTokenizer`]: either of the two, as the chat protocol uses them;
 //! - [`tokenizer_file_error`]: the error both files report;
 //! - [`mistral_chat`]: prompt ids exactly as mistral-common builds them.
 //!
@@ -28,25 +28,25 @@
 
 #![deny(missing_docs)]
 
-pub mod chat;
+mod chat;
 pub mod constrain;
 mod contain;
-pub mod detokenizer;
+mod detokenizer;
 pub mod mistral_chat;
-pub mod mistral_tokenizer;
+mod mistral_tokenizer;
 pub mod python_json;
 pub mod sentencepiece;
 mod sentencepiece_bpe;
 pub mod sentencepiece_hf;
-pub mod stop;
+mod stop;
 pub mod tekken;
 mod tekken_hf;
-pub mod token_bytes;
-pub mod tokenizer;
+mod token_bytes;
+mod tokenizer;
 pub mod tokenizer_file_error;
 
 pub use chat::{ChatError, ChatMessage, ChatTemplate, ChatTemplateArgs};
-pub use detokenizer::{DetokenizeError, StreamingDetokenizer};
+pub use detokenizer::{is_byte_token, DetokenizeError, StreamingDetokenizer};
 pub use mistral_tokenizer::MistralTokenizer;
 pub use stop::{StopChecker, StopCriteria, StopError, StopReason, StopStep, StopStringMatcher};
 pub use token_bytes::TokenBytes;
