@@ -51,8 +51,9 @@ pub fn shim_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("csrc")
 }
 
-/// Our C++ shims: `csrc/*.cpp` (today `cpu_qmm.cpp`, the CPU quantized
-/// product as an MLX primitive). Instruction-set-specific code in them
+/// Our C++ shims: `csrc/*.cpp` (today the CPU quantized product as an MLX
+/// primitive, `cpu_qmm.cpp` and its `qmm_*` parts; `csrc/*.h` are their C
+/// entry points for bindgen, `*.hpp` internal). Instruction-set-specific code in them
 /// uses per-function target attributes, so no global `-m` flag is needed.
 pub fn shims() -> Vec<PathBuf> {
     println!("cargo:rerun-if-changed=csrc");

@@ -1,0 +1,85 @@
+// Shared by the files of our CPU quantized product (cpu_qmm.cpp): the
+// problem's layout and the kernels' entry points.
+
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define QMM_X86 1
+#else
+#define QMM_X86 0
+#endif
+
+namespace mlx_sys_qmm {
+
+enum class Half { F32, F16, BF16 };
+
+
+struct Problem {
+  int m, n, k, group, bits;
+  const uint8_t* w;  // row stride k * bits / 8 bytes
+  const void* scales;
+  const void* biases;
+  Half sdt;
+  const float* x;     // [m, k], prepared for the row kernel's layout
+  const float* xsum;  // [m, k / group]
+  float* y;           // [m, n]
+  size_t row_bytes() const {
+    return static_cast<size_t>(k) * bits / 8;
+  }
+  int groups() const {
+    return k / group;
+  }
+};
+
+// Scratch of one thread: a weight row's scales and biases as float32.
+struct RowScratch {
+  std::vector<float> s, b;
+  void fit(int groups) {
+    if (static_cast<int>(s.size()) < groups) {
+      s.resize(groups);
+      b.resize(groups);
+    }
+  }
+};
+
+// The calling thread's scratch.
+RowScratch& row_scratch();
+
+float half_to_float(uint16_t h);
+float bf16_to_float(uint16_t h);
+
+// `count` values of `src` (of kind `kind`) from element `first`, as float32.
+void row_to_f32_scalar(const void* src, Half kind, size_t first, int count, float* dst);
+
+// The best instruction set this CPU has (MLX_SYS_CPU_QMM_ISA_*), and that
+// capped at `max_isa`.
+int best_isa();
+int isa_under(int max_isa);
+
+// Output rows [n0, n1) for x rows [m0, m0 + r), r <= 4, with instruction
+// set `isa`.
+void rows(const Problem& p, int isa, int n0, int n1, int m0, int r);
+void rows_scalar(const Problem& p, int n0, int n1, int m0, int r);
+
+// Rows [n0, n1) of W dequantized into out (row stride k).
+void dequant(const Problem& p, int isa, int n0, int n1, float* out);
+void dequant_scalar(const Problem& p, int n0, int n1, float* out);
+
+// x as float32 [m, k] (x_kind: its dtype) into `xf` in the row kernel's
+// layout, and its per-group sums into `xsum`.
+void prepare_x(
+    const void* x,
+    Half x_kind,
+    int m,
+    int k,
+    int group,
+    bool permute4,
+    std::vector<float>& xf,
+    std::vector<float>& xsum);
+
+}  // namespace mlx_sys_qmm

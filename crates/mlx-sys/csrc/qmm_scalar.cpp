@@ -1,0 +1,146 @@
+// The portable parts of our CPU quantized product: conversions, the
+// scalar kernels, the activations' preparation.
+
+#include <cstring>
+
+#include "qmm_internal.hpp"
+
+namespace mlx_sys_qmm {
+
+
+float half_to_float(uint16_t h) {
+  uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t man = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      int e = -1;
+      do {
+        ++e;
+        man <<= 1;
+      } while ((man & 0x400u) == 0);
+      bits = sign | ((112u - e) << 23) | ((man & 0x3ffu) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else {
+    bits = sign | ((exp + 112u) << 23) | (man << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+float bf16_to_float(uint16_t h) {
+  uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+void row_to_f32_scalar(const void* src, Half kind, size_t first, int count, float* dst) {
+  switch (kind) {
+    case Half::F32:
+      std::memcpy(dst, static_cast<const float*>(src) + first, count * sizeof(float));
+      break;
+    case Half::F16: {
+      auto s = static_cast<const uint16_t*>(src) + first;
+      for (int i = 0; i < count; ++i) dst[i] = half_to_float(s[i]);
+      break;
+    }
+    case Half::BF16: {
+      auto s = static_cast<const uint16_t*>(src) + first;
+      for (int i = 0; i < count; ++i) dst[i] = bf16_to_float(s[i]);
+      break;
+    }
+  }
+}
+
+RowScratch& row_scratch() {
+  thread_local RowScratch scratch;
+  return scratch;
+}
+
+void rows_scalar(const Problem& p, int n0, int n1, int m0, int r) {
+  const int groups = p.groups();
+  const uint32_t mask = (1u << p.bits) - 1;
+  const int per_word = 32 / p.bits;
+  auto& sc = row_scratch();
+  sc.fit(groups);
+  for (int n = n0; n < n1; ++n) {
+    row_to_f32_scalar(p.scales, p.sdt, static_cast<size_t>(n) * groups, groups, sc.s.data());
+    row_to_f32_scalar(p.biases, p.sdt, static_cast<size_t>(n) * groups, groups, sc.b.data());
+    auto words = reinterpret_cast<const uint32_t*>(p.w + n * p.row_bytes());
+    for (int i = 0; i < r; ++i) {
+      const float* x = p.x + static_cast<size_t>(m0 + i) * p.k;
+      const float* xs = p.xsum + static_cast<size_t>(m0 + i) * groups;
+      float acc = 0.0f;
+      for (int g = 0; g < groups; ++g) {
+        float dot = 0.0f;
+        for (int j = g * p.group; j < (g + 1) * p.group; ++j) {
+          uint32_t q = (words[j / per_word] >> ((j % per_word) * p.bits)) & mask;
+          dot += x[j] * static_cast<float>(q);
+        }
+        acc += sc.s[g] * dot + sc.b[g] * xs[g];
+      }
+      p.y[static_cast<size_t>(m0 + i) * p.n + n] = acc;
+    }
+  }
+}
+
+void dequant_scalar(const Problem& p, int n0, int n1, float* out) {
+  const int groups = p.groups();
+  const uint32_t mask = (1u << p.bits) - 1;
+  const int per_word = 32 / p.bits;
+  auto& sc = row_scratch();
+  sc.fit(groups);
+  for (int n = n0; n < n1; ++n) {
+    row_to_f32_scalar(p.scales, p.sdt, static_cast<size_t>(n) * groups, groups, sc.s.data());
+    row_to_f32_scalar(p.biases, p.sdt, static_cast<size_t>(n) * groups, groups, sc.b.data());
+    auto words = reinterpret_cast<const uint32_t*>(p.w + n * p.row_bytes());
+    float* o = out + static_cast<size_t>(n - n0) * p.k;
+    for (int j = 0; j < p.k; ++j) {
+      uint32_t q = (words[j / per_word] >> ((j % per_word) * p.bits)) & mask;
+      o[j] = sc.s[j / p.group] * static_cast<float>(q) + sc.b[j / p.group];
+    }
+  }
+}
+
+void prepare_x(
+    const void* x,
+    Half x_kind,
+    int m,
+    int k,
+    int group,
+    bool permute4,
+    std::vector<float>& xf,
+    std::vector<float>& xsum) {
+  xf.resize(static_cast<size_t>(m) * k);
+  xsum.resize(static_cast<size_t>(m) * (k / group));
+  thread_local std::vector<float> row;
+  row.resize(k);
+  for (int i = 0; i < m; ++i) {
+    row_to_f32_scalar(x, x_kind, static_cast<size_t>(i) * k, k, row.data());
+    float* dst = xf.data() + static_cast<size_t>(i) * k;
+    if (permute4) {
+      for (int b = 0; b < k; b += 32) {
+        for (int j = 0; j < 16; ++j) {
+          dst[b + j] = row[b + 2 * j];
+          dst[b + 16 + j] = row[b + 2 * j + 1];
+        }
+      }
+    } else {
+      std::memcpy(dst, row.data(), k * sizeof(float));
+    }
+    for (int g = 0; g < k / group; ++g) {
+      float s = 0.0f;
+      for (int j = g * group; j < (g + 1) * group; ++j) s += row[j];
+      xsum[static_cast<size_t>(i) * (k / group) + g] = s;
+    }
+  }
+}
+
+}  // namespace mlx_sys_qmm

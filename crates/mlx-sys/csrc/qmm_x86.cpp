@@ -1,0 +1,294 @@
+// The x86 kernels of our CPU quantized product (AVX2+FMA+F16C and AVX-512,
+// each function compiled for its instruction set and chosen at run time),
+// and the choice among them and the portable ones.
+
+#include <algorithm>
+#include <cstring>
+
+#include "cpu_qmm.h"
+#include "qmm_internal.hpp"
+
+namespace mlx_sys_qmm {
+
+#if QMM_X86
+namespace {
+
+// ---------------------------------------------------------------- AVX2
+
+#define QMM_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define QMM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+
+QMM_AVX2 void row_to_f32_avx2(const void* src, Half kind, size_t first, int count, float* dst) {
+  if (kind == Half::F32) {
+    std::memcpy(dst, static_cast<const float*>(src) + first, count * sizeof(float));
+    return;
+  }
+  auto s = static_cast<const uint16_t*>(src) + first;
+  int i = 0;
+  for (; i + 8 <= count; i += 8) {
+    __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
+    __m256 f = kind == Half::F16
+        ? _mm256_cvtph_ps(h)
+        : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    _mm256_storeu_ps(dst + i, f);
+  }
+  for (; i < count; ++i) {
+    dst[i] = kind == Half::F16 ? half_to_float(s[i]) : bf16_to_float(s[i]);
+  }
+}
+
+// Row n's scales and biases as float32: read in place when they are
+// float32, converted into the thread's scratch otherwise.
+QMM_AVX2 void scale_rows_avx2(const Problem& p, int n, RowScratch& sc, const float*& s, const float*& b) {
+  const int groups = p.groups();
+  const size_t first = static_cast<size_t>(n) * groups;
+  if (p.sdt == Half::F32) {
+    s = static_cast<const float*>(p.scales) + first;
+    b = static_cast<const float*>(p.biases) + first;
+    return;
+  }
+  row_to_f32_avx2(p.scales, p.sdt, first, groups, sc.s.data());
+  row_to_f32_avx2(p.biases, p.sdt, first, groups, sc.b.data());
+  s = sc.s.data();
+  b = sc.b.data();
+}
+
+QMM_AVX2 inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// The 32 elements of one block (BITS * 4 bytes) as 4 x 8 floats, in the
+// kernel's x layout (4-bit: the 16 low nibbles, then the 16 high ones).
+template <int BITS>
+QMM_AVX2 inline void load32_avx2(const uint8_t* p, __m256 q[4]) {
+  if constexpr (BITS == 4) {
+    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    __m128i m = _mm_set1_epi8(0x0f);
+    __m128i lo = _mm_and_si128(v, m);
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+    q[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+    q[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(lo, lo)));
+    q[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+    q[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(hi, hi)));
+  } else {
+    for (int i = 0; i < 4; ++i) {
+      __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * i));
+      q[i] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+    }
+  }
+}
+
+template <int BITS, int R>
+QMM_AVX2 void rows_avx2(const Problem& p, int n0, int n1, int m0) {
+  const int groups = p.groups();
+  const int blocks = p.group / 32;
+  auto& sc = row_scratch();
+  sc.fit(groups);
+  const float* xr[R];
+  for (int i = 0; i < R; ++i) xr[i] = p.x + static_cast<size_t>(m0 + i) * p.k;
+  for (int n = n0; n < n1; ++n) {
+    const float *rs, *rb;
+    scale_rows_avx2(p, n, sc, rs, rb);
+    const uint8_t* wp = p.w + n * p.row_bytes();
+    __m256 acc[R];
+    for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_ps();
+    int off = 0;
+    for (int g = 0; g < groups; ++g) {
+      __m256 d0[R], d1[R];
+      for (int i = 0; i < R; ++i) d0[i] = d1[i] = _mm256_setzero_ps();
+      for (int b = 0; b < blocks; ++b) {
+        __m256 q[4];
+        load32_avx2<BITS>(wp, q);
+        wp += BITS * 4;
+        for (int i = 0; i < R; ++i) {
+          const float* x = xr[i] + off;
+          d0[i] = _mm256_fmadd_ps(q[0], _mm256_loadu_ps(x), d0[i]);
+          d1[i] = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(x + 8), d1[i]);
+          d0[i] = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(x + 16), d0[i]);
+          d1[i] = _mm256_fmadd_ps(q[3], _mm256_loadu_ps(x + 24), d1[i]);
+        }
+        off += 32;
+      }
+      __m256 s = _mm256_set1_ps(rs[g]);
+      for (int i = 0; i < R; ++i) acc[i] = _mm256_fmadd_ps(s, _mm256_add_ps(d0[i], d1[i]), acc[i]);
+    }
+    for (int i = 0; i < R; ++i) {
+      const float* xs = p.xsum + static_cast<size_t>(m0 + i) * groups;
+      float bias = 0.0f;
+      for (int g = 0; g < groups; ++g) bias += rb[g] * xs[g];
+      p.y[static_cast<size_t>(m0 + i) * p.n + n] = hsum256(acc[i]) + bias;
+    }
+  }
+}
+
+// Rows [n0, n1) of W dequantized (natural element order) into out.
+template <int BITS>
+QMM_AVX2 void dequant_avx2(const Problem& p, int n0, int n1, float* out) {
+  const int groups = p.groups();
+  const int blocks = p.group / 32;
+  auto& sc = row_scratch();
+  sc.fit(groups);
+  for (int n = n0; n < n1; ++n) {
+    const float *rs, *rb;
+    scale_rows_avx2(p, n, sc, rs, rb);
+    const uint8_t* wp = p.w + n * p.row_bytes();
+    float* o = out + static_cast<size_t>(n - n0) * p.k;
+    for (int g = 0; g < groups; ++g) {
+      __m256 s = _mm256_set1_ps(rs[g]);
+      __m256 b = _mm256_set1_ps(rb[g]);
+      for (int blk = 0; blk < blocks; ++blk) {
+        __m128i v[2];
+        if constexpr (BITS == 4) {
+          __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wp));
+          __m128i m = _mm_set1_epi8(0x0f);
+          __m128i lo = _mm_and_si128(raw, m);
+          __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m);
+          v[0] = _mm_unpacklo_epi8(lo, hi);
+          v[1] = _mm_unpackhi_epi8(lo, hi);
+        } else {
+          v[0] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wp));
+          v[1] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wp + 16));
+        }
+        wp += BITS * 4;
+        for (int h = 0; h < 2; ++h) {
+          __m256 a = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v[h]));
+          __m256 c = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(v[h], v[h])));
+          _mm256_storeu_ps(o, _mm256_fmadd_ps(s, a, b));
+          _mm256_storeu_ps(o + 8, _mm256_fmadd_ps(s, c, b));
+          o += 16;
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- AVX-512
+
+template <int BITS>
+QMM_AVX512 inline void load32_avx512(const uint8_t* p, __m512& a, __m512& c) {
+  if constexpr (BITS == 4) {
+    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    __m128i m = _mm_set1_epi8(0x0f);
+    a = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(v, m)));
+    c = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(v, 4), m)));
+  } else {
+    a = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+    c = _mm512_cvtepi32_ps(
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16))));
+  }
+}
+
+template <int BITS, int R>
+QMM_AVX512 void rows_avx512(const Problem& p, int n0, int n1, int m0) {
+  // Groups take turns among NA accumulators per x row: one chain of
+  // dependent FMAs per row would make a short row wait on its latency.
+  constexpr int NA = R <= 2 ? 4 : 2;
+  const int groups = p.groups();
+  const int blocks = p.group / 32;
+  auto& sc = row_scratch();
+  sc.fit(groups);
+  const float* xr[R];
+  for (int i = 0; i < R; ++i) xr[i] = p.x + static_cast<size_t>(m0 + i) * p.k;
+  for (int n = n0; n < n1; ++n) {
+    const float *rs, *rb;
+    scale_rows_avx2(p, n, sc, rs, rb);
+    const uint8_t* wp = p.w + n * p.row_bytes();
+    __m512 acc[NA][R];
+    for (int t = 0; t < NA; ++t)
+      for (int i = 0; i < R; ++i) acc[t][i] = _mm512_setzero_ps();
+    int off = 0;
+    for (int g0 = 0; g0 < groups; g0 += NA) {
+#pragma GCC unroll 4
+      for (int t = 0; t < NA; ++t) {
+        const int g = g0 + t;
+        if (g >= groups) break;
+        __m512 d0[R], d1[R];
+        for (int i = 0; i < R; ++i) d0[i] = d1[i] = _mm512_setzero_ps();
+        for (int b = 0; b < blocks; ++b) {
+          __m512 a, c;
+          load32_avx512<BITS>(wp, a, c);
+          wp += BITS * 4;
+          for (int i = 0; i < R; ++i) {
+            d0[i] = _mm512_fmadd_ps(a, _mm512_loadu_ps(xr[i] + off), d0[i]);
+            d1[i] = _mm512_fmadd_ps(c, _mm512_loadu_ps(xr[i] + off + 16), d1[i]);
+          }
+          off += 32;
+        }
+        __m512 s = _mm512_set1_ps(rs[g]);
+        for (int i = 0; i < R; ++i)
+          acc[t][i] = _mm512_fmadd_ps(s, _mm512_add_ps(d0[i], d1[i]), acc[t][i]);
+      }
+    }
+    for (int i = 0; i < R; ++i) {
+      const float* xs = p.xsum + static_cast<size_t>(m0 + i) * groups;
+      // The biases' share, sum_g b_g * sum(x in g), 16 groups at a time.
+      __m512 bias = _mm512_setzero_ps();
+      for (int g = 0; g < groups; g += 16) {
+        const __mmask16 live = groups - g >= 16 ? 0xffff : (1u << (groups - g)) - 1;
+        bias = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(live, rb + g),
+                               _mm512_maskz_loadu_ps(live, xs + g), bias);
+      }
+      __m512 sum = bias;
+      for (int t = 0; t < NA; ++t) sum = _mm512_add_ps(sum, acc[t][i]);
+      p.y[static_cast<size_t>(m0 + i) * p.n + n] = _mm512_reduce_add_ps(sum);
+    }
+  }
+}
+
+}  // namespace
+#endif  // QMM_X86
+
+
+int best_isa() {
+#if QMM_X86
+  static int isa = [] {
+    __builtin_cpu_init();
+    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c");
+    bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    return avx512 ? MLX_SYS_CPU_QMM_ISA_AVX512
+                  : avx2 ? MLX_SYS_CPU_QMM_ISA_AVX2 : MLX_SYS_CPU_QMM_ISA_SCALAR;
+  }();
+  return isa;
+#else
+  return MLX_SYS_CPU_QMM_ISA_SCALAR;
+#endif
+}
+
+int isa_under(int max_isa) {
+  return std::min(best_isa(), std::clamp(max_isa, 0, 2));
+}
+
+void rows(const Problem& p, int isa, int n0, int n1, int m0, int r) {
+#if QMM_X86
+  if (isa != MLX_SYS_CPU_QMM_ISA_SCALAR) {
+    using Fn = void (*)(const Problem&, int, int, int);
+    static constexpr Fn k512[2][4] = {
+        {rows_avx512<4, 1>, rows_avx512<4, 2>, rows_avx512<4, 3>, rows_avx512<4, 4>},
+        {rows_avx512<8, 1>, rows_avx512<8, 2>, rows_avx512<8, 3>, rows_avx512<8, 4>}};
+    static constexpr Fn k2[2][4] = {
+        {rows_avx2<4, 1>, rows_avx2<4, 2>, rows_avx2<4, 3>, rows_avx2<4, 4>},
+        {rows_avx2<8, 1>, rows_avx2<8, 2>, rows_avx2<8, 3>, rows_avx2<8, 4>}};
+    const auto& table = isa == MLX_SYS_CPU_QMM_ISA_AVX512 ? k512 : k2;
+    table[p.bits == 8][r - 1](p, n0, n1, m0);
+    return;
+  }
+#endif
+  rows_scalar(p, n0, n1, m0, r);
+}
+
+void dequant(const Problem& p, int isa, int n0, int n1, float* out) {
+#if QMM_X86
+  if (isa != MLX_SYS_CPU_QMM_ISA_SCALAR) {
+    (p.bits == 4 ? dequant_avx2<4> : dequant_avx2<8>)(p, n0, n1, out);
+    return;
+  }
+#endif
+  dequant_scalar(p, n0, n1, out);
+}
+
+}  // namespace mlx_sys_qmm
