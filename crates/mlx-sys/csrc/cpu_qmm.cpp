@@ -55,7 +55,6 @@ using mlx::core::array;
 using mlx::core::Dtype;
 using namespace mlx_sys_qmm;
 
-
 using SgemmFn = void (*)(
     int, int, int, int, int, int, float, const float*, int, const float*,
     int, float, float*, int);
@@ -75,11 +74,13 @@ constexpr int kCblasRowMajor = 101;
 constexpr int kCblasNoTrans = 111;
 constexpr int kCblasTrans = 112;
 constexpr int kDefaultGemmRows = 16;
-// The fewest weights (rows x columns) a product, or a tile of one, must
-// have to be shared among the pool's threads (see Pool).
-constexpr int64_t kParallelElements = int64_t{1} << 21;
-// The same for the few-row path, whose workers stay awake between products
-// (see Pool), and how long they do (BENCHMARKS.md, "CPU decode threads").
+// The fewest weights (rows x columns) a tile of W must have for its
+// dequantization to be shared among the pool's threads (see Pool): a BLAS
+// call of far more work follows it.
+constexpr int64_t kTileParallelElements = int64_t{1} << 19;
+// The same for a product of the few-row path, whose workers stay awake
+// between products (see Pool), and how long they do (BENCHMARKS.md, "CPU
+// decode threads").
 constexpr int64_t kRowsParallelElements = int64_t{1} << 16;
 constexpr int kRowsSpinUs = 2000;
 
@@ -143,9 +144,7 @@ void compute(
         int a = t0 + i * chunk, b = std::min(t1, a + chunk);
         dequant(p, isa, a, b, tp + static_cast<size_t>(a - t0) * k);
       };
-      // A tile is followed by a BLAS call of far more work: worth sharing
-      // from a quarter of the threshold.
-      if (int64_t{t1 - t0} * k >= kParallelElements / 4) {
+      if (int64_t{t1 - t0} * k >= kTileParallelElements) {
         threads.run(tasks, part);
       } else {
         for (int i = 0; i < tasks; ++i) part(i);

@@ -18,7 +18,6 @@ namespace mlx_sys_qmm {
 
 enum class Half { F32, F16, BF16 };
 
-
 struct Problem {
   int m, n, k, group, bits;
   const uint8_t* w;  // row stride k * bits / 8 bytes

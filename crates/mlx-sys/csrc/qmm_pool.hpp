@@ -14,7 +14,6 @@
 
 namespace mlx_sys_qmm {
 
-
 // A persistent pool: `run(n, fn)` calls fn(0..n-1) on the caller and the
 // workers. Waking a sleeping worker costs tens of microseconds (far more on
 // a loaded machine), about what a small product takes on one core, so

@@ -3,7 +3,6 @@
 // and the choice among them and the portable ones.
 
 #include <algorithm>
-#include <cstring>
 
 #include "cpu_qmm.h"
 #include "qmm_internal.hpp"
@@ -18,11 +17,9 @@ namespace {
 #define QMM_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define QMM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 
+// `count` half-precision values (`kind` F16 or BF16) of `src` from element
+// `first`, as float32.
 QMM_AVX2 void row_to_f32_avx2(const void* src, Half kind, size_t first, int count, float* dst) {
-  if (kind == Half::F32) {
-    std::memcpy(dst, static_cast<const float*>(src) + first, count * sizeof(float));
-    return;
-  }
   auto s = static_cast<const uint16_t*>(src) + first;
   int i = 0;
   for (; i + 8 <= count; i += 8) {
@@ -240,7 +237,6 @@ QMM_AVX512 void rows_avx512(const Problem& p, int n0, int n1, int m0) {
 
 }  // namespace
 #endif  // QMM_X86
-
 
 int best_isa() {
 #if QMM_X86
