@@ -41,6 +41,11 @@
 #            4-bit model (m7b_q4) decoded by ours (MLX's kernel and ours)
 #            and mlx-lm under MLX's CUDA-graph settings (MLX_MAX_OPS_PER_BUFFER,
 #            MLX_USE_CUDA_GRAPHS), REPS rounds (default 1)
+#   spec [RUNS]  speculative decoding (bench.speculative_bench), RUNS rounds
+#            (default 3): SmolLM2 (a pack made with `gpu-pack --smollm2`)
+#            plain and with --prompt-lookup 4 and 8; then the 7B-shape bf16
+#            model (m7b_bf16) plain and with its 4-bit conversion (m7b_q4)
+#            as --draft-model, 3 and 5 tokens; a copying and a free prompt
 #   py MODULE [ARGS]  unpack; run a script of xtask/python as a module with
 #            the CUDA mlx and mlx-lm (e.g. gpu.mla_cuda_probe, i.e.
 #            xtask/python/gpu/mla_cuda_probe.py; a path ending in .py runs
@@ -207,6 +212,24 @@ for m in json.load(open(os.path.join(root, "manifest.json")))["models"]:
     grep -A2 "panicked" "$out/test-$name.log" | cut -c1-600 | head -12 || true
   done
   exit $status
+  ;;
+spec)
+  cli=$work/bundle/bin/mistral-cli
+  runs=${2:-3}
+  if [ -f "$work/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
+    timeout 200 python3 -m bench.speculative_bench "$runs" --cli "$cli" \
+      --model "$work/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" --json "$out/spec-smollm2.json" \
+      | tee "$out/spec-smollm2.log" | tail -8 || echo "SmolLM2 runs failed or timed out"
+  else
+    echo "no SmolLM2 in the pack (cargo xtask gpu-pack --smollm2): its runs are left out"
+  fi
+  models=$work/bench-models
+  [ -f "$models/m7b_q4/config.json" ] && [ -f "$models/m7b_bf16/config.json" ] ||
+    timeout 300 python3 -m models.gpu_bench_models "$models" --only m7b_bf16,m7b_q4 >"$out/models.log" 2>&1
+  # Random weights never copy their prompt: no prompt lookup here.
+  timeout 400 python3 -m bench.speculative_bench "$runs" --cli "$cli" --model "$models/m7b_bf16" \
+    --draft "$models/m7b_q4" --lookup '' --json "$out/spec-m7b.json" -- --no-chat \
+    | tee "$out/spec-m7b.log" | tail -8 || echo "7B runs failed or timed out"
   ;;
 py)
   script=${2:?usage: run.sh py MODULE [ARGS]}

@@ -20,6 +20,9 @@
 //!   Results: a Markdown table on stdout and in
 //!   `<target>/xtask/compare/compare.md`, with the raw numbers in
 //!   `compare.json` beside it; both are rewritten after every repetition.
+//! - `--before CLI` adds another build of `mistral-cli` (e.g. an older
+//!   commit's) as engines of their own, interleaved with the rest: a
+//!   change's before and after in one run, each against mlx-lm.
 //! - `--vs llama.cpp` compares with llama.cpp's `llama-bench` on GGUF files
 //!   instead: `compare_llama.rs`.
 
@@ -53,6 +56,10 @@ pub struct CompareArgs {
     /// engine (hours on a small CPU).
     #[arg(long)]
     full: bool,
+    /// Another `mistral-cli` binary (e.g. an older commit's release build)
+    /// run as well, with the same arguments as ours, interleaved.
+    #[arg(long, value_name = "CLI")]
+    before: Option<std::path::PathBuf>,
     #[command(flatten)]
     llama: LlamaArgs,
 }
@@ -77,6 +84,10 @@ enum Engine {
     OursCheckpoint,
     /// `mistral-cli bench --dtype auto`.
     OursAuto,
+    /// `--before`'s binary, `--dtype checkpoint`.
+    BeforeCheckpoint,
+    /// `--before`'s binary, `--dtype auto`.
+    BeforeAuto,
 }
 
 impl Engine {
@@ -85,6 +96,17 @@ impl Engine {
             Engine::MlxLm => "mlx-lm",
             Engine::OursCheckpoint => "ours (checkpoint dtype)",
             Engine::OursAuto => "ours (--dtype auto)",
+            Engine::BeforeCheckpoint => "before (checkpoint dtype)",
+            Engine::BeforeAuto => "before (--dtype auto)",
+        }
+    }
+
+    /// The `--before` twin of one of ours.
+    fn before(self) -> Option<Engine> {
+        match self {
+            Engine::OursCheckpoint => Some(Engine::BeforeCheckpoint),
+            Engine::OursAuto => Some(Engine::BeforeAuto),
+            _ => None,
         }
     }
 }
@@ -98,7 +120,7 @@ struct Case {
     model: &'static str,
     prompt: u32,
     gen: u32,
-    engines: &'static [Engine],
+    engines: Vec<Engine>,
 }
 
 const MODELS: [&str; 6] = [
@@ -114,11 +136,11 @@ const MODELS: [&str; 6] = [
 /// 2-core CPU (mlx-lm's CPU quantized matmul runs about 1 token/s, its
 /// bf16 prefill about 40 tokens/s).
 fn plan(full: bool) -> Vec<Case> {
-    let case = |model, prompt, gen, engines| Case {
+    let case = |model, prompt, gen, engines: &[Engine]| Case {
         model,
         prompt,
         gen,
-        engines,
+        engines: engines.to_vec(),
     };
     if full {
         return MODELS
@@ -168,6 +190,15 @@ pub fn run(mut args: CompareArgs) -> Result<()> {
         }
         cases.retain(|c| args.only.iter().any(|m| m == c.model));
     }
+    if let Some(before) = &args.before {
+        if !before.is_file() {
+            bail!("--before: no mistral-cli binary at {}", before.display());
+        }
+        for case in &mut cases {
+            let twins: Vec<Engine> = case.engines.iter().filter_map(|e| e.before()).collect();
+            case.engines.extend(twins);
+        }
+    }
     let cli = build_cli()?;
     let python = python::ensure_env()?;
     let models = python::ensure_bench_models()?;
@@ -188,6 +219,15 @@ pub fn run(mut args: CompareArgs) -> Result<()> {
                     Engine::MlxLm => run_mlx_lm(&python, &dir, case)?,
                     Engine::OursCheckpoint => run_ours(&cli, &dir, case, "checkpoint")?,
                     Engine::OursAuto => run_ours(&cli, &dir, case, "auto")?,
+                    Engine::BeforeCheckpoint | Engine::BeforeAuto => {
+                        let before = args.before.as_deref().context("--before")?;
+                        let dtype = if *engine == Engine::BeforeAuto {
+                            "auto"
+                        } else {
+                            "checkpoint"
+                        };
+                        run_ours(before, &dir, case, dtype)?
+                    }
                 };
                 eprintln!(
                     "rep {}/{} {} p{} g{} {:<24} prefill {:>8.2} tok/s  decode {:>7.2} tok/s",
@@ -260,6 +300,10 @@ fn write_report(report: &Report) -> Result<()> {
         report.args.reps.unwrap_or(5),
         if report.args.full { " --full" } else { "" },
     );
+    let header = match &report.args.before {
+        Some(before) => format!("{header}; before: `--before {}`", before.display()),
+        None => header,
+    };
     let table = render(report.cases, report.samples, bandwidth);
     let text = format!("{header}\n\n{table}");
     if after.is_some() {
@@ -370,7 +414,7 @@ fn render(cases: &[Case], samples: &[Vec<Vec<Sample>>], bandwidth: f64) -> Strin
         ));
         let mut header = vec!["metric".to_owned()];
         let mlx = case.engines.iter().position(|&e| e == Engine::MlxLm);
-        for engine in case.engines {
+        for engine in &case.engines {
             header.push(engine.label().to_owned());
         }
         for engine in case.engines.iter().filter(|&&e| e != Engine::MlxLm) {

@@ -9,13 +9,14 @@
 //!   stripped `libmlx.so`, MLX's headers, the wheel's libraries), our parity
 //!   test binaries built for CUDA, the `mlx` (cp312) and `mlx-lm` wheels, and
 //!   the two Mistral SentencePiece models the test models' tokenizers are
-//!   built from (mistral-common is not installed there);
+//!   built from (mistral-common is not installed there); with `--smollm2`,
+//!   SmolLM2's GGUF file;
 //! - compressed with zstd (long window; the CUDA fat binary barely
 //!   compresses), split into parts of `--part-mib`, each in its own folder
 //!   `target/gpu-pack/<n>/` (a `carry` path); the first also holds a `zstd`
 //!   binary and the parts' checksums;
 //! - `xtask/gpu/run.sh` (in the tree, so always carried) stashes the parts,
-//!   then unpacks and runs `parity`, `bench` or `tp` (2 GPUs).
+//!   then unpacks and runs `parity`, `bench`, `spec` or `tp` (2 GPUs).
 
 use anyhow::{bail, ensure, Context, Result};
 use std::fs;
@@ -50,6 +51,10 @@ pub struct GpuPackArgs {
     /// Largest part, in MiB (a call carries at most 64 MiB in all).
     #[arg(long, default_value_t = 56)]
     part_mib: u64,
+    /// Also pack SmolLM2's GGUF file (98 MB: two more parts), for
+    /// `run.sh spec`'s prompt-lookup runs on a real model.
+    #[arg(long)]
+    smollm2: bool,
 }
 
 pub fn run(args: &GpuPackArgs) -> Result<()> {
@@ -72,6 +77,15 @@ pub fn run(args: &GpuPackArgs) -> Result<()> {
     test_binaries(&stage.join("tests"))?;
     wheels(&stage.join("wheels"))?;
     sp_models(&stage.join("sp"))?;
+    if args.smollm2 {
+        let gguf = crate::smollm2::for_tests()?;
+        let dest = stage.join("smollm2");
+        fs::create_dir_all(&dest)?;
+        fs::copy(
+            &gguf,
+            dest.join(gguf.file_name().context("SmolLM2 file name")?),
+        )?;
+    }
 
     let archive = paths::target_dir().join("gpu-pack.tar.zst");
     compress(&stage, &archive)?;
@@ -280,6 +294,10 @@ fn print_calls(parts: usize) {
     );
     println!(
         "       (Mixtral 8x7B's shapes with 4 layers, ours against mlx-lm: about 80 s on one H100)"
+    );
+    println!("Speculative decoding (a pack made with --smollm2; the 7B-shape pair is written there, ~4 min):");
+    println!(
+        "  run  carry=[\"target/gpu-pack/{parts}\"]  command=\"timeout 590 bash xtask/gpu/run.sh spec 3\"  timeout_s=600"
     );
     println!("Our decode kernel (the CLI's `--qmv ours`; the parity tests use it with MISTRAL_MLX_QMV=ours): the stash call(s), then");
     println!(

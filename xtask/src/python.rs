@@ -24,8 +24,9 @@ pub const SMOLLM2_ENV_VAR: &str = "MISTRAL_MLX_SMOLLM2";
 /// server's client check): editing them does not regenerate the test models.
 /// Every other `.py` and `.txt` file of the Python folder does, but for the
 /// unit tests (`tests/`). Paths relative to the Python folder.
-const NOT_MODEL_INPUTS: [&str; 14] = [
+const NOT_MODEL_INPUTS: [&str; 15] = [
     "models/bench_models.py",
+    "gpu/rows_probe.py",
     "models/llama_gguf_models.py",
     "gpu/qmv_kernel_check.py",
     "gpu/qmv_tiling_sweep.py",
