@@ -25,7 +25,10 @@
 //! codes `c = round(x * 127 / max|x|)` with scale `d = max|x| / 127`, and
 //! per group `s * d * sum(q * c) + b * d * sum(c)`, the integer sums by
 //! VNNI's `vpdpbusd` (AVX512-VNNI or AVX-VNNI; AVX2's `vpmaddubsw`
-//! without), for any number of rows (no `sgemm`). The bias term takes the
+//! without), for fewer rows than [`Tuning::gemm_rows`] (decode; many rows
+//! still take `sgemm`, faster on our machine: BENCHMARKS.md; with
+//! `gemm_rows` raised, the int8 kernel's tiles of 4 x 4 rows take them
+//! too). The bias term takes the
 //! codes' sum, not x's: the result is then exactly `W x̂` for the x̂ the
 //! codes stand for (error `W (x̂ - x)`, each `|x̂ - x| <= d / 2`), smaller
 //! than the codes' error times `s * q` alone when W's groups straddle zero.
@@ -161,7 +164,8 @@ pub struct Tuning {
     pub max_isa: Isa,
     /// The fewest rows of `x` that go through `sgemm` (float path).
     pub gemm_rows: i32,
-    /// The int8 path (x quantized per group; `gemm_rows` then unused).
+    /// The int8 path (x quantized per group) for fewer rows than
+    /// `gemm_rows`.
     pub int8: bool,
 }
 

@@ -382,10 +382,11 @@ fn int8_path_matches_float64_references_within_rounding_bounds() {
                             }
                         }
                         for max_isa in isas() {
+                            // Every row count through the int8 kernel.
                             let tuning = Tuning {
                                 max_isa,
                                 int8: true,
-                                ..Tuning::default()
+                                gemm_rows: i32::MAX,
                             };
                             let y = q.ours(&x, tuning);
                             assert_eq!(y.dtype(), Dtype::Float32);
@@ -432,6 +433,7 @@ fn int8_path_large_products_shared_among_threads() {
             let x = normal(&[m, 2048], 50);
             let int8 = Tuning {
                 int8: true,
+                gemm_rows: i32::MAX,
                 ..Tuning::default()
             };
             let err = relative(&q.ours(&x, int8), &q.reference(&x));

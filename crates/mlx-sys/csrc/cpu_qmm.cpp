@@ -126,9 +126,11 @@ void compute(
   Pool& threads = pool();
   SgemmFn gemm = sgemm();
 
-  if (int8_x) {
-    // The int8 path, any number of rows: tasks of weight rows, each with
-    // every row of x (a task's weights stay in cache while x streams by).
+  const bool use_gemm = gemm != nullptr && m >= gemm_rows;
+  if (int8_x && !use_gemm) {
+    // The int8 path: tasks of weight rows, each with every row of x (a
+    // task's weights stay in cache while x streams by). Many rows still
+    // take the BLAS by default: faster on our machine (BENCHMARKS.md).
     thread_local std::vector<int8_t> xq;
     thread_local std::vector<float> xd;
     prepare_xq(x.data<void>(), x_kind, m, k, group,
@@ -147,7 +149,7 @@ void compute(
           tasks, [&](int i) { rows_q8(p, isa, i * per, std::min(n, (i + 1) * per), 0, m); },
           m <= 4 ? kRowsSpinUs : 0);
     }
-  } else if (gemm != nullptr && m >= gemm_rows) {
+  } else if (use_gemm) {
     // Many rows: float32 tiles of W through the BLAS.
     const float* xp;
     if (x_kind == Half::F32) {

@@ -34,8 +34,8 @@ extern "C" {
  * be a CPU stream. `max_isa` caps the instruction set (tests use it; pass
  * MLX_SYS_CPU_QMM_ISA_BEST). `gemm_min_rows`: inputs of at least this many
  * rows are multiplied by dequantizing tiles of W to float32 for the BLAS
- * sgemm MLX links (when found; 0 = the default). `int8_x` nonzero: the
- * int8 path instead, for any number of rows: x quantized per group of W
+ * sgemm MLX links (when found; 0 = the default). `int8_x` nonzero: inputs
+ * of fewer rows (all, without the sgemm) take the int8 path: x quantized per group of W
  * to int8 (scale max|x| / 127, round to nearest even) and multiplied by
  * integer dot products (VNNI where the CPU has it), each group's sum
  * scaled in float32.

@@ -104,17 +104,24 @@ QMM_Q8_AVX512 QMM_INLINE void step_avx512(
   __m512 sv[C];
   __m512 dv[R];
   if (p.group == 32) {
+    #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) sv[c] = pair_avx512(rs[c] + g);
+    #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) dv[r] = pair_avx512(xd[r] + g);
   } else {
+    #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) sv[c] = _mm512_set1_ps(rs[c][g]);
+    #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) dv[r] = _mm512_set1_ps(xd[r][g]);
   }
   if (p.group <= 64) {
     __m512i wv[C];
+    #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) wv[c] = load64_avx512<BITS>(wr[c], e);
+    #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       const __m512i xv = _mm512_loadu_si512(xr[r] + e);
+      #pragma GCC unroll 4
       for (int c = 0; c < C; ++c) {
         const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[c], xv);
         acc[r][c] = _mm512_fmadd_ps(
@@ -123,18 +130,23 @@ QMM_Q8_AVX512 QMM_INLINE void step_avx512(
     }
   } else {
     __m512i dot[R][C];
+    #pragma GCC unroll 4
     for (int r = 0; r < R; ++r)
-      for (int c = 0; c < C; ++c) dot[r][c] = _mm512_setzero_si512();
+      _Pragma("GCC unroll 4") for (int c = 0; c < C; ++c) dot[r][c] = _mm512_setzero_si512();
     for (int h = 0; h < p.group; h += 64) {
       __m512i wv[C];
+      #pragma GCC unroll 4
       for (int c = 0; c < C; ++c) wv[c] = load64_avx512<BITS>(wr[c], e + h);
+      #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
         const __m512i xv = _mm512_loadu_si512(xr[r] + e + h);
+        #pragma GCC unroll 4
         for (int c = 0; c < C; ++c) dot[r][c] = _mm512_dpbusd_epi32(dot[r][c], wv[c], xv);
       }
     }
+    #pragma GCC unroll 4
     for (int r = 0; r < R; ++r)
-      for (int c = 0; c < C; ++c)
+      _Pragma("GCC unroll 4") for (int c = 0; c < C; ++c)
         acc[r][c] = _mm512_fmadd_ps(
             _mm512_mul_ps(_mm512_cvtepi32_ps(dot[r][c]), dv[r]), sv[c], acc[r][c]);
   }
@@ -149,7 +161,9 @@ QMM_Q8_AVX512 void tile_avx512(const Problem& p, int n, int m, const float* cons
   const uint8_t* wr[C];
   const int8_t* xr[R];
   const float* xd[R];
+  #pragma GCC unroll 4
   for (int c = 0; c < C; ++c) wr[c] = p.w + (n + c) * p.row_bytes();
+  #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) {
     xr[r] = p.xq + static_cast<size_t>(m + r) * p.k;
     xd[r] = p.xd + static_cast<size_t>(m + r) * groups;
@@ -158,8 +172,9 @@ QMM_Q8_AVX512 void tile_avx512(const Problem& p, int n, int m, const float* cons
   // dependent FMAs would wait on their latency.
   constexpr int NA = R * C <= 2 ? 2 : 1;
   __m512 acc[NA][R][C];
+  #pragma GCC unroll 4
   for (int t = 0; t < NA; ++t)
-    for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; ++r)
       for (int c = 0; c < C; ++c) acc[t][r][c] = _mm512_setzero_ps();
   int e = 0;
   for (; e + NA * step <= full; e += NA * step) {
@@ -171,11 +186,14 @@ QMM_Q8_AVX512 void tile_avx512(const Problem& p, int n, int m, const float* cons
     // K = 32 mod 64 at group 32: the last group alone.
     const int g = e / 32;
     __m512i wv[C];
+    #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) wv[c] = load32_avx512<BITS>(wr[c], e);
+    #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       const __m512i xv = _mm512_zextsi256_si512(
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[r] + e)));
       const __m512 dv = _mm512_set1_ps(xd[r][g]);
+      #pragma GCC unroll 4
       for (int c = 0; c < C; ++c) {
         const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[c], xv);
         acc[0][r][c] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dot), dv),
@@ -183,11 +201,14 @@ QMM_Q8_AVX512 void tile_avx512(const Problem& p, int n, int m, const float* cons
       }
     }
   }
+  #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) {
     const float* xs = p.xsum + static_cast<size_t>(m + r) * groups;
+    #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) {
       // The biases' share, sum_g b_g * xsum_g, 16 groups at a time.
       __m512 sum = acc[0][r][c];
+      #pragma GCC unroll 4
       for (int t = 1; t < NA; ++t) sum = _mm512_add_ps(sum, acc[t][r][c]);
       for (int g = 0; g < groups; g += 16) {
         const __mmask16 live = groups - g >= 16 ? 0xffff : (1u << (groups - g)) - 1;
@@ -258,27 +279,34 @@ QMM_Q8_AVX2 QMM_INLINE __m256i dot_maddubs(__m256i acc, __m256i w, __m256i x) {
     const uint8_t* wr[C];                                                                      \
     const int8_t* xr[R];                                                                       \
     const float* xd[R];                                                                        \
+    _Pragma("GCC unroll 4")                                                                    \
     for (int c = 0; c < C; ++c) wr[c] = p.w + (n + c) * p.row_bytes();                         \
+    _Pragma("GCC unroll 4")                                                                    \
     for (int r = 0; r < R; ++r) {                                                              \
       xr[r] = p.xq + static_cast<size_t>(m + r) * p.k;                                         \
       xd[r] = p.xd + static_cast<size_t>(m + r) * groups;                                      \
     }                                                                                          \
     __m256 acc[R][C];                                                                          \
+    _Pragma("GCC unroll 4")                                                                    \
     for (int r = 0; r < R; ++r)                                                                \
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();                             \
+      _Pragma("GCC unroll 4") for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();                             \
     int e = 0;                                                                                 \
     for (int g = 0; g < groups; ++g) {                                                         \
       __m256i dot[R][C];                                                                       \
+      _Pragma("GCC unroll 4")                                                                  \
       for (int r = 0; r < R; ++r)                                                              \
-        for (int c = 0; c < C; ++c) dot[r][c] = _mm256_setzero_si256();                        \
+        _Pragma("GCC unroll 4") for (int c = 0; c < C; ++c) dot[r][c] = _mm256_setzero_si256();                        \
       for (int b = 0; b < blocks; ++b, e += 32) {                                              \
         __m256i wv[C];                                                                         \
+        _Pragma("GCC unroll 4")                                                                \
         for (int c = 0; c < C; ++c) {                                                          \
           wv[c] = load32_avx2<BITS>(wr[c], e);                                                 \
           if constexpr (shift8) wv[c] = _mm256_xor_si256(wv[c], _mm256_set1_epi8(-128));       \
         }                                                                                      \
+        _Pragma("GCC unroll 4")                                                                \
         for (int r = 0; r < R; ++r) {                                                          \
           const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[r] + e)); \
+          _Pragma("GCC unroll 4")                                                              \
           for (int c = 0; c < C; ++c) {                                                        \
             if constexpr (shift8) {                                                            \
               dot[r][c] = DOT(dot[r][c], _mm256_sign_epi8(wv[c], wv[c]),                       \
@@ -289,15 +317,19 @@ QMM_Q8_AVX2 QMM_INLINE __m256i dot_maddubs(__m256i acc, __m256i w, __m256i x) {
           }                                                                                    \
         }                                                                                      \
       }                                                                                        \
+      _Pragma("GCC unroll 4")                                                                  \
       for (int r = 0; r < R; ++r) {                                                            \
         const __m256 dv = _mm256_set1_ps(xd[r][g]);                                            \
+        _Pragma("GCC unroll 4")                                                                \
         for (int c = 0; c < C; ++c)                                                            \
           acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot[r][c]), dv),        \
                                       _mm256_set1_ps(rs[c][g]), acc[r][c]);                    \
       }                                                                                        \
     }                                                                                          \
+    _Pragma("GCC unroll 4")                                                                    \
     for (int r = 0; r < R; ++r) {                                                              \
       const float* xs = p.xsum + static_cast<size_t>(m + r) * groups;                          \
+      _Pragma("GCC unroll 4")                                                                  \
       for (int c = 0; c < C; ++c) {                                                            \
         float bias = 0.0f;                                                                     \
         for (int g = 0; g < groups; ++g) {                                                     \
