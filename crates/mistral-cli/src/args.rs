@@ -129,10 +129,12 @@ pub struct ModelArgs {
     #[arg(long, env = "MISTRAL_MLX_QMV", default_value = "ours", value_parser = parse_qmv)]
     pub qmv: QmvKernel,
     /// Which kernel computes quantized products on the CPU: `ours` (SIMD and
-    /// multi-threaded, the default; see mlx_rs_core::cpu_qmm) or `mlx`
-    /// (MLX's `quantized_matmul`). With `ours`, `--dtype auto` keeps
-    /// quantized weights quantized on the CPU instead of dequantizing them
-    /// to float32. No effect on a GPU.
+    /// multi-threaded, the default; see mlx_rs_core::cpu_qmm), `ours-q8`
+    /// (ours with the activations quantized to int8 per group, as
+    /// llama.cpp does: integer dot products, faster, rounds x to 8 bits) or
+    /// `mlx` (MLX's `quantized_matmul`). With `ours` or `ours-q8`,
+    /// `--dtype auto` keeps quantized weights quantized on the CPU instead
+    /// of dequantizing them to float32. No effect on a GPU.
     #[arg(long, default_value = "ours", value_parser = parse_cpu_qmm)]
     pub cpu_qmm: CpuQmm,
     /// Which layout of a folder to read: `hf` (config.json and

@@ -83,7 +83,7 @@ impl LoadPlan {
     /// scales, as `Auto` computes in float32 on the CPU).
     pub fn with_cpu_qmm(mut self, kernel: mlx_rs_core::cpu_qmm::CpuQmm) -> Self {
         self.weights.cpu_qmm = kernel;
-        if kernel != mlx_rs_core::cpu_qmm::CpuQmm::Ours {
+        if !kernel.is_ours() {
             return self;
         }
         // q/k/v and gate/up as one product each: fewer operations per decode

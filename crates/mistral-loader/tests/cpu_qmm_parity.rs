@@ -15,7 +15,11 @@
 //!   against mlx-lm on an independent float32 conversion, as
 //!   `every_gguf_file_matches_mlx_lm`.
 //! - SmolLM2 Q4_1: 64 greedy ids after each reference prompt are equal with
-//!   and without the kernel (both under `--dtype auto`, float32).
+//!   and without the kernel (both under `--dtype auto`, float32); with the
+//!   int8 path (`CpuQmm::OursQ8`) they are not (an ignored test says so).
+//! - The int8 path (x quantized to int8 per group): logits within
+//!   [`INT8_VS_MLX_KERNEL`] of MLX's kernel, every product through the int8
+//!   kernel (one token at a time).
 
 mod reference;
 
@@ -31,6 +35,14 @@ use reference::{comparable_models, gguf_models, references, references_in, TestM
 /// over the quantized test models (the order of float32 sums differs); a
 /// wrong group, scale or element moves logits by 1e-2 and more.
 const VS_MLX_KERNEL: f64 = 2e-5;
+
+/// The same for the int8 path, whose x is rounded to 8 bits per group
+/// (each x moves by up to 1/254 of its group's largest |x|; errors that
+/// mostly average out over K). Measured 2026-12-07 on this project's x86
+/// CPU (AVX512-VNNI), one token at a time over each reference prompt of
+/// the quantized float32-scale test models: relative 9.2e-3 to 1.73e-2,
+/// max abs 1.8e-2; allowed a little over twice the largest.
+const INT8_VS_MLX_KERNEL: f64 = 4e-2;
 
 fn options(dtype: ComputeDtype, cpu_qmm: CpuQmm) -> LoadOptions {
     LoadOptions {
@@ -164,5 +176,82 @@ fn smollm2_greedy_ids_are_the_same_with_and_without_the_kernel() {
         let b = greedy_ids::<KVCache>(&mut mlx, &reference.prompt_ids, 64);
         assert_eq!(a.len(), 64);
         assert_eq!(a, b, "SmolLM2 / {}: greedy ids differ", reference.prompt);
+    }
+}
+
+/// Logits of every position of `ids`, fed one token at a time: every
+/// product then has one row (decode's), which the int8 path takes.
+fn logits_one_at_a_time(model: &mistral_model::Mistral, ids: &[i32]) -> Vec<f32> {
+    let mut cache = Vec::new();
+    ids.iter()
+        .flat_map(|id| logits_of(model, &[*id], &mut cache))
+        .collect()
+}
+
+#[test]
+fn int8_path_logits_stay_near_mlx_kernel() {
+    let mut worst = 0.0f64;
+    let mut worst_abs = 0.0f64;
+    for spec in quantized_models().iter().filter(|s| s.dtype == "float32") {
+        let q8 = load_model_with(
+            &spec.dir,
+            &options(ComputeDtype::Checkpoint, CpuQmm::OursQ8),
+        )
+        .expect("load with the int8 path");
+        let mlx = load_model_with(&spec.dir, &options(ComputeDtype::Checkpoint, CpuQmm::Mlx))
+            .expect("load with MLX's kernel");
+        for reference in references(spec) {
+            let a = logits_one_at_a_time(&q8, &reference.prompt_ids);
+            let b = logits_one_at_a_time(&mlx, &reference.prompt_ids);
+            let err = reference::relative_error(&a, &b);
+            let abs = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| f64::from((x - y).abs()))
+                .fold(0.0, f64::max);
+            eprintln!(
+                "{} / {}: int8 path vs MLX's kernel: relative {err:.2e}, max abs {abs:.2e}",
+                spec.name, reference.prompt
+            );
+            worst = worst.max(err);
+            worst_abs = worst_abs.max(abs);
+            assert!(
+                err <= INT8_VS_MLX_KERNEL,
+                "{} / {}: int8 path vs MLX's kernel {err:e}",
+                spec.name,
+                reference.prompt
+            );
+            // The int8 rounding must show: the path is really taken.
+            assert!(err > VS_MLX_KERNEL, "{}: x was not quantized", spec.name);
+        }
+    }
+    eprintln!("int8 path vs MLX's kernel: largest relative {worst:.2e}, max abs {worst_abs:.2e}");
+}
+
+/// Fails today: on the `chat` prompt the int8 path's greedy ids leave
+/// MLX's (2026-12-07), which is why `ours-q8` is not the default.
+#[test]
+#[ignore = "the int8 path's greedy ids differ on SmolLM2's chat prompt"]
+fn smollm2_greedy_ids_are_the_same_with_the_int8_path() {
+    let gguf = gguf_models()
+        .into_iter()
+        .find(|g| g.name == "smollm2")
+        .expect("SmolLM2");
+    let spec = gguf.as_test_model();
+    let mut q8 = load_model_with(&spec.dir, &options(ComputeDtype::Auto, CpuQmm::OursQ8))
+        .expect("load with the int8 path");
+    let mut mlx =
+        load_model_with(&spec.dir, &options(ComputeDtype::Auto, CpuQmm::Mlx)).expect("load dense");
+    let refs = references(&spec);
+    assert!(refs.len() >= 2, "expected several SmolLM2 prompts");
+    for reference in &refs {
+        let a = greedy_ids::<KVCache>(&mut q8, &reference.prompt_ids, 64);
+        let b = greedy_ids::<KVCache>(&mut mlx, &reference.prompt_ids, 64);
+        assert_eq!(a.len(), 64);
+        assert_eq!(
+            a, b,
+            "SmolLM2 / {}: greedy ids differ (int8 path)",
+            reference.prompt
+        );
     }
 }

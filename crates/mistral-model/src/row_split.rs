@@ -11,7 +11,6 @@
 //! parts are views of the matrix (no extra memory).
 
 use mlx_rs::{ops::concatenate, Array, Dtype};
-use mlx_rs_core::cpu_qmm::CpuQmm;
 use mlx_rs_core::streams::on_side_stream;
 
 use crate::error::ModelError;
@@ -35,7 +34,7 @@ impl RowSplit {
         let rows = match weight {
             LinearWeight::Dense(w) if w.dtype() != Dtype::Float32 => w.shape()[0],
             // Our CPU kernel uses every core itself.
-            LinearWeight::Quantized(q) if q.cpu == CpuQmm::Ours => return Ok(None),
+            LinearWeight::Quantized(q) if q.cpu.is_ours() => return Ok(None),
             LinearWeight::Quantized(q) => q.weight.shape()[0],
             _ => return Ok(None),
         };

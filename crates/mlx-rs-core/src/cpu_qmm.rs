@@ -20,8 +20,22 @@
 //! Accumulation is float32; activations are not quantized. The result has
 //! the dtype MLX's `quantized_matmul` gives (x's and the scales' promoted).
 //!
-//! It is used where the caller asks for it ([`CpuQmm::Ours`], a load
-//! option: `mistral-cli --cpu-qmm ours`) and the product runs on a CPU
+//! The int8 path ([`CpuQmm::OursQ8`], `--cpu-qmm ours-q8`) quantizes x
+//! instead, per group of the weights (as llama.cpp's Q8 activations):
+//! codes `c = round(x * 127 / max|x|)` with scale `d = max|x| / 127`, and
+//! per group `s * d * sum(q * c) + b * d * sum(c)`, the integer sums by
+//! VNNI's `vpdpbusd` (AVX512-VNNI or AVX-VNNI; AVX2's `vpmaddubsw`
+//! without), for fewer rows than [`Tuning::gemm_rows`] (decode; many rows
+//! still take `sgemm`, faster on our machine: BENCHMARKS.md; with
+//! `gemm_rows` raised, the int8 kernel's tiles of 4 x 4 rows take them
+//! too). The bias term takes the
+//! codes' sum, not x's: the result is then exactly `W x̂` for the x̂ the
+//! codes stand for (error `W (x̂ - x)`, each `|x̂ - x| <= d / 2`), smaller
+//! than the codes' error times `s * q` alone when W's groups straddle zero.
+//!
+//! It is used where the caller asks for it ([`CpuQmm::Ours`] or
+//! [`CpuQmm::OursQ8`], a load option: `mistral-cli --cpu-qmm ours`) and
+//! the product runs on a CPU
 //! stream ([`cpu_quantized_matmul`] returns `None` elsewhere, and the
 //! caller uses MLX's `quantized_matmul`). The primitive has no GPU
 //! implementation.
@@ -60,17 +74,28 @@ pub enum CpuQmm {
     Mlx,
     /// Ours, wherever it applies (CPU stream, supported format).
     Ours,
+    /// Ours with x quantized to int8 per group (the int8 path; see the
+    /// module's documentation): faster, rounds x to 8 bits.
+    OursQ8,
+}
+
+impl CpuQmm {
+    /// Whether our kernel takes the products (either path).
+    pub fn is_ours(self) -> bool {
+        matches!(self, CpuQmm::Ours | CpuQmm::OursQ8)
+    }
 }
 
 impl std::str::FromStr for CpuQmm {
     type Err = String;
 
-    /// `mlx` or `ours`.
+    /// `mlx`, `ours` or `ours-q8`.
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "mlx" => Ok(CpuQmm::Mlx),
             "ours" => Ok(CpuQmm::Ours),
-            other => Err(format!("{other:?} is not one of mlx, ours")),
+            "ours-q8" => Ok(CpuQmm::OursQ8),
+            other => Err(format!("{other:?} is not one of mlx, ours, ours-q8")),
         }
     }
 }
@@ -82,8 +107,13 @@ pub enum Isa {
     Scalar,
     /// AVX2 with FMA and F16C (x86-64).
     Avx2,
+    /// AVX2 and AVX-VNNI (int8 dot products; the float path as AVX2).
+    Avx2Vnni,
     /// AVX-512 F/BW/VL (x86-64).
     Avx512,
+    /// AVX-512 and AVX512-VNNI (int8 dot products; the float path as
+    /// AVX-512).
+    Avx512Vnni,
 }
 
 impl Isa {
@@ -91,13 +121,17 @@ impl Isa {
         match self {
             Isa::Scalar => mlx_sys::MLX_SYS_CPU_QMM_ISA_SCALAR as i32,
             Isa::Avx2 => mlx_sys::MLX_SYS_CPU_QMM_ISA_AVX2 as i32,
+            Isa::Avx2Vnni => mlx_sys::MLX_SYS_CPU_QMM_ISA_AVX2_VNNI as i32,
             Isa::Avx512 => mlx_sys::MLX_SYS_CPU_QMM_ISA_AVX512 as i32,
+            Isa::Avx512Vnni => mlx_sys::MLX_SYS_CPU_QMM_ISA_AVX512_VNNI as i32,
         }
     }
 
     fn from_raw(raw: i32) -> Isa {
         match raw {
+            r if r == Isa::Avx512Vnni.raw() => Isa::Avx512Vnni,
             r if r == Isa::Avx512.raw() => Isa::Avx512,
+            r if r == Isa::Avx2Vnni.raw() => Isa::Avx2Vnni,
             r if r == Isa::Avx2.raw() => Isa::Avx2,
             _ => Isa::Scalar,
         }
@@ -106,8 +140,15 @@ impl Isa {
 
 /// The best instruction set the kernel uses on this CPU.
 pub fn best_isa() -> Isa {
+    isa_under(Isa::Avx512Vnni)
+}
+
+/// The instruction set the kernel uses on this CPU when capped at `cap`
+/// (the best this CPU has at or below it; a CPU may lack one below its
+/// best, e.g. AVX-VNNI where it has AVX512-VNNI).
+pub fn isa_under(cap: Isa) -> Isa {
     // SAFETY: takes and returns plain integers.
-    Isa::from_raw(unsafe { mlx_sys::mlx_sys_cpu_qmm_isa(mlx_sys::MLX_SYS_CPU_QMM_ISA_BEST as i32) })
+    Isa::from_raw(unsafe { mlx_sys::mlx_sys_cpu_qmm_isa(cap.raw()) })
 }
 
 /// Whether the BLAS `sgemm` (for many rows) was found in this process.
@@ -121,15 +162,19 @@ pub fn has_sgemm() -> bool {
 pub struct Tuning {
     /// The best instruction set allowed.
     pub max_isa: Isa,
-    /// The fewest rows of `x` that go through `sgemm`.
+    /// The fewest rows of `x` that go through `sgemm` (float path).
     pub gemm_rows: i32,
+    /// The int8 path (x quantized per group) for fewer rows than
+    /// `gemm_rows`.
+    pub int8: bool,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
-            max_isa: Isa::Avx512,
+            max_isa: Isa::Avx512Vnni,
             gemm_rows: DEFAULT_GEMM_ROWS,
+            int8: false,
         }
     }
 }
@@ -171,7 +216,7 @@ pub fn cpu_quantized_matmul(
     bits: i32,
     kernel: CpuQmm,
 ) -> Result<Option<Array>, CpuQmmError> {
-    if kernel != CpuQmm::Ours || !supports(x.dtype(), scales.dtype(), group_size, bits) {
+    if !kernel.is_ours() || !supports(x.dtype(), scales.dtype(), group_size, bits) {
         return Ok(None);
     }
     let stream = Stream::thread_local_or_default();
@@ -185,7 +230,10 @@ pub fn cpu_quantized_matmul(
         biases,
         group_size,
         bits,
-        Tuning::default(),
+        Tuning {
+            int8: kernel == CpuQmm::OursQ8,
+            ..Tuning::default()
+        },
         &stream,
     )
     .map(Some)
@@ -228,6 +276,7 @@ pub fn cpu_quantized_matmul_with(
             bits,
             tuning.max_isa.raw(),
             tuning.gemm_rows,
+            i32::from(tuning.int8),
             stream.as_ptr(),
             message.as_mut_ptr(),
             message.len(),

@@ -23,7 +23,7 @@ use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::ops::{dequantize, quantize};
 use mlx_rs::{random, Array, Dtype, Stream};
 use mlx_rs_core::cpu_qmm::{
-    best_isa, cpu_quantized_matmul, cpu_quantized_matmul_with, CpuQmm, Isa, Tuning,
+    cpu_quantized_matmul, cpu_quantized_matmul_with, isa_under, CpuQmm, Isa, Tuning,
 };
 
 fn normal(shape: &[i32], seed: u64) -> Array {
@@ -91,11 +91,18 @@ fn relative(ours: &Array, reference: &Array) -> f32 {
     max_abs(&ours.subtract(reference).unwrap()) / max_abs(reference).max(1e-30)
 }
 
+/// Every instruction set this CPU has (the scalar fallback included).
 fn isas() -> Vec<Isa> {
-    [Isa::Scalar, Isa::Avx2, Isa::Avx512]
-        .into_iter()
-        .filter(|isa| *isa <= best_isa())
-        .collect()
+    [
+        Isa::Scalar,
+        Isa::Avx2,
+        Isa::Avx2Vnni,
+        Isa::Avx512,
+        Isa::Avx512Vnni,
+    ]
+    .into_iter()
+    .filter(|isa| isa_under(*isa) == *isa)
+    .collect()
 }
 
 #[test]
@@ -114,7 +121,11 @@ fn every_format_matches_dequantize_and_matmul() {
                     for max_isa in isas() {
                         // Both paths: SIMD rows only, and sgemm from 2 rows.
                         for gemm_rows in [i32::MAX, 2] {
-                            let tuning = Tuning { max_isa, gemm_rows };
+                            let tuning = Tuning {
+                                max_isa,
+                                gemm_rows,
+                                int8: false,
+                            };
                             let y = q.ours(&x, tuning);
                             assert_eq!(y.dtype(), Dtype::Float32);
                             let err = relative(&y, &reference);
@@ -252,4 +263,201 @@ fn refuses_what_it_does_not_compute_and_defers_when_not_asked() {
         .unwrap()
         .expect("taken on the CPU");
     assert!(relative(&ours, &q.reference(&x)) <= 1e-5);
+}
+
+/// The int8 path's x: per group, scale d = max|x| / 127 and codes
+/// round-half-even(x * (127 / max|x|)), in float32 as the kernel computes
+/// them. Returns (codes, d per group).
+fn int8_codes(x: &[f32], group: usize) -> (Vec<i32>, Vec<f32>) {
+    let mut codes = Vec::with_capacity(x.len());
+    let mut scales = Vec::new();
+    for g in x.chunks(group) {
+        let amax = g.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let inv = if amax > 0.0 { 127.0f32 / amax } else { 0.0 };
+        codes.extend(g.iter().map(|v| (v * inv).round_ties_even() as i32));
+        scales.push(amax / 127.0f32);
+    }
+    (codes, scales)
+}
+
+/// The quantized matrix as integers q [n, k] and float32 scales and
+/// biases [n, k / group].
+fn unpacked(q: &Quantized, n: usize, k: usize) -> (Vec<u32>, Vec<f32>, Vec<f32>) {
+    let words = q.w.as_slice::<u32>().to_vec();
+    let per_word = 32 / q.bits as usize;
+    let mask = (1u32 << q.bits) - 1;
+    let mut ints = Vec::with_capacity(n * k);
+    for row in 0..n {
+        for j in 0..k {
+            let word = words[row * k / per_word + j / per_word];
+            ints.push((word >> ((j % per_word) * q.bits as usize)) & mask);
+        }
+    }
+    let f32s = |a: &Array| {
+        a.as_dtype(Dtype::Float32)
+            .unwrap()
+            .as_slice::<f32>()
+            .to_vec()
+    };
+    (ints, f32s(&q.scales), f32s(&q.biases))
+}
+
+/// The int8 path (`Tuning::int8`) against two references computed here in
+/// float64 from the same quantized weights (w = s * q + b per group):
+///
+/// 1. W x̂, x̂ = d * codes (the int8 x above): the kernel's integer sums
+///    are exact, so only its float32 arithmetic differs. Per output it
+///    rounds each group's two terms (s * d * dot, b * xsum) a few times and
+///    adds about 2G + 16 of them (G groups, 16 lanes): at most
+///    (2G + 20) * 2^-24 * A (A: the sum of the terms' magnitudes, computed
+///    here); allowed twice that. One wrong code or weight moves an output
+///    by |s q d| (about A / sqrt(group) here), far above it; the test also
+///    checks that x itself, unquantized, would fail it.
+/// 2. W x, the exact product: the int8 rounding moves each x by at most
+///    d / 2 (plus float32 error in x * (127 / max|x|), under 400 * 2^-24 d),
+///    so |W x̂ - W x| <= sum_g d_g (1/2 + 400 * 2^-24) sum_j |w_j|, plus
+///    the first bound.
+///
+/// For 4 and 8 bits, groups 32, 64 and 128, K = 3 and 8 groups (K = 32 mod
+/// 64 at group 32: the AVX-512 kernel's half-step tail), 37 output rows
+/// (not a multiple of the 4- and 2-row tiles), 1, 3, 4 and 17 rows of x
+/// (the tiles of 4 x rows and their tails), scales in float32 and
+/// bfloat16, and every instruction set this CPU has.
+#[test]
+fn int8_path_matches_float64_references_within_rounding_bounds() {
+    let n = 37usize;
+    let mut seed = 100;
+    let mut worst_tight = 0.0f64;
+    let mut worst_exact = 0.0f64;
+    let mut unquantized_fails = false;
+    for bits in [4, 8] {
+        for group in [32usize, 64, 128] {
+            for groups in [3usize, 8] {
+                for dtype in [Dtype::Float32, Dtype::Bfloat16] {
+                    let k = groups * group;
+                    seed += 1;
+                    let q = Quantized::new(n as i32, k as i32, group as i32, bits, dtype, seed);
+                    let (ints, s, b) = unpacked(&q, n, k);
+                    for m in [1usize, 3, 4, 17] {
+                        let x = normal(&[m as i32, k as i32], 500 + seed);
+                        let xs = x.as_slice::<f32>().to_vec();
+                        let (codes, d) = int8_codes(&xs, group);
+                        // [m, n] bounds and references.
+                        let mut tight = vec![0.0f64; m * n];
+                        let mut exact_tol = vec![0.0f64; m * n];
+                        let mut ref_q = vec![0.0f64; m * n];
+                        let mut ref_x = vec![0.0f64; m * n];
+                        for i in 0..m {
+                            for o in 0..n {
+                                let (mut a, mut wabs_d) = (0.0f64, 0.0f64);
+                                for g in 0..groups {
+                                    let (sg, bg) =
+                                        (s[o * groups + g] as f64, b[o * groups + g] as f64);
+                                    let dg = d[i * groups + g] as f64;
+                                    let (mut dot, mut csum, mut wabs) = (0i64, 0i64, 0.0f64);
+                                    for j in g * group..(g + 1) * group {
+                                        let qj = ints[o * k + j] as i64;
+                                        let c = codes[i * k + j] as i64;
+                                        dot += qj * c;
+                                        csum += c;
+                                        let w = sg * qj as f64 + bg;
+                                        wabs += w.abs();
+                                        ref_x[i * n + o] += w * xs[i * k + j] as f64;
+                                    }
+                                    let t1 = sg * dg * dot as f64;
+                                    let t2 = bg * dg * csum as f64;
+                                    ref_q[i * n + o] += t1 + t2;
+                                    a += t1.abs() + t2.abs();
+                                    wabs_d += dg * wabs;
+                                }
+                                let u = 2f64.powi(-24);
+                                tight[i * n + o] = 2.0 * (2.0 * groups as f64 + 20.0) * u * a;
+                                exact_tol[i * n + o] =
+                                    wabs_d * (0.5 + 400.0 * u) + tight[i * n + o];
+                            }
+                        }
+                        for i in 0..m * n {
+                            if (ref_x[i] - ref_q[i]).abs() > tight[i] {
+                                unquantized_fails = true;
+                            }
+                        }
+                        for max_isa in isas() {
+                            // Every row count through the int8 kernel.
+                            let tuning = Tuning {
+                                max_isa,
+                                int8: true,
+                                gemm_rows: i32::MAX,
+                            };
+                            let y = q.ours(&x, tuning);
+                            assert_eq!(y.dtype(), Dtype::Float32);
+                            let ys = y.as_slice::<f32>();
+                            for i in 0..m * n {
+                                let v = ys[i] as f64;
+                                let e1 = (v - ref_q[i]).abs();
+                                let e2 = (v - ref_x[i]).abs();
+                                assert!(
+                                    e1 <= tight[i] && e2 <= exact_tol[i],
+                                    "{bits}-bit, group {group}, K {k}, scales {dtype:?}, \
+                                     {m} rows, {max_isa:?}, output {i}: {v} vs W x̂ {} \
+                                     (allowed {:e}) and W x {} (allowed {:e})",
+                                    ref_q[i],
+                                    tight[i],
+                                    ref_x[i],
+                                    exact_tol[i]
+                                );
+                                worst_tight = worst_tight.max(e1 / tight[i].max(1e-300));
+                                worst_exact = worst_exact.max(e2 / exact_tol[i]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        unquantized_fails,
+        "the tight bound must tell x̂ from x, or it tests nothing"
+    );
+    eprintln!("int8 path: largest error / bound: {worst_tight:.3} (W x̂), {worst_exact:.3} (W x)");
+}
+
+/// Large products (shared among the pool's threads, tiles of 4 x 4) on
+/// the int8 path: within 1% of the largest output of the float path's (the
+/// int8 rounding of x moves outputs by about 0.3% of it here: codes of
+/// 1/127 of each group's largest x, errors averaging out over K).
+#[test]
+fn int8_path_large_products_shared_among_threads() {
+    for bits in [4, 8] {
+        let q = Quantized::new(1100, 2048, 32, bits, Dtype::Float32, 40 + bits as u64);
+        for m in [1, 3, 20, 70] {
+            let x = normal(&[m, 2048], 50);
+            let int8 = Tuning {
+                int8: true,
+                gemm_rows: i32::MAX,
+                ..Tuning::default()
+            };
+            let err = relative(&q.ours(&x, int8), &q.reference(&x));
+            assert!(err <= 1e-2, "{bits}-bit, {m} rows: {err:e}");
+            assert!(
+                err >= 1e-5,
+                "{bits}-bit, {m} rows: x was not quantized ({err:e})"
+            );
+        }
+    }
+}
+
+#[test]
+fn ours_q8_is_a_choice_of_its_own() {
+    assert_eq!("ours-q8".parse::<CpuQmm>(), Ok(CpuQmm::OursQ8));
+    assert!(CpuQmm::OursQ8.is_ours() && CpuQmm::Ours.is_ours() && !CpuQmm::Mlx.is_ours());
+    let q = Quantized::new(16, 128, 32, 4, Dtype::Float32, 60);
+    let x = normal(&[1, 128], 61);
+    let y = cpu_quantized_matmul(&x, &q.w, &q.scales, &q.biases, 32, 4, CpuQmm::OursQ8)
+        .unwrap()
+        .expect("taken on the CPU");
+    let int8 = Tuning {
+        int8: true,
+        ..Tuning::default()
+    };
+    assert_eq!(y.as_slice::<f32>(), q.ours(&x, int8).as_slice::<f32>());
 }

@@ -15,11 +15,15 @@
 //   pool) and multiplied by the BLAS `cblas_sgemm` MLX itself links
 //   (OpenBLAS on our Linux builds), looked up in the process at run time;
 //   without it, the SIMD path takes them four rows of x at a time.
-// Accumulation is float32 throughout; no activation is quantized.
+// Accumulation is float32 throughout; no activation is quantized, except
+// on the int8 path (asked for per product; qmm_q8_x86.cpp): x quantized
+// per group to int8, integer dot products (AVX512-VNNI, AVX-VNNI or AVX2),
+// for decode and prefill alike.
 //
 // Files: this one (the primitive, the product's plan, the C entry points),
 // qmm_internal.hpp (the problem's layout), qmm_scalar.cpp (portable code),
-// qmm_x86.cpp (the SIMD kernels and their choice), qmm_pool.{hpp,cpp} (the
+// qmm_x86.cpp (the SIMD kernels and their choice), qmm_q8_x86.cpp (the
+// int8 path's kernels), qmm_pool.{hpp,cpp} (the
 // threads).
 
 #include "cpu_qmm.h"
@@ -101,7 +105,8 @@ void compute(
     int group,
     int bits,
     int isa,
-    int gemm_rows) {
+    int gemm_rows,
+    bool int8_x) {
   const int k = x.shape().back();
   const int m = k == 0 ? 0 : static_cast<int>(x.size() / k);
   const int n = w.shape(0);
@@ -121,7 +126,30 @@ void compute(
   Pool& threads = pool();
   SgemmFn gemm = sgemm();
 
-  if (gemm != nullptr && m >= gemm_rows) {
+  const bool use_gemm = gemm != nullptr && m >= gemm_rows;
+  if (int8_x && !use_gemm) {
+    // The int8 path: tasks of weight rows, each with every row of x (a
+    // task's weights stay in cache while x streams by). Many rows still
+    // take the BLAS by default: faster on our machine (BENCHMARKS.md).
+    thread_local std::vector<int8_t> xq;
+    thread_local std::vector<float> xd;
+    prepare_xq(x.data<void>(), x_kind, m, k, group,
+               bits == 4 && isa != MLX_SYS_CPU_QMM_ISA_SCALAR, xq, xd, xsum);
+    p.xq = xq.data();
+    p.xd = xd.data();
+    p.xsum = xsum.data();
+    if (int64_t{n} * k * m < kRowsParallelElements) {
+      rows_q8(p, isa, 0, n, 0, m);
+    } else {
+      // About 8 tasks per thread, whole multiples of 4 rows, at least 8.
+      int per = std::max(8, n / (threads.size() * 8));
+      per = (per + 3) / 4 * 4;
+      const int tasks = (n + per - 1) / per;
+      threads.run(
+          tasks, [&](int i) { rows_q8(p, isa, i * per, std::min(n, (i + 1) * per), 0, m); },
+          m <= 4 ? kRowsSpinUs : 0);
+    }
+  } else if (use_gemm) {
     // Many rows: float32 tiles of W through the BLAS.
     const float* xp;
     if (x_kind == Half::F32) {
@@ -185,8 +213,13 @@ void compute(
 
 class CpuQmm : public mlx::core::UnaryPrimitive {
  public:
-  CpuQmm(mlx::core::Stream stream, int group, int bits, int isa, int gemm_rows)
-      : UnaryPrimitive(stream), group_(group), bits_(bits), isa_(isa), gemm_rows_(gemm_rows) {}
+  CpuQmm(mlx::core::Stream stream, int group, int bits, int isa, int gemm_rows, bool int8_x)
+      : UnaryPrimitive(stream),
+        group_(group),
+        bits_(bits),
+        isa_(isa),
+        gemm_rows_(gemm_rows),
+        int8_x_(int8_x) {}
 
   void eval_cpu(const std::vector<array>& inputs, array& out) override {
     out.set_data(mlx::core::allocator::malloc(out.nbytes()));
@@ -198,8 +231,8 @@ class CpuQmm : public mlx::core::UnaryPrimitive {
                       s = array::unsafe_weak_copy(inputs[2]),
                       b = array::unsafe_weak_copy(inputs[3]),
                       out = array::unsafe_weak_copy(out), group = group_, bits = bits_,
-                      isa = isa_, gemm_rows = gemm_rows_]() mutable {
-      compute(x, w, s, b, out, group, bits, isa, gemm_rows);
+                      isa = isa_, gemm_rows = gemm_rows_, int8_x = int8_x_]() mutable {
+      compute(x, w, s, b, out, group, bits, isa, gemm_rows, int8_x);
     });
   }
 
@@ -214,11 +247,12 @@ class CpuQmm : public mlx::core::UnaryPrimitive {
   bool is_equivalent(const mlx::core::Primitive& other) const override {
     auto o = dynamic_cast<const CpuQmm*>(&other);
     return o != nullptr && o->group_ == group_ && o->bits_ == bits_ && o->isa_ == isa_ &&
-        o->gemm_rows_ == gemm_rows_;
+        o->gemm_rows_ == gemm_rows_ && o->int8_x_ == int8_x_;
   }
 
  private:
   int group_, bits_, isa_, gemm_rows_;
+  bool int8_x_;
 };
 
 bool is_float(Dtype t) {
@@ -234,6 +268,7 @@ array build(
     int bits,
     int isa,
     int gemm_rows,
+    bool int8_x,
     mlx::core::Stream stream) {
   using mlx::core::contiguous;
   if (stream.device != mlx::core::Device::cpu) {
@@ -266,7 +301,7 @@ array build(
       contiguous(s_in, false, stream), contiguous(b_in, false, stream)};
   return array(
       std::move(shape), dtype,
-      std::make_shared<CpuQmm>(stream, group, bits, isa_under(isa), gemm_rows), std::move(inputs));
+      std::make_shared<CpuQmm>(stream, group, bits, isa_under(isa), gemm_rows, int8_x), std::move(inputs));
 }
 
 void write_error(char* err, size_t err_len, const char* msg) {
@@ -287,6 +322,7 @@ extern "C" int mlx_sys_cpu_qmm(
     int bits,
     int max_isa,
     int gemm_min_rows,
+    int int8_x,
     const mlx_stream stream,
     char* err,
     size_t err_len) {
@@ -295,7 +331,7 @@ extern "C" int mlx_sys_cpu_qmm(
     mlx_array_set_(
         *res,
         build(mlx_array_get_(x), mlx_array_get_(w), mlx_array_get_(scales),
-              mlx_array_get_(biases), group_size, bits, max_isa, gemm_rows,
+              mlx_array_get_(biases), group_size, bits, max_isa, gemm_rows, int8_x != 0,
               mlx_stream_get_(stream)));
     return 0;
   } catch (const std::exception& e) {

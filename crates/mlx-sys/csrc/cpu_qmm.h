@@ -15,11 +15,15 @@ extern "C" {
 #endif
 
 /* Instruction sets the kernel may use (a cap: the best the CPU has up to
- * it is taken). */
+ * it is taken). The _VNNI ones add the int8 dot product (AVX-VNNI,
+ * AVX512-VNNI) that the int8 path uses; the float32 path computes alike
+ * with or without it. */
 #define MLX_SYS_CPU_QMM_ISA_SCALAR 0
 #define MLX_SYS_CPU_QMM_ISA_AVX2 1
-#define MLX_SYS_CPU_QMM_ISA_AVX512 2
-#define MLX_SYS_CPU_QMM_ISA_BEST 3
+#define MLX_SYS_CPU_QMM_ISA_AVX2_VNNI 2
+#define MLX_SYS_CPU_QMM_ISA_AVX512 3
+#define MLX_SYS_CPU_QMM_ISA_AVX512_VNNI 4
+#define MLX_SYS_CPU_QMM_ISA_BEST 5
 
 /* res = x W^T, W [N, K] given as MLX lays out an affine-quantized matrix:
  * w uint32 [N, K * bits / 32] (elements from the low bits up), scales and
@@ -30,7 +34,11 @@ extern "C" {
  * be a CPU stream. `max_isa` caps the instruction set (tests use it; pass
  * MLX_SYS_CPU_QMM_ISA_BEST). `gemm_min_rows`: inputs of at least this many
  * rows are multiplied by dequantizing tiles of W to float32 for the BLAS
- * sgemm MLX links (when found; 0 = the default).
+ * sgemm MLX links (when found; 0 = the default). `int8_x` nonzero: inputs
+ * of fewer rows (all, without the sgemm) take the int8 path: x quantized per group of W
+ * to int8 (scale max|x| / 127, round to nearest even) and multiplied by
+ * integer dot products (VNNI where the CPU has it), each group's sum
+ * scaled in float32.
  * Returns 0 on success; otherwise writes a message into err (err_len bytes,
  * NUL-terminated) and returns 1, `res` untouched. */
 int mlx_sys_cpu_qmm(
@@ -43,6 +51,7 @@ int mlx_sys_cpu_qmm(
     int bits,
     int max_isa,
     int gemm_min_rows,
+    int int8_x,
     const mlx_stream stream,
     char* err,
     size_t err_len);

@@ -27,6 +27,11 @@ struct Problem {
   const float* x;     // [m, k], prepared for the row kernel's layout
   const float* xsum;  // [m, k / group]
   float* y;           // [m, n]
+  // The int8 path (prepare_xq): x's codes [m, k] in the row kernel's
+  // layout and their scales [m, k / group]; xsum then sums the codes
+  // times their scale.
+  const int8_t* xq = nullptr;
+  const float* xd = nullptr;
   size_t row_bytes() const {
     return static_cast<size_t>(k) * bits / 8;
   }
@@ -55,6 +60,15 @@ float bf16_to_float(uint16_t h);
 // `count` values of `src` (of kind `kind`) from element `first`, as float32.
 void row_to_f32_scalar(const void* src, Half kind, size_t first, int count, float* dst);
 
+#if QMM_X86
+// `count` half-precision values (`kind` F16 or BF16) of `src` from element
+// `first`, as float32 (AVX2 and F16C).
+void row_to_f32_avx2(const void* src, Half kind, size_t first, int count, float* dst);
+
+// Whether the CPU has AVX-VNNI (VEX-encoded int8 dot products).
+bool has_avx_vnni();
+#endif
+
 // The best instruction set this CPU has (MLX_SYS_CPU_QMM_ISA_*), and that
 // capped at `max_isa`.
 int best_isa();
@@ -79,6 +93,27 @@ void prepare_x(
     int group,
     bool permute4,
     std::vector<float>& xf,
+    std::vector<float>& xsum);
+
+// The int8 path: output rows [n0, n1) for x rows [m0, m1), x quantized
+// by prepare_xq, with instruction set `isa`.
+void rows_q8(const Problem& p, int isa, int n0, int n1, int m0, int m1);
+void rows_q8_scalar(const Problem& p, int n0, int n1, int m0, int m1);
+
+// x as int8 codes per group of `group` elements: scale d = max|x| / 127,
+// code round-to-nearest-even(x * (127 / max|x|)), in the row kernel's
+// layout (`permute4`: per 32 elements, the even ones then the odd ones);
+// `xd` gets d, `xsum` d * (sum of the codes), the group's sum of the x
+// that the codes stand for.
+void prepare_xq(
+    const void* x,
+    Half x_kind,
+    int m,
+    int k,
+    int group,
+    bool permute4,
+    std::vector<int8_t>& xq,
+    std::vector<float>& xd,
     std::vector<float>& xsum);
 
 }  // namespace mlx_sys_qmm

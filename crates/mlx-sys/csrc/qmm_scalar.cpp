@@ -1,12 +1,13 @@
 // The portable parts of our CPU quantized product: conversions, the
 // scalar kernels, the activations' preparation.
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "qmm_internal.hpp"
 
 namespace mlx_sys_qmm {
-
 
 float half_to_float(uint16_t h) {
   uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
@@ -139,6 +140,84 @@ void prepare_x(
       float s = 0.0f;
       for (int j = g * group; j < (g + 1) * group; ++j) s += row[j];
       xsum[static_cast<size_t>(i) * (k / group) + g] = s;
+    }
+  }
+}
+
+void rows_q8_scalar(const Problem& p, int n0, int n1, int m0, int m1) {
+  const int groups = p.groups();
+  const uint32_t mask = (1u << p.bits) - 1;
+  const int per_word = 32 / p.bits;
+  auto& sc = row_scratch();
+  sc.fit(groups);
+  for (int n = n0; n < n1; ++n) {
+    row_to_f32_scalar(p.scales, p.sdt, static_cast<size_t>(n) * groups, groups, sc.s.data());
+    row_to_f32_scalar(p.biases, p.sdt, static_cast<size_t>(n) * groups, groups, sc.b.data());
+    auto words = reinterpret_cast<const uint32_t*>(p.w + n * p.row_bytes());
+    for (int i = m0; i < m1; ++i) {
+      const int8_t* x = p.xq + static_cast<size_t>(i) * p.k;
+      const float* xd = p.xd + static_cast<size_t>(i) * groups;
+      const float* xs = p.xsum + static_cast<size_t>(i) * groups;
+      float acc = 0.0f;
+      for (int g = 0; g < groups; ++g) {
+        int32_t dot = 0;
+        for (int j = g * p.group; j < (g + 1) * p.group; ++j) {
+          uint32_t q = (words[j / per_word] >> ((j % per_word) * p.bits)) & mask;
+          dot += static_cast<int32_t>(q) * x[j];
+        }
+        acc += static_cast<float>(dot) * xd[g] * sc.s[g] + sc.b[g] * xs[g];
+      }
+      p.y[static_cast<size_t>(i) * p.n + n] = acc;
+    }
+  }
+}
+
+void prepare_xq(
+    const void* x,
+    Half x_kind,
+    int m,
+    int k,
+    int group,
+    bool permute4,
+    std::vector<int8_t>& xq,
+    std::vector<float>& xd,
+    std::vector<float>& xsum) {
+  const int groups = k / group;
+  xq.resize(static_cast<size_t>(m) * k);
+  xd.resize(static_cast<size_t>(m) * groups);
+  xsum.resize(static_cast<size_t>(m) * groups);
+  thread_local std::vector<float> row;
+  thread_local std::vector<int8_t> codes;
+  row.resize(k);
+  codes.resize(k);
+  for (int i = 0; i < m; ++i) {
+    row_to_f32_scalar(x, x_kind, static_cast<size_t>(i) * k, k, row.data());
+    for (int g = 0; g < groups; ++g) {
+      const float* v = row.data() + static_cast<size_t>(g) * group;
+      float amax = 0.0f;
+      for (int j = 0; j < group; ++j) amax = std::max(amax, std::fabs(v[j]));
+      // x * (127 / amax) is within [-127, 127]: no clamp needed.
+      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+      int32_t sum = 0;
+      for (int j = 0; j < group; ++j) {
+        const int8_t c = static_cast<int8_t>(std::nearbyint(v[j] * inv));
+        codes[static_cast<size_t>(g) * group + j] = c;
+        sum += c;
+      }
+      const float d = amax / 127.0f;
+      xd[static_cast<size_t>(i) * groups + g] = d;
+      xsum[static_cast<size_t>(i) * groups + g] = d * static_cast<float>(sum);
+    }
+    int8_t* dst = xq.data() + static_cast<size_t>(i) * k;
+    if (permute4) {
+      for (int b = 0; b < k; b += 32) {
+        for (int j = 0; j < 16; ++j) {
+          dst[b + j] = codes[b + 2 * j];
+          dst[b + 16 + j] = codes[b + 2 * j + 1];
+        }
+      }
+    } else {
+      std::memcpy(dst, codes.data(), k);
     }
   }
 }

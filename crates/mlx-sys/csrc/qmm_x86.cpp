@@ -4,21 +4,20 @@
 
 #include <algorithm>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
+
 #include "cpu_qmm.h"
 #include "qmm_internal.hpp"
 
 namespace mlx_sys_qmm {
 
 #if QMM_X86
-namespace {
-
-// ---------------------------------------------------------------- AVX2
 
 #define QMM_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define QMM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 
-// `count` half-precision values (`kind` F16 or BF16) of `src` from element
-// `first`, as float32.
 QMM_AVX2 void row_to_f32_avx2(const void* src, Half kind, size_t first, int count, float* dst) {
   auto s = static_cast<const uint16_t*>(src) + first;
   int i = 0;
@@ -33,6 +32,10 @@ QMM_AVX2 void row_to_f32_avx2(const void* src, Half kind, size_t first, int coun
     dst[i] = kind == Half::F16 ? half_to_float(s[i]) : bf16_to_float(s[i]);
   }
 }
+
+namespace {
+
+// ---------------------------------------------------------------- AVX2
 
 // Row n's scales and biases as float32: read in place when they are
 // float32, converted into the thread's scratch otherwise.
@@ -238,25 +241,57 @@ QMM_AVX512 void rows_avx512(const Problem& p, int n0, int n1, int m0) {
 }  // namespace
 #endif  // QMM_X86
 
-int best_isa() {
+namespace {
+
+// Whether the CPU has instruction set `isa` (an MLX_SYS_CPU_QMM_ISA_*).
+bool has_isa(int isa) {
 #if QMM_X86
-  static int isa = [] {
+  static const bool avx2 = [] {
     __builtin_cpu_init();
-    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
         __builtin_cpu_supports("f16c");
-    bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
-    return avx512 ? MLX_SYS_CPU_QMM_ISA_AVX512
-                  : avx2 ? MLX_SYS_CPU_QMM_ISA_AVX2 : MLX_SYS_CPU_QMM_ISA_SCALAR;
   }();
-  return isa;
+  static const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  switch (isa) {
+    case MLX_SYS_CPU_QMM_ISA_AVX2:
+      return avx2;
+    case MLX_SYS_CPU_QMM_ISA_AVX2_VNNI:
+      return avx2 && has_avx_vnni();
+    case MLX_SYS_CPU_QMM_ISA_AVX512:
+      return avx512;
+    case MLX_SYS_CPU_QMM_ISA_AVX512_VNNI:
+      return avx512 && __builtin_cpu_supports("avx512vnni");
+    default:
+      return isa == MLX_SYS_CPU_QMM_ISA_SCALAR;
+  }
 #else
-  return MLX_SYS_CPU_QMM_ISA_SCALAR;
+  return isa == MLX_SYS_CPU_QMM_ISA_SCALAR;
 #endif
 }
 
+}  // namespace
+
+#if QMM_X86
+bool has_avx_vnni() {
+  // CPUID leaf 7, sub-leaf 1: EAX bit 4 (GCC 12's __builtin_cpu_supports
+  // does not know "avxvnni").
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid_max(0, nullptr) < 7) return false;
+  __cpuid_count(7, 1, a, b, c, d);
+  return (a >> 4) & 1;
+}
+#endif
+
+int best_isa() {
+  return isa_under(MLX_SYS_CPU_QMM_ISA_BEST);
+}
+
 int isa_under(int max_isa) {
-  return std::min(best_isa(), std::clamp(max_isa, 0, 2));
+  for (int isa = std::clamp(max_isa, 0, MLX_SYS_CPU_QMM_ISA_AVX512_VNNI); isa > 0; --isa) {
+    if (has_isa(isa)) return isa;
+  }
+  return MLX_SYS_CPU_QMM_ISA_SCALAR;
 }
 
 void rows(const Problem& p, int isa, int n0, int n1, int m0, int r) {
@@ -269,7 +304,7 @@ void rows(const Problem& p, int isa, int n0, int n1, int m0, int r) {
     static constexpr Fn k2[2][4] = {
         {rows_avx2<4, 1>, rows_avx2<4, 2>, rows_avx2<4, 3>, rows_avx2<4, 4>},
         {rows_avx2<8, 1>, rows_avx2<8, 2>, rows_avx2<8, 3>, rows_avx2<8, 4>}};
-    const auto& table = isa == MLX_SYS_CPU_QMM_ISA_AVX512 ? k512 : k2;
+    const auto& table = isa >= MLX_SYS_CPU_QMM_ISA_AVX512 ? k512 : k2;
     table[p.bits == 8][r - 1](p, n0, n1, m0);
     return;
   }
