@@ -16,7 +16,8 @@
 //!   `every_gguf_file_matches_mlx_lm`.
 //! - SmolLM2 Q4_1: 64 greedy ids after each reference prompt are equal with
 //!   and without the kernel (both under `--dtype auto`, float32); with the
-//!   int8 path (`CpuQmm::OursQ8`) they are not (an ignored test says so).
+//!   int8 path (`CpuQmm::OursQ8`) they may differ, but only where the float
+//!   model's top two are within the int8 tolerance of each other.
 //! - The int8 path (x quantized to int8 per group): logits within
 //!   [`INT8_VS_MLX_KERNEL`] of MLX's kernel, every product through the int8
 //!   kernel (one token at a time).
@@ -43,6 +44,13 @@ const VS_MLX_KERNEL: f64 = 2e-5;
 /// the quantized float32-scale test models: relative 9.2e-3 to 1.73e-2,
 /// max abs 1.8e-2; allowed a little over twice the largest.
 const INT8_VS_MLX_KERNEL: f64 = 4e-2;
+
+/// The int8 path against the float one on SmolLM2's real weights, whose
+/// activations have larger outliers than the random test models': measured
+/// 2.7e-2 to 6.4e-2 (2026-12-07, x86 AVX512-VNNI) at the first step where
+/// greedy ids differ (all four prompts; the largest single logit moved by
+/// 1.48, the float margins there were 7e-3 to 0.26).
+const INT8_SMOLLM2: f64 = 1e-1;
 
 fn options(dtype: ComputeDtype, cpu_qmm: CpuQmm) -> LoadOptions {
     LoadOptions {
@@ -228,11 +236,14 @@ fn int8_path_logits_stay_near_mlx_kernel() {
     eprintln!("int8 path vs MLX's kernel: largest relative {worst:.2e}, max abs {worst_abs:.2e}");
 }
 
-/// Fails today: on the `chat` prompt the int8 path's greedy ids leave
-/// MLX's (2026-12-07), which is why `ours-q8` is not the default.
+/// The int8 path's greedy ids on SmolLM2 may leave the float path's only
+/// at a near tie: where they first differ, the int8 logits stay within
+/// [`INT8_SMOLLM2`] of the float ones, and the float model's margin between
+/// its token and the int8 path's is no more than twice the largest logit
+/// difference measured there (what lets two logits swap). They do differ
+/// on every prompt (2026-12-07): why `ours-q8` is not the default.
 #[test]
-#[ignore = "the int8 path's greedy ids differ on SmolLM2's chat prompt"]
-fn smollm2_greedy_ids_are_the_same_with_the_int8_path() {
+fn smollm2_int8_path_leaves_greedy_ids_only_at_near_ties() {
     let gguf = gguf_models()
         .into_iter()
         .find(|g| g.name == "smollm2")
@@ -240,17 +251,56 @@ fn smollm2_greedy_ids_are_the_same_with_the_int8_path() {
     let spec = gguf.as_test_model();
     let mut q8 = load_model_with(&spec.dir, &options(ComputeDtype::Auto, CpuQmm::OursQ8))
         .expect("load with the int8 path");
-    let mut mlx =
+    let mut dense =
         load_model_with(&spec.dir, &options(ComputeDtype::Auto, CpuQmm::Mlx)).expect("load dense");
     let refs = references(&spec);
     assert!(refs.len() >= 2, "expected several SmolLM2 prompts");
     for reference in &refs {
         let a = greedy_ids::<KVCache>(&mut q8, &reference.prompt_ids, 64);
-        let b = greedy_ids::<KVCache>(&mut mlx, &reference.prompt_ids, 64);
+        let b = greedy_ids::<KVCache>(&mut dense, &reference.prompt_ids, 64);
         assert_eq!(a.len(), 64);
-        assert_eq!(
-            a, b,
-            "SmolLM2 / {}: greedy ids differ (int8 path)",
+        let Some(i) = a.iter().zip(&b).position(|(x, y)| x != y) else {
+            continue;
+        };
+        // The logits both saw before their first different id, fed as the
+        // generator feeds them: the prompt but its last id in one pass, then
+        // that id and the shared ids one at a time (one-row products).
+        let last_row = |model: &mistral_model::Mistral| {
+            let mut cache = Vec::new();
+            let (body, last) = reference
+                .prompt_ids
+                .split_at(reference.prompt_ids.len() - 1);
+            if !body.is_empty() {
+                logits_of(model, body, &mut cache);
+            }
+            let mut logits = Vec::new();
+            for id in last.iter().chain(&b[..i]) {
+                logits = logits_of(model, &[*id], &mut cache);
+            }
+            let vocab = model.config().vocab_size as usize;
+            logits[logits.len() - vocab..].to_vec()
+        };
+        let (lq, ld) = (last_row(&q8), last_row(&dense));
+        let err = reference::relative_error(&lq, &ld);
+        let moved = lq
+            .iter()
+            .zip(&ld)
+            .map(|(x, y)| f64::from((x - y).abs()))
+            .fold(0.0, f64::max);
+        let margin = f64::from(ld[b[i] as usize] - ld[a[i] as usize]);
+        eprintln!(
+            "SmolLM2 / {}: ids differ from step {i}: float margin {margin:.3e}, int8 logits {err:.2e} \
+             from float (largest difference {moved:.3e})",
+            reference.prompt
+        );
+        assert!(
+            err <= INT8_SMOLLM2,
+            "SmolLM2 / {}: int8 logits {err:e} from float at step {i}",
+            reference.prompt
+        );
+        assert!(
+            margin <= 2.0 * moved,
+            "SmolLM2 / {}: ids differ at step {i} where the float margin is {margin:e}",
             reference.prompt
         );
     }
