@@ -65,7 +65,13 @@ RowScratch& row_scratch() {
   return scratch;
 }
 
-void rows_scalar(const Problem& p, int n0, int n1, int m0, int r) {
+namespace {
+
+// Calls body(n, q, s, b) for each weight row n in [n0, n1): q(j) unpacks
+// the row's element j, s and b are its groups' scales and biases in
+// float32 (the calling thread's scratch).
+template <typename Body>
+void each_weight_row(const Problem& p, int n0, int n1, Body body) {
   const int groups = p.groups();
   const uint32_t mask = (1u << p.bits) - 1;
   const int per_word = 32 / p.bits;
@@ -75,39 +81,37 @@ void rows_scalar(const Problem& p, int n0, int n1, int m0, int r) {
     row_to_f32_scalar(p.scales, p.sdt, static_cast<size_t>(n) * groups, groups, sc.s.data());
     row_to_f32_scalar(p.biases, p.sdt, static_cast<size_t>(n) * groups, groups, sc.b.data());
     auto words = reinterpret_cast<const uint32_t*>(p.w + n * p.row_bytes());
+    auto q = [&](int j) { return (words[j / per_word] >> ((j % per_word) * p.bits)) & mask; };
+    body(n, q, sc.s.data(), sc.b.data());
+  }
+}
+
+}  // namespace
+
+void rows_scalar(const Problem& p, int n0, int n1, int m0, int r) {
+  const int groups = p.groups();
+  each_weight_row(p, n0, n1, [&](int n, auto q, const float* s, const float* b) {
     for (int i = 0; i < r; ++i) {
       const float* x = p.x + static_cast<size_t>(m0 + i) * p.k;
       const float* xs = p.xsum + static_cast<size_t>(m0 + i) * groups;
       float acc = 0.0f;
       for (int g = 0; g < groups; ++g) {
         float dot = 0.0f;
-        for (int j = g * p.group; j < (g + 1) * p.group; ++j) {
-          uint32_t q = (words[j / per_word] >> ((j % per_word) * p.bits)) & mask;
-          dot += x[j] * static_cast<float>(q);
-        }
-        acc += sc.s[g] * dot + sc.b[g] * xs[g];
+        for (int j = g * p.group; j < (g + 1) * p.group; ++j) dot += x[j] * static_cast<float>(q(j));
+        acc += s[g] * dot + b[g] * xs[g];
       }
       p.y[static_cast<size_t>(m0 + i) * p.n + n] = acc;
     }
-  }
+  });
 }
 
 void dequant_scalar(const Problem& p, int n0, int n1, float* out) {
-  const int groups = p.groups();
-  const uint32_t mask = (1u << p.bits) - 1;
-  const int per_word = 32 / p.bits;
-  auto& sc = row_scratch();
-  sc.fit(groups);
-  for (int n = n0; n < n1; ++n) {
-    row_to_f32_scalar(p.scales, p.sdt, static_cast<size_t>(n) * groups, groups, sc.s.data());
-    row_to_f32_scalar(p.biases, p.sdt, static_cast<size_t>(n) * groups, groups, sc.b.data());
-    auto words = reinterpret_cast<const uint32_t*>(p.w + n * p.row_bytes());
+  each_weight_row(p, n0, n1, [&](int n, auto q, const float* s, const float* b) {
     float* o = out + static_cast<size_t>(n - n0) * p.k;
     for (int j = 0; j < p.k; ++j) {
-      uint32_t q = (words[j / per_word] >> ((j % per_word) * p.bits)) & mask;
-      o[j] = sc.s[j / p.group] * static_cast<float>(q) + sc.b[j / p.group];
+      o[j] = s[j / p.group] * static_cast<float>(q(j)) + b[j / p.group];
     }
-  }
+  });
 }
 
 void prepare_x(
@@ -146,14 +150,7 @@ void prepare_x(
 
 void rows_q8_scalar(const Problem& p, int n0, int n1, int m0, int m1) {
   const int groups = p.groups();
-  const uint32_t mask = (1u << p.bits) - 1;
-  const int per_word = 32 / p.bits;
-  auto& sc = row_scratch();
-  sc.fit(groups);
-  for (int n = n0; n < n1; ++n) {
-    row_to_f32_scalar(p.scales, p.sdt, static_cast<size_t>(n) * groups, groups, sc.s.data());
-    row_to_f32_scalar(p.biases, p.sdt, static_cast<size_t>(n) * groups, groups, sc.b.data());
-    auto words = reinterpret_cast<const uint32_t*>(p.w + n * p.row_bytes());
+  each_weight_row(p, n0, n1, [&](int n, auto q, const float* s, const float* b) {
     for (int i = m0; i < m1; ++i) {
       const int8_t* x = p.xq + static_cast<size_t>(i) * p.k;
       const float* xd = p.xd + static_cast<size_t>(i) * groups;
@@ -162,14 +159,13 @@ void rows_q8_scalar(const Problem& p, int n0, int n1, int m0, int m1) {
       for (int g = 0; g < groups; ++g) {
         int32_t dot = 0;
         for (int j = g * p.group; j < (g + 1) * p.group; ++j) {
-          uint32_t q = (words[j / per_word] >> ((j % per_word) * p.bits)) & mask;
-          dot += static_cast<int32_t>(q) * x[j];
+          dot += static_cast<int32_t>(q(j)) * x[j];
         }
-        acc += static_cast<float>(dot) * xd[g] * sc.s[g] + sc.b[g] * xs[g];
+        acc += static_cast<float>(dot) * xd[g] * s[g] + b[g] * xs[g];
       }
       p.y[static_cast<size_t>(i) * p.n + n] = acc;
     }
-  }
+  });
 }
 
 void prepare_xq(
