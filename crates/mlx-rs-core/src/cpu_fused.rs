@@ -10,9 +10,13 @@
 //! step's primitives (see docs/performance.md).
 //!
 //! The functions here pick ours where the caller asks for it
-//! ([`CpuFast::Ours`], a load option) and the thread's default stream is a
-//! CPU stream, and MLX's op everywhere else (a GPU keeps MLX's fused
-//! kernels). Arithmetic is float32, results rounded to the output dtype.
+//! ([`CpuFast::Ours`], a load option), the thread's default stream is a
+//! CPU stream and the inputs are float32 (`--dtype auto` on the CPU), and
+//! MLX's op everywhere else: a GPU keeps MLX's fused kernels, and half
+//! types keep MLX's fallbacks, whose roundings after each step make our
+//! half-precision logits bit-identical to mlx-lm's (ours round once: as
+//! close to MLX's op as tested in `tests/cpu_fused.rs`, not identical).
+//! The kernels themselves take float32, float16 and bfloat16.
 
 use std::ffi::CStr;
 use std::os::raw::c_char;
@@ -75,6 +79,11 @@ fn is_cpu(stream: &Stream) -> bool {
         mlx_sys::mlx_device_free(device);
         ok && kind == mlx_sys::mlx_device_type__MLX_CPU
     }
+}
+
+/// Whether every array is float32 (where ours are chosen).
+fn all_f32(arrays: &[&Array]) -> bool {
+    arrays.iter().all(|a| a.dtype() == mlx_rs::Dtype::Float32)
 }
 
 /// The thread's default stream when `kind` asks for ours and it is a CPU
@@ -203,16 +212,17 @@ pub fn cpu_decode_attention(
 }
 
 /// RMS normalization of `x` `[..., D]` scaled by `weight` `[D]`: ours on a
-/// CPU stream where `kind` asks for it, else MLX's `fast::rms_norm`.
+/// CPU stream for float32 where `kind` asks for it, else MLX's
+/// `fast::rms_norm`.
 pub fn rms_norm(x: &Array, weight: &Array, eps: f32, kind: CpuFast) -> Result<Array> {
     match ours_on(kind) {
-        Some(stream) if x.ndim() >= 1 => Ok(cpu_rms_norm(x, weight, eps, &stream)?),
+        Some(stream) if all_f32(&[x, weight]) => Ok(cpu_rms_norm(x, weight, eps, &stream)?),
         _ => Ok(fast::rms_norm(x, Some(weight), eps)?),
     }
 }
 
 /// Rotary embedding of `x` `[B, H, L, D]` at one `offset`: ours on a CPU
-/// stream where `kind` asks for it, else MLX's `fast::rope`. `base` is
+/// stream for float32 where `kind` asks for it, else MLX's `fast::rope`. `base` is
 /// `None` exactly when `freqs` is given.
 #[allow(clippy::too_many_arguments)]
 pub fn rope(
@@ -226,16 +236,18 @@ pub fn rope(
     kind: CpuFast,
 ) -> Result<Array> {
     match ours_on(kind) {
-        Some(stream) if x.ndim() >= 3 && (base.is_some() || freqs.is_some()) => Ok(cpu_rope(
-            x,
-            dims,
-            traditional,
-            base.unwrap_or(0.0),
-            scale,
-            offset,
-            freqs,
-            &stream,
-        )?),
+        Some(stream) if x.ndim() >= 3 && all_f32(&[x]) && (base.is_some() || freqs.is_some()) => {
+            Ok(cpu_rope(
+                x,
+                dims,
+                traditional,
+                base.unwrap_or(0.0),
+                scale,
+                offset,
+                freqs,
+                &stream,
+            )?)
+        }
         _ => Ok(fast::rope(
             x,
             dims,
@@ -250,8 +262,8 @@ pub fn rope(
 
 /// A layer's attention over its stored keys and values
 /// ([`attention`](crate::attention)): ours on a CPU stream where `kind`
-/// asks for it and the step is one query position over dense keys and
-/// values without a mask (decode), else MLX's.
+/// asks for it and the step is one query position over dense float32
+/// keys and values without a mask (decode), else MLX's.
 pub fn attention(
     queries: &Array,
     stored: &StoredKv,
@@ -261,7 +273,7 @@ pub fn attention(
 ) -> Result<Array> {
     if let (StoredKv::Dense { keys, values }, SdpaMask::None) = (stored, mask) {
         let decode = queries.ndim() == 4 && queries.dim(2) == 1 && keys.ndim() == 4;
-        if decode && queries.dtype() == keys.dtype() && keys.dtype() == values.dtype() {
+        if decode && all_f32(&[queries, keys, values]) {
             if let Some(stream) = ours_on(kind) {
                 return Ok(cpu_decode_attention(queries, keys, values, scale, &stream)?);
             }
