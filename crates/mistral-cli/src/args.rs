@@ -5,7 +5,9 @@
 //! `error:` line and exit status 2 before any model is loaded.
 
 use clap::{Args, ValueEnum};
-use mlx_rs_core::{cpu_qmm::CpuQmm, quantized_matvec::QmvKernel, KvQuantization};
+use mlx_rs_core::{
+    cpu_fused::CpuFast, cpu_qmm::CpuQmm, quantized_matvec::QmvKernel, KvQuantization,
+};
 use std::path::PathBuf;
 
 /// Sampling options shared by `generate` (and usable by `bench`).
@@ -137,6 +139,12 @@ pub struct ModelArgs {
     /// of dequantizing them to float32. No effect on a GPU.
     #[arg(long, default_value = "ours", value_parser = parse_cpu_qmm)]
     pub cpu_qmm: CpuQmm,
+    /// Which kernels compute RMSNorm, RoPE and one-token attention on the
+    /// CPU: `ours` (one primitive each, the default; see
+    /// mlx_rs_core::cpu_fused) or `mlx` (MLX's fast ops, which expand into
+    /// many primitives on the CPU). No effect on a GPU.
+    #[arg(long, default_value = "ours", value_parser = parse_cpu_fast)]
+    pub cpu_fast: CpuFast,
     /// Which layout of a folder to read: `hf` (config.json and
     /// model*.safetensors), `mistral` (Mistral's params.json and
     /// consolidated*.safetensors), or `auto`: the Hugging Face one when
@@ -186,6 +194,10 @@ fn parse_cpu_qmm(text: &str) -> Result<CpuQmm, String> {
     text.parse()
 }
 
+fn parse_cpu_fast(text: &str) -> Result<CpuFast, String> {
+    text.parse()
+}
+
 impl ModelArgs {
     /// The loader options these arguments ask for.
     pub fn load_options(&self) -> mistral_loader::LoadOptions {
@@ -198,6 +210,7 @@ impl ModelArgs {
             },
             qmv: self.qmv,
             cpu_qmm: self.cpu_qmm,
+            cpu_fast: self.cpu_fast,
             layout: match self.layout {
                 LayoutArg::Auto => mistral_loader::WeightsLayout::Auto,
                 LayoutArg::Hf => mistral_loader::WeightsLayout::HuggingFace,

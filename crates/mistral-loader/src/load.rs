@@ -14,6 +14,7 @@ use mistral_model::checkpoint_names::is_vision_tensor;
 use mistral_model::{Block, MistralConfig, ModelError, TensorParallel, WeightSource};
 use mlx_rs::Array;
 
+use mlx_rs_core::cpu_fused::CpuFast;
 use mlx_rs_core::cpu_qmm::CpuQmm;
 use mlx_rs_core::quantized_matvec::QmvKernel;
 
@@ -44,6 +45,9 @@ pub struct LoadOptions {
     /// CPU it also keeps quantized weights quantized (float32 scales)
     /// instead of dequantizing them at load.
     pub cpu_qmm: CpuQmm,
+    /// Whether RMSNorm, RoPE and decode attention on the CPU use our
+    /// kernels (default: MLX's ops; see [`mlx_rs_core::cpu_fused`]).
+    pub cpu_fast: CpuFast,
     /// Which layout of a folder to read (default: the Hugging Face one when
     /// present, else Mistral's `params.json` + `consolidated.safetensors`).
     pub layout: WeightsLayout,
@@ -171,7 +175,8 @@ pub(crate) fn load_tapped(
     let mut weights = SafetensorsWeights::from_checkpoint_with(&checkpoint, options.file_access)?;
     let mut plan = LoadPlan::resolve(options.dtype, &config)
         .with_qmv(options.qmv)
-        .with_cpu_qmm(options.cpu_qmm);
+        .with_cpu_qmm(options.cpu_qmm)
+        .with_cpu_fast(options.cpu_fast);
     let built = if native {
         plan.summary
             .push_str("; Mistral's layout (params.json, consolidated safetensors)");
@@ -225,7 +230,8 @@ fn load_gguf(
     );
     let plan = LoadPlan::resolve(options.dtype, &config)
         .with_qmv(options.qmv)
-        .with_cpu_qmm(options.cpu_qmm);
+        .with_cpu_qmm(options.cpu_qmm)
+        .with_cpu_fast(options.cpu_fast);
     let built = build(&config, &mut weights, seen, &plan, parallel);
     let model = built.map_err(|source| match source {
         ModelError::Config(source) => config_error(source),

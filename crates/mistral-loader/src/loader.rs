@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use mistral_model::{Mistral, TensorParallel};
-use mlx_rs_core::{cpu_qmm::CpuQmm, quantized_matvec::QmvKernel};
+use mlx_rs_core::{cpu_fused::CpuFast, cpu_qmm::CpuQmm, quantized_matvec::QmvKernel};
 
 use crate::error::Result;
 use crate::load::{load_tapped, LoadOptions};
@@ -64,6 +64,13 @@ impl Loader {
     /// ([`LoadOptions::cpu_qmm`]).
     pub fn cpu_qmm(mut self, kernel: CpuQmm) -> Self {
         self.options.cpu_qmm = kernel;
+        self
+    }
+
+    /// Whether the fast ops on the CPU use our kernels
+    /// ([`LoadOptions::cpu_fast`]).
+    pub fn cpu_fast(mut self, kernel: CpuFast) -> Self {
+        self.options.cpu_fast = kernel;
         self
     }
 

@@ -101,6 +101,14 @@ impl LoadPlan {
         self
     }
 
+    /// This plan with RMSNorm, RoPE and decode attention on a CPU stream
+    /// computed by our kernels when `kernel` asks (see
+    /// [`mlx_rs_core::cpu_fused`]); a GPU keeps MLX's fused ops.
+    pub fn with_cpu_fast(mut self, kernel: mlx_rs_core::cpu_fused::CpuFast) -> Self {
+        self.weights.cpu_fast = kernel;
+        self
+    }
+
     fn resolve_dtype(
         choice: ComputeDtype,
         config: &MistralConfig,
@@ -121,6 +129,8 @@ impl LoadPlan {
                 qmv: Default::default(),
                 // MLX's kernel unless the caller asks (`with_cpu_qmm`).
                 cpu_qmm: Default::default(),
+                // MLX's ops unless the caller asks (`with_cpu_fast`).
+                cpu_fast: Default::default(),
             },
             summary,
         };

@@ -112,6 +112,8 @@ fn ours<C: KeyValueCache>(spec: &TestModel, fuse: bool) -> [BTreeMap<String, usi
         fuse_projections: fuse,
         qmv: reference::qmv(),
         cpu_qmm: Default::default(),
+        // MLX's fast ops, which mlx-lm's graph also expands.
+        cpu_fast: Default::default(),
     };
     let mut model = Mistral::with_options(&config, &mut weights, options).expect("model");
     let mut cache: Vec<Option<C>> = Vec::new();

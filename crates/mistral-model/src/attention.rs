@@ -12,7 +12,8 @@
 //! different lengths.
 
 use mlx_rs::{ops::split_at_indices, Array};
-use mlx_rs_core::{attention, initialize_rope, KeyValueCache, Positions, Rope, SdpaMask, StoredKv};
+use mlx_rs_core::cpu_fused::{self, CpuFast};
+use mlx_rs_core::{initialize_rope, KeyValueCache, Positions, Rope, SdpaMask, StoredKv};
 
 use crate::config::MistralConfig;
 use crate::error::ModelError;
@@ -36,6 +37,8 @@ pub struct Attention {
     rope: Rope,
     /// Llama 4's query scaling `(beta, n)` (Ministral 3), if any.
     query_scaling: Option<(f32, i32)>,
+    /// Whether RoPE and attention on a CPU stream use our kernels.
+    fast: CpuFast,
 }
 
 impl Attention {
@@ -73,6 +76,7 @@ impl Attention {
         // recomputed from `rope_theta`, so they are dropped (as mlx-lm does).
         let _ = weights.take("rotary_emb.inv_freq");
         let qkv = FusedLinear::new(vec![q_proj, k_proj, v_proj], weights.fuse_projections())?;
+        let fast = weights.options().cpu_fast;
         Ok(Attention {
             qkv,
             o_proj,
@@ -85,8 +89,10 @@ impl Attention {
                 cfg.rope_theta() as f32,
                 cfg.rope_traditional,
                 cfg.rope_scaling(),
-            )?,
+            )?
+            .with_cpu_fast(fast),
             query_scaling: cfg.query_scaling()?,
+            fast,
         })
     }
 
@@ -189,7 +195,9 @@ impl Attention {
             }
             None => queries,
         };
-        let mut attend = |q: &Array, kv: &StoredKv, m: &SdpaMask| attention(q, kv, self.scale, m);
+        let mut attend = |q: &Array, kv: &StoredKv, m: &SdpaMask| {
+            cpu_fused::attention(q, kv, self.scale, m, self.fast)
+        };
         let out = match cache {
             Some(cache) => cache.attend(&queries, &keys, &values, mask, window, &mut attend)?,
             None => {

@@ -1,7 +1,9 @@
 //! [`RmsNorm`]: root-mean-square normalization with a learned weight, via
-//! MLX's fused `rms_norm` (as mlx-lm's `nn.RMSNorm`).
+//! MLX's fused `rms_norm` (as mlx-lm's `nn.RMSNorm`), or on a CPU stream
+//! our kernel where the load asks for it ([`mlx_rs_core::cpu_fused`]).
 
-use mlx_rs::{fast, Array};
+use mlx_rs::Array;
+use mlx_rs_core::cpu_fused::{self, CpuFast};
 
 use crate::error::ModelError;
 use crate::weights::Weights;
@@ -11,6 +13,7 @@ use crate::weights::Weights;
 pub struct RmsNorm {
     weight: Array,
     eps: f32,
+    fast: CpuFast,
 }
 
 impl RmsNorm {
@@ -24,11 +27,12 @@ impl RmsNorm {
         Ok(RmsNorm {
             weight: weights.float("weight", &[dim])?,
             eps,
+            fast: weights.options().cpu_fast,
         })
     }
 
     /// Normalizes `x` `[..., dim]`.
     pub fn forward(&self, x: &Array) -> Result<Array, ModelError> {
-        Ok(fast::rms_norm(x, Some(&self.weight), self.eps)?)
+        Ok(cpu_fused::rms_norm(x, &self.weight, self.eps, self.fast)?)
     }
 }

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fmt::Display;
 
 use mlx_rs::{Array, Dtype};
+use mlx_rs_core::cpu_fused::CpuFast;
 use mlx_rs_core::cpu_qmm::CpuQmm;
 use mlx_rs_core::quantized_matvec::QmvKernel;
 
@@ -134,6 +135,10 @@ pub struct WeightOptions {
     /// are not cut into row blocks ([`row_split`](Self::row_split)): the
     /// kernel uses every core itself.
     pub cpu_qmm: CpuQmm,
+    /// Whether RMSNorm, RoPE and decode attention on a CPU stream use our
+    /// kernels instead of MLX's decomposed fallbacks (see
+    /// [`mlx_rs_core::cpu_fused`]).
+    pub cpu_fast: CpuFast,
 }
 
 /// A view of a [`WeightSource`] under a module path, with the compute dtype.

@@ -14,6 +14,7 @@ use mlx_rs::{
 };
 
 use crate::cache::Positions;
+use crate::cpu_fused::CpuFast;
 use crate::error::{Error, Result};
 
 /// How positions or frequencies are scaled before rotation (a config's
@@ -80,6 +81,8 @@ pub struct Rope {
     input_scale: f32,
     /// Dynamic NTK: (factor, max_position_embeddings).
     dynamic: Option<(f32, i32)>,
+    /// Whether a CPU stream rotates by our kernel (see [`crate::cpu_fused`]).
+    fast: CpuFast,
 }
 
 fn positive(what: &str, value: f32) -> Result<()> {
@@ -206,6 +209,7 @@ pub fn initialize_rope(
         freqs: None,
         input_scale: 1.0,
         dynamic: None,
+        fast: CpuFast::Mlx,
     };
     match scaling {
         RopeScaling::None => {}
@@ -279,6 +283,13 @@ pub fn initialize_rope(
 }
 
 impl Rope {
+    /// This rotation with shared positions on a CPU stream computed by our
+    /// kernel (`CpuFast::Ours`) or MLX's op.
+    pub fn with_cpu_fast(mut self, fast: CpuFast) -> Self {
+        self.fast = fast;
+        self
+    }
+
     /// YaRN's input scale on the rotated features (in `x`'s dtype, as
     /// mlx-lm multiplies by a Python float).
     fn scaled_input(&self, x: &Array) -> Result<Array> {
@@ -317,7 +328,7 @@ impl Rope {
         let x = self.scaled_input(x)?;
         let end = i64::from(offset) + i64::from(x.dim(-2));
         let base = self.freqs.is_none().then(|| self.base_for(end));
-        Ok(mlx_rs::fast::rope(
+        crate::cpu_fused::rope(
             &x,
             self.dims,
             self.traditional,
@@ -325,7 +336,8 @@ impl Rope {
             self.scale,
             offset,
             self.freqs.as_ref(),
-        )?)
+            self.fast,
+        )
     }
 
     /// Rotates `x` `[B, H, L, D]` whose first position is given per row

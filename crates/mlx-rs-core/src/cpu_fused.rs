@@ -1,0 +1,283 @@
+//! CPU kernels of our own for the fast ops of a decode step (RMSNorm, RoPE,
+//! one-query attention; `crates/mlx-sys/csrc/cpu_fused.cpp`), each one MLX
+//! primitive on the CPU stream.
+//!
+//! Why: MLX 0.32 has no CPU kernels for `fast::rms_norm`, `fast::rope` and
+//! `fast::scaled_dot_product_attention`; on the CPU each expands into its
+//! fallback graph (11, 29 and 12 primitives), and every primitive costs host
+//! time to build and dispatch on every step. On a narrow, deep model
+//! (SmolLM2-135M: 30 layers of width 576) these make up most of a decode
+//! step's primitives (see docs/performance.md).
+//!
+//! The functions here pick ours where the caller asks for it
+//! ([`CpuFast::Ours`], a load option), the thread's default stream is a
+//! CPU stream and the inputs are float32 (`--dtype auto` on the CPU), and
+//! MLX's op everywhere else: a GPU keeps MLX's fused kernels, and half
+//! types keep MLX's fallbacks, whose roundings after each step make our
+//! half-precision logits bit-identical to mlx-lm's (ours round once: as
+//! close to MLX's op as tested in `tests/cpu_fused.rs`, not identical).
+//! The kernels themselves take float32, float16 and bfloat16.
+
+use std::ffi::CStr;
+use std::os::raw::c_char;
+
+use mlx_rs::{fast, Array, Stream};
+
+use crate::cache::StoredKv;
+use crate::error::Result;
+use crate::mask::SdpaMask;
+
+/// Whether the fast ops on the CPU use our kernels (a load option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuFast {
+    /// MLX's ops (on the CPU: their decomposed fallback graphs).
+    #[default]
+    Mlx,
+    /// Ours, wherever they apply (CPU stream, supported case).
+    Ours,
+}
+
+impl std::str::FromStr for CpuFast {
+    type Err = String;
+
+    /// `mlx` or `ours`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "mlx" => Ok(CpuFast::Mlx),
+            "ours" => Ok(CpuFast::Ours),
+            other => Err(format!("{other:?} is not one of mlx, ours")),
+        }
+    }
+}
+
+/// Errors of our fused CPU ops.
+#[derive(Debug, thiserror::Error)]
+pub enum CpuFusedError {
+    /// The stream is not a CPU stream.
+    #[error("fused CPU op: the stream is not a CPU stream")]
+    NotCpu,
+    /// The kernel's C++ side refused the arrays (its message).
+    #[error("fused CPU op refused: {0}")]
+    Kernel(String),
+}
+
+impl From<CpuFusedError> for crate::error::Error {
+    fn from(err: CpuFusedError) -> Self {
+        crate::error::Error::Mlx(mlx_rs::error::Exception::custom(err.to_string()))
+    }
+}
+
+/// Whether `stream` computes on the CPU.
+fn is_cpu(stream: &Stream) -> bool {
+    // SAFETY: mlx-c fills `device` (a handle we free) from a valid stream
+    // and `kind` from that device; both calls report failure by status.
+    unsafe {
+        let mut device = mlx_sys::mlx_device_new();
+        let mut kind = mlx_sys::mlx_device_type__MLX_GPU;
+        let ok = mlx_sys::mlx_stream_get_device(&mut device, stream.as_ptr()) == 0
+            && mlx_sys::mlx_device_get_type(&mut kind, device) == 0;
+        mlx_sys::mlx_device_free(device);
+        ok && kind == mlx_sys::mlx_device_type__MLX_CPU
+    }
+}
+
+/// Whether every array is float32 (where ours are chosen).
+fn all_f32(arrays: &[&Array]) -> bool {
+    arrays.iter().all(|a| a.dtype() == mlx_rs::Dtype::Float32)
+}
+
+/// The thread's default stream when `kind` asks for ours and it is a CPU
+/// stream.
+fn ours_on(kind: CpuFast) -> Option<Stream> {
+    if kind != CpuFast::Ours {
+        return None;
+    }
+    let stream = Stream::thread_local_or_default();
+    is_cpu(&stream).then_some(stream)
+}
+
+/// Runs one of the shim's builders: `f(res, err, err_len)` returns 0 and
+/// fills `res`, or 1 and a message.
+fn build(
+    f: impl FnOnce(*mut mlx_sys::mlx_array, *mut c_char, usize) -> i32,
+) -> std::result::Result<Array, CpuFusedError> {
+    let mut message = [0 as c_char; 512];
+    // SAFETY: `res` is a fresh handle that the shim fills on success and we
+    // free on failure; `message` is a writable buffer of the length passed,
+    // which the shim NUL-terminates.
+    unsafe {
+        let mut res = mlx_sys::mlx_array_new();
+        if f(&mut res, message.as_mut_ptr(), message.len()) != 0 {
+            mlx_sys::mlx_array_free(res);
+            let text = CStr::from_ptr(message.as_ptr())
+                .to_string_lossy()
+                .into_owned();
+            return Err(CpuFusedError::Kernel(text));
+        }
+        Ok(Array::from_ptr(res))
+    }
+}
+
+/// `fast::rms_norm(x, weight, eps)` by our kernel on `stream` (a CPU
+/// stream): `x [..., D]`, `weight [D]`.
+pub fn cpu_rms_norm(
+    x: &Array,
+    weight: &Array,
+    eps: f32,
+    stream: &Stream,
+) -> std::result::Result<Array, CpuFusedError> {
+    if !is_cpu(stream) {
+        return Err(CpuFusedError::NotCpu);
+    }
+    // SAFETY: live array and stream handles owned by the caller (the shim
+    // copies what it keeps); `res`, `err` as `build` passes them.
+    build(|res, err, len| unsafe {
+        mlx_sys::mlx_sys_cpu_rms_norm(
+            res,
+            x.as_ptr(),
+            weight.as_ptr(),
+            eps,
+            stream.as_ptr(),
+            err,
+            len,
+        )
+    })
+}
+
+/// `fast::rope(x, dims, traditional, base, scale, offset, freqs)` by our
+/// kernel on `stream` (a CPU stream): `x [..., L, D]`; `freqs` `[dims / 2]`
+/// replaces `base` where given.
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_rope(
+    x: &Array,
+    dims: i32,
+    traditional: bool,
+    base: f32,
+    scale: f32,
+    offset: i32,
+    freqs: Option<&Array>,
+    stream: &Stream,
+) -> std::result::Result<Array, CpuFusedError> {
+    if !is_cpu(stream) {
+        return Err(CpuFusedError::NotCpu);
+    }
+    // The shim reads `freqs` only when given; a placeholder otherwise.
+    let none = Array::from_f32(0.0);
+    let f = freqs.unwrap_or(&none);
+    // SAFETY: as in `cpu_rms_norm`.
+    build(|res, err, len| unsafe {
+        mlx_sys::mlx_sys_cpu_rope(
+            res,
+            x.as_ptr(),
+            dims,
+            traditional,
+            base,
+            scale,
+            offset,
+            f.as_ptr(),
+            freqs.is_some(),
+            stream.as_ptr(),
+            err,
+            len,
+        )
+    })
+}
+
+/// `fast::scaled_dot_product_attention(q, k, v, scale)` without a mask by
+/// our kernel on `stream` (a CPU stream), for one query position:
+/// `q [B, Hq, 1, D]`, `k [B, Hkv, N, D]`, `v [B, Hkv, N, Dv]`.
+pub fn cpu_decode_attention(
+    queries: &Array,
+    keys: &Array,
+    values: &Array,
+    scale: f32,
+    stream: &Stream,
+) -> std::result::Result<Array, CpuFusedError> {
+    if !is_cpu(stream) {
+        return Err(CpuFusedError::NotCpu);
+    }
+    // SAFETY: as in `cpu_rms_norm`.
+    build(|res, err, len| unsafe {
+        mlx_sys::mlx_sys_cpu_decode_attention(
+            res,
+            queries.as_ptr(),
+            keys.as_ptr(),
+            values.as_ptr(),
+            scale,
+            stream.as_ptr(),
+            err,
+            len,
+        )
+    })
+}
+
+/// RMS normalization of `x` `[..., D]` scaled by `weight` `[D]`: ours on a
+/// CPU stream for float32 where `kind` asks for it, else MLX's
+/// `fast::rms_norm`.
+pub fn rms_norm(x: &Array, weight: &Array, eps: f32, kind: CpuFast) -> Result<Array> {
+    match ours_on(kind) {
+        Some(stream) if all_f32(&[x, weight]) => Ok(cpu_rms_norm(x, weight, eps, &stream)?),
+        _ => Ok(fast::rms_norm(x, Some(weight), eps)?),
+    }
+}
+
+/// Rotary embedding of `x` `[B, H, L, D]` at one `offset`: ours on a CPU
+/// stream for float32 where `kind` asks for it, else MLX's `fast::rope`. `base` is
+/// `None` exactly when `freqs` is given.
+#[allow(clippy::too_many_arguments)]
+pub fn rope(
+    x: &Array,
+    dims: i32,
+    traditional: bool,
+    base: Option<f32>,
+    scale: f32,
+    offset: i32,
+    freqs: Option<&Array>,
+    kind: CpuFast,
+) -> Result<Array> {
+    match ours_on(kind) {
+        Some(stream) if x.ndim() >= 3 && all_f32(&[x]) && (base.is_some() || freqs.is_some()) => {
+            Ok(cpu_rope(
+                x,
+                dims,
+                traditional,
+                base.unwrap_or(0.0),
+                scale,
+                offset,
+                freqs,
+                &stream,
+            )?)
+        }
+        _ => Ok(fast::rope(
+            x,
+            dims,
+            traditional,
+            base,
+            scale,
+            offset,
+            freqs,
+        )?),
+    }
+}
+
+/// A layer's attention over its stored keys and values
+/// ([`attention`](crate::attention)): ours on a CPU stream where `kind`
+/// asks for it and the step is one query position over dense float32
+/// keys and values without a mask (decode), else MLX's.
+pub fn attention(
+    queries: &Array,
+    stored: &StoredKv,
+    scale: f32,
+    mask: &SdpaMask,
+    kind: CpuFast,
+) -> Result<Array> {
+    if let (StoredKv::Dense { keys, values }, SdpaMask::None) = (stored, mask) {
+        let decode = queries.ndim() == 4 && queries.dim(2) == 1 && keys.ndim() == 4;
+        if decode && all_f32(&[queries, keys, values]) {
+            if let Some(stream) = ours_on(kind) {
+                return Ok(cpu_decode_attention(queries, keys, values, scale, &stream)?);
+            }
+        }
+    }
+    crate::attention(queries, stored, scale, mask)
+}

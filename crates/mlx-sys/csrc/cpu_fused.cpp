@@ -1,0 +1,511 @@
+// CPU kernels for the three fast ops a decode step calls per layer: RMS
+// normalization, rotary embedding and one-query attention, each an MLX
+// primitive of our own run on the CPU stream.
+//
+// Why: MLX 0.32 has no CPU kernels for fast::rms_norm, fast::rope and
+// fast::scaled_dot_product_attention; on the CPU they expand into their
+// fallback graphs (11, 29 and 12 primitives), and each primitive costs host
+// time to build and dispatch on every step. One primitive each does the
+// same arithmetic in one pass (float32 accumulation, results rounded once
+// to the output dtype).
+//
+// Inputs are read through their strides (cache slices and transposed heads
+// are views), so no copy is added to the graph; outputs are contiguous.
+
+#include "cpu_fused.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <memory>
+#include <stdexcept>
+#include <vector>
+
+#include "mlx/allocator.h"
+#include "mlx/array.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/ops.h"
+#include "mlx/primitives.h"
+
+#include "mlx/c/private/array.h"
+#include "mlx/c/private/stream.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+using mlx::core::array;
+using mlx::core::Dtype;
+using mlx::core::bfloat16_t;
+using mlx::core::float16_t;
+
+bool is_float(Dtype t) {
+  return t == mlx::core::float32 || t == mlx::core::float16 || t == mlx::core::bfloat16;
+}
+
+// Calls f with a null pointer of x's element type.
+template <typename F>
+void by_dtype(Dtype t, F&& f) {
+  if (t == mlx::core::float32) {
+    f(static_cast<float*>(nullptr));
+  } else if (t == mlx::core::float16) {
+    f(static_cast<float16_t*>(nullptr));
+  } else {
+    f(static_cast<bfloat16_t*>(nullptr));
+  }
+}
+
+// Element offset of row `row` of `a` seen as rows of its last axis.
+int64_t row_offset(const array& a, int64_t row) {
+  int64_t off = 0;
+  for (int ax = static_cast<int>(a.ndim()) - 2; ax >= 0 && row > 0; --ax) {
+    const int64_t n = a.shape(ax);
+    off += (row % n) * a.strides()[ax];
+    row /= n;
+  }
+  return off;
+}
+
+// Reads `n` elements of stride `stride` into float32.
+template <typename T>
+inline void load_f32(const T* src, int64_t stride, int n, float* dst) {
+  if (stride == 1) {
+    for (int i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+  } else {
+    for (int i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i * stride]);
+  }
+}
+
+// Dot products and y += w x over float32 rows: AVX2+FMA where the CPU has
+// it (chosen at run time), else 16 independent sums the compiler can
+// vectorize without reassociating.
+float dot_portable(const float* a, const float* b, int n) {
+  float acc[16] = {};
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  float s = 0.0f;
+  for (; i < n; ++i) s += a[i] * b[i];
+  for (int j = 0; j < 16; ++j) s += acc[j];
+  return s;
+}
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define FUSED_AVX2 __attribute__((target("avx2,fma")))
+
+FUSED_AVX2 float dot_avx2(const float* a, const float* b, int n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+  }
+  for (; i + 8 <= n; i += 8) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+  }
+  s0 = _mm256_add_ps(s0, s1);
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  float s = _mm_cvtss_f32(h);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+FUSED_AVX2 void axpy_avx2(float w, const float* x, float* y, int n) {
+  const __m256 wv = _mm256_set1_ps(w);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  }
+  for (; i < n; ++i) y[i] += w * x[i];
+}
+
+bool has_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+}
+#endif
+
+inline float dot(const float* a, const float* b, int n) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (has_avx2()) return dot_avx2(a, b, n);
+#endif
+  return dot_portable(a, b, n);
+}
+
+inline void axpy(float w, const float* x, float* y, int n) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (has_avx2()) return axpy_avx2(w, x, y, n);
+#endif
+  for (int i = 0; i < n; ++i) y[i] += w * x[i];
+}
+
+// Base of the three primitives: allocation and dispatch on the CPU stream.
+class CpuOp : public mlx::core::UnaryPrimitive {
+ public:
+  explicit CpuOp(mlx::core::Stream stream) : UnaryPrimitive(stream) {}
+
+  void eval_cpu(const std::vector<array>& inputs, array& out) override {
+    out.set_data(mlx::core::allocator::malloc(out.nbytes()));
+    auto& encoder = mlx::core::cpu::get_command_encoder(stream());
+    for (auto& in : inputs) encoder.set_input_array(in);
+    encoder.set_output_array(out);
+    std::vector<array> ins;
+    ins.reserve(inputs.size());
+    for (auto& in : inputs) ins.push_back(array::unsafe_weak_copy(in));
+    // The primitive is held by the task: MLX may detach `out` from it
+    // before the stream thread runs the task.
+    auto self = std::static_pointer_cast<CpuOp>(out.primitive_ptr());
+    encoder.dispatch([self = std::move(self), ins = std::move(ins),
+                      out = array::unsafe_weak_copy(out)]() mutable {
+      self->compute(ins, out);
+    });
+  }
+
+  void eval_gpu(const std::vector<array>&, array&) override {
+    throw std::runtime_error("cpu_fused: our fused ops run on the CPU only");
+  }
+
+  virtual void compute(const std::vector<array>& inputs, array& out) const = 0;
+};
+
+// ------------------------------------------------------------- RMSNorm
+
+// out = round(round(x * rsqrt(mean(x^2) + eps)) * w), as MLX's fallback:
+// normalized in float32, cast to the output dtype, then scaled by w.
+class RmsNorm : public CpuOp {
+ public:
+  RmsNorm(mlx::core::Stream s, float eps) : CpuOp(s), eps_(eps) {}
+
+  void compute(const std::vector<array>& in, array& out) const override {
+    const array& x = in[0];
+    const array& w = in[1];
+    const int d = x.shape().back();
+    const int64_t rows = d == 0 ? 0 : static_cast<int64_t>(x.size() / d);
+    std::vector<float> xf(d), wf(d);
+    by_dtype(w.dtype(), [&](auto* wt) {
+      using W = std::remove_pointer_t<decltype(wt)>;
+      load_f32(w.data<W>(), w.strides().back(), d, wf.data());
+    });
+    const float inv_d = static_cast<float>(1.0 / d);
+    by_dtype(x.dtype(), [&](auto* xt) {
+      using X = std::remove_pointer_t<decltype(xt)>;
+      by_dtype(out.dtype(), [&](auto* ot) {
+        using O = std::remove_pointer_t<decltype(ot)>;
+        const X* xp = x.data<X>();
+        O* op = out.data<O>();
+        for (int64_t r = 0; r < rows; ++r) {
+          load_f32(xp + row_offset(x, r), x.strides().back(), d, xf.data());
+          const float ms = dot(xf.data(), xf.data(), d) * inv_d;
+          const float k = 1.0f / std::sqrt(ms + eps_);
+          O* o = op + r * d;
+          for (int i = 0; i < d; ++i) {
+            const float n = static_cast<float>(static_cast<O>(xf[i] * k));
+            o[i] = static_cast<O>(n * wf[i]);
+          }
+        }
+      });
+    });
+  }
+
+  const char* name() const override {
+    return "MistralMlxCpuRmsNorm";
+  }
+
+  bool is_equivalent(const mlx::core::Primitive& other) const override {
+    auto o = dynamic_cast<const RmsNorm*>(&other);
+    return o != nullptr && o->eps_ == eps_;
+  }
+
+ private:
+  float eps_;
+};
+
+// ---------------------------------------------------------------- RoPE
+
+// MLX's fast::rope with one offset for every row: position p = (offset +
+// l) * scale, angle p / freq_i with freq_i = base^(2i / dims) (or given
+// freqs), pairs (i, i + dims/2) or, traditional, (2i, 2i + 1) rotated;
+// features past `dims` copied.
+class Rope : public CpuOp {
+ public:
+  Rope(mlx::core::Stream s, int dims, bool traditional, float base, float scale, int offset,
+       bool has_freqs)
+      : CpuOp(s), dims_(dims), traditional_(traditional), base_(base), scale_(scale),
+        offset_(offset), has_freqs_(has_freqs) {}
+
+  void compute(const std::vector<array>& in, array& out) const override {
+    const array& x = in[0];
+    const int d = x.shape().back();
+    const int l_len = x.shape(-2);
+    const int half = dims_ / 2;
+    const int64_t rows = d == 0 ? 0 : static_cast<int64_t>(x.size() / d);
+    // The inverse frequencies, then cos and sin per position and pair.
+    std::vector<float> inv(half);
+    if (has_freqs_) {
+      const array& f = in[1];
+      by_dtype(f.dtype(), [&](auto* ft) {
+        using F = std::remove_pointer_t<decltype(ft)>;
+        load_f32(f.data<F>(), f.strides().back(), half, inv.data());
+      });
+      for (auto& v : inv) v = 1.0f / v;
+    } else {
+      const float c = -std::log(base_) / static_cast<float>(half);
+      for (int i = 0; i < half; ++i) inv[i] = std::exp(static_cast<float>(i) * c);
+    }
+    std::vector<float> cs(static_cast<size_t>(l_len) * half), sn(cs.size());
+    for (int l = 0; l < l_len; ++l) {
+      const float p = static_cast<float>(offset_ + l) * scale_;
+      for (int i = 0; i < half; ++i) {
+        const float t = p * inv[i];
+        cs[static_cast<size_t>(l) * half + i] = std::cos(t);
+        sn[static_cast<size_t>(l) * half + i] = std::sin(t);
+      }
+    }
+    std::vector<float> xf(d);
+    by_dtype(x.dtype(), [&](auto* xt) {
+      using X = std::remove_pointer_t<decltype(xt)>;
+      const X* xp = x.data<X>();
+      X* op = out.data<X>();
+      for (int64_t r = 0; r < rows; ++r) {
+        const int l = static_cast<int>(r % l_len);
+        const float* c = cs.data() + static_cast<size_t>(l) * half;
+        const float* s = sn.data() + static_cast<size_t>(l) * half;
+        load_f32(xp + row_offset(x, r), x.strides().back(), d, xf.data());
+        X* o = op + r * d;
+        if (traditional_) {
+          for (int i = 0; i < half; ++i) {
+            const float a = xf[2 * i], b = xf[2 * i + 1];
+            o[2 * i] = static_cast<X>(a * c[i] - b * s[i]);
+            o[2 * i + 1] = static_cast<X>(a * s[i] + b * c[i]);
+          }
+        } else {
+          for (int i = 0; i < half; ++i) {
+            const float a = xf[i], b = xf[i + half];
+            o[i] = static_cast<X>(a * c[i] - b * s[i]);
+            o[i + half] = static_cast<X>(a * s[i] + b * c[i]);
+          }
+        }
+        for (int i = dims_; i < d; ++i) o[i] = static_cast<X>(xf[i]);
+      }
+    });
+  }
+
+  const char* name() const override {
+    return "MistralMlxCpuRope";
+  }
+
+  bool is_equivalent(const mlx::core::Primitive& other) const override {
+    auto o = dynamic_cast<const Rope*>(&other);
+    return o != nullptr && o->dims_ == dims_ && o->traditional_ == traditional_ &&
+        o->base_ == base_ && o->scale_ == scale_ && o->offset_ == offset_ &&
+        o->has_freqs_ == has_freqs_;
+  }
+
+ private:
+  int dims_;
+  bool traditional_;
+  float base_, scale_;
+  int offset_;
+  bool has_freqs_;
+};
+
+// ----------------------------------------------------------- attention
+
+// softmax(scale q k^T) v for one query position per head, q [B, Hq, 1, D],
+// k [B, Hkv, N, D], v [B, Hkv, N, Dv], query head h reading kv head
+// h / (Hq / Hkv); no mask (every stored key is visible).
+class Attention : public CpuOp {
+ public:
+  Attention(mlx::core::Stream s, float scale) : CpuOp(s), scale_(scale) {}
+
+  void compute(const std::vector<array>& in, array& out) const override {
+    const array& q = in[0];
+    const array& k = in[1];
+    const array& v = in[2];
+    const int b_len = q.shape(0), hq = q.shape(1), d = q.shape(3);
+    const int hkv = k.shape(1), n = k.shape(2), dv = v.shape(3);
+    const int rep = hq / hkv;
+    std::vector<float> qf(d), kf(d), vf(dv), p(n), acc(dv);
+    auto at = [](const array& a, int64_t i0, int64_t i1, int64_t i2) {
+      return i0 * a.strides()[0] + i1 * a.strides()[1] + i2 * a.strides()[2];
+    };
+    by_dtype(q.dtype(), [&](auto* tt) {
+      using T = std::remove_pointer_t<decltype(tt)>;
+      const T* qp = q.data<T>();
+      const T* kp = k.data<T>();
+      const T* vp = v.data<T>();
+      T* op = out.data<T>();
+      for (int b = 0; b < b_len; ++b) {
+        for (int h = 0; h < hq; ++h) {
+          const int kh = h / rep;
+          load_f32(qp + at(q, b, h, 0), q.strides()[3], d, qf.data());
+          for (auto& e : qf) e *= scale_;
+          float m = -std::numeric_limits<float>::infinity();
+          for (int j = 0; j < n; ++j) {
+            const T* kr = kp + at(k, b, kh, j);
+            if (k.strides()[3] == 1 && std::is_same_v<T, float>) {
+              p[j] = dot(qf.data(), reinterpret_cast<const float*>(kr), d);
+            } else {
+              load_f32(kr, k.strides()[3], d, kf.data());
+              p[j] = dot(qf.data(), kf.data(), d);
+            }
+            m = std::max(m, p[j]);
+          }
+          float sum = 0.0f;
+          for (int j = 0; j < n; ++j) {
+            p[j] = std::exp(p[j] - m);
+            sum += p[j];
+          }
+          const float inv = 1.0f / sum;
+          std::fill(acc.begin(), acc.end(), 0.0f);
+          for (int j = 0; j < n; ++j) {
+            const float w = p[j] * inv;
+            const T* vr = vp + at(v, b, kh, j);
+            if (v.strides()[3] == 1 && std::is_same_v<T, float>) {
+              axpy(w, reinterpret_cast<const float*>(vr), acc.data(), dv);
+            } else {
+              load_f32(vr, v.strides()[3], dv, vf.data());
+              axpy(w, vf.data(), acc.data(), dv);
+            }
+          }
+          T* o = op + (static_cast<int64_t>(b) * hq + h) * dv;
+          for (int i = 0; i < dv; ++i) o[i] = static_cast<T>(acc[i]);
+        }
+      }
+    });
+  }
+
+  const char* name() const override {
+    return "MistralMlxCpuAttention";
+  }
+
+  bool is_equivalent(const mlx::core::Primitive& other) const override {
+    auto o = dynamic_cast<const Attention*>(&other);
+    return o != nullptr && o->scale_ == scale_;
+  }
+
+ private:
+  float scale_;
+};
+
+void cpu_stream(const mlx::core::Stream& s) {
+  if (s.device != mlx::core::Device::cpu) {
+    throw std::invalid_argument("cpu_fused: the stream is not a CPU stream");
+  }
+}
+
+void write_error(char* err, size_t err_len, const char* msg) {
+  if (err != nullptr && err_len > 0) std::snprintf(err, err_len, "%s", msg);
+}
+
+template <typename F>
+int guarded(mlx_array* res, char* err, size_t err_len, F&& f) {
+  try {
+    mlx_array_set_(*res, f());
+    return 0;
+  } catch (const std::exception& e) {
+    write_error(err, err_len, e.what());
+    return 1;
+  }
+}
+
+}  // namespace
+
+extern "C" int mlx_sys_cpu_rms_norm(
+    mlx_array* res,
+    const mlx_array x,
+    const mlx_array weight,
+    float eps,
+    const mlx_stream stream,
+    char* err,
+    size_t err_len) {
+  return guarded(res, err, err_len, [&] {
+    const array& xa = mlx_array_get_(x);
+    const array& wa = mlx_array_get_(weight);
+    auto s = mlx_stream_get_(stream);
+    cpu_stream(s);
+    if (xa.ndim() < 1 || wa.ndim() != 1 || wa.shape(0) != xa.shape().back()) {
+      throw std::invalid_argument("cpu_rms_norm: weight must be [D] for x [..., D]");
+    }
+    if (!is_float(xa.dtype()) || !is_float(wa.dtype())) {
+      throw std::invalid_argument("cpu_rms_norm: x and weight must be floating point");
+    }
+    auto dtype = mlx::core::promote_types(xa.dtype(), wa.dtype());
+    return array(xa.shape(), dtype, std::make_shared<RmsNorm>(s, eps), {xa, wa});
+  });
+}
+
+extern "C" int mlx_sys_cpu_rope(
+    mlx_array* res,
+    const mlx_array x,
+    int dims,
+    bool traditional,
+    float base,
+    float scale,
+    int offset,
+    const mlx_array freqs,
+    bool has_freqs,
+    const mlx_stream stream,
+    char* err,
+    size_t err_len) {
+  return guarded(res, err, err_len, [&] {
+    const array& xa = mlx_array_get_(x);
+    auto s = mlx_stream_get_(stream);
+    cpu_stream(s);
+    if (xa.ndim() < 2 || dims <= 0 || dims % 2 != 0 || dims > xa.shape().back()) {
+      throw std::invalid_argument("cpu_rope: x must be [..., L, D] with even dims <= D");
+    }
+    if (!is_float(xa.dtype())) throw std::invalid_argument("cpu_rope: x must be floating point");
+    std::vector<array> inputs = {xa};
+    if (has_freqs) {
+      const array& fa = mlx_array_get_(freqs);
+      if (fa.ndim() != 1 || fa.shape(0) != dims / 2 || !is_float(fa.dtype())) {
+        throw std::invalid_argument("cpu_rope: freqs must be [dims / 2] floating point");
+      }
+      inputs.push_back(fa);
+    }
+    return array(
+        xa.shape(), xa.dtype(),
+        std::make_shared<Rope>(s, dims, traditional, base, scale, offset, has_freqs),
+        std::move(inputs));
+  });
+}
+
+extern "C" int mlx_sys_cpu_decode_attention(
+    mlx_array* res,
+    const mlx_array queries,
+    const mlx_array keys,
+    const mlx_array values,
+    float scale,
+    const mlx_stream stream,
+    char* err,
+    size_t err_len) {
+  return guarded(res, err, err_len, [&] {
+    const array& q = mlx_array_get_(queries);
+    const array& k = mlx_array_get_(keys);
+    const array& v = mlx_array_get_(values);
+    auto s = mlx_stream_get_(stream);
+    cpu_stream(s);
+    if (q.ndim() != 4 || k.ndim() != 4 || v.ndim() != 4 || q.shape(2) != 1) {
+      throw std::invalid_argument("cpu_decode_attention: q [B, Hq, 1, D], k and v 4-D");
+    }
+    if (k.shape(0) != q.shape(0) || v.shape(0) != q.shape(0) || k.shape(3) != q.shape(3) ||
+        v.shape(1) != k.shape(1) || v.shape(2) != k.shape(2) || k.shape(1) == 0 ||
+        q.shape(1) % k.shape(1) != 0 || k.shape(2) == 0) {
+      throw std::invalid_argument("cpu_decode_attention: shapes of q, k and v do not agree");
+    }
+    if (!is_float(q.dtype()) || k.dtype() != q.dtype() || v.dtype() != q.dtype()) {
+      throw std::invalid_argument("cpu_decode_attention: q, k and v must share a float dtype");
+    }
+    auto shape = q.shape();
+    shape.back() = v.shape(3);
+    return array(std::move(shape), q.dtype(), std::make_shared<Attention>(s, scale), {q, k, v});
+  });
+}
