@@ -95,6 +95,27 @@ Half half_kind(Dtype t) {
   throw std::invalid_argument("cpu_qmm: expected float32, float16 or bfloat16");
 }
 
+// x's elements in row-major order: its own buffer where it is laid out so,
+// else gathered through its strides into `gathered` (a view that was not
+// copied when the graph was built).
+const void* row_major(const array& x, std::vector<uint8_t>& gathered) {
+  if (x.flags().row_contiguous) return x.data<void>();
+  const size_t item = x.itemsize();
+  gathered.resize(x.size() * item);
+  const auto& shape = x.shape();
+  const auto& strides = x.strides();
+  const int nd = x.ndim();
+  std::vector<int> index(nd, 0);
+  auto base = x.data<uint8_t>();
+  for (size_t e = 0; e < x.size(); ++e) {
+    int64_t offset = 0;
+    for (int d = 0; d < nd; ++d) offset += int64_t{index[d]} * strides[d];
+    std::memcpy(gathered.data() + e * item, base + offset * static_cast<int64_t>(item), item);
+    for (int d = nd - 1; d >= 0 && ++index[d] == shape[d]; --d) index[d] = 0;
+  }
+  return gathered.data();
+}
+
 // The whole product; runs on MLX's CPU stream thread.
 void compute(
     const array& x,
@@ -113,6 +134,8 @@ void compute(
   if (m == 0 || n == 0) return;
   const Half x_kind = half_kind(x.dtype());
   const bool out_f32 = out.dtype() == mlx::core::float32;
+  thread_local std::vector<uint8_t> gathered;
+  const void* x_data = row_major(x, gathered);
 
   thread_local std::vector<float> xf, xsum, yf, tile;
   float* y = out_f32 ? out.data<float>() : nullptr;
@@ -133,7 +156,7 @@ void compute(
     // take the BLAS by default: faster on our machine (BENCHMARKS.md).
     thread_local std::vector<int8_t> xq;
     thread_local std::vector<float> xd;
-    prepare_xq(x.data<void>(), x_kind, m, k, group,
+    prepare_xq(x_data, x_kind, m, k, group,
                bits == 4 && isa != MLX_SYS_CPU_QMM_ISA_SCALAR, xq, xd, xsum);
     p.xq = xq.data();
     p.xd = xd.data();
@@ -153,10 +176,10 @@ void compute(
     // Many rows: float32 tiles of W through the BLAS.
     const float* xp;
     if (x_kind == Half::F32) {
-      xp = x.data<float>();
+      xp = static_cast<const float*>(x_data);
     } else {
       xf.resize(static_cast<size_t>(m) * k);
-      row_to_f32_scalar(x.data<void>(), x_kind, 0, m * k, xf.data());
+      row_to_f32_scalar(x_data, x_kind, 0, m * k, xf.data());
       xp = xf.data();
     }
     // About 4 MB of float32 per tile, whole multiples of 16 rows.
@@ -181,7 +204,7 @@ void compute(
            y + t0, n);
     }
   } else {
-    prepare_x(x.data<void>(), x_kind, m, k, group,
+    prepare_x(x_data, x_kind, m, k, group,
               bits == 4 && isa != MLX_SYS_CPU_QMM_ISA_SCALAR, xf, xsum);
     p.x = xf.data();
     p.xsum = xsum.data();
@@ -296,9 +319,13 @@ array build(
   auto shape = x_in.shape();
   shape.back() = n;
   auto dtype = mlx::core::promote_types(x_in.dtype(), s_in.dtype());
-  std::vector<array> inputs = {
-      contiguous(x_in, false, stream), contiguous(w_in, false, stream),
-      contiguous(s_in, false, stream), contiguous(b_in, false, stream)};
+  // No Contiguous node where none is needed (each costs a step time): x
+  // is read through its strides at evaluation, and weights already laid
+  // out row-major (evaluated at load) go in as they are.
+  auto laid_out = [&](const array& a) {
+    return a.is_available() && a.flags().row_contiguous ? a : contiguous(a, false, stream);
+  };
+  std::vector<array> inputs = {x_in, laid_out(w_in), laid_out(s_in), laid_out(b_in)};
   return array(
       std::move(shape), dtype,
       std::make_shared<CpuQmm>(stream, group, bits, isa_under(isa), gemm_rows, int8_x), std::move(inputs));
