@@ -17,8 +17,6 @@
 
 mod reference;
 
-use std::collections::BTreeMap;
-
 use mistral_loader::{load_model_with, ComputeDtype, LoadOptions};
 use mlx_rs_core::cpu_fused::CpuFast;
 use mlx_rs_core::cpu_qmm::CpuQmm;
@@ -115,45 +113,6 @@ fn smollm2_greedy_ids_are_the_same_with_and_without_our_fast_ops() {
     }
 }
 
-/// The primitives of the graph that computes `output` by name (MLX's
-/// `print_graph`, one line per primitive after two header lines).
-fn primitives(output: &mlx_rs::Array) -> BTreeMap<String, usize> {
-    let mut text = Vec::new();
-    // SAFETY: a temporary FILE owned here, closed once; the vector holds a
-    // live array handle for the call and is freed after it.
-    unsafe {
-        let file = mlx_sys::tmpfile();
-        assert!(!file.is_null(), "tmpfile");
-        let raw = [output.as_ptr()];
-        let outputs = mlx_sys::mlx_vector_array_new_data(raw.as_ptr(), raw.len());
-        let namer = mlx_sys::mlx_node_namer_new();
-        let status = mlx_sys::mlx_print_graph(file, namer, outputs);
-        mlx_sys::mlx_node_namer_free(namer);
-        mlx_sys::mlx_vector_array_free(outputs);
-        assert_eq!(status, 0, "mlx_print_graph");
-        mlx_sys::fflush(file);
-        mlx_sys::rewind(file);
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            // size_t is u64 or usize in the bindings, by platform.
-            #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
-            let n = mlx_sys::fread(buf.as_mut_ptr().cast(), 1, buf.len() as _, file) as usize;
-            if n == 0 {
-                break;
-            }
-            text.extend_from_slice(&buf[..n]);
-        }
-        mlx_sys::fclose(file);
-    }
-    let text = String::from_utf8(text).expect("utf-8 graph");
-    let mut ops = BTreeMap::new();
-    for line in text.lines().skip(2) {
-        let name = line.split_whitespace().next().expect("a primitive's name");
-        *ops.entry(name.to_owned()).or_insert(0) += 1;
-    }
-    ops
-}
-
 #[test]
 fn smollm2_decode_step_has_fewer_primitives_with_our_fast_ops() {
     let gguf = gguf_models()
@@ -169,7 +128,7 @@ fn smollm2_decode_step_has_fewer_primitives_with_our_fast_ops() {
         let logits = model.forward(&prompt, &mut cache).expect("prompt");
         logits.eval().expect("eval");
         let token = mlx_rs::Array::from_slice(&[13], &[1, 1]);
-        let ops = primitives(&model.forward(&token, &mut cache).expect("step"));
+        let ops = reference::graph::primitives(&model.forward(&token, &mut cache).expect("step"));
         eprintln!("{fast:?}: {ops:?}");
         (
             ops.values().sum::<usize>(),

@@ -53,40 +53,12 @@ const GUARD: [(&str, usize); 4] = [
 const PROMPT: [i32; 8] = [1, 330, 1136, 4685, 302, 272, 3340, 28723];
 const TOKEN: i32 = 13;
 
-/// The primitives of the graph that computes `output`, counted by name
-/// (MLX's `print_graph`, one line per primitive after two header lines).
+/// The primitives of the graph that computes `output`, counted by
+/// [`kind`].
 fn graph_ops(output: &Array) -> BTreeMap<String, usize> {
-    let mut text = String::new();
-    // SAFETY: a temporary FILE owned here, closed once; the vector holds a
-    // live array handle for the call and is freed after it.
-    unsafe {
-        let file = mlx_sys::tmpfile();
-        assert!(!file.is_null(), "tmpfile");
-        let raw = [output.as_ptr()];
-        let outputs = mlx_sys::mlx_vector_array_new_data(raw.as_ptr(), raw.len());
-        let namer = mlx_sys::mlx_node_namer_new();
-        let status = mlx_sys::mlx_print_graph(file, namer, outputs);
-        mlx_sys::mlx_node_namer_free(namer);
-        mlx_sys::mlx_vector_array_free(outputs);
-        assert_eq!(status, 0, "mlx_print_graph");
-        mlx_sys::fflush(file);
-        mlx_sys::rewind(file);
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            // size_t is u64 or usize in the bindings, by platform.
-            #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
-            let n = mlx_sys::fread(buf.as_mut_ptr().cast(), 1, buf.len() as _, file) as usize;
-            if n == 0 {
-                break;
-            }
-            text.push_str(std::str::from_utf8(&buf[..n]).expect("utf-8 graph"));
-        }
-        mlx_sys::fclose(file);
-    }
     let mut ops = BTreeMap::new();
-    for line in text.lines().skip(2) {
-        let name = line.split_whitespace().next().expect("a primitive's name");
-        *ops.entry(kind(name)).or_insert(0) += 1;
+    for (name, count) in reference::graph::primitives(output) {
+        *ops.entry(kind(&name)).or_insert(0) += count;
     }
     ops
 }

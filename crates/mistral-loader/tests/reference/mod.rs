@@ -16,6 +16,7 @@ pub use test_env::{models_dir, python_module, smollm2_path};
 
 use safetensors::SafeTensors;
 
+pub mod graph;
 pub mod live;
 pub mod parity;
 
