@@ -26,6 +26,7 @@ use mlx_rs::{fast, Array, Stream};
 use crate::cache::StoredKv;
 use crate::error::Result;
 use crate::mask::SdpaMask;
+use crate::streams::is_cpu;
 
 /// Whether the fast ops on the CPU use our kernels (a load option).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -64,20 +65,6 @@ pub enum CpuFusedError {
 impl From<CpuFusedError> for crate::error::Error {
     fn from(err: CpuFusedError) -> Self {
         crate::error::Error::Mlx(mlx_rs::error::Exception::custom(err.to_string()))
-    }
-}
-
-/// Whether `stream` computes on the CPU.
-fn is_cpu(stream: &Stream) -> bool {
-    // SAFETY: mlx-c fills `device` (a handle we free) from a valid stream
-    // and `kind` from that device; both calls report failure by status.
-    unsafe {
-        let mut device = mlx_sys::mlx_device_new();
-        let mut kind = mlx_sys::mlx_device_type__MLX_GPU;
-        let ok = mlx_sys::mlx_stream_get_device(&mut device, stream.as_ptr()) == 0
-            && mlx_sys::mlx_device_get_type(&mut kind, device) == 0;
-        mlx_sys::mlx_device_free(device);
-        ok && kind == mlx_sys::mlx_device_type__MLX_CPU
     }
 }
 

@@ -45,6 +45,8 @@ use std::os::raw::c_char;
 
 use mlx_rs::{Array, Dtype, Stream};
 
+use crate::streams::is_cpu;
+
 /// The fewest rows of `x` that go through the dequantize-and-`sgemm` path
 /// by default (fewer take the SIMD matrix-vector kernel).
 pub const DEFAULT_GEMM_ROWS: i32 = 16;
@@ -176,20 +178,6 @@ impl Default for Tuning {
             gemm_rows: DEFAULT_GEMM_ROWS,
             int8: false,
         }
-    }
-}
-
-/// Whether `stream` computes on the CPU.
-fn is_cpu(stream: &Stream) -> bool {
-    // SAFETY: mlx-c fills `device` (a handle we free) from a valid stream
-    // and `kind` from that device; both calls report failure by status.
-    unsafe {
-        let mut device = mlx_sys::mlx_device_new();
-        let mut kind = mlx_sys::mlx_device_type__MLX_GPU;
-        let ok = mlx_sys::mlx_stream_get_device(&mut device, stream.as_ptr()) == 0
-            && mlx_sys::mlx_device_get_type(&mut kind, device) == 0;
-        mlx_sys::mlx_device_free(device);
-        ok && kind == mlx_sys::mlx_device_type__MLX_CPU
     }
 }
 

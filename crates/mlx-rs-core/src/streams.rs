@@ -37,3 +37,17 @@ pub fn on_side_stream<T>(index: usize, f: impl FnOnce() -> T) -> T {
 pub fn cpu_parallelism() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
 }
+
+/// Whether `stream` computes on the CPU.
+pub(crate) fn is_cpu(stream: &Stream) -> bool {
+    // SAFETY: mlx-c fills `device` (a handle we free) from a valid stream
+    // and `kind` from that device; both calls report failure by status.
+    unsafe {
+        let mut device = mlx_sys::mlx_device_new();
+        let mut kind = mlx_sys::mlx_device_type__MLX_GPU;
+        let ok = mlx_sys::mlx_stream_get_device(&mut device, stream.as_ptr()) == 0
+            && mlx_sys::mlx_device_get_type(&mut kind, device) == 0;
+        mlx_sys::mlx_device_free(device);
+        ok && kind == mlx_sys::mlx_device_type__MLX_CPU
+    }
+}
