@@ -17,7 +17,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
 #include <limits>
 #include <memory>
 #include <stdexcept>
@@ -32,6 +31,8 @@
 #include "mlx/c/private/array.h"
 #include "mlx/c/private/stream.h"
 
+#include "shim_common.hpp"
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #endif
@@ -43,9 +44,9 @@ using mlx::core::Dtype;
 using mlx::core::bfloat16_t;
 using mlx::core::float16_t;
 
-bool is_float(Dtype t) {
-  return t == mlx::core::float32 || t == mlx::core::float16 || t == mlx::core::bfloat16;
-}
+using mlx_sys_shim::guarded;
+using mlx_sys_shim::is_float;
+using mlx_sys_shim::row_offset;
 
 // Calls f with a null pointer of x's element type.
 template <typename F>
@@ -57,17 +58,6 @@ void by_dtype(Dtype t, F&& f) {
   } else {
     f(static_cast<bfloat16_t*>(nullptr));
   }
-}
-
-// Element offset of row `row` of `a` seen as rows of its last axis.
-int64_t row_offset(const array& a, int64_t row) {
-  int64_t off = 0;
-  for (int ax = static_cast<int>(a.ndim()) - 2; ax >= 0 && row > 0; --ax) {
-    const int64_t n = a.shape(ax);
-    off += (row % n) * a.strides()[ax];
-    row /= n;
-  }
-  return off;
 }
 
 // Reads `n` elements of stride `stride` into float32.
@@ -395,27 +385,6 @@ class Attention : public CpuOp {
   float scale_;
 };
 
-void cpu_stream(const mlx::core::Stream& s) {
-  if (s.device != mlx::core::Device::cpu) {
-    throw std::invalid_argument("cpu_fused: the stream is not a CPU stream");
-  }
-}
-
-void write_error(char* err, size_t err_len, const char* msg) {
-  if (err != nullptr && err_len > 0) std::snprintf(err, err_len, "%s", msg);
-}
-
-template <typename F>
-int guarded(mlx_array* res, char* err, size_t err_len, F&& f) {
-  try {
-    mlx_array_set_(*res, f());
-    return 0;
-  } catch (const std::exception& e) {
-    write_error(err, err_len, e.what());
-    return 1;
-  }
-}
-
 }  // namespace
 
 extern "C" int mlx_sys_cpu_rms_norm(
@@ -430,7 +399,7 @@ extern "C" int mlx_sys_cpu_rms_norm(
     const array& xa = mlx_array_get_(x);
     const array& wa = mlx_array_get_(weight);
     auto s = mlx_stream_get_(stream);
-    cpu_stream(s);
+    mlx_sys_shim::require_cpu(s, "cpu_fused");
     if (xa.ndim() < 1 || wa.ndim() != 1 || wa.shape(0) != xa.shape().back()) {
       throw std::invalid_argument("cpu_rms_norm: weight must be [D] for x [..., D]");
     }
@@ -458,7 +427,7 @@ extern "C" int mlx_sys_cpu_rope(
   return guarded(res, err, err_len, [&] {
     const array& xa = mlx_array_get_(x);
     auto s = mlx_stream_get_(stream);
-    cpu_stream(s);
+    mlx_sys_shim::require_cpu(s, "cpu_fused");
     if (xa.ndim() < 2 || dims <= 0 || dims % 2 != 0 || dims > xa.shape().back()) {
       throw std::invalid_argument("cpu_rope: x must be [..., L, D] with even dims <= D");
     }
@@ -492,7 +461,7 @@ extern "C" int mlx_sys_cpu_decode_attention(
     const array& k = mlx_array_get_(keys);
     const array& v = mlx_array_get_(values);
     auto s = mlx_stream_get_(stream);
-    cpu_stream(s);
+    mlx_sys_shim::require_cpu(s, "cpu_fused");
     if (q.ndim() != 4 || k.ndim() != 4 || v.ndim() != 4 || q.shape(2) != 1) {
       throw std::invalid_argument("cpu_decode_attention: q [B, Hq, 1, D], k and v 4-D");
     }

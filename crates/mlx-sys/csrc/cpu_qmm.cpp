@@ -30,7 +30,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -51,6 +50,7 @@
 #include "mlx/c/private/stream.h"
 
 #include "qmm_internal.hpp"
+#include "shim_common.hpp"
 #include "qmm_pool.hpp"
 
 namespace {
@@ -96,22 +96,22 @@ Half half_kind(Dtype t) {
 }
 
 // x's elements in row-major order: its own buffer where it is laid out so,
-// else gathered through its strides into `gathered` (a view that was not
-// copied when the graph was built).
+// else gathered row by row through its strides into `gathered` (a view
+// that was not copied when the graph was built).
 const void* row_major(const array& x, std::vector<uint8_t>& gathered) {
   if (x.flags().row_contiguous) return x.data<void>();
   const size_t item = x.itemsize();
+  const int k = x.shape().back();
+  const int64_t step = x.strides().back();
+  const int64_t rows = k == 0 ? 0 : static_cast<int64_t>(x.size() / k);
   gathered.resize(x.size() * item);
-  const auto& shape = x.shape();
-  const auto& strides = x.strides();
-  const int nd = x.ndim();
-  std::vector<int> index(nd, 0);
   auto base = x.data<uint8_t>();
-  for (size_t e = 0; e < x.size(); ++e) {
-    int64_t offset = 0;
-    for (int d = 0; d < nd; ++d) offset += int64_t{index[d]} * strides[d];
-    std::memcpy(gathered.data() + e * item, base + offset * static_cast<int64_t>(item), item);
-    for (int d = nd - 1; d >= 0 && ++index[d] == shape[d]; --d) index[d] = 0;
+  uint8_t* dst = gathered.data();
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* row = base + mlx_sys_shim::row_offset(x, r) * static_cast<int64_t>(item);
+    for (int j = 0; j < k; ++j, dst += item) {
+      std::memcpy(dst, row + j * step * static_cast<int64_t>(item), item);
+    }
   }
   return gathered.data();
 }
@@ -278,9 +278,7 @@ class CpuQmm : public mlx::core::UnaryPrimitive {
   bool int8_x_;
 };
 
-bool is_float(Dtype t) {
-  return t == mlx::core::float32 || t == mlx::core::float16 || t == mlx::core::bfloat16;
-}
+using mlx_sys_shim::is_float;
 
 array build(
     const array& x_in,
@@ -294,9 +292,7 @@ array build(
     bool int8_x,
     mlx::core::Stream stream) {
   using mlx::core::contiguous;
-  if (stream.device != mlx::core::Device::cpu) {
-    throw std::invalid_argument("cpu_qmm: the stream is not a CPU stream");
-  }
+  mlx_sys_shim::require_cpu(stream, "cpu_qmm");
   if (bits != 4 && bits != 8) throw std::invalid_argument("cpu_qmm: bits must be 4 or 8");
   if (group != 32 && group != 64 && group != 128) {
     throw std::invalid_argument("cpu_qmm: group_size must be 32, 64 or 128");
@@ -331,12 +327,6 @@ array build(
       std::make_shared<CpuQmm>(stream, group, bits, isa_under(isa), gemm_rows, int8_x), std::move(inputs));
 }
 
-void write_error(char* err, size_t err_len, const char* msg) {
-  if (err != nullptr && err_len > 0) {
-    std::snprintf(err, err_len, "%s", msg);
-  }
-}
-
 }  // namespace
 
 extern "C" int mlx_sys_cpu_qmm(
@@ -353,18 +343,12 @@ extern "C" int mlx_sys_cpu_qmm(
     const mlx_stream stream,
     char* err,
     size_t err_len) {
-  try {
+  return mlx_sys_shim::guarded(res, err, err_len, [&] {
     int gemm_rows = gemm_min_rows > 0 ? gemm_min_rows : kDefaultGemmRows;
-    mlx_array_set_(
-        *res,
-        build(mlx_array_get_(x), mlx_array_get_(w), mlx_array_get_(scales),
-              mlx_array_get_(biases), group_size, bits, max_isa, gemm_rows, int8_x != 0,
-              mlx_stream_get_(stream)));
-    return 0;
-  } catch (const std::exception& e) {
-    write_error(err, err_len, e.what());
-    return 1;
-  }
+    return build(mlx_array_get_(x), mlx_array_get_(w), mlx_array_get_(scales),
+                 mlx_array_get_(biases), group_size, bits, max_isa, gemm_rows, int8_x != 0,
+                 mlx_stream_get_(stream));
+  });
 }
 
 extern "C" int mlx_sys_cpu_qmm_isa(int max_isa) {

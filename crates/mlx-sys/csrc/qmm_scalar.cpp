@@ -86,6 +86,22 @@ void each_weight_row(const Problem& p, int n0, int n1, Body body) {
   }
 }
 
+// `k` values of `src` into `dst` in the row kernel's layout: per 32, the
+// even ones then the odd ones where `permute4`, else as they are.
+template <typename T>
+void lay_out(const T* src, T* dst, int k, bool permute4) {
+  if (!permute4) {
+    std::memcpy(dst, src, static_cast<size_t>(k) * sizeof(T));
+    return;
+  }
+  for (int b = 0; b < k; b += 32) {
+    for (int j = 0; j < 16; ++j) {
+      dst[b + j] = src[b + 2 * j];
+      dst[b + 16 + j] = src[b + 2 * j + 1];
+    }
+  }
+}
+
 }  // namespace
 
 void rows_scalar(const Problem& p, int n0, int n1, int m0, int r) {
@@ -129,17 +145,7 @@ void prepare_x(
   row.resize(k);
   for (int i = 0; i < m; ++i) {
     row_to_f32_scalar(x, x_kind, static_cast<size_t>(i) * k, k, row.data());
-    float* dst = xf.data() + static_cast<size_t>(i) * k;
-    if (permute4) {
-      for (int b = 0; b < k; b += 32) {
-        for (int j = 0; j < 16; ++j) {
-          dst[b + j] = row[b + 2 * j];
-          dst[b + 16 + j] = row[b + 2 * j + 1];
-        }
-      }
-    } else {
-      std::memcpy(dst, row.data(), k * sizeof(float));
-    }
+    lay_out(row.data(), xf.data() + static_cast<size_t>(i) * k, k, permute4);
     for (int g = 0; g < k / group; ++g) {
       float s = 0.0f;
       for (int j = g * group; j < (g + 1) * group; ++j) s += row[j];
@@ -204,17 +210,7 @@ void prepare_xq(
       xd[static_cast<size_t>(i) * groups + g] = d;
       xsum[static_cast<size_t>(i) * groups + g] = d * static_cast<float>(sum);
     }
-    int8_t* dst = xq.data() + static_cast<size_t>(i) * k;
-    if (permute4) {
-      for (int b = 0; b < k; b += 32) {
-        for (int j = 0; j < 16; ++j) {
-          dst[b + j] = codes[b + 2 * j];
-          dst[b + 16 + j] = codes[b + 2 * j + 1];
-        }
-      }
-    } else {
-      std::memcpy(dst, codes.data(), k);
-    }
+    lay_out(codes.data(), xq.data() + static_cast<size_t>(i) * k, k, permute4);
   }
 }
 
