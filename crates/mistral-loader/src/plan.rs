@@ -90,13 +90,18 @@ impl LoadPlan {
         // step; each output row is computed alone, so a stack's products
         // equal its parts'.
         self.weights.fuse_projections = true;
+        // Computing in float32, the kernel widens half-precision scales
+        // exactly as it reads them: fewer bytes per token, same products.
+        self.weights.narrow_scales = self.weights.dtype == Some(Dtype::Float32);
         // `dequantize` is set only by `Auto` on the CPU.
         if self.weights.dequantize {
             self.weights.dequantize = false;
             // What the plan added after the dtype's own note (FP8, wrapper).
             let tail = self.summary.split_once(')').map_or("", |(_, tail)| tail);
-            self.summary =
-                format!("float32 scales, weights kept quantized (auto: CPU, our kernel){tail}");
+            self.summary = format!(
+                "float32, weights kept quantized, scales in float16/bfloat16 where exact \
+                 (auto: CPU, our kernel){tail}"
+            );
         }
         self
     }
@@ -131,6 +136,9 @@ impl LoadPlan {
                 cpu_qmm: Default::default(),
                 // MLX's ops unless the caller asks (`with_cpu_fast`).
                 cpu_fast: Default::default(),
+                // Cast with the rest unless our CPU kernel reads them
+                // (`with_cpu_qmm`).
+                narrow_scales: false,
             },
             summary,
         };
@@ -279,8 +287,9 @@ mod tests {
         assert_eq!(dense_f32_bytes(&cfg), 4 * expected as u64);
     }
 
-    /// Our CPU kernel: `Auto` keeps quantized weights quantized (float32
-    /// scales) and stacks projections; MLX's leaves the plan as it was.
+    /// Our CPU kernel: `Auto` keeps quantized weights quantized (scales
+    /// narrowed where exact) and stacks projections; MLX's leaves the plan
+    /// as it was.
     #[test]
     fn cpu_qmm_keeps_auto_quantized_and_fuses() {
         use mlx_rs_core::cpu_qmm::CpuQmm;
@@ -290,6 +299,7 @@ mod tests {
         assert_eq!(ours.weights.dtype, Some(Dtype::Float32));
         assert!(!ours.weights.dequantize);
         assert!(ours.weights.fuse_projections);
+        assert!(ours.weights.narrow_scales);
         assert_eq!(ours.weights.cpu_qmm, CpuQmm::Ours);
         assert!(ours.summary.contains("kept quantized"), "{}", ours.summary);
         assert_eq!(roomy().with_cpu_qmm(CpuQmm::Mlx).weights, roomy().weights);
@@ -297,6 +307,9 @@ mod tests {
             .with_cpu_qmm(CpuQmm::Ours);
         assert_eq!(checkpoint.weights.dtype, None);
         assert!(!checkpoint.weights.dequantize);
+        // Narrowed scales are widened back to the compute dtype only when
+        // there is one.
+        assert!(!checkpoint.weights.narrow_scales);
     }
 
     #[test]

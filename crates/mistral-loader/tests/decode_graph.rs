@@ -86,6 +86,7 @@ fn ours<C: KeyValueCache>(spec: &TestModel, fuse: bool) -> [BTreeMap<String, usi
         cpu_qmm: Default::default(),
         // MLX's fast ops, which mlx-lm's graph also expands.
         cpu_fast: Default::default(),
+        narrow_scales: false,
     };
     let mut model = Mistral::with_options(&config, &mut weights, options).expect("model");
     let mut cache: Vec<Option<C>> = Vec::new();

@@ -7,7 +7,7 @@
 
 use mlx_rs::{
     ops::{clip, dequantize, move_axis},
-    Array,
+    Array, Dtype,
 };
 
 use crate::config::MistralConfig;
@@ -24,6 +24,9 @@ pub struct Embedding {
     /// the options ask.
     head_split: Option<RowSplit>,
     dim: i32,
+    /// The compute dtype the load asked for: a quantized table's gathered
+    /// scales are widened to it (see `WeightOptions::narrow_scales`).
+    dtype: Option<Dtype>,
 }
 
 impl Embedding {
@@ -44,6 +47,7 @@ impl Embedding {
             weight,
             head_split,
             dim,
+            dtype: weights.dtype(),
         })
     }
 
@@ -84,13 +88,22 @@ impl Embedding {
         match &self.weight {
             LinearWeight::Dense(w) => Ok(w.take_axis(ids, 0)?),
             LinearWeight::Transposed(w) => Ok(move_axis(w.take_axis(ids, 1)?, 0, -1)?),
-            LinearWeight::Quantized(q) => Ok(dequantize(
-                q.weight.take_axis(ids, 0)?,
-                q.scales.take_axis(ids, 0)?,
-                &q.biases.take_axis(ids, 0)?,
-                q.params.group_size,
-                q.params.bits,
-            )?),
+            LinearWeight::Quantized(q) => {
+                let rows = |a: &Array| -> Result<Array, ModelError> {
+                    let a = a.take_axis(ids, 0)?;
+                    Ok(match self.dtype {
+                        Some(d) if d != a.dtype() => a.as_dtype(d)?,
+                        _ => a,
+                    })
+                };
+                Ok(dequantize(
+                    q.weight.take_axis(ids, 0)?,
+                    rows(&q.scales)?,
+                    &rows(&q.biases)?,
+                    q.params.group_size,
+                    q.params.bits,
+                )?)
+            }
         }
     }
 

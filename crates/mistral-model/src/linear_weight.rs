@@ -110,8 +110,7 @@ impl QuantizedWeight {
         }
         let groups = [rows, cols / group_size];
         let packed = weights.exact("weight", &[rows, packed_bits / 32], Dtype::Uint32)?;
-        let scales = check_scales(weights, "scales", scales, &groups)?;
-        let biases = weights.float("biases", &groups)?;
+        let (scales, biases) = scales_and_biases(weights, scales, &groups)?;
         Ok(QuantizedWeight {
             weight: mlx_rs_core::read_slack::with_read_slack(&packed)?,
             scales,
@@ -174,21 +173,50 @@ impl QuantizedWeight {
     }
 }
 
-fn check_scales(
-    weights: &Weights,
-    name: &str,
+/// The checked scales (already taken) and biases of a quantized matrix:
+/// cast to the compute dtype, or, where the load narrows scales
+/// (`WeightOptions::narrow_scales`), in the narrowest half-precision dtype
+/// that holds both exactly.
+fn scales_and_biases(
+    weights: &mut Weights,
     scales: Array,
-    shape: &[i32],
-) -> Result<Array, ModelError> {
-    if !scales.dtype().is_float() {
-        return Err(ModelError::Dtype {
-            tensor: weights.path(name),
-            expected: "a floating-point type".to_owned(),
-            found: scales.dtype(),
-        });
+    groups: &[i32],
+) -> Result<(Array, Array), ModelError> {
+    let scales = weights.check_float_stored("scales", scales, groups)?;
+    let biases = weights.float_stored("biases", groups)?;
+    if weights.options().narrow_scales {
+        if let Some(narrow) = narrowed(&scales, &biases)? {
+            return Ok(narrow);
+        }
     }
-    weights.check_shape(name, &scales, shape)?;
-    weights.cast(scales)
+    Ok((weights.cast(scales)?, weights.cast(biases)?))
+}
+
+/// `scales` and `biases` in float16 or bfloat16 (evaluated) when both are
+/// stored in that dtype or hold only its values; `None` otherwise.
+fn narrowed(scales: &Array, biases: &Array) -> Result<Option<(Array, Array)>, ModelError> {
+    let half = |d| matches!(d, Dtype::Float16 | Dtype::Bfloat16);
+    if scales.dtype() == biases.dtype() && half(scales.dtype()) {
+        return Ok(Some((scales.clone(), biases.clone())));
+    }
+    if scales.dtype() != Dtype::Float32 || biases.dtype() != Dtype::Float32 {
+        return Ok(None);
+    }
+    for dtype in [Dtype::Float16, Dtype::Bfloat16] {
+        let (s, b) = (scales.as_dtype(dtype)?, biases.as_dtype(dtype)?);
+        if round_trips(&s, scales)? && round_trips(&b, biases)? {
+            s.eval()?;
+            b.eval()?;
+            return Ok(Some((s, b)));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether `narrow` widened back equals `wide` everywhere (a NaN never
+/// does: such a tensor keeps its dtype).
+fn round_trips(narrow: &Array, wide: &Array) -> Result<bool, ModelError> {
+    Ok(narrow.as_dtype(wide.dtype())?.eq_values(wide)?)
 }
 
 /// The weight of a linear map or embedding table: dense or quantized.
@@ -398,4 +426,40 @@ pub(crate) fn row_cuts(a: &Array, bounds: &[i32]) -> Result<Vec<Array>, ModelErr
         piece.eval()?;
     }
     Ok(pieces)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f32s(v: &[f32]) -> Array {
+        Array::from_slice(v, &[1, v.len() as i32])
+    }
+
+    #[test]
+    fn narrows_scales_only_where_exact() {
+        // float16 values (GGUF's d and m, -8 d): float16.
+        let (s, b) = (
+            f32s(&[0.5, 0.375, 2f32.powi(-24)]),
+            f32s(&[-4.0, -0.0234375, 1.0]),
+        );
+        let (s16, b16) = narrowed(&s, &b).unwrap().expect("float16 values");
+        assert_eq!((s16.dtype(), b16.dtype()), (Dtype::Float16, Dtype::Float16));
+        assert!(s16.as_dtype(Dtype::Float32).unwrap().eq_values(&s).unwrap());
+        // Past float16's range but bfloat16 values: bfloat16.
+        let (s, b) = (f32s(&[1048576.0]), f32s(&[-2.0]));
+        let (sb, _) = narrowed(&s, &b).unwrap().expect("bfloat16 values");
+        assert_eq!(sb.dtype(), Dtype::Bfloat16);
+        // Q4_K's d * sc (17 significant bits): kept.
+        let s = f32s(&[1.0 + 2f32.powi(-16)]);
+        assert!(narrowed(&s, &f32s(&[0.0])).unwrap().is_none());
+        // A NaN never compares equal: kept.
+        assert!(narrowed(&f32s(&[f32::NAN]), &f32s(&[0.0]))
+            .unwrap()
+            .is_none());
+        // Stored half precision stays as it is.
+        let h = f32s(&[0.5]).as_dtype(Dtype::Bfloat16).unwrap();
+        let (s, _) = narrowed(&h, &h).unwrap().expect("stored bfloat16");
+        assert_eq!(s.dtype(), Dtype::Bfloat16);
+    }
 }

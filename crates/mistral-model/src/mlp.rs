@@ -1,11 +1,12 @@
 //! [`Mlp`]: the SwiGLU feed-forward block,
 //! `down_proj(silu(gate_proj(x)) * up_proj(x))`.
 //!
-//! `silu(gate) * up` is one compiled function, as mlx-lm's `swiglu`: on a
-//! GPU MLX fuses it into a single kernel (one graph node, one pass over the
-//! activations) where op by op it takes two.
+//! `silu(gate) * up` is one operation ([`mlx_rs_core::cpu_fused::swiglu`]):
+//! compiled as mlx-lm's `swiglu` (on a GPU one kernel where op by op it
+//! takes two), or our CPU kernel where the load asks for it.
 
-use mlx_rs::{error::Exception, nn::silu, transforms::compile::compile, Array};
+use mlx_rs::Array;
+use mlx_rs_core::cpu_fused::CpuFast;
 
 use crate::config::MistralConfig;
 use crate::error::ModelError;
@@ -20,6 +21,8 @@ pub struct Mlp {
     /// `gate_proj` and `up_proj`.
     gate_up: FusedLinear,
     down_proj: Linear,
+    /// Whether SwiGLU on a CPU stream runs our kernel (the load's option).
+    fast: CpuFast,
 }
 
 impl Mlp {
@@ -48,6 +51,7 @@ impl Mlp {
         Ok(Mlp {
             gate_up: FusedLinear::new(vec![gate, up], weights.fuse_projections())?,
             down_proj: Linear::sharded(cfg, weights, "down_proj", (hidden, dim), bias, cols)?,
+            fast: weights.options().cpu_fast,
         })
     }
 
@@ -59,29 +63,11 @@ impl Mlp {
                 "the fused gate/up projection gave other than 2 outputs".to_owned(),
             )
         })?;
-        self.down_proj.forward(&swiglu(&gate, &up)?)
+        self.down_proj.forward(&swiglu(&gate, &up, self.fast)?)
     }
 }
 
-/// A compiled function of arrays giving arrays.
-type Compiled = Box<dyn FnMut(&[Array]) -> Result<Vec<Array>, Exception>>;
-
-thread_local! {
-    /// The one compiled `swiglu` of this thread: MLX caches a trace per
-    /// compiled function, so compiling once avoids re-tracing every call.
-    static SWIGLU: std::cell::RefCell<Compiled> = std::cell::RefCell::new(Box::new(compile(
-        |args: &[Array]| -> Result<Vec<Array>, Exception> {
-            Ok(vec![silu(&args[0])?.multiply(&args[1])?])
-        },
-        true,
-    )));
-}
-
-/// `silu(gate) * up`, compiled (shapeless) as mlx-lm compiles its `swiglu`.
-pub(crate) fn swiglu(gate: &Array, up: &Array) -> Result<Array, Exception> {
-    SWIGLU.with(|f| {
-        let mut out = (f.borrow_mut())(&[gate.clone(), up.clone()])?;
-        out.pop()
-            .ok_or_else(|| Exception::custom("the compiled swiglu gave no output"))
-    })
+/// `silu(gate) * up` (see the module notes).
+pub(crate) fn swiglu(gate: &Array, up: &Array, fast: CpuFast) -> Result<Array, ModelError> {
+    Ok(mlx_rs_core::cpu_fused::swiglu(gate, up, fast)?)
 }

@@ -37,6 +37,7 @@ use crate::routing::Routing;
 use crate::switch_linear::SwitchLinear;
 use crate::tensor_parallel::{Split, TensorParallel};
 use crate::weights::Weights;
+use mlx_rs_core::cpu_fused::CpuFast;
 
 /// (token, expert) pairs from which the pairs are sorted by expert (mlx-lm's
 /// `SwitchGLU` threshold).
@@ -57,6 +58,8 @@ pub struct SparseMoe {
     shared: Option<Mlp>,
     /// Split over ranks: the partial outputs are summed over them.
     reduce: Option<TensorParallel>,
+    /// Whether SwiGLU on a CPU stream runs our kernel (the load's option).
+    fast: CpuFast,
 }
 
 impl SparseMoe {
@@ -175,6 +178,7 @@ impl SparseMoe {
             routing,
             shared,
             reduce,
+            fast: weights.options().cpu_fast,
         })
     }
 
@@ -226,7 +230,7 @@ impl SparseMoe {
         let gate = self.gate_proj.forward(&x, &indices, sort)?;
         let y = self
             .down_proj
-            .forward(&swiglu(&gate, &up)?, &indices, sort)?;
+            .forward(&swiglu(&gate, &up, self.fast)?, &indices, sort)?;
         let y = match inverse {
             Some(inverse) => y.take_axis(&inverse, 0)?.reshape(&[rows, k, 1, -1])?,
             None => y,

@@ -147,16 +147,30 @@ impl SwitchLinear {
                 message: "the experts of one projection are not all stored alike".to_owned(),
             });
         };
-        let pick =
-            |f: fn(&crate::linear_weight::QuantizedWeight) -> &Array| -> Result<Array, ModelError> {
-                let a = stack(&quantized.iter().map(|q| f(q)).collect::<Vec<_>>(), 0)?;
-                a.eval()?;
-                Ok(a)
-            };
+        // Experts whose scales were narrowed unlike the others' (see
+        // `WeightOptions::narrow_scales`) are stacked in the compute dtype.
+        let alike = quantized
+            .windows(2)
+            .all(|w| w[0].scales.dtype() == w[1].scales.dtype());
+        let common = (!alike).then(|| weights.dtype().unwrap_or(Dtype::Float32));
+        let pick = |f: fn(&crate::linear_weight::QuantizedWeight) -> &Array,
+                    dtype: Option<Dtype>|
+         -> Result<Array, ModelError> {
+            let parts = quantized
+                .iter()
+                .map(|q| match dtype {
+                    Some(d) => f(q).as_dtype(d),
+                    None => Ok(f(q).clone()),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let a = stack(&parts, 0)?;
+            a.eval()?;
+            Ok(a)
+        };
         Ok(SwitchLinear::Quantized {
-            weight: pick(|q| &q.weight)?,
-            scales: pick(|q| &q.scales)?,
-            biases: pick(|q| &q.biases)?,
+            weight: pick(|q| &q.weight, None)?,
+            scales: pick(|q| &q.scales, common)?,
+            biases: pick(|q| &q.biases, common)?,
             params: quantized[0].params,
         })
     }

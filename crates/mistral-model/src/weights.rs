@@ -139,6 +139,13 @@ pub struct WeightOptions {
     /// kernels instead of MLX's decomposed fallbacks (see
     /// [`mlx_rs_core::cpu_fused`]).
     pub cpu_fast: CpuFast,
+    /// Quantization scales and biases are kept in (or narrowed to) float16
+    /// or bfloat16 wherever that holds every value exactly, instead of
+    /// being cast to [`dtype`](Self::dtype): our CPU kernel widens them
+    /// exactly as it reads them, so its products are unchanged and a
+    /// decode step reads fewer bytes (GGUF's Q4_0, Q4_1 and Q8_0 scales are
+    /// float16 values). Embedding rows are still dequantized in `dtype`.
+    pub narrow_scales: bool,
 }
 
 /// A view of a [`WeightSource`] under a module path, with the compute dtype.
@@ -322,7 +329,20 @@ impl<'a> Weights<'a> {
             .transpose()
     }
 
-    fn check_float(&self, name: &str, a: Array, shape: &[i32]) -> Result<Array, ModelError> {
+    /// Takes the required floating-point tensor `name` of shape `shape` in
+    /// its stored dtype (no cast).
+    pub fn float_stored(&mut self, name: &str, shape: &[i32]) -> Result<Array, ModelError> {
+        let a = self.require(name)?;
+        self.check_float_stored(name, a, shape)
+    }
+
+    /// Checks that `a`, tensor `name`, is floating-point of shape `shape`.
+    pub fn check_float_stored(
+        &self,
+        name: &str,
+        a: Array,
+        shape: &[i32],
+    ) -> Result<Array, ModelError> {
         if !a.dtype().is_float() {
             return Err(ModelError::Dtype {
                 tensor: self.path(name),
@@ -331,6 +351,11 @@ impl<'a> Weights<'a> {
             });
         }
         self.check_shape(name, &a, shape)?;
+        Ok(a)
+    }
+
+    fn check_float(&self, name: &str, a: Array, shape: &[i32]) -> Result<Array, ModelError> {
+        let a = self.check_float_stored(name, a, shape)?;
         self.cast(a)
     }
 

@@ -1,13 +1,15 @@
 //! CPU kernels of our own for the fast ops of a decode step (RMSNorm, RoPE,
-//! one-query attention; `crates/mlx-sys/csrc/cpu_fused.cpp`), each one MLX
-//! primitive on the CPU stream.
+//! one-query attention, SwiGLU; `crates/mlx-sys/csrc/cpu_fused.cpp`), each
+//! one MLX primitive on the CPU stream.
 //!
 //! Why: MLX 0.32 has no CPU kernels for `fast::rms_norm`, `fast::rope` and
 //! `fast::scaled_dot_product_attention`; on the CPU each expands into its
 //! fallback graph (11, 29 and 12 primitives), and every primitive costs host
 //! time to build and dispatch on every step. On a narrow, deep model
 //! (SmolLM2-135M: 30 layers of width 576) these make up most of a decode
-//! step's primitives (see docs/performance.md).
+//! step's primitives (see docs/performance.md). MLX compiles SwiGLU
+//! (`silu(gate) * up`, [`swiglu`]) into one primitive, but runs it on the
+//! CPU as scalar code with a call per element; ours is vectorized.
 //!
 //! The functions here pick ours where the caller asks for it
 //! ([`CpuFast::Ours`], a load option), the thread's default stream is a
@@ -21,7 +23,7 @@
 use std::ffi::CStr;
 use std::os::raw::c_char;
 
-use mlx_rs::{fast, Array, Stream};
+use mlx_rs::{error::Exception, fast, nn::silu, transforms::compile::compile, Array, Stream};
 
 use crate::cache::StoredKv;
 use crate::error::Result;
@@ -267,4 +269,51 @@ pub fn attention(
         }
     }
     crate::attention(queries, stored, scale, mask)
+}
+
+/// `silu(gate) * up` by our kernel on `stream` (a CPU stream): float32
+/// arrays of one shape.
+pub fn cpu_swiglu(
+    gate: &Array,
+    up: &Array,
+    stream: &Stream,
+) -> std::result::Result<Array, CpuFusedError> {
+    if !is_cpu(stream) {
+        return Err(CpuFusedError::NotCpu);
+    }
+    // SAFETY: as in `cpu_rms_norm`.
+    build(|res, err, len| unsafe {
+        mlx_sys::mlx_sys_cpu_swiglu(res, gate.as_ptr(), up.as_ptr(), stream.as_ptr(), err, len)
+    })
+}
+
+/// A compiled function of arrays giving arrays.
+type Compiled = Box<dyn FnMut(&[Array]) -> std::result::Result<Vec<Array>, Exception>>;
+
+thread_local! {
+    /// The one compiled `swiglu` of this thread: MLX caches a trace per
+    /// compiled function, so compiling once avoids re-tracing every call.
+    static SWIGLU: std::cell::RefCell<Compiled> = std::cell::RefCell::new(Box::new(compile(
+        |args: &[Array]| -> std::result::Result<Vec<Array>, Exception> {
+            Ok(vec![silu(&args[0])?.multiply(&args[1])?])
+        },
+        true,
+    )));
+}
+
+/// `silu(gate) * up`: ours on a CPU stream for float32 where `kind` asks
+/// for it, else compiled (shapeless) as mlx-lm compiles its `swiglu` (on
+/// a GPU MLX fuses it into one kernel).
+pub fn swiglu(gate: &Array, up: &Array, kind: CpuFast) -> Result<Array> {
+    if let Some(stream) = ours_on(kind) {
+        if all_f32(&[gate, up]) && gate.shape() == up.shape() {
+            return Ok(cpu_swiglu(gate, up, &stream)?);
+        }
+    }
+    SWIGLU.with(|f| {
+        let mut out = (f.borrow_mut())(&[gate.clone(), up.clone()])?;
+        Ok(out
+            .pop()
+            .ok_or_else(|| Exception::custom("the compiled swiglu gave no output"))?)
+    })
 }

@@ -24,11 +24,14 @@
 //!   scores and the probabilities to the dtype; ours rounds once), 64 eps
 //!   in float32 (sums of 64 products and of up to 300 weights in another
 //!   order, libm's exp against MLX's).
+//! - SwiGLU (float32 only): 8 eps. Both sides round exp (ours a Cephes
+//!   polynomial, MLX its own approximation; about 1 ulp each), the
+//!   sigmoid's sum and quotient and two products.
 //!   A wrong head, pair or sign gives errors of order 1.
 
 use mlx_rs::ops::indexing::IndexOp;
-use mlx_rs::{fast, random, Array, Dtype, Stream};
-use mlx_rs_core::cpu_fused::{cpu_decode_attention, cpu_rms_norm, cpu_rope};
+use mlx_rs::{fast, nn::silu, random, Array, Dtype, Stream};
+use mlx_rs_core::cpu_fused::{cpu_decode_attention, cpu_rms_norm, cpu_rope, cpu_swiglu};
 
 fn normal(shape: &[i32], seed: u64) -> Array {
     let key = random::key(seed).unwrap();
@@ -200,6 +203,46 @@ fn decode_attention_matches_mlx() {
 }
 
 #[test]
+fn swiglu_matches_mlx() {
+    let cpu = Stream::cpu();
+    let tol = 8.0 * eps(Dtype::Float32);
+    let check = |gate: &Array, up: &Array, what: &str| {
+        let ours = cpu_swiglu(gate, up, &cpu).unwrap();
+        let theirs = silu(gate).unwrap().multiply(up).unwrap();
+        let err = relative(&ours, &theirs);
+        eprintln!("swiglu {what}: {err:.2e}");
+        assert!(err <= tol, "swiglu {what}: {err:e}");
+    };
+    // One decode row, rows whose width is not a multiple of 16, wide values.
+    for (shape, spread) in [
+        (vec![1, 1, 1536], 3.0),
+        (vec![3, 100], 8.0),
+        (vec![2, 7], 30.0),
+    ] {
+        let g = normal(&shape, 21)
+            .multiply(Array::from_f32(spread))
+            .unwrap();
+        let u = normal(&shape, 22);
+        check(&g, &u, &format!("{shape:?} x {spread}"));
+    }
+    // Past exp's range both ways (silu is then 0 or the gate itself).
+    let g = Array::from_slice(
+        &[
+            -200.0f32, -104.5, -89.0, -88.5, -20.0, -1e-3, 0.0, 1e-3, 20.0, 88.5, 89.0, 200.0,
+        ],
+        &[1, 12],
+    );
+    check(&g, &normal(&[1, 12], 23), "edges");
+    // The halves of a stacked gate/up product (views), and a transposed
+    // (strided) gate.
+    let both = normal(&[2, 64], 24);
+    let (g, u) = (both.index((.., ..32)), both.index((.., 32..)));
+    check(&g, &u, "halves of one product");
+    let gt = normal(&[32, 2], 25).transpose().unwrap();
+    check(&gt, &u, "transposed gate");
+}
+
+#[test]
 fn refuses_what_it_does_not_compute() {
     let cpu = Stream::cpu();
     let x = normal(&[2, 64], 1);
@@ -209,4 +252,8 @@ fn refuses_what_it_does_not_compute() {
     assert!(cpu_decode_attention(&q, &k, &k, 0.1, &cpu).is_err());
     let x = normal(&[1, 2, 1, 64], 5);
     assert!(cpu_rope(&x, 65, false, 1e4, 1.0, 0, None, &cpu).is_err());
+    let g = normal(&[2, 8], 6);
+    assert!(cpu_swiglu(&g, &normal(&[2, 9], 7), &cpu).is_err(), "shapes");
+    let half = g.as_dtype(Dtype::Float16).unwrap();
+    assert!(cpu_swiglu(&half, &half, &cpu).is_err(), "float16");
 }

@@ -1,13 +1,16 @@
-// CPU kernels for the three fast ops a decode step calls per layer: RMS
-// normalization, rotary embedding and one-query attention, each an MLX
-// primitive of our own run on the CPU stream.
+// CPU kernels for the fast ops a decode step calls per layer: RMS
+// normalization, rotary embedding, one-query attention and the MLP's
+// silu(gate) * up, each an MLX primitive of our own run on the CPU stream.
 //
 // Why: MLX 0.32 has no CPU kernels for fast::rms_norm, fast::rope and
 // fast::scaled_dot_product_attention; on the CPU they expand into their
 // fallback graphs (11, 29 and 12 primitives), and each primitive costs host
 // time to build and dispatch on every step. One primitive each does the
 // same arithmetic in one pass (float32 accumulation, results rounded once
-// to the output dtype).
+// to the output dtype). MLX compiles silu(gate) * up into one primitive,
+// but its CPU code is scalar (one libm-style exp and fmaf call per
+// element); ours is vectorized. Attention's heads are shared among the
+// quantized product's threads (qmm_pool.hpp).
 //
 // Inputs are read through their strides (cache slices and transposed heads
 // are views), so no copy is added to the graph; outputs are contiguous.
@@ -31,6 +34,7 @@
 #include "mlx/c/private/array.h"
 #include "mlx/c/private/stream.h"
 
+#include "qmm_pool.hpp"
 #include "shim_common.hpp"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -119,6 +123,47 @@ FUSED_AVX2 void axpy_avx2(float w, const float* x, float* y, int n) {
 bool has_avx2() {
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return yes;
+}
+
+#define FUSED_AVX512 __attribute__((target("avx512f,avx2,fma")))
+
+bool has_avx512() {
+  static const bool yes = has_avx2() && __builtin_cpu_supports("avx512f");
+  return yes;
+}
+
+// exp(x) to about 1 ulp: 2^n exp(r) with n = round(x / ln 2), r = x - n ln 2
+// (ln 2 in two parts) and exp(r) by Cephes' expf polynomial; overflows to
+// +inf and underflows to 0 as expf does.
+FUSED_AVX512 __m512 exp_avx512(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(89.0f));
+  const __m512 n = _mm512_roundscale_ps(
+      _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(y, n);
+}
+
+// out[i] = g[i] * sigmoid(g[i]) * u[i], float32, contiguous.
+FUSED_AVX512 void swiglu_avx512(const float* g, const float* u, float* out, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  int64_t i = 0;
+  for (; i < n; i += 16) {
+    const __mmask16 live = n - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 gv = _mm512_maskz_loadu_ps(live, g + i);
+    const __m512 uv = _mm512_maskz_loadu_ps(live, u + i);
+    const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+    const __m512 sig = _mm512_div_ps(one, _mm512_add_ps(one, e));
+    _mm512_mask_storeu_ps(out + i, live, _mm512_mul_ps(_mm512_mul_ps(gv, sig), uv));
+  }
 }
 #endif
 
@@ -319,57 +364,72 @@ class Attention : public CpuOp {
     const array& q = in[0];
     const array& k = in[1];
     const array& v = in[2];
-    const int b_len = q.shape(0), hq = q.shape(1), d = q.shape(3);
-    const int hkv = k.shape(1), n = k.shape(2), dv = v.shape(3);
+    const int b_len = q.shape(0), hq = q.shape(1);
+    const int hkv = k.shape(1);
     const int rep = hq / hkv;
-    std::vector<float> qf(d), kf(d), vf(dv), p(n), acc(dv);
+    // One task per batch row and query head, computed alone whichever
+    // thread runs it; the workers then stay awake for the next product.
+    by_dtype(q.dtype(), [&](auto* tt) {
+      using T = std::remove_pointer_t<decltype(tt)>;
+      mlx_sys_qmm::pool().run(
+          b_len * hq,
+          [&](int task) {
+            const int b = task / hq, h = task % hq;
+            head<T>(q, k, v, out, b, h, h / rep);
+          },
+          mlx_sys_qmm::kDecodeSpinUs);
+    });
+  }
+
+  // Query head h of batch row b over kv head kh.
+  template <typename T>
+  void head(const array& q, const array& k, const array& v, array& out, int b, int h, int kh)
+      const {
+    const int hq = q.shape(1), d = q.shape(3);
+    const int n = k.shape(2), dv = v.shape(3);
+    thread_local std::vector<float> qf, kf, vf, p, acc;
+    qf.resize(d);
+    kf.resize(d);
+    vf.resize(dv);
+    p.resize(n);
+    acc.assign(dv, 0.0f);
     auto at = [](const array& a, int64_t i0, int64_t i1, int64_t i2) {
       return i0 * a.strides()[0] + i1 * a.strides()[1] + i2 * a.strides()[2];
     };
-    by_dtype(q.dtype(), [&](auto* tt) {
-      using T = std::remove_pointer_t<decltype(tt)>;
-      const T* qp = q.data<T>();
-      const T* kp = k.data<T>();
-      const T* vp = v.data<T>();
-      T* op = out.data<T>();
-      for (int b = 0; b < b_len; ++b) {
-        for (int h = 0; h < hq; ++h) {
-          const int kh = h / rep;
-          load_f32(qp + at(q, b, h, 0), q.strides()[3], d, qf.data());
-          for (auto& e : qf) e *= scale_;
-          float m = -std::numeric_limits<float>::infinity();
-          for (int j = 0; j < n; ++j) {
-            const T* kr = kp + at(k, b, kh, j);
-            if (k.strides()[3] == 1 && std::is_same_v<T, float>) {
-              p[j] = dot(qf.data(), reinterpret_cast<const float*>(kr), d);
-            } else {
-              load_f32(kr, k.strides()[3], d, kf.data());
-              p[j] = dot(qf.data(), kf.data(), d);
-            }
-            m = std::max(m, p[j]);
-          }
-          float sum = 0.0f;
-          for (int j = 0; j < n; ++j) {
-            p[j] = std::exp(p[j] - m);
-            sum += p[j];
-          }
-          const float inv = 1.0f / sum;
-          std::fill(acc.begin(), acc.end(), 0.0f);
-          for (int j = 0; j < n; ++j) {
-            const float w = p[j] * inv;
-            const T* vr = vp + at(v, b, kh, j);
-            if (v.strides()[3] == 1 && std::is_same_v<T, float>) {
-              axpy(w, reinterpret_cast<const float*>(vr), acc.data(), dv);
-            } else {
-              load_f32(vr, v.strides()[3], dv, vf.data());
-              axpy(w, vf.data(), acc.data(), dv);
-            }
-          }
-          T* o = op + (static_cast<int64_t>(b) * hq + h) * dv;
-          for (int i = 0; i < dv; ++i) o[i] = static_cast<T>(acc[i]);
-        }
+    const T* qp = q.data<T>();
+    const T* kp = k.data<T>();
+    const T* vp = v.data<T>();
+    load_f32(qp + at(q, b, h, 0), q.strides()[3], d, qf.data());
+    for (auto& e : qf) e *= scale_;
+    float m = -std::numeric_limits<float>::infinity();
+    for (int j = 0; j < n; ++j) {
+      const T* kr = kp + at(k, b, kh, j);
+      if (k.strides()[3] == 1 && std::is_same_v<T, float>) {
+        p[j] = dot(qf.data(), reinterpret_cast<const float*>(kr), d);
+      } else {
+        load_f32(kr, k.strides()[3], d, kf.data());
+        p[j] = dot(qf.data(), kf.data(), d);
       }
-    });
+      m = std::max(m, p[j]);
+    }
+    float sum = 0.0f;
+    for (int j = 0; j < n; ++j) {
+      p[j] = std::exp(p[j] - m);
+      sum += p[j];
+    }
+    const float inv = 1.0f / sum;
+    for (int j = 0; j < n; ++j) {
+      const float w = p[j] * inv;
+      const T* vr = vp + at(v, b, kh, j);
+      if (v.strides()[3] == 1 && std::is_same_v<T, float>) {
+        axpy(w, reinterpret_cast<const float*>(vr), acc.data(), dv);
+      } else {
+        load_f32(vr, v.strides()[3], dv, vf.data());
+        axpy(w, vf.data(), acc.data(), dv);
+      }
+    }
+    T* o = out.data<T>() + (static_cast<int64_t>(b) * hq + h) * dv;
+    for (int i = 0; i < dv; ++i) o[i] = static_cast<T>(acc[i]);
   }
 
   const char* name() const override {
@@ -385,7 +445,84 @@ class Attention : public CpuOp {
   float scale_;
 };
 
+// --------------------------------------------------------------- SwiGLU
+
+// out = silu(gate) * up = gate * sigmoid(gate) * up, float32, with
+// sigmoid(g) = 1 / (1 + exp(-g)); each product rounded as MLX's ops round
+// them, exp to about 1 ulp (MLX's own CPU exp is an approximation too).
+class SwiGlu : public CpuOp {
+ public:
+  explicit SwiGlu(mlx::core::Stream s) : CpuOp(s) {}
+
+  void compute(const std::vector<array>& in, array& out) const override {
+    const array& g = in[0];
+    const array& u = in[1];
+    const int d = out.shape().back();
+    const int64_t rows = d == 0 ? 0 : static_cast<int64_t>(out.size() / d);
+    // Rows of the last axis, read in place where contiguous (the halves of
+    // the stacked gate/up product are), else gathered.
+    std::vector<float> gs, us;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* gp = row_of(g, r, gs);
+      const float* up = row_of(u, r, us);
+      float* op = out.data<float>() + r * d;
+#if defined(__x86_64__) || defined(_M_X64)
+      if (has_avx512()) {
+        swiglu_avx512(gp, up, op, d);
+        continue;
+      }
+#endif
+      for (int i = 0; i < d; ++i) {
+        const float sig = 1.0f / (1.0f + std::exp(-gp[i]));
+        op[i] = gp[i] * sig * up[i];
+      }
+    }
+  }
+
+  // Row r of `a` (float32): in place when its last axis is contiguous,
+  // else copied into `scratch`.
+  static const float* row_of(const array& a, int64_t r, std::vector<float>& scratch) {
+    const float* p = a.data<float>() + row_offset(a, r);
+    const int d = a.shape().back();
+    if (a.strides().back() == 1) return p;
+    scratch.resize(d);
+    load_f32(p, a.strides().back(), d, scratch.data());
+    return scratch.data();
+  }
+
+  const char* name() const override {
+    return "MistralMlxCpuSwiGlu";
+  }
+
+  bool is_equivalent(const mlx::core::Primitive& other) const override {
+    return dynamic_cast<const SwiGlu*>(&other) != nullptr;
+  }
+};
+
 }  // namespace
+
+extern "C" int mlx_sys_cpu_swiglu(
+    mlx_array* res,
+    const mlx_array gate,
+    const mlx_array up,
+    const mlx_stream stream,
+    char* err,
+    size_t err_len) {
+  return guarded(res, err, err_len, [&] {
+    auto s = mlx_stream_get_(stream);
+    mlx_sys_shim::require_cpu(s, "cpu_fused");
+    const array& ga = mlx_array_get_(gate);
+    const array& ua = mlx_array_get_(up);
+    if (ga.shape() != ua.shape()) {
+      throw std::invalid_argument("cpu_swiglu: gate and up must have one shape");
+    }
+    if (ga.dtype() != mlx::core::float32 || ua.dtype() != mlx::core::float32) {
+      throw std::invalid_argument("cpu_swiglu: gate and up must be float32");
+    }
+    if (ga.ndim() < 1) throw std::invalid_argument("cpu_swiglu: gate and up need 1+ dims");
+    return array(ga.shape(), ga.dtype(), std::make_shared<SwiGlu>(s), {ga, ua});
+  });
+}
 
 extern "C" int mlx_sys_cpu_rms_norm(
     mlx_array* res,

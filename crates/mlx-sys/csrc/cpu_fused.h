@@ -59,6 +59,15 @@ int mlx_sys_cpu_decode_attention(
     char* err,
     size_t err_len);
 
+/* silu(gate) * up (gate * sigmoid(gate) * up), float32 of one shape. */
+int mlx_sys_cpu_swiglu(
+    mlx_array* res,
+    const mlx_array gate,
+    const mlx_array up,
+    const mlx_stream stream,
+    char* err,
+    size_t err_len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -86,7 +86,6 @@ constexpr int64_t kTileParallelElements = int64_t{1} << 19;
 // between products (see Pool), and how long they do (BENCHMARKS.md, "CPU
 // decode threads").
 constexpr int64_t kRowsParallelElements = int64_t{1} << 16;
-constexpr int kRowsSpinUs = 2000;
 
 Half half_kind(Dtype t) {
   if (t == mlx::core::float32) return Half::F32;
@@ -170,7 +169,7 @@ void compute(
       const int tasks = (n + per - 1) / per;
       threads.run(
           tasks, [&](int i) { rows_q8(p, isa, i * per, std::min(n, (i + 1) * per), 0, m); },
-          m <= 4 ? kRowsSpinUs : 0);
+          m <= 4 ? kDecodeSpinUs : 0);
     }
   } else if (use_gemm) {
     // Many rows: float32 tiles of W through the BLAS.
@@ -219,7 +218,7 @@ void compute(
       // About 8 tasks per thread, at least 8 rows each.
       const int per = std::max(8, n / (threads.size() * 8));
       const int tasks = (n + per - 1) / per;
-      threads.run(tasks, [&](int i) { part(i * per, std::min(n, (i + 1) * per)); }, kRowsSpinUs);
+      threads.run(tasks, [&](int i) { part(i * per, std::min(n, (i + 1) * per)); }, kDecodeSpinUs);
     }
   }
   if (!out_f32) {

@@ -33,7 +33,7 @@ class Pool {
   }
 
   // `spin_us`: how long the workers then wait awake for the next job
-  // before they sleep (see kRowsSpinUs).
+  // before they sleep (see kDecodeSpinUs).
   void run(int tasks, const std::function<void(int)>& fn, int spin_us = 0) {
     if (workers_ == 0 || tasks <= 1) {
       for (int i = 0; i < tasks; ++i) {
@@ -116,6 +116,11 @@ class Pool {
   const std::function<void(int)>* fn_ = nullptr;
   int tasks_ = 0;
 };
+
+// How long the workers wait awake after a decode step's job (a few-row
+// product, one-query attention) for the next (BENCHMARKS.md, "CPU decode
+// threads").
+constexpr int kDecodeSpinUs = 2000;
 
 // The process's pool: one thread per core (at most 16), the caller included.
 Pool& pool();

@@ -181,20 +181,50 @@ QMM_AVX512 inline void load32_avx512(const uint8_t* p, __m512& a, __m512& c) {
   }
 }
 
-template <int BITS, int R>
+// The `live` values of 16 from `g` of a row of kind S, as float32, zeros
+// elsewhere.
+template <Half S>
+QMM_AVX512 inline __m512 load16_at(const void* row, int g, __mmask16 live) {
+  if constexpr (S == Half::F32) {
+    return _mm512_maskz_loadu_ps(live, static_cast<const float*>(row) + g);
+  } else {
+    const __m256i h = _mm256_maskz_loadu_epi16(live, static_cast<const uint16_t*>(row) + g);
+    if constexpr (S == Half::F16) {
+      return _mm512_cvtph_ps(h);
+    } else {
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+  }
+}
+
+// The scales and biases are read in their own dtype (S): half-precision
+// ones are half the bytes, and a row's are widened 16 at a time.
+template <int BITS, int R, Half S>
 QMM_AVX512 void rows_avx512(const Problem& p, int n0, int n1, int m0) {
   // Groups take turns among NA accumulators per x row: one chain of
   // dependent FMAs per row would make a short row wait on its latency.
   constexpr int NA = R <= 2 ? 4 : 2;
+  constexpr size_t SB = S == Half::F32 ? 4 : 2;
   const int groups = p.groups();
   const int blocks = p.group / 32;
   auto& sc = row_scratch();
-  sc.fit(groups);
+  sc.fit(groups + 16);
   const float* xr[R];
   for (int i = 0; i < R; ++i) xr[i] = p.x + static_cast<size_t>(m0 + i) * p.k;
   for (int n = n0; n < n1; ++n) {
-    const float *rs, *rb;
-    scale_rows_avx2(p, n, sc, rs, rb);
+    const size_t first = static_cast<size_t>(n) * groups * SB;
+    const void* rb = static_cast<const uint8_t*>(p.biases) + first;
+    const float* rs;
+    if constexpr (S == Half::F32) {
+      rs = reinterpret_cast<const float*>(static_cast<const uint8_t*>(p.scales) + first);
+    } else {
+      const void* row = static_cast<const uint8_t*>(p.scales) + first;
+      for (int g = 0; g < groups; g += 16) {
+        const __mmask16 live = groups - g >= 16 ? 0xffff : (1u << (groups - g)) - 1;
+        _mm512_storeu_ps(sc.s.data() + g, load16_at<S>(row, g, live));
+      }
+      rs = sc.s.data();
+    }
     const uint8_t* wp = p.w + n * p.row_bytes();
     __m512 acc[NA][R];
     for (int t = 0; t < NA; ++t)
@@ -228,13 +258,26 @@ QMM_AVX512 void rows_avx512(const Problem& p, int n0, int n1, int m0) {
       __m512 bias = _mm512_setzero_ps();
       for (int g = 0; g < groups; g += 16) {
         const __mmask16 live = groups - g >= 16 ? 0xffff : (1u << (groups - g)) - 1;
-        bias = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(live, rb + g),
+        bias = _mm512_fmadd_ps(load16_at<S>(rb, g, live),
                                _mm512_maskz_loadu_ps(live, xs + g), bias);
       }
       __m512 sum = bias;
       for (int t = 0; t < NA; ++t) sum = _mm512_add_ps(sum, acc[t][i]);
       p.y[static_cast<size_t>(m0 + i) * p.n + n] = _mm512_reduce_add_ps(sum);
     }
+  }
+}
+
+// rows_avx512 for p's bit width and scales' kind, R x rows.
+template <int R>
+void rows_avx512_for(const Problem& p, int n0, int n1, int m0) {
+  switch (p.sdt) {
+    case Half::F32:
+      return (p.bits == 8 ? rows_avx512<8, R, Half::F32> : rows_avx512<4, R, Half::F32>)(p, n0, n1, m0);
+    case Half::F16:
+      return (p.bits == 8 ? rows_avx512<8, R, Half::F16> : rows_avx512<4, R, Half::F16>)(p, n0, n1, m0);
+    case Half::BF16:
+      return (p.bits == 8 ? rows_avx512<8, R, Half::BF16> : rows_avx512<4, R, Half::BF16>)(p, n0, n1, m0);
   }
 }
 
@@ -298,14 +341,16 @@ void rows(const Problem& p, int isa, int n0, int n1, int m0, int r) {
 #if QMM_X86
   if (isa != MLX_SYS_CPU_QMM_ISA_SCALAR) {
     using Fn = void (*)(const Problem&, int, int, int);
-    static constexpr Fn k512[2][4] = {
-        {rows_avx512<4, 1>, rows_avx512<4, 2>, rows_avx512<4, 3>, rows_avx512<4, 4>},
-        {rows_avx512<8, 1>, rows_avx512<8, 2>, rows_avx512<8, 3>, rows_avx512<8, 4>}};
+    static constexpr Fn k512[4] = {
+        rows_avx512_for<1>, rows_avx512_for<2>, rows_avx512_for<3>, rows_avx512_for<4>};
     static constexpr Fn k2[2][4] = {
         {rows_avx2<4, 1>, rows_avx2<4, 2>, rows_avx2<4, 3>, rows_avx2<4, 4>},
         {rows_avx2<8, 1>, rows_avx2<8, 2>, rows_avx2<8, 3>, rows_avx2<8, 4>}};
-    const auto& table = isa >= MLX_SYS_CPU_QMM_ISA_AVX512 ? k512 : k2;
-    table[p.bits == 8][r - 1](p, n0, n1, m0);
+    if (isa >= MLX_SYS_CPU_QMM_ISA_AVX512) {
+      k512[r - 1](p, n0, n1, m0);
+    } else {
+      k2[p.bits == 8][r - 1](p, n0, n1, m0);
+    }
     return;
   }
 #endif
