@@ -139,7 +139,7 @@ pub struct ModelArgs {
     /// of dequantizing them to float32. No effect on a GPU.
     #[arg(long, default_value = "ours", value_parser = parse_cpu_qmm)]
     pub cpu_qmm: CpuQmm,
-    /// Which kernels compute RMSNorm, RoPE and one-token attention on the
+    /// Which kernels compute RMSNorm, RoPE, one-token attention and SwiGLU on the
     /// CPU: `ours` (one primitive each, the default; see
     /// mlx_rs_core::cpu_fused) or `mlx` (MLX's fast ops, which expand into
     /// many primitives on the CPU). No effect on a GPU.

@@ -42,10 +42,11 @@ pub struct LoadOptions {
     pub qmv: QmvKernel,
     /// Whether quantized products on the CPU use our kernel (default: MLX's;
     /// see [`mlx_rs_core::cpu_qmm`]). With [`ComputeDtype::Auto`] on the
-    /// CPU it also keeps quantized weights quantized (float32 scales)
-    /// instead of dequantizing them at load.
+    /// CPU it also keeps quantized weights quantized (scales in float16 or
+    /// bfloat16 where that holds them exactly, else float32) instead of
+    /// dequantizing them at load.
     pub cpu_qmm: CpuQmm,
-    /// Whether RMSNorm, RoPE and decode attention on the CPU use our
+    /// Whether RMSNorm, RoPE, decode attention and SwiGLU on the CPU use our
     /// kernels (default: MLX's ops; see [`mlx_rs_core::cpu_fused`]).
     pub cpu_fast: CpuFast,
     /// Which layout of a folder to read (default: the Hugging Face one when

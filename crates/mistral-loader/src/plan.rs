@@ -7,8 +7,10 @@
 //! BLAS (OpenBLAS, see `mlx-sys`). So `Auto` computes in float32 on the CPU
 //! and, for quantized checkpoints, dequantizes the matrices at load when the
 //! dense float32 model fits in half of the available memory (otherwise it
-//! keeps them quantized, with float32 scales and biases). On a GPU `Auto`
-//! keeps the checkpoint as it is, as mlx-lm does.
+//! keeps them quantized, with float32 scales and biases). With our CPU
+//! kernel (`with_cpu_qmm`) quantized matrices stay quantized, their scales
+//! in float16 or bfloat16 where exact. On a GPU `Auto` keeps the checkpoint
+//! as it is, as mlx-lm does.
 
 use mistral_model::{MistralConfig, WeightOptions};
 use mlx_rs::{Device, DeviceType, Dtype};
@@ -106,7 +108,7 @@ impl LoadPlan {
         self
     }
 
-    /// This plan with RMSNorm, RoPE and decode attention on a CPU stream
+    /// This plan with RMSNorm, RoPE, decode attention and SwiGLU on a CPU stream
     /// computed by our kernels when `kernel` asks (see
     /// [`mlx_rs_core::cpu_fused`]); a GPU keeps MLX's fused ops.
     pub fn with_cpu_fast(mut self, kernel: mlx_rs_core::cpu_fused::CpuFast) -> Self {

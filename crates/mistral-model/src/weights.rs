@@ -135,7 +135,7 @@ pub struct WeightOptions {
     /// are not cut into row blocks ([`row_split`](Self::row_split)): the
     /// kernel uses every core itself.
     pub cpu_qmm: CpuQmm,
-    /// Whether RMSNorm, RoPE and decode attention on a CPU stream use our
+    /// Whether RMSNorm, RoPE, decode attention and SwiGLU on a CPU stream use our
     /// kernels instead of MLX's decomposed fallbacks (see
     /// [`mlx_rs_core::cpu_fused`]).
     pub cpu_fast: CpuFast,
