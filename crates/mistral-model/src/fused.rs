@@ -21,6 +21,7 @@ use mlx_rs::{ops::split_at_indices, Array};
 
 use crate::error::ModelError;
 use crate::linear::{output_bounds, Linear};
+use crate::linear_weight::LinearWeight;
 
 /// Layers of one input, stacked for one-row inputs when asked and possible.
 #[derive(Debug, Clone)]
@@ -77,6 +78,25 @@ impl FusedLinear {
         match self.forward_stacked(x)? {
             Some(all) => Ok(split_at_indices(&all, &self.bounds, -1)?),
             None => self.parts.iter().map(|part| part.forward(x)).collect(),
+        }
+    }
+
+    /// `silu(gate(x)) * up(x)` for a stacked gate and up of one size
+    /// without biases, quantized, and `x` one row `[1, in]`, in one launch
+    /// of our CUDA kernel where it takes the stack's product; `None`
+    /// otherwise (then use [`FusedLinear::forward`] and a SwiGLU).
+    pub fn forward_swiglu(&self, x: &Array) -> Result<Option<Array>, ModelError> {
+        let Some(stacked) = &self.stacked else {
+            return Ok(None);
+        };
+        let halves = matches!(&self.parts[..], [g, u] if g.out_dim() == u.out_dim());
+        match stacked.weight() {
+            LinearWeight::Quantized(q)
+                if halves && stacked.bias().is_none() && x.ndim() == 2 && x.dim(0) == 1 =>
+            {
+                q.matvec_swiglu(x)
+            }
+            _ => Ok(None),
         }
     }
 

@@ -161,6 +161,23 @@ impl QuantizedWeight {
         )?)
     }
 
+    /// `silu(x Gᵀ) * (x Uᵀ)` for this matrix stacking a gate matrix G over
+    /// an up matrix U of as many rows, in one launch of our CUDA kernel
+    /// where it takes this product
+    /// ([`mlx_rs_core::quantized_matvec::quantized_matvec_swiglu`]);
+    /// `None` otherwise.
+    pub fn matvec_swiglu(&self, x: &Array) -> Result<Option<Array>, ModelError> {
+        Ok(mlx_rs_core::quantized_matvec::quantized_matvec_swiglu(
+            x,
+            &self.weight,
+            &self.scales,
+            &self.biases,
+            self.params.group_size,
+            self.params.bits,
+            self.kernel,
+        )?)
+    }
+
     /// The dequantized matrix `[rows, cols]` (dtype of the scales).
     pub fn dequantize(&self) -> Result<Array, ModelError> {
         Ok(dequantize(

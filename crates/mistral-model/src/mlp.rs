@@ -3,7 +3,10 @@
 //!
 //! `silu(gate) * up` is one operation ([`mlx_rs_core::cpu_fused::swiglu`]):
 //! compiled as mlx-lm's `swiglu` (on a GPU one kernel where op by op it
-//! takes two), or our CPU kernel where the load asks for it.
+//! takes two), or our CPU kernel where the load asks for it. Where our CUDA
+//! kernel takes a decode step's stacked gate/up product, it computes the
+//! SwiGLU too, in the same launch (`FusedLinear::forward_swiglu`): fewer
+//! operations for the host to encode per step.
 
 use mlx_rs::Array;
 use mlx_rs_core::cpu_fused::CpuFast;
@@ -58,6 +61,9 @@ impl Mlp {
     /// Applies the block to `x` `[..., hidden_size]` (the decoder layers pass
     /// rows, `[B * L, hidden_size]`).
     pub fn forward(&self, x: &Array) -> Result<Array, ModelError> {
+        if let Some(hidden) = self.gate_up.forward_swiglu(x)? {
+            return self.down_proj.forward(&hidden);
+        }
         let [gate, up]: [Array; 2] = self.gate_up.forward(x)?.try_into().map_err(|_| {
             ModelError::Internal(
                 "the fused gate/up projection gave other than 2 outputs".to_owned(),

@@ -90,7 +90,36 @@ pub fn quantized_matvec(
     bits: i32,
     kernel: QmvKernel,
 ) -> Result<Option<Array>> {
-    let Some(plan) = Plan::new(x, w, scales, biases, group_size, bits) else {
+    run(x, [w, scales, biases], group_size, bits, kernel, false)
+}
+
+/// `silu(x Gᵀ) * (x Uᵀ)` for `w` (with its `scales` and `biases`) stacking
+/// the gate matrix G over the up matrix U by rows (`mistral_model`'s
+/// stacked gate/up projection), in one launch of our kernel where
+/// [`quantized_matvec`] would take the product; `None` otherwise. Each
+/// output is rounded as the two products and MLX's SwiGLU ops round it.
+pub fn quantized_matvec_swiglu(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    group_size: i32,
+    bits: i32,
+    kernel: QmvKernel,
+) -> Result<Option<Array>> {
+    run(x, [w, scales, biases], group_size, bits, kernel, true)
+}
+
+/// One launch of the kernel (a plain product, or with `swiglu`).
+fn run(
+    x: &Array,
+    [w, scales, biases]: [&Array; 3],
+    group_size: i32,
+    bits: i32,
+    kernel: QmvKernel,
+    swiglu: bool,
+) -> Result<Option<Array>> {
+    let Some(plan) = Plan::new(x, w, scales, biases, group_size, bits, swiglu) else {
         return Ok(None);
     };
     if !kernel.wants(plan.n, plan.k) {
@@ -181,12 +210,15 @@ struct Plan {
     dtype: Dtype,
     out_shape: Vec<i32>,
     m: i32,
+    /// W's rows (with `swiglu`, gate's and up's together).
     n: i32,
     k: i32,
     bits: i32,
     group: i32,
     rows: i32,
     unroll: i32,
+    /// `silu(gate) * up` of W's halves instead of the plain product.
+    swiglu: bool,
 }
 
 impl Plan {
@@ -199,6 +231,7 @@ impl Plan {
         biases: &Array,
         group: i32,
         bits: i32,
+        swiglu: bool,
     ) -> Option<Plan> {
         let dtype = x.dtype();
         if scales.dtype() != dtype || biases.dtype() != dtype || w.dtype() != Dtype::Uint32 {
@@ -217,12 +250,17 @@ impl Plan {
             || w_shape[1] != k / (32 / bits)
             || s_shape != [n, k / group]
             || n <= 0
+            || (swiglu && n % 2 != 0)
         {
             return None;
         }
+        let outputs = if swiglu { n / 2 } else { n };
         let mut out_shape = lead.to_vec();
-        out_shape.push(n);
-        let (rows, unroll) = Self::tiling(m, n, k, bits);
+        out_shape.push(outputs);
+        let (rows, unroll) = Self::tiling(m, outputs, k, bits);
+        // A warp of the SwiGLU launch computes twice the rows, so at most
+        // half as many in flight per row.
+        let unroll = if swiglu { (unroll / 2).max(1) } else { unroll };
         Some(Plan {
             dtype,
             out_shape,
@@ -233,6 +271,7 @@ impl Plan {
             group,
             rows,
             unroll,
+            swiglu,
         })
     }
 
@@ -261,7 +300,8 @@ impl Plan {
     }
 
     fn launch(&self) -> Launch {
-        let warps = (self.n + self.rows - 1) / self.rows;
+        let outputs = if self.swiglu { self.n / 2 } else { self.n };
+        let warps = (outputs + self.rows - 1) / self.rows;
         Launch {
             outputs: vec![(self.out_shape.clone(), self.dtype)],
             grid: (32, warps, 1),
@@ -275,6 +315,7 @@ impl Plan {
                 ("ROWS", TemplateArg::Int(self.rows)),
                 ("M", TemplateArg::Int(self.m)),
                 ("UNROLL", TemplateArg::Int(self.unroll)),
+                ("SWIGLU", TemplateArg::Bool(self.swiglu)),
             ],
         }
     }
@@ -305,7 +346,7 @@ mod tests {
     #[test]
     fn plans_the_decode_shapes_of_a_7b_model() {
         let [x, w, s, b] = arrays(1, 14336, 4096, 64, Dtype::Bfloat16);
-        let plan = Plan::new(&x, &w, &s, &b, 64, 4).expect("applies");
+        let plan = Plan::new(&x, &w, &s, &b, 64, 4, false).expect("applies");
         assert_eq!(plan.out_shape, vec![1, 1, 14336]);
         assert_eq!(
             (plan.m, plan.n, plan.k, plan.rows, plan.unroll),
@@ -317,22 +358,22 @@ mod tests {
         // down_proj: 14336 inputs, 448 chunks, 14 per lane: 2 in flight
         // per row (4 would not divide them).
         let [x, w, s, b] = arrays(1, 4096, 14336, 64, Dtype::Bfloat16);
-        let plan = Plan::new(&x, &w, &s, &b, 64, 4).expect("applies");
+        let plan = Plan::new(&x, &w, &s, &b, 64, 4, false).expect("applies");
         assert_eq!((plan.rows, plan.unroll), (2, 2));
         // k_proj: few rows, one per warp, a lane's whole share in flight.
         let [x, w, s, b] = arrays(1, 1024, 4096, 64, Dtype::Bfloat16);
-        let plan = Plan::new(&x, &w, &s, &b, 64, 4).expect("applies");
+        let plan = Plan::new(&x, &w, &s, &b, 64, 4, false).expect("applies");
         assert_eq!((plan.rows, plan.unroll), (1, 4));
         // A short row: 8 chunks, so most lanes idle and one chunk each.
         let [x, w, s, b] = arrays(2, 64, 256, 64, Dtype::Bfloat16);
-        let plan = Plan::new(&x, &w, &s, &b, 64, 4).expect("applies");
+        let plan = Plan::new(&x, &w, &s, &b, 64, 4, false).expect("applies");
         assert_eq!((plan.rows, plan.unroll), (1, 1));
     }
 
     #[test]
     fn plans_eight_bit_products_in_chunks_of_16_elements() {
         let [x, w, s, b] = arrays_bits(1, 14336, 4096, 64, Dtype::Bfloat16, 8);
-        let plan = Plan::new(&x, &w, &s, &b, 64, 8).expect("applies");
+        let plan = Plan::new(&x, &w, &s, &b, 64, 8, false).expect("applies");
         // 256 chunks of 16 elements: 8 per lane, 2 in flight per row of 4.
         assert_eq!((plan.bits, plan.rows, plan.unroll), (8, 4, 2));
         assert!(plan
@@ -341,28 +382,63 @@ mod tests {
             .contains(&("BITS", TemplateArg::Int(8))));
         // A 4-bit matrix's width is not an 8-bit one's.
         let [x, w, s, b] = arrays(1, 64, 256, 64, Dtype::Bfloat16);
-        assert!(Plan::new(&x, &w, &s, &b, 64, 8).is_none(), "4-bit words");
+        assert!(
+            Plan::new(&x, &w, &s, &b, 64, 8, false).is_none(),
+            "4-bit words"
+        );
+    }
+
+    #[test]
+    fn plans_swiglu_over_a_stacked_gate_and_up() {
+        // A 7B layer's gate/up stack: 2 x 14336 rows in, 14336 outputs.
+        let [x, w, s, b] = arrays(1, 28672, 4096, 64, Dtype::Bfloat16);
+        let plan = Plan::new(&x, &w, &s, &b, 64, 4, true).expect("applies");
+        assert_eq!(plan.out_shape, vec![1, 1, 14336]);
+        // The plain product's tiling for 14336 rows, half the chunks in
+        // flight (each warp reads 4 gate and 4 up rows).
+        assert_eq!((plan.rows, plan.unroll), (4, 1));
+        let launch = plan.launch();
+        assert_eq!(launch.grid, (32, 3584, 1));
+        assert_eq!(launch.outputs, vec![(vec![1, 1, 14336], Dtype::Bfloat16)]);
+        assert!(launch
+            .template_args
+            .contains(&("SWIGLU", TemplateArg::Bool(true))));
+        // An odd stack has no halves.
+        let [x, w, s, b] = arrays(1, 65, 256, 64, Dtype::Bfloat16);
+        assert!(Plan::new(&x, &w, &s, &b, 64, 4, true).is_none());
     }
 
     #[test]
     fn declines_what_it_does_not_do() {
         let [x, w, s, b] = arrays_bits(1, 64, 256, 64, Dtype::Bfloat16, 2);
-        assert!(Plan::new(&x, &w, &s, &b, 64, 2).is_none(), "2-bit");
+        assert!(Plan::new(&x, &w, &s, &b, 64, 2, false).is_none(), "2-bit");
         let [x, w, s, b] = arrays(1, 64, 256, 64, Dtype::Bfloat16);
-        assert!(Plan::new(&x, &w, &s, &b, 16, 4).is_none(), "group 16");
+        assert!(
+            Plan::new(&x, &w, &s, &b, 16, 4, false).is_none(),
+            "group 16"
+        );
         let [x, w, s, b] = arrays(5, 64, 256, 64, Dtype::Bfloat16);
-        assert!(Plan::new(&x, &w, &s, &b, 64, 4).is_none(), "5 rows of x");
+        assert!(
+            Plan::new(&x, &w, &s, &b, 64, 4, false).is_none(),
+            "5 rows of x"
+        );
         let [x, w, s, b] = arrays(1, 64, 256, 64, Dtype::Float32);
-        assert!(Plan::new(&x, &w, &s, &b, 64, 4).is_none(), "float32");
+        assert!(Plan::new(&x, &w, &s, &b, 64, 4, false).is_none(), "float32");
         let [x, w, s, _] = arrays(1, 64, 256, 64, Dtype::Bfloat16);
         let b32 = s.as_dtype(Dtype::Float32).unwrap();
-        assert!(Plan::new(&x, &w, &s, &b32, 64, 4).is_none(), "mixed dtypes");
+        assert!(
+            Plan::new(&x, &w, &s, &b32, 64, 4, false).is_none(),
+            "mixed dtypes"
+        );
         let [_, w, s, b] = arrays(1, 64, 256, 64, Dtype::Bfloat16);
         let x = Array::zeros::<f32>(&[1, 1, 512])
             .unwrap()
             .as_dtype(Dtype::Bfloat16)
             .unwrap();
-        assert!(Plan::new(&x, &w, &s, &b, 64, 4).is_none(), "K mismatch");
+        assert!(
+            Plan::new(&x, &w, &s, &b, 64, 4, false).is_none(),
+            "K mismatch"
+        );
     }
 
     #[test]

@@ -27,12 +27,14 @@ Prints one JSON line per case and a summary; exits 1 if a case fails.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import sys
 import time
 
 import mlx.core as mx
+import mlx.nn as nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KERNELS = os.path.join(HERE, "..", "..", "..", "crates", "mlx-rs-core", "src", "kernels")
@@ -66,25 +68,53 @@ def tiling(m: int, n: int, k: int, bits: int = 4) -> tuple[int, int]:
     return rows, unroll
 
 
-def ours(x, w, scales, biases, group, tiling_=None, warps_per_block=4, bits=4):
+def ours(x, w, scales, biases, group, tiling_=None, warps_per_block=4, bits=4, swiglu=False):
     """Our kernel's product, with `tiling`'s choice of (rows, unroll) unless
-    `tiling_` gives one (qmv_tiling_sweep.py tries others)."""
+    `tiling_` gives one (qmv_tiling_sweep.py tries others). With `swiglu`,
+    w stacks gate over up and the result is silu(x gate^T) * (x up^T), as
+    quantized_matvec.rs's Plan launches it."""
     *lead, k = x.shape
     m = 1
     for d in lead:
         m *= d
     n = w.shape[0]
-    rows, unroll = tiling_ or tiling(m, n, k, bits)
-    warps = (n + rows - 1) // rows
+    outputs = n // 2 if swiglu else n
+    rows, unroll = tiling_ or tiling(m, outputs, k, bits)
+    if swiglu:
+        unroll = max(1, unroll // 2)
+    warps = (outputs + rows - 1) // rows
     return KERNEL(
         inputs=[x, w, scales, biases],
         template=[("T", x.dtype), ("BITS", bits), ("K", k), ("N", n), ("GROUP", group), ("ROWS", rows),
-                  ("M", m), ("UNROLL", unroll)],
+                  ("M", m), ("UNROLL", unroll), ("SWIGLU", swiglu)],
         grid=(32, warps, 1),
         threadgroup=(32, min(warps_per_block, warps), 1),
-        output_shapes=[(*lead, n)],
+        output_shapes=[(*lead, outputs)],
         output_dtypes=[x.dtype],
     )[0]
+
+
+def swiglu_case(h, k, m, group, dtype, seed, bits=4):
+    """The SwiGLU launch against MLX's own ops on our plain products' outputs
+    (each rounded to dtype, as the model's unfused path rounds them):
+    allowed two units in the last place of the output's dtype at its
+    largest magnitude (MLX's exp and CUDA's expf may part in the last bit,
+    which the sigmoid's and silu's roundings can carry one unit each)."""
+    mx.random.seed(seed)
+    w, scales, biases = mx.quantize(mx.random.normal((2 * h, k)) * 0.02, group_size=group, bits=bits)
+    scales, biases = scales.astype(dtype), biases.astype(dtype)
+    x = mx.random.normal((1, m, k)).astype(dtype)
+    both = ours(x, w, scales, biases, group, bits=bits)
+    gate, up = both[..., :h], both[..., h:]
+    ref = nn.silu(gate) * up
+    got = ours(x, w, scales, biases, group, bits=bits, swiglu=True)
+    mx.eval(got, ref)
+    err = mx.abs(got.astype(mx.float32) - ref.astype(mx.float32)).max().item()
+    scale = mx.abs(ref.astype(mx.float32)).max().item()
+    mantissa = {mx.bfloat16: 7, mx.float16: 10}[dtype]
+    bound = 2 * 2.0 ** (math.floor(math.log2(scale)) - mantissa) if scale > 0 else 0.0
+    return dict(swiglu=True, h=h, k=k, m=m, bits=bits, group=group, dtype=str(dtype), ours_err=err,
+                ref_scale=scale, bound=bound, ok=bool(err <= bound))
 
 
 def layout(x, how):
@@ -230,6 +260,15 @@ def main() -> int:
         row = case(n, k, m, group, dtype, seed, how, bits)
         failures += not row["ok"]
         print(json.dumps(row), flush=True)
+    # The SwiGLU launch: a 7B layer's gate/up stack, small and odd-row ones,
+    # 2 rows of x, 8 bits, float16.
+    for (h, k, m, group, dtype, bits) in [(14336, 4096, 1, 64, bf, 4), (48, 256, 1, 64, bf, 4),
+                                          (37, 128, 2, 32, bf, 4), (512, 1024, 1, 64, bf, 8),
+                                          (256, 512, 1, 64, mx.float16, 4)]:
+        row = swiglu_case(h, k, m, group, dtype, seed, bits)
+        failures += 0 if row["ok"] else 1
+        print(json.dumps(row), flush=True)
+        cases.append(row)
     print(json.dumps({"cases": len(cases), "failures": failures}), flush=True)
     if "--quick" in sys.argv:
         return 1 if failures else 0

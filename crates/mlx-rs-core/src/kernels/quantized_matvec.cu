@@ -4,7 +4,14 @@
 // CUDA custom kernel; MLX writes the signature:
 //   x [M, K] (T), w [N, K * BITS / 32] (uint32), scales, biases [N, K/GROUP]
 //   (T) -> out [M, N] (T)
-// and the compile-time constants T, BITS, K, N, GROUP, ROWS, M, UNROLL.
+// and the compile-time constants T, BITS, K, N, GROUP, ROWS, M, UNROLL,
+// SWIGLU.
+//
+// With SWIGLU, W stacks a gate matrix (rows 0..N/2) over an up matrix (rows
+// N/2..N), out is [M, N/2], and out = silu(gate) * up: a warp computes ROWS
+// rows of each, and lane 0 rounds gate and up to T, as their own products
+// would be, then the sigmoid, silu and the product, as MLX's ops round
+// each (its exp may differ from expf in the last bit before rounding).
 //
 // One warp computes ROWS rows of W. A row is read in chunks of 16 bytes (4
 // packed words: 32 elements at 4 bits, 16 at 8, always inside one group
@@ -24,34 +31,40 @@ constexpr float OFFSET = BITS == 4 ? 128.0f : 0.0f;
 constexpr int CHUNKS = K / PER_CHUNK;
 constexpr int GROUPS = K / GROUP;
 constexpr bool WHOLE_ROUNDS = CHUNKS % (32 * UNROLL) == 0;
-constexpr bool WHOLE_ROWS = N % ROWS == 0;
+// Output rows, and W's rows a warp computes (ROWS, or ROWS of gate and
+// ROWS of up).
+constexpr int NO = SWIGLU ? N / 2 : N;
+constexpr int RR = SWIGLU ? 2 * ROWS : ROWS;
+constexpr bool WHOLE_ROWS = NO % ROWS == 0;
 const int lane = threadIdx.x;
 const int warp = blockIdx.y * blockDim.y + threadIdx.y;
 const int row0 = warp * ROWS;
-if (row0 >= N) {
+if (row0 >= NO) {
   return;
 }
 const uint4* w4 = reinterpret_cast<const uint4*>(w);
+// W's row for the warp's j-th (j < RR), and whether it exists.
+auto w_row = [&](int j) { return j < ROWS ? row0 + j : NO + row0 + (j - ROWS); };
+auto live = [&](int j) { return WHOLE_ROWS || row0 + (j % ROWS) < NO; };
 
-float acc[M][ROWS];
+float acc[M][RR];
 #pragma unroll
 for (int m = 0; m < M; ++m) {
 #pragma unroll
-  for (int j = 0; j < ROWS; ++j) {
+  for (int j = 0; j < RR; ++j) {
     acc[m][j] = 0.0f;
   }
 }
 
 for (int base = lane; base < CHUNKS; base += 32 * UNROLL) {
-  uint4 q[UNROLL][ROWS];
+  uint4 q[UNROLL][RR];
 #pragma unroll
   for (int u = 0; u < UNROLL; ++u) {
     const int c = base + 32 * u;
 #pragma unroll
-    for (int j = 0; j < ROWS; ++j) {
-      const int row = row0 + j;
-      q[u][j] = ((WHOLE_ROUNDS || c < CHUNKS) && (WHOLE_ROWS || row < N))
-          ? w4[(size_t)row * CHUNKS + c]
+    for (int j = 0; j < RR; ++j) {
+      q[u][j] = ((WHOLE_ROUNDS || c < CHUNKS) && live(j))
+          ? w4[(size_t)w_row(j) * CHUNKS + c]
           : make_uint4(0u, 0u, 0u, 0u);
     }
   }
@@ -60,21 +73,21 @@ for (int base = lane; base < CHUNKS; base += 32 * UNROLL) {
     const int c = base + 32 * u;
     if (WHOLE_ROUNDS || c < CHUNKS) {
       const int g = (PER_CHUNK * c) / GROUP;
-      float s[ROWS];
-      float b[ROWS];
+      float s[RR];
+      float b[RR];
 #pragma unroll
-      for (int j = 0; j < ROWS; ++j) {
-        const int row = (WHOLE_ROWS || row0 + j < N) ? row0 + j : row0;
+      for (int j = 0; j < RR; ++j) {
+        const int row = live(j) ? w_row(j) : row0;
         s[j] = qmv_to_float(scales[(size_t)row * GROUPS + g]);
         b[j] = qmv_to_float(biases[(size_t)row * GROUPS + g]);
       }
-      float d[M][ROWS];
+      float d[M][RR];
       float xs[M];
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         xs[m] = 0.0f;
 #pragma unroll
-        for (int j = 0; j < ROWS; ++j) {
+        for (int j = 0; j < RR; ++j) {
           d[m][j] = 0.0f;
         }
       }
@@ -90,7 +103,7 @@ for (int base = lane; base < CHUNKS; base += 32 * UNROLL) {
           }
         }
 #pragma unroll
-        for (int j = 0; j < ROWS; ++j) {
+        for (int j = 0; j < RR; ++j) {
           const uint32_t word = i == 0 ? q[u][j].x
               : i == 1              ? q[u][j].y
               : i == 2              ? q[u][j].z
@@ -107,7 +120,7 @@ for (int base = lane; base < CHUNKS; base += 32 * UNROLL) {
         }
       }
 #pragma unroll
-      for (int j = 0; j < ROWS; ++j) {
+      for (int j = 0; j < RR; ++j) {
         const float bb = b[j] - OFFSET * s[j];
 #pragma unroll
         for (int m = 0; m < M; ++m) {
@@ -120,16 +133,28 @@ for (int base = lane; base < CHUNKS; base += 32 * UNROLL) {
 
 #pragma unroll
 for (int m = 0; m < M; ++m) {
+  float v[RR];
 #pragma unroll
-  for (int j = 0; j < ROWS; ++j) {
-    float v = acc[m][j];
+  for (int j = 0; j < RR; ++j) {
+    v[j] = acc[m][j];
 #pragma unroll
     for (int offset = 16; offset > 0; offset /= 2) {
-      v += __shfl_xor_sync(0xffffffffu, v, offset);
+      v[j] += __shfl_xor_sync(0xffffffffu, v[j], offset);
     }
+  }
+#pragma unroll
+  for (int j = 0; j < ROWS; ++j) {
     const int row = row0 + j;
-    if (lane == 0 && row < N) {
-      qmv_store(out + (size_t)m * N + row, v);
+    if (lane == 0 && row < NO) {
+      if (SWIGLU) {
+        const float gate = qmv_round<T>(v[j]);
+        const float up = qmv_round<T>(v[SWIGLU ? j + ROWS : j]);
+        const float sig = qmv_round<T>(1.0f / (1.0f + expf(-gate)));
+        const float silu = qmv_round<T>(gate * sig);
+        qmv_store(out + (size_t)m * NO + row, silu * up);
+      } else {
+        qmv_store(out + (size_t)m * NO + row, v[j]);
+      }
     }
   }
 }

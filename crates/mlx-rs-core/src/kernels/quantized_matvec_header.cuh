@@ -17,6 +17,13 @@ __device__ __forceinline__ void qmv_store(__nv_bfloat16* p, float v) {
   *p = __float2bfloat16_rn(v);
 }
 
+// v rounded to T's precision, as a float.
+template <typename T>
+__device__ __forceinline__ float qmv_round(float v) {
+  T t;
+  qmv_store(&t, v);
+  return qmv_to_float(t);
+}
 // Four half-precision values (8 bytes) as floats.
 __device__ __forceinline__ void qmv_load4(const __nv_bfloat16* p, float* v) {
   const uint2 u = *reinterpret_cast<const uint2*>(p);
