@@ -147,20 +147,19 @@ impl SwitchLinear {
                 message: "the experts of one projection are not all stored alike".to_owned(),
             });
         };
-        // Experts whose scales were narrowed unlike the others' (see
-        // `WeightOptions::narrow_scales`) are stacked in the compute dtype.
-        let alike = quantized
-            .windows(2)
-            .all(|w| w[0].scales.dtype() == w[1].scales.dtype());
-        let common = (!alike).then(|| weights.dtype().unwrap_or(Dtype::Float32));
+        // Scales and biases in the compute dtype: MLX's `gather_qmm`, not our
+        // CPU kernel, multiplies a stack, so scales the load narrowed for
+        // that kernel (`WeightOptions::narrow_scales`) are widened back
+        // here, once, instead of by MLX at every step.
+        let compute = weights.dtype();
         let pick = |f: fn(&crate::linear_weight::QuantizedWeight) -> &Array,
                     dtype: Option<Dtype>|
          -> Result<Array, ModelError> {
             let parts = quantized
                 .iter()
                 .map(|q| match dtype {
-                    Some(d) => f(q).as_dtype(d),
-                    None => Ok(f(q).clone()),
+                    Some(d) if d != f(q).dtype() => f(q).as_dtype(d),
+                    _ => Ok(f(q).clone()),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let a = stack(&parts, 0)?;
@@ -169,8 +168,8 @@ impl SwitchLinear {
         };
         Ok(SwitchLinear::Quantized {
             weight: pick(|q| &q.weight, None)?,
-            scales: pick(|q| &q.scales, common)?,
-            biases: pick(|q| &q.biases, common)?,
+            scales: pick(|q| &q.scales, compute)?,
+            biases: pick(|q| &q.biases, compute)?,
             params: quantized[0].params,
         })
     }

@@ -119,6 +119,11 @@ fn run(
     kernel: QmvKernel,
     swiglu: bool,
 ) -> Result<Option<Array>> {
+    // Off a CUDA GPU, or not asked for: nothing to plan (the model asks at
+    // every decode step, also on the CPU).
+    if kernel == QmvKernel::Mlx || !on_cuda_gpu() {
+        return Ok(None);
+    }
     let Some(plan) = Plan::new(x, w, scales, biases, group_size, bits, swiglu) else {
         return Ok(None);
     };
