@@ -172,6 +172,36 @@ impl Attention {
     pub fn forward_rows<C: KeyValueCache>(
         &self,
         x: &Array,
+        shape: (i32, i32),
+        mask: &SdpaMask,
+        window: Option<i32>,
+        cache: Option<&mut C>,
+    ) -> Result<Array, ModelError> {
+        self.o_proj
+            .forward(&self.attend_rows(x, shape, mask, window, cache)?)
+    }
+
+    /// `residual + self.forward_rows(x, ...)` (a decoder layer's residual
+    /// connection), the sum in the output projection's launch where our
+    /// CUDA kernel takes it ([`Linear::forward_plus`]).
+    pub fn forward_rows_plus<C: KeyValueCache>(
+        &self,
+        x: &Array,
+        residual: &Array,
+        shape: (i32, i32),
+        mask: &SdpaMask,
+        window: Option<i32>,
+        cache: Option<&mut C>,
+    ) -> Result<Array, ModelError> {
+        let heads = self.attend_rows(x, shape, mask, window, cache)?;
+        self.o_proj.forward_plus(&heads, residual)
+    }
+
+    /// The attention's heads before the output projection, as rows
+    /// `[B * L, heads * head_dim]`.
+    fn attend_rows<C: KeyValueCache>(
+        &self,
+        x: &Array,
         (b, l): (i32, i32),
         mask: &SdpaMask,
         window: Option<i32>,
@@ -207,13 +237,12 @@ impl Attention {
         };
         // [B, heads, L, head_dim] to rows [B * L, heads * head_dim]; with
         // L = 1 the transpose moves nothing, and a reshape alone does.
-        let out = if l == 1 {
+        Ok(if l == 1 {
             out.reshape(&[b, self.n_heads * self.head_dim])?
         } else {
             out.transpose_axes(&[0, 2, 1, 3])?
                 .reshape(&[b * l, self.n_heads * self.head_dim])?
-        };
-        self.o_proj.forward(&out)
+        })
     }
 }
 

@@ -70,6 +70,27 @@ impl SelfAttention {
             SelfAttention::Latent(a) => a.forward_rows(x, shape, mask, window, cache),
         }
     }
+
+    /// `residual + self.forward_rows(x, ...)`, the sum fused where the
+    /// part can ([`Attention::forward_rows_plus`]).
+    pub fn forward_rows_plus<C: KeyValueCache>(
+        &self,
+        x: &Array,
+        residual: &Array,
+        shape: (i32, i32),
+        mask: &SdpaMask,
+        window: Option<i32>,
+        cache: Option<&mut C>,
+    ) -> Result<Array, ModelError> {
+        match self {
+            SelfAttention::Grouped(a) => {
+                a.forward_rows_plus(x, residual, shape, mask, window, cache)
+            }
+            SelfAttention::Latent(a) => {
+                Ok(residual.add(&a.forward_rows(x, shape, mask, window, cache)?)?)
+            }
+        }
+    }
 }
 
 /// The feed-forward part of a decoder layer (one per layer: the variants'
@@ -116,6 +137,15 @@ impl FeedForward {
         match self {
             FeedForward::Dense(mlp) => mlp.forward(x),
             FeedForward::Experts(moe) => moe.forward(x),
+        }
+    }
+
+    /// `residual + self.forward(x)`, the sum fused where the part can
+    /// ([`Mlp::forward_plus`]).
+    pub fn forward_plus(&self, x: &Array, residual: &Array) -> Result<Array, ModelError> {
+        match self {
+            FeedForward::Dense(mlp) => mlp.forward_plus(x, residual),
+            FeedForward::Experts(moe) => Ok(residual.add(&moe.forward(x)?)?),
         }
     }
 }
@@ -181,17 +211,15 @@ impl DecoderLayer {
         mask: &SdpaMask,
         cache: Option<&mut C>,
     ) -> Result<Array, ModelError> {
-        let r = self.self_attn.forward_rows(
+        let h = self.self_attn.forward_rows_plus(
             &self.input_layernorm.forward(x)?,
+            x,
             shape,
             mask,
             self.mask.window(),
             cache,
         )?;
-        let h = x.add(&r)?;
-        let r = self
-            .ffn
-            .forward(&self.post_attention_layernorm.forward(&h)?)?;
-        Ok(h.add(&r)?)
+        self.ffn
+            .forward_plus(&self.post_attention_layernorm.forward(&h)?, &h)
     }
 }

@@ -205,6 +205,20 @@ impl Linear {
         self.weight.weight_bytes() + self.bias.as_ref().map_or(0, |b| b.nbytes() as u64)
     }
 
+    /// `residual + self.forward(x)` (a residual connection), in one launch
+    /// of our CUDA kernel where it takes the product of a quantized layer
+    /// with no bias, row blocks or ranks; else as the two operations.
+    pub fn forward_plus(&self, x: &Array, residual: &Array) -> Result<Array, ModelError> {
+        if let (LinearWeight::Quantized(q), None, None, None) =
+            (&self.weight, &self.split, &self.reduce, &self.bias)
+        {
+            if let Some(y) = q.matvec_add(x, residual)? {
+                return Ok(y);
+            }
+        }
+        Ok(residual.add(&self.forward(x)?)?)
+    }
+
     /// Applies the layer to `x` `[..., in]`, giving `[..., out]`.
     pub fn forward(&self, x: &Array) -> Result<Array, ModelError> {
         if self.split.is_none() && self.reduce.is_none() {

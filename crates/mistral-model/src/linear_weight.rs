@@ -178,6 +178,23 @@ impl QuantizedWeight {
         )?)
     }
 
+    /// `residual + x Wᵀ` in one launch of our CUDA kernel where it takes
+    /// this product
+    /// ([`mlx_rs_core::quantized_matvec::quantized_matvec_add`]); `None`
+    /// otherwise.
+    pub fn matvec_add(&self, x: &Array, residual: &Array) -> Result<Option<Array>, ModelError> {
+        Ok(mlx_rs_core::quantized_matvec::quantized_matvec_add(
+            x,
+            &self.weight,
+            &self.scales,
+            &self.biases,
+            self.params.group_size,
+            self.params.bits,
+            self.kernel,
+            residual,
+        )?)
+    }
+
     /// The dequantized matrix `[rows, cols]` (dtype of the scales).
     pub fn dequantize(&self) -> Result<Array, ModelError> {
         Ok(dequantize(

@@ -61,15 +61,26 @@ impl Mlp {
     /// Applies the block to `x` `[..., hidden_size]` (the decoder layers pass
     /// rows, `[B * L, hidden_size]`).
     pub fn forward(&self, x: &Array) -> Result<Array, ModelError> {
+        self.down_proj.forward(&self.hidden(x)?)
+    }
+
+    /// `residual + self.forward(x)`, the sum in the down projection's
+    /// launch where our CUDA kernel takes it ([`Linear::forward_plus`]).
+    pub fn forward_plus(&self, x: &Array, residual: &Array) -> Result<Array, ModelError> {
+        self.down_proj.forward_plus(&self.hidden(x)?, residual)
+    }
+
+    /// `silu(gate_proj(x)) * up_proj(x)`.
+    fn hidden(&self, x: &Array) -> Result<Array, ModelError> {
         if let Some(hidden) = self.gate_up.forward_swiglu(x)? {
-            return self.down_proj.forward(&hidden);
+            return Ok(hidden);
         }
         let [gate, up]: [Array; 2] = self.gate_up.forward(x)?.try_into().map_err(|_| {
             ModelError::Internal(
                 "the fused gate/up projection gave other than 2 outputs".to_owned(),
             )
         })?;
-        self.down_proj.forward(&swiglu(&gate, &up, self.fast)?)
+        swiglu(&gate, &up, self.fast)
     }
 }
 

@@ -90,7 +90,8 @@ pub fn quantized_matvec(
     bits: i32,
     kernel: QmvKernel,
 ) -> Result<Option<Array>> {
-    run(x, [w, scales, biases], group_size, bits, kernel, false)
+    let w = [w, scales, biases];
+    run(x, w, group_size, bits, kernel, Epilogue::Plain)
 }
 
 /// `silu(x Gᵀ) * (x Uᵀ)` for `w` (with its `scales` and `biases`) stacking
@@ -107,24 +108,56 @@ pub fn quantized_matvec_swiglu(
     bits: i32,
     kernel: QmvKernel,
 ) -> Result<Option<Array>> {
-    run(x, [w, scales, biases], group_size, bits, kernel, true)
+    let w = [w, scales, biases];
+    run(x, w, group_size, bits, kernel, Epilogue::Swiglu)
 }
 
-/// One launch of the kernel (a plain product, or with `swiglu`).
+/// `residual + x Wᵀ` (`residual` of the product's shape and dtype: a
+/// decoder layer's residual connection) in one launch of our kernel where
+/// [`quantized_matvec`] would take the product; `None` otherwise. The
+/// product is rounded to the dtype before the sum, as the two operations
+/// round it.
+#[allow(clippy::too_many_arguments)]
+pub fn quantized_matvec_add(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    group_size: i32,
+    bits: i32,
+    kernel: QmvKernel,
+    residual: &Array,
+) -> Result<Option<Array>> {
+    let w = [w, scales, biases];
+    run(x, w, group_size, bits, kernel, Epilogue::Add(residual))
+}
+
+/// What a launch does with its products.
+#[derive(Debug, Clone, Copy)]
+enum Epilogue<'a> {
+    /// Stores them.
+    Plain,
+    /// Stores `silu(gate) * up` of W's halves.
+    Swiglu,
+    /// Stores them plus this array's elements.
+    Add(&'a Array),
+}
+
+/// One launch of the kernel.
 fn run(
     x: &Array,
     [w, scales, biases]: [&Array; 3],
     group_size: i32,
     bits: i32,
     kernel: QmvKernel,
-    swiglu: bool,
+    epilogue: Epilogue,
 ) -> Result<Option<Array>> {
     // Off a CUDA GPU, or not asked for: nothing to plan (the model asks at
     // every decode step, also on the CPU).
     if kernel == QmvKernel::Mlx || !on_cuda_gpu() {
         return Ok(None);
     }
-    let Some(plan) = Plan::new(x, w, scales, biases, group_size, bits, swiglu) else {
+    let Some(plan) = Plan::new(x, w, scales, biases, group_size, bits, epilogue) else {
         return Ok(None);
     };
     if !kernel.wants(plan.n, plan.k) {
@@ -137,7 +170,7 @@ fn run(
         let kernel = kernel.get_or_init(|| {
             CudaKernel::new(
                 "qmv",
-                &["x", "w", "scales", "biases"],
+                &["x", "w", "scales", "biases", "residual"],
                 &["out"],
                 SOURCE,
                 HEADER,
@@ -152,11 +185,18 @@ fn run(
                 )))
             }
         };
+        // Read only with RESIDUAL: `x` stands in otherwise.
+        let residual = match epilogue {
+            Epilogue::Add(residual) => residual,
+            Epilogue::Plain | Epilogue::Swiglu => x,
+        };
         // SAFETY: `Plan::new` checked the shapes the kernel indexes by: x
         // holds M rows of K, w N rows of K/8 words, scales and biases N
-        // rows of K/GROUP; the kernel reads only those and writes each of
-        // the M x N outputs once (one warp per ROWS rows, lane 0 writes).
-        let mut out = unsafe { kernel.apply(&[x, w, scales, biases], &plan.launch())? };
+        // rows of K/GROUP, and with RESIDUAL the residual M rows of N;
+        // the kernel reads only those and writes each of the M x N outputs
+        // once (one warp per ROWS rows, lane 0 writes).
+        let inputs = [x, w, scales, biases, residual];
+        let mut out = unsafe { kernel.apply(&inputs, &plan.launch())? };
         Ok(Some(out.remove(0)))
     })
 }
@@ -224,6 +264,8 @@ struct Plan {
     unroll: i32,
     /// `silu(gate) * up` of W's halves instead of the plain product.
     swiglu: bool,
+    /// The product plus a residual of its shape.
+    residual: bool,
 }
 
 impl Plan {
@@ -236,8 +278,9 @@ impl Plan {
         biases: &Array,
         group: i32,
         bits: i32,
-        swiglu: bool,
+        epilogue: Epilogue,
     ) -> Option<Plan> {
+        let swiglu = matches!(epilogue, Epilogue::Swiglu);
         let dtype = x.dtype();
         if scales.dtype() != dtype || biases.dtype() != dtype || w.dtype() != Dtype::Uint32 {
             return None;
@@ -262,6 +305,11 @@ impl Plan {
         let outputs = if swiglu { n / 2 } else { n };
         let mut out_shape = lead.to_vec();
         out_shape.push(outputs);
+        if let Epilogue::Add(residual) = epilogue {
+            if residual.dtype() != dtype || residual.shape() != out_shape.as_slice() {
+                return None;
+            }
+        }
         let (rows, unroll) = Self::tiling(m, outputs, k, bits);
         // A warp of the SwiGLU launch computes twice the rows, so at most
         // half as many in flight per row.
@@ -277,6 +325,7 @@ impl Plan {
             rows,
             unroll,
             swiglu,
+            residual: matches!(epilogue, Epilogue::Add(_)),
         })
     }
 
@@ -321,6 +370,7 @@ impl Plan {
                 ("M", TemplateArg::Int(self.m)),
                 ("UNROLL", TemplateArg::Int(self.unroll)),
                 ("SWIGLU", TemplateArg::Bool(self.swiglu)),
+                ("RESIDUAL", TemplateArg::Bool(self.residual)),
             ],
         }
     }
@@ -351,7 +401,7 @@ mod tests {
     #[test]
     fn plans_the_decode_shapes_of_a_7b_model() {
         let [x, w, s, b] = arrays(1, 14336, 4096, 64, Dtype::Bfloat16);
-        let plan = Plan::new(&x, &w, &s, &b, 64, 4, false).expect("applies");
+        let plan = Plan::new(&x, &w, &s, &b, 64, 4, Epilogue::Plain).expect("applies");
         assert_eq!(plan.out_shape, vec![1, 1, 14336]);
         assert_eq!(
             (plan.m, plan.n, plan.k, plan.rows, plan.unroll),
@@ -363,22 +413,22 @@ mod tests {
         // down_proj: 14336 inputs, 448 chunks, 14 per lane: 2 in flight
         // per row (4 would not divide them).
         let [x, w, s, b] = arrays(1, 4096, 14336, 64, Dtype::Bfloat16);
-        let plan = Plan::new(&x, &w, &s, &b, 64, 4, false).expect("applies");
+        let plan = Plan::new(&x, &w, &s, &b, 64, 4, Epilogue::Plain).expect("applies");
         assert_eq!((plan.rows, plan.unroll), (2, 2));
         // k_proj: few rows, one per warp, a lane's whole share in flight.
         let [x, w, s, b] = arrays(1, 1024, 4096, 64, Dtype::Bfloat16);
-        let plan = Plan::new(&x, &w, &s, &b, 64, 4, false).expect("applies");
+        let plan = Plan::new(&x, &w, &s, &b, 64, 4, Epilogue::Plain).expect("applies");
         assert_eq!((plan.rows, plan.unroll), (1, 4));
         // A short row: 8 chunks, so most lanes idle and one chunk each.
         let [x, w, s, b] = arrays(2, 64, 256, 64, Dtype::Bfloat16);
-        let plan = Plan::new(&x, &w, &s, &b, 64, 4, false).expect("applies");
+        let plan = Plan::new(&x, &w, &s, &b, 64, 4, Epilogue::Plain).expect("applies");
         assert_eq!((plan.rows, plan.unroll), (1, 1));
     }
 
     #[test]
     fn plans_eight_bit_products_in_chunks_of_16_elements() {
         let [x, w, s, b] = arrays_bits(1, 14336, 4096, 64, Dtype::Bfloat16, 8);
-        let plan = Plan::new(&x, &w, &s, &b, 64, 8, false).expect("applies");
+        let plan = Plan::new(&x, &w, &s, &b, 64, 8, Epilogue::Plain).expect("applies");
         // 256 chunks of 16 elements: 8 per lane, 2 in flight per row of 4.
         assert_eq!((plan.bits, plan.rows, plan.unroll), (8, 4, 2));
         assert!(plan
@@ -388,7 +438,7 @@ mod tests {
         // A 4-bit matrix's width is not an 8-bit one's.
         let [x, w, s, b] = arrays(1, 64, 256, 64, Dtype::Bfloat16);
         assert!(
-            Plan::new(&x, &w, &s, &b, 64, 8, false).is_none(),
+            Plan::new(&x, &w, &s, &b, 64, 8, Epilogue::Plain).is_none(),
             "4-bit words"
         );
     }
@@ -397,7 +447,7 @@ mod tests {
     fn plans_swiglu_over_a_stacked_gate_and_up() {
         // A 7B layer's gate/up stack: 2 x 14336 rows in, 14336 outputs.
         let [x, w, s, b] = arrays(1, 28672, 4096, 64, Dtype::Bfloat16);
-        let plan = Plan::new(&x, &w, &s, &b, 64, 4, true).expect("applies");
+        let plan = Plan::new(&x, &w, &s, &b, 64, 4, Epilogue::Swiglu).expect("applies");
         assert_eq!(plan.out_shape, vec![1, 1, 14336]);
         // The plain product's tiling for 14336 rows, half the chunks in
         // flight (each warp reads 4 gate and 4 up rows).
@@ -410,29 +460,61 @@ mod tests {
             .contains(&("SWIGLU", TemplateArg::Bool(true))));
         // An odd stack has no halves.
         let [x, w, s, b] = arrays(1, 65, 256, 64, Dtype::Bfloat16);
-        assert!(Plan::new(&x, &w, &s, &b, 64, 4, true).is_none());
+        assert!(Plan::new(&x, &w, &s, &b, 64, 4, Epilogue::Swiglu).is_none());
+    }
+
+    #[test]
+    fn plans_a_residual_of_the_products_shape_only() {
+        // A 7B layer's output projection and its residual row.
+        let [x, w, s, b] = arrays(1, 4096, 4096, 64, Dtype::Bfloat16);
+        let residual = Array::zeros::<f32>(&[1, 1, 4096])
+            .unwrap()
+            .as_dtype(Dtype::Bfloat16)
+            .unwrap();
+        let plan = Plan::new(&x, &w, &s, &b, 64, 4, Epilogue::Add(&residual)).expect("applies");
+        assert!(plan.residual && !plan.swiglu);
+        assert!(plan
+            .launch()
+            .template_args
+            .contains(&("RESIDUAL", TemplateArg::Bool(true))));
+        let plain = Plan::new(&x, &w, &s, &b, 64, 4, Epilogue::Plain).expect("applies");
+        assert!(plain
+            .launch()
+            .template_args
+            .contains(&("RESIDUAL", TemplateArg::Bool(false))));
+        // Another shape (a broadcast row) or dtype: MLX's add instead.
+        let short = residual.reshape(&[1, 4096]).unwrap();
+        assert!(Plan::new(&x, &w, &s, &b, 64, 4, Epilogue::Add(&short)).is_none());
+        let wide = residual.as_dtype(Dtype::Float32).unwrap();
+        assert!(Plan::new(&x, &w, &s, &b, 64, 4, Epilogue::Add(&wide)).is_none());
     }
 
     #[test]
     fn declines_what_it_does_not_do() {
         let [x, w, s, b] = arrays_bits(1, 64, 256, 64, Dtype::Bfloat16, 2);
-        assert!(Plan::new(&x, &w, &s, &b, 64, 2, false).is_none(), "2-bit");
+        assert!(
+            Plan::new(&x, &w, &s, &b, 64, 2, Epilogue::Plain).is_none(),
+            "2-bit"
+        );
         let [x, w, s, b] = arrays(1, 64, 256, 64, Dtype::Bfloat16);
         assert!(
-            Plan::new(&x, &w, &s, &b, 16, 4, false).is_none(),
+            Plan::new(&x, &w, &s, &b, 16, 4, Epilogue::Plain).is_none(),
             "group 16"
         );
         let [x, w, s, b] = arrays(5, 64, 256, 64, Dtype::Bfloat16);
         assert!(
-            Plan::new(&x, &w, &s, &b, 64, 4, false).is_none(),
+            Plan::new(&x, &w, &s, &b, 64, 4, Epilogue::Plain).is_none(),
             "5 rows of x"
         );
         let [x, w, s, b] = arrays(1, 64, 256, 64, Dtype::Float32);
-        assert!(Plan::new(&x, &w, &s, &b, 64, 4, false).is_none(), "float32");
+        assert!(
+            Plan::new(&x, &w, &s, &b, 64, 4, Epilogue::Plain).is_none(),
+            "float32"
+        );
         let [x, w, s, _] = arrays(1, 64, 256, 64, Dtype::Bfloat16);
         let b32 = s.as_dtype(Dtype::Float32).unwrap();
         assert!(
-            Plan::new(&x, &w, &s, &b32, 64, 4, false).is_none(),
+            Plan::new(&x, &w, &s, &b32, 64, 4, Epilogue::Plain).is_none(),
             "mixed dtypes"
         );
         let [_, w, s, b] = arrays(1, 64, 256, 64, Dtype::Bfloat16);
@@ -441,7 +523,7 @@ mod tests {
             .as_dtype(Dtype::Bfloat16)
             .unwrap();
         assert!(
-            Plan::new(&x, &w, &s, &b, 64, 4, false).is_none(),
+            Plan::new(&x, &w, &s, &b, 64, 4, Epilogue::Plain).is_none(),
             "K mismatch"
         );
     }

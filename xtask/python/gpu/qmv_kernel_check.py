@@ -43,7 +43,7 @@ HEADER = open(os.path.join(KERNELS, "quantized_matvec_header.cuh")).read()
 
 KERNEL = mx.fast.cuda_kernel(
     name="qmv",
-    input_names=["x", "w", "scales", "biases"],
+    input_names=["x", "w", "scales", "biases", "residual"],
     output_names=["out"],
     source=SOURCE,
     header=HEADER,
@@ -68,11 +68,13 @@ def tiling(m: int, n: int, k: int, bits: int = 4) -> tuple[int, int]:
     return rows, unroll
 
 
-def ours(x, w, scales, biases, group, tiling_=None, warps_per_block=4, bits=4, swiglu=False):
+def ours(x, w, scales, biases, group, tiling_=None, warps_per_block=4, bits=4, swiglu=False,
+         residual=None):
     """Our kernel's product, with `tiling`'s choice of (rows, unroll) unless
     `tiling_` gives one (qmv_tiling_sweep.py tries others). With `swiglu`,
-    w stacks gate over up and the result is silu(x gate^T) * (x up^T), as
-    quantized_matvec.rs's Plan launches it."""
+    w stacks gate over up and the result is silu(x gate^T) * (x up^T); with
+    `residual`, residual + x w^T; as quantized_matvec.rs's Plan launches
+    them."""
     *lead, k = x.shape
     m = 1
     for d in lead:
@@ -84,9 +86,9 @@ def ours(x, w, scales, biases, group, tiling_=None, warps_per_block=4, bits=4, s
         unroll = max(1, unroll // 2)
     warps = (outputs + rows - 1) // rows
     return KERNEL(
-        inputs=[x, w, scales, biases],
+        inputs=[x, w, scales, biases, x if residual is None else residual],
         template=[("T", x.dtype), ("BITS", bits), ("K", k), ("N", n), ("GROUP", group), ("ROWS", rows),
-                  ("M", m), ("UNROLL", unroll), ("SWIGLU", swiglu)],
+                  ("M", m), ("UNROLL", unroll), ("SWIGLU", swiglu), ("RESIDUAL", residual is not None)],
         grid=(32, warps, 1),
         threadgroup=(32, min(warps_per_block, warps), 1),
         output_shapes=[(*lead, outputs)],
@@ -115,6 +117,22 @@ def swiglu_case(h, k, m, group, dtype, seed, bits=4):
     bound = 2 * 2.0 ** (math.floor(math.log2(scale)) - mantissa) if scale > 0 else 0.0
     return dict(swiglu=True, h=h, k=k, m=m, bits=bits, group=group, dtype=str(dtype), ours_err=err,
                 ref_scale=scale, bound=bound, ok=bool(err <= bound))
+
+
+def residual_case(n, k, m, group, dtype, seed, bits=4):
+    """The launch with a residual against MLX's add of our plain product
+    (rounded to dtype) and the residual: the same roundings, so equal."""
+    mx.random.seed(seed)
+    w, scales, biases = mx.quantize(mx.random.normal((n, k)) * 0.02, group_size=group, bits=bits)
+    scales, biases = scales.astype(dtype), biases.astype(dtype)
+    x = mx.random.normal((1, m, k)).astype(dtype)
+    residual = (mx.random.normal((1, m, n)) * 4).astype(dtype)
+    ref = residual + ours(x, w, scales, biases, group, bits=bits)
+    got = ours(x, w, scales, biases, group, bits=bits, residual=residual)
+    mx.eval(got, ref)
+    err = mx.abs(got.astype(mx.float32) - ref.astype(mx.float32)).max().item()
+    return dict(residual=True, n=n, k=k, m=m, bits=bits, group=group, dtype=str(dtype), ours_err=err,
+                bound=0.0, ok=bool(err == 0.0))
 
 
 def layout(x, how):
@@ -266,6 +284,16 @@ def main() -> int:
                                           (37, 128, 2, 32, bf, 4), (512, 1024, 1, 64, bf, 8),
                                           (256, 512, 1, 64, mx.float16, 4)]:
         row = swiglu_case(h, k, m, group, dtype, seed, bits)
+        failures += 0 if row["ok"] else 1
+        print(json.dumps(row), flush=True)
+        cases.append(row)
+    # The residual launch: a 7B layer's output and down projections, odd
+    # and several rows, 8 bits, float16.
+    for (n, k, m, group, dtype, bits) in [(4096, 4096, 1, 64, bf, 4), (4096, 14336, 1, 64, bf, 4),
+                                          (72, 64, 3, 64, bf, 4), (128, 256, 4, 32, mx.float16, 4),
+                                          (576, 1536, 1, 64, bf, 8), (100, 256, 2, 128, mx.float16, 8)]:
+        seed += 1
+        row = residual_case(n, k, m, group, dtype, seed, bits)
         failures += 0 if row["ok"] else 1
         print(json.dumps(row), flush=True)
         cases.append(row)

@@ -3,9 +3,13 @@
 // (M <= 4): the decode step's matrix-vector products. The body of an MLX
 // CUDA custom kernel; MLX writes the signature:
 //   x [M, K] (T), w [N, K * BITS / 32] (uint32), scales, biases [N, K/GROUP]
-//   (T) -> out [M, N] (T)
+//   (T), residual [M, N] (T; read only with RESIDUAL) -> out [M, N] (T)
 // and the compile-time constants T, BITS, K, N, GROUP, ROWS, M, UNROLL,
-// SWIGLU.
+// SWIGLU, RESIDUAL.
+//
+// With RESIDUAL, out = residual + x W^T: the product is rounded to T, as
+// its own output would be, then added as MLX's add rounds it (the decoder
+// layer's residual connection, one operation fewer for the host).
 //
 // With SWIGLU, W stacks a gate matrix (rows 0..N/2) over an up matrix (rows
 // N/2..N), out is [M, N/2], and out = silu(gate) * up: a warp computes ROWS
@@ -152,6 +156,10 @@ for (int m = 0; m < M; ++m) {
         const float sig = qmv_round<T>(1.0f / (1.0f + expf(-gate)));
         const float silu = qmv_round<T>(gate * sig);
         qmv_store(out + (size_t)m * NO + row, silu * up);
+      } else if (RESIDUAL) {
+        const float y = qmv_round<T>(v[j]);
+        qmv_store(out + (size_t)m * NO + row,
+                  y + qmv_to_float(residual[(size_t)m * NO + row]));
       } else {
         qmv_store(out + (size_t)m * NO + row, v[j]);
       }
