@@ -111,8 +111,15 @@ fn every_format_matches_dequantize_and_matmul() {
     let mut seed = 0;
     for bits in [4, 8] {
         for group in [32, 64, 128] {
-            for dtype in [Dtype::Float32, Dtype::Float16, Dtype::Bfloat16] {
-                let (n, k) = (75, 3 * group);
+            // Rows shorter than 128 values; and whole blocks of 128 (1 to
+            // 4 groups each) with a rest of one group (the AVX-512 4-bit
+            // kernel's two parts).
+            let ks = [3 * group, 256 + group];
+            for (dtype, k) in [Dtype::Float32, Dtype::Float16, Dtype::Bfloat16]
+                .into_iter()
+                .flat_map(|d| ks.map(|k| (d, k)))
+            {
+                let n = 75;
                 seed += 1;
                 let q = Quantized::new(n, k, group, bits, dtype, seed);
                 for m in [1, 2, 7, 67] {
@@ -132,8 +139,8 @@ fn every_format_matches_dequantize_and_matmul() {
                             worst = worst.max(err);
                             assert!(
                                 err <= 1e-5,
-                                "{bits}-bit, group {group}, scales {dtype:?}, {m} rows, \
-                                 {tuning:?}: relative error {err:e}"
+                                "{bits}-bit, group {group}, k {k}, scales {dtype:?}, {m} \
+                                 rows, {tuning:?}: relative error {err:e}"
                             );
                         }
                     }

@@ -203,8 +203,10 @@ void compute(
            y + t0, n);
     }
   } else {
-    prepare_x(x_data, x_kind, m, k, group,
-              bits == 4 && isa != MLX_SYS_CPU_QMM_ISA_SCALAR, xf, xsum);
+    const XLayout layout = bits != 4 || isa == MLX_SYS_CPU_QMM_ISA_SCALAR ? XLayout::AsIs
+        : isa >= MLX_SYS_CPU_QMM_ISA_AVX512                              ? XLayout::Nibbles128
+                                                                         : XLayout::Pairs32;
+    prepare_x(x_data, x_kind, m, k, group, layout, xf, xsum);
     p.x = xf.data();
     p.xsum = xsum.data();
     auto part = [&](int a, int b) {

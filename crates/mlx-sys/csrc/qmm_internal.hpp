@@ -83,15 +83,28 @@ void rows_scalar(const Problem& p, int n0, int n1, int m0, int r);
 void dequant(const Problem& p, int isa, int n0, int n1, float* out);
 void dequant_scalar(const Problem& p, int n0, int n1, float* out);
 
-// x as float32 [m, k] (x_kind: its dtype) into `xf` in the row kernel's
-// layout, and its per-group sums into `xsum`.
+// How a row kernel wants x laid out (each row of x in place, k values).
+enum class XLayout {
+  // As it is.
+  AsIs,
+  // Per 32 values, the even ones then the odd ones (the 4-bit kernels
+  // that split a 16-byte chunk's low and high nibbles).
+  Pairs32,
+  // The AVX-512 4-bit kernel's: per 128 values j-major, x'[16j + L] =
+  // x[8L + j] (word L of a 64-byte block holds values 8L..8L+7, and its
+  // nibble j is read by all 16 lanes at once); the last k % 128 as Pairs32.
+  Nibbles128,
+};
+
+// x as float32 [m, k] (x_kind: its dtype) into `xf` in `layout`, and its
+// per-group sums into `xsum`.
 void prepare_x(
     const void* x,
     Half x_kind,
     int m,
     int k,
     int group,
-    bool permute4,
+    XLayout layout,
     std::vector<float>& xf,
     std::vector<float>& xsum);
 

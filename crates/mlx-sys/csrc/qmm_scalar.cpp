@@ -136,7 +136,7 @@ void prepare_x(
     int m,
     int k,
     int group,
-    bool permute4,
+    XLayout layout,
     std::vector<float>& xf,
     std::vector<float>& xsum) {
   xf.resize(static_cast<size_t>(m) * k);
@@ -145,7 +145,18 @@ void prepare_x(
   row.resize(k);
   for (int i = 0; i < m; ++i) {
     row_to_f32_scalar(x, x_kind, static_cast<size_t>(i) * k, k, row.data());
-    lay_out(row.data(), xf.data() + static_cast<size_t>(i) * k, k, permute4);
+    float* dst = xf.data() + static_cast<size_t>(i) * k;
+    if (layout == XLayout::Nibbles128) {
+      const int main = k / 128 * 128;
+      for (int b = 0; b < main; b += 128) {
+        for (int j = 0; j < 8; ++j) {
+          for (int l = 0; l < 16; ++l) dst[b + 16 * j + l] = row[b + 8 * l + j];
+        }
+      }
+      lay_out(row.data() + main, dst + main, k - main, true);
+    } else {
+      lay_out(row.data(), dst, k, layout == XLayout::Pairs32);
+    }
     for (int g = 0; g < k / group; ++g) {
       float s = 0.0f;
       for (int j = g * group; j < (g + 1) * group; ++j) s += row[j];

@@ -197,8 +197,9 @@ QMM_AVX512 inline __m512 load16_at(const void* row, int g, __mmask16 live) {
   }
 }
 
-// The scales and biases are read in their own dtype (S): half-precision
-// ones are half the bytes, and a row's are widened 16 at a time.
+// The 8-bit rows (4-bit ones: rows4_avx512). The scales and biases are
+// read in their own dtype (S): half-precision ones are half the bytes, and
+// a row's are widened 16 at a time.
 template <int BITS, int R, Half S>
 QMM_AVX512 void rows_avx512(const Problem& p, int n0, int n1, int m0) {
   // Groups take turns among NA accumulators per x row: one chain of
@@ -268,16 +269,101 @@ QMM_AVX512 void rows_avx512(const Problem& p, int n0, int n1, int m0) {
   }
 }
 
+// The 4-bit rows, each in blocks of 128 values: a 64-byte load holds 16
+// packed words, word L the values 8L..8L+7, and nibble j of every word
+// (shifted down by 4j) indexes a register table of the floats 0..15
+// (vpermps reads an index's low 4 bits): one shift, one permute and one
+// FMA per 16 values, no widening or conversion. x is laid out to match
+// (XLayout::Nibbles128). Lanes take their group's scale (a block spans 1
+// to 4 groups); a row's last k % 128 values go 32 at a time, as in
+// rows_avx512. Sums in float32, as rows_avx512's: only their order differs.
+template <int R, Half S>
+QMM_AVX512 void rows4_avx512(const Problem& p, int n0, int n1, int m0) {
+  constexpr size_t SB = S == Half::F32 ? 4 : 2;
+  const int groups = p.groups();
+  const int full = p.k / 128;
+  const int per_block = 128 / p.group;
+  const __mmask16 block_groups = static_cast<__mmask16>((1u << per_block) - 1);
+  // Lane L's values 8L..8L+7 lie in the block's group 8L / group.
+  alignas(64) int lane_group[16];
+  for (int l = 0; l < 16; ++l) lane_group[l] = 8 * l / p.group;
+  const __m512i to_group = _mm512_load_si512(lane_group);
+  const __m512 table = _mm512_setr_ps(0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f, 8.f, 9.f, 10.f,
+                                      11.f, 12.f, 13.f, 14.f, 15.f);
+  auto& sc = row_scratch();
+  sc.fit(groups + 16);
+  const float* xr[R];
+  for (int i = 0; i < R; ++i) xr[i] = p.x + static_cast<size_t>(m0 + i) * p.k;
+  for (int n = n0; n < n1; ++n) {
+    const size_t first = static_cast<size_t>(n) * groups * SB;
+    const void* rb = static_cast<const uint8_t*>(p.biases) + first;
+    const float* rs;
+    if constexpr (S == Half::F32) {
+      rs = reinterpret_cast<const float*>(static_cast<const uint8_t*>(p.scales) + first);
+    } else {
+      const void* row = static_cast<const uint8_t*>(p.scales) + first;
+      for (int g = 0; g < groups; g += 16) {
+        const __mmask16 live = groups - g >= 16 ? 0xffff : (1u << (groups - g)) - 1;
+        _mm512_storeu_ps(sc.s.data() + g, load16_at<S>(row, g, live));
+      }
+      rs = sc.s.data();
+    }
+    const uint8_t* wp = p.w + n * p.row_bytes();
+    __m512 acc[R];
+    for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
+    for (int blk = 0; blk < full; ++blk) {
+      const __m512i v = _mm512_loadu_si512(wp);
+      wp += 64;
+      const __m512 s = _mm512_permutexvar_ps(
+          to_group, _mm512_maskz_loadu_ps(block_groups, rs + blk * per_block));
+      __m512 d0[R], d1[R];
+      for (int i = 0; i < R; ++i) d0[i] = d1[i] = _mm512_setzero_ps();
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; j += 2) {
+        const __m512 w0 = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4 * j), table);
+        const __m512 w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4 * j + 4), table);
+        for (int i = 0; i < R; ++i) {
+          const float* xb = xr[i] + blk * 128 + 16 * j;
+          d0[i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), d0[i]);
+          d1[i] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), d1[i]);
+        }
+      }
+      for (int i = 0; i < R; ++i) acc[i] = _mm512_fmadd_ps(s, _mm512_add_ps(d0[i], d1[i]), acc[i]);
+    }
+    for (int off = full * 128; off < p.k; off += 32) {
+      __m512 a, c;
+      load32_avx512<4>(wp, a, c);
+      wp += 16;
+      const __m512 s = _mm512_set1_ps(rs[off / p.group]);
+      for (int i = 0; i < R; ++i) {
+        const __m512 d = _mm512_fmadd_ps(c, _mm512_loadu_ps(xr[i] + off + 16),
+                                         _mm512_mul_ps(a, _mm512_loadu_ps(xr[i] + off)));
+        acc[i] = _mm512_fmadd_ps(s, d, acc[i]);
+      }
+    }
+    for (int i = 0; i < R; ++i) {
+      const float* xs = p.xsum + static_cast<size_t>(m0 + i) * groups;
+      __m512 bias = _mm512_setzero_ps();
+      for (int g = 0; g < groups; g += 16) {
+        const __mmask16 live = groups - g >= 16 ? 0xffff : (1u << (groups - g)) - 1;
+        bias = _mm512_fmadd_ps(load16_at<S>(rb, g, live),
+                               _mm512_maskz_loadu_ps(live, xs + g), bias);
+      }
+      p.y[static_cast<size_t>(m0 + i) * p.n + n] = _mm512_reduce_add_ps(_mm512_add_ps(bias, acc[i]));
+    }
+  }
+}
+
 // rows_avx512 for p's bit width and scales' kind, R x rows.
 template <int R>
 void rows_avx512_for(const Problem& p, int n0, int n1, int m0) {
   switch (p.sdt) {
     case Half::F32:
-      return (p.bits == 8 ? rows_avx512<8, R, Half::F32> : rows_avx512<4, R, Half::F32>)(p, n0, n1, m0);
+      return (p.bits == 8 ? rows_avx512<8, R, Half::F32> : rows4_avx512<R, Half::F32>)(p, n0, n1, m0);
     case Half::F16:
-      return (p.bits == 8 ? rows_avx512<8, R, Half::F16> : rows_avx512<4, R, Half::F16>)(p, n0, n1, m0);
+      return (p.bits == 8 ? rows_avx512<8, R, Half::F16> : rows4_avx512<R, Half::F16>)(p, n0, n1, m0);
     case Half::BF16:
-      return (p.bits == 8 ? rows_avx512<8, R, Half::BF16> : rows_avx512<4, R, Half::BF16>)(p, n0, n1, m0);
+      return (p.bits == 8 ? rows_avx512<8, R, Half::BF16> : rows4_avx512<R, Half::BF16>)(p, n0, n1, m0);
   }
 }
 
