@@ -197,6 +197,39 @@ QMM_AVX512 inline __m512 load16_at(const void* row, int g, __mmask16 live) {
   }
 }
 
+// Row n's scales as float32: in place when they are float32, else widened
+// 16 at a time into the thread's scratch `sc`.
+template <Half S>
+QMM_AVX512 inline const float* row_scales(const Problem& p, int n, RowScratch& sc) {
+  constexpr size_t SB = S == Half::F32 ? 4 : 2;
+  const int groups = p.groups();
+  const void* row = static_cast<const uint8_t*>(p.scales) + static_cast<size_t>(n) * groups * SB;
+  if constexpr (S == Half::F32) {
+    return static_cast<const float*>(row);
+  } else {
+    for (int g = 0; g < groups; g += 16) {
+      const __mmask16 live = groups - g >= 16 ? 0xffff : (1u << (groups - g)) - 1;
+      _mm512_storeu_ps(sc.s.data() + g, load16_at<S>(row, g, live));
+    }
+    return sc.s.data();
+  }
+}
+
+// Output (x row m, W row n): the lanes of `sum` plus the biases' share,
+// sum_g b_g * sum(x in g), 16 groups at a time.
+template <Half S>
+QMM_AVX512 inline void store_row(const Problem& p, int m, int n, __m512 sum) {
+  constexpr size_t SB = S == Half::F32 ? 4 : 2;
+  const int groups = p.groups();
+  const void* rb = static_cast<const uint8_t*>(p.biases) + static_cast<size_t>(n) * groups * SB;
+  const float* xs = p.xsum + static_cast<size_t>(m) * groups;
+  for (int g = 0; g < groups; g += 16) {
+    const __mmask16 live = groups - g >= 16 ? 0xffff : (1u << (groups - g)) - 1;
+    sum = _mm512_fmadd_ps(load16_at<S>(rb, g, live), _mm512_maskz_loadu_ps(live, xs + g), sum);
+  }
+  p.y[static_cast<size_t>(m) * p.n + n] = _mm512_reduce_add_ps(sum);
+}
+
 // The 8-bit rows (4-bit ones: rows4_avx512). The scales and biases are
 // read in their own dtype (S): half-precision ones are half the bytes, and
 // a row's are widened 16 at a time.
@@ -205,7 +238,6 @@ QMM_AVX512 void rows_avx512(const Problem& p, int n0, int n1, int m0) {
   // Groups take turns among NA accumulators per x row: one chain of
   // dependent FMAs per row would make a short row wait on its latency.
   constexpr int NA = R <= 2 ? 4 : 2;
-  constexpr size_t SB = S == Half::F32 ? 4 : 2;
   const int groups = p.groups();
   const int blocks = p.group / 32;
   auto& sc = row_scratch();
@@ -213,19 +245,7 @@ QMM_AVX512 void rows_avx512(const Problem& p, int n0, int n1, int m0) {
   const float* xr[R];
   for (int i = 0; i < R; ++i) xr[i] = p.x + static_cast<size_t>(m0 + i) * p.k;
   for (int n = n0; n < n1; ++n) {
-    const size_t first = static_cast<size_t>(n) * groups * SB;
-    const void* rb = static_cast<const uint8_t*>(p.biases) + first;
-    const float* rs;
-    if constexpr (S == Half::F32) {
-      rs = reinterpret_cast<const float*>(static_cast<const uint8_t*>(p.scales) + first);
-    } else {
-      const void* row = static_cast<const uint8_t*>(p.scales) + first;
-      for (int g = 0; g < groups; g += 16) {
-        const __mmask16 live = groups - g >= 16 ? 0xffff : (1u << (groups - g)) - 1;
-        _mm512_storeu_ps(sc.s.data() + g, load16_at<S>(row, g, live));
-      }
-      rs = sc.s.data();
-    }
+    const float* rs = row_scales<S>(p, n, sc);
     const uint8_t* wp = p.w + n * p.row_bytes();
     __m512 acc[NA][R];
     for (int t = 0; t < NA; ++t)
@@ -254,17 +274,9 @@ QMM_AVX512 void rows_avx512(const Problem& p, int n0, int n1, int m0) {
       }
     }
     for (int i = 0; i < R; ++i) {
-      const float* xs = p.xsum + static_cast<size_t>(m0 + i) * groups;
-      // The biases' share, sum_g b_g * sum(x in g), 16 groups at a time.
-      __m512 bias = _mm512_setzero_ps();
-      for (int g = 0; g < groups; g += 16) {
-        const __mmask16 live = groups - g >= 16 ? 0xffff : (1u << (groups - g)) - 1;
-        bias = _mm512_fmadd_ps(load16_at<S>(rb, g, live),
-                               _mm512_maskz_loadu_ps(live, xs + g), bias);
-      }
-      __m512 sum = bias;
-      for (int t = 0; t < NA; ++t) sum = _mm512_add_ps(sum, acc[t][i]);
-      p.y[static_cast<size_t>(m0 + i) * p.n + n] = _mm512_reduce_add_ps(sum);
+      __m512 sum = acc[0][i];
+      for (int t = 1; t < NA; ++t) sum = _mm512_add_ps(sum, acc[t][i]);
+      store_row<S>(p, m0 + i, n, sum);
     }
   }
 }
@@ -279,7 +291,6 @@ QMM_AVX512 void rows_avx512(const Problem& p, int n0, int n1, int m0) {
 // rows_avx512. Sums in float32, as rows_avx512's: only their order differs.
 template <int R, Half S>
 QMM_AVX512 void rows4_avx512(const Problem& p, int n0, int n1, int m0) {
-  constexpr size_t SB = S == Half::F32 ? 4 : 2;
   const int groups = p.groups();
   const int full = p.k / 128;
   const int per_block = 128 / p.group;
@@ -295,19 +306,7 @@ QMM_AVX512 void rows4_avx512(const Problem& p, int n0, int n1, int m0) {
   const float* xr[R];
   for (int i = 0; i < R; ++i) xr[i] = p.x + static_cast<size_t>(m0 + i) * p.k;
   for (int n = n0; n < n1; ++n) {
-    const size_t first = static_cast<size_t>(n) * groups * SB;
-    const void* rb = static_cast<const uint8_t*>(p.biases) + first;
-    const float* rs;
-    if constexpr (S == Half::F32) {
-      rs = reinterpret_cast<const float*>(static_cast<const uint8_t*>(p.scales) + first);
-    } else {
-      const void* row = static_cast<const uint8_t*>(p.scales) + first;
-      for (int g = 0; g < groups; g += 16) {
-        const __mmask16 live = groups - g >= 16 ? 0xffff : (1u << (groups - g)) - 1;
-        _mm512_storeu_ps(sc.s.data() + g, load16_at<S>(row, g, live));
-      }
-      rs = sc.s.data();
-    }
+    const float* rs = row_scales<S>(p, n, sc);
     const uint8_t* wp = p.w + n * p.row_bytes();
     __m512 acc[R];
     for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
@@ -341,16 +340,7 @@ QMM_AVX512 void rows4_avx512(const Problem& p, int n0, int n1, int m0) {
         acc[i] = _mm512_fmadd_ps(s, d, acc[i]);
       }
     }
-    for (int i = 0; i < R; ++i) {
-      const float* xs = p.xsum + static_cast<size_t>(m0 + i) * groups;
-      __m512 bias = _mm512_setzero_ps();
-      for (int g = 0; g < groups; g += 16) {
-        const __mmask16 live = groups - g >= 16 ? 0xffff : (1u << (groups - g)) - 1;
-        bias = _mm512_fmadd_ps(load16_at<S>(rb, g, live),
-                               _mm512_maskz_loadu_ps(live, xs + g), bias);
-      }
-      p.y[static_cast<size_t>(m0 + i) * p.n + n] = _mm512_reduce_add_ps(_mm512_add_ps(bias, acc[i]));
-    }
+    for (int i = 0; i < R; ++i) store_row<S>(p, m0 + i, n, acc[i]);
   }
 }
 
