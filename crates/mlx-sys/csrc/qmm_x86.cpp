@@ -256,21 +256,22 @@ QMM_AVX512 void rows_avx512(const Problem& p, int n0, int n1, int m0) {
       for (int t = 0; t < NA; ++t) {
         const int g = g0 + t;
         if (g >= groups) break;
-        __m512 d0[R], d1[R];
-        for (int i = 0; i < R; ++i) d0[i] = d1[i] = _mm512_setzero_ps();
+        // The group's products in one sum per x row, started by a
+        // multiply (no zeroed sums, no final add).
+        __m512 d[R];
         for (int b = 0; b < blocks; ++b) {
           __m512 a, c;
           load32_avx512<BITS>(wp, a, c);
           wp += BITS * 4;
           for (int i = 0; i < R; ++i) {
-            d0[i] = _mm512_fmadd_ps(a, _mm512_loadu_ps(xr[i] + off), d0[i]);
-            d1[i] = _mm512_fmadd_ps(c, _mm512_loadu_ps(xr[i] + off + 16), d1[i]);
+            const __m512 lo = _mm512_loadu_ps(xr[i] + off);
+            d[i] = b == 0 ? _mm512_mul_ps(a, lo) : _mm512_fmadd_ps(a, lo, d[i]);
+            d[i] = _mm512_fmadd_ps(c, _mm512_loadu_ps(xr[i] + off + 16), d[i]);
           }
           off += 32;
         }
         __m512 s = _mm512_set1_ps(rs[g]);
-        for (int i = 0; i < R; ++i)
-          acc[t][i] = _mm512_fmadd_ps(s, _mm512_add_ps(d0[i], d1[i]), acc[t][i]);
+        for (int i = 0; i < R; ++i) acc[t][i] = _mm512_fmadd_ps(s, d[i], acc[t][i]);
       }
     }
     for (int i = 0; i < R; ++i) {
