@@ -233,8 +233,8 @@ QMM_AVX512 inline void store_row(const Problem& p, int m, int n, __m512 sum) {
 // The 8-bit rows (4-bit ones: rows4_avx512). The scales and biases are
 // read in their own dtype (S): half-precision ones are half the bytes, and
 // a row's are widened 16 at a time.
-template <int BITS, int R, Half S>
-QMM_AVX512 void rows_avx512(const Problem& p, int n0, int n1, int m0) {
+template <int R, Half S>
+QMM_AVX512 void rows8_avx512(const Problem& p, int n0, int n1, int m0) {
   // Groups take turns among NA accumulators per x row: one chain of
   // dependent FMAs per row would make a short row wait on its latency.
   constexpr int NA = R <= 2 ? 4 : 2;
@@ -261,8 +261,8 @@ QMM_AVX512 void rows_avx512(const Problem& p, int n0, int n1, int m0) {
         __m512 d[R];
         for (int b = 0; b < blocks; ++b) {
           __m512 a, c;
-          load32_avx512<BITS>(wp, a, c);
-          wp += BITS * 4;
+          load32_avx512<8>(wp, a, c);
+          wp += 32;
           for (int i = 0; i < R; ++i) {
             const __m512 lo = _mm512_loadu_ps(xr[i] + off);
             d[i] = b == 0 ? _mm512_mul_ps(a, lo) : _mm512_fmadd_ps(a, lo, d[i]);
@@ -288,8 +288,9 @@ QMM_AVX512 void rows_avx512(const Problem& p, int n0, int n1, int m0) {
 // (vpermps reads an index's low 4 bits): one shift, one permute and one
 // FMA per 16 values, no widening or conversion. x is laid out to match
 // (XLayout::Nibbles128). Lanes take their group's scale (a block spans 1
-// to 4 groups); a row's last k % 128 values go 32 at a time, as in
-// rows_avx512. Sums in float32, as rows_avx512's: only their order differs.
+// to 4 groups); a row's last k % 128 values go 32 at a time, widened and
+// converted (load32_avx512<4>). Sums in float32, as before this kernel:
+// only their order differs.
 template <int R, Half S>
 QMM_AVX512 void rows4_avx512(const Problem& p, int n0, int n1, int m0) {
   const int groups = p.groups();
@@ -345,16 +346,16 @@ QMM_AVX512 void rows4_avx512(const Problem& p, int n0, int n1, int m0) {
   }
 }
 
-// rows_avx512 for p's bit width and scales' kind, R x rows.
+// The AVX-512 rows for p's bit width and scales' kind, R x rows.
 template <int R>
 void rows_avx512_for(const Problem& p, int n0, int n1, int m0) {
   switch (p.sdt) {
     case Half::F32:
-      return (p.bits == 8 ? rows_avx512<8, R, Half::F32> : rows4_avx512<R, Half::F32>)(p, n0, n1, m0);
+      return (p.bits == 8 ? rows8_avx512<R, Half::F32> : rows4_avx512<R, Half::F32>)(p, n0, n1, m0);
     case Half::F16:
-      return (p.bits == 8 ? rows_avx512<8, R, Half::F16> : rows4_avx512<R, Half::F16>)(p, n0, n1, m0);
+      return (p.bits == 8 ? rows8_avx512<R, Half::F16> : rows4_avx512<R, Half::F16>)(p, n0, n1, m0);
     case Half::BF16:
-      return (p.bits == 8 ? rows_avx512<8, R, Half::BF16> : rows4_avx512<R, Half::BF16>)(p, n0, n1, m0);
+      return (p.bits == 8 ? rows8_avx512<R, Half::BF16> : rows4_avx512<R, Half::BF16>)(p, n0, n1, m0);
   }
 }
 
