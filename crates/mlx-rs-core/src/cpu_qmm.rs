@@ -13,7 +13,10 @@
 //!   registers (AVX-512, or AVX2+FMA+F16C, chosen at run time; a portable
 //!   scalar path elsewhere) and multiplied by FMA, output rows shared among
 //!   a small persistent thread pool;
-//! - many rows (prefill, at least [`DEFAULT_GEMM_ROWS`]): tiles of the
+//! - many rows (prefill, at least [`DEFAULT_GEMM_ROWS`]): on CPUs with
+//!   AMX-BF16 (Linux), by its tiles: the codes are exact in bfloat16 and x
+//!   is split into three bfloat16 parts, so each group's sum is a float32
+//!   sum of exact products ([`Isa::Avx512Amx`]); elsewhere tiles of the
 //!   matrix are dequantized to float32 and multiplied by the BLAS `sgemm`
 //!   MLX itself links (OpenBLAS on our Linux builds).
 //!
@@ -116,6 +119,9 @@ pub enum Isa {
     /// AVX-512 and AVX512-VNNI (int8 dot products; the float path as
     /// AVX-512).
     Avx512Vnni,
+    /// AVX512-VNNI and AMX-BF16 tiles (Linux): many rows by the tiles, at
+    /// float32's accuracy, in place of `sgemm`; fewer as AVX512-VNNI.
+    Avx512Amx,
 }
 
 impl Isa {
@@ -126,11 +132,13 @@ impl Isa {
             Isa::Avx2Vnni => mlx_sys::MLX_SYS_CPU_QMM_ISA_AVX2_VNNI as i32,
             Isa::Avx512 => mlx_sys::MLX_SYS_CPU_QMM_ISA_AVX512 as i32,
             Isa::Avx512Vnni => mlx_sys::MLX_SYS_CPU_QMM_ISA_AVX512_VNNI as i32,
+            Isa::Avx512Amx => mlx_sys::MLX_SYS_CPU_QMM_ISA_AVX512_AMX as i32,
         }
     }
 
     fn from_raw(raw: i32) -> Isa {
         match raw {
+            r if r == Isa::Avx512Amx.raw() => Isa::Avx512Amx,
             r if r == Isa::Avx512Vnni.raw() => Isa::Avx512Vnni,
             r if r == Isa::Avx512.raw() => Isa::Avx512,
             r if r == Isa::Avx2Vnni.raw() => Isa::Avx2Vnni,
@@ -142,7 +150,7 @@ impl Isa {
 
 /// The best instruction set the kernel uses on this CPU.
 pub fn best_isa() -> Isa {
-    isa_under(Isa::Avx512Vnni)
+    isa_under(Isa::Avx512Amx)
 }
 
 /// The instruction set the kernel uses on this CPU when capped at `cap`
@@ -174,7 +182,7 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
-            max_isa: Isa::Avx512Vnni,
+            max_isa: Isa::Avx512Amx,
             gemm_rows: DEFAULT_GEMM_ROWS,
             int8: false,
         }

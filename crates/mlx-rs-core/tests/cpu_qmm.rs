@@ -99,6 +99,7 @@ fn isas() -> Vec<Isa> {
         Isa::Avx2Vnni,
         Isa::Avx512,
         Isa::Avx512Vnni,
+        Isa::Avx512Amx,
     ]
     .into_iter()
     .filter(|isa| isa_under(*isa) == *isa)
@@ -467,4 +468,34 @@ fn ours_q8_is_a_choice_of_its_own() {
         ..Tuning::default()
     };
     assert_eq!(y.as_slice::<f32>(), q.ours(&x, int8).as_slice::<f32>());
+}
+
+/// The many-row paths (AMX tiles where the CPU has them, `sgemm`) as
+/// accurate as the float32 rows kernel on long rows: AMX's x in three
+/// bfloat16 parts is float32's 24 bits (two parts would give about 6e-6
+/// here, ten times the rows kernel's error).
+#[test]
+fn many_rows_keep_float32_accuracy() {
+    for bits in [4, 8] {
+        for group in [32, 128] {
+            let k = 2048;
+            let q = Quantized::new(300, k, group, bits, Dtype::Float16, 9 + bits as u64);
+            let x = normal(&[40, k], 31);
+            let reference = q.reference(&x);
+            for max_isa in isas() {
+                for gemm_rows in [i32::MAX, 2] {
+                    let tuning = Tuning {
+                        max_isa,
+                        gemm_rows,
+                        int8: false,
+                    };
+                    let err = relative(&q.ours(&x, tuning), &reference);
+                    assert!(
+                        err <= 2e-6,
+                        "{bits}-bit, group {group}, {tuning:?}: relative error {err:e}"
+                    );
+                }
+            }
+        }
+    }
 }

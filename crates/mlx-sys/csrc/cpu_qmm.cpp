@@ -11,10 +11,12 @@
 //   permuted per 32-element block (even elements, then odd) so that the
 //   low and high nibbles of 16 bytes meet their x without a shuffle.
 //   Output rows are shared among a small persistent thread pool.
-// - many rows (prefill): tiles of W are dequantized to float32 (on the
-//   pool) and multiplied by the BLAS `cblas_sgemm` MLX itself links
-//   (OpenBLAS on our Linux builds), looked up in the process at run time;
-//   without it, the SIMD path takes them four rows of x at a time.
+// - many rows (prefill): on CPUs with AMX-BF16, by its tiles at float32's
+//   accuracy (qmm_amx.cpp); elsewhere tiles of W are dequantized to
+//   float32 (on the pool) and multiplied by the BLAS `cblas_sgemm` MLX
+//   itself links (OpenBLAS on our Linux builds), looked up in the process
+//   at run time; without it, the SIMD path takes them four rows of x at a
+//   time.
 // Accumulation is float32 throughout; no activation is quantized, except
 // on the int8 path (asked for per product; qmm_q8_x86.cpp): x quantized
 // per group to int8, integer dot products (AVX512-VNNI, AVX-VNNI or AVX2),
@@ -23,7 +25,8 @@
 // Files: this one (the primitive, the product's plan, the C entry points),
 // qmm_internal.hpp (the problem's layout), qmm_scalar.cpp (portable code),
 // qmm_x86.cpp (the SIMD kernels and their choice), qmm_q8_x86.cpp (the
-// int8 path's kernels), qmm_pool.{hpp,cpp} (the
+// int8 path's kernels), qmm_amx.cpp (many rows by AMX tiles),
+// qmm_pool.{hpp,cpp} (the
 // threads).
 
 #include "cpu_qmm.h"
@@ -148,8 +151,15 @@ void compute(
   Pool& threads = pool();
   SgemmFn gemm = sgemm();
 
-  const bool use_gemm = gemm != nullptr && m >= gemm_rows;
-  if (int8_x && !use_gemm) {
+  // Many rows: AMX tiles where the CPU has them, else the BLAS.
+  const bool use_tiles = m >= gemm_rows && isa >= MLX_SYS_CPU_QMM_ISA_AVX512_AMX;
+  const bool use_gemm = !use_tiles && gemm != nullptr && m >= gemm_rows;
+  if (use_tiles) {
+    prepare_x(x_data, x_kind, m, k, group, XLayout::AsIs, xf, xsum);
+    p.x = xf.data();
+    p.xsum = xsum.data();
+    gemm_amx(p, threads);
+  } else if (int8_x && !use_gemm) {
     // The int8 path: tasks of weight rows, each with every row of x (a
     // task's weights stay in cache while x streams by). Many rows still
     // take the BLAS by default: faster on our machine (BENCHMARKS.md).

@@ -17,13 +17,15 @@ extern "C" {
 /* Instruction sets the kernel may use (a cap: the best the CPU has up to
  * it is taken). The _VNNI ones add the int8 dot product (AVX-VNNI,
  * AVX512-VNNI) that the int8 path uses; the float32 path computes alike
- * with or without it. */
+ * with or without it. _AMX adds AMX-BF16 tiles for the many-row float
+ * path in place of the sgemm (qmm_amx.cpp). */
 #define MLX_SYS_CPU_QMM_ISA_SCALAR 0
 #define MLX_SYS_CPU_QMM_ISA_AVX2 1
 #define MLX_SYS_CPU_QMM_ISA_AVX2_VNNI 2
 #define MLX_SYS_CPU_QMM_ISA_AVX512 3
 #define MLX_SYS_CPU_QMM_ISA_AVX512_VNNI 4
-#define MLX_SYS_CPU_QMM_ISA_BEST 5
+#define MLX_SYS_CPU_QMM_ISA_AVX512_AMX 5
+#define MLX_SYS_CPU_QMM_ISA_BEST 6
 
 /* res = x W^T, W [N, K] given as MLX lays out an affine-quantized matrix:
  * w uint32 [N, K * bits / 32] (elements from the low bits up), scales and

@@ -69,6 +69,15 @@ void row_to_f32_avx2(const void* src, Half kind, size_t first, int count, float*
 bool has_avx_vnni();
 #endif
 
+// Whether this CPU and OS let us use AMX-BF16 tiles (and AVX512-BF16).
+bool has_amx();
+
+class Pool;
+
+// All of p's rows by AMX tiles (qmm_amx.cpp; only where has_amx()): p.x
+// as float32 [m, k] laid out AsIs, p.xsum its group sums.
+void gemm_amx(const Problem& p, Pool& pool);
+
 // The best instruction set this CPU has (MLX_SYS_CPU_QMM_ISA_*), and that
 // capped at `max_isa`.
 int best_isa();

@@ -385,7 +385,7 @@ void rows_256(const Problem& p, int n0, int n1, int m0, int m1) {
 void rows_q8(const Problem& p, int isa, int n0, int n1, int m0, int m1) {
 #if QMM_X86
   const bool four = p.bits == 4;
-  if (isa == MLX_SYS_CPU_QMM_ISA_AVX512_VNNI) {
+  if (isa >= MLX_SYS_CPU_QMM_ISA_AVX512_VNNI) {
     (four ? rows_avx512<4> : rows_avx512<8>)(p, n0, n1, m0, m1);
     return;
   }

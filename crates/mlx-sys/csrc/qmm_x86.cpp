@@ -383,6 +383,8 @@ bool has_isa(int isa) {
       return avx512;
     case MLX_SYS_CPU_QMM_ISA_AVX512_VNNI:
       return avx512 && __builtin_cpu_supports("avx512vnni");
+    case MLX_SYS_CPU_QMM_ISA_AVX512_AMX:
+      return avx512 && __builtin_cpu_supports("avx512vnni") && has_amx();
     default:
       return isa == MLX_SYS_CPU_QMM_ISA_SCALAR;
   }
@@ -409,7 +411,7 @@ int best_isa() {
 }
 
 int isa_under(int max_isa) {
-  for (int isa = std::clamp(max_isa, 0, MLX_SYS_CPU_QMM_ISA_AVX512_VNNI); isa > 0; --isa) {
+  for (int isa = std::clamp(max_isa, 0, MLX_SYS_CPU_QMM_ISA_AVX512_AMX); isa > 0; --isa) {
     if (has_isa(isa)) return isa;
   }
   return MLX_SYS_CPU_QMM_ISA_SCALAR;

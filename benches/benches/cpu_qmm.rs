@@ -1,0 +1,81 @@
+//! Our CPU quantized product on a prefill's many rows, by path.
+//!
+//! `x [128, K] Wᵀ` for the 1B benchmark model's widest products (W
+//! `[8192, 2048]`, the gate or up projection, and `[2048, 8192]`, the down
+//! projection), 4- and 8-bit with groups of 32 (GGUF Q4_0 and Q8_0 as our
+//! loader gives them), float16 scales. Paths: `sgemm` (tiles of W
+//! dequantized for the BLAS, the kernel capped at AVX512-VNNI) and `best`
+//! (what this CPU gets by default: AMX-BF16 tiles where it has them, else
+//! the same `sgemm`). Each iteration builds and evaluates one product;
+//! the weights are evaluated once, before.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use mistral_benches::measurement_time_for;
+use mlx_rs::{ops::quantize, random, Array, Dtype, Stream};
+use mlx_rs_core::cpu_qmm::{cpu_quantized_matmul_with, Isa, Tuning};
+
+const ROWS: i32 = 128;
+
+struct Product {
+    w: Array,
+    scales: Array,
+    biases: Array,
+    bits: i32,
+}
+
+fn product(n: i32, k: i32, bits: i32) -> Product {
+    let key = random::key(u64::from(n as u32 + k as u32)).expect("key");
+    let dense = random::normal::<f32>(&[n, k], None, None, &key).expect("weights");
+    let (w, scales, biases) = quantize(&dense, 32, bits).expect("quantize");
+    let scales = scales.as_dtype(Dtype::Float16).expect("scales");
+    let biases = biases.as_dtype(Dtype::Float16).expect("biases");
+    mlx_rs::transforms::eval([&w, &scales, &biases]).expect("eval weights");
+    Product {
+        w,
+        scales,
+        biases,
+        bits,
+    }
+}
+
+fn run(p: &Product, x: &Array, max_isa: Isa) {
+    let tuning = Tuning {
+        max_isa,
+        ..Tuning::default()
+    };
+    let y = cpu_quantized_matmul_with(
+        x,
+        &p.w,
+        &p.scales,
+        &p.biases,
+        32,
+        p.bits,
+        tuning,
+        &Stream::cpu(),
+    )
+    .expect("product");
+    y.eval().expect("eval");
+}
+
+fn cpu_qmm(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cpu_qmm");
+    group.sample_size(10);
+    for (n, k) in [(8192, 2048), (2048, 8192)] {
+        let key = random::key(1).expect("key");
+        let x = random::normal::<f32>(&[ROWS, k], None, None, &key).expect("x");
+        x.eval().expect("eval x");
+        for bits in [4, 8] {
+            let p = product(n, k, bits);
+            for (name, isa) in [("sgemm", Isa::Avx512Vnni), ("best", Isa::Avx512Amx)] {
+                group.measurement_time(measurement_time_for(|| run(&p, &x, isa)));
+                group.bench_function(format!("{bits}bit_g32_{ROWS}x{k}x{n}/{name}"), |b| {
+                    b.iter(|| run(&p, &x, isa))
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, cpu_qmm);
+criterion_main!(benches);
