@@ -6,8 +6,10 @@
 //! loader gives them), float16 scales. Paths: `sgemm` (tiles of W
 //! dequantized for the BLAS, the kernel capped at AVX512-VNNI) and `best`
 //! (what this CPU gets by default: AMX-BF16 tiles where it has them, else
-//! the same `sgemm`). Each iteration builds and evaluates one product;
-//! the weights are evaluated once, before.
+//! the same `sgemm`). And where the many-row path starts: `x [m, 2048]`
+//! for W `[2048, 2048]` 4-bit at 6 to 8 rows, by the row kernel (`rows`)
+//! and by `best` from 2 rows. Each iteration builds and evaluates one
+//! product; the weights are evaluated once, before.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use mistral_benches::measurement_time_for;
@@ -38,9 +40,10 @@ fn product(n: i32, k: i32, bits: i32) -> Product {
     }
 }
 
-fn run(p: &Product, x: &Array, max_isa: Isa) {
+fn run(p: &Product, x: &Array, max_isa: Isa, gemm_rows: i32) {
     let tuning = Tuning {
         max_isa,
+        gemm_rows,
         ..Tuning::default()
     };
     let y = cpu_quantized_matmul_with(
@@ -67,11 +70,23 @@ fn cpu_qmm(c: &mut Criterion) {
         for bits in [4, 8] {
             let p = product(n, k, bits);
             for (name, isa) in [("sgemm", Isa::Avx512Vnni), ("best", Isa::Avx512Amx)] {
-                group.measurement_time(measurement_time_for(|| run(&p, &x, isa)));
+                group.measurement_time(measurement_time_for(|| run(&p, &x, isa, 0)));
                 group.bench_function(format!("{bits}bit_g32_{ROWS}x{k}x{n}/{name}"), |b| {
-                    b.iter(|| run(&p, &x, isa))
+                    b.iter(|| run(&p, &x, isa, 0))
                 });
             }
+        }
+    }
+    let p = product(2048, 2048, 4);
+    for m in [6, 7, 8] {
+        let key = random::key(2).expect("key");
+        let x = random::normal::<f32>(&[m, 2048], None, None, &key).expect("x");
+        x.eval().expect("eval x");
+        for (name, rows) in [("rows", i32::MAX), ("best", 2)] {
+            group.measurement_time(measurement_time_for(|| run(&p, &x, Isa::Avx512Amx, rows)));
+            group.bench_function(format!("4bit_g32_{m}x2048x2048/{name}"), |b| {
+                b.iter(|| run(&p, &x, Isa::Avx512Amx, rows))
+            });
         }
     }
     group.finish();

@@ -13,8 +13,9 @@
 //!   registers (AVX-512, or AVX2+FMA+F16C, chosen at run time; a portable
 //!   scalar path elsewhere) and multiplied by FMA, output rows shared among
 //!   a small persistent thread pool;
-//! - many rows (prefill, at least [`DEFAULT_GEMM_ROWS`]): on CPUs with
-//!   AMX-BF16 (Linux), by its tiles: the codes are exact in bfloat16 and x
+//! - many rows (prefill; at least [`DEFAULT_TILE_ROWS`] with AMX tiles,
+//!   [`DEFAULT_GEMM_ROWS`] with `sgemm`): on CPUs with AMX-BF16 (Linux), by
+//!   its tiles: the codes are exact in bfloat16 and x
 //!   is split into three bfloat16 parts, so each group's sum is a float32
 //!   sum of exact products ([`Isa::Avx512Amx`]); elsewhere tiles of the
 //!   matrix are dequantized to float32 and multiplied by the BLAS `sgemm`
@@ -29,9 +30,9 @@
 //! per group `s * d * sum(q * c) + b * d * sum(c)`, the integer sums by
 //! VNNI's `vpdpbusd` (AVX512-VNNI or AVX-VNNI; AVX2's `vpmaddubsw`
 //! without), for fewer rows than [`Tuning::gemm_rows`] (decode; many rows
-//! still take `sgemm`, faster on our machine: BENCHMARKS.md; with
-//! `gemm_rows` raised, the int8 kernel's tiles of 4 x 4 rows take them
-//! too). The bias term takes the
+//! still take AMX tiles or `sgemm`, faster on our machine: BENCHMARKS.md;
+//! with `gemm_rows` raised, the int8 kernel's tiles of 4 x 4 rows take
+//! them too). The bias term takes the
 //! codes' sum, not x's: the result is then exactly `W x̂` for the x̂ the
 //! codes stand for (error `W (x̂ - x)`, each `|x̂ - x| <= d / 2`), smaller
 //! than the codes' error times `s * q` alone when W's groups straddle zero.
@@ -53,6 +54,10 @@ use crate::streams::is_cpu;
 /// The fewest rows of `x` that go through the dequantize-and-`sgemm` path
 /// by default (fewer take the SIMD matrix-vector kernel).
 pub const DEFAULT_GEMM_ROWS: i32 = 16;
+
+/// The same for AMX tiles ([`Isa::Avx512Amx`]), which beat the row kernel
+/// from fewer rows.
+pub const DEFAULT_TILE_ROWS: i32 = 7;
 
 /// Errors of our CPU quantized product.
 #[derive(Debug, thiserror::Error)]
@@ -172,7 +177,9 @@ pub fn has_sgemm() -> bool {
 pub struct Tuning {
     /// The best instruction set allowed.
     pub max_isa: Isa,
-    /// The fewest rows of `x` that go through `sgemm` (float path).
+    /// The fewest rows of `x` that take the many-row path (AMX tiles where
+    /// the CPU has them, else `sgemm`); 0: that path's default
+    /// ([`DEFAULT_TILE_ROWS`], [`DEFAULT_GEMM_ROWS`]).
     pub gemm_rows: i32,
     /// The int8 path (x quantized per group) for fewer rows than
     /// `gemm_rows`.
@@ -183,7 +190,7 @@ impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             max_isa: Isa::Avx512Amx,
-            gemm_rows: DEFAULT_GEMM_ROWS,
+            gemm_rows: 0,
             int8: false,
         }
     }
@@ -285,5 +292,22 @@ pub fn cpu_quantized_matmul_with(
             return Err(CpuQmmError::Kernel(text));
         }
         Ok(Array::from_ptr(res))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_defaults_are_the_kernels() {
+        // SAFETY: take and return plain integers.
+        let (gemm, tiles) = unsafe {
+            (
+                mlx_sys::mlx_sys_cpu_qmm_default_gemm_rows(),
+                mlx_sys::mlx_sys_cpu_qmm_default_tile_rows(),
+            )
+        };
+        assert_eq!((DEFAULT_GEMM_ROWS, DEFAULT_TILE_ROWS), (gemm, tiles));
     }
 }

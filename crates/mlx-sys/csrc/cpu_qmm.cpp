@@ -81,6 +81,9 @@ constexpr int kCblasRowMajor = 101;
 constexpr int kCblasNoTrans = 111;
 constexpr int kCblasTrans = 112;
 constexpr int kDefaultGemmRows = 16;
+// The same for AMX tiles: from 7 rows they beat the row kernel (which
+// reads the weights once per 4 rows of x; BENCHMARKS.md, "AMX tiles").
+constexpr int kDefaultTileRows = 7;
 // The fewest weights (rows x columns) a tile of W must have for its
 // dequantization to be shared among the pool's threads (see Pool): a BLAS
 // call of far more work follows it.
@@ -151,9 +154,12 @@ void compute(
   Pool& threads = pool();
   SgemmFn gemm = sgemm();
 
-  // Many rows: AMX tiles where the CPU has them, else the BLAS.
-  const bool use_tiles = m >= gemm_rows && isa >= MLX_SYS_CPU_QMM_ISA_AVX512_AMX;
-  const bool use_gemm = !use_tiles && gemm != nullptr && m >= gemm_rows;
+  // Many rows: AMX tiles where the CPU has them, else the BLAS (gemm_rows
+  // 0: each path's default).
+  const bool tiles = isa >= MLX_SYS_CPU_QMM_ISA_AVX512_AMX;
+  const int many = gemm_rows > 0 ? gemm_rows : tiles ? kDefaultTileRows : kDefaultGemmRows;
+  const bool use_tiles = tiles && m >= many;
+  const bool use_gemm = !tiles && gemm != nullptr && m >= many;
   if (use_tiles) {
     prepare_x(x_data, x_kind, m, k, group, XLayout::AsIs, xf, xsum);
     p.x = xf.data();
@@ -355,9 +361,9 @@ extern "C" int mlx_sys_cpu_qmm(
     char* err,
     size_t err_len) {
   return mlx_sys_shim::guarded(res, err, err_len, [&] {
-    int gemm_rows = gemm_min_rows > 0 ? gemm_min_rows : kDefaultGemmRows;
     return build(mlx_array_get_(x), mlx_array_get_(w), mlx_array_get_(scales),
-                 mlx_array_get_(biases), group_size, bits, max_isa, gemm_rows, int8_x != 0,
+                 mlx_array_get_(biases), group_size, bits, max_isa, std::max(gemm_min_rows, 0),
+                 int8_x != 0,
                  mlx_stream_get_(stream));
   });
 }
@@ -372,4 +378,8 @@ extern "C" int mlx_sys_cpu_qmm_has_sgemm(void) {
 
 extern "C" int mlx_sys_cpu_qmm_default_gemm_rows(void) {
   return kDefaultGemmRows;
+}
+
+extern "C" int mlx_sys_cpu_qmm_default_tile_rows(void) {
+  return kDefaultTileRows;
 }

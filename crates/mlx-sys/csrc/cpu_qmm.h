@@ -35,10 +35,11 @@ extern "C" {
  * and the scales' promoted) and is computed lazily on `stream`, which must
  * be a CPU stream. `max_isa` caps the instruction set (tests use it; pass
  * MLX_SYS_CPU_QMM_ISA_BEST). `gemm_min_rows`: inputs of at least this many
- * rows are multiplied by dequantizing tiles of W to float32 for the BLAS
- * sgemm MLX links (when found; 0 = the default). `int8_x` nonzero: inputs
- * of fewer rows (all, without the sgemm) take the int8 path: x quantized per group of W
- * to int8 (scale max|x| / 127, round to nearest even) and multiplied by
+ * rows take the many-row path: AMX tiles where the CPU has them, else
+ * tiles of W dequantized to float32 for the BLAS sgemm MLX links (when
+ * found); 0 = each path's default (mlx_sys_cpu_qmm_default_*_rows).
+ * `int8_x` nonzero: inputs of fewer rows (all, without the many-row
+ * path) take the int8 path: x quantized per group of W to int8 (scale max|x| / 127, round to nearest even) and multiplied by
  * integer dot products (VNNI where the CPU has it), each group's sum
  * scaled in float32.
  * Returns 0 on success; otherwise writes a message into err (err_len bytes,
@@ -65,8 +66,11 @@ int mlx_sys_cpu_qmm_isa(int max_isa);
 /* Whether the BLAS sgemm (cblas_sgemm) was found in the process. */
 int mlx_sys_cpu_qmm_has_sgemm(void);
 
-/* The default of `gemm_min_rows`. */
+/* The default of `gemm_min_rows` for the sgemm path. */
 int mlx_sys_cpu_qmm_default_gemm_rows(void);
+
+/* The default of `gemm_min_rows` for AMX tiles. */
+int mlx_sys_cpu_qmm_default_tile_rows(void);
 
 #ifdef __cplusplus
 }
