@@ -278,6 +278,13 @@ QMM_AMX_FN void pairs(const Problem& p, const XTiles& xt, int pair0, int pair1, 
           for (int s = 0; s < steps; ++s) {
             codes_to_bf16(p, row, k0 + s * kStep, wa + (static_cast<size_t>(s) * 2 * kTile + r) * kStep);
           }
+          if (row + 1 < p.n) {
+            // The next row's part: these loads wait on memory otherwise.
+            const uint8_t* next = p.w + (row + 1) * p.row_bytes();
+            for (size_t b = static_cast<size_t>(k0) * p.bits / 8; b < static_cast<size_t>(k1) * p.bits / 8; b += 64) {
+              _mm_prefetch(reinterpret_cast<const char*>(next + b), _MM_HINT_T0);
+            }
+          }
           const size_t at = static_cast<size_t>(row) * groups + g0;
           row_to_f32_scalar(p.scales, p.sdt, at, gs, sc.data() + static_cast<size_t>(r) * gs);
           row_to_f32_scalar(p.biases, p.sdt, at, gs, bi.data() + static_cast<size_t>(r) * gs);
@@ -305,13 +312,18 @@ QMM_AMX_FN void pairs(const Problem& p, const XTiles& xt, int pair0, int pair1, 
     }
   }
   _tile_release();
-  // The pairs' sums into y [m, n].
-  for (int nb = pair0 * 2; nb < pair1 * 2; ++nb) {
+  // The pairs' sums into y [m, n]: column c of a block (16 weight rows)
+  // is a piece of y's row.
+  const __m512i column = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+      _mm512_set1_epi32(kTile));
+  for (int nb = pair0 * 2; nb < pair1 * 2 && nb * kTile < p.n; ++nb) {
+    const __mmask16 valid = static_cast<__mmask16>((1u << std::min(kTile, p.n - nb * kTile)) - 1);
     for (int mb = 0; mb < xt.blocks; ++mb) {
       const float* acc = yt + (static_cast<size_t>(nb) * xt.blocks + mb) * block_floats;
       for (int c = 0; c < kTile && mb * kTile + c < p.m; ++c) {
         float* row = p.y + static_cast<size_t>(mb * kTile + c) * p.n + nb * kTile;
-        for (int r = 0; r < kTile && nb * kTile + r < p.n; ++r) row[r] = acc[r * kTile + c];
+        _mm512_mask_storeu_ps(row, valid, _mm512_i32gather_ps(column, acc + c, 4));
       }
     }
   }
