@@ -106,6 +106,22 @@ fn isas() -> Vec<Isa> {
     .collect()
 }
 
+/// The float path's tunings: every instruction set this CPU has, each with
+/// the row kernel only and with the many-row path (AMX tiles or `sgemm`)
+/// from 2 rows.
+fn float_tunings() -> Vec<Tuning> {
+    isas()
+        .into_iter()
+        .flat_map(|max_isa| {
+            [i32::MAX, 2].map(|gemm_rows| Tuning {
+                max_isa,
+                gemm_rows,
+                int8: false,
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn every_format_matches_dequantize_and_matmul() {
     let mut worst = 0.0f32;
@@ -126,24 +142,16 @@ fn every_format_matches_dequantize_and_matmul() {
                 for m in [1, 2, 7, 67] {
                     let x = normal(&[m, k], 1000 + seed);
                     let reference = q.reference(&x);
-                    for max_isa in isas() {
-                        // Both paths: SIMD rows only, and sgemm from 2 rows.
-                        for gemm_rows in [i32::MAX, 2] {
-                            let tuning = Tuning {
-                                max_isa,
-                                gemm_rows,
-                                int8: false,
-                            };
-                            let y = q.ours(&x, tuning);
-                            assert_eq!(y.dtype(), Dtype::Float32);
-                            let err = relative(&y, &reference);
-                            worst = worst.max(err);
-                            assert!(
-                                err <= 1e-5,
-                                "{bits}-bit, group {group}, k {k}, scales {dtype:?}, {m} \
-                                 rows, {tuning:?}: relative error {err:e}"
-                            );
-                        }
+                    for tuning in float_tunings() {
+                        let y = q.ours(&x, tuning);
+                        assert_eq!(y.dtype(), Dtype::Float32);
+                        let err = relative(&y, &reference);
+                        worst = worst.max(err);
+                        assert!(
+                            err <= 1e-5,
+                            "{bits}-bit, group {group}, k {k}, scales {dtype:?}, {m} \
+                             rows, {tuning:?}: relative error {err:e}"
+                        );
                     }
                 }
             }
@@ -482,19 +490,12 @@ fn many_rows_keep_float32_accuracy() {
             let q = Quantized::new(300, k, group, bits, Dtype::Float16, 9 + bits as u64);
             let x = normal(&[40, k], 31);
             let reference = q.reference(&x);
-            for max_isa in isas() {
-                for gemm_rows in [i32::MAX, 2] {
-                    let tuning = Tuning {
-                        max_isa,
-                        gemm_rows,
-                        int8: false,
-                    };
-                    let err = relative(&q.ours(&x, tuning), &reference);
-                    assert!(
-                        err <= 2e-6,
-                        "{bits}-bit, group {group}, {tuning:?}: relative error {err:e}"
-                    );
-                }
+            for tuning in float_tunings() {
+                let err = relative(&q.ours(&x, tuning), &reference);
+                assert!(
+                    err <= 2e-6,
+                    "{bits}-bit, group {group}, {tuning:?}: relative error {err:e}"
+                );
             }
         }
     }
