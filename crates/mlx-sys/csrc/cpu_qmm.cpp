@@ -161,9 +161,13 @@ void compute(
   const bool use_tiles = tiles && m >= many;
   const bool use_gemm = !tiles && gemm != nullptr && m >= many;
   if (use_tiles) {
-    prepare_x(x_data, x_kind, m, k, group, XLayout::AsIs, xf, xsum);
-    p.x = xf.data();
-    p.xsum = xsum.data();
+    if (x_kind == Half::F32) {
+      p.x = static_cast<const float*>(x_data);
+    } else {
+      xf.resize(static_cast<size_t>(m) * k);
+      row_to_f32_scalar(x_data, x_kind, 0, m * k, xf.data());
+      p.x = xf.data();
+    }
     gemm_amx(p, threads);
   } else if (int8_x && !use_gemm) {
     // The int8 path: tasks of weight rows, each with every row of x (a

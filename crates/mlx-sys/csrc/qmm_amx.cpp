@@ -67,6 +67,7 @@ constexpr int kStep = 32;        // k per tile product
 constexpr int kParts = 3;        // bfloat16 parts of x
 constexpr int kChunk = 1024;     // k per chunk (a multiple of every group)
 constexpr int kTileHalves = 512; // bfloat16 values in one tile
+constexpr int kRowChunk = 256;   // rows of x per pass (bounds the scratch)
 
 // GCC's tile intrinsics do not tell the compiler that ldtilecfg reads the
 // whole configuration or that tileloadd reads memory: a barrier makes the
@@ -149,8 +150,11 @@ QMM_AMX_FN void split_x(const Problem& p, Pool& pool, XTiles& t) {
         }
       }
       for (int g = 0; g < groups; ++g) {
-        t.sums[(static_cast<size_t>(mb) * groups + g) * kTile + c] =
-            i < p.m ? p.xsum[static_cast<size_t>(i) * groups + g] : 0.0f;
+        float sum = 0.0f;
+        for (int j = 0; i < p.m && j < p.group; ++j) {
+          sum += p.x[static_cast<size_t>(i) * p.k + g * p.group + j];
+        }
+        t.sums[(static_cast<size_t>(mb) * groups + g) * kTile + c] = sum;
       }
     }
   };
@@ -255,7 +259,7 @@ QMM_AMX_FN void pairs(const Problem& p, const XTiles& xt, int pair0, int pair1, 
   memory_barrier();
   _tile_loadconfig(&cfg);
   const int groups = p.groups();
-  thread_local std::vector<uint16_t, std::allocator<uint16_t>> wa_store;
+  thread_local std::vector<uint16_t> wa_store;
   thread_local std::vector<float> sc, bi;
   wa_store.resize(static_cast<size_t>(kChunk / kStep) * 2 * kTile * kStep + 32);
   // 64-byte aligned A tiles: [step][32 weight rows][32 codes].
@@ -329,9 +333,9 @@ QMM_AMX_FN void pairs(const Problem& p, const XTiles& xt, int pair0, int pair1, 
   }
 }
 
-}  // namespace
-
-void gemm_amx(const Problem& p, Pool& pool) {
+// At most kRowChunk rows of x: their split and sums stay within 6 * k *
+// kRowChunk bytes of scratch however long the prompt.
+void rows_of_x(const Problem& p, Pool& pool) {
   // The caller's scratch, named by reference: a lambda does not capture a
   // thread_local (a worker would see its own).
   thread_local XTiles xt_store;
@@ -351,6 +355,18 @@ void gemm_amx(const Problem& p, Pool& pool) {
     pool.run(tasks, share);
   } else {
     for (int i = 0; i < tasks; ++i) share(i);
+  }
+}
+
+}  // namespace
+
+void gemm_amx(const Problem& p, Pool& pool) {
+  for (int m0 = 0; m0 < p.m; m0 += kRowChunk) {
+    Problem part = p;
+    part.m = std::min(kRowChunk, p.m - m0);
+    part.x = p.x + static_cast<size_t>(m0) * p.k;
+    part.y = p.y + static_cast<size_t>(m0) * p.n;
+    rows_of_x(part, pool);
   }
 }
 

@@ -75,7 +75,7 @@ bool has_amx();
 class Pool;
 
 // All of p's rows by AMX tiles (qmm_amx.cpp; only where has_amx()): p.x
-// as float32 [m, k] laid out AsIs, p.xsum its group sums.
+// as float32 [m, k], row-major (p.xsum is not read).
 void gemm_amx(const Problem& p, Pool& pool);
 
 // The best instruction set this CPU has (MLX_SYS_CPU_QMM_ISA_*), and that
