@@ -82,7 +82,8 @@ constexpr int kCblasNoTrans = 111;
 constexpr int kCblasTrans = 112;
 constexpr int kDefaultGemmRows = 16;
 // The same for AMX tiles: from 7 rows they beat the row kernel (which
-// reads the weights once per 4 rows of x; BENCHMARKS.md, "AMX tiles").
+// reads the weights once per 4 rows of x; BENCHMARKS.md, "CPU: many rows
+// by AMX tiles").
 constexpr int kDefaultTileRows = 7;
 // The fewest weights (rows x columns) a tile of W must have for its
 // dequantization to be shared among the pool's threads (see Pool): a BLAS
@@ -160,19 +161,21 @@ void compute(
   const int many = gemm_rows > 0 ? gemm_rows : tiles ? kDefaultTileRows : kDefaultGemmRows;
   const bool use_tiles = tiles && m >= many;
   const bool use_gemm = !tiles && gemm != nullptr && m >= many;
+  // x as float32 [m, k], row-major: in place, or widened into xf.
+  auto float32_x = [&]() -> const float* {
+    if (x_kind == Half::F32) return static_cast<const float*>(x_data);
+    xf.resize(static_cast<size_t>(m) * k);
+    row_to_f32_scalar(x_data, x_kind, 0, m * k, xf.data());
+    return xf.data();
+  };
   if (use_tiles) {
-    if (x_kind == Half::F32) {
-      p.x = static_cast<const float*>(x_data);
-    } else {
-      xf.resize(static_cast<size_t>(m) * k);
-      row_to_f32_scalar(x_data, x_kind, 0, m * k, xf.data());
-      p.x = xf.data();
-    }
+    p.x = float32_x();
     gemm_amx(p, threads);
   } else if (int8_x && !use_gemm) {
     // The int8 path: tasks of weight rows, each with every row of x (a
     // task's weights stay in cache while x streams by). Many rows still
-    // take the BLAS by default: faster on our machine (BENCHMARKS.md).
+    // take AMX tiles or the BLAS by default: faster on our machine
+    // (BENCHMARKS.md).
     thread_local std::vector<int8_t> xq;
     thread_local std::vector<float> xd;
     prepare_xq(x_data, x_kind, m, k, group,
@@ -193,14 +196,7 @@ void compute(
     }
   } else if (use_gemm) {
     // Many rows: float32 tiles of W through the BLAS.
-    const float* xp;
-    if (x_kind == Half::F32) {
-      xp = static_cast<const float*>(x_data);
-    } else {
-      xf.resize(static_cast<size_t>(m) * k);
-      row_to_f32_scalar(x_data, x_kind, 0, m * k, xf.data());
-      xp = xf.data();
-    }
+    const float* xp = float32_x();
     // About 4 MB of float32 per tile, whole multiples of 16 rows.
     int tile_rows = std::clamp<int>((1 << 20) / std::max(k, 1), 16, n);
     tile_rows = std::max(16, tile_rows / 16 * 16);

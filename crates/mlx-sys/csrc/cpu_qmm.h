@@ -39,8 +39,9 @@ extern "C" {
  * tiles of W dequantized to float32 for the BLAS sgemm MLX links (when
  * found); 0 = each path's default (mlx_sys_cpu_qmm_default_*_rows).
  * `int8_x` nonzero: inputs of fewer rows (all, without the many-row
- * path) take the int8 path: x quantized per group of W to int8 (scale max|x| / 127, round to nearest even) and multiplied by
- * integer dot products (VNNI where the CPU has it), each group's sum
+ * path) take the int8 path: x quantized per group of W to int8 (scale
+ * max|x| / 127, round to nearest even) and multiplied by integer dot
+ * products (VNNI where the CPU has it), each group's sum
  * scaled in float32.
  * Returns 0 on success; otherwise writes a message into err (err_len bytes,
  * NUL-terminated) and returns 1, `res` untouched. */

@@ -95,6 +95,14 @@ struct XTiles {
   }
 };
 
+// Lane i holds i * 16: the offsets of a tile column's 16 elements (in
+// 32-bit units, 64-byte rows).
+QMM_AMX_FN inline __m512i column_offsets() {
+  return _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+      _mm512_set1_epi32(kTile));
+}
+
 QMM_AMX_FN inline __m512 bf16_low_to_f32(__m512i v) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
 }
@@ -111,9 +119,7 @@ QMM_AMX_FN void split_row(const float* src, bool nibbles, uint16_t* tiles, int c
     a = e;
     b = o;
   }
-  const __m512i rows = _mm512_mullo_epi32(
-      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-      _mm512_set1_epi32(kTile));
+  const __m512i rows = column_offsets();
   for (int part = 0; part < kParts; ++part) {
     const __m512i pairs = (__m512i)_mm512_cvtne2ps_pbh(b, a);
     auto dst = reinterpret_cast<int*>(tiles + static_cast<size_t>(part) * kTileHalves) + col;
@@ -318,9 +324,7 @@ QMM_AMX_FN void pairs(const Problem& p, const XTiles& xt, int pair0, int pair1, 
   _tile_release();
   // The pairs' sums into y [m, n]: column c of a block (16 weight rows)
   // is a piece of y's row.
-  const __m512i column = _mm512_mullo_epi32(
-      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-      _mm512_set1_epi32(kTile));
+  const __m512i column = column_offsets();
   for (int nb = pair0 * 2; nb < pair1 * 2 && nb * kTile < p.n; ++nb) {
     const __mmask16 valid = static_cast<__mmask16>((1u << std::min(kTile, p.n - nb * kTile)) - 1);
     for (int mb = 0; mb < xt.blocks; ++mb) {

@@ -384,7 +384,7 @@ bool has_isa(int isa) {
     case MLX_SYS_CPU_QMM_ISA_AVX512_VNNI:
       return avx512 && __builtin_cpu_supports("avx512vnni");
     case MLX_SYS_CPU_QMM_ISA_AVX512_AMX:
-      return avx512 && __builtin_cpu_supports("avx512vnni") && has_amx();
+      return has_isa(MLX_SYS_CPU_QMM_ISA_AVX512_VNNI) && has_amx();
     default:
       return isa == MLX_SYS_CPU_QMM_ISA_SCALAR;
   }
