@@ -8,8 +8,11 @@
 //! (what this CPU gets by default: AMX-BF16 tiles where it has them, else
 //! the same `sgemm`). And where the many-row path starts: `x [m, 2048]`
 //! for W `[2048, 2048]` 4-bit at 6 to 8 rows, by the row kernel (`rows`)
-//! and by `best` from 2 rows. Each iteration builds and evaluates one
-//! product; the weights are evaluated once, before.
+//! and by `best` from 2 rows. Group `cpu_qmv`: decode's one-row products
+//! at SmolLM2's and the 1B model's shapes (4- and 8-bit). Each iteration
+//! builds and evaluates one product; the weights are evaluated once,
+//! before (so a small W stays in cache between iterations, as it does not
+//! in a decode step).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use mistral_benches::measurement_time_for;
@@ -92,5 +95,29 @@ fn cpu_qmm(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, cpu_qmm);
+/// Decode's products (one row of x) at SmolLM2's and the 1B model's
+/// shapes: the row kernel, each thread streaming its share of W.
+fn cpu_qmv(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cpu_qmv");
+    group.sample_size(20);
+    for (n, k, bits) in [
+        (1536, 576, 4),
+        (576, 1536, 4),
+        (49152, 576, 8),
+        (8192, 2048, 4),
+        (8192, 2048, 8),
+    ] {
+        let key = random::key(3).expect("key");
+        let x = random::normal::<f32>(&[1, k], None, None, &key).expect("x");
+        x.eval().expect("eval x");
+        let p = product(n, k, bits);
+        group.measurement_time(measurement_time_for(|| run(&p, &x, Isa::Avx512Amx, 0)));
+        group.bench_function(format!("{bits}bit_g32_1x{k}x{n}"), |b| {
+            b.iter(|| run(&p, &x, Isa::Avx512Amx, 0))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, cpu_qmm, cpu_qmv);
 criterion_main!(benches);

@@ -40,6 +40,18 @@ struct Problem {
   }
 };
 
+#if QMM_X86
+// How far ahead of its reads a row kernel prefetches W. Decode streams
+// every weight from memory once a token, a task at a time, and the
+// hardware prefetcher alone left the kernels waiting on those loads
+// (BENCHMARKS.md, "CPU decode: weights prefetched").
+constexpr int kPrefetchBytes = 4096;
+
+inline void prefetch_ahead(const uint8_t* w) {
+  _mm_prefetch(reinterpret_cast<const char*>(w) + kPrefetchBytes, _MM_HINT_T0);
+}
+#endif
+
 // Scratch of one thread: a weight row's scales and biases as float32.
 struct RowScratch {
   std::vector<float> s, b;

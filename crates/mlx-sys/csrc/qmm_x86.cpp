@@ -101,6 +101,7 @@ QMM_AVX2 void rows_avx2(const Problem& p, int n0, int n1, int m0) {
       for (int i = 0; i < R; ++i) d0[i] = d1[i] = _mm256_setzero_ps();
       for (int b = 0; b < blocks; ++b) {
         __m256 q[4];
+        prefetch_ahead(wp);
         load32_avx2<BITS>(wp, q);
         wp += BITS * 4;
         for (int i = 0; i < R; ++i) {
@@ -261,6 +262,7 @@ QMM_AVX512 void rows8_avx512(const Problem& p, int n0, int n1, int m0) {
         __m512 d[R];
         for (int b = 0; b < blocks; ++b) {
           __m512 a, c;
+          if ((b & 1) == 0) prefetch_ahead(wp);
           load32_avx512<8>(wp, a, c);
           wp += 32;
           for (int i = 0; i < R; ++i) {
@@ -313,6 +315,7 @@ QMM_AVX512 void rows4_avx512(const Problem& p, int n0, int n1, int m0) {
     __m512 acc[R];
     for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
     for (int blk = 0; blk < full; ++blk) {
+      prefetch_ahead(wp);
       const __m512i v = _mm512_loadu_si512(wp);
       wp += 64;
       const __m512 s = _mm512_permutexvar_ps(
