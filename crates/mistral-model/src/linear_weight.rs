@@ -178,11 +178,27 @@ impl QuantizedWeight {
         )?)
     }
 
-    /// `residual + x Wᵀ` in one launch of our CUDA kernel where it takes
-    /// this product
-    /// ([`mlx_rs_core::quantized_matvec::quantized_matvec_add`]); `None`
+    /// `residual + x Wᵀ` in one operation: one launch of our CUDA kernel
+    /// where it takes this product
+    /// ([`mlx_rs_core::quantized_matvec::quantized_matvec_add`]), or our
+    /// CPU kernel's primitive where it takes it in float32
+    /// ([`mlx_rs_core::cpu_qmm::cpu_quantized_matmul_add`]); `None`
     /// otherwise.
     pub fn matvec_add(&self, x: &Array, residual: &Array) -> Result<Option<Array>, ModelError> {
+        if let Some(y) = mlx_rs_core::cpu_qmm::cpu_quantized_matmul_add(
+            x,
+            &self.weight,
+            &self.scales,
+            &self.biases,
+            self.params.group_size,
+            self.params.bits,
+            self.cpu,
+            residual,
+        )
+        .map_err(mlx_rs_core::Error::from)?
+        {
+            return Ok(Some(y));
+        }
         Ok(mlx_rs_core::quantized_matvec::quantized_matvec_add(
             x,
             &self.weight,

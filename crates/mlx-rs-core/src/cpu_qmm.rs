@@ -219,27 +219,81 @@ pub fn cpu_quantized_matmul(
     bits: i32,
     kernel: CpuQmm,
 ) -> Result<Option<Array>, CpuQmmError> {
-    if !kernel.is_ours() || !supports(x.dtype(), scales.dtype(), group_size, bits) {
+    let Some(stream) = ours_on(x, scales, group_size, bits, kernel) else {
+        return Ok(None);
+    };
+    let tuning = kernel_tuning(kernel);
+    product(
+        x, w, scales, biases, None, group_size, bits, tuning, &stream,
+    )
+    .map(Some)
+}
+
+/// `residual + x Wᵀ` in one primitive, where [`cpu_quantized_matmul`]
+/// would take the product and it is float32 with `residual` float32 of
+/// its shape (the sum MLX's add gives, without a second operation);
+/// `None` otherwise (the caller adds).
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_quantized_matmul_add(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    group_size: i32,
+    bits: i32,
+    kernel: CpuQmm,
+    residual: &Array,
+) -> Result<Option<Array>, CpuQmmError> {
+    let Some(stream) = ours_on(x, scales, group_size, bits, kernel) else {
+        return Ok(None);
+    };
+    let float32 = |d| d == Dtype::Float32;
+    let out_shape = x
+        .shape()
+        .split_last()
+        .map(|(_, rows)| [rows, &[w.dim(0)]].concat());
+    if !(float32(x.dtype()) || float32(scales.dtype()))
+        || !float32(residual.dtype())
+        || out_shape.as_deref() != Some(residual.shape())
+    {
         return Ok(None);
     }
-    let stream = Stream::thread_local_or_default();
-    if !is_cpu(&stream) {
-        return Ok(None);
-    }
-    cpu_quantized_matmul_with(
+    let tuning = kernel_tuning(kernel);
+    product(
         x,
         w,
         scales,
         biases,
+        Some(residual),
         group_size,
         bits,
-        Tuning {
-            int8: kernel == CpuQmm::OursQ8,
-            ..Tuning::default()
-        },
+        tuning,
         &stream,
     )
     .map(Some)
+}
+
+/// The thread's default stream where `kernel` asks for our kernel, it
+/// computes this format and the stream is a CPU stream.
+fn ours_on(
+    x: &Array,
+    scales: &Array,
+    group_size: i32,
+    bits: i32,
+    kernel: CpuQmm,
+) -> Option<Stream> {
+    if !kernel.is_ours() || !supports(x.dtype(), scales.dtype(), group_size, bits) {
+        return None;
+    }
+    let stream = Stream::thread_local_or_default();
+    is_cpu(&stream).then_some(stream)
+}
+
+fn kernel_tuning(kernel: CpuQmm) -> Tuning {
+    Tuning {
+        int8: kernel == CpuQmm::OursQ8,
+        ..Tuning::default()
+    }
 }
 
 /// `x Wᵀ` by our kernel on `stream` (a CPU stream) with `tuning`; an error
@@ -257,6 +311,22 @@ pub fn cpu_quantized_matmul_with(
     tuning: Tuning,
     stream: &Stream,
 ) -> Result<Array, CpuQmmError> {
+    product(x, w, scales, biases, None, group_size, bits, tuning, stream)
+}
+
+/// `x Wᵀ`, plus `residual` where given, by our kernel on `stream`.
+#[allow(clippy::too_many_arguments)]
+fn product(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    residual: Option<&Array>,
+    group_size: i32,
+    bits: i32,
+    tuning: Tuning,
+    stream: &Stream,
+) -> Result<Array, CpuQmmError> {
     if !is_cpu(stream) {
         return Err(CpuQmmError::Unsupported(
             "the stream is not a CPU stream".to_owned(),
@@ -269,21 +339,46 @@ pub fn cpu_quantized_matmul_with(
     // writable buffer of the length passed, which the shim NUL-terminates.
     unsafe {
         let mut res = mlx_sys::mlx_array_new();
-        let status = mlx_sys::mlx_sys_cpu_qmm(
-            &mut res,
-            x.as_ptr(),
-            w.as_ptr(),
-            scales.as_ptr(),
-            biases.as_ptr(),
-            group_size,
-            bits,
+        let (isa, rows, int8) = (
             tuning.max_isa.raw(),
             tuning.gemm_rows,
             i32::from(tuning.int8),
-            stream.as_ptr(),
-            message.as_mut_ptr(),
-            message.len(),
         );
+        let (err, err_len) = (message.as_mut_ptr(), message.len());
+        let (x, w, s, b) = (x.as_ptr(), w.as_ptr(), scales.as_ptr(), biases.as_ptr());
+        let status = match residual {
+            None => mlx_sys::mlx_sys_cpu_qmm(
+                &mut res,
+                x,
+                w,
+                s,
+                b,
+                group_size,
+                bits,
+                isa,
+                rows,
+                int8,
+                stream.as_ptr(),
+                err,
+                err_len,
+            ),
+            Some(r) => mlx_sys::mlx_sys_cpu_qmm_add(
+                &mut res,
+                x,
+                w,
+                s,
+                b,
+                r.as_ptr(),
+                group_size,
+                bits,
+                isa,
+                rows,
+                int8,
+                stream.as_ptr(),
+                err,
+                err_len,
+            ),
+        };
         if status != 0 {
             mlx_sys::mlx_array_free(res);
             let text = CStr::from_ptr(message.as_ptr())

@@ -23,7 +23,8 @@ use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::ops::{dequantize, quantize};
 use mlx_rs::{random, Array, Dtype, Stream};
 use mlx_rs_core::cpu_qmm::{
-    cpu_quantized_matmul, cpu_quantized_matmul_with, isa_under, CpuQmm, Isa, Tuning,
+    cpu_quantized_matmul, cpu_quantized_matmul_add, cpu_quantized_matmul_with, isa_under, CpuQmm,
+    Isa, Tuning,
 };
 
 fn normal(shape: &[i32], seed: u64) -> Array {
@@ -279,6 +280,65 @@ fn refuses_what_it_does_not_compute_and_defers_when_not_asked() {
         .unwrap()
         .expect("taken on the CPU");
     assert!(relative(&ours, &q.reference(&x)) <= 1e-5);
+}
+
+#[test]
+fn residual_sum_is_the_product_plus_mlx_add_bit_for_bit() {
+    // Rows through the row kernel (1, 3) and the many-row path (9, 20);
+    // x with a leading axis; a residual that is a transposed view.
+    for (bits, dtype) in [(4, Dtype::Float16), (8, Dtype::Float32)] {
+        let q = Quantized::new(75, 96, 32, bits, dtype, 30);
+        for m in [1, 3, 9, 20] {
+            let x = normal(&[1, m, 96], 31);
+            let residual = normal(&[1, 75, m], 32).transpose_axes(&[0, 2, 1]).unwrap();
+            let fused = cpu_quantized_matmul_add(
+                &x,
+                &q.w,
+                &q.scales,
+                &q.biases,
+                32,
+                bits,
+                CpuQmm::Ours,
+                &residual,
+            )
+            .unwrap()
+            .expect("taken: float32 on the CPU");
+            let product =
+                cpu_quantized_matmul(&x, &q.w, &q.scales, &q.biases, 32, bits, CpuQmm::Ours)
+                    .unwrap()
+                    .expect("taken on the CPU");
+            let added = residual.add(&product).unwrap();
+            assert_eq!(fused.shape(), added.shape());
+            assert!(
+                fused.eq_values(&added).unwrap(),
+                "{bits}-bit, {m} rows: fused sum differs from product + add"
+            );
+        }
+    }
+    // Left to the caller: not asked for, a half-precision product or
+    // residual, a residual that only broadcasts.
+    let q = Quantized::new(75, 96, 32, 4, Dtype::Float32, 33);
+    let x = normal(&[2, 96], 34);
+    let residual = normal(&[2, 75], 35);
+    let add = |x: &Array, r: &Array, scales: &Array, kernel| {
+        cpu_quantized_matmul_add(x, &q.w, scales, &q.biases, 32, 4, kernel, r).unwrap()
+    };
+    assert!(add(&x, &residual, &q.scales, CpuQmm::Mlx).is_none());
+    let half = |a: &Array| a.as_dtype(Dtype::Float16).unwrap();
+    assert!(add(&x, &half(&residual), &q.scales, CpuQmm::Ours).is_none());
+    let half_q = Quantized::new(75, 96, 32, 4, Dtype::Float16, 33);
+    let half_product = cpu_quantized_matmul_add(
+        &half(&x),
+        &half_q.w,
+        &half_q.scales,
+        &half_q.biases,
+        32,
+        4,
+        CpuQmm::Ours,
+        &residual,
+    );
+    assert!(half_product.unwrap().is_none());
+    assert!(add(&x, &normal(&[75], 36), &q.scales, CpuQmm::Ours).is_none());
 }
 
 /// The int8 path's x: per group, scale d = max|x| / 127 and codes

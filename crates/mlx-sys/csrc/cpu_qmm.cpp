@@ -122,12 +122,14 @@ const void* row_major(const array& x, std::vector<uint8_t>& gathered) {
   return gathered.data();
 }
 
-// The whole product; runs on MLX's CPU stream thread.
+// The whole product, plus `residual` (float32, out's shape) where given;
+// runs on MLX's CPU stream thread.
 void compute(
     const array& x,
     const array& w,
     const array& scales,
     const array& biases,
+    const array* residual,
     array& out,
     int group,
     int bits,
@@ -239,6 +241,14 @@ void compute(
       threads.run(tasks, [&](int i) { part(i * per, std::min(n, (i + 1) * per)); }, kDecodeSpinUs);
     }
   }
+  if (residual != nullptr) {
+    // The layer's residual sum in the same pass (out is float32): the
+    // float32 add MLX's Add would make, one rounding per element.
+    thread_local std::vector<uint8_t> gathered_r;
+    auto r = static_cast<const float*>(row_major(*residual, gathered_r));
+    const size_t count = static_cast<size_t>(m) * n;
+    for (size_t i = 0; i < count; ++i) y[i] = r[i] + y[i];
+  }
   if (!out_f32) {
     const size_t count = static_cast<size_t>(m) * n;
     if (out.dtype() == mlx::core::float16) {
@@ -253,13 +263,14 @@ void compute(
 
 class CpuQmm : public mlx::core::UnaryPrimitive {
  public:
-  CpuQmm(mlx::core::Stream stream, int group, int bits, int isa, int gemm_rows, bool int8_x)
+  CpuQmm(mlx::core::Stream stream, int group, int bits, int isa, int gemm_rows, bool int8_x, bool plus)
       : UnaryPrimitive(stream),
         group_(group),
         bits_(bits),
         isa_(isa),
         gemm_rows_(gemm_rows),
-        int8_x_(int8_x) {}
+        int8_x_(int8_x),
+        plus_(plus) {}
 
   void eval_cpu(const std::vector<array>& inputs, array& out) override {
     out.set_data(mlx::core::allocator::malloc(out.nbytes()));
@@ -270,9 +281,11 @@ class CpuQmm : public mlx::core::UnaryPrimitive {
                       w = array::unsafe_weak_copy(inputs[1]),
                       s = array::unsafe_weak_copy(inputs[2]),
                       b = array::unsafe_weak_copy(inputs[3]),
+                      // The residual where there is one (else x, unread).
+                      r = array::unsafe_weak_copy(inputs[plus_ ? 4 : 0]), plus = plus_,
                       out = array::unsafe_weak_copy(out), group = group_, bits = bits_,
                       isa = isa_, gemm_rows = gemm_rows_, int8_x = int8_x_]() mutable {
-      compute(x, w, s, b, out, group, bits, isa, gemm_rows, int8_x);
+      compute(x, w, s, b, plus ? &r : nullptr, out, group, bits, isa, gemm_rows, int8_x);
     });
   }
 
@@ -287,12 +300,12 @@ class CpuQmm : public mlx::core::UnaryPrimitive {
   bool is_equivalent(const mlx::core::Primitive& other) const override {
     auto o = dynamic_cast<const CpuQmm*>(&other);
     return o != nullptr && o->group_ == group_ && o->bits_ == bits_ && o->isa_ == isa_ &&
-        o->gemm_rows_ == gemm_rows_ && o->int8_x_ == int8_x_;
+        o->gemm_rows_ == gemm_rows_ && o->int8_x_ == int8_x_ && o->plus_ == plus_;
   }
 
  private:
   int group_, bits_, isa_, gemm_rows_;
-  bool int8_x_;
+  bool int8_x_, plus_;
 };
 
 using mlx_sys_shim::is_float;
@@ -302,6 +315,7 @@ array build(
     const array& w_in,
     const array& s_in,
     const array& b_in,
+    const array* residual,
     int group,
     int bits,
     int isa,
@@ -339,9 +353,20 @@ array build(
     return a.is_available() && a.flags().row_contiguous ? a : contiguous(a, false, stream);
   };
   std::vector<array> inputs = {x_in, laid_out(w_in), laid_out(s_in), laid_out(b_in)};
+  if (residual != nullptr) {
+    if (dtype != mlx::core::float32 || residual->dtype() != mlx::core::float32 ||
+        residual->shape() != shape) {
+      throw std::invalid_argument(
+          "cpu_qmm: the residual must be float32 and of the product's shape, "
+          "which must be float32");
+    }
+    inputs.push_back(*residual);
+  }
   return array(
       std::move(shape), dtype,
-      std::make_shared<CpuQmm>(stream, group, bits, isa_under(isa), gemm_rows, int8_x), std::move(inputs));
+      std::make_shared<CpuQmm>(
+          stream, group, bits, isa_under(isa), gemm_rows, int8_x, residual != nullptr),
+      std::move(inputs));
 }
 
 }  // namespace
@@ -362,9 +387,31 @@ extern "C" int mlx_sys_cpu_qmm(
     size_t err_len) {
   return mlx_sys_shim::guarded(res, err, err_len, [&] {
     return build(mlx_array_get_(x), mlx_array_get_(w), mlx_array_get_(scales),
-                 mlx_array_get_(biases), group_size, bits, max_isa, std::max(gemm_min_rows, 0),
-                 int8_x != 0,
-                 mlx_stream_get_(stream));
+                 mlx_array_get_(biases), nullptr, group_size, bits, max_isa,
+                 std::max(gemm_min_rows, 0), int8_x != 0, mlx_stream_get_(stream));
+  });
+}
+
+extern "C" int mlx_sys_cpu_qmm_add(
+    mlx_array* res,
+    const mlx_array x,
+    const mlx_array w,
+    const mlx_array scales,
+    const mlx_array biases,
+    const mlx_array residual,
+    int group_size,
+    int bits,
+    int max_isa,
+    int gemm_min_rows,
+    int int8_x,
+    const mlx_stream stream,
+    char* err,
+    size_t err_len) {
+  return mlx_sys_shim::guarded(res, err, err_len, [&] {
+    const array& r = mlx_array_get_(residual);
+    return build(mlx_array_get_(x), mlx_array_get_(w), mlx_array_get_(scales),
+                 mlx_array_get_(biases), &r, group_size, bits, max_isa,
+                 std::max(gemm_min_rows, 0), int8_x != 0, mlx_stream_get_(stream));
   });
 }
 

@@ -60,6 +60,25 @@ int mlx_sys_cpu_qmm(
     char* err,
     size_t err_len);
 
+/* res = residual + x W^T, as mlx_sys_cpu_qmm then MLX's add would give it,
+ * in one primitive: the product must be float32 (x and scales float32, or
+ * one of them float32) and `residual` float32 of the product's shape. */
+int mlx_sys_cpu_qmm_add(
+    mlx_array* res,
+    const mlx_array x,
+    const mlx_array w,
+    const mlx_array scales,
+    const mlx_array biases,
+    const mlx_array residual,
+    int group_size,
+    int bits,
+    int max_isa,
+    int gemm_min_rows,
+    int int8_x,
+    const mlx_stream stream,
+    char* err,
+    size_t err_len);
+
 /* The instruction set the kernel uses on this CPU under `max_isa`
  * (one of the MLX_SYS_CPU_QMM_ISA_* values, never _BEST). */
 int mlx_sys_cpu_qmm_isa(int max_isa);
