@@ -334,51 +334,33 @@ fn product(
     }
     let mut message = [0 as c_char; 512];
     // SAFETY: every handle is a live array or stream owned by the caller
-    // (the shim copies what it keeps); `res` is a fresh handle that the
+    // (the shim copies what it keeps; `residual` points at a handle that
+    // outlives the call, or is null); `res` is a fresh handle that the
     // shim fills on success and we free on failure; `message` is a
     // writable buffer of the length passed, which the shim NUL-terminates.
     unsafe {
         let mut res = mlx_sys::mlx_array_new();
-        let (isa, rows, int8) = (
+        // A handle to the residual's handle, or null for none.
+        let residual = residual.map(Array::as_ptr);
+        let residual = residual
+            .as_ref()
+            .map_or(std::ptr::null(), std::ptr::from_ref);
+        let status = mlx_sys::mlx_sys_cpu_qmm(
+            &mut res,
+            x.as_ptr(),
+            w.as_ptr(),
+            scales.as_ptr(),
+            biases.as_ptr(),
+            residual,
+            group_size,
+            bits,
             tuning.max_isa.raw(),
             tuning.gemm_rows,
             i32::from(tuning.int8),
+            stream.as_ptr(),
+            message.as_mut_ptr(),
+            message.len(),
         );
-        let (err, err_len) = (message.as_mut_ptr(), message.len());
-        let (x, w, s, b) = (x.as_ptr(), w.as_ptr(), scales.as_ptr(), biases.as_ptr());
-        let status = match residual {
-            None => mlx_sys::mlx_sys_cpu_qmm(
-                &mut res,
-                x,
-                w,
-                s,
-                b,
-                group_size,
-                bits,
-                isa,
-                rows,
-                int8,
-                stream.as_ptr(),
-                err,
-                err_len,
-            ),
-            Some(r) => mlx_sys::mlx_sys_cpu_qmm_add(
-                &mut res,
-                x,
-                w,
-                s,
-                b,
-                r.as_ptr(),
-                group_size,
-                bits,
-                isa,
-                rows,
-                int8,
-                stream.as_ptr(),
-                err,
-                err_len,
-            ),
-        };
         if status != 0 {
             mlx_sys::mlx_array_free(res);
             let text = CStr::from_ptr(message.as_ptr())

@@ -377,6 +377,7 @@ extern "C" int mlx_sys_cpu_qmm(
     const mlx_array w,
     const mlx_array scales,
     const mlx_array biases,
+    const mlx_array* residual,
     int group_size,
     int bits,
     int max_isa,
@@ -386,31 +387,9 @@ extern "C" int mlx_sys_cpu_qmm(
     char* err,
     size_t err_len) {
   return mlx_sys_shim::guarded(res, err, err_len, [&] {
+    const array* r = residual != nullptr ? &mlx_array_get_(*residual) : nullptr;
     return build(mlx_array_get_(x), mlx_array_get_(w), mlx_array_get_(scales),
-                 mlx_array_get_(biases), nullptr, group_size, bits, max_isa,
-                 std::max(gemm_min_rows, 0), int8_x != 0, mlx_stream_get_(stream));
-  });
-}
-
-extern "C" int mlx_sys_cpu_qmm_add(
-    mlx_array* res,
-    const mlx_array x,
-    const mlx_array w,
-    const mlx_array scales,
-    const mlx_array biases,
-    const mlx_array residual,
-    int group_size,
-    int bits,
-    int max_isa,
-    int gemm_min_rows,
-    int int8_x,
-    const mlx_stream stream,
-    char* err,
-    size_t err_len) {
-  return mlx_sys_shim::guarded(res, err, err_len, [&] {
-    const array& r = mlx_array_get_(residual);
-    return build(mlx_array_get_(x), mlx_array_get_(w), mlx_array_get_(scales),
-                 mlx_array_get_(biases), &r, group_size, bits, max_isa,
+                 mlx_array_get_(biases), r, group_size, bits, max_isa,
                  std::max(gemm_min_rows, 0), int8_x != 0, mlx_stream_get_(stream));
   });
 }

@@ -43,6 +43,9 @@ extern "C" {
  * max|x| / 127, round to nearest even) and multiplied by integer dot
  * products (VNNI where the CPU has it), each group's sum
  * scaled in float32.
+ * `residual` not NULL: res = residual + x W^T in the same primitive, as
+ * MLX's add would give it; the product must then be float32 (x or the
+ * scales float32) and the residual float32 of its shape.
  * Returns 0 on success; otherwise writes a message into err (err_len bytes,
  * NUL-terminated) and returns 1, `res` untouched. */
 int mlx_sys_cpu_qmm(
@@ -51,25 +54,7 @@ int mlx_sys_cpu_qmm(
     const mlx_array w,
     const mlx_array scales,
     const mlx_array biases,
-    int group_size,
-    int bits,
-    int max_isa,
-    int gemm_min_rows,
-    int int8_x,
-    const mlx_stream stream,
-    char* err,
-    size_t err_len);
-
-/* res = residual + x W^T, as mlx_sys_cpu_qmm then MLX's add would give it,
- * in one primitive: the product must be float32 (x and scales float32, or
- * one of them float32) and `residual` float32 of the product's shape. */
-int mlx_sys_cpu_qmm_add(
-    mlx_array* res,
-    const mlx_array x,
-    const mlx_array w,
-    const mlx_array scales,
-    const mlx_array biases,
-    const mlx_array residual,
+    const mlx_array* residual,
     int group_size,
     int bits,
     int max_isa,
