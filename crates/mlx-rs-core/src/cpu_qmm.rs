@@ -219,10 +219,9 @@ pub fn cpu_quantized_matmul(
     bits: i32,
     kernel: CpuQmm,
 ) -> Result<Option<Array>, CpuQmmError> {
-    let Some(stream) = ours_on(x, scales, group_size, bits, kernel) else {
+    let Some((stream, tuning)) = ours_on(x, scales, group_size, bits, kernel) else {
         return Ok(None);
     };
-    let tuning = kernel_tuning(kernel);
     product(
         x, w, scales, biases, None, group_size, bits, tuning, &stream,
     )
@@ -244,7 +243,7 @@ pub fn cpu_quantized_matmul_add(
     kernel: CpuQmm,
     residual: &Array,
 ) -> Result<Option<Array>, CpuQmmError> {
-    let Some(stream) = ours_on(x, scales, group_size, bits, kernel) else {
+    let Some((stream, tuning)) = ours_on(x, scales, group_size, bits, kernel) else {
         return Ok(None);
     };
     let float32 = |d| d == Dtype::Float32;
@@ -258,7 +257,6 @@ pub fn cpu_quantized_matmul_add(
     {
         return Ok(None);
     }
-    let tuning = kernel_tuning(kernel);
     product(
         x,
         w,
@@ -273,27 +271,25 @@ pub fn cpu_quantized_matmul_add(
     .map(Some)
 }
 
-/// The thread's default stream where `kernel` asks for our kernel, it
-/// computes this format and the stream is a CPU stream.
+/// The thread's default stream and the tuning `kernel` asks for, where it
+/// asks for our kernel, the kernel computes this format and the stream is
+/// a CPU stream.
 fn ours_on(
     x: &Array,
     scales: &Array,
     group_size: i32,
     bits: i32,
     kernel: CpuQmm,
-) -> Option<Stream> {
+) -> Option<(Stream, Tuning)> {
     if !kernel.is_ours() || !supports(x.dtype(), scales.dtype(), group_size, bits) {
         return None;
     }
     let stream = Stream::thread_local_or_default();
-    is_cpu(&stream).then_some(stream)
-}
-
-fn kernel_tuning(kernel: CpuQmm) -> Tuning {
-    Tuning {
+    let tuning = Tuning {
         int8: kernel == CpuQmm::OursQ8,
         ..Tuning::default()
-    }
+    };
+    is_cpu(&stream).then_some((stream, tuning))
 }
 
 /// `x Wᵀ` by our kernel on `stream` (a CPU stream) with `tuning`; an error
