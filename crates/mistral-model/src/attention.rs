@@ -9,9 +9,12 @@
 //! and keys side by side for one RoPE call: on a GPU each graph node costs
 //! the host time at every step. The cache runs the attention
 //! (`KeyValueCache::attend`): once, or row by row for a batch of rows of
-//! different lengths.
+//! different lengths. On the CPU with our kernels, a decode row goes to the
+//! cache whole (`KeyValueCache::attend_decode_row`: RoPE, the cache write
+//! and the attention as one primitive) where the cache can take it.
 
 use mlx_rs::{ops::split_at_indices, Array};
+use mlx_rs_core::cpu_decode_row::DecodeRow;
 use mlx_rs_core::cpu_fused::{self, CpuFast};
 use mlx_rs_core::{initialize_rope, KeyValueCache, Positions, Rope, SdpaMask, StoredKv};
 
@@ -101,8 +104,13 @@ impl Attention {
     /// queries and keys joined (see [`QueriesKeys`]); its heads come from
     /// one reshape, as with `L = 1` `[1, heads, 1, head_dim]` is the layout
     /// of `[1, 1, heads, head_dim]` transposed.
-    fn heads(&self, x: &Array, (b, l): (i32, i32)) -> Result<(QueriesKeys, Array), ModelError> {
-        if let Some(all) = self.qkv.forward_stacked(x)? {
+    fn heads(
+        &self,
+        stacked: Option<Array>,
+        x: &Array,
+        (b, l): (i32, i32),
+    ) -> Result<(QueriesKeys, Array), ModelError> {
+        if let Some(all) = stacked {
             let joined = self.n_heads + self.n_kv_heads;
             let heads = all.reshape(&[1, joined + self.n_kv_heads, 1, self.head_dim])?;
             let [queries_keys, values] = two(split_at_indices(&heads, &[joined], 1)?)?;
@@ -205,7 +213,7 @@ impl Attention {
         (b, l): (i32, i32),
         mask: &SdpaMask,
         window: Option<i32>,
-        cache: Option<&mut C>,
+        mut cache: Option<&mut C>,
     ) -> Result<Array, ModelError> {
         if x.ndim() != 2 || i64::from(x.dim(0)) != i64::from(b) * i64::from(l) {
             return Err(ModelError::Input(format!(
@@ -213,7 +221,23 @@ impl Attention {
                 x.shape()
             )));
         }
-        let (queries_keys, values) = self.heads(x, (b, l))?;
+        let stacked = self.qkv.forward_stacked(x)?;
+        if let (Some(qkv), Some(cache)) = (&stacked, cache.as_mut()) {
+            if matches!(mask, SdpaMask::None) && self.query_scaling.is_none() {
+                let row = DecodeRow {
+                    qkv,
+                    n_heads: self.n_heads,
+                    n_kv_heads: self.n_kv_heads,
+                    rope: &self.rope,
+                    scale: self.scale,
+                    kind: self.fast,
+                };
+                if let Some(heads) = cache.attend_decode_row(&row)? {
+                    return Ok(heads);
+                }
+            }
+        }
+        let (queries_keys, values) = self.heads(stacked, x, (b, l))?;
         let positions = match &cache {
             Some(cache) => cache.positions()?,
             None => Positions::Shared(0),

@@ -3,6 +3,7 @@
 //! [`Error::Model`](mlx_rs_core::Error::Model).
 
 use mlx_rs::Array;
+use mlx_rs_core::cpu_fused::CpuFast;
 use mlx_rs_core::{KeyValueCache, LanguageModel};
 
 use crate::error::ModelError;
@@ -26,5 +27,9 @@ impl<C: KeyValueCache> LanguageModel<C> for Mistral {
 
     fn vocab_size(&self) -> Option<i32> {
         Some(self.config().vocab_size)
+    }
+
+    fn cpu_fast(&self) -> CpuFast {
+        Mistral::cpu_fast(self)
     }
 }

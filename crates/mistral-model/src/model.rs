@@ -12,6 +12,7 @@
 //! (`KeyValueCache::attend`).
 
 use mlx_rs::{Array, Dtype};
+use mlx_rs_core::cpu_fused::CpuFast;
 use mlx_rs_core::{AttentionMask, KeyValueCache, SdpaMask};
 
 use crate::block::DecoderLayer;
@@ -183,6 +184,8 @@ pub struct Mistral {
     config: MistralConfig,
     model: MistralModel,
     lm_head: Option<Linear>,
+    /// Whether the CPU runs our fused kernels (the load's option).
+    cpu_fast: CpuFast,
 }
 
 impl Mistral {
@@ -272,12 +275,18 @@ impl Mistral {
             config: cfg.clone(),
             model,
             lm_head,
+            cpu_fast: options.cpu_fast,
         })
     }
 
     /// The configuration the model was built from.
     pub fn config(&self) -> &MistralConfig {
         &self.config
+    }
+
+    /// Whether the model runs our fused CPU kernels (its load option).
+    pub fn cpu_fast(&self) -> CpuFast {
+        self.cpu_fast
     }
 
     /// Bytes held by the weights (every matrix, norm, scale and bias) as

@@ -9,6 +9,7 @@
 use mlx_rs::Array;
 
 use crate::cache::KeyValueCache;
+use crate::cpu_fused::CpuFast;
 use crate::error::{Error, Result};
 
 /// A causal language model driven token by token over per-layer caches.
@@ -23,6 +24,13 @@ pub trait LanguageModel<C: KeyValueCache> {
     /// knows. [`Generate`](crate::Generate) checks its prompt against it.
     fn vocab_size(&self) -> Option<i32> {
         None
+    }
+
+    /// Whether the model was loaded to run our CPU kernels
+    /// ([`CpuFast`]); the generator's sampler then normalizes by ours too.
+    /// The default: MLX's.
+    fn cpu_fast(&self) -> CpuFast {
+        CpuFast::Mlx
     }
 }
 

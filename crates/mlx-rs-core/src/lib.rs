@@ -28,6 +28,7 @@
 #![deny(missing_docs)]
 
 mod cache;
+pub mod cpu_decode_row;
 pub mod cpu_fused;
 pub mod cpu_qmm;
 pub mod cuda_kernel;

@@ -282,7 +282,43 @@ pub fn initialize_rope(
     Ok(rope)
 }
 
+/// RoPE's settings for one decode row, as our fused CPU decode step
+/// ([`crate::cpu_decode_row`]) takes them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowRope<'a> {
+    /// How many leading features of each head rotate.
+    pub dims: i32,
+    /// Adjacent pairs rotate (`true`) or the two halves.
+    pub traditional: bool,
+    /// The frequency base (unused where `freqs` are given).
+    pub base: f32,
+    /// The position scale.
+    pub scale: f32,
+    /// Per-pair frequencies replacing `base`.
+    pub freqs: Option<&'a Array>,
+}
+
 impl Rope {
+    /// What [`forward`](Self::forward) rotates one position at `offset`
+    /// with, where it would use our CPU kernel unchanged; `None` where MLX's
+    /// op is asked for or the input is scaled first (YaRN).
+    pub(crate) fn row_settings(&self, offset: i32) -> Option<RowRope<'_>> {
+        if self.fast != CpuFast::Ours || self.input_scale != 1.0 {
+            return None;
+        }
+        let base = match self.freqs {
+            Some(_) => 0.0,
+            None => self.base_for(i64::from(offset) + 1),
+        };
+        Some(RowRope {
+            dims: self.dims,
+            traditional: self.traditional,
+            base,
+            scale: self.scale,
+            freqs: self.freqs.as_ref(),
+        })
+    }
+
     /// This rotation with shared positions on a CPU stream computed by our
     /// kernel (`CpuFast::Ours`) or MLX's op.
     pub fn with_cpu_fast(mut self, fast: CpuFast) -> Self {

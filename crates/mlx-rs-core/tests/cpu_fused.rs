@@ -27,11 +27,17 @@
 //! - SwiGLU (float32 only): 8 eps. Both sides round exp (ours a Cephes
 //!   polynomial, MLX its own approximation; about 1 ulp each), the
 //!   sigmoid's sum and quotient and two products.
+//! - Log-sum-exp (float32 only): 16 eps of max(1, |result|). Both sides
+//!   round exp (about 1 ulp each) and sum up to 49152 terms in another
+//!   order; the log then adds the sum's relative error as an absolute
+//!   one.
 //!   A wrong head, pair or sign gives errors of order 1.
 
 use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{fast, nn::silu, random, Array, Dtype, Stream};
-use mlx_rs_core::cpu_fused::{cpu_decode_attention, cpu_rms_norm, cpu_rope, cpu_swiglu};
+use mlx_rs_core::cpu_fused::{
+    cpu_decode_attention, cpu_logsumexp, cpu_rms_norm, cpu_rope, cpu_swiglu,
+};
 
 fn normal(shape: &[i32], seed: u64) -> Array {
     let key = random::key(seed).unwrap();
@@ -203,6 +209,55 @@ fn decode_attention_matches_mlx() {
 }
 
 #[test]
+fn logsumexp_matches_mlx() {
+    let cpu = Stream::cpu();
+    let neg_inf = Array::from_f32(f32::NEG_INFINITY);
+    let mut cases: Vec<(String, Array)> = Vec::new();
+    for (rows, n, spread) in [
+        (1, 49152, 5.0),
+        (3, 100, 1.0),
+        (2, 7, 30.0),
+        (1, 1, 1.0),
+        (2, 33, 1e4),
+    ] {
+        let x = normal(&[rows, n], 21)
+            .multiply(Array::from_f32(spread))
+            .unwrap();
+        cases.push((format!("[{rows}, {n}] x {spread}"), x));
+    }
+    // Some entries -inf (masked logits), and a whole row of them.
+    let x = normal(&[2, 40], 22);
+    let idx = mlx_rs::ops::arange::<_, f32>(None, 40, None).unwrap();
+    let masked = mlx_rs::ops::select(idx.lt(Array::from_f32(13.0)).unwrap(), &neg_inf, &x).unwrap();
+    cases.push(("some -inf".into(), masked));
+    let all = mlx_rs::ops::full::<f32>(&[1, 20], &neg_inf).unwrap();
+    cases.push(("all -inf".into(), all));
+    // A strided view: the columns of a transposed matrix.
+    cases.push(("transposed".into(), normal(&[64, 3], 23).t()));
+    for (what, x) in cases {
+        let ours = cpu_logsumexp(&x, &cpu).unwrap();
+        let theirs = x.logsumexp_axis(-1, true).unwrap();
+        assert_eq!(ours.shape(), theirs.shape(), "{what}");
+        let (o, t) = (
+            ours.as_slice::<f32>().to_vec(),
+            theirs.as_slice::<f32>().to_vec(),
+        );
+        for (a, b) in o.iter().zip(&t) {
+            if b.is_infinite() {
+                assert_eq!(a, b, "logsumexp {what}");
+                continue;
+            }
+            let err = f64::from((a - b).abs()) / f64::from(b.abs()).max(1.0);
+            eprintln!("logsumexp {what}: {err:.2e}");
+            assert!(
+                err <= 16.0 * eps(Dtype::Float32),
+                "logsumexp {what}: {a} against {b}"
+            );
+        }
+    }
+}
+
+#[test]
 fn swiglu_matches_mlx() {
     let cpu = Stream::cpu();
     let tol = 8.0 * eps(Dtype::Float32);
@@ -256,4 +311,9 @@ fn refuses_what_it_does_not_compute() {
     assert!(cpu_swiglu(&g, &normal(&[2, 9], 7), &cpu).is_err(), "shapes");
     let half = g.as_dtype(Dtype::Float16).unwrap();
     assert!(cpu_swiglu(&half, &half, &cpu).is_err(), "float16");
+    assert!(cpu_logsumexp(&half, &cpu).is_err(), "float16");
+    assert!(
+        cpu_logsumexp(&normal(&[2, 0], 8), &cpu).is_err(),
+        "empty rows"
+    );
 }

@@ -1,6 +1,7 @@
 // CPU kernels for the fast ops a decode step calls per layer: RMS
 // normalization, rotary embedding, one-query attention and the MLP's
-// silu(gate) * up, each an MLX primitive of our own run on the CPU stream.
+// silu(gate) * up, and the sampler's log-sum-exp, each an MLX primitive of
+// our own run on the CPU stream.
 //
 // Why: MLX 0.32 has no CPU kernels for fast::rms_norm, fast::rope and
 // fast::scaled_dot_product_attention; on the CPU they expand into their
@@ -34,6 +35,7 @@
 #include "mlx/c/private/array.h"
 #include "mlx/c/private/stream.h"
 
+#include "fused_math.hpp"
 #include "qmm_pool.hpp"
 #include "shim_common.hpp"
 
@@ -44,87 +46,14 @@
 namespace {
 
 using mlx::core::array;
-using mlx::core::Dtype;
-using mlx::core::bfloat16_t;
-using mlx::core::float16_t;
+
+using namespace mlx_sys_fused;
 
 using mlx_sys_shim::guarded;
 using mlx_sys_shim::is_float;
 using mlx_sys_shim::row_offset;
 
-// Calls f with a null pointer of x's element type.
-template <typename F>
-void by_dtype(Dtype t, F&& f) {
-  if (t == mlx::core::float32) {
-    f(static_cast<float*>(nullptr));
-  } else if (t == mlx::core::float16) {
-    f(static_cast<float16_t*>(nullptr));
-  } else {
-    f(static_cast<bfloat16_t*>(nullptr));
-  }
-}
-
-// Reads `n` elements of stride `stride` into float32.
-template <typename T>
-inline void load_f32(const T* src, int64_t stride, int n, float* dst) {
-  if (stride == 1) {
-    for (int i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
-  } else {
-    for (int i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i * stride]);
-  }
-}
-
-// Dot products and y += w x over float32 rows: AVX2+FMA where the CPU has
-// it (chosen at run time), else 16 independent sums the compiler can
-// vectorize without reassociating.
-float dot_portable(const float* a, const float* b, int n) {
-  float acc[16] = {};
-  int i = 0;
-  for (; i + 16 <= n; i += 16) {
-    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
-  }
-  float s = 0.0f;
-  for (; i < n; ++i) s += a[i] * b[i];
-  for (int j = 0; j < 16; ++j) s += acc[j];
-  return s;
-}
-
 #if defined(__x86_64__) || defined(_M_X64)
-#define FUSED_AVX2 __attribute__((target("avx2,fma")))
-
-FUSED_AVX2 float dot_avx2(const float* a, const float* b, int n) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-  int i = 0;
-  for (; i + 16 <= n; i += 16) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-  }
-  for (; i + 8 <= n; i += 8) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-  }
-  s0 = _mm256_add_ps(s0, s1);
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_add_ss(h, _mm_movehdup_ps(h));
-  float s = _mm_cvtss_f32(h);
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-FUSED_AVX2 void axpy_avx2(float w, const float* x, float* y, int n) {
-  const __m256 wv = _mm256_set1_ps(w);
-  int i = 0;
-  for (; i + 8 <= n; i += 8) {
-    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-  }
-  for (; i < n; ++i) y[i] += w * x[i];
-}
-
-bool has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-}
-
 #define FUSED_AVX512 __attribute__((target("avx512f,avx2,fma")))
 
 bool has_avx512() {
@@ -165,21 +94,28 @@ FUSED_AVX512 void swiglu_avx512(const float* g, const float* u, float* out, int6
     _mm512_mask_storeu_ps(out + i, live, _mm512_mul_ps(_mm512_mul_ps(gv, sig), uv));
   }
 }
-#endif
 
-inline float dot(const float* a, const float* b, int n) {
-#if defined(__x86_64__) || defined(_M_X64)
-  if (has_avx2()) return dot_avx2(a, b, n);
-#endif
-  return dot_portable(a, b, n);
+// log(sum(exp(x - m))) + m over x [n] with m its largest element, float32:
+// -inf or +inf where m is (as MLX's logsumexp).
+FUSED_AVX512 float logsumexp_avx512(const float* x, int64_t n) {
+  const __m512 lowest = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512 mv = lowest;
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 live = n - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n - i)) - 1);
+    mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(lowest, live, x + i));
+  }
+  const float m = _mm512_reduce_max_ps(mv);
+  if (std::isinf(m)) return m;
+  const __m512 mb = _mm512_set1_ps(m);
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 live = n - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_mask_loadu_ps(lowest, live, x + i), mb));
+    sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(live, e));
+  }
+  return std::log(_mm512_reduce_add_ps(sum)) + m;
 }
-
-inline void axpy(float w, const float* x, float* y, int n) {
-#if defined(__x86_64__) || defined(_M_X64)
-  if (has_avx2()) return axpy_avx2(w, x, y, n);
 #endif
-  for (int i = 0; i < n; ++i) y[i] += w * x[i];
-}
 
 // Base of the three primitives: allocation and dispatch on the CPU stream.
 class CpuOp : public mlx::core::UnaryPrimitive {
@@ -282,26 +218,20 @@ class Rope : public CpuOp {
     const int half = dims_ / 2;
     const int64_t rows = d == 0 ? 0 : static_cast<int64_t>(x.size() / d);
     // The inverse frequencies, then cos and sin per position and pair.
-    std::vector<float> inv(half);
+    std::vector<float> freqs;
     if (has_freqs_) {
       const array& f = in[1];
+      freqs.resize(half);
       by_dtype(f.dtype(), [&](auto* ft) {
         using F = std::remove_pointer_t<decltype(ft)>;
-        load_f32(f.data<F>(), f.strides().back(), half, inv.data());
+        load_f32(f.data<F>(), f.strides().back(), half, freqs.data());
       });
-      for (auto& v : inv) v = 1.0f / v;
-    } else {
-      const float c = -std::log(base_) / static_cast<float>(half);
-      for (int i = 0; i < half; ++i) inv[i] = std::exp(static_cast<float>(i) * c);
     }
+    const auto inv = rope_inverse_freqs(dims_, base_, has_freqs_ ? freqs.data() : nullptr);
     std::vector<float> cs(static_cast<size_t>(l_len) * half), sn(cs.size());
     for (int l = 0; l < l_len; ++l) {
-      const float p = static_cast<float>(offset_ + l) * scale_;
-      for (int i = 0; i < half; ++i) {
-        const float t = p * inv[i];
-        cs[static_cast<size_t>(l) * half + i] = std::cos(t);
-        sn[static_cast<size_t>(l) * half + i] = std::sin(t);
-      }
+      const size_t at = static_cast<size_t>(l) * half;
+      rope_angles(inv, offset_ + l, scale_, cs.data() + at, sn.data() + at);
     }
     std::vector<float> xf(d);
     by_dtype(x.dtype(), [&](auto* xt) {
@@ -309,25 +239,10 @@ class Rope : public CpuOp {
       const X* xp = x.data<X>();
       X* op = out.data<X>();
       for (int64_t r = 0; r < rows; ++r) {
-        const int l = static_cast<int>(r % l_len);
-        const float* c = cs.data() + static_cast<size_t>(l) * half;
-        const float* s = sn.data() + static_cast<size_t>(l) * half;
+        const size_t at = static_cast<size_t>(r % l_len) * half;
         load_f32(xp + row_offset(x, r), x.strides().back(), d, xf.data());
-        X* o = op + r * d;
-        if (traditional_) {
-          for (int i = 0; i < half; ++i) {
-            const float a = xf[2 * i], b = xf[2 * i + 1];
-            o[2 * i] = static_cast<X>(a * c[i] - b * s[i]);
-            o[2 * i + 1] = static_cast<X>(a * s[i] + b * c[i]);
-          }
-        } else {
-          for (int i = 0; i < half; ++i) {
-            const float a = xf[i], b = xf[i + half];
-            o[i] = static_cast<X>(a * c[i] - b * s[i]);
-            o[i + half] = static_cast<X>(a * s[i] + b * c[i]);
-          }
-        }
-        for (int i = dims_; i < d; ++i) o[i] = static_cast<X>(xf[i]);
+        rope_rotate(xf.data(), op + r * d, cs.data() + at, sn.data() + at, dims_, d,
+                    traditional_);
       }
     });
   }
@@ -389,45 +304,14 @@ class Attention : public CpuOp {
     const int n = k.shape(2), dv = v.shape(3);
     thread_local std::vector<float> qf, kf, vf, p, acc;
     qf.resize(d);
-    kf.resize(d);
-    vf.resize(dv);
-    p.resize(n);
-    acc.assign(dv, 0.0f);
-    auto at = [](const array& a, int64_t i0, int64_t i1, int64_t i2) {
-      return i0 * a.strides()[0] + i1 * a.strides()[1] + i2 * a.strides()[2];
+    auto at = [](const array& a, int64_t i0, int64_t i1) {
+      return i0 * a.strides()[0] + i1 * a.strides()[1];
     };
-    const T* qp = q.data<T>();
-    const T* kp = k.data<T>();
-    const T* vp = v.data<T>();
-    load_f32(qp + at(q, b, h, 0), q.strides()[3], d, qf.data());
+    load_f32(q.data<T>() + at(q, b, h), q.strides()[3], d, qf.data());
     for (auto& e : qf) e *= scale_;
-    float m = -std::numeric_limits<float>::infinity();
-    for (int j = 0; j < n; ++j) {
-      const T* kr = kp + at(k, b, kh, j);
-      if (k.strides()[3] == 1 && std::is_same_v<T, float>) {
-        p[j] = dot(qf.data(), reinterpret_cast<const float*>(kr), d);
-      } else {
-        load_f32(kr, k.strides()[3], d, kf.data());
-        p[j] = dot(qf.data(), kf.data(), d);
-      }
-      m = std::max(m, p[j]);
-    }
-    float sum = 0.0f;
-    for (int j = 0; j < n; ++j) {
-      p[j] = std::exp(p[j] - m);
-      sum += p[j];
-    }
-    const float inv = 1.0f / sum;
-    for (int j = 0; j < n; ++j) {
-      const float w = p[j] * inv;
-      const T* vr = vp + at(v, b, kh, j);
-      if (v.strides()[3] == 1 && std::is_same_v<T, float>) {
-        axpy(w, reinterpret_cast<const float*>(vr), acc.data(), dv);
-      } else {
-        load_f32(vr, v.strides()[3], dv, vf.data());
-        axpy(w, vf.data(), acc.data(), dv);
-      }
-    }
+    const HeadRows<T> keys{k.data<T>() + at(k, b, kh), k.strides()[2], k.strides()[3]};
+    const HeadRows<T> values{v.data<T>() + at(v, b, kh), v.strides()[2], v.strides()[3]};
+    attend_head(qf.data(), keys, values, n, d, dv, kf, vf, p, acc);
     T* o = out.data<T>() + (static_cast<int64_t>(b) * hq + h) * dv;
     for (int i = 0; i < dv; ++i) o[i] = static_cast<T>(acc[i]);
   }
@@ -499,7 +383,67 @@ class SwiGlu : public CpuOp {
   }
 };
 
+// -------------------------------------------------------- log-sum-exp
+
+// log(sum(exp(x))) over the last axis (keeping it, of size 1), float32:
+// the sampler's normalizer over a vocabulary of logits. MLX's CPU kernel
+// is scalar, with an fmaf call per step of its exp; ours is AVX-512.
+class LogSumExp : public CpuOp {
+ public:
+  explicit LogSumExp(mlx::core::Stream s) : CpuOp(s) {}
+
+  void compute(const std::vector<array>& in, array& out) const override {
+    const array& x = in[0];
+    const int d = x.shape().back();
+    const int64_t rows = d == 0 ? 0 : static_cast<int64_t>(x.size() / d);
+    std::vector<float> scratch;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = SwiGlu::row_of(x, r, scratch);
+      out.data<float>()[r] = lse(row, d);
+    }
+  }
+
+  static float lse(const float* x, int64_t n) {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (has_avx512()) return logsumexp_avx512(x, n);
+#endif
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
+    if (std::isinf(m)) return m;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; ++i) sum += std::exp(x[i] - m);
+    return std::log(sum) + m;
+  }
+
+  const char* name() const override {
+    return "MistralMlxCpuLogSumExp";
+  }
+
+  bool is_equivalent(const mlx::core::Primitive& other) const override {
+    return dynamic_cast<const LogSumExp*>(&other) != nullptr;
+  }
+};
+
 }  // namespace
+
+extern "C" int mlx_sys_cpu_logsumexp(
+    mlx_array* res,
+    const mlx_array x,
+    const mlx_stream stream,
+    char* err,
+    size_t err_len) {
+  return guarded(res, err, err_len, [&] {
+    auto s = mlx_stream_get_(stream);
+    mlx_sys_shim::require_cpu(s, "cpu_fused");
+    const array& xa = mlx_array_get_(x);
+    if (xa.dtype() != mlx::core::float32 || xa.ndim() < 1 || xa.shape().back() == 0) {
+      throw std::invalid_argument("cpu_logsumexp: x must be float32 [..., N], N > 0");
+    }
+    auto shape = xa.shape();
+    shape.back() = 1;
+    return array(std::move(shape), xa.dtype(), std::make_shared<LogSumExp>(s), {xa});
+  });
+}
 
 extern "C" int mlx_sys_cpu_swiglu(
     mlx_array* res,

@@ -68,6 +68,15 @@ int mlx_sys_cpu_swiglu(
     char* err,
     size_t err_len);
 
+/* log(sum(exp(x))) over the last axis of float32 x [..., N] (N > 0),
+ * keeping it: [..., 1]. */
+int mlx_sys_cpu_logsumexp(
+    mlx_array* res,
+    const mlx_array x,
+    const mlx_stream stream,
+    char* err,
+    size_t err_len);
+
 #ifdef __cplusplus
 }
 #endif

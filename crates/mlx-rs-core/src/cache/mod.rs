@@ -52,6 +52,7 @@ pub use trim_ahead::TrimAhead;
 
 use mlx_rs::Array;
 
+use crate::cpu_decode_row::DecodeRow;
 use crate::error::{Error, Result};
 use crate::mask::{create_attention_mask, SdpaMask};
 
@@ -160,6 +161,16 @@ pub trait KeyValueCache {
         let _ = window;
         let stored = self.update_and_fetch_stored(keys, values)?;
         attend(queries, &stored, mask)
+    }
+
+    /// Stores one decode row's keys and values and attends over all that
+    /// is stored, in one fused CPU step ([`DecodeRow`]), where the cache
+    /// can take it; `Ok(None)` otherwise, nothing stored (then use
+    /// [`attend`](KeyValueCache::attend)). For a row whose mask is none
+    /// (every stored position visible). The default: `None`.
+    fn attend_decode_row(&mut self, row: &DecodeRow<'_>) -> Result<Option<Array>> {
+        let _ = row;
+        Ok(None)
     }
 
     /// How many of the newest positions [`trim`](KeyValueCache::trim) can

@@ -12,6 +12,7 @@ use mlx_rs::Array;
 use super::buffer::KvBuffer;
 use super::quantized::{KvQuantization, StoredKv};
 use super::{check_update, KeyValueCache};
+use crate::cpu_decode_row::{decode_row, DecodeRow};
 use crate::error::Result;
 
 /// A key/value cache over preallocated buffers growing in steps of
@@ -153,6 +154,22 @@ impl KeyValueCache for KVCache {
         self.values = Some(buf_v);
         self.offset = end;
         Ok(out)
+    }
+
+    /// By our fused CPU step while the buffers are dense and have room.
+    fn attend_decode_row(&mut self, row: &DecodeRow<'_>) -> Result<Option<Array>> {
+        let (Some(KvBuffer::Dense(keys)), Some(KvBuffer::Dense(values))) =
+            (&self.keys, &self.values)
+        else {
+            return Ok(None);
+        };
+        let Some(step) = decode_row(row, keys, values, self.offset)? else {
+            return Ok(None);
+        };
+        self.keys = Some(KvBuffer::Dense(step.keys));
+        self.values = Some(KvBuffer::Dense(step.values));
+        self.offset += 1;
+        Ok(Some(step.heads))
     }
 
     /// Quantizes the whole buffers once `offset >= start` (as mlx-lm's

@@ -213,7 +213,8 @@ impl<'a, C: KeyValueCache> Generate<'a, C> {
     /// Checks the options and prompt, prefills and samples the first token.
     fn start(&mut self, prompt: Array) -> Result<Array> {
         let mut prompt = checked_prompt(&*self.model, &prompt, &self.options)?;
-        let mut sequence = SequenceSampler::new(&self.options)?;
+        let mut sequence =
+            SequenceSampler::new(&self.options)?.with_cpu_fast(self.model.cpu_fast());
         // As mlx-lm: prefill all but the last token in chunks.
         while prompt.dim(0) > 1 {
             let n = self.options.prefill_step_size.min(prompt.dim(0) - 1);

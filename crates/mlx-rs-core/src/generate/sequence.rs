@@ -13,6 +13,7 @@ use mlx_rs::{
 
 use super::GenerateOptions;
 use crate::cache::{KeyValueCache, KvQuantization};
+use crate::cpu_fused::CpuFast;
 use crate::error::{Error, Result};
 use crate::language_model::LanguageModel;
 use crate::sample::{RepetitionPenalty, Sampler};
@@ -24,6 +25,8 @@ pub(crate) struct SequenceSampler {
     penalty: Option<RepetitionPenalty>,
     /// The last tokens fed, as many as the penalty looks at.
     history: Option<Array>,
+    /// Whether the normalizer on a CPU stream is our kernel's.
+    fast: CpuFast,
 }
 
 impl SequenceSampler {
@@ -36,7 +39,15 @@ impl SequenceSampler {
             sampler: Sampler::new(options.sampling, options.seed)?,
             penalty: options.repetition_penalty.filter(|p| p.is_active()),
             history: None,
+            fast: CpuFast::Mlx,
         })
+    }
+
+    /// The same, its normalizer by our CPU kernel where `fast` asks for it
+    /// (the model's load option, [`LanguageModel::cpu_fast`]).
+    pub(crate) fn with_cpu_fast(mut self, fast: CpuFast) -> Self {
+        self.fast = fast;
+        self
     }
 
     /// Records `tokens` (1-D) as fed to the model.
@@ -67,7 +78,11 @@ impl SequenceSampler {
         if let (Some(penalty), Some(history)) = (self.penalty, &self.history) {
             logits = penalty.apply(history, &logits)?;
         }
-        let logprobs = logits.subtract(logits.logsumexp(true)?)?;
+        let normalizer = match crate::cpu_fused::logsumexp(&logits, self.fast)? {
+            Some(ours) => ours,
+            None => logits.logsumexp(true)?,
+        };
+        let logprobs = logits.subtract(normalizer)?;
         let token = self.sampler.sample(&logprobs)?;
         Ok((token, logprobs))
     }
