@@ -14,7 +14,7 @@
 //! and the attention as one primitive) where the cache can take it.
 
 use mlx_rs::{ops::split_at_indices, Array};
-use mlx_rs_core::cpu_decode_row::DecodeRow;
+use mlx_rs_core::cpu_decode_row::{decode_row, DecodeRow};
 use mlx_rs_core::cpu_fused::{self, CpuFast};
 use mlx_rs_core::{initialize_rope, KeyValueCache, Positions, Rope, SdpaMask, StoredKv};
 
@@ -232,7 +232,8 @@ impl Attention {
                     scale: self.scale,
                     kind: self.fast,
                 };
-                if let Some(heads) = cache.attend_decode_row(&row)? {
+                let mut step = |k: &Array, v: &Array, offset: i32| decode_row(&row, k, v, offset);
+                if let Some(heads) = cache.attend_decode_row(&mut step)? {
                     return Ok(heads);
                 }
             }

@@ -9,15 +9,17 @@
 //! cost outweighs its arithmetic. The kernel does the arithmetic of our
 //! separate RoPE and attention kernels ([`crate::cpu_fused`]), so its
 //! results are the same bits (`tests/cpu_decode_row.rs`). A cache that
-//! can take the step says so ([`KeyValueCache::attend_decode_row`]):
-//! today [`KVCache`](crate::KVCache) with dense float32 buffers that have
-//! room for the row.
+//! can run the step on its buffers does
+//! ([`KeyValueCache::attend_decode_row`](crate::KeyValueCache::attend_decode_row)):
+//! today [`KVCache`](crate::KVCache) while they are dense and have room for
+//! the row.
 
 use std::ffi::CStr;
 use std::os::raw::c_char;
 
 use mlx_rs::{Array, Dtype};
 
+use crate::cache::DecodeStep;
 use crate::cpu_fused::{ours_on, CpuFast, CpuFusedError};
 use crate::error::Result;
 use crate::rope::Rope;
@@ -41,29 +43,18 @@ pub struct DecodeRow<'a> {
     pub kind: CpuFast,
 }
 
-/// What the fused step gives: the attention's heads and the buffers with
-/// the row's position written.
-pub(crate) struct DecodeRowOut {
-    /// `[1, n_heads * head_dim]`.
-    pub heads: Array,
-    /// The keys' buffer.
-    pub keys: Array,
-    /// The values' buffer.
-    pub values: Array,
-}
-
-/// The step by our kernel over the buffers `keys` and `values` `[1,
+/// The step by our kernel (a [`DecodeStepFn`](crate::DecodeStepFn)) over the buffers `keys` and `values` `[1,
 /// n_kv_heads, C, head_dim]` whose positions `0..offset` are filled, where
 /// it applies: `kind` asks for ours, the default stream is a CPU stream,
 /// everything is float32, the shapes agree, `offset < C` and the RoPE has
 /// no input scale. `None` otherwise: then the caller takes the separate
 /// operations.
-pub(crate) fn decode_row(
+pub fn decode_row(
     row: &DecodeRow<'_>,
     keys: &Array,
     values: &Array,
     offset: i32,
-) -> Result<Option<DecodeRowOut>> {
+) -> Result<Option<DecodeStep>> {
     let Some(stream) = ours_on(row.kind) else {
         return Ok(None);
     };
@@ -134,7 +125,7 @@ pub(crate) fn decode_row(
             return Err(CpuFusedError::Kernel(text).into());
         }
         let [heads, keys, values] = out.map(|a| Array::from_ptr(a));
-        Ok(Some(DecodeRowOut {
+        Ok(Some(DecodeStep {
             heads,
             keys,
             values,

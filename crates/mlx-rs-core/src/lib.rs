@@ -45,8 +45,9 @@ mod sample;
 pub mod streams;
 
 pub use cache::{
-    attention, cache_offset, trim_cache, AttendFn, BatchKVCache, ConcatKeyValueCache, KVCache,
-    KeyValueCache, KvQuantization, Positions, QuantizedArray, RotatingKVCache, StoredKv, TrimAhead,
+    attention, cache_offset, trim_cache, AttendFn, BatchKVCache, ConcatKeyValueCache, DecodeStep,
+    DecodeStepFn, KVCache, KeyValueCache, KvQuantization, Positions, QuantizedArray,
+    RotatingKVCache, StoredKv, TrimAhead,
 };
 pub use error::{Error, Result};
 pub use generate::{

@@ -13,7 +13,7 @@
 //! it refuses (a full buffer, MLX's kernels asked for, YaRN's input scale).
 
 use mlx_rs::{ops::split_at_indices, random, transforms::eval, Array, Dtype};
-use mlx_rs_core::cpu_decode_row::DecodeRow;
+use mlx_rs_core::cpu_decode_row::{decode_row, DecodeRow};
 use mlx_rs_core::cpu_fused::{self, CpuFast};
 use mlx_rs_core::{initialize_rope, KVCache, KeyValueCache, Rope, RopeScaling, SdpaMask};
 
@@ -128,7 +128,9 @@ fn fused_step_is_the_separate_steps_bit_for_bit() {
                 let what = format!("layer {i}, {n} positions, step {step}");
                 let qkv = normal(&[1, (layer.hq + 2 * layer.hkv) * layer.d], 1000 + step);
                 let ours = fused
-                    .attend_decode_row(&layer.row(&qkv, CpuFast::Ours))
+                    .attend_decode_row(&mut |k, v, o| {
+                        decode_row(&layer.row(&qkv, CpuFast::Ours), k, v, o)
+                    })
                     .unwrap()
                     .unwrap_or_else(|| panic!("{what}: the fused step was refused"));
                 let theirs = layer.separate(&qkv, &mut apart);
@@ -151,7 +153,7 @@ fn held_buffers_are_copied_not_written() {
     let before: Vec<Vec<u32>> = held.iter().map(bits).collect();
     let qkv = normal(&[1, (layer.hq + 2 * layer.hkv) * layer.d], 78);
     let ours = fused
-        .attend_decode_row(&layer.row(&qkv, CpuFast::Ours))
+        .attend_decode_row(&mut |k, v, o| decode_row(&layer.row(&qkv, CpuFast::Ours), k, v, o))
         .unwrap()
         .unwrap();
     let theirs = layer.separate(&qkv, &mut apart);
@@ -170,7 +172,7 @@ fn refuses_what_it_does_not_compute() {
     // A full buffer: the separate update grows it.
     let (mut full, _) = layer.caches(KVCache::STEP, 6);
     assert!(full
-        .attend_decode_row(&layer.row(&qkv, CpuFast::Ours))
+        .attend_decode_row(&mut |k, v, o| decode_row(&layer.row(&qkv, CpuFast::Ours), k, v, o))
         .unwrap()
         .is_none());
     assert_eq!(
@@ -181,16 +183,16 @@ fn refuses_what_it_does_not_compute() {
     // MLX's kernels asked for, an empty cache, a half-precision row.
     let (mut cache, _) = layer.caches(3, 7);
     assert!(cache
-        .attend_decode_row(&layer.row(&qkv, CpuFast::Mlx))
+        .attend_decode_row(&mut |k, v, o| decode_row(&layer.row(&qkv, CpuFast::Mlx), k, v, o))
         .unwrap()
         .is_none());
     assert!(KVCache::new()
-        .attend_decode_row(&layer.row(&qkv, CpuFast::Ours))
+        .attend_decode_row(&mut |k, v, o| decode_row(&layer.row(&qkv, CpuFast::Ours), k, v, o))
         .unwrap()
         .is_none());
     let half = qkv.as_dtype(Dtype::Float16).unwrap();
     assert!(cache
-        .attend_decode_row(&layer.row(&half, CpuFast::Ours))
+        .attend_decode_row(&mut |k, v, o| decode_row(&layer.row(&half, CpuFast::Ours), k, v, o))
         .unwrap()
         .is_none());
     // YaRN scales RoPE's input: left to the separate operations.
@@ -212,7 +214,7 @@ fn refuses_what_it_does_not_compute() {
         d: 64,
     };
     assert!(cache
-        .attend_decode_row(&yarn.row(&qkv, CpuFast::Ours))
+        .attend_decode_row(&mut |k, v, o| decode_row(&yarn.row(&qkv, CpuFast::Ours), k, v, o))
         .unwrap()
         .is_none());
     assert_eq!(cache.offset(), 3, "a refused step stored something");

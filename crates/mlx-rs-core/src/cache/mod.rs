@@ -52,7 +52,6 @@ pub use trim_ahead::TrimAhead;
 
 use mlx_rs::Array;
 
-use crate::cpu_decode_row::DecodeRow;
 use crate::error::{Error, Result};
 use crate::mask::{create_attention_mask, SdpaMask};
 
@@ -69,6 +68,25 @@ pub enum Positions {
 /// values, mask)` to its output, `[B, heads, L, dim]` for `B` rows of
 /// queries ([`attention`] handles both kinds of [`StoredKv`]).
 pub type AttendFn<'a> = dyn FnMut(&Array, &StoredKv, &SdpaMask) -> Result<Array> + 'a;
+
+/// What a fused decode step gives ([`DecodeStepFn`]): the attention's
+/// heads and the cache's buffers with the row's position written.
+#[derive(Debug, Clone)]
+pub struct DecodeStep {
+    /// The attention's output for the row, `[1, heads * dim]`.
+    pub heads: Array,
+    /// The keys' buffer after the step.
+    pub keys: Array,
+    /// The values' buffer after the step.
+    pub values: Array,
+}
+
+/// A layer's fused decode step over a cache's dense buffers: `(keys,
+/// values, offset)`, `[1, kv_heads, capacity, dim]` with positions
+/// `0..offset` filled, to a [`DecodeStep`] that also writes position
+/// `offset`; `None` where it does not apply (e.g.
+/// `mlx_rs_core::cpu_decode_row::decode_row`).
+pub type DecodeStepFn<'a> = dyn FnMut(&Array, &Array, i32) -> Result<Option<DecodeStep>> + 'a;
 
 /// A per-layer store of attention keys and values.
 pub trait KeyValueCache {
@@ -163,13 +181,15 @@ pub trait KeyValueCache {
         attend(queries, &stored, mask)
     }
 
-    /// Stores one decode row's keys and values and attends over all that
-    /// is stored, in one fused CPU step ([`DecodeRow`]), where the cache
-    /// can take it; `Ok(None)` otherwise, nothing stored (then use
+    /// Runs `step`, a fused decode step that stores one row's keys and
+    /// values and attends over all that is stored, on the cache's dense
+    /// buffers where the cache can give them (with room for the row), and
+    /// keeps the buffers it returns; `Ok(None)` where the cache cannot or
+    /// `step` declines, nothing stored (then use
     /// [`attend`](KeyValueCache::attend)). For a row whose mask is none
     /// (every stored position visible). The default: `None`.
-    fn attend_decode_row(&mut self, row: &DecodeRow<'_>) -> Result<Option<Array>> {
-        let _ = row;
+    fn attend_decode_row(&mut self, step: &mut DecodeStepFn<'_>) -> Result<Option<Array>> {
+        let _ = step;
         Ok(None)
     }
 

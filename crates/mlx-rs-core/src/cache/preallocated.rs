@@ -11,8 +11,7 @@ use mlx_rs::Array;
 
 use super::buffer::KvBuffer;
 use super::quantized::{KvQuantization, StoredKv};
-use super::{check_update, KeyValueCache};
-use crate::cpu_decode_row::{decode_row, DecodeRow};
+use super::{check_update, DecodeStepFn, KeyValueCache};
 use crate::error::Result;
 
 /// A key/value cache over preallocated buffers growing in steps of
@@ -156,14 +155,17 @@ impl KeyValueCache for KVCache {
         Ok(out)
     }
 
-    /// By our fused CPU step while the buffers are dense and have room.
-    fn attend_decode_row(&mut self, row: &DecodeRow<'_>) -> Result<Option<Array>> {
+    /// While the buffers are dense and have room for the row.
+    fn attend_decode_row(&mut self, step: &mut DecodeStepFn<'_>) -> Result<Option<Array>> {
         let (Some(KvBuffer::Dense(keys)), Some(KvBuffer::Dense(values))) =
             (&self.keys, &self.values)
         else {
             return Ok(None);
         };
-        let Some(step) = decode_row(row, keys, values, self.offset)? else {
+        if self.offset >= keys.dim(2) {
+            return Ok(None);
+        }
+        let Some(step) = step(keys, values, self.offset)? else {
             return Ok(None);
         };
         self.keys = Some(KvBuffer::Dense(step.keys));
