@@ -14,13 +14,10 @@
 //! today [`KVCache`](crate::KVCache) while they are dense and have room for
 //! the row.
 
-use std::ffi::CStr;
-use std::os::raw::c_char;
-
-use mlx_rs::{Array, Dtype};
+use mlx_rs::Array;
 
 use crate::cache::DecodeStep;
-use crate::cpu_fused::{ours_on, CpuFast, CpuFusedError};
+use crate::cpu_fused::{all_f32, build_all, ours_on, CpuFast};
 use crate::error::Result;
 use crate::rope::Rope;
 
@@ -58,9 +55,7 @@ pub fn decode_row(
     let Some(stream) = ours_on(row.kind) else {
         return Ok(None);
     };
-    let f32s = [row.qkv, keys, values]
-        .iter()
-        .all(|a| a.dtype() == Dtype::Float32);
+    let f32s = all_f32(&[row.qkv, keys, values]);
     let (hq, hkv) = (row.n_heads, row.n_kv_heads);
     let fits = keys.ndim() == 4
         && keys.shape() == values.shape()
@@ -81,20 +76,10 @@ pub fn decode_row(
     // The shim reads `freqs` only when given; a placeholder otherwise.
     let none = Array::from_f32(0.0);
     let freqs = rope.freqs.unwrap_or(&none);
-    let mut message = [0 as c_char; 512];
-    // SAFETY: the three result handles are fresh ones that the shim fills
-    // on success (they then become the returned arrays, freed on their
-    // drop) and that are freed here on failure; the inputs are live
-    // handles the shim copies what it keeps of; `message` is writable for
-    // the length passed and the shim NUL-terminates it.
-    unsafe {
-        let mut out = [
-            mlx_sys::mlx_array_new(),
-            mlx_sys::mlx_array_new(),
-            mlx_sys::mlx_array_new(),
-        ];
-        let [heads, k_out, v_out] = &mut out;
-        let status = mlx_sys::mlx_sys_cpu_decode_row(
+    // SAFETY: live array and stream handles owned by the caller (the shim
+    // copies what it keeps); `res`, `err` as `build_all` passes them.
+    let [heads, keys, values] = build_all(|[heads, k_out, v_out], err, len| unsafe {
+        mlx_sys::mlx_sys_cpu_decode_row(
             heads,
             k_out,
             v_out,
@@ -112,23 +97,13 @@ pub fn decode_row(
             rope.freqs.is_some(),
             row.scale,
             stream.as_ptr(),
-            message.as_mut_ptr(),
-            message.len(),
-        );
-        if status != 0 {
-            out.into_iter().for_each(|a| {
-                mlx_sys::mlx_array_free(a);
-            });
-            let text = CStr::from_ptr(message.as_ptr())
-                .to_string_lossy()
-                .into_owned();
-            return Err(CpuFusedError::Kernel(text).into());
-        }
-        let [heads, keys, values] = out.map(|a| Array::from_ptr(a));
-        Ok(Some(DecodeStep {
-            heads,
-            keys,
-            values,
-        }))
-    }
+            err,
+            len,
+        )
+    })?;
+    Ok(Some(DecodeStep {
+        heads,
+        keys,
+        values,
+    }))
 }

@@ -71,7 +71,7 @@ impl From<CpuFusedError> for crate::error::Error {
 }
 
 /// Whether every array is float32 (where ours are chosen).
-fn all_f32(arrays: &[&Array]) -> bool {
+pub(crate) fn all_f32(arrays: &[&Array]) -> bool {
     arrays.iter().all(|a| a.dtype() == mlx_rs::Dtype::Float32)
 }
 
@@ -85,25 +85,37 @@ pub(crate) fn ours_on(kind: CpuFast) -> Option<Stream> {
     is_cpu(&stream).then_some(stream)
 }
 
-/// Runs one of the shim's builders: `f(res, err, err_len)` returns 0 and
-/// fills `res`, or 1 and a message.
+/// Runs one of the shim's builders of one result: `f(res, err, err_len)`
+/// returns 0 and fills `res`, or 1 and a message.
 fn build(
     f: impl FnOnce(*mut mlx_sys::mlx_array, *mut c_char, usize) -> i32,
 ) -> std::result::Result<Array, CpuFusedError> {
+    let [res] = build_all(|[res], err, len| f(res, err, len))?;
+    Ok(res)
+}
+
+/// Runs one of the shim's builders of `N` results: `f(res, err, err_len)`
+/// returns 0 and fills every handle of `res`, or 1 and a message.
+pub(crate) fn build_all<const N: usize>(
+    f: impl FnOnce(&mut [mlx_sys::mlx_array; N], *mut c_char, usize) -> i32,
+) -> std::result::Result<[Array; N], CpuFusedError> {
     let mut message = [0 as c_char; 512];
-    // SAFETY: `res` is a fresh handle that the shim fills on success and we
-    // free on failure; `message` is a writable buffer of the length passed,
-    // which the shim NUL-terminates.
+    // SAFETY: the handles of `res` are fresh ones that the shim fills on
+    // success (they then become the returned arrays, freed on their drop)
+    // and that are freed here on failure; `message` is a writable buffer of
+    // the length passed, which the shim NUL-terminates.
     unsafe {
-        let mut res = mlx_sys::mlx_array_new();
+        let mut res: [mlx_sys::mlx_array; N] = std::array::from_fn(|_| mlx_sys::mlx_array_new());
         if f(&mut res, message.as_mut_ptr(), message.len()) != 0 {
-            mlx_sys::mlx_array_free(res);
+            for handle in res {
+                mlx_sys::mlx_array_free(handle);
+            }
             let text = CStr::from_ptr(message.as_ptr())
                 .to_string_lossy()
                 .into_owned();
             return Err(CpuFusedError::Kernel(text));
         }
-        Ok(Array::from_ptr(res))
+        Ok(res.map(|handle| Array::from_ptr(handle)))
     }
 }
 

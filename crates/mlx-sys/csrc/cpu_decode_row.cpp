@@ -14,8 +14,6 @@
 #include "cpu_decode_row.h"
 
 #include <algorithm>
-#include <cstdio>
-#include <exception>
 #include <memory>
 #include <stdexcept>
 #include <vector>
@@ -199,7 +197,7 @@ extern "C" int mlx_sys_cpu_decode_row(
     const mlx_stream stream,
     char* err,
     size_t err_len) {
-  try {
+  return mlx_sys_shim::guarded_all({heads, keys_out, values_out}, err, err_len, [&] {
     const array& x = mlx_array_get_(qkv);
     const array& k = mlx_array_get_(keys);
     const array& v = mlx_array_get_(values);
@@ -238,15 +236,8 @@ extern "C" int mlx_sys_cpu_decode_row(
     }
     DecodeRow::Params p{n_heads, n_kv_heads, offset, rope_dims, rope_traditional,
                         rope_base, rope_scale, has_freqs, scale};
-    auto outs = array::make_arrays(
+    return array::make_arrays(
         {mlx::core::Shape{1, n_heads * d}, k.shape(), v.shape()}, {f32, f32, f32},
         std::make_shared<DecodeRow>(s, p), inputs);
-    mlx_array_set_(*heads, outs[0]);
-    mlx_array_set_(*keys_out, outs[1]);
-    mlx_array_set_(*values_out, outs[2]);
-    return 0;
-  } catch (const std::exception& e) {
-    if (err != nullptr && err_len > 0) std::snprintf(err, err_len, "%s", e.what());
-    return 1;
-  }
+  });
 }

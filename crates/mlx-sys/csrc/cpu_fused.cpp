@@ -51,6 +51,7 @@ using namespace mlx_sys_fused;
 
 using mlx_sys_shim::guarded;
 using mlx_sys_shim::is_float;
+using mlx_sys_shim::float_row;
 using mlx_sys_shim::row_offset;
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -117,7 +118,8 @@ FUSED_AVX512 float logsumexp_avx512(const float* x, int64_t n) {
 }
 #endif
 
-// Base of the three primitives: allocation and dispatch on the CPU stream.
+// Base of the one-output primitives: allocation and dispatch on the CPU
+// stream.
 class CpuOp : public mlx::core::UnaryPrimitive {
  public:
   explicit CpuOp(mlx::core::Stream stream) : UnaryPrimitive(stream) {}
@@ -347,8 +349,8 @@ class SwiGlu : public CpuOp {
     // the stacked gate/up product are), else gathered.
     std::vector<float> gs, us;
     for (int64_t r = 0; r < rows; ++r) {
-      const float* gp = row_of(g, r, gs);
-      const float* up = row_of(u, r, us);
+      const float* gp = float_row(g, r, gs);
+      const float* up = float_row(u, r, us);
       float* op = out.data<float>() + r * d;
 #if defined(__x86_64__) || defined(_M_X64)
       if (has_avx512()) {
@@ -361,17 +363,6 @@ class SwiGlu : public CpuOp {
         op[i] = gp[i] * sig * up[i];
       }
     }
-  }
-
-  // Row r of `a` (float32): in place when its last axis is contiguous,
-  // else copied into `scratch`.
-  static const float* row_of(const array& a, int64_t r, std::vector<float>& scratch) {
-    const float* p = a.data<float>() + row_offset(a, r);
-    const int d = a.shape().back();
-    if (a.strides().back() == 1) return p;
-    scratch.resize(d);
-    load_f32(p, a.strides().back(), d, scratch.data());
-    return scratch.data();
   }
 
   const char* name() const override {
@@ -398,7 +389,7 @@ class LogSumExp : public CpuOp {
     const int64_t rows = d == 0 ? 0 : static_cast<int64_t>(x.size() / d);
     std::vector<float> scratch;
     for (int64_t r = 0; r < rows; ++r) {
-      const float* row = SwiGlu::row_of(x, r, scratch);
+      const float* row = float_row(x, r, scratch);
       out.data<float>()[r] = lse(row, d);
     }
   }
